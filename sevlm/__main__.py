@@ -1,0 +1,3 @@
+from sevlm.cli import main
+import sys
+sys.exit(main())

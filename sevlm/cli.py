@@ -1,0 +1,75 @@
+"""The `sevlm` command line: one entry point, one module per subcommand in sevlm/commands.
+
+Each command module defines HELP (one line), EXAMPLES (text), add_arguments(parser) and
+run(args) -> int | None. Modules import their heavy dependencies inside run(), so
+`sevlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sevlm.errors import SevlmError
+
+COMMANDS = (
+    "demo-data",
+    "prepare",
+    "extract",
+    "shard",
+    "train",
+    "generate",
+    "evaluate",
+    "retrieve",
+    "predict",
+    "demo",
+)
+
+
+def _module(name: str):
+    return importlib.import_module(f"sevlm.commands.{name.replace('-', '_')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sevlm",
+        description="Train and serve a small emotional vision-language model for visual art.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        mod = _module(name)
+        p = sub.add_parser(
+            name,
+            help=mod.HELP,
+            description=mod.HELP,
+            epilog=f"examples:\n{mod.EXAMPLES}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args._run(args)
+    except SevlmError as e:
+        if args.debug:
+            raise
+        print(f"sevlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sevlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
