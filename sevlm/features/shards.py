@@ -1,0 +1,332 @@
+"""WebDataset shards of cached features, and the reader pipeline over them.
+
+Writing: `write_shards` turns one split of the HDF5 store into `{split}-%06d.tar` shards, each
+sample holding `tokens.npy`, `pooled.npy` (float16, as stored) and `json` (keys + annotations),
+and records per-shard counts and sha256 in `<out_dir>/manifest.json` (one entry per split,
+written atomically after the shards are in place).
+
+Reading: `shard_pipeline` is an explicit list of webdataset stages:
+    shard list -> shuffle shards (seed, epoch) -> split by node (rank) -> split by worker
+    -> read tar samples (padded to the rank quota) -> shuffle samples -> decode -> [batch]
+Equal samples per rank per epoch: ranks take shards round-robin; every rank yields exactly
+`samples_per_rank = max over ranks of its shard total` samples, a rank with fewer samples
+repeating its own first samples (so nothing is dropped, a few samples are seen twice per
+epoch). Build one pipeline per epoch (`epoch=`), which reshuffles shards and samples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from sevlm.errors import DataError
+from sevlm.features.common import dataset_manifest_sha256, load_split_records, make_sample
+from sevlm.io import read_json, sha256_file, write_json
+
+FORMAT = "sevlm-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_shards(
+    features_path: str | Path,
+    dataset_dir: str | Path,
+    split: str,
+    out_dir: str | Path,
+    max_samples_per_shard: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write one split as tar shards plus its manifest entry; returns that entry.
+
+    Samples are in sorted image_id order (shuffling happens when reading). Images without
+    features (failed extraction) are left out and listed under "missing" in the entry.
+    """
+    from tqdm import tqdm
+
+    from sevlm.features.hdf5 import FeatureStore
+
+    if max_samples_per_shard < 1:
+        raise ValueError("max_samples_per_shard must be >= 1")
+    store = FeatureStore(features_path)
+    records = load_split_records(dataset_dir, split)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    ids = sorted(records)
+    missing = {i: store.failed.get(records[i]["image_name"], "not in the feature file") for i in ids if records[i]["image_name"] not in store}
+    ids = [i for i in ids if i not in missing]
+    if not ids:
+        raise DataError(f"{features_path}: no image of split {split!r} has features")
+
+    # write into a private temporary folder, then move finished shards into place
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=out_dir))
+    shards = []
+    try:
+        chunks = [ids[i : i + max_samples_per_shard] for i in range(0, len(ids), max_samples_per_shard)]
+        bar = tqdm(total=len(ids), desc=f"shard {split}", unit="sample", disable=not progress)
+        for s, chunk in enumerate(chunks):
+            name = f"{split}-{s:06d}.tar"
+            # mtime fixed so that the same input gives byte-identical shards (and sha256)
+            with wds.TarWriter(str(tmp_dir / name), mtime=0, user="sevlm", group="sevlm") as sink:
+                for n, image_id in enumerate(chunk):
+                    rec = records[image_id]
+                    row = store.index_of(rec["image_name"])
+                    meta = {"image_id": image_id, "image_name": rec["image_name"]}
+                    meta.update({k: rec.get(k) for k in ("emotions", "explanations", "emotion_distribution", "dominant_emotion")})
+                    sink.write(
+                        {
+                            # tar keys must not contain dots or slashes: image_id lives in the json
+                            "__key__": f"{split}-{s:06d}-{n:06d}",
+                            "tokens.npy": np.ascontiguousarray(store.tokens(row)),  # (T, D) float16
+                            "pooled.npy": np.ascontiguousarray(store.pooled(row)),  # (D,) float16
+                            "json": meta,
+                        }
+                    )
+                    bar.update(1)
+            shards.append({"name": name, "num_samples": len(chunk), "sha256": sha256_file(tmp_dir / name), "bytes": (tmp_dir / name).stat().st_size})
+        bar.close()
+        # drop this split's shards from an earlier run before moving the new ones in
+        for old in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+            old.unlink()
+        for sh in shards:
+            os.replace(tmp_dir / sh["name"], out_dir / sh["name"])
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    store.close()
+
+    entry = {
+        "split": split,
+        "num_samples": len(ids),
+        "num_shards": len(shards),
+        "shards": shards,
+        "missing": missing,
+        "sample_fields": {"tokens.npy": "float16 [T, D]", "pooled.npy": "float16 [D]", "json": "image_id, image_name, annotations"},
+        "dataset": {"dir": str(Path(dataset_dir).resolve()), "manifest_sha256": dataset_manifest_sha256(dataset_dir), "split_sha256": sha256_file(Path(dataset_dir) / f"{split}.json")},
+    }
+    manifest_path = out_dir / MANIFEST
+    manifest = read_json(manifest_path) if manifest_path.exists() else {}
+    encoder = {
+        "encoder": store.attrs.get("encoder"),
+        "encoder_config": store.attrs.get("encoder_config"),
+        "token_shape": list(store.token_shape),
+        "dtype": store.attrs.get("dtype"),
+        "image_list_sha256": store.attrs.get("image_list_sha256"),
+        "features_path": str(Path(features_path).resolve()),
+    }
+    if manifest.get("features", {}).get("encoder_config") not in (None, encoder["encoder_config"]):
+        # one folder holds one encoder's features: other splits of another encoder would be silently mixed
+        stale = [s for s in manifest.get("splits", {}) if s != split]
+        warnings.warn(f"{manifest_path}: encoder changed; dropping stale split entries {stale}")
+        for s in stale:
+            for sh in manifest["splits"][s]["shards"]:
+                (out_dir / sh["name"]).unlink(missing_ok=True)
+        manifest["splits"] = {}
+    manifest.update({"format": FORMAT, "format_version": FORMAT_VERSION, "features": encoder})
+    manifest.setdefault("splits", {})[split] = entry
+    write_json(manifest_path, manifest)
+    return entry
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_manifest(shard_dir_or_manifest: str | Path, split: str) -> tuple[Path, dict, dict]:
+    """-> (shard folder, whole manifest, the split's entry); DataError naming the file otherwise."""
+    path = Path(shard_dir_or_manifest)
+    if path.is_dir():
+        path = path / MANIFEST
+    manifest = read_json(path)
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a sevlm shard manifest")
+    if split not in manifest.get("splits", {}):
+        raise DataError(f"{path}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
+    return path.parent, manifest, manifest["splits"][split]
+
+
+def dist_info(world_size: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """(world_size, rank): explicit arguments win, then torch.distributed, else (1, 0)."""
+    if world_size is None or rank is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world_size = torch.distributed.get_world_size() if world_size is None else world_size
+            rank = torch.distributed.get_rank() if rank is None else rank
+        else:
+            world_size, rank = world_size or 1, rank or 0
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    return world_size, rank
+
+
+def worker_info() -> tuple[int, int]:
+    """(num_workers, worker_id) of the current DataLoader worker, (1, 0) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.num_workers, info.id) if info is not None else (1, 0)
+
+
+def split_by_node(world_size: int, rank: int) -> Callable[[Iterator], Iterator]:
+    """Explicit node splitter: rank r takes shards r, r + W, r + 2W, ..."""
+
+    def stage(src):
+        for i, item in enumerate(src):
+            if i % world_size == rank:
+                yield item
+
+    return stage
+
+
+def split_by_worker(src):
+    """Worker w of n takes every n-th of the rank's shards."""
+    num_workers, wid = worker_info()
+    for i, item in enumerate(src):
+        if i % num_workers == wid:
+            yield item
+
+
+def _error_policy(handle_errors: str) -> Callable[[Exception], bool]:
+    if handle_errors == "raise":
+        return wds.reraise_exception
+    if handle_errors == "warn":
+        return wds.warn_and_continue
+    raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
+
+
+def read_tar_samples(counts: dict[str, int], rank_urls: list[str], samples_per_rank: int, handle_errors: str):
+    """Stage: this worker's shard list ({"url": ...}) -> raw tar samples, padded so the rank yields its quota.
+
+    The rank's deficit (samples_per_rank - its own total) is spread over its workers that have
+    shards; each pads by replaying its own stream from the start. A corrupt or truncated shard
+    raises DataError naming it, or with handle_errors="warn" is skipped from that point with a
+    warning (the quota is then filled by replaying, so ranks stay in step).
+    """
+
+    def stage(src):
+        urls = [d["url"] for d in src]
+        num_workers, wid = worker_info()
+        per_worker = [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
+        with_data = [w for w in range(num_workers) if per_worker[w] > 0]
+        deficit = samples_per_rank - sum(per_worker)
+        quota = per_worker[wid]
+        if wid in with_data:
+            k = with_data.index(wid)
+            quota += deficit // len(with_data) + (1 if k < deficit % len(with_data) else 0)
+        produced = 0
+        while produced < quota:
+            got = 0
+            for sample in _samples_of(urls, handle_errors):
+                if produced >= quota:
+                    return
+                yield sample
+                produced += 1
+                got += 1
+            if got == 0:
+                raise DataError(f"shards {urls}: no readable sample left to fill this worker's quota of {quota}")
+
+    return stage
+
+
+def _samples_of(urls: list[str], handle_errors: str):
+    for url in urls:
+        try:
+            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=wds.reraise_exception):
+                yield sample
+        except Exception as e:  # tarfile.ReadError, EOFError, OSError ... from a damaged shard
+            err = DataError(f"{url}: corrupt or truncated shard ({type(e).__name__}: {e}); rewrite it with `sevlm shard`")
+            if handle_errors == "raise":
+                raise err from None
+            warnings.warn(f"{err}; skipping the rest of this shard")
+
+
+def decode_sample(raw: dict) -> dict:
+    """Raw tar sample (bytes per extension) -> the sample dict of DESIGN.md."""
+    try:
+        meta = json.loads(raw["json"])
+        tokens = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
+        pooled = np.load(io.BytesIO(raw["pooled.npy"]), allow_pickle=False)
+    except (KeyError, ValueError, OSError) as e:
+        raise DataError(f"{raw.get('__url__')}: sample {raw.get('__key__')!r} cannot be decoded ({type(e).__name__}: {e})") from None
+    return make_sample(meta["image_id"], meta, tokens, pooled)
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """List of samples -> one dict: tokens [B,T,D] and pooled [B,D] stacked, other fields as lists."""
+    out = {k: [s[k] for s in samples] for k in samples[0]}
+    out["tokens"] = torch.stack(out["tokens"])  # (B, T, D)
+    out["pooled"] = torch.stack(out["pooled"])  # (B, D)
+    return out
+
+
+def shard_pipeline(
+    shard_dir_or_manifest: str | Path,
+    split: str,
+    batch_size: int | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 1000,
+    handle_errors: str = "raise",
+    world_size: int | None = None,
+    rank: int | None = None,
+    collate: Callable[[list[dict]], Any] | None = None,
+    partial_batches: bool = True,
+) -> wds.DataPipeline:
+    """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
+
+    Every rank yields `pipeline.samples_per_rank` samples per epoch (see the module docstring).
+    With batch_size, items are lists of samples (or `collate(list)`, e.g. `collate_samples`).
+    """
+    root, manifest, entry = read_manifest(shard_dir_or_manifest, split)
+    world_size, rank = dist_info(world_size, rank)
+    _error_policy(handle_errors)  # validate early
+    urls = [str(root / sh["name"]) for sh in entry["shards"]]
+    counts = {str(root / sh["name"]): int(sh["num_samples"]) for sh in entry["shards"]}
+    if len(urls) < world_size:
+        raise DataError(
+            f"{root}: split {split!r} has {len(urls)} shard(s) for {world_size} ranks; "
+            f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
+        )
+    order = list(urls)
+    if shuffle:
+        random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
+    rank_urls = {r: order[r::world_size] for r in range(world_size)}
+    samples_per_rank = max(sum(counts[u] for u in rank_urls[r]) for r in range(world_size))
+
+    stages: list = [
+        wds.SimpleShardList(order),
+        split_by_node(world_size, rank),
+        split_by_worker,
+        read_tar_samples(counts, rank_urls[rank], samples_per_rank, handle_errors),
+    ]
+    if shuffle:
+        stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
+    stages.append(wds.map(decode_sample))
+    if batch_size is not None:
+        stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial_batches))
+    pipeline = wds.DataPipeline(*stages)
+    pipeline.samples_per_rank = samples_per_rank
+    pipeline.manifest = manifest
+    pipeline.entry = entry
+    return pipeline
+
+
+def _sample_shuffle(bufsize: int, seed: str):
+    """Buffered sample shuffle, seeded per (seed, epoch, rank, worker) so runs repeat exactly."""
+
+    def stage(src):
+        _, wid = worker_info()
+        rng = random.Random(f"{seed}-{wid}")
+        return wds.shuffle(bufsize=bufsize, initial=bufsize, rng=rng)(src)
+
+    return stage

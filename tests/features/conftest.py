@@ -1,0 +1,62 @@
+"""Fixtures for the feature-cache tests: tiny dataset folders and images built in code."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EMOTION_NAMES = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness", "something else")
+
+
+def random_image(rng: random.Random, size=(40, 30), mode="RGB") -> Image.Image:
+    arr = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+def write_dataset(dataset_dir: Path, image_names: list[str], images_dir: Path | None, splits=("train", "val", "test"), seed=0):
+    """A minimal `sevlm prepare` folder: images dealt round-robin to the splits, 2 annotations each."""
+    rng = random.Random(seed)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    per_split = {s: {} for s in splits}
+    for k, name in enumerate(image_names):
+        image_id = name.rsplit(".", 1)[0]
+        emotions = [rng.choice(EMOTION_NAMES) for _ in range(2)]
+        dist = [0.0] * 9
+        for e in emotions:
+            dist[EMOTION_NAMES.index(e)] += 0.5
+        per_split[splits[k % len(splits)]][image_id] = {
+            "image_name": name,
+            "art_style": name.split("/")[0],
+            "painting": image_id.split("/", 1)[1],
+            "emotions": emotions,
+            "explanations": [f"explanation {k} {j} of {image_id}" for j in range(2)],
+            "emotion_distribution": dist,
+            "dominant_emotion": emotions[0] if emotions[0] == emotions[1] else None,
+        }
+    for split, records in per_split.items():
+        (dataset_dir / f"{split}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    manifest = {"images_dir": str(images_dir) if images_dir else None, "counts": {s: len(r) for s, r in per_split.items()}}
+    (dataset_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return per_split
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """12 good RGB images in two styles + their dataset folder -> (images_dir, dataset_dir, names)."""
+    rng = random.Random(0)
+    images_dir = tmp_path / "images"
+    names = []
+    for k in range(12):
+        style = "Cubism" if k % 2 else "Rococo"
+        name = f"{style}/painter_work-{k:02d}.jpg"
+        (images_dir / style).mkdir(parents=True, exist_ok=True)
+        random_image(rng).save(images_dir / name, quality=95)
+        names.append(name)
+    dataset_dir = tmp_path / "dataset"
+    write_dataset(dataset_dir, names, images_dir)
+    return images_dir, dataset_dir, sorted(names)
