@@ -1,0 +1,208 @@
+"""coco-caption metrics, emotion metrics and every bad-input case of sevlm.evaluation.metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sevlm.constants import EMOTIONS
+from sevlm.errors import DataError
+from sevlm.evaluation import metrics as M
+
+
+@pytest.fixture(scope="module")
+def evaluation(good_predictions, dataset_dir):
+    return M.evaluate(good_predictions, dataset_dir / "test.json")
+
+
+def test_scores_equal_pycocoevalcap_own(evaluation, good_predictions, test_refs):
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    preds = [json.loads(line) for line in good_predictions.read_text().splitlines()]
+    # the way coco-caption's own COCOEvalCap prepares its inputs
+    tok = PTBTokenizer()
+    gts = tok.tokenize({p["image_id"]: [{"caption": c} for c in test_refs[p["image_id"]]["explanations"]] for p in preds})
+    res = tok.tokenize({p["image_id"]: [{"caption": p["explanation"]}] for p in preds})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    meteor, meteor_per = M.get_meteor().compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    expected = {"BLEU-1": bleu[0], "BLEU-2": bleu[1], "BLEU-3": bleu[2], "BLEU-4": bleu[3],
+                "METEOR": meteor, "ROUGE-L": rouge, "CIDEr": cider}
+    for key, value in expected.items():
+        assert evaluation.report[key] == pytest.approx(value, abs=1e-12), key
+    assert set(M.LANGUAGE_METRICS) <= set(evaluation.report)
+    assert "SPICE" in evaluation.report["unavailable"] and "SPICE" not in evaluation.report
+    np.testing.assert_allclose(evaluation.captions.per_image["METEOR"], meteor_per)
+    # corpus BLEU recomputed from the kept per-image statistics is coco's corpus BLEU
+    np.testing.assert_allclose(M.bleu_from_stats(evaluation.captions.bleu_stats.sum(0)), bleu, rtol=1e-12)
+
+
+def test_caption_metrics_hand_checkable():
+    s = M.caption_metrics(
+        {"x": "a b c d", "y": "p q r s t u"},
+        {"x": ["a b c e"], "y": ["p q r s t u", "zz"]},
+        tokenize=False,
+    )
+    x, y = s.image_ids.index("x"), s.image_ids.index("y")
+    # x: 3/4 unigrams, 2/3 bigrams, 1/2 trigrams, 0/1 4-grams match; same length, no brevity penalty
+    assert s.per_image["BLEU-1"][x] == pytest.approx(0.75)
+    assert s.per_image["BLEU-2"][x] == pytest.approx(np.sqrt(0.75 * 2 / 3))
+    assert s.per_image["BLEU-3"][x] == pytest.approx((0.75 * 2 / 3 * 0.5) ** (1 / 3))
+    assert s.per_image["BLEU-4"][x] < 1e-3
+    assert s.per_image["ROUGE-L"][x] == pytest.approx(0.75)  # LCS 3 of 4 both ways
+    # y equals one of its references
+    for n in range(1, 5):
+        assert s.per_image[f"BLEU-{n}"][y] == pytest.approx(1.0)
+    assert s.per_image["ROUGE-L"][y] == pytest.approx(1.0)
+    assert s.per_image["METEOR"][y] > 0.99 > s.per_image["METEOR"][x]
+    # corpus BLEU-1: (3 + 6) / (4 + 6) matched unigrams, reference lengths 4 + 6 (closest)
+    assert s.corpus["BLEU-1"] == pytest.approx(0.9)
+    assert s.corpus["ROUGE-L"] == pytest.approx(0.875)
+    assert s.corpus["CIDEr"] == pytest.approx(s.per_image["CIDEr"].mean())
+
+
+def test_emotion_metrics_hand_checkable():
+    pred = ["awe", "awe", "fear", "banana", "sadness", "awe"]
+    dom = ["awe", "fear", "fear", "fear", None, "sadness"]
+    out = M.emotion_metrics(pred, dom)
+    assert out["emotion_accuracy_n"] == 5  # the None image is not counted
+    assert out["emotion_accuracy"] == pytest.approx(2 / 5)
+    cm = np.array(out["confusion_matrix"]["counts"])
+    assert cm.shape == (9, 10) and cm.sum() == 5
+    awe, fear, sad = (EMOTIONS.index(e) for e in ("awe", "fear", "sadness"))
+    assert cm[fear, awe] == 1 and cm[fear, fear] == 1 and cm[fear, 9] == 1 and cm[sad, awe] == 1
+    assert out["per_class"]["awe"]["precision"] == pytest.approx(1 / 3)
+    assert out["per_class"]["fear"]["recall"] == pytest.approx(1 / 3)
+    assert out["per_class"]["fear"]["precision"] == pytest.approx(1.0)
+    assert out["per_class"]["sadness"]["support"] == 1 and out["per_class"]["sadness"]["recall"] == 0
+    assert M.emotion_metrics(["awe"], [None]) == {"emotion_accuracy": None, "emotion_accuracy_n": 0}
+
+
+def test_text_stats():
+    out = M.text_stats(["A red  sky", "a red sky", "blue sea here now"])
+    assert out["distinct_explanations_share"] == pytest.approx(2 / 3)
+    assert out["mean_length_words"] == pytest.approx((3 + 3 + 4) / 3)
+
+
+def test_report_values(evaluation, test_refs):
+    r = evaluation.report
+    # even images copy a human emotion equal to the dominant one; odd ones say "awe"
+    dominant = [e["dominant_emotion"] for e in test_refs.values()]
+    expected = np.mean([True if k % 2 == 0 else d == "awe" for k, d in enumerate(dominant)])
+    assert r["emotion_accuracy"] == pytest.approx(expected)
+    assert r["emotion_accuracy_n"] == 12 and r["n_predictions"] == 12 and r["coverage"] == 1.0
+    assert r["emotion_not_one_of_9_share"] == 0 and r["warnings"] == {}
+    assert r["distinct_explanations_share"] == pytest.approx(7 / 12)  # 6 copies + 1 repeated sentence
+
+
+def _refs(tmp_path, entries: dict):
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({
+        k: {"emotions": v, "explanations": [f"text {i}" for i in range(len(v))]} for k, v in entries.items()
+    }))
+    return path
+
+
+def test_dominance_edge_cases(tmp_path):
+    refs = M.load_references(_refs(tmp_path, {
+        "tie": ["fear", "fear", "awe", "awe"],
+        "half": ["fear", "fear", "awe", "sadness"],
+        "half_tie": ["fear", "awe"],
+        "below_half": ["fear", "fear", "awe", "sadness", "anger"],
+        "single": ["awe"],
+        "majority": ["sadness", "sadness", "awe"],
+    }))
+    got = {k: r.dominant for k, r in refs.items()}
+    assert got == {"tie": None, "half": "fear", "half_tie": None, "below_half": None, "single": "awe", "majority": "sadness"}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"emotions": ["awe"], "explanations": []}, "non-empty list"),
+        ({"emotions": ["awe", "fear"], "explanations": ["x"]}, "as long as"),
+        ({"emotions": ["joy"], "explanations": ["x"]}, "unknown emotion 'joy'"),
+        ({"emotions": ["awe"], "explanations": ["  "]}, "empty explanation"),
+        ({"emotions": ["awe"], "explanations": ["x"], "dominant_emotion": "fear"}, "disagrees"),
+        ("not an object", "not an object"),
+    ],
+)
+def test_bad_references(tmp_path, entry, message):
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({"Style/img": entry}))
+    with pytest.raises(DataError, match=message) as e:
+        M.load_references(path)
+    assert str(path) in str(e.value) and "Style/img" in str(e.value)
+
+
+def test_broken_reference_json(tmp_path):
+    path = tmp_path / "refs.json"
+    path.write_text('{"a": ')
+    with pytest.raises(DataError, match="not valid JSON"):
+        M.load_references(path)
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"image_id": "a", "emotion": "awe", "explanation": "x"}', '{"image_id": "b", "emotion"'], r":2: not valid JSON"),
+        (['[1, 2]'], r":1: expected a JSON object"),
+        (['{"image_id": "a", "explanation": "x"}'], r":1: missing key 'emotion'"),
+        (['{"image_id": "a", "emotion": "awe", "explanation": null}'], r":1: 'explanation' must be a string"),
+        (['{"image_id": "a", "emotion": "awe", "explanation": "x"}', "",
+          '{"image_id": "a", "emotion": "fear", "explanation": "y"}'], r":3: duplicate prediction for image 'a' \(first at line 1\)"),
+        ([""], r"no predictions"),
+    ],
+)
+def test_bad_prediction_files(tmp_path, lines, message, jsonl):
+    path = jsonl(tmp_path / "p.jsonl", lines)
+    with pytest.raises(DataError, match=message) as e:
+        M.load_predictions(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        M.load_predictions(tmp_path / "nope.jsonl")
+
+
+def _pred(image_id, emotion="awe", explanation="x", line=1):
+    return M.Prediction(image_id, emotion, explanation, line)
+
+
+def test_unknown_and_missing_ids(tmp_path):
+    refs = M.load_references(_refs(tmp_path, {"a": ["awe"], "b": ["fear"], "c": ["fear"]}))
+    with pytest.raises(DataError, match=r"p.jsonl:2: image 'zzz' is not in the references"):
+        M.align([_pred("a"), _pred("zzz", line=2)], refs, "p.jsonl", strict=True)
+    with pytest.raises(DataError, match=r"2 of 3 reference images have no prediction"):
+        M.align([_pred("a")], refs, "p.jsonl", strict=True)
+    kept, warnings = M.align([_pred("a"), _pred("zzz", line=2), _pred("b", "joy", " ")], refs, "p.jsonl", strict=False)
+    assert [p.image_id for p in kept] == ["a", "b"]
+    assert warnings == {"unknown_image_id": 1, "missing_prediction": 1, "empty_explanation": 1, "emotion_not_one_of_9": 1}
+    with pytest.raises(DataError, match="no prediction matches"):
+        M.align([_pred("zzz")], refs, "p.jsonl", strict=False)
+
+
+def test_lenient_evaluation_counts_and_scores_empty(tmp_path, dataset_dir, test_refs, jsonl):
+    ids = list(test_refs)
+    rows = [{"image_id": ids[0], "emotion": "joy", "explanation": ""},
+            {"image_id": ids[1], "emotion": test_refs[ids[1]]["dominant_emotion"], "explanation": test_refs[ids[1]]["explanations"][0]},
+            {"image_id": "Unknown/img", "emotion": "awe", "explanation": "x"}]
+    path = jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError):
+        M.evaluate(path, dataset_dir / "test.json")
+    ev = M.evaluate(path, dataset_dir / "test.json", strict=False)
+    r = ev.report
+    assert r["warnings"] == {"unknown_image_id": 1, "missing_prediction": 10, "empty_explanation": 1, "emotion_not_one_of_9": 1}
+    assert r["n_predictions"] == 2 and r["coverage"] == pytest.approx(2 / 12)
+    assert r["emotion_accuracy"] == pytest.approx(0.5) and r["emotion_not_one_of_9_share"] == pytest.approx(0.5)
+    k = ev.captions.image_ids.index(ids[0])
+    for name in ("BLEU-1", "METEOR", "ROUGE-L", "CIDEr"):  # the empty explanation scores zero, it is not dropped
+        assert ev.captions.per_image[name][k] == pytest.approx(0.0, abs=1e-6), name
+    assert r["emotions"]["confusion_matrix"]["counts"][EMOTIONS.index(test_refs[ids[0]]["dominant_emotion"])][9] == 1
