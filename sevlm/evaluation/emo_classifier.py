@@ -1,0 +1,207 @@
+"""A text -> emotion classifier (TF-IDF + logistic regression) for the Emo-Align score.
+
+Trained once on the training split's human explanations (each labelled with its annotator's
+emotion) and saved beside the dataset in `DATASET_DIR/emo_classifier/` as plain JSON + a
+numpy archive (no pickle: loading runs no code). Prediction recomputes TF-IDF directly from
+the saved vocabulary and idf weights, which is what sklearn's TfidfVectorizer does; a test
+holds the two to the same probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sevlm.constants import EMOTIONS
+from sevlm.errors import DataError
+
+CLASSIFIER_DIRNAME = "emo_classifier"
+FORMAT = "sevlm-emo-classifier/1"
+DEFAULT_PARAMS = {
+    "lowercase": True,
+    "token_pattern": r"(?u)\b\w+\b",
+    "ngram_range": [1, 2],
+    "min_df": 2,
+    "max_features": 100_000,
+    "sublinear_tf": True,
+    "C": 4.0,
+}
+
+
+@dataclass
+class EmotionClassifier:
+    classes: list[str]
+    vocabulary: list[str]  # feature index -> term
+    idf: np.ndarray  # [V]
+    coef: np.ndarray  # [C, V]
+    intercept: np.ndarray  # [C]
+    params: dict
+    meta: dict = field(default_factory=dict)  # training data checksum, held-out accuracy, ...
+
+    def features(self, texts: list[str]):
+        """TF-IDF rows [N, V] (sparse), l2-normalised, exactly as TfidfVectorizer computes them."""
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        vec = CountVectorizer(
+            vocabulary={t: i for i, t in enumerate(self.vocabulary)},
+            lowercase=self.params["lowercase"],
+            token_pattern=self.params["token_pattern"],
+            ngram_range=tuple(self.params["ngram_range"]),
+            dtype=np.float64,
+        )
+        x = vec.transform(list(texts)).tocsr()
+        if self.params["sublinear_tf"]:
+            np.log(x.data, out=x.data)
+            x.data += 1.0
+        x = x.multiply(self.idf[None, :]).tocsr()
+        return normalize(x, norm="l2")
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        logits = self.features(texts) @ self.coef.T + self.intercept  # [N, C]
+        logits = np.asarray(logits)
+        if len(self.classes) == 2:  # sklearn's binary case: one logit for classes[1]
+            logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, texts: list[str]) -> list[str]:
+        if not len(texts):
+            return []
+        return [self.classes[k] for k in self.predict_proba(texts).argmax(axis=1)]
+
+    def describe(self) -> dict:
+        return {"format": FORMAT, "classes": self.classes, "n_features": len(self.vocabulary), "params": self.params, **self.meta}
+
+    # -- storage (no pickle) ----------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        from sevlm.io import atomic_path, sha256_file, write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / "weights.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, idf=self.idf, coef=self.coef, intercept=self.intercept)
+        # the JSON is written last and names the weights' checksum: a half-saved classifier
+        # (weights without a matching JSON) is never loaded
+        write_json(
+            directory / "classifier.json",
+            {
+                "format": FORMAT,
+                "classes": self.classes,
+                "params": self.params,
+                "meta": self.meta,
+                "weights_sha256": sha256_file(directory / "weights.npz"),
+                "vocabulary": self.vocabulary,
+            },
+            indent=None,
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "EmotionClassifier":
+        from sevlm.io import read_json, sha256_file
+
+        directory = Path(directory)
+        spec = read_json(directory / "classifier.json")
+        where = directory / "classifier.json"
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            raise DataError(f"{where}: not a {FORMAT} file")
+        weights = directory / "weights.npz"
+        if not weights.exists() or sha256_file(weights) != spec.get("weights_sha256"):
+            raise DataError(f"{weights}: missing or does not match {where} (delete the folder to retrain)")
+        with np.load(weights, allow_pickle=False) as z:
+            idf, coef, intercept = z["idf"], z["coef"], z["intercept"]
+        vocab, classes = spec["vocabulary"], spec["classes"]
+        n_out = 1 if len(classes) == 2 else len(classes)
+        if idf.shape != (len(vocab),) or coef.shape != (n_out, len(vocab)) or intercept.shape != (n_out,):
+            raise DataError(f"{weights}: array shapes do not match the vocabulary/classes in {where}")
+        if any(c not in EMOTIONS for c in classes):
+            raise DataError(f"{where}: unknown class in {classes}")
+        params = {**DEFAULT_PARAMS, **spec["params"]}
+        return cls(classes, vocab, idf, coef, intercept, params, spec.get("meta", {}))
+
+
+def train_classifier(texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> EmotionClassifier:
+    """Fit TF-IDF + multinomial logistic regression on human explanations and their emotions."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    params = {**DEFAULT_PARAMS, **(params or {})}
+    if len(set(labels)) < 2:
+        raise DataError("emotion classifier: training data holds fewer than 2 emotions")
+    vec = TfidfVectorizer(
+        lowercase=params["lowercase"],
+        token_pattern=params["token_pattern"],
+        ngram_range=tuple(params["ngram_range"]),
+        min_df=min(params["min_df"], len(texts)),
+        max_features=params["max_features"],
+        sublinear_tf=params["sublinear_tf"],
+    )
+    x = vec.fit_transform(texts)
+    clf = LogisticRegression(C=params["C"], max_iter=1000, random_state=seed).fit(x, labels)
+    vocab = [None] * len(vec.vocabulary_)
+    for term, i in vec.vocabulary_.items():
+        vocab[i] = term
+    return EmotionClassifier(
+        classes=[str(c) for c in clf.classes_],
+        vocabulary=vocab,
+        idf=vec.idf_.astype(np.float64),
+        coef=clf.coef_.astype(np.float64),
+        intercept=clf.intercept_.astype(np.float64),
+        params=params,
+    )
+
+
+def _annotations(dataset_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    from sevlm.io import read_json
+
+    path = dataset_dir / f"{split}.json"
+    data = read_json(path)
+    texts, labels = [], []
+    for image_id, entry in data.items():
+        try:
+            texts.extend(entry["explanations"])
+            labels.extend(entry["emotions"])
+        except (KeyError, TypeError):
+            raise DataError(f"{path}: image {image_id!r} lacks 'explanations'/'emotions'") from None
+    return texts, labels
+
+
+def accuracy(clf: EmotionClassifier, texts: list[str], labels: list[str]) -> float | None:
+    if not texts:
+        return None
+    return float(np.mean([p == y for p, y in zip(clf.predict(texts), labels)]))
+
+
+def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: bool = False) -> EmotionClassifier:
+    """The dataset's classifier from `DATASET_DIR/emo_classifier/`, trained and saved on first use.
+
+    A saved classifier is reused only while train.json is unchanged (its sha256 is recorded).
+    """
+    from sevlm.io import sha256_file
+
+    dataset_dir = Path(dataset_dir)
+    train_json = dataset_dir / "train.json"
+    if not train_json.exists():
+        raise DataError(f"{train_json}: not found (the emotion classifier trains on the train split)")
+    directory = dataset_dir / CLASSIFIER_DIRNAME
+    train_sha = sha256_file(train_json)
+    wanted = {**DEFAULT_PARAMS, **(params or {})}
+    if not retrain and (directory / "classifier.json").exists():
+        clf = EmotionClassifier.load(directory)
+        if clf.meta.get("train_sha256") == train_sha and clf.params == wanted:
+            return clf
+    texts, labels = _annotations(dataset_dir, "train")
+    clf = train_classifier(texts, labels, wanted)
+    clf.meta = {"train_sha256": train_sha, "n_train": len(texts), "held_out_accuracy": {}}
+    for split in ("val", "test"):
+        if (dataset_dir / f"{split}.json").exists():
+            t, y = _annotations(dataset_dir, split)
+            clf.meta["held_out_accuracy"][split] = accuracy(clf, t, y)
+            clf.meta["held_out_accuracy"][f"{split}_n"] = len(t)
+    clf.save(directory)
+    return clf

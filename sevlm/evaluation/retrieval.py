@@ -1,0 +1,204 @@
+"""Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
+
+Everything works on numpy arrays, so it is testable without a model; `sevlm retrieve`
+computes the embeddings with the model's contrastive head and calls `retrieval_report`.
+Embeddings are L2-normalised, so inner product = cosine similarity.
+
+- Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
+  (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
+  IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
+  says which device searched.
+- Recall@K comes from the index's top-K lists (so an approximate index shows its own loss).
+- Ranks (median rank, recall@K curves) are exact: 1 + the number of gallery items scoring
+  strictly higher than the best correct one, counted from all scores in blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sevlm.constants import EMOTIONS
+from sevlm.errors import ConfigError, DataError
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    kind: str = "flat"  # flat | ivf | hnsw
+    use_gpu: bool | None = None  # None: the GPU when faiss has GPU support and sees a device
+    nlist: int | None = None  # IVF cells; default ~4 sqrt(N), at least 39 points per cell
+    nprobe: int = 32  # IVF cells visited per query
+    hnsw_m: int = 32  # HNSW graph degree
+    ef_search: int = 128  # HNSW search breadth
+    ef_construction: int = 200
+    seed: int = 0
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise DataError(f"embeddings must be 2-D [N, E], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise DataError("embeddings contain NaN or inf")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class Index:
+    """A FAISS inner-product index over a gallery [N, E]; `.device` is "cpu" or "gpu"."""
+
+    def __init__(self, gallery: np.ndarray, options: IndexOptions = IndexOptions()):
+        import faiss
+
+        if options.kind not in INDEX_KINDS:
+            raise ConfigError(f"index kind {options.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        n, d = gallery.shape
+        if n == 0:
+            raise DataError("retrieval gallery is empty")
+        self.options, self.size, self.dim = options, n, d
+        self.params: dict = {}
+        if options.kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif options.kind == "ivf":
+            nlist = options.nlist or int(4 * np.sqrt(n))
+            nlist = max(1, min(nlist, n // 39))  # faiss wants >= 39 training points per cell
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = options.seed
+            index.train(gallery)
+            index.nprobe = min(options.nprobe, nlist)
+            self.params = {"nlist": nlist, "nprobe": index.nprobe}
+        else:
+            index = faiss.IndexHNSWFlat(d, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = options.ef_construction
+            index.hnsw.efSearch = options.ef_search
+            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": options.ef_construction}
+        want_gpu = gpu_available() if options.use_gpu is None else options.use_gpu
+        if want_gpu and not gpu_available():
+            raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
+        self.device = "cpu"
+        if want_gpu and options.kind != "hnsw":
+            self._res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._res, 0, index)
+            self.device = "gpu"
+        index.add(gallery)
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores [Q, k], ids [Q, k]); ids are -1 where fewer than k items were found."""
+        k = min(k, self.size)
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, ids
+
+    def describe(self) -> dict:
+        return {"kind": self.options.kind, "device": self.device, "size": self.size, "dim": self.dim, **self.params}
+
+
+def exact_ranks(
+    queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int = 512
+) -> np.ndarray:
+    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher."""
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for s in range(0, len(queries), block):
+        scores = queries[s : s + block] @ gallery.T  # [b, N]
+        positive = gallery_label[None, :] == query_label[s : s + block, None]  # [b, N]
+        best = np.where(positive, scores, -np.inf).max(axis=1)  # [b]
+        ranks[s : s + block] = 1 + (scores > best[:, None]).sum(axis=1)
+    return ranks
+
+
+def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarray, ks) -> dict[str, float]:
+    """Recall@K from top-k id lists [Q, k]: a hit is any positive (same label) among the first K."""
+    positive = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
+    return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, Index]:
+    index = Index(gallery, options)
+    _, ids = index.search(queries, max(ks))
+    ranks = exact_ranks(queries, query_label, gallery, gallery_label)
+    res = hits_at_k(ids, query_label, gallery_label, ks)
+    res["median_rank"] = float(np.median(ranks))
+    res["mean_rank"] = float(ranks.mean())
+    res["recall_curve"] = {str(k): float((ranks <= k).mean()) for k in CURVE_KS if k <= len(gallery)}
+    res["n_queries"] = len(queries)
+    res["gallery_size"] = len(gallery)
+    return res, index
+
+
+def _accuracy(queries, emotion_emb, targets: np.ndarray) -> dict:
+    """Nearest-emotion accuracy over queries whose target is known (>= 0)."""
+    known = targets >= 0
+    if not known.any():
+        return {"accuracy": None, "n": 0}
+    pred = (queries[known] @ emotion_emb.T).argmax(axis=1)  # [n]
+    return {"accuracy": float((pred == targets[known]).mean()), "n": int(known.sum())}
+
+
+def retrieval_metrics(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    text_image: np.ndarray,
+    emotion_emb: np.ndarray,
+    image_dominant: np.ndarray,
+    text_emotion: np.ndarray | None = None,
+    options: IndexOptions = IndexOptions(),
+    ks=(1, 5, 10),
+) -> dict:
+    """Retrieval scores for one set of embeddings.
+
+    image_emb [I, E]; text_emb [N, E] (explanations); text_image [N] index of each text's
+    image; emotion_emb [9, E] in EMOTIONS order; image_dominant [I] emotion index of each
+    image's dominant emotion, -1 for none; text_emotion [N] the annotator's own emotion.
+    """
+    image_emb, text_emb, emotion_emb = normalize(image_emb), normalize(text_emb), normalize(emotion_emb)
+    text_image = np.asarray(text_image, dtype=np.int64)
+    image_dominant = np.asarray(image_dominant, dtype=np.int64)
+    n_img = len(image_emb)
+    if text_emb.shape[1] != image_emb.shape[1] or emotion_emb.shape != (len(EMOTIONS), image_emb.shape[1]):
+        raise DataError(
+            f"embedding shapes disagree: images {image_emb.shape}, texts {text_emb.shape}, emotions {emotion_emb.shape}"
+        )
+    if text_image.shape != (len(text_emb),) or text_image.min() < 0 or text_image.max() >= n_img:
+        raise DataError("text_image must give, for every text, the index of an image")
+    if image_dominant.shape != (n_img,):
+        raise DataError("image_dominant must have one entry per image")
+    if len(np.unique(text_image)) != n_img:
+        raise DataError("every image needs at least one explanation in the gallery")
+    image_label = np.arange(n_img)
+    i2t, index = _direction(image_emb, image_label, text_emb, text_image, options, ks)
+    t2i, _ = _direction(text_emb, text_image, image_emb, image_label, options, ks)
+    out = {
+        "index": index.describe(),
+        "image_to_explanation": i2t,
+        "explanation_to_image": t2i,
+        "image_to_emotion": _accuracy(image_emb, emotion_emb, image_dominant),
+        "explanation_to_emotion": _accuracy(text_emb, emotion_emb, image_dominant[text_image]),
+    }
+    if text_emotion is not None:
+        out["explanation_to_own_emotion"] = _accuracy(text_emb, emotion_emb, np.asarray(text_emotion, dtype=np.int64))
+    return out
+
+
+def retrieval_report(
+    image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
+    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), seed: int = 0,
+) -> dict:
+    """The model's retrieval scores beside a random-embedding baseline of the same shapes."""
+    rng = np.random.default_rng(seed)
+    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
+    rand = lambda x: rng.standard_normal(np.shape(x)).astype(np.float32)  # noqa: E731
+    baseline = retrieval_metrics(
+        rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant, text_emotion, options, ks
+    )
+    return {"model": model, "random_baseline": {**baseline, "seed": seed}, "ks": list(ks)}
