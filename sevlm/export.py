@@ -1,0 +1,147 @@
+"""Exported models: safetensors weights + resolved config + tokenizer, and THE load function.
+
+An export folder holds
+  model.safetensors   the SEVLM weights (tied weights stored once)
+  decoder_config.json the GPT-2 architecture (so a hub decoder reloads offline)
+  config.json         {"format", "sevlm_version", "model": SEVLMConfig fields,
+                       "lexicon": path or "demo", "encoder": {"name", "settings"} or null,
+                       "train": the trainer's resolved config}
+  tokenizer/          the tokenizer files, special tokens included
+`load_run` takes an export folder or a run folder with `export/` inside; generation,
+evaluation, retrieval and `sevlm predict` all load through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sevlm.errors import DataError
+
+FORMAT = "sevlm-export-1"
+
+
+@dataclass
+class LoadedRun:
+    model: Any  # SEVLM, eval mode
+    tokenizer: Any
+    lexicon: Any  # VADLexicon
+    builder: Any  # SequenceBuilder
+    config: dict  # the export's config.json
+    path: Path
+
+
+def _lexicon_spec(config_dict: dict) -> str:
+    spec = config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon")
+    return str(Path(spec).resolve()) if spec and spec != "demo" else "demo"
+
+
+def _encoder_spec(config_dict: dict) -> dict | None:
+    enc = config_dict.get("encoder")
+    if isinstance(enc, dict) and enc.get("name"):
+        return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
+    name = enc if isinstance(enc, str) else (config_dict.get("data") or {}).get("encoder")
+    return {"name": name, "settings": {}} if name else None
+
+
+def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None = None) -> Path:
+    """Write the export folder atomically (built beside it, then renamed into place).
+
+    `config_dict` is the trainer's resolved config; `lexicon` (path or "demo") and `encoder`
+    (a name or {"name", "settings"}) are read from its top level or its `data` section.
+    """
+    from safetensors.torch import save_file
+
+    import sevlm
+    from sevlm.io import write_json
+
+    config_dict = dict(config_dict or {})
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        # lm_head.weight is tied to wte: store it once (safetensors refuses shared memory).
+        state.pop("decoder.lm_head.weight", None)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        write_json(tmp / "decoder_config.json", model.decoder.config.to_dict())
+        write_json(
+            tmp / "config.json",
+            {
+                "format": FORMAT,
+                "sevlm_version": getattr(sevlm, "__version__", "unknown"),
+                "model": dataclasses.asdict(model.config),
+                "lexicon": _lexicon_spec(config_dict),
+                "encoder": _encoder_spec(config_dict),
+                "train": config_dict,
+            },
+        )
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def find_export(path: str | Path) -> Path:
+    path = Path(path)
+    for cand in (path, path / "export"):
+        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+            return cand
+    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / 'export'})")
+
+
+def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) -> LoadedRun:
+    """Load an export folder (or a run folder containing `export/`) for inference.
+
+    `lexicon` overrides the recorded lexicon (path or "demo"), e.g. when the run was
+    trained on another machine.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from sevlm.config import from_dict
+    from sevlm.data.vad import VADLexicon
+    from sevlm.io import read_json
+    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    export = find_export(path)
+    config = read_json(export / "config.json")
+    if config.get("format") != FORMAT:
+        raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT})")
+    from transformers import GPT2Config
+
+    mcfg = from_dict(SEVLMConfig, config["model"], where=str(export / "config.json") + ":model")
+    # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
+    decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
+    tokenizer = load_tokenizer(export / "tokenizer")
+    spec = lexicon or config.get("lexicon") or "demo"
+    try:
+        lex = VADLexicon.load(spec)
+    except DataError as e:
+        raise DataError(f"{export}: the run's VAD lexicon cannot be loaded ({e}); pass another with lexicon=") from None
+    model = SEVLM(mcfg, decoder_config=decoder_config)
+    state = load_file(str(export / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "decoder.lm_head.weight"]
+    if missing or unexpected:
+        raise DataError(f"{export / 'model.safetensors'}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.decoder.tie_weights()
+    model.to(torch.device(device)).eval()
+    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len)
+    return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export)

@@ -1,0 +1,17 @@
+"""The SEVLM model: tensors in, a typed output out (imports only torch and transformers)."""
+
+from sevlm.model.config import SEVLMConfig
+from sevlm.model.contrastive import ContrastiveHead, cosine_score
+from sevlm.model.emotion_encoder import EmotionEncoder
+from sevlm.model.model import SEVLM, DecodeState, SEVLMOutput, masked_mean
+
+__all__ = [
+    "SEVLM",
+    "SEVLMConfig",
+    "SEVLMOutput",
+    "DecodeState",
+    "EmotionEncoder",
+    "ContrastiveHead",
+    "cosine_score",
+    "masked_mean",
+]

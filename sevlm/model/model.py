@@ -1,0 +1,310 @@
+"""SEVLM: a GPT-2 decoder (transformers' GPT2LMHeadModel, wrapped, never forked) that reads
+cached visual tokens and a causal VAD emotion signal, plus VAD and contrastive heads.
+
+Batches (from sevlm.text.SequenceBuilder), B sequences of length T over I images:
+  input_ids, attention_mask, labels, segment_ids (B, T); vad, vad_target (B, T, 3);
+  vad_mask, vad_target_mask (B, T); visual (I, N, D); seq_image (B,) image of each sequence;
+  pair_valid, visual_negative (I,) for the contrastive loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sevlm.model.config import SEVLMConfig
+from sevlm.model.contrastive import ContrastiveHead
+from sevlm.model.emotion_encoder import EmotionEncoder, VADCache, reorder_vad_cache
+
+
+@dataclass
+class SEVLMOutput:
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None
+    cl_loss: torch.Tensor | None
+    vad_loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, T, V)
+
+
+@dataclass
+class DecodeState:
+    """What incremental decoding carries between steps: both caches."""
+
+    cache: Any  # transformers Cache (DynamicCache / EncoderDecoderCache)
+    vad_cache: VADCache | None
+
+    def reorder(self, index: torch.Tensor) -> "DecodeState":
+        self.cache.reorder_cache(index)
+        if self.vad_cache is not None:
+            self.vad_cache = reorder_vad_cache(self.vad_cache, index)
+        return self
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of h (B, T, C) over positions where mask (B, T) is true; zeros where none is."""
+    m = mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def build_decoder(cfg: SEVLMConfig, decoder_config: Any = None):
+    """GPT2LMHeadModel: from `decoder_config` (random weights, to be loaded), a hub name or
+    local dir (`cfg.decoder`), or a random GPT-2 of the configured size."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cross = cfg.mode == "cross"
+    if decoder_config is not None:
+        return GPT2LMHeadModel(decoder_config)
+    if cfg.decoder:
+        # Hub name or local dir; cross-attention weights are new (randomly initialised).
+        dec = GPT2LMHeadModel.from_pretrained(cfg.decoder, add_cross_attention=cross)
+        if cfg.vocab_size and dec.config.vocab_size != cfg.vocab_size:
+            dec.resize_token_embeddings(cfg.vocab_size)
+        return dec
+    gcfg = GPT2Config(
+        vocab_size=cfg.vocab_size or 50260,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        add_cross_attention=cross,
+        bos_token_id=cfg.eos_id,
+        eos_token_id=cfg.eos_id,
+        pad_token_id=cfg.pad_id,
+    )
+    return GPT2LMHeadModel(gcfg)
+
+
+class SEVLM(nn.Module):
+    def __init__(self, config: SEVLMConfig, decoder_config: Any = None):
+        super().__init__()
+        if not config.vocab_size:
+            raise ValueError("SEVLMConfig has no tokenizer ids: use config.with_token_ids(TokenIds.from_tokenizer(tok))")
+        self.config = config
+        self.decoder = build_decoder(config, decoder_config)
+        E = self.decoder.config.n_embd
+        self.n_embd = E
+        if config.mode == "cross":
+            self.visual_proj = nn.Sequential(nn.Linear(config.visual_dim, E), nn.LayerNorm(E))
+        elif config.mode == "prefix":
+            # ClipCap: pooled visual feature -> n_prefix embeddings
+            self.prefix_proj = nn.Sequential(
+                nn.Linear(config.visual_dim, E * config.n_prefix // 2),
+                nn.Tanh(),
+                nn.Linear(E * config.n_prefix // 2, E * config.n_prefix),
+            )
+        if config.use_vad_input:
+            self.emotion_encoder = EmotionEncoder(config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout)
+            self.fusion = nn.Linear(E + 3, E)  # W_f [x_t ; v_t] + b
+            with torch.no_grad():  # start as the identity on x so a pretrained decoder starts unchanged
+                self.fusion.weight.zero_()
+                self.fusion.weight[:, :E].copy_(torch.eye(E))
+                self.fusion.weight[:, E:].normal_(0.0, 0.02)
+                self.fusion.bias.zero_()
+        if config.use_vad_head:
+            self.vad_head = nn.Linear(E, 3)
+        if config.use_contrastive:
+            self.contrastive = ContrastiveHead(
+                config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature
+            )
+
+    # ---- pieces -----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.transformer.wte.weight.device
+
+    def embed_tokens(
+        self,
+        input_ids: torch.Tensor,  # (B, t)
+        segment_ids: torch.Tensor | None = None,  # (B, t)
+        vad: torch.Tensor | None = None,  # (B, t, 3)
+        vad_cache: VADCache | None = None,
+    ) -> tuple[torch.Tensor, VADCache | None]:
+        """Input embeddings: word (+ segment) embedding, fused with the causal VAD encoding."""
+        wte = self.decoder.transformer.wte
+        x = wte(input_ids)  # (B, t, E)
+        if self.config.use_segments and segment_ids is not None:
+            x = x + wte(segment_ids)
+        new_cache = None
+        if self.config.use_vad_input:
+            if vad is None:
+                vad = x.new_zeros(*input_ids.shape, 3)
+            v, new_cache = self.emotion_encoder(vad.to(x.dtype), vad_cache)  # (B, t, 3)
+            fused = self.fusion(torch.cat([x, v], dim=-1))  # (B, t, E)
+            if self.config.vad_fuse == "explanation" and segment_ids is not None:
+                x = torch.where((segment_ids == self.config.explanation_id).unsqueeze(-1), fused, x)
+            else:
+                x = fused
+        return x, new_cache
+
+    def visual_context(self, visual: torch.Tensor | None, seq_image: torch.Tensor | None = None) -> dict:
+        """What the decoder attends to, per sequence: encoder states (cross) or prefix embeddings."""
+        if visual is None or self.config.mode == "none":
+            return {}
+        visual = visual.to(self.decoder.dtype)
+        if self.config.mode == "cross":
+            enc = self.visual_proj(visual)  # (I, N, E): projected once per image, shared by its sequences
+            return {"encoder_hidden_states": enc if seq_image is None else enc[seq_image]}
+        prefix = self.prefix_proj(visual.mean(dim=1)).view(visual.shape[0], self.config.n_prefix, self.n_embd)
+        return {"prefix": prefix if seq_image is None else prefix[seq_image]}  # (B, P, E)
+
+    def run_decoder(
+        self,
+        embeds: torch.Tensor,  # (B, t, E)
+        attention_mask: torch.Tensor | None,
+        context: dict,
+        cache: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """Final hidden states (B, t, E) for the text positions, and the updated KV cache."""
+        prefix = context.get("prefix")
+        n_prefix = 0
+        if prefix is not None and cache is None:  # the prefix enters once, at the first step
+            n_prefix = prefix.shape[1]
+            embeds = torch.cat([prefix, embeds], dim=1)  # (B, P+t, E)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        out = self.decoder.transformer(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            encoder_hidden_states=context.get("encoder_hidden_states"),
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state[:, n_prefix:], out.cache
+
+    def text_features(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, segment_ids: torch.Tensor):
+        """Masked-mean emotion and explanation features from a text-only pass (no image)."""
+        h, _ = self.run_decoder(embeds, attention_mask, {})
+        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(segment_ids, dtype=torch.bool)
+        emo = masked_mean(h, valid & (segment_ids == self.config.emotion_id))  # (B, E)
+        exp = masked_mean(h, valid & (segment_ids == self.config.explanation_id))  # (B, E)
+        return emo, exp
+
+    # ---- training forward ---------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        vad: torch.Tensor | None = None,
+        vad_mask: torch.Tensor | None = None,
+        vad_target: torch.Tensor | None = None,
+        vad_target_mask: torch.Tensor | None = None,
+        visual: torch.Tensor | None = None,
+        seq_image: torch.Tensor | None = None,
+        pair_valid: torch.Tensor | None = None,
+        visual_negative: torch.Tensor | None = None,
+        image_ids: list | None = None,  # metadata from the collate, unused
+    ) -> SEVLMOutput:
+        cfg = self.config
+        embeds, _ = self.embed_tokens(input_ids, segment_ids, vad)
+        context = self.visual_context(visual, seq_image)
+        h, _ = self.run_decoder(embeds, attention_mask, context)  # (B, T, E)
+        logits = self.decoder.lm_head(h)  # (B, T, V)
+
+        lm_loss = cl_loss = vad_loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        if cfg.use_vad_head and vad_target is not None and vad_target_mask is not None:
+            pred = self.vad_head(h[:, :-1])  # (B, T-1, 3): the VAD of token t+1
+            m = vad_target_mask[:, 1:].to(pred.dtype)  # (B, T-1)
+            se = ((pred.float() - vad_target[:, 1:].float()) ** 2).mean(-1)  # (B, T-1)
+            vad_loss = (se * m).sum() / m.sum().clamp(min=1.0)
+        if cfg.use_contrastive and pair_valid is not None and visual is not None and segment_ids is not None:
+            if cfg.mode == "none":
+                valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+                emo_f = masked_mean(h, valid & (segment_ids == cfg.emotion_id))
+                exp_f = masked_mean(h, valid & (segment_ids == cfg.explanation_id))
+            else:
+                emo_f, exp_f = self.text_features(embeds, attention_mask, segment_ids)
+            emo, exp = self.contrastive.embed_text(emo_f, exp_f)
+            img = self.contrastive.embed_image(visual.to(emo.dtype))
+            cl_loss = self.contrastive.loss(img, emo, exp, seq_image, pair_valid, visual_negative)
+
+        loss = None
+        parts = [(lm_loss, 1.0), (cl_loss, cfg.w_cl), (vad_loss, cfg.w_vad)]
+        if any(p is not None for p, _ in parts):
+            loss = sum(w * p for p, w in parts if p is not None)
+        return SEVLMOutput(loss=loss, lm_loss=lm_loss, cl_loss=cl_loss, vad_loss=vad_loss, logits=logits)
+
+    # ---- inference ------------------------------------------------------------------------
+    def decode_step(
+        self,
+        input_ids: torch.Tensor,  # (B, t): the prompt at the first step, then one token
+        segment_ids: torch.Tensor | None,
+        vad: torch.Tensor | None,  # (B, t, 3)
+        context: dict,
+        state: DecodeState | None = None,
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """Logits (B, t, V) for new positions, reusing both caches; returns the updated state."""
+        embeds, vad_cache = self.embed_tokens(input_ids, segment_ids, vad, state.vad_cache if state else None)
+        h, cache = self.run_decoder(embeds, None, context, state.cache if state else None, use_cache=True)
+        return self.decoder.lm_head(h), DecodeState(cache, vad_cache)
+
+    @torch.no_grad()
+    def embed_images(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual tokens (B, N, D) -> normalised (B, E) retrieval embeddings."""
+        if not self.config.use_contrastive:
+            raise ValueError("this model has no contrastive head (use_contrastive=False)")
+        return self.contrastive.embed_image(visual.to(self.device, self.decoder.dtype)).float()
+
+    @torch.no_grad()
+    def embed_texts(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor,
+        vad: torch.Tensor | None = None,
+        **_batch: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences (from SequenceBuilder) -> normalised (emotion (B, E), explanation (B, E)).
+
+        Text only: the result does not depend on any image, so it can be indexed.
+        """
+        if not self.config.use_contrastive:
+            raise ValueError("this model has no contrastive head (use_contrastive=False)")
+        embeds, _ = self.embed_tokens(input_ids, segment_ids, vad)
+        emo_f, exp_f = self.text_features(embeds, attention_mask, segment_ids)
+        emo, exp = self.contrastive.embed_text(emo_f, exp_f)
+        return emo.float(), exp.float()
+
+    # ---- optimiser ----------------------------------------------------------------------------
+    def param_groups(self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """AdamW groups: decoder side at decoder_lr, emotion side (VAD encoder, fusion, heads) at
+        emotion_lr; no weight decay on biases, norms and embeddings."""
+        emotion_prefixes = ("emotion_encoder.", "fusion.", "vad_head.", "contrastive.")
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            side = "emotion" if name.startswith(emotion_prefixes) else "decoder"
+            decay = p.ndim >= 2 and "wte" not in name and "wpe" not in name and ".pos." not in name
+            groups.setdefault((side, decay), []).append(p)
+        out = []
+        for (side, decay), params in sorted(groups.items()):
+            out.append(
+                {
+                    "name": f"{side}{'' if decay else '_no_decay'}",
+                    "params": params,
+                    "lr": decoder_lr if side == "decoder" else emotion_lr,
+                    "weight_decay": weight_decay if decay else 0.0,
+                }
+            )
+        return out
+
+    def num_parameters(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, p in self.named_parameters():
+            counts[name.split(".")[0]] = counts.get(name.split(".")[0], 0) + p.numel()
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
