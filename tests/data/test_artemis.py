@@ -1,0 +1,370 @@
+"""ArtEmis ingestion: splits, set-aside and length rules, dominance, v2 Combined, COCO refs,
+manifest, every bad-input case, and Unicode painting names against files on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sevlm.constants import EMOTIONS, SPLITS
+from sevlm.data.artemis import (
+    clean_utterance,
+    dominant_emotion,
+    emotion_distribution,
+    load_split,
+    prepare_dataset,
+    split_paintings,
+    tokenize,
+)
+from sevlm.errors import DataError
+from sevlm.io import sha256_file
+
+HEADER = ["art_style", "painting", "emotion", "utterance", "repetition"]
+LONG = "the colours in this painting make me feel {}"  # 8 tokens
+
+
+def write_csv(path: Path, rows, header=HEADER) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        if header is not None:
+            w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def v1_rows(n_paintings=200, per=5, seed=0, style="Impressionism"):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_paintings):
+        for k in range(per):
+            e = rng.choice(EMOTIONS)
+            rows.append([style, f"artist_painting-{i:03d}", e, LONG.format(k), per])
+    return rows
+
+
+def prepare(tmp_path, rows, name="out", **kw):
+    csv_path = write_csv(tmp_path / f"{name}.csv", rows)
+    return prepare_dataset(csv_path, tmp_path / name, progress=False, **kw), tmp_path / name
+
+
+# --------------------------------------------------------------------------- text and dominance
+
+
+def test_tokenize_and_clean():
+    assert tokenize("It's SO bright, isn't it?!") == ["it's", "so", "bright", "isn't", "it"]
+    assert clean_utterance("  The  sky\u2019s   blue...  ") == "the sky's blue"
+    assert clean_utterance("black-and-white") == "black and white"
+
+
+@pytest.mark.parametrize(
+    "emotions, expected",
+    [
+        (["fear", "fear", "awe"], "fear"),
+        (["fear", "fear", "awe", "sadness"], "fear"),  # exactly half, no rival
+        (["fear", "fear", "awe", "awe"], None),  # exactly half each: tie
+        (["fear", "awe", "sadness"], None),  # nobody reaches half
+        (["fear", "fear", "awe", "sadness", "anger"], None),  # 2/5 < half
+        (["awe"], "awe"),  # single annotation
+        ([], None),
+        (["something else"] * 3 + ["awe"] * 2, "something else"),
+    ],
+)
+def test_dominant_emotion(emotions, expected):
+    assert dominant_emotion(emotions) == expected
+
+
+def test_emotion_distribution_canonical_order():
+    d = emotion_distribution(["sadness", "amusement", "amusement", "something else"])
+    assert len(d) == 9 and sum(d) == pytest.approx(1.0)
+    assert d[0] == 0.5 and d[EMOTIONS.index("sadness")] == 0.25 and d[8] == 0.25
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_split_disjoint_complete_and_proportional(tmp_path):
+    m, out = prepare(tmp_path, v1_rows(200))
+    splits = {s: load_split(out, s) for s in SPLITS}
+    ids = [set(splits[s]) for s in SPLITS]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    assert len(ids[0] | ids[1] | ids[2]) == 200
+    assert [len(x) for x in ids] == [170, 10, 20]
+    assert [m["counts"][s]["images"] for s in SPLITS] == [170, 10, 20]
+    assert m["counts"]["train"]["annotations"] == 850
+
+
+def test_split_deterministic_and_seeded(tmp_path):
+    rows = v1_rows(120)
+    _, a = prepare(tmp_path, rows, "a")
+    _, b = prepare(tmp_path, rows, "b")
+    for f in sorted(p.name for p in a.iterdir() if p.name != "manifest.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # Row order does not matter; the seed does.
+    shuffled = rows[:]
+    random.Random(1).shuffle(shuffled)
+    assert split_paintings([r[1] for r in shuffled]) == split_paintings([r[1] for r in rows])
+    assert split_paintings([r[1] for r in rows], seed=7) != split_paintings([r[1] for r in rows])
+
+
+def test_tiny_dataset_keeps_a_training_painting(tmp_path):
+    m, out = prepare(tmp_path, v1_rows(2))
+    assert m["counts"]["train"]["images"] == 2 and m["counts"]["test"]["images"] == 0
+
+
+# --------------------------------------------------------------------------- filtering rules
+
+
+def test_repetition_41_set_aside(tmp_path):
+    rows = v1_rows(40)
+    rows += [["Impressionism", "heavy", "awe", LONG.format(k), 41] for k in range(41)]
+    rows += [["Impressionism", "forty", "awe", LONG.format(k), 40] for k in range(40)]
+    m, out = prepare(tmp_path, rows)
+    all_ids = set().union(*(load_split(out, s) for s in SPLITS))
+    assert "Impressionism/heavy" not in all_ids and "Impressionism/forty" in all_ids
+    assert m["set_aside"] == {"rule": "repetition >= 41", "paintings": 1, "annotations": 41}
+
+
+def test_short_utterances_dropped_but_emotion_counted(tmp_path):
+    rows = [
+        ["Cubism", "p", "fear", "too short to keep", 4],  # 4 tokens
+        ["Cubism", "p", "fear", "this one has five tokens", 4],
+        ["Cubism", "p", "awe", "Wow!!! Look at that sky!", 4],  # 5 tokens once cleaned
+        ["Cubism", "p", "awe", "...", 4],  # no words at all
+        ["Cubism", "q", "sadness", "so sad", 1],  # the painting's only utterance is short
+    ]
+    m, out = prepare(tmp_path, rows)
+    train = load_split(out, "train")
+    assert set(train) == {"Cubism/p"}
+    p = train["Cubism/p"]
+    assert p["explanations"] == ["this one has five tokens", "wow look at that sky"]
+    assert p["explanations_raw"] == ["this one has five tokens", "Wow!!! Look at that sky!"]
+    assert p["emotions"] == ["fear", "awe"]
+    # The distribution counts every valid annotation, short ones included (ArtEmis histograms).
+    assert p["emotion_distribution"][EMOTIONS.index("fear")] == 0.5
+    assert p["dominant_emotion"] is None  # fear 2, awe 2
+    assert m["dropped_short_utterances"]["total"] == 3
+    assert m["dropped_short_utterances"]["rule"] == "fewer than 5 tokens"
+
+
+def test_split_json_schema_and_nfc_ids(tmp_path):
+    nfd = unicodedata.normalize("NFD", "café-nuit")
+    rows = [["Fauvism", nfd, "contentment", "A warm, calm café at night.", 2],
+            ["Fauvism", nfd, "contentment", "i love the yellow light here", 2]]
+    _, out = prepare(tmp_path, rows)
+    train = load_split(out, "train")
+    (image_id, entry), = train.items()
+    assert image_id == "Fauvism/café-nuit" and image_id == unicodedata.normalize("NFC", image_id)
+    assert set(entry) == {"image_name", "art_style", "painting", "emotions", "explanations", "explanations_raw",
+                          "emotion_distribution", "dominant_emotion"}
+    assert entry["image_name"] == "Fauvism/café-nuit.jpg"
+    assert entry["dominant_emotion"] == "contentment"
+    assert entry["emotion_distribution"][EMOTIONS.index("contentment")] == 1.0
+
+
+# --------------------------------------------------------------------------- COCO and manifest
+
+
+def test_coco_references(tmp_path):
+    _, out = prepare(tmp_path, v1_rows(60))
+    for s in SPLITS:
+        grouped = load_split(out, s)
+        coco = json.loads((out / f"{s}_coco.json").read_text(encoding="utf-8"))
+        assert [im["id"] for im in coco["images"]] == list(range(len(grouped)))
+        assert all(isinstance(a["id"], int) and isinstance(a["image_id"], int) for a in coco["annotations"])
+        assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+        assert set(coco["image_id_to_coco_id"]) == set(grouped)
+        for image_id, coco_id in coco["image_id_to_coco_id"].items():
+            caps = [a["caption"] for a in coco["annotations"] if a["image_id"] == coco_id]
+            assert caps == grouped[image_id]["explanations"]
+            assert coco["images"][coco_id]["sevlm_image_id"] == image_id
+            assert coco["images"][coco_id]["file_name"] == grouped[image_id]["image_name"]
+
+
+def test_manifest_contents(tmp_path):
+    rows = v1_rows(100) + [["Impressionism", "bad", "joy", LONG.format(0), 5]]
+    csv_path = write_csv(tmp_path / "v1.csv", rows)
+    m = prepare_dataset(csv_path, tmp_path / "d", skip_bad_rows=True, seed=5, progress=False)
+    on_disk = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert on_disk == m
+    src = m["sources"]["artemis_csv"]
+    assert src["sha256"] == sha256_file(csv_path) and src["path"] == str(csv_path.resolve())
+    assert src["rows"] == 501 and src["rows_read"] == 500
+    assert m["skipped_rows"] == {"unknown_emotion": 1}
+    assert "v1.csv: line 502" in m["skipped_examples"][0]
+    assert m["seed"] == 5 and m["sevlm_version"] and m["images_dir"] is None
+    assert m["emotions"] == list(EMOTIONS)
+    assert sum(m["counts"][s]["images"] for s in SPLITS) == 100
+    for f in m["files"]:
+        assert (tmp_path / "d" / f).is_file()
+
+
+# --------------------------------------------------------------------------- ArtEmis v2 Combined
+
+
+def test_v2_combined_training_set(tmp_path):
+    rows = v1_rows(200)
+    v1_csv = write_csv(tmp_path / "v1.csv", rows)
+    base = prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
+    train_ids = sorted(load_split(tmp_path / "v1only", "train"))
+    test_id = sorted(load_split(tmp_path / "v1only", "test"))[0]
+
+    # Contrastive.csv: no repetition column, an extra column, some new paintings.
+    header = ["art_style", "painting", "emotion", "utterance", "anchor_painting"]
+    v2 = [[*train_ids[i].split("/"), "sadness", LONG.format("sad"), "x"] for i in range(30)]
+    v2 += [["Impressionism", f"new-{i}", "fear", LONG.format("new"), "y"] for i in range(10)]
+    v2 += [[*test_id.split("/"), "anger", LONG.format("leak"), "z"] for _ in range(5)]
+    v2 += [["Impressionism", "new-0", "fear", "too short", "y"]]
+    v2_csv = write_csv(tmp_path / "Contrastive.csv", v2, header)
+
+    m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, progress=False)
+    assert m["training_set"].startswith("combined")
+    assert m["combined"] == {
+        "v2_annotations": 40,
+        "v1_annotations_sampled": 40,
+        "v1_annotations_available": 850,
+        "v2_rows_on_val_test_paintings": 5,
+        "v2_new_paintings": 10,
+    }
+    assert m["counts"]["train"]["annotations"] == 80
+    assert m["counts"]["train"]["annotations_v2"] == 40
+    assert m["sources"]["contrastive_csv"]["sha256"] == sha256_file(v2_csv)
+    train = load_split(tmp_path / "comb", "train")
+    assert "Impressionism/new-3" in train and test_id not in train
+    # A v2 painting's distribution counts its v1 and v2 annotations.
+    assert train["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
+    # val/test stay v1.
+    for s in ("val", "test"):
+        assert (tmp_path / "comb" / f"{s}.json").read_bytes() == (tmp_path / "v1only" / f"{s}.json").read_bytes()
+    assert base["counts"]["test"] == m["counts"]["test"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+GOOD = ["Cubism", "p1", "awe", LONG.format(1), "5"]
+BAD_ROWS = [
+    ("unknown_emotion", ["Cubism", "p2", "happiness", LONG.format(2), "5"], "unknown emotion 'happiness'"),
+    ("empty_utterance", ["Cubism", "p2", "awe", "   ", "5"], "empty utterance"),
+    ("malformed_row", ["Cubism", "p2", "awe", LONG.format(2)], "4 fields, the header has 5"),
+    ("malformed_row", ["Cubism", "p2", "awe", LONG.format(2), "5", "extra"], "6 fields"),
+    ("bad_repetition", ["Cubism", "p2", "awe", LONG.format(2), "five"], "repetition 'five'"),
+    ("empty_name", ["Cubism", "", "awe", LONG.format(2), "5"], "empty art_style or painting"),
+]
+
+
+@pytest.mark.parametrize("reason, bad, words", BAD_ROWS, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD_ROWS)])
+def test_bad_row_raises_naming_file_and_line(tmp_path, reason, bad, words):
+    path = write_csv(tmp_path / "bad.csv", [GOOD, GOOD, bad, GOOD])
+    with pytest.raises(DataError) as err:
+        prepare_dataset(path, tmp_path / "out", progress=False)
+    msg = str(err.value)
+    assert str(path) in msg and "line 4" in msg and words in msg
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("reason, bad, words", BAD_ROWS, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD_ROWS)])
+def test_bad_row_skipped_and_counted(tmp_path, reason, bad, words):
+    path = write_csv(tmp_path / "bad.csv", [GOOD, bad, GOOD, bad])
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    assert m["skipped_rows"] == {reason: 2}
+    assert m["sources"]["artemis_csv"]["rows"] == 4 and m["sources"]["artemis_csv"]["rows_read"] == 2
+    assert len(m["skipped_examples"]) == 2 and "line 3" in m["skipped_examples"][0]
+
+
+def test_undecodable_row_is_a_row_error(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"art_style,painting,emotion,utterance,repetition\n"
+                     b"Cubism,p1,awe,the colours in this painting are nice,5\n"
+                     b"Cubism,p2,awe,the caf\xe9 in this painting is nice,5\n")
+    with pytest.raises(DataError, match=r"latin1\.csv: line 3: text is not valid UTF-8"):
+        prepare_dataset(path, tmp_path / "out", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    assert m["skipped_rows"] == {"not_utf8": 1}
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"art_style,painting,emotion,utterance\nCubism,p,awe,nice painting of a tree,5\n",
+         "line 1: missing column(s) 'repetition'"),
+        (b"style,title,feeling,text,rep\nCubism,p,awe,x,5\n", "missing column(s) 'art_style', 'painting'"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00" + bytes(range(256)) * 4, "not a CSV file (binary data"),
+        (bytes(range(128, 256)) * 20, "not a CSV file (not UTF-8 text"),
+        (b'{"art_style": "Cubism", "painting": "p"}\n', "not a CSV file (it looks like JSON)"),
+        (b'[{"a": 1}]', "not a CSV file (it looks like JSON)"),
+        (b"", "file is empty"),
+        (b"lorem ipsum dolor sit amet\nconsectetur adipiscing elit\n", "missing column(s)"),
+    ],
+    ids=["missing-column", "wrong-header", "binary", "not-utf8", "json-object", "json-list", "empty", "garbage"],
+)
+@pytest.mark.parametrize("skip", [False, True], ids=["strict", "skip"])
+def test_not_an_artemis_csv(tmp_path, content, words, skip):
+    path = tmp_path / "input.csv"
+    path.write_bytes(content)
+    # File-level problems cannot be skipped row by row.
+    with pytest.raises(DataError) as err:
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, progress=False)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_bad_rows_in_contrastive_csv_named_and_counted(tmp_path):
+    v1_csv = write_csv(tmp_path / "v1.csv", v1_rows(20))
+    v2_csv = write_csv(tmp_path / "Contrastive.csv",
+                       [["Impressionism", "new", "joy", LONG.format(0)], ["Impressionism", "new", "awe", LONG.format(1)]],
+                       HEADER[:4])
+    with pytest.raises(DataError, match=r"Contrastive\.csv: line 2: unknown emotion 'joy'"):
+        prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, progress=False)
+    m = prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, skip_bad_rows=True, progress=False)
+    assert m["sources"]["contrastive_csv"]["skipped_rows"] == {"unknown_emotion": 1}
+    assert m["skipped_rows"] == {"unknown_emotion": 1}
+
+
+def test_missing_csv_and_images_dir(tmp_path):
+    with pytest.raises(DataError, match="nope.csv: file not found"):
+        prepare_dataset(tmp_path / "nope.csv", tmp_path / "o", progress=False)
+    path = write_csv(tmp_path / "v1.csv", v1_rows(3))
+    with pytest.raises(DataError, match="no-images: images folder not found"):
+        prepare_dataset(path, tmp_path / "o", images_dir=tmp_path / "no-images", progress=False)
+
+
+def test_load_split_errors(tmp_path):
+    with pytest.raises(DataError, match="train.json: file not found"):
+        load_split(tmp_path, "train")
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        load_split(tmp_path, "dev")
+
+
+# --------------------------------------------------------------------------- Unicode names vs files
+
+
+def test_nfc_and_nfd_names_match_image_files(tmp_path):
+    nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
+    nfd = lambda s: unicodedata.normalize("NFD", s)  # noqa: E731
+    images = tmp_path / "wikiart"
+    # On disk: one file stored NFD, one stored NFC, style folder stored NFD.
+    (images / nfd("Art_Nouveau_(Modérne)")).mkdir(parents=True)
+    (images / nfd("Art_Nouveau_(Modérne)") / nfd("émile-gallé_vase.jpg")).write_bytes(b"jpg")
+    (images / nfd("Art_Nouveau_(Modérne)") / nfc("zoë-dürer_rose.jpg")).write_bytes(b"jpg")
+    rows = [
+        # CSV spells the first NFC, the second NFD: both must still find their files.
+        [nfc("Art_Nouveau_(Modérne)"), nfc("émile-gallé_vase"), "awe", LONG.format(1), 2],
+        [nfc("Art_Nouveau_(Modérne)"), nfc("émile-gallé_vase"), "awe", LONG.format(2), 2],
+        [nfd("Art_Nouveau_(Modérne)"), nfd("zoë-dürer_rose"), "contentment", LONG.format(3), 1],
+        [nfc("Art_Nouveau_(Modérne)"), "missing-painting", "fear", LONG.format(4), 1],
+    ]
+    m, out = prepare(tmp_path, rows, images_dir=images)
+    assert m["images_dir"] == str(images.resolve())
+    assert m["missing_images"] == {"count": 1, "examples": [nfc("Art_Nouveau_(Modérne)/missing-painting")]}
+    train = load_split(out, "train")
+    assert set(train) == {nfc("Art_Nouveau_(Modérne)/émile-gallé_vase"), nfc("Art_Nouveau_(Modérne)/zoë-dürer_rose")}
+    for image_id, entry in train.items():
+        assert image_id == nfc(image_id)
+        assert (images / entry["image_name"]).is_file()  # the on-disk spelling, whatever its form
+    assert train[nfc("Art_Nouveau_(Modérne)/émile-gallé_vase")]["image_name"] == nfd(
+        "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg")
+    assert Counter(e for v in train.values() for e in v["emotions"]) == {"awe": 2, "contentment": 1}
