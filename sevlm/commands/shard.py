@@ -1,0 +1,37 @@
+"""`sevlm shard`: one split of an HDF5 feature file -> WebDataset tar shards + manifest."""
+
+from __future__ import annotations
+
+HELP = "write one split of a feature file as WebDataset shards with a checksummed manifest"
+EXAMPLES = """\
+  sevlm shard --features features/clip.h5 --dataset data/artemis --split train --out shards/clip
+  sevlm shard --features features/clip.h5 --dataset data/artemis --split val --out shards/clip --samples-per-shard 500
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--features", required=True, metavar="F.h5", help="feature file written by `sevlm extract`")
+    p.add_argument("--dataset", required=True, metavar="DATASET_DIR", help="dataset folder written by `sevlm prepare`")
+    p.add_argument("--split", required=True, choices=("train", "val", "test"), help="which split to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="shard folder (holds {split}-%%06d.tar and manifest.json)")
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar shard (default: 1000)")
+
+
+def run(args) -> int:
+    from sevlm.features.shards import write_shards
+
+    entry = write_shards(
+        features_path=args.features,
+        dataset_dir=args.dataset,
+        split=args.split,
+        out_dir=args.out,
+        max_samples_per_shard=args.samples_per_shard,
+    )
+    size = sum(s["bytes"] for s in entry["shards"]) / 2**20
+    print(f"wrote {args.out}: split {entry['split']}, {entry['num_samples']} samples in "
+          f"{entry['num_shards']} shard(s), {size:.1f} MiB; manifest {args.out}/manifest.json")
+    if entry["missing"]:
+        print(f"  {len(entry['missing'])} image(s) of the split have no features (failed extraction), left out:")
+        for image_id, reason in entry["missing"].items():
+            print(f"    {image_id}: {reason}")
+    return 0
