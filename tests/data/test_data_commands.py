@@ -1,0 +1,61 @@
+"""`sevlm demo-data` and `sevlm prepare`: flags, summaries, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from sevlm.commands import demo_data, prepare
+from sevlm.errors import DataError
+
+
+def run(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def test_demo_data_then_prepare(tmp_path, capsys):
+    raw, ds = tmp_path / "raw", tmp_path / "ds"
+    assert run(demo_data, ["--out", str(raw), "--n-images", "27", "--seed", "4", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "27 images (32px)" in out
+    assert run(prepare, ["--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"), "--images",
+                         str(raw / "images"), "--out", str(ds), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "train:" in out and "test :" in out
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["images_dir"] == str((raw / "images").resolve())
+    assert sum(c["images"] for c in manifest["counts"].values()) == 27
+
+
+def test_prepare_flags_reach_the_library(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(
+        "art_style,painting,emotion,utterance,repetition\n"
+        "Cubism,p,awe,one two three four,2\n"
+        "Cubism,p,joy,one two three four five,2\n"
+        "Cubism,q,awe,one two three four five,50\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match=r"a\.csv: line 3: unknown emotion 'joy'"):
+        run(prepare, ["--artemis-csv", str(csv_path), "--out", str(tmp_path / "d")])
+    run(prepare, ["--artemis-csv", str(csv_path), "--out", str(tmp_path / "d"), "--skip-bad-rows",
+                  "--min-tokens", "4", "--max-repetition", "60"])
+    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert m["skipped_rows"] == {"unknown_emotion": 1}
+    assert m["set_aside"]["paintings"] == 0 and m["dropped_short_utterances"]["total"] == 0
+
+
+def test_through_the_sevlm_entry_point(tmp_path, capsys):
+    from sevlm import cli
+
+    try:
+        cli.build_parser()
+    except ImportError as e:  # other subcommands still being written
+        pytest.skip(f"sevlm CLI incomplete: {e}")
+    assert cli.main(["prepare", "--artemis-csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "d")]) == 1
+    assert "missing.csv: file not found" in capsys.readouterr().err
+    assert cli.main(["demo-data", "--out", str(tmp_path / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
