@@ -1,0 +1,184 @@
+"""Mistakes a user can make, caught before any training work starts, with clear messages.
+
+- a split file missing from the dataset folder;
+- a feature cache (or shards) built with another encoder than the config names;
+- shards written from another dataset (their manifest's dataset hash differs);
+- a micro-batch that cannot fit in memory (a rough, deliberately generous estimate).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sevlm.errors import ConfigError, DataError
+from sevlm.io import read_json, sha256_file
+
+
+@dataclass
+class FeatureInfo:
+    source: str  # "features" or "shards"
+    path: Path
+    encoder: str | None
+    num_tokens: int | None
+    dim: int | None
+
+
+def check_splits(dataset_dir: str, splits: list[str]) -> None:
+    if not dataset_dir:
+        raise ConfigError("data.dataset_dir is not set (the folder written by `sevlm prepare`)")
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (data.dataset_dir)")
+    for split in splits:
+        if not (root / f"{split}.json").exists():
+            have = sorted(p.stem for p in root.glob("*.json") if not p.stem.endswith("_coco") and p.stem != "manifest")
+            raise DataError(
+                f"{root / f'{split}.json'}: split {split!r} not found in the dataset folder "
+                f"(have: {', '.join(have) or 'none'})"
+            )
+
+
+def _token_shape(value) -> tuple[int | None, int | None]:
+    try:
+        T, D = value
+        return int(T), int(D)
+    except (TypeError, ValueError):
+        return None, None
+
+
+def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
+    """Where the visual tokens come from and what encoder produced them (from the artifact)."""
+    if features:
+        path = Path(features)
+        if not path.exists():
+            raise DataError(f"{path}: feature cache not found (data.features); build it with `sevlm extract`")
+        from sevlm.features.hdf5 import FeatureStore
+
+        store = FeatureStore(path)  # refuses incomplete or foreign files with its own message
+        attrs = dict(store.attrs)
+        store.close()
+        T, D = _token_shape(attrs.get("token_shape"))
+        return FeatureInfo("features", path, attrs.get("encoder"), T, D)
+    if shards:
+        path = Path(shards)
+        manifest = path / "manifest.json"
+        if not manifest.exists():
+            raise DataError(f"{manifest}: shard manifest not found (data.shards); build shards with `sevlm shard`")
+        feats = read_json(manifest).get("features") or {}
+        T, D = _token_shape(feats.get("token_shape"))
+        return FeatureInfo("shards", path, feats.get("encoder"), T, D)
+    raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
+
+
+def check_encoder(info: FeatureInfo, expected: str | None) -> None:
+    if expected and info.encoder != expected:
+        raise DataError(
+            f"{info.path}: {info.source} were built with encoder {info.encoder!r} but the config names "
+            f"{expected!r} (data.encoder); re-extract features with --encoder {expected} or change data.encoder"
+        )
+
+
+def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
+    """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
+    manifest_path = Path(shards) / "manifest.json"
+    m = read_json(manifest_path)
+    have = m.get("splits") or {}
+    ours_path = Path(dataset_dir) / "manifest.json"
+    ours = sha256_file(ours_path) if ours_path.exists() else None
+    for split in splits:
+        if split not in have:
+            raise DataError(
+                f"{manifest_path}: no shards for split {split!r} (have: {', '.join(have) or 'none'}); "
+                f"write them with `sevlm shard --split {split}`"
+            )
+        recorded = (have[split].get("dataset") or {}).get("manifest_sha256")
+        if recorded and ours and recorded != ours:
+            raise DataError(
+                f"{manifest_path}: the {split!r} shards were written from another dataset "
+                f"(dataset manifest sha256 {recorded[:12]}... != {ours_path}: {ours[:12]}...); "
+                "rebuild them with `sevlm shard` or point data.dataset_dir at their dataset"
+            )
+
+
+def check_split_features(dataset, split: str, features: str) -> None:
+    """A split whose images are (nearly) all missing from the cache means a cache of another dataset."""
+    missing = getattr(dataset, "missing", {}) or {}
+    if len(dataset) == 0:
+        first = next(iter(missing), None)
+        raise DataError(
+            f"{features}: none of the images of split {split!r} has features"
+            + (f" (first: {first!r}: {missing[first]})" if first else "")
+            + "; was the cache built from another dataset folder?"
+        )
+
+
+# ---- memory ----------------------------------------------------------------------------------
+def available_memory_bytes(device: str) -> int | None:
+    if device == "cuda":
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return int(total)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_memory_bytes(
+    n_params: int,
+    micro_batch: int,
+    seq_len: int,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    vocab_size: int,
+    n_visual: int,
+    visual_dim: int,
+    precision: str,
+    world_size: int = 1,
+    zero_stage: int = 2,
+) -> int:
+    """Peak training memory of one rank: weights, grads, Adam state, activations, logits.
+
+    Activations follow Korthikanti et al. (2022): ~ T*h*(34 + 5*a*T/h) bytes per sequence
+    and layer in 16-bit, doubled for fp32, plus the cross-attention over the visual tokens.
+    """
+    half = precision in ("fp16", "bf16")
+    wbytes = 2 if half else 4
+    shard = world_size if zero_stage >= 1 else 1
+    gshard = world_size if zero_stage >= 2 else 1
+    states = n_params * wbytes  # working weights
+    states += n_params * (4 if half else 0) // shard  # fp32 master copy
+    states += n_params * 8 // shard  # Adam moments
+    states += n_params * 4 // gshard + n_params * wbytes  # gradients (partitioned + the full working ones)
+    seqs = 2 * micro_batch  # two annotations per image
+    T, h, a, V = seq_len, n_embd, n_head, n_visual
+    per_layer = T * h * (34 + 5 * a * T / h)  # self-attention + MLP
+    per_layer += T * h * 10 + 5 * a * T * V + 4 * V * h  # cross-attention (queries over visual tokens)
+    acts = seqs * n_layer * per_layer * (1 if half else 2)
+    acts += micro_batch * V * visual_dim * 4  # the visual tokens themselves
+    logits = seqs * T * vocab_size * 4 * 3  # logits, log-softmax and its gradient in fp32
+    return int(states + acts + logits)
+
+
+def check_memory(estimate: int, device: str, budget_gb: float | None, micro_batch: int) -> None:
+    budget = int(budget_gb * 2**30) if budget_gb else available_memory_bytes(device)
+    if budget is None:
+        return
+    if estimate > 0.9 * budget:
+        where = "max_memory_gb" if budget_gb else ("GPU memory" if device == "cuda" else "available RAM")
+        raise ConfigError(
+            f"schedule.micro_batch={micro_batch} needs about {estimate / 2**30:.1f} GiB per process but "
+            f"{where} is {budget / 2**30:.1f} GiB; lower schedule.micro_batch and raise "
+            "schedule.grad_accum to keep the global batch"
+        )

@@ -1,0 +1,170 @@
+"""Training configuration: small dataclasses whose defaults are the paper's setting.
+
+A config file is JSON with the sections below (see sevlm/configs/*.json); `key=value`
+overrides use dotted keys (`schedule.max_steps=100`, `model.n_layer=2`). The DeepSpeed
+engine settings live in ds_configs/*.json; batch sizes are set here only and written into
+the resolved DeepSpeed config by `resolve_ds_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sevlm.config import from_dict, load_config
+from sevlm.errors import ConfigError
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+# Keys the trainer owns: a ds_config that sets them would be a second source of truth.
+TRAINER_DS_KEYS = (
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "scheduler",
+)
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = ""
+    features: str | None = None  # HDF5 feature cache (sevlm extract)
+    shards: str | None = None  # WebDataset shard folder (sevlm shard); used when features is unset
+    train_split: str = "train"
+    val_split: str = "val"
+    encoder: str | None = None  # encoder the features must come from (checked against the cache)
+    lexicon: str | None = None  # NRC-VAD lexicon file; None = the small shipped demo table
+    tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
+    max_len: int = 30
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    decoder_lr: float = 2e-5
+    emotion_lr: float = 4e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at the last step
+
+
+@dataclass
+class ScheduleConfig:
+    micro_batch: int = 32  # images per rank per forward/backward
+    grad_accum: int | None = None  # None: derived from global_batch (or 1)
+    global_batch: int | None = None  # images per optimizer step; checked = micro x world x accum
+    epochs: int = 35
+    max_steps: int | None = None  # caps epochs when set
+    val_every: int = 2000  # optimizer steps between validations; 0 = once per epoch
+    val_batches: int | None = None  # cap on validation-loss batches (None: the whole split)
+    val_gen_images: int = 200  # images decoded for the quick accuracy / BLEU-4
+    patience: int = 10  # validations without improvement before stopping; 0 = never stop early
+    checkpoint_every: int = 500  # optimizer steps between "last" checkpoints (and at validation)
+    log_every: int = 10
+    max_nonfinite: int = 20  # consecutive skipped (non-finite) steps before giving up
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=dict)  # SEVLMConfig fields
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ds_config: str = "auto"  # name in ds_configs/ or a path; auto: zero2_<precision>
+    precision: str = "auto"  # auto: fp16 on GPU, bf16 on CPU
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 2021
+    out_dir: str = "runs/sevlm"
+    max_memory_gb: float | None = None  # memory budget for the up-front estimate; None: detected
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        s = self.schedule
+        for name in ("micro_batch", "epochs", "log_every", "max_nonfinite"):
+            if getattr(s, name) < 1:
+                raise ConfigError(f"schedule.{name}: must be >= 1, got {getattr(s, name)}")
+
+
+def load_train_config(path_or_name: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    return from_dict(TrainConfig, load_config(path_or_name, overrides), where=str(path_or_name or "config"))
+
+
+def as_train_config(config: TrainConfig | dict) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return from_dict(TrainConfig, config)
+    raise ConfigError(f"expected a TrainConfig or a dict, got {type(config).__name__}")
+
+
+def resolve_batch(schedule: ScheduleConfig, world_size: int) -> tuple[int, int, int]:
+    """(micro, accum, global) with global = micro x world x accum, or a ConfigError saying why not."""
+    micro = schedule.micro_batch
+    if schedule.grad_accum is not None and schedule.grad_accum < 1:
+        raise ConfigError(f"schedule.grad_accum: must be >= 1, got {schedule.grad_accum}")
+    if schedule.global_batch is None:
+        accum = schedule.grad_accum or 1
+        return micro, accum, micro * world_size * accum
+    per_step = micro * world_size
+    if schedule.grad_accum is None:
+        if schedule.global_batch % per_step:
+            raise ConfigError(
+                f"schedule.global_batch={schedule.global_batch} is not a multiple of "
+                f"micro_batch x world_size = {micro} x {world_size} = {per_step}"
+            )
+        return micro, schedule.global_batch // per_step, schedule.global_batch
+    if per_step * schedule.grad_accum != schedule.global_batch:
+        raise ConfigError(
+            f"schedule.global_batch={schedule.global_batch} != micro_batch x world_size x grad_accum = "
+            f"{micro} x {world_size} x {schedule.grad_accum} = {per_step * schedule.grad_accum}"
+        )
+    return micro, schedule.grad_accum, schedule.global_batch
+
+
+def ds_config_path(name: str, precision: str) -> Path:
+    if name == "auto":
+        name = f"zero2_{precision}"
+    path = Path(name)
+    if path.suffix != ".json" or not path.exists():
+        candidate = DS_CONFIG_DIR / f"{name}.json"
+        if candidate.exists():
+            path = candidate
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json")))
+        raise ConfigError(f"ds_config {name!r} not found (a file path, or one of: {shipped})")
+    return path
+
+
+def resolve_ds_config(
+    name: str, precision: str, micro: int, accum: int, world_size: int
+) -> dict:
+    """The engine settings of `name` plus the trainer's batch sizes and precision, checked."""
+    path = ds_config_path(name, precision)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    owned = [k for k in TRAINER_DS_KEYS if k in cfg]
+    if owned:
+        raise ConfigError(
+            f"{path}: sets {', '.join(owned)}; ds_configs hold engine settings only "
+            "(batch sizes come from schedule.*, the optimizer and scheduler from optim.*)"
+        )
+    # precision is a trainer setting too: keep the file's fp16 loss-scale settings, set the switches
+    cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
+    cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    cfg["train_micro_batch_size_per_gpu"] = micro
+    cfg["gradient_accumulation_steps"] = accum
+    cfg["train_batch_size"] = micro * accum * world_size
+    return cfg
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))

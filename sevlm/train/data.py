@@ -1,0 +1,110 @@
+"""Deterministic, resumable batches for training and validation.
+
+The order of an epoch is a permutation keyed on (seed, epoch), split across ranks, and each
+micro-batch's pair sampling uses an RNG keyed on (seed, epoch, batch index). A resumed run
+therefore sees exactly the batches the interrupted one would have, starting at the batch
+after the last checkpoint, with no RNG state to carry for the data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+# Streams kept apart so the training order never shifts when validation sampling changes.
+_TRAIN, _VAL = 0, 1
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, _TRAIN, epoch]).permutation(n)
+
+
+def batch_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, epoch, index])
+
+
+def batches_per_epoch(n: int, micro: int, world_size: int) -> int:
+    """Micro-batches each rank runs per epoch (drop_last, so every rank runs the same number)."""
+    return n // (micro * world_size)
+
+
+class EpochBatches(Dataset):
+    """Map-style dataset of whole collated micro-batches for one rank and one epoch.
+
+    Item i is micro-batch `start + i` of the epoch, so a DataLoader with workers can prefetch
+    while the order stays fixed.
+    """
+
+    def __init__(
+        self,
+        dataset: Sequence[dict],
+        collate: Callable[[list[dict], np.random.Generator], dict],
+        micro: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+    ):
+        self.dataset, self.collate, self.micro = dataset, collate, micro
+        self.seed, self.epoch, self.start = seed, epoch, start
+        n_batches = batches_per_epoch(len(dataset), micro, world_size)
+        order = epoch_order(len(dataset), seed, epoch)[: n_batches * micro * world_size]
+        # (n_batches, world, micro): consecutive global batches, each split across the ranks
+        self.index = order.reshape(n_batches, world_size, micro)[:, rank]
+        self.n_batches = n_batches
+
+    def __len__(self) -> int:
+        return max(0, self.n_batches - self.start)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        b = self.start + i
+        samples = [self.dataset[int(j)] for j in self.index[b]]
+        return self.collate(samples, batch_rng(self.seed, _TRAIN, self.epoch, b))
+
+
+def train_loader(dataset, collate, micro, rank, world_size, seed, epoch, start, num_workers) -> DataLoader:
+    ds = EpochBatches(dataset, collate, micro, rank, world_size, seed, epoch, start)
+    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, persistent_workers=False)
+
+
+def shard_batches(
+    samples: Iterator[dict], collate, micro: int, seed: int, epoch: int, start: int
+) -> Iterator[dict]:
+    """Group a (deterministically ordered) sample stream into micro-batches, skipping `start`."""
+    buf: list[dict] = []
+    b = 0
+    for s in samples:
+        buf.append(s)
+        if len(buf) == micro:
+            if b >= start:
+                yield collate(buf, batch_rng(seed, _TRAIN, epoch, b))
+            buf, b = [], b + 1
+
+
+def val_batches(dataset, collate, micro: int, rank: int, world_size: int, seed: int, limit: int | None):
+    """Validation loss batches: the split in file order, ranks interleaved, fixed pair sampling."""
+    n = len(dataset)
+    n_batches = math.ceil(n / micro)
+    if limit is not None:
+        n_batches = min(n_batches, limit)
+    for b in range(rank, n_batches, world_size):
+        samples = [dataset[j] for j in range(b * micro, min(n, (b + 1) * micro))]
+        yield collate(samples, batch_rng(seed, _VAL, 0, b))
+
+
+def split_inputs(batch: dict, device, float_dtype: torch.dtype) -> tuple[dict, dict]:
+    """(model inputs on `device`, everything else such as image ids). Float inputs take the
+    engine's dtype, since a bf16/fp16 engine holds bf16/fp16 weights."""
+    inputs, meta = {}, {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            inputs[k] = v.to(float_dtype) if v.is_floating_point() else v
+        else:
+            meta[k] = v
+    return inputs, meta

@@ -1,0 +1,68 @@
+"""Validation during training: loss on the val split, plus a quick generation-based emotion
+accuracy and BLEU-4 on its first `gen_images` images (greedy, KV cache)."""
+
+from __future__ import annotations
+
+import torch
+
+from sevlm.train.data import split_inputs, val_batches
+from sevlm.train.distributed import mean_across
+from sevlm.train.metrics import bleu4, emotion_accuracy
+
+
+@torch.no_grad()
+def validate(model, builder, val_set, micro: int, rank: int, world: int, seed: int, max_batches: int | None,
+             gen_images: int, device, dtype, main: bool) -> dict:
+    """Metrics (the same dict on every rank): loss, lm_loss, accuracy, bleu4, n_generated."""
+    was_training = model.training
+    model.eval()
+    sums = {"loss": 0.0, "lm_loss": 0.0}
+    n = 0
+    for batch in val_batches(val_set, builder.collate, micro, rank, world, seed, max_batches):
+        inputs, _ = split_inputs(batch, device, dtype)
+        out = model(**inputs)
+        for k in sums:
+            v = getattr(out, k)
+            if v is not None:
+                sums[k] += float(v) * len(batch["image_ids"])
+        n += len(batch["image_ids"])
+    totals = mean_across([sums["loss"], sums["lm_loss"], float(n)])  # means of per-rank sums
+    count = max(totals[2], 1e-9)
+    metrics = {"loss": totals[0] / count, "lm_loss": totals[1] / count}
+
+    # Generation runs on rank 0 only (ZeRO-2 keeps full weights on every rank); the others wait.
+    gen = [None]
+    if main and gen_images > 0:
+        gen[0] = _generation_metrics(model, builder, val_set, micro, gen_images, device, dtype)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(gen, src=0)
+    if gen[0]:
+        metrics.update(gen[0])
+    model.train(was_training)
+    return metrics
+
+
+def _generation_metrics(model, builder, val_set, micro: int, gen_images: int, device, dtype) -> dict:
+    from sevlm.generate import generate
+
+    n = min(gen_images, len(val_set))
+    references, hypotheses, dominant, predicted = {}, {}, {}, {}
+    for start in range(0, n, max(micro, 1)):
+        samples = [val_set[i] for i in range(start, min(n, start + micro))]
+        visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
+        if model.config.mode == "none":  # the text-only control model never sees the image
+            visual = None
+        hyps = generate(model, builder.tok, builder.lexicon, visual, max_new_tokens=25, n_images=len(samples))
+        for s, h in zip(samples, hyps):
+            key = s["image_id"]
+            references[key] = list(s["explanations"])
+            hypotheses[key] = h.explanation
+            dominant[key] = s.get("dominant_emotion")
+            predicted[key] = h.emotion
+    return {
+        "accuracy": emotion_accuracy(dominant, predicted),
+        "bleu4": bleu4(references, hypotheses),
+        "n_generated": n,
+    }
