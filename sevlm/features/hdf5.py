@@ -147,11 +147,12 @@ def _reopen_partial(path: Path, attrs: dict) -> h5py.File | None:
         warnings.warn(f"{path}: unreadable partial file ({e}); starting over")
         return None
     for key in ("format_version", "encoder_config", "image_list_sha256", "batch_size"):
-        if f.attrs.get(key) != attrs[key]:
+        found = f.attrs.get(key)
+        if found != attrs[key]:
             f.close()
             raise DataError(
                 f"{path}: an unfinished extraction with a different {key} is in the way "
-                f"(was {f.attrs.get(key)!r}); delete it or use the same settings to resume"
+                f"(it has {found!r}, this run {attrs[key]!r}); delete it or use the same settings to resume"
             )
     n_rows, n_failed = int(f.attrs["n_rows"]), int(f.attrs["n_failed"])
     # rows written after the last recorded progress belong to an unfinished batch: drop them

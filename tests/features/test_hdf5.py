@@ -1,0 +1,222 @@
+"""HDF5 feature store: values, layout, bad images, NaN refusal, kill -9 and resume."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+import unicodedata
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import random_image, write_dataset
+from sevlm.encoders import build_encoder
+from sevlm.errors import DataError
+from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, extract_features, partial_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_extract_stores_each_image_once_with_exact_values_and_self_describing_attrs(small_dataset, tmp_path):
+    images_dir, dataset_dir, names = small_dataset
+    out = tmp_path / "f.h5"
+    summary = extract_features(None, dataset_dir, "tiny-random", out, batch_size=5, progress=False)
+    assert summary["num_images"] == summary["num_encoded"] == 12 and summary["failed"] == {}
+    assert not partial_path(out).exists()
+
+    with h5py.File(out, "r") as f:
+        assert f["tokens"].shape == (12, 16, 32) and f["tokens"].dtype == np.float16
+        assert f["tokens"].chunks == (1, 16, 32) and f["pooled"].shape == (12, 32)
+        assert [n.decode() for n in f["names"][()]] == names  # sorted, once each
+        assert f["failed/names"].shape == (0,)
+        assert bool(f.attrs["complete"]) and f.attrs["encoder"] == "tiny-random" and f.attrs["dtype"] == "float16"
+
+    store = FeatureStore(out)
+    assert store.token_shape == (16, 32) and store.encoder["seed"] == 0
+    assert store.attrs["num_images_listed"] == 12 and len(store.attrs["image_list_sha256"]) == 64
+    assert {"torch", "h5py", "sevlm"} <= set(store.attrs["versions"]) and store.attrs["preprocessing"]["center_crop"] == 32
+    enc = build_encoder("tiny-random")
+    pixels = torch.stack([enc.preprocess(Image.open(images_dir / n)) for n in names])
+    tokens, pooled = enc(pixels)
+    for n in names:
+        i = store.index_of(n)
+        np.testing.assert_array_equal(store.tokens(i), tokens[names.index(n)].half().numpy())
+        np.testing.assert_array_equal(store.pooled(i), pooled[names.index(n)].half().numpy())
+
+    ds = H5FeatureDataset(out, dataset_dir, "val")
+    assert len(ds) == 4
+    s = ds[0]
+    assert set(s) >= {"__key__", "image_id", "image_name", "tokens", "pooled", "emotions", "explanations", "emotion_distribution"}
+    assert s["tokens"].dtype == torch.float32 and s["tokens"].shape == (16, 32) and len(s["emotion_distribution"]) == 9
+    assert s["__key__"] == s["image_id"] and s["image_name"] == s["image_id"] + ".jpg"
+    assert torch.equal(s["tokens"], tokens[names.index(s["image_name"])].half().float())
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims width x height: PIL judges its size before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def _write_bad_images(images_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Every awkward case of the issue; returns (all names as in the JSON, {name: expected failure})."""
+    rng = random.Random(1)
+    d = images_dir / "Odd"
+    d.mkdir(parents=True)
+    random_image(rng).save(d / "good.jpg")
+    (d / "zero.jpg").write_bytes(b"")
+    jpeg = d / "truncated.jpg"
+    random_image(rng, (64, 64)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    (d / "text.jpg").write_text("this is not an image\n")
+    Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(d / "cmyk.jpg")
+    random_image(rng, mode="L").save(d / "gray.jpg")
+    Image.new("RGBA", (40, 30), (255, 0, 0, 100)).save(d / "alpha.png")
+    random_image(rng).convert("P").save(d / "palette.png", transparency=3)
+    Image.new("RGB", (8000, 8000), (90, 90, 90)).save(d / "huge.jpg", quality=50)
+    (d / "bomb.png").write_bytes(_png_header(30000, 30000))  # 900 Mpx: over PIL's decompression-bomb limit
+    nfc = unicodedata.normalize("NFC", "Odd/Zoë Café-Ωmega.jpg")
+    random_image(rng).save(images_dir / unicodedata.normalize("NFD", nfc))  # on disk in NFD, NFC in the JSON
+    names = ["Odd/good.jpg", "Odd/zero.jpg", "Odd/truncated.jpg", "Odd/text.jpg", "Odd/cmyk.jpg", "Odd/gray.jpg",
+             "Odd/alpha.png", "Odd/palette.png", "Odd/huge.jpg", "Odd/bomb.png", nfc, "Odd/missing.jpg"]
+    expected_failures = {
+        "Odd/zero.jpg": "empty file",
+        "Odd/truncated.jpg": "truncated",
+        "Odd/text.jpg": "not an image",
+        "Odd/bomb.png": "too large",
+        "Odd/missing.jpg": "file not found",
+    }
+    return names, expected_failures
+
+
+def test_bad_images_are_decoded_where_possible_else_recorded_with_reasons(tmp_path):
+    images_dir, dataset_dir = tmp_path / "images", tmp_path / "ds"
+    names, expected = _write_bad_images(images_dir)
+    write_dataset(dataset_dir, names, images_dir)
+    out = tmp_path / "f.h5"
+    summary = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, progress=False)
+
+    assert set(summary["failed"]) == set(expected)
+    for name, why in expected.items():
+        assert why in summary["failed"][name], (name, summary["failed"][name])
+    store = FeatureStore(out)
+    assert sorted(store.names) == sorted(set(names) - set(expected)) and len(store) == 7
+    assert store.failed == summary["failed"]
+    for name in store.names:
+        assert np.isfinite(store.tokens(store.index_of(name))).all()
+    with pytest.raises(DataError, match="truncated"):
+        store.index_of("Odd/truncated.jpg")
+    # the split readers leave failed images out and say so
+    with pytest.warns(UserWarning, match="have no features"):
+        ds = H5FeatureDataset(out, dataset_dir, "train")
+    assert len(ds) + len(ds.missing) == 4
+
+
+def test_nan_or_float16_overflow_features_are_refused(small_dataset, tmp_path, monkeypatch):
+    images_dir, dataset_dir, names = small_dataset
+    from sevlm.encoders.tiny import TinyRandomEncoder
+
+    real_forward = TinyRandomEncoder.forward
+
+    def overflowing(self, pixels):
+        tokens, pooled = real_forward(self, pixels)
+        return tokens * 1e6, pooled  # fine in float32, inf in float16
+
+    monkeypatch.setattr(TinyRandomEncoder, "forward", overflowing)
+    out = tmp_path / "f.h5"
+    with pytest.raises(DataError, match=r"NaN/inf features .* first 'Cubism/painter_work-01.jpg'"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, progress=False)
+    assert not out.exists()
+    with pytest.raises(DataError, match="unfinished extraction"):
+        FeatureStore(out)
+
+
+def test_existing_output_and_mismatched_partial_are_refused(small_dataset, tmp_path):
+    images_dir, dataset_dir, _ = small_dataset
+    out = tmp_path / "f.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, progress=False)
+    with pytest.raises(DataError, match="already exists"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, progress=False)
+    # an unfinished file from another encoder setting must not be continued
+    os.replace(out, partial_path(out))
+    with h5py.File(partial_path(out), "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(DataError, match="incomplete feature file"):
+        FeatureStore(partial_path(out))
+    with pytest.raises(DataError, match="different encoder_config"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, encoder_kwargs={"seed": 1}, progress=False)
+
+
+def _progress(partial: Path) -> int:
+    """Images done so far in a partial file another process is writing (0 while unreadable)."""
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return int(f.attrs["n_done"]) // 2  # batches of 2
+    except (OSError, KeyError):
+        return 0
+
+
+_CHILD = """
+import sys
+from sevlm.features.hdf5 import extract_features
+extract_features(sys.argv[1], sys.argv[2], "tiny-random", sys.argv[3], batch_size=2, num_workers=0)
+"""
+
+
+def test_resume_after_kill_9_gives_the_same_file_as_an_uninterrupted_run(tmp_path):
+    rng = random.Random(2)
+    images_dir, dataset_dir = tmp_path / "images", tmp_path / "ds"
+    names = []
+    for k in range(24):
+        name = f"S{k % 3}/p{k:02d}.jpg"
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        random_image(rng).save(images_dir / name)
+        names.append(name)
+    (images_dir / "S0/p03.jpg").write_bytes(b"")  # a failure too, so failed/ must survive the resume
+    write_dataset(dataset_dir, names, images_dir)
+
+    out = tmp_path / "resumed.h5"
+    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY="0.25", PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(images_dir), str(dataset_dir), str(out)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, seen = time.time() + 60, 0
+        while seen < 3 and time.time() < deadline and child.poll() is None:
+            time.sleep(0.05)
+            seen = _progress(partial_path(out))
+        assert child.poll() is None and seen >= 3, "the child finished (or never started) before it could be killed"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert not out.exists() and partial_path(out).exists()
+    with h5py.File(partial_path(out), "r") as f:
+        done = int(f.attrs["n_done"])
+    assert 0 < done < 24
+
+    summary = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, progress=False)
+    assert summary["resumed_from"] == done and not partial_path(out).exists()
+    ref = tmp_path / "straight.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
+    with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:
+        assert list(a["names"][()]) == list(b["names"][()]) and len(set(a["names"][()])) == 23
+        np.testing.assert_array_equal(a["tokens"][()], b["tokens"][()])
+        np.testing.assert_array_equal(a["pooled"][()], b["pooled"][()])
+        assert list(a["failed/names"][()]) == [b"S0/p03.jpg"] == list(b["failed/names"][()])
+        assert a.attrs["image_list_sha256"] == b.attrs["image_list_sha256"]
