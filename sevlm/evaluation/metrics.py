@@ -185,7 +185,7 @@ def get_meteor():
 _WS = re.compile(r"\s+")
 
 
-def ptb_tokenize(texts: dict[str, list[str]]) -> dict[str, list[str]]:
+def ptb_tokenize(texts: dict) -> dict:
     """coco-caption's PTB tokenizer (lower case, punctuation removed), checked for alignment.
 
     All whitespace (including line separators Java would split on) becomes a single space, and

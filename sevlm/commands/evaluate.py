@@ -1,0 +1,68 @@
+"""`sevlm evaluate`: coco-caption metrics, emotion accuracy, Emo-Align and a report with plots."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "score predictions (BLEU/METEOR/ROUGE-L/CIDEr, emotion accuracy, Emo-Align) and write a report"
+EXAMPLES = """\
+  sevlm evaluate --predictions runs/demo/pred.jsonl --references data/demo_ds/test.json \\
+                 --dataset data/demo_ds --out runs/demo/report/REPORT.json
+  sevlm evaluate --run runs/demo --split test --dataset data/demo_ds --out runs/demo/report/REPORT.json
+  sevlm evaluate --predictions pred.jsonl --references test.json --out R.json \\
+                 --vad-lexicon ../shared/assets/nrc-vad/NRC-VAD-Lexicon.txt --lenient
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to score (predictions + references, or a run to generate from)")
+    src.add_argument("--predictions", help="JSON lines {image_id, emotion, explanation}")
+    src.add_argument("--references", help="the split's grouped JSON written by `sevlm prepare` (e.g. DATASET/test.json)")
+    src.add_argument("--run", help="a training run folder: generate predictions for --split first")
+    src.add_argument("--split", default="test", help="split to generate and score with --run (default: test)")
+    p.add_argument("--out", required=True, help="REPORT.json path; REPORT.md and REPORT_figures/ go beside it")
+    p.add_argument("--dataset", help="dataset folder: enables Emo-Align (its classifier is trained once and cached there)")
+    p.add_argument("--vad-lexicon", help="NRC-VAD file (or 'demo') for the VAD plot of generated vs human explanations")
+    p.add_argument("--lenient", action="store_true",
+                   help="skip predictions for unknown images and score only the predicted images (counted in the report) "
+                        "instead of stopping")
+    p.add_argument("--retrain-classifier", action="store_true", help="retrain the Emo-Align classifier even if cached")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sevlm.errors import ConfigError
+    from sevlm.evaluation.report import evaluate_and_report
+
+    if args.run:
+        if not args.dataset:
+            raise ConfigError("--run needs --dataset (the references are DATASET/<split>.json)")
+        predictions = Path(args.out).parent / f"predictions_{args.split}.jsonl"
+        _generate(args.run, args.dataset, args.split, predictions)
+        references = Path(args.dataset) / f"{args.split}.json"
+    else:
+        if not (args.predictions and args.references):
+            raise ConfigError("give --predictions and --references, or --run with --dataset")
+        predictions, references = Path(args.predictions), Path(args.references)
+    summary = evaluate_and_report(
+        predictions, references, args.out, dataset_dir=args.dataset, vad_lexicon=args.vad_lexicon,
+        strict=not args.lenient, retrain_classifier=args.retrain_classifier,
+    )
+    keys = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy", "emo_align")
+    print("  ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)))
+    if summary.get("warnings"):
+        print("warnings: " + ", ".join(f"{k}={v}" for k, v in summary["warnings"].items()))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+def _generate(run_dir, dataset_dir, split, out_path) -> None:
+    """Generate predictions for a split with the run's model (sevlm.generate)."""
+    from sevlm.errors import ConfigError
+
+    try:
+        from sevlm.generate import generate_split  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"--run needs sevlm.generate ({e}); run `sevlm generate` and pass --predictions") from None
+    generate_split(run_dir=run_dir, dataset_dir=dataset_dir, split=split, out=out_path)

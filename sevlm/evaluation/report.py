@@ -1,0 +1,232 @@
+"""Evaluation and retrieval reports: REPORT.json, a Markdown summary and PNG plots.
+
+`write_evaluation_report(report, out)` writes `out` (JSON), `out` with suffix .md and the
+plots in `<out stem>_figures/`; `write_retrieval_report` does the same for `sevlm retrieve`.
+Plots use matplotlib's Agg backend (no display needed). All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sevlm.constants import EMOTIONS
+from sevlm.io import atomic_path, write_json, write_text
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+# ----------------------------------------------------------------------------- VAD
+def text_vad(text: str, lexicon) -> np.ndarray | None:
+    """Mean bipolar VAD [3] of the words found in the lexicon, or None when none is."""
+    vecs = [v for w in _WORD.findall(text.lower()) if (v := lexicon.lookup(w)) is not None]
+    return np.mean(vecs, axis=0) if vecs else None
+
+
+def vad_summary(generated: list[str], human: list[str], lexicon) -> dict:
+    """Mean VAD of generated vs human explanations; `coverage` = share with >= 1 lexicon word."""
+    out = {}
+    for name, texts in (("generated", generated), ("human", human)):
+        vads = [v for t in texts if (v := text_vad(t, lexicon)) is not None]
+        arr = np.array(vads, dtype=np.float64).reshape(-1, 3)
+        out[name] = {
+            "mean": arr.mean(axis=0).tolist() if len(arr) else None,
+            "std": arr.std(axis=0).tolist() if len(arr) else None,
+            "coverage": len(arr) / len(texts) if texts else None,
+            "valence": arr[:, 0].tolist(),  # per text, for the histogram; dropped from REPORT.json
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_confusion(confusion: dict, path: Path) -> Path:
+    plt = _plt()
+    cm = np.array(confusion["counts"], dtype=np.float64)  # [9, 10]
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(cm.shape[1]), [c.replace("something else", "sth. else") for c in confusion["columns_predicted"]], rotation=45, ha="right")
+    ax.set_yticks(range(cm.shape[0]), confusion["rows_true"])
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted emotion")
+    ax.set_ylabel("dominant human emotion")
+    ax.set_title("Emotion confusion (row-normalised; numbers are counts)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_per_emotion(per_class: dict, path: Path) -> Path:
+    plt = _plt()
+    x = np.arange(len(EMOTIONS))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, [per_class[e][key] for e in EMOTIONS], width=0.27, label=key)
+    ax.set_xticks(x, EMOTIONS, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-emotion scores (images with a dominant emotion)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_vad(vad: dict, path: Path) -> Path:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(3)
+    for k, name in enumerate(("human", "generated")):
+        if vad[name]["mean"] is not None:
+            ax1.bar(x + (k - 0.5) * 0.38, vad[name]["mean"], yerr=vad[name]["std"], width=0.38, label=name, capsize=3)
+        ax2.hist(vad[name]["valence"], bins=30, range=(-1, 1), alpha=0.55, density=True, label=name)
+    ax1.set_xticks(x, ["valence", "arousal", "dominance"])
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.set_title("Mean VAD of explanations (bipolar, [-1, 1])")
+    ax1.legend()
+    ax2.set_title("Valence per explanation")
+    ax2.legend()
+    return _save(fig, path)
+
+
+def plot_recall_curves(retrieval: dict, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for direction, style in (("image_to_explanation", "-"), ("explanation_to_image", "--")):
+        for system, color in (("model", "C0"), ("random_baseline", "C7")):
+            curve = retrieval[system][direction]["recall_curve"]
+            ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, marker="o", ms=3,
+                    label=f"{direction.replace('_', ' ')} ({system.replace('_', ' ')})")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_title("Retrieval recall@K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- reports
+def _fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _figures_dir(out: Path) -> Path:
+    return out.parent / f"{out.stem}_figures"
+
+
+def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = None) -> dict[str, Path]:
+    """Write REPORT.json, REPORT.md and the plots; returns {what: path}. `report` is not modified."""
+    from sevlm.evaluation.metrics import LANGUAGE_METRICS
+
+    out = Path(out)
+    figs = _figures_dir(out)
+    written: dict[str, Path] = {}
+    emo = report.get("emotions", {})
+    if "confusion_matrix" in emo:
+        written["confusion"] = plot_confusion(emo["confusion_matrix"], figs / "confusion_matrix.png")
+        written["per_emotion"] = plot_per_emotion(emo["per_class"], figs / "per_emotion.png")
+    full = dict(report)
+    if vad is not None:
+        written["vad"] = plot_vad(vad, figs / "vad.png")
+        full["vad"] = {k: {kk: vv for kk, vv in v.items() if kk != "valence"} for k, v in vad.items()}
+    full["figures"] = {k: str(p.relative_to(out.parent)) for k, p in written.items()}
+    write_json(out, full)
+    written["json"] = out
+
+    lines = [f"# Evaluation report", "", f"- predictions: `{full['predictions']}`", f"- references: `{full['references']}`",
+             f"- scored images: {full['n_predictions']} of {full['n_reference_images']} (coverage {full['coverage']:.3f})"]
+    if full.get("warnings"):
+        lines.append("- **warnings**: " + ", ".join(f"{k}: {v}" for k, v in full["warnings"].items()))
+    lines += ["", "## Language (coco-caption)", "", "| " + " | ".join(LANGUAGE_METRICS) + " |",
+              "|" + "---|" * len(LANGUAGE_METRICS), "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |", ""]
+    lines += [f"- {k}: unavailable ({v})" for k, v in full.get("unavailable", {}).items()]
+    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion",
+              f"- macro F1: {_fmt(emo.get('macro_f1'))}",
+              f"- predictions whose emotion is not one of the 9: {_fmt(full['emotion_not_one_of_9_share'])}"]
+    if "emo_align" in full:
+        acc = full.get("emo_classifier", {}).get("held_out_accuracy", {})
+        lines.append(f"- Emo-Align: {_fmt(full['emo_align'])} over {full['emo_align_n']} images "
+                     f"(classifier held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
+    if "per_class" in emo:
+        lines += ["", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |" for e, v in emo["per_class"].items()]
+    lines += ["", "## Explanations", "", f"- distinct explanations: {_fmt(full['distinct_explanations_share'])}",
+              f"- mean length (words): generated {_fmt(full['mean_length_words'])}, human {_fmt(full['human_mean_length_words'])}"]
+    if "vad" in full:
+        for k, v in full["vad"].items():
+            lines.append(f"- VAD {k}: mean {[round(x, 3) for x in v['mean']] if v['mean'] else 'n/a'} (lexicon coverage {_fmt(v['coverage'])})")
+    if written.keys() - {"json"}:
+        lines += ["", "## Figures", ""] + [f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k != "json"]
+    md = out.with_suffix(".md")
+    write_text(md, "\n".join(lines) + "\n")
+    written["markdown"] = md
+    return written
+
+
+def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
+    """Write the retrieval JSON, a Markdown table (model vs random baseline) and the recall@K plot."""
+    out = Path(out)
+    written = {"recall_curves": plot_recall_curves(result, _figures_dir(out) / "recall_at_k.png")}
+    write_json(out, {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}})
+    written["json"] = out
+    ks = result["ks"]
+    idx = result["model"]["index"]
+    lines = ["# Retrieval report", "", f"- index: {idx['kind']} on {idx['device']} ({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
+             "", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
+    for d in ("image_to_explanation", "explanation_to_image"):
+        for s in ("model", "random_baseline"):
+            r = result[s][d]
+            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(_fmt(r[f'R@{k}']) for k in ks) + f" | {_fmt(r['median_rank'])} |")
+    lines += ["", "| emotion accuracy | model | random baseline | n |", "|---|---|---|---|"]
+    for d in ("image_to_emotion", "explanation_to_emotion", "explanation_to_own_emotion"):
+        if d in result["model"]:
+            lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(result['random_baseline'][d]['accuracy'])} | {result['model'][d]['n']} |")
+    lines += ["", f"![recall@K]({written['recall_curves'].relative_to(out.parent)})"]
+    md = out.with_suffix(".md")
+    write_text(md, "\n".join(lines) + "\n")
+    written["markdown"] = md
+    return written
+
+
+def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
+                        retrain_classifier: bool = False) -> dict:
+    """Score, then write REPORT.json + .md + figures; returns the report dict."""
+    from sevlm.evaluation.metrics import evaluate
+
+    classifier = None
+    if dataset_dir:
+        from sevlm.evaluation.emo_classifier import load_or_train
+
+        classifier = load_or_train(dataset_dir, retrain=retrain_classifier)
+    ev = evaluate(predictions, references, classifier=classifier, strict=strict)
+    vad = None
+    if vad_lexicon:
+        from sevlm.data.vad import VADLexicon
+
+        lex = VADLexicon.load(vad_lexicon)
+        human = [t for p in ev.predictions for t in ev.references[p.image_id].explanations]
+        vad = vad_summary([p.explanation for p in ev.predictions], human, lex)
+    write_evaluation_report(ev.report, out, vad)
+    return ev.report
