@@ -260,6 +260,13 @@ def decode_sample(raw: dict) -> dict:
     return make_sample(meta["image_id"], meta, tokens, pooled)
 
 
+def decode(src):
+    """Stage: raw tar samples -> sample dicts. (Not wds.map: it would put the tar key back
+    into __key__, and the contract's __key__ is the image_id.)"""
+    for raw in src:
+        yield decode_sample(raw)
+
+
 def collate_samples(samples: list[dict]) -> dict:
     """List of samples -> one dict: tokens [B,T,D] and pooled [B,D] stacked, other fields as lists."""
     out = {k: [s[k] for s in samples] for k in samples[0]}
@@ -311,7 +318,7 @@ def shard_pipeline(
     ]
     if shuffle:
         stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
-    stages.append(wds.map(decode_sample))
+    stages.append(decode)
     if batch_size is not None:
         stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial_batches))
     pipeline = wds.DataPipeline(*stages)
