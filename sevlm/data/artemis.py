@@ -208,10 +208,11 @@ def read_annotations(
         columns = [h.strip().lower() for h in header]
         missing = [c for c in required if c not in columns]
         if missing:
+            hint = " (is it tab-separated? ArtEmis CSVs use commas)" if len(columns) == 1 and "\t" in columns[0] else ""
             shown = ", ".join(repr(c) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
             raise DataError(
                 f"{path}: line {line}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(header has {shown}; an ArtEmis CSV needs {', '.join(required)})"
+                f"(header has {shown}; an ArtEmis CSV needs {', '.join(required)}){hint}"
             )
         col = {c: columns.index(c) for c in REQUIRED_V1 if c in columns}
 
@@ -467,7 +468,7 @@ def prepare_dataset(
     counts = {}
     for s in SPLITS:
         data = _group(per_split[s], pool, image_names)
-        write_json(out_dir / f"{s}.json", data)
+        write_json(out_dir / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
         write_json(out_dir / f"{s}_coco.json", coco_references(data, s), indent=None)
         counts[s] = {
             "paintings_in_split": len(splits[s]),

@@ -298,9 +298,10 @@ def test_undecodable_row_is_a_row_error(tmp_path):
         (b'{"art_style": "Cubism", "painting": "p"}\n', "not a CSV file (it looks like JSON)"),
         (b'[{"a": 1}]', "not a CSV file (it looks like JSON)"),
         (b"", "file is empty"),
+        (b"art_style\tpainting\temotion\tutterance\trepetition\nCubism\tp\tawe\tnice tree here\t5\n", "tab-separated"),
         (b"lorem ipsum dolor sit amet\nconsectetur adipiscing elit\n", "missing column(s)"),
     ],
-    ids=["missing-column", "wrong-header", "binary", "not-utf8", "json-object", "json-list", "empty", "garbage"],
+    ids=["missing-column", "wrong-header", "binary", "not-utf8", "json-object", "json-list", "empty", "tsv", "garbage"],
 )
 @pytest.mark.parametrize("skip", [False, True], ids=["strict", "skip"])
 def test_not_an_artemis_csv(tmp_path, content, words, skip):
