@@ -15,6 +15,11 @@ The output enters the pipeline through `sevlm prepare` like real data:
 <painting>.jpg`, `README.txt`, and `demo_info.json` (the drawn emotion per painting, for
 checks). With `images_dir`, pictures come from real paintings instead (e.g. WikiArt) and
 their emotion is assigned from measured brightness, saturation, warmth and texture.
+
+`sevlm/assets/demo_vad.tsv` (loaded by `VADLexicon.demo()`) gives the content words of these
+templates valence/arousal/dominance values in [0, 1]: our own rough estimates, written for
+this demo and not taken from NRC-VAD, so the demo needs no licensed file. Function words
+are left out (they get zeros and a false in-lexicon mask).
 """
 
 from __future__ import annotations
@@ -471,9 +476,8 @@ def measure(img: Image.Image) -> tuple[np.ndarray, list[str]]:
     edges = float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
     feats = np.array([v.mean(), s.mean(), warmth, v.std(), edges], dtype=np.float64)
     # Name each pixel's colour; keep the two most frequent.
-    names = np.empty(h.shape, dtype=object)
-    hue_name = np.array([next(n for lim, n in _HUE_NAMES if x < lim) for x in h.ravel()], dtype=object).reshape(h.shape)
-    names[:] = hue_name
+    limits = np.array([lim for lim, _ in _HUE_NAMES])
+    names = np.array([n for _, n in _HUE_NAMES], dtype=object)[np.searchsorted(limits, h, side="right")]
     names[s < 0.25] = "grey"
     names[(s < 0.25) & (v > 0.8)] = "white"
     names[(s >= 0.25) & (v < 0.6) & ((h < 50) | (h > 340))] = "brown"
