@@ -148,3 +148,4 @@ class EfficientNetLite0Encoder(ImageEncoder):
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet class probabilities [B, 1000], for checking that the weights are sane."""
         return self.net(pixels).softmax(dim=-1)
+
