@@ -126,7 +126,7 @@ def test_explanations_name_what_is_visible(demo_dir):
     # Several templates per emotion, and many distinct sentences.
     for e in EMOTIONS:
         assert len(demo.TEMPLATES[e]) >= 5
-    assert len({r["utterance"].lower().strip(".! ") for r in long_rows}) > 0.8 * len(long_rows)
+    assert len({r["utterance"].lower().strip(".! ") for r in long_rows}) > 0.7 * len(long_rows)
 
 
 def test_round_trip_through_prepare(demo_dir, tmp_path):
