@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--references", help="the split's grouped JSON written by `sevlm prepare` (e.g. DATASET/test.json)")
     src.add_argument("--run", help="a training run folder: generate predictions for --split first")
     src.add_argument("--split", default="test", help="split to generate and score with --run (default: test)")
+    src.add_argument("--features", help="with --run: the HDF5 feature cache (default: the one recorded in the run)")
     p.add_argument("--out", required=True, help="REPORT.json path; REPORT.md and REPORT_figures/ go beside it")
     p.add_argument("--dataset", help="dataset folder: enables Emo-Align (its classifier is trained once and cached there)")
     p.add_argument("--vad-lexicon", help="NRC-VAD file (or 'demo') for the VAD plot of generated vs human explanations")
@@ -36,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from sevlm.evaluation.report import evaluate_and_report
 
     if args.run:
+        if args.predictions or args.references:
+            raise ConfigError("give either --run or --predictions/--references, not both")
         if not args.dataset:
             raise ConfigError("--run needs --dataset (the references are DATASET/<split>.json)")
         predictions = Path(args.out).parent / f"predictions_{args.split}.jsonl"
-        _generate(args.run, args.dataset, args.split, predictions)
+        _generate(args.run, args.dataset, args.split, predictions, features=args.features)
         references = Path(args.dataset) / f"{args.split}.json"
     else:
         if not (args.predictions and args.references):
@@ -57,12 +60,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(run_dir, dataset_dir, split, out_path) -> None:
-    """Generate predictions for a split with the run's model (sevlm.generate)."""
-    from sevlm.errors import ConfigError
+def _generate(run_dir, dataset_dir, split, out_path, features=None) -> None:
+    """Generate predictions for a split with the run's model (greedy, as the paper)."""
+    from sevlm.generate import generate_split
 
-    try:
-        from sevlm.generate import generate_split  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(f"--run needs sevlm.generate ({e}); run `sevlm generate` and pass --predictions") from None
-    generate_split(run_dir=run_dir, dataset_dir=dataset_dir, split=split, out=out_path)
+    generate_split(run_dir, split, out_path, dataset_dir=dataset_dir, features=features)

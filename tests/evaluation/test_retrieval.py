@@ -47,7 +47,7 @@ def test_exact_ranks_and_hits_equal_brute_force():
 def test_approximate_indices_have_high_recall(kind):
     rng = np.random.default_rng(2)
     centers = _unit(rng, 50, 32)
-    gallery = R.normalize(centers[rng.integers(0, 50, 5000)] + 0.3 * rng.standard_normal((5000, 32)))
+    gallery = R.normalize(centers[rng.integers(0, 50, 3000)] + 0.3 * rng.standard_normal((3000, 32)))
     queries = R.normalize(centers[rng.integers(0, 50, 200)] + 0.3 * rng.standard_normal((200, 32)))
     _, exact = R.Index(gallery).search(queries, 10)
     index = R.Index(gallery, R.IndexOptions(kind=kind))

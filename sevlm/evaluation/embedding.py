@@ -1,0 +1,156 @@
+"""Retrieval embeddings from a trained run's contrastive head (the model side of `sevlm retrieve`).
+
+- images: `model.embed_images(visual tokens)` from the HDF5 feature cache, streamed in batches;
+- explanations: `model.embed_texts(...)` on the sequence "the emotion is <annotator's emotion>
+  because <explanation>" (text only: no image is involved), keeping the explanation embedding;
+- emotions: the emotion embedding of "the emotion is <label> because ...": the emotion segment
+  comes before " because" and the decoder is causal, so it does not depend on the filler text.
+A free-text query with no emotion of its own is embedded under each of the 9 labels and averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS
+from sevlm.errors import DataError
+
+FILLER = "it"  # explanation text for the emotion-only sequences; the emotion embedding ignores it
+
+
+@dataclass
+class SplitEmbeddings:
+    image_ids: list[str]
+    image_emb: np.ndarray  # [I, E]
+    image_dominant: np.ndarray  # [I] emotion index, -1 for none
+    texts: list[str]  # human explanations, [N]
+    text_image: np.ndarray  # [N] index into image_ids
+    text_emotion: np.ndarray  # [N] annotator's emotion index
+    text_emb: np.ndarray  # [N, E]
+    emotion_emb: np.ndarray  # [9, E], EMOTIONS order
+
+
+def _embed_sequences(run, pairs: list[tuple[str, str]], batch_size: int, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(emotion [N, E], explanation [N, E]) embeddings of (emotion, explanation) sequences."""
+    import torch
+    from tqdm import tqdm
+
+    from sevlm.text import to_device
+
+    emo, exp = [], []
+    with torch.no_grad():
+        for s in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=not progress):
+            seqs = [run.builder.encode(e, x) for e, x in pairs[s : s + batch_size]]
+            batch = to_device(run.builder._stack(seqs), run.model.device)
+            e, x = run.model.embed_texts(**batch)  # (b, E) each
+            emo.append(e.cpu().numpy())
+            exp.append(x.cpu().numpy())
+    return np.concatenate(emo), np.concatenate(exp)
+
+
+def embed_emotions(run) -> np.ndarray:
+    """[9, E] emotion embeddings in EMOTIONS order."""
+    emo, _ = _embed_sequences(run, [(e, FILLER) for e in EMOTIONS], len(EMOTIONS), "emotions", progress=False)
+    return emo
+
+
+def embed_query_text(run, text: str) -> np.ndarray:
+    """[1, E] explanation embedding of a free-text query.
+
+    "the emotion is awe because ..." is embedded as written; any other text is embedded under
+    each of the 9 labels and the (normalised) mean is returned, since its emotion is unknown.
+    """
+    from sevlm.generate import parse_output
+
+    if not text.strip():
+        raise DataError("--query: empty text")
+    emotion, explanation, _ = parse_output(text)
+    if emotion is not None and explanation:
+        pairs = [(emotion, explanation)]
+    else:
+        pairs = [(e, text.strip()) for e in EMOTIONS]
+    _, exp = _embed_sequences(run, pairs, len(pairs), "query", progress=False)
+    q = exp.mean(axis=0, keepdims=True)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def embed_image_file(run, path: str | Path) -> np.ndarray:
+    """[1, E] embedding of an image file, encoded with the run's recorded image encoder."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from sevlm.encoders import build_encoder, to_rgb
+
+    spec = run.config.get("encoder")
+    if not spec or not spec.get("name"):
+        raise DataError(f"{run.path / 'config.json'}: no image encoder recorded; cannot encode {path}")
+    encoder = build_encoder(spec["name"], **spec.get("settings", {})).to(run.model.device).eval()
+    try:
+        with Image.open(path) as img:
+            pixels = encoder.preprocess(to_rgb(img))[None]  # (1, 3, H, W)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    with torch.no_grad():
+        tokens, _ = encoder(pixels.to(run.model.device))  # (1, T, D)
+        return run.model.embed_images(tokens.float()).cpu().numpy()
+
+
+def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path | None, batch_size: int = 64,
+                progress: bool = True, images: bool = True, texts: bool = True) -> SplitEmbeddings:
+    """Embed a split's images (from the feature cache), its human explanations and the 9 emotions.
+
+    `images=False` / `texts=False` skip that side (its embeddings are then empty [0, E] arrays).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from sevlm.data.artemis import dominant_emotion
+    from sevlm.features.common import load_split_records
+    from sevlm.features.hdf5 import FeatureStore
+
+    records = load_split_records(dataset_dir, split)
+    image_ids = list(records)
+    if not image_ids:
+        raise DataError(f"{dataset_dir}/{split}.json: no images")
+    emotion_emb = embed_emotions(run)
+    image_emb = [np.zeros((0, emotion_emb.shape[1]), dtype=np.float32)]
+    if images:
+        store = FeatureStore(features)
+        rows = [store.index_of(records[i]["image_name"]) for i in image_ids]  # DataError names a missing image
+    with torch.no_grad():
+        for s in tqdm(range(0, len(image_ids) if images else 0, batch_size), desc="embed images", unit="batch", disable=not progress):
+            tok = np.stack([store.tokens(i) for i in rows[s : s + batch_size]])  # (b, T, D) float16
+            visual = torch.from_numpy(tok.astype(np.float32))
+            image_emb.append(run.model.embed_images(visual).cpu().numpy())
+    if images:
+        store.close()
+    all_texts, text_image, text_emotion, dominant = [], [], [], []
+    for k, image_id in enumerate(image_ids):
+        rec = records[image_id]
+        emos, exps = rec.get("emotions") or [], rec.get("explanations") or []
+        if not exps or len(emos) != len(exps):
+            raise DataError(f"{dataset_dir}/{split}.json: image {image_id!r} has no explanations or unequal emotions")
+        all_texts += exps
+        text_image += [k] * len(exps)
+        text_emotion += [EMOTION_TO_INDEX[e] for e in emos]
+        d = dominant_emotion(emos)
+        dominant.append(EMOTION_TO_INDEX[d] if d is not None else -1)
+    pairs = [(EMOTIONS[e], t) for e, t in zip(text_emotion, all_texts)] if texts else []
+    text_emb = image_emb[0][:0]
+    if pairs:
+        _, text_emb = _embed_sequences(run, pairs, batch_size, "embed explanations", progress)
+    return SplitEmbeddings(
+        image_ids=image_ids,
+        image_emb=np.concatenate(image_emb),
+        image_dominant=np.asarray(dominant, dtype=np.int64),
+        texts=all_texts,
+        text_image=np.asarray(text_image, dtype=np.int64),
+        text_emotion=np.asarray(text_emotion, dtype=np.int64),
+        text_emb=text_emb,
+        emotion_emb=emotion_emb,
+    )

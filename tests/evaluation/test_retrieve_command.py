@@ -1,0 +1,91 @@
+"""`sevlm retrieve` end to end on a tiny random model, a tiny feature cache and real tokenizer files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sevlm.constants import EMOTIONS
+
+
+def retrieve_cli(argv: list[str]) -> int:
+    from sevlm.commands import retrieve
+
+    parser = argparse.ArgumentParser()
+    retrieve.add_arguments(parser)
+    return retrieve.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from sevlm.data.artemis import dominant_emotion
+    from sevlm.data.vad import VADLexicon
+    from sevlm.export import save_export
+    from sevlm.features.hdf5 import extract_features
+    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    root = tmp_path_factory.mktemp("retrieve")
+    images, ds = root / "images", root / "ds"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2), ("test", 6)):
+        data = {}
+        for i in range(n):
+            name = f"Style/{split}-{i}.jpg"
+            (images / "Style").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / name)
+            emos = [EMOTIONS[i % 9], EMOTIONS[i % 9], EMOTIONS[(i + 1) % 9]]
+            data[f"Style/{split}-{i}"] = {"image_name": name, "emotions": emos,
+                                          "explanations": [f"the {w} sky looks calm" for w in ("blue", "grey", "red")],
+                                          "dominant_emotion": dominant_emotion(emos)}
+        ds.mkdir(exist_ok=True)
+        (ds / f"{split}.json").write_text(json.dumps(data))
+    features = root / "f.h5"
+    extract_features(images, ds, "tiny-random", features, batch_size=8, progress=False)
+    tok = load_tokenizer()
+    builder = SequenceBuilder(tok, VADLexicon.demo(), max_len=20)
+    torch.manual_seed(0)
+    cfg = dict(n_layer=1, n_embd=32, n_head=2, visual_dim=32, contrastive_dim=16, max_len=20, n_positions=32)
+    model = SEVLM(SEVLMConfig(**cfg).with_token_ids(builder.ids))
+    save_export(root / "run" / "export", model, tok, {"data": {"dataset_dir": str(ds), "features": str(features),
+                                                                "encoder": "tiny-random", "lexicon": "demo"}})
+    return root
+
+
+def test_retrieve_scores_model_and_random_baseline(tiny_run):
+    out = tiny_run / "R.json"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for system in ("model", "random_baseline"):
+        i2t, t2i = r[system]["image_to_explanation"], r[system]["explanation_to_image"]
+        assert i2t["n_queries"] == 6 and i2t["gallery_size"] == 18 and t2i["n_queries"] == 18 and t2i["gallery_size"] == 6
+        assert all(0 <= i2t[f"R@{k}"] <= 1 for k in (1, 5, 10)) and t2i["R@10"] == 1.0  # only 6 images
+        assert r[system]["image_to_emotion"]["n"] == 6
+    assert r["model"]["index"] == {"kind": "flat", "device": "cpu", "size": 18, "dim": 16}
+    assert (tiny_run / "R.md").exists() and (tiny_run / r["figures"]["recall_curves"]).exists()
+
+
+def test_retrieve_queries(tiny_run):
+    out = tiny_run / "q.json"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query", "a calm blue sky", "--top", "3"]) == 0
+    r = json.loads(out.read_text())
+    assert [x["rank"] for x in r["results"]] == [1, 2, 3] and r["results"][0]["image_id"].startswith("Style/test-")
+    assert sorted(e["emotion"] for e in r["emotions"]) == sorted(EMOTIONS)
+    scores = [x["score"] for x in r["results"]]
+    assert scores == sorted(scores, reverse=True)
+    img = tiny_run / "images" / "Style" / "test-2.jpg"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img), "--index", "hnsw"]) == 0
+    r = json.loads(out.read_text())
+    assert len(r["results"]) == 10 and "explanation" in r["results"][0] and r["index"]["kind"] == "hnsw"
+
+
+def test_retrieve_bad_image(tiny_run):
+    from sevlm.errors import DataError
+
+    with pytest.raises(DataError, match="image not found"):
+        retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(tiny_run / "x.json"), "--query-image", str(tiny_run / "nope.jpg")])
