@@ -78,20 +78,16 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, resize: int, crop: int, resample) -> Image.Image:
-    """Scale the shorter side to `resize`, then take the central `crop` x `crop` square."""
+    """Scale the shorter side to `resize` and take the central `crop` x `crop` square, in one
+    resampling step from the matching source box (cheap for huge or extremely elongated images)."""
     if img.format == "JPEG" and min(img.size) > 2 * resize:
-        # decode huge JPEGs at 1/2, 1/4 or 1/8 scale: memory and time stay small
+        # decode huge JPEGs at 1/2, 1/4 or 1/8 scale (never below the requested size)
         img.draft("RGB", (resize, resize))
     img = to_rgb(img)
     w, h = img.size
-    scale = resize / min(w, h)
-    nw, nh = max(resize, round(w * scale)), max(resize, round(h * scale))
-    if max(w, h) > 4 * max(nw, nh):
-        # cheap box reduction first; the final resample then works on a modest image
-        img = img.reduce(max(1, min(w // nw, h // nh) // 2))
-    img = img.resize((nw, nh), resample=resample)
-    left, top = (nw - crop) // 2, (nh - crop) // 2
-    return img.crop((left, top, left + crop, top + crop))
+    side = min(w, h) * crop / resize  # the crop's extent in source pixels
+    left, top = (w - side) / 2, (h - side) / 2
+    return img.resize((crop, crop), resample=resample, box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 
 def normalize(img: Image.Image, mean, std) -> torch.Tensor:

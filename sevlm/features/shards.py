@@ -99,7 +99,13 @@ def write_shards(
                     bar.update(1)
             shards.append({"name": name, "num_samples": len(chunk), "sha256": sha256_file(tmp_dir / name), "bytes": (tmp_dir / name).stat().st_size})
         bar.close()
-        # drop this split's shards from an earlier run before moving the new ones in
+        # swap: unlist the split first, so a crash while shards are replaced leaves no manifest
+        # entry pointing at a mix of old and new shards (the reader then says the split is absent)
+        manifest_path = out_dir / MANIFEST
+        manifest = read_json(manifest_path) if manifest_path.exists() else {}
+        if split in manifest.get("splits", {}):
+            del manifest["splits"][split]
+            write_json(manifest_path, manifest)
         for old in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
             old.unlink()
         for sh in shards:
@@ -117,8 +123,6 @@ def write_shards(
         "sample_fields": {"tokens.npy": "float16 [T, D]", "pooled.npy": "float16 [D]", "json": "image_id, image_name, annotations"},
         "dataset": {"dir": str(Path(dataset_dir).resolve()), "manifest_sha256": dataset_manifest_sha256(dataset_dir), "split_sha256": sha256_file(Path(dataset_dir) / f"{split}.json")},
     }
-    manifest_path = out_dir / MANIFEST
-    manifest = read_json(manifest_path) if manifest_path.exists() else {}
     encoder = {
         "encoder": store.attrs.get("encoder"),
         "encoder_config": store.attrs.get("encoder_config"),
@@ -260,11 +264,24 @@ def decode_sample(raw: dict) -> dict:
     return make_sample(meta["image_id"], meta, tokens, pooled)
 
 
-def decode(src):
-    """Stage: raw tar samples -> sample dicts. (Not wds.map: it would put the tar key back
-    into __key__, and the contract's __key__ is the image_id.)"""
-    for raw in src:
-        yield decode_sample(raw)
+def decode(handle_errors: str = "raise"):
+    """Stage: raw tar samples -> sample dicts. An undecodable sample raises DataError naming shard
+    and sample, or (handle_errors="warn") is replaced by the previous good sample with a warning,
+    so the rank's sample count stays equal. (Not wds.map: it would put the tar key back into
+    __key__, and the contract's __key__ is the image_id.)"""
+
+    def stage(src):
+        last = None
+        for raw in src:
+            try:
+                last = decode_sample(raw)
+            except DataError as e:
+                if handle_errors == "raise" or last is None:
+                    raise
+                warnings.warn(f"{e}; repeating the previous sample in its place")
+            yield last
+
+    return stage
 
 
 def collate_samples(samples: list[dict]) -> dict:
@@ -297,6 +314,7 @@ def shard_pipeline(
     root, manifest, entry = read_manifest(shard_dir_or_manifest, split)
     world_size, rank = dist_info(world_size, rank)
     _error_policy(handle_errors)  # validate early
+    _check_shard_files(root, entry, handle_errors)
     urls = [str(root / sh["name"]) for sh in entry["shards"]]
     counts = {str(root / sh["name"]): int(sh["num_samples"]) for sh in entry["shards"]}
     if len(urls) < world_size:
@@ -318,7 +336,7 @@ def shard_pipeline(
     ]
     if shuffle:
         stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
-    stages.append(decode)
+    stages.append(decode(handle_errors))
     if batch_size is not None:
         stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial_batches))
     pipeline = wds.DataPipeline(*stages)
@@ -326,6 +344,20 @@ def shard_pipeline(
     pipeline.manifest = manifest
     pipeline.entry = entry
     return pipeline
+
+
+def _check_shard_files(root: Path, entry: dict, handle_errors: str) -> None:
+    """Cheap up-front check (a stat per shard): missing or resized shards are named before any reading."""
+    for sh in entry["shards"]:
+        path = root / sh["name"]
+        size = path.stat().st_size if path.exists() else None
+        if size == sh["bytes"]:
+            continue
+        problem = "missing" if size is None else f"{size} bytes, the manifest says {sh['bytes']} (truncated or rewritten?)"
+        msg = f"{path}: shard {problem}; rewrite the split with `sevlm shard`"
+        if handle_errors == "raise" or size is None:
+            raise DataError(msg)
+        warnings.warn(msg + "; reading what is readable")
 
 
 def _sample_shuffle(bufsize: int, seed: str):

@@ -52,8 +52,9 @@ def _roundtrip(img: Image.Image, fmt: str, **kw) -> Image.Image:
         lambda: _roundtrip(Image.new("RGBA", (50, 40), (255, 0, 0, 128)), "PNG"),
         lambda: _roundtrip(Image.new("RGB", (50, 40), (10, 20, 30)).convert("P"), "PNG", transparency=0),
         lambda: Image.new("LA", (40, 90), (10, 200)),
+        lambda: Image.new("RGB", (30000, 7), (9, 9, 9)),
     ],
-    ids=["cmyk-jpeg", "grayscale", "bilevel", "16-bit", "rgba-png", "palette-png-transparent", "gray-alpha"],
+    ids=["cmyk-jpeg", "grayscale", "bilevel", "16-bit", "rgba-png", "palette-png-transparent", "gray-alpha", "30000x7"],
 )
 def test_preprocess_converts_every_mode_to_rgb_pixels(make):
     enc = build_encoder("tiny-random")

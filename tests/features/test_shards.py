@@ -115,17 +115,24 @@ def test_corrupt_shard_error_names_it_or_is_skipped_with_a_warning(features, tmp
     out = tmp_path / "shards"
     write_shards(h5, dataset_dir, "train", out, max_samples_per_shard=6, progress=False)  # 6, 6, 6, 5
     bad = out / "train-000001.tar"
-    bad.write_bytes(bad.read_bytes()[:3000])  # truncated mid-sample
-    with pytest.raises(DataError, match=r"train-000001\.tar: corrupt or truncated shard"):
-        list(shard_pipeline(out, "train", shuffle=False))
+    data = bad.read_bytes()
+    bad.write_bytes(data[:3000])  # truncated mid-sample: caught by the size check before reading
+    with pytest.raises(DataError, match=r"train-000001\.tar: shard 3000 bytes, the manifest says"):
+        shard_pipeline(out, "train", shuffle=False)
     with pytest.warns(UserWarning, match=r"train-000001\.tar: corrupt or truncated shard"):
         samples = list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))
     assert len(samples) == 23  # quota kept: the lost samples are made up by repeats
     assert len({s["image_id"] for s in samples}) < 23
 
-    (out / "train-000002.tar").write_bytes(b"\0garbage" * 100)
-    with pytest.raises(DataError, match=r"train-00000[12]\.tar"):
+    # same size, damaged inside (a tar header overwritten): found while reading, shard named
+    bad.write_bytes(data[:512 * 3] + b"\xff" * 512 + data[512 * 4:])
+    with pytest.raises(DataError, match=r"train-000001\.tar: sample 'train-000001-000000' cannot be decoded"):
         list(shard_pipeline(out, "train", shuffle=True, seed=3))
+    with pytest.warns(UserWarning, match=r"train-000001\.tar: sample 'train-000001-000000' cannot be decoded"):
+        assert len(list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))) == 23
+    (out / "train-000002.tar").unlink()
+    with pytest.raises(DataError, match=r"train-000002\.tar: shard missing"):
+        shard_pipeline(out, "train", handle_errors="warn")
 
 
 def _run_command(module, argv):
