@@ -48,9 +48,10 @@ def _candidates(word: str) -> list[str]:
         add(word)
 
     def stem(base: str) -> None:
-        # base is the word without its suffix: try it, with "e", and undoubled ("sadd" -> "sad").
-        add(base)
+        # base is the word without its suffix: try it with "e" first ("hated" -> "hate", not
+        # "hat"; "scared" -> "scare", not "scar"), then as is, then undoubled ("sadd" -> "sad").
         add(base + "e")
+        add(base)
         if len(base) >= 3 and base[-1] == base[-2] and base[-1] not in "aeiouls":
             add(base[:-1])
 
