@@ -57,3 +57,22 @@ def test_compare_two_prediction_files(tmp_path, dataset_dir, test_refs, good_pre
         assert 0 <= m["p_bootstrap"] <= 1 and 0 < m["p_permutation"] <= 1
     assert out["metrics"]["METEOR"]["delta"] > 0
     json.dumps(out)  # JSON-ready
+
+
+def test_eval_recipe_script(tmp_path, dataset_dir, test_refs, good_predictions, jsonl, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "eval" / "significance.py"
+    spec = importlib.util.spec_from_file_location("eval_significance", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "sig.json"
+    assert mod.main(["--a", str(good_predictions), "--b", str(good_predictions), "--references",
+                     str(dataset_dir / "test.json"), "--resamples", "100", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert all(m["delta"] == 0 and m["p_permutation"] == 1.0 for m in res["metrics"].values())
+    assert "BLEU-4" in capsys.readouterr().out
+    bad = jsonl(tmp_path / "bad.jsonl", ["nope"])
+    assert mod.main(["--a", str(bad), "--b", str(good_predictions), "--references", str(dataset_dir / "test.json")]) == 1
+    assert f"{bad}:1: not valid JSON" in capsys.readouterr().err
