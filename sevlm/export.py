@@ -42,11 +42,22 @@ def _lexicon_spec(config_dict: dict) -> str:
 
 
 def _encoder_spec(config_dict: dict) -> dict | None:
-    enc = config_dict.get("encoder")
+    """{"name", "settings"} of the image encoder, so `predict` can encode raw images: from the
+    config's `encoder` (a name or {"name","settings"}), its data.encoder, or the feature file."""
+    data = config_dict.get("data") or {}
+    enc = config_dict.get("encoder") or data.get("encoder")
     if isinstance(enc, dict) and enc.get("name"):
         return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
-    name = enc if isinstance(enc, str) else (config_dict.get("data") or {}).get("encoder")
-    return {"name": name, "settings": {}} if name else None
+    if isinstance(enc, str) and enc:
+        return {"name": enc, "settings": dict(config_dict.get("encoder_settings") or {})}
+    if data.get("features") and Path(data["features"]).exists():
+        try:
+            from sevlm.features.hdf5 import FeatureStore
+
+            return {"name": FeatureStore(data["features"]).attrs["encoder"], "settings": {}}
+        except Exception:  # an unreadable cache must not block the export; predict will say so
+            return None
+    return None
 
 
 def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None = None) -> Path:

@@ -264,22 +264,18 @@ def prediction_record(image_id: str, h: Hypothesis) -> dict[str, Any]:
 
 
 def split_visual_tokens(features_path: str | Path, dataset_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
-    """(image_ids, tokens (N, T, D)) of a split's images from the HDF5 feature cache."""
-    from sevlm.features.common import load_split_records
-    from sevlm.features.hdf5 import FeatureStore
+    """(image_ids, tokens (N, T, D)) of a split's images from the HDF5 feature cache.
 
-    records = load_split_records(dataset_dir, split)
-    store = FeatureStore(features_path)
-    image_ids, rows = [], []
-    for image_id, rec in records.items():
-        idx = store.index_of(rec["image_name"])
-        if idx is None:
-            raise DataError(f"{features_path}: no features for image {rec['image_name']!r} of split {split!r}")
-        image_ids.append(image_id)
-        rows.append(np.asarray(store.tokens(idx), dtype=np.float32))
-    if not rows:
-        raise DataError(f"{dataset_dir}/{split}.json: no images")
-    return image_ids, np.stack(rows)
+    Images without features (failed extraction) are left out with a warning by the reader.
+    """
+    from sevlm.features.hdf5 import H5FeatureDataset
+
+    ds = H5FeatureDataset(features_path, dataset_dir, split)
+    if len(ds) == 0:
+        raise DataError(f"{dataset_dir}: split {split!r} has no images with features in {features_path}")
+    image_ids = [image_id for image_id, _, _ in ds.items]
+    tokens = np.stack([np.asarray(ds.store.tokens(row), dtype=np.float32) for _, _, row in ds.items])  # (N, T, D)
+    return image_ids, tokens
 
 
 def generate_split(
