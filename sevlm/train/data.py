@@ -69,7 +69,13 @@ class EpochBatches(Dataset):
 
 def train_loader(dataset, collate, micro, rank, world_size, seed, epoch, start, num_workers) -> DataLoader:
     ds = EpochBatches(dataset, collate, micro, rank, world_size, seed, epoch, start)
-    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, persistent_workers=False)
+    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, generator=loader_generator(seed, epoch))
+
+
+def loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """A DataLoader draws a base seed when iterated; from the global RNG that draw would shift
+    dropout after a resume (the loader is created at a different point), so give it its own."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
 def shard_batches(

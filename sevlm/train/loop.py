@@ -177,6 +177,14 @@ class RunLog:
             self.tb.close()
 
 
+def optimizer_state_elements(optimizer) -> int:
+    """Elements of optimizer state held by this rank (ZeRO partitions it across ranks)."""
+    import torch
+
+    base = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed wraps the torch optimizer
+    return sum(v.numel() for st in base.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0)
+
+
 def _say(msg: str, main: bool) -> None:
     if main:
         print(msg, file=sys.stderr, flush=True)
@@ -292,7 +300,7 @@ class TrainData:
 
     def epoch(self, epoch: int, start: int):
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank."""
-        from sevlm.train.data import shard_batches, train_loader
+        from sevlm.train.data import loader_generator, shard_batches, train_loader
 
         seed, workers = self.cfg.seed, self.cfg.data.num_workers
         if self.info.source == "features":
@@ -304,7 +312,7 @@ class TrainData:
 
         pipe = shard_pipeline(str(self.info.path), self.cfg.data.train_split, shuffle=True, seed=seed,
                               epoch=epoch, world_size=self.world, rank=self.rank)
-        samples = iter(DataLoader(pipe, batch_size=None, num_workers=workers))
+        samples = iter(DataLoader(pipe, batch_size=None, num_workers=workers, generator=loader_generator(seed, epoch)))
         # the stream is a pure function of (seed, epoch, rank): skipping `start` batches resumes it
         return shard_batches(samples, self.collate, self.micro, seed, epoch, start)
 
@@ -434,6 +442,7 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not main, file=sys.stderr,
                dynamic_ncols=True)
     stop_reason = None
+    rank_info_written = False
     t_last, samples_last = time.perf_counter(), state.samples_seen
     engine.train()
     while state.step < total_steps and stop_reason is None and state.epoch < s.epochs:
@@ -466,6 +475,13 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
             state.step += 1
             state.samples_seen += global_batch
             applied = engine.was_step_applied()
+            if not rank_info_written and applied:  # optimizer state exists after the first real step
+                write_json(run_dir / "ranks" / f"rank{rank}.json", {
+                    "rank": rank, "world_size": world, "zero_stage": ds_cfg.get("zero_optimization", {}).get("stage", 0),
+                    "optimizer_state_elements": optimizer_state_elements(optimizer),
+                    "trainable_parameters": sum(p.numel() for p in engine.module.parameters() if p.requires_grad),
+                })
+                rank_info_written = True
             state.nonfinite_run = 0 if applied else state.nonfinite_run + 1
             row = {"step": state.step, "epoch": state.epoch}
             row.update({k: sum(v) / len(v) for k, v in parts.items()})
@@ -543,7 +559,7 @@ def _validate_and_keep(validate, state: TrainState, log: RunLog, save, export, p
 
 def _report_nonfinite(log: RunLog, state: TrainState, meta: dict, loss: float, main: bool) -> None:
     keys = meta.get("image_ids", [])
-    log.write({"step": state.step, "epoch": state.epoch, "event": "nonfinite_loss", "loss": str(loss),
+    log.write({"step": state.step + 1, "epoch": state.epoch, "event": "nonfinite_loss", "loss": str(loss),
                "micro_batch": state.position - 1, "batch_keys": keys})
     _say(f"sevlm train: non-finite loss {loss} at step {state.step + 1} (epoch {state.epoch}, micro-batch "
          f"{state.position - 1}); batch skipped; images: {', '.join(map(str, keys[:8]))}"

@@ -1,0 +1,49 @@
+"""`sevlm train`: train SEVLM from cached features with DeepSpeed (one process, `deepspeed`, torchrun)."""
+
+from __future__ import annotations
+
+HELP = "train the model from cached features with DeepSpeed ZeRO-2 (resumable)"
+EXAMPLES = """\
+  sevlm train --config demo data.dataset_dir=out/dataset data.features=out/features.h5
+  sevlm train --config paper --out runs/paper data.dataset_dir=D data.features=F.h5 data.lexicon=NRC.txt
+  sevlm train --resume runs/paper                      # continue after a kill, same data order
+  deepspeed --num_gpus 4 --no_local_rank --module sevlm train --config paper ...   # multi-GPU
+  torchrun --nproc_per_node 2 -m sevlm train --config tiny device=cpu ...   # two CPU ranks (gloo)
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", default=None, help="config name (sevlm/configs) or JSON file")
+    p.add_argument("--out", default=None, help="run folder (default: the config's out_dir)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_hidden())
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. schedule.max_steps=100")
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS  # the `deepspeed` launcher passes --local_rank; LOCAL_RANK is read from the env
+
+
+def run(args) -> int:
+    import os
+
+    from sevlm.errors import ConfigError
+    from sevlm.train import load_train_config, train
+
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    config = None
+    if args.resume:
+        if args.overrides or args.out:
+            raise ConfigError("--resume continues a run with its saved config; drop --out and key=value overrides")
+        if args.config:
+            config = load_train_config(args.config)
+    else:
+        if not args.config:
+            raise ConfigError("--config is required (or --resume RUN_DIR)")
+        config = load_train_config(args.config, args.overrides)
+    run_dir = train(config, resume=args.resume, out_dir=args.out)
+    print(run_dir)
+    return 0

@@ -1,0 +1,35 @@
+"""One tiny dataset + feature cache (tiny-random encoder) shared by the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    from sevlm.data.artemis import prepare_dataset
+    from sevlm.data.demo import make_demo_data
+    from sevlm.features.hdf5 import extract_features
+
+    root = tmp_path_factory.mktemp("train_data")
+    make_demo_data(root / "raw", n_images=48, seed=0, image_size=32, progress=False)
+    prepare_dataset(root / "raw" / "artemis_dataset_release_v0.csv", root / "dataset", images_dir=root / "raw" / "images")
+    extract_features(None, root / "dataset", "tiny-random", root / "features.h5", progress=False)
+    return {"root": root, "dataset": root / "dataset", "features": root / "features.h5"}
+
+
+def tiny_overrides(data: dict, *extra: str) -> list[str]:
+    return [f"data.dataset_dir={data['dataset']}", f"data.features={data['features']}", *extra]
+
+
+@pytest.fixture()
+def tiny_config(tiny_data):
+    """A TrainConfig factory: the shipped `tiny` config pointed at the tiny data, plus overrides."""
+    from sevlm.train import load_train_config
+
+    def make(*extra: str):
+        return load_train_config("tiny", tiny_overrides(tiny_data, *extra))
+
+    return make

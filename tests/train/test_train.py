@@ -1,0 +1,146 @@
+"""End-to-end training on a tiny model (one shared tiny dataset, CPU, gloo).
+
+Covers: run folder contents, export loadable without DeepSpeed, kill + resume == uninterrupted
+(step for step), non-finite losses skipped then a run of them stopping training, and the
+up-front errors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sevlm.errors import ConfigError, DataError
+from sevlm.train import TrainingError, train
+from sevlm.train import loop as train_loop
+
+STEPS = 6
+
+
+def losses(run_dir) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r and "event" not in r and "val_loss" not in r]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data, tmp_path_factory):
+    """Six uninterrupted steps (checkpoint every 2, validation at the end)."""
+    from tests.train.conftest import tiny_overrides
+    from sevlm.train import load_train_config
+
+    cfg = load_train_config("tiny", tiny_overrides(tiny_data, f"schedule.max_steps={STEPS}", "schedule.val_every=0"))
+    return train(cfg, out_dir=tmp_path_factory.mktemp("full") / "run")
+
+
+def test_run_folder_and_export(full_run, tiny_data):
+    from sevlm.export import load_run
+
+    curve = losses(full_run)
+    assert [s for s, _ in curve] == list(range(1, STEPS + 1))
+    assert all(l == l and l > 0 for _, l in curve)
+    ds = json.loads((full_run / "ds_config.json").read_text())
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] == 4
+    run = json.loads((full_run / "run.json").read_text())
+    assert run["global_batch"] == 4 and run["total_steps"] == STEPS and run["encoder"] == "tiny-random"
+    assert sorted(p.name for p in (full_run / "checkpoints").iterdir() if p.is_dir()) == ["best_acc", "best_bleu", "last"]
+    assert list((full_run / "tb").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (full_run / "log.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val_loss" in r]
+    assert len(val) == 1 and val[0]["step"] == STEPS and 0.0 <= val[0]["val_accuracy"] <= 1.0
+    assert rows[-1]["event"] == "done"
+
+    loaded = load_run(full_run)  # safetensors + config + tokenizer: no DeepSpeed involved
+    assert loaded.config["train"]["data"]["features"] == str(tiny_data["features"])
+    assert loaded.config["encoder"]["name"] == "tiny-random"
+    assert loaded.model.config.visual_dim == 32  # taken from the feature cache
+    assert loaded.model.config.n_layer == 2
+
+
+def test_resume_after_kill_matches_uninterrupted_run(full_run, tiny_config, tmp_path, monkeypatch):
+    from sevlm.cli import main
+
+    run_dir = tmp_path / "run"
+
+    class Killed(Exception):
+        pass
+
+    def die(state):
+        if state.step == 5:  # last checkpoint was at step 4: step 5 is logged, then redone
+            raise Killed
+
+    monkeypatch.setattr(train_loop, "_after_step", die)
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+    assert [s for s, _ in losses(run_dir)] == [1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="already holds a training run; continue it with --resume"):
+        train(tiny_config(f"schedule.max_steps={STEPS}"), out_dir=run_dir)
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert losses(run_dir) == losses(full_run)  # exact: same data order, RNG, scheduler, optimizer state
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == 4
+
+
+def test_nonfinite_losses_are_skipped_and_reported(tiny_config, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from sevlm.train import data as train_data
+
+    real = train_data.split_inputs
+    calls = {"n": 0}
+
+    def poison(batch, device, dtype):
+        inputs, meta = real(batch, device, dtype)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second training micro-batch gets NaN features
+            inputs["visual"] = torch.full_like(inputs["visual"], float("nan"))
+        return inputs, meta
+
+    monkeypatch.setattr("sevlm.train.data.split_inputs", poison)
+    run_dir = train(tiny_config("schedule.max_steps=3", "schedule.val_every=0", "schedule.val_gen_images=0"),
+                    out_dir=tmp_path / "run")
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    bad = [r for r in rows if r.get("event") == "nonfinite_loss"]
+    assert len(bad) == 1 and bad[0]["step"] == 2 and len(bad[0]["batch_keys"]) == 4
+    assert "non-finite loss nan at step 2" in capsys.readouterr().err
+    curve = losses(run_dir)
+    assert [s for s, _ in curve] == [1, 2, 3] and all(l == l for _, l in curve)  # skipped, not trained on
+
+    # every batch NaN: a run of max_nonfinite stops training with a clear message
+    def all_nan(batch, device, dtype):
+        inputs, meta = real(batch, device, dtype)
+        inputs["visual"] = torch.full_like(inputs["visual"], float("nan"))
+        return inputs, meta
+
+    monkeypatch.setattr("sevlm.train.data.split_inputs", all_nan)
+    with pytest.raises(TrainingError, match="3 non-finite losses or gradient overflows in a row"):
+        train(tiny_config("schedule.max_nonfinite=3"), out_dir=tmp_path / "run_nan")
+
+
+def test_upfront_errors(tiny_data, tiny_config, tmp_path):
+    from sevlm.features.shards import write_shards
+
+    with pytest.raises(DataError, match="built with encoder 'tiny-random' but the config names 'clip-vit-b16'"):
+        train(tiny_config("data.encoder=clip-vit-b16"), out_dir=tmp_path / "a")
+    with pytest.raises(DataError, match="split 'dev' not found"):
+        train(tiny_config("data.val_split=dev"), out_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match="schedule.micro_batch=4 needs about .* but max_memory_gb"):
+        train(tiny_config("max_memory_gb=0.001"), out_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match="precision fp16 needs a GPU"):
+        train(tiny_config("precision=fp16", "device=cpu"), out_dir=tmp_path / "d")
+
+    # shards cut from another dataset: the dataset manifest hash they record differs
+    shards = tmp_path / "shards"
+    for split in ("train", "val"):
+        write_shards(tiny_data["features"], tiny_data["dataset"], split, shards)
+    other = tmp_path / "other_dataset"
+    shutil.copytree(tiny_data["dataset"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["seed"] = 12345
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    cfg = tiny_config("data.features=null", f"data.shards={shards}", f"data.dataset_dir={other}")
+    with pytest.raises(DataError, match="shards were written from another dataset"):
+        train(cfg, out_dir=tmp_path / "e")
+    assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was started
