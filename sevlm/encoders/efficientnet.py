@@ -55,6 +55,10 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding: output = ceil(input / stride), extra pad at the end."""
 
     def forward(self, x):
+        if self.stride == (1, 1) and self.weight.shape[-1] % 2:
+            # odd kernel, stride 1: SAME is symmetric, let the convolution pad (no extra copy)
+            k = self.weight.shape[-1]
+            return F.conv2d(x, self.weight, self.bias, 1, k // 2, self.dilation, self.groups)
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride

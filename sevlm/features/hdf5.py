@@ -154,12 +154,17 @@ def _reopen_partial(path: Path, attrs: dict) -> h5py.File | None:
                 f"{path}: an unfinished extraction with a different {key} is in the way "
                 f"(it has {found!r}, this run {attrs[key]!r}); delete it or use the same settings to resume"
             )
-    n_rows, n_failed = int(f.attrs["n_rows"]), int(f.attrs["n_failed"])
-    # rows written after the last recorded progress belong to an unfinished batch: drop them
-    for name in ("tokens", "pooled", "names"):
-        f[name].resize(n_rows, axis=0)
-    for name in ("failed/names", "failed/reasons"):
-        f[name].resize(n_failed, axis=0)
+    try:
+        n_rows, n_failed = int(f.attrs["n_rows"]), int(f.attrs["n_failed"])
+        # rows written after the last recorded progress belong to an unfinished batch: drop them
+        for name in ("tokens", "pooled", "names"):
+            f[name].resize(n_rows, axis=0)
+        for name in ("failed/names", "failed/reasons"):
+            f[name].resize(n_failed, axis=0)
+    except Exception as e:  # a crash inside an HDF5 flush can leave metadata half-written
+        f.close()
+        warnings.warn(f"{path}: damaged partial file ({type(e).__name__}: {e}); starting over")
+        return None
     return f
 
 
