@@ -220,3 +220,17 @@ def test_resume_after_kill_9_gives_the_same_file_as_an_uninterrupted_run(tmp_pat
         np.testing.assert_array_equal(a["pooled"][()], b["pooled"][()])
         assert list(a["failed/names"][()]) == [b"S0/p03.jpg"] == list(b["failed/names"][()])
         assert a.attrs["image_list_sha256"] == b.attrs["image_list_sha256"]
+
+
+def test_h5_dataset_works_in_dataloader_workers(small_dataset, tmp_path):
+    from torch.utils.data import DataLoader
+
+    _, dataset_dir, _ = small_dataset
+    out = tmp_path / "f.h5"
+    extract_features(None, dataset_dir, "tiny-random", out, batch_size=4, progress=False)
+    ds = H5FeatureDataset(out, dataset_dir, "train")
+    direct = {s["image_id"]: s["tokens"] for s in ds}
+    via_workers = list(DataLoader(ds, batch_size=None, num_workers=2))  # each worker opens its own HDF5 handle
+    assert sorted(s["image_id"] for s in via_workers) == sorted(direct)
+    for s in via_workers:
+        assert torch.equal(s["tokens"], direct[s["image_id"]])
