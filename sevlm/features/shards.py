@@ -199,12 +199,9 @@ def split_by_worker(src):
             yield item
 
 
-def _error_policy(handle_errors: str) -> Callable[[Exception], bool]:
-    if handle_errors == "raise":
-        return wds.reraise_exception
-    if handle_errors == "warn":
-        return wds.warn_and_continue
-    raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
+def _check_policy(handle_errors: str) -> None:
+    if handle_errors not in ("raise", "warn"):
+        raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
 
 
 def read_tar_samples(counts: dict[str, int], rank_urls: list[str], samples_per_rank: int, handle_errors: str):
@@ -313,7 +310,7 @@ def shard_pipeline(
     """
     root, manifest, entry = read_manifest(shard_dir_or_manifest, split)
     world_size, rank = dist_info(world_size, rank)
-    _error_policy(handle_errors)  # validate early
+    _check_policy(handle_errors)
     _check_shard_files(root, entry, handle_errors)
     urls = [str(root / sh["name"]) for sh in entry["shards"]]
     counts = {str(root / sh["name"]): int(sh["num_samples"]) for sh in entry["shards"]}
