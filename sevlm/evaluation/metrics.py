@@ -107,7 +107,8 @@ def load_predictions(path: str | Path) -> list[Prediction]:
             for key in ("image_id", "emotion", "explanation"):
                 if key not in row:
                     raise DataError(f"{path}:{lineno}: missing key {key!r}")
-                if not isinstance(row[key], str):
+                # emotion null: the generator found no valid label; scored as "not one of the 9"
+                if not isinstance(row[key], str) and not (key == "emotion" and row[key] is None):
                     raise DataError(f"{path}:{lineno}: {key!r} must be a string, got {type(row[key]).__name__}")
             image_id = row["image_id"]
             if image_id in seen:
@@ -115,7 +116,7 @@ def load_predictions(path: str | Path) -> list[Prediction]:
                     f"{path}:{lineno}: duplicate prediction for image {image_id!r} (first at line {seen[image_id]})"
                 )
             seen[image_id] = lineno
-            preds.append(Prediction(image_id, normalise_emotion(row["emotion"]), row["explanation"], lineno))
+            preds.append(Prediction(image_id, normalise_emotion(row["emotion"] or ""), row["explanation"], lineno))
     if not preds:
         raise DataError(f"{path}: no predictions")
     return preds

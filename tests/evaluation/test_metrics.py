@@ -167,6 +167,12 @@ def test_bad_prediction_files(tmp_path, lines, message, jsonl):
     assert str(path) in str(e.value)
 
 
+def test_null_emotion_is_read_as_invalid_label(tmp_path, jsonl):
+    path = jsonl(tmp_path / "p.jsonl", ['{"image_id": "a", "emotion": null, "explanation": "x", "raw": "joyful"}'])
+    (pred,) = M.load_predictions(path)
+    assert pred.emotion == "" and pred.emotion not in EMOTIONS
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         M.load_predictions(tmp_path / "nope.jsonl")

@@ -80,3 +80,12 @@ def test_retrieval_report_files(tmp_path):
     assert saved["model"]["image_to_explanation"]["R@1"] == 1.0
     md = (tmp_path / "R.md").read_text()
     assert "| image to explanation | model | 1.0000 |" in md and "flat on cpu" in md.replace("gpu", "cpu")
+
+
+def test_cli_prints_one_line_error_and_exits_1(tmp_path, dataset_dir, capsys, jsonl):
+    from sevlm.cli import main
+
+    bad = jsonl(tmp_path / "p.jsonl", ['{"image_id": "x", "emotion": "awe"}'])
+    assert main(["evaluate", "--predictions", str(bad), "--references", str(dataset_dir / "test.json"), "--out", str(tmp_path / "R.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:1: missing key 'explanation'" in err and err.count("\n") == 1

@@ -89,3 +89,14 @@ def test_retrieve_bad_image(tiny_run):
 
     with pytest.raises(DataError, match="image not found"):
         retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(tiny_run / "x.json"), "--query-image", str(tiny_run / "nope.jpg")])
+
+
+def test_evaluate_run_generates_then_scores(tiny_run):
+    from sevlm.cli import main
+
+    out = tiny_run / "eval" / "REPORT.json"
+    assert main(["evaluate", "--run", str(tiny_run / "run"), "--split", "test", "--dataset", str(tiny_run / "ds"), "--out", str(out)]) == 0
+    preds = (tiny_run / "eval" / "predictions_test.jsonl").read_text().splitlines()
+    assert len(preds) == 6
+    rep = json.loads(out.read_text())
+    assert rep["n_predictions"] == 6 and rep["coverage"] == 1.0 and "BLEU-4" in rep and "emo_align" in rep
