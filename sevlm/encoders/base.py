@@ -128,9 +128,14 @@ class ImageEncoder(nn.Module):
             "color": "RGB; alpha composited on white; CMYK/grayscale converted; EXIF rotation applied",
         }
 
+    def settings(self) -> dict:
+        """The build_encoder keyword arguments that rebuild this very encoder."""
+        return {}
+
     def describe(self) -> dict:
         return {
             "name": self.name,
+            "settings": self.settings(),
             "num_tokens": self.num_tokens,
             "dim": self.dim,
             "preprocessing": self.preprocessing(),

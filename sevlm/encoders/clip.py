@@ -41,6 +41,9 @@ class CLIPViTEncoder(ImageEncoder):
         # transformers >= 5 flattened CLIPVisionModel; older versions wrap a .vision_model
         self._tower = getattr(self.model, "vision_model", self.model)
 
+    def settings(self) -> dict:
+        return {"weights": self.weights}
+
     def describe(self) -> dict:
         cfg = self.model.config
         return {

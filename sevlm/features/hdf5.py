@@ -340,6 +340,11 @@ class FeatureStore:
     def encoder(self) -> dict:
         return self.attrs["encoder_config"]
 
+    @property
+    def encoder_spec(self) -> dict:
+        """{"name", "settings"}: `build_encoder(spec["name"], **spec["settings"])` rebuilds the encoder."""
+        return {"name": self.attrs["encoder"], "settings": dict(self.encoder.get("settings") or {})}
+
     def __len__(self) -> int:
         return len(self.names)
 

@@ -43,6 +43,9 @@ def test_extract_stores_each_image_once_with_exact_values_and_self_describing_at
 
     store = FeatureStore(out)
     assert store.token_shape == (16, 32) and store.encoder["seed"] == 0
+    spec = store.encoder_spec
+    assert spec == {"name": "tiny-random", "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32}}
+    assert build_encoder(spec["name"], **spec["settings"]).describe() == store.encoder
     assert store.attrs["num_images_listed"] == 12 and len(store.attrs["image_list_sha256"]) == 64
     assert {"torch", "h5py", "sevlm"} <= set(store.attrs["versions"]) and store.attrs["preprocessing"]["center_crop"] == 32
     enc = build_encoder("tiny-random")
