@@ -27,6 +27,7 @@ import torch
 from sevlm.constants import EMOTIONS
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
+from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
 
 _LABEL_RE = re.compile(r"\s+")
 
@@ -293,7 +294,6 @@ def generate_split(
 
     Dataset folder and feature cache default to those recorded in the run's config.
     """
-    from sevlm.export import load_run
     from sevlm.io import write_text
 
     run = load_run(run_dir, device=device)
@@ -322,7 +322,6 @@ def predict_images(
     from PIL import Image, UnidentifiedImageError
 
     from sevlm.encoders import build_encoder, to_rgb
-    from sevlm.export import load_run
 
     run = load_run(run_dir, device=device, lexicon=lexicon)
     enc_spec = run.config.get("encoder")

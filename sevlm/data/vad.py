@@ -134,7 +134,9 @@ class VADLexicon:
             if not all(0.0 <= v <= 1.0 for v in values):
                 raise DataError(f"{path}, line {lineno}: values must lie in [0, 1], got {values}")
             vec = np.asarray(values, dtype=np.float32)
-            table[word] = 2.0 * vec - 1.0 if bipolar else vec
+            vec = 2.0 * vec - 1.0 if bipolar else vec
+            vec.flags.writeable = False  # lookups hand out the table's own arrays
+            table[word] = vec
         if not table:
             raise DataError(f"{path}: no entries")
         return cls(table, source=str(path.resolve()), bipolar=bipolar)
