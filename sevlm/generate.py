@@ -148,19 +148,18 @@ def generate(
     vad = torch.from_numpy(np.stack([np.stack(states[0].prompt_vad)] * B)).to(device)  # (B, P, 3)
 
     def full_logits(all_ids: torch.Tensor) -> torch.Tensor:
-        """Uncached: re-embed everything, VAD and segments recomputed from the full text."""
+        """Uncached, the authors' style: VAD and segments recomputed from the full text, then the
+        whole training forward (image projection, all positions' logits) re-run."""
         feats = [_full_features(tokenizer, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id)
                  for row in all_ids.tolist()]
         v = torch.from_numpy(np.stack([f[0] for f in feats])).to(device)  # (B, T, 3)
         s = torch.tensor([f[1] for f in feats], device=device)  # (B, T)
-        embeds, _ = model.embed_tokens(all_ids, s, v)
-        h, _ = model.run_decoder(embeds, None, context)
-        return model.decoder.lm_head(h[:, -1])  # (B, V)
+        out = model(input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None)
+        return out.logits[:, -1]  # (B, V)
 
     state = None
     if use_cache:
         logits, state = model.decode_step(ids, seg, vad, context)
-        logits = logits[:, -1]
     else:
         logits = full_logits(ids)
     all_ids = ids
@@ -207,7 +206,6 @@ def generate(
             v = torch.from_numpy(np.stack(new_vad)).to(device)[:, None]  # (B, 1, 3)
             s = torch.tensor(new_seg, device=device)[:, None]  # (B, 1)
             logits, state = model.decode_step(nxt[:, None], s, v, context, state)
-            logits = logits[:, -1]
         else:
             logits = full_logits(all_ids)
 

@@ -2,8 +2,11 @@
 training-step memory, for a distilgpt2-size SEVLM (random init: no hub access needed).
 
 Reference style (the authors' decoding): one image at a time, and at every step the whole
-sequence is re-embedded, its VAD re-looked-up and re-encoded, and the decoder re-run with no
-cache. Both paths decode the same images with the same model; the outputs must be identical.
+sequence is re-embedded, its VAD re-looked-up and re-encoded, and the full forward re-run with
+no cache (image projection, cross-attention keys/values of the visual tokens, logits at every
+position), i.e. `generate(..., use_cache=False)` per image. The fast path decodes all images
+as one batch with the GPT-2 KV cache (the visual keys/values computed once) and the emotion
+encoder's cache, computing logits only for the newest position. Both paths decode the same images with the same model; the outputs must be identical.
 
     .venv/bin/python tools/bench_generate.py [--images 16] [--threads 1] [--max-new-tokens 25] [--device cpu]
 

@@ -246,10 +246,10 @@ class SEVLM(nn.Module):
         context: dict,
         state: DecodeState | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
-        """Logits (B, t, V) for new positions, reusing both caches; returns the updated state."""
+        """Next-token logits (B, V) after the new positions, reusing both caches; returns the updated state."""
         embeds, vad_cache = self.embed_tokens(input_ids, segment_ids, vad, state.vad_cache if state else None)
         h, cache = self.run_decoder(embeds, None, context, state.cache if state else None, use_cache=True)
-        return self.decoder.lm_head(h), DecodeState(cache, vad_cache)
+        return self.decoder.lm_head(h[:, -1]), DecodeState(cache, vad_cache)  # only the last position is needed
 
     @torch.no_grad()
     def embed_images(self, visual: torch.Tensor) -> torch.Tensor:
