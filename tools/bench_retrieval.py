@@ -49,15 +49,20 @@ def timed(fn, repeat: int = 3):
     return best, result
 
 
-def bench_search(n_gallery: int, dim: int, n_queries: int, k: int, seed: int) -> dict:
+def bench_search(n_gallery: int, dim: int, n_queries: int, k: int, seed: int, data: str = "random") -> dict:
     import faiss
 
     from sevlm.evaluation.retrieval import Index, IndexOptions, gpu_available, normalize
 
     rng = np.random.default_rng(seed)
-    gallery = normalize(rng.standard_normal((n_gallery, dim), dtype=np.float32))
-    queries = normalize(rng.standard_normal((n_queries, dim), dtype=np.float32))
-    res: dict = {"gallery": n_gallery, "dim": dim, "queries": n_queries, "k": k,
+    if data == "random":  # no structure at all: the hardest case for IVF/HNSW
+        gallery = normalize(rng.standard_normal((n_gallery, dim), dtype=np.float32))
+        queries = normalize(rng.standard_normal((n_queries, dim), dtype=np.float32))
+    else:  # 1000 clusters, closer to real embeddings
+        centers = normalize(rng.standard_normal((1000, dim), dtype=np.float32))
+        noisy = lambda n: normalize(centers[rng.integers(0, 1000, n)] + 0.05 * rng.standard_normal((n, dim), dtype=np.float32))  # noqa: E731
+        gallery, queries = noisy(n_gallery), noisy(n_queries)
+    res: dict = {"data": data, "gallery": n_gallery, "dim": dim, "queries": n_queries, "k": k,
                  "faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
                  "faiss_gpu": gpu_available()}
     t_np, exact = timed(lambda: numpy_topk(queries, gallery, k))
@@ -115,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--predictions", type=int, default=10_000)
     p.add_argument("--refs-per-image", type=int, default=5)
+    p.add_argument("--data", choices=("random", "clustered"), default="random",
+                   help="random normalised vectors (default) or 1000 noisy clusters")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-              "search": bench_search(args.gallery, args.dim, args.queries, args.k, args.seed)}
+              "search": bench_search(args.gallery, args.dim, args.queries, args.k, args.seed, args.data)}
     if not args.skip_eval:
         result["evaluation"] = bench_evaluation(args.predictions, args.refs_per_image, args.seed)
     print(json.dumps(result))

@@ -121,6 +121,9 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     image_emb = [np.zeros((0, emotion_emb.shape[1]), dtype=np.float32)]
     if images:
         store = FeatureStore(features)
+        if store.token_shape[1] != run.model.config.visual_dim:
+            raise DataError(f"{features}: {store.token_shape[1]}-d visual tokens, but the model expects "
+                            f"{run.model.config.visual_dim}-d (features from another encoder?)")
         rows = [store.index_of(records[i]["image_name"]) for i in image_ids]  # DataError names a missing image
     with torch.no_grad():
         for s in tqdm(range(0, len(image_ids) if images else 0, batch_size), desc="embed images", unit="batch", disable=not progress):
@@ -133,8 +136,9 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     for k, image_id in enumerate(image_ids):
         rec = records[image_id]
         emos, exps = rec.get("emotions") or [], rec.get("explanations") or []
-        if not exps or len(emos) != len(exps):
-            raise DataError(f"{dataset_dir}/{split}.json: image {image_id!r} has no explanations or unequal emotions")
+        if not exps or len(emos) != len(exps) or any(e not in EMOTION_TO_INDEX for e in emos):
+            raise DataError(f"{dataset_dir}/{split}.json: image {image_id!r}: no explanations, or emotions that do not "
+                            "match them one to one / are not among the 9")
         all_texts += exps
         text_image += [k] * len(exps)
         text_emotion += [EMOTION_TO_INDEX[e] for e in emos]

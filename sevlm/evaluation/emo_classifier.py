@@ -9,7 +9,7 @@ holds the two to the same probabilities.
 
 from __future__ import annotations
 
-import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,6 +196,8 @@ def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: 
         if clf.meta.get("train_sha256") == train_sha and clf.params == wanted:
             return clf
     texts, labels = _annotations(dataset_dir, "train")
+    print(f"training the Emo-Align classifier on {len(texts)} human explanations (once; cached in {directory})",
+          file=sys.stderr)
     clf = train_classifier(texts, labels, wanted)
     clf.meta = {"train_sha256": train_sha, "n_train": len(texts), "held_out_accuracy": {}}
     for split in ("val", "test"):
