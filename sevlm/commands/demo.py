@@ -82,7 +82,7 @@ def run(args) -> int:
 
     runs = {"model": (out / "run", [])}
     if not args.no_control:
-        runs["no_image_control"] = (out / "run_no_image", ["model.use_image=false"])
+        runs["no_image_control"] = (out / "run_no_image", ["model.mode=none"])
     results: dict = {"out": str(out)}
     for key, (run_dir, extra) in runs.items():
         overrides = [
