@@ -109,7 +109,7 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     import torch
     from tqdm import tqdm
 
-    from sevlm.data.artemis import dominant_emotion
+    from sevlm.evaluation.metrics import entry_dominant
     from sevlm.features.common import load_split_records
     from sevlm.features.hdf5 import FeatureStore
 
@@ -142,7 +142,7 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
         all_texts += exps
         text_image += [k] * len(exps)
         text_emotion += [EMOTION_TO_INDEX[e] for e in emos]
-        d = dominant_emotion(emos)
+        d = entry_dominant(rec, f"{dataset_dir}/{split}.json: image {image_id!r}")
         dominant.append(EMOTION_TO_INDEX[d] if d is not None else -1)
     pairs = [(EMOTIONS[e], t) for e, t in zip(text_emotion, all_texts)] if texts else []
     text_emb = image_emb[0][:0]

@@ -54,6 +54,18 @@ def normalise_emotion(label: str) -> str:
     return " ".join(str(label).lower().split())
 
 
+def entry_dominant(entry: dict, where: str = "") -> str | None:
+    """An image's dominant emotion: the stored `dominant_emotion` when present (`sevlm prepare`
+    computes it over every vote of the image, including annotations dropped for a too-short
+    utterance), else computed from its `emotions`."""
+    if "dominant_emotion" not in entry:
+        return dominant_emotion(entry.get("emotions") or [])
+    dominant = entry["dominant_emotion"]
+    if dominant is not None and dominant not in EMOTION_TO_INDEX:
+        raise DataError(f"{where}: dominant_emotion {dominant!r} is not one of the 9 emotions")
+    return dominant
+
+
 def load_references(path: str | Path) -> dict[str, Reference]:
     """Read the grouped `<split>.json` that `sevlm prepare` writes, checking every entry."""
     from sevlm.io import read_json
@@ -77,12 +89,7 @@ def load_references(path: str | Path) -> dict[str, Reference]:
                 raise DataError(f"{where}: annotation {i} has unknown emotion {emo!r}")
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"{where}: annotation {i} has an empty explanation")
-        dominant = dominant_emotion(emotions)
-        if "dominant_emotion" in entry and entry["dominant_emotion"] != dominant:
-            raise DataError(
-                f"{where}: stored dominant_emotion {entry['dominant_emotion']!r} disagrees with "
-                f"its emotions (dominant: {dominant!r}); re-run `sevlm prepare`"
-            )
+        dominant = entry_dominant(entry, where)
         refs[image_id] = Reference(image_id, tuple(emotions), tuple(explanations), dominant)
     return refs
 

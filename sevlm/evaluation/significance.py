@@ -12,8 +12,8 @@ Each metric is a function of column sums of a per-image statistics matrix [N, m]
 
 Two tests, both two-sided on delta = B - A:
 - paired bootstrap (Koehn 2004): resample images with replacement, p = share of resampled
-  deltas at least |delta| away from the observed delta (the bootstrap null, shifted), plus
-  a 95% percentile interval for delta;
+  deltas at least |delta| away from the observed delta (the bootstrap null, shifted), as
+  (1 + count) / (1 + R) so it is never 0, plus a 95% percentile interval for delta;
 - approximate randomisation (permutation): swap A/B per image with probability 1/2,
   p = (1 + #|delta_perm| >= |delta|) / (1 + R).
 """
@@ -70,7 +70,7 @@ def paired_tests(stat: Statistic, n_resamples: int = 1000, seed: int = 0, chunk:
         "b": score_b,
         "delta": delta,
         "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-        "p_bootstrap": float(np.mean(np.abs(boot - delta) >= abs(delta) - tol)),
+        "p_bootstrap": float((1 + np.sum(np.abs(boot - delta) >= abs(delta) - tol)) / (1 + len(boot))),
         "p_permutation": float((1 + np.sum(np.abs(perm) >= abs(delta) - tol)) / (1 + len(perm))),
         **({"note": stat.note} if stat.note else {}),
     }

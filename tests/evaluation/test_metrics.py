@@ -122,6 +122,18 @@ def test_dominance_edge_cases(tmp_path):
     assert got == {"tie": None, "half": "fear", "half_tie": None, "below_half": None, "single": "awe", "majority": "sadness"}
 
 
+def test_stored_dominant_emotion_wins(tmp_path):
+    # `sevlm prepare` takes the dominant emotion over all votes, including annotations whose
+    # utterance was dropped, so it may differ from the kept `emotions`
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({
+        "pool": {"emotions": ["awe", "fear"], "explanations": ["a", "b"], "dominant_emotion": "fear"},
+        "none": {"emotions": ["awe", "awe"], "explanations": ["a", "b"], "dominant_emotion": None},
+    }))
+    refs = M.load_references(path)
+    assert refs["pool"].dominant == "fear" and refs["none"].dominant is None
+
+
 @pytest.mark.parametrize(
     "entry, message",
     [
@@ -129,7 +141,7 @@ def test_dominance_edge_cases(tmp_path):
         ({"emotions": ["awe", "fear"], "explanations": ["x"]}, "as long as"),
         ({"emotions": ["joy"], "explanations": ["x"]}, "unknown emotion 'joy'"),
         ({"emotions": ["awe"], "explanations": ["  "]}, "empty explanation"),
-        ({"emotions": ["awe"], "explanations": ["x"], "dominant_emotion": "fear"}, "disagrees"),
+        ({"emotions": ["awe"], "explanations": ["x"], "dominant_emotion": "joy"}, "dominant_emotion 'joy' is not one of"),
         ("not an object", "not an object"),
     ],
 )
