@@ -116,7 +116,7 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
             ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, marker="o", ms=3,
                     label=f"{direction.replace('_', ' ')} ({system.replace('_', ' ')})")
     ax.set_xscale("log")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.03)  # lines at recall 1 stay visible
     ax.set_xlabel("K")
     ax.set_ylabel("Recall@K")
     ax.set_title("Retrieval recall@K")
@@ -198,7 +198,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
     for d in ("image_to_explanation", "explanation_to_image"):
         for s in ("model", "random_baseline"):
             r = result[s][d]
-            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(_fmt(r[f'R@{k}']) for k in ks) + f" | {_fmt(r['median_rank'])} |")
+            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(_fmt(r[f'R@{k}']) for k in ks) + f" | {r['median_rank']:g} |")
     lines += ["", "| emotion accuracy | model | random baseline | n |", "|---|---|---|---|"]
     for d in ("image_to_emotion", "explanation_to_emotion", "explanation_to_own_emotion"):
         if d in result["model"]:
