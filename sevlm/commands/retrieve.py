@@ -37,13 +37,15 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sevlm.constants import EMOTIONS
-    from sevlm.errors import DataError
+    from sevlm.errors import ConfigError, DataError
     from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
     from sevlm.evaluation.retrieval import Index, IndexOptions, normalize, retrieval_report
     from sevlm.export import load_run
     from sevlm.io import write_json
 
     run_ = load_run(args.run, device=args.device)
+    if not run_.model.config.use_contrastive:
+        raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
     data = (run_.config.get("train") or {}).get("data") or {}
     dataset_dir = args.dataset or data.get("dataset_dir")
     features = args.features or data.get("features")

@@ -100,3 +100,19 @@ def test_evaluate_run_generates_then_scores(tiny_run):
     assert len(preds) == 6
     rep = json.loads(out.read_text())
     assert rep["n_predictions"] == 6 and rep["coverage"] == 1.0 and "BLEU-4" in rep and "emo_align" in rep
+
+
+def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_run):
+    from sevlm.evaluation import embedding as EM
+    from sevlm.export import load_run
+
+    run = load_run(tiny_run / "run")
+    a, _ = EM._embed_sequences(run, [("awe", EM.FILLER), ("awe", "a long and different explanation")], 2, "t", False)
+    np.testing.assert_allclose(a[0], a[1], atol=1e-5)  # the emotion segment precedes " because"
+    emo = EM.embed_emotions(run)
+    assert emo.shape == (9, 16) and np.allclose(np.linalg.norm(emo, axis=1), 1, atol=1e-5)
+    q = EM.embed_query_text(run, "a calm sky")
+    assert q.shape == (1, 16) and np.linalg.norm(q) == pytest.approx(1, abs=1e-5)
+    labelled = EM.embed_query_text(run, "the emotion is fear because a calm sky")
+    _, direct = EM._embed_sequences(run, [("fear", "a calm sky")], 1, "t", False)
+    np.testing.assert_allclose(labelled, direct, atol=1e-5)
