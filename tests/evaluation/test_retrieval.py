@@ -93,3 +93,23 @@ def test_bad_inputs():
     with pytest.raises(ConfigError, match="index kind"):
         R.Index(img, R.IndexOptions(kind="lsh"))
     assert len(EMOTIONS) == emo.shape[0]
+
+
+@pytest.mark.gpu
+def test_gpu_index_matches_cpu():
+    if not R.gpu_available():
+        pytest.skip("faiss has no GPU support here (install faiss-gpu-cu12)")
+    rng = np.random.default_rng(5)
+    gallery, queries = _unit(rng, 5000, 64), _unit(rng, 100, 64)
+    cpu, gpu = R.Index(gallery, R.IndexOptions(use_gpu=False)), R.Index(gallery, R.IndexOptions(use_gpu=True))
+    assert cpu.device == "cpu" and gpu.device == "gpu"
+    (sc, ic), (sg, ig) = cpu.search(queries, 10), gpu.search(queries, 10)
+    assert (ic == ig).mean() > 0.99
+    np.testing.assert_allclose(sc, sg, atol=1e-4)
+
+
+def test_gpu_request_without_gpu_support_is_refused():
+    if R.gpu_available():
+        pytest.skip("a GPU is available")
+    with pytest.raises(ConfigError, match="GPU index was asked for"):
+        R.Index(np.eye(4, dtype=np.float32), R.IndexOptions(use_gpu=True))
