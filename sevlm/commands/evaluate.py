@@ -8,7 +8,7 @@ HELP = "score predictions (BLEU/METEOR/ROUGE-L/CIDEr, emotion accuracy, Emo-Alig
 EXAMPLES = """\
   sevlm evaluate --predictions runs/demo/pred.jsonl --references data/demo_ds/test.json \\
                  --dataset data/demo_ds --out runs/demo/report/REPORT.json
-  sevlm evaluate --run runs/demo --split test --dataset data/demo_ds --out runs/demo/report/REPORT.json
+  sevlm evaluate --run runs/demo --split test --out runs/demo/report/REPORT.json
   sevlm evaluate --predictions pred.jsonl --references test.json --out R.json \\
                  --vad-lexicon ../shared/assets/nrc-vad/NRC-VAD-Lexicon.txt --lenient
 """
@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--split", default="test", help="split to generate and score with --run (default: test)")
     src.add_argument("--features", help="with --run: the HDF5 feature cache (default: the one recorded in the run)")
     p.add_argument("--out", required=True, help="REPORT.json path; REPORT.md and REPORT_figures/ go beside it")
-    p.add_argument("--dataset", help="dataset folder: enables Emo-Align (its classifier is trained once and cached there)")
+    p.add_argument("--dataset", help="dataset folder: enables Emo-Align (its classifier is trained once and cached there); "
+                                     "with --run, defaults to the run's recorded dataset")
     p.add_argument("--vad-lexicon", help="NRC-VAD file (or 'demo') for the VAD plot of generated vs human explanations")
     p.add_argument("--lenient", action="store_true",
                    help="skip predictions for unknown images and score only the predicted images (counted in the report) "
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         if args.predictions or args.references:
             raise ConfigError("give either --run or --predictions/--references, not both")
         if not args.dataset:
-            raise ConfigError("--run needs --dataset (the references are DATASET/<split>.json)")
+            args.dataset = _recorded_dataset(args.run)
         predictions = Path(args.out).parent / f"predictions_{args.split}.jsonl"
         _generate(args.run, args.dataset, args.split, predictions, features=args.features)
         references = Path(args.dataset) / f"{args.split}.json"
@@ -65,3 +66,16 @@ def _generate(run_dir, dataset_dir, split, out_path, features=None) -> None:
     from sevlm.generate import generate_split
 
     generate_split(run_dir, split, out_path, dataset_dir=dataset_dir, features=features)
+
+
+def _recorded_dataset(run_dir) -> str:
+    """The dataset folder recorded in the run's exported config."""
+    from sevlm.errors import ConfigError
+    from sevlm.export import find_export
+    from sevlm.io import read_json
+
+    config = read_json(find_export(run_dir) / "config.json")
+    dataset = ((config.get("train") or {}).get("data") or {}).get("dataset_dir")
+    if not dataset:
+        raise ConfigError(f"{run_dir}: no dataset_dir recorded in the run; pass --dataset")
+    return dataset

@@ -95,7 +95,7 @@ def test_evaluate_run_generates_then_scores(tiny_run):
     from sevlm.cli import main
 
     out = tiny_run / "eval" / "REPORT.json"
-    assert main(["evaluate", "--run", str(tiny_run / "run"), "--split", "test", "--dataset", str(tiny_run / "ds"), "--out", str(out)]) == 0
+    assert main(["evaluate", "--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0  # dataset from the run
     preds = (tiny_run / "eval" / "predictions_test.jsonl").read_text().splitlines()
     assert len(preds) == 6
     rep = json.loads(out.read_text())
