@@ -51,7 +51,8 @@ def test_every_stage_leaves_its_artifact(demo_run):
             assert isinstance(report[key], float) and 0.0 <= report[key] <= 10.0, key
         assert (run_dir / "report" / "REPORT.md").exists()
         retrieval = json.loads((run_dir / "retrieval_test.json").read_text(encoding="utf-8"))
-        assert "image_to_explanation" in retrieval
+        for which in ("model", "random_baseline"):
+            assert 0.0 <= retrieval[which]["image_to_explanation"]["R@10"] <= 1.0
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert isinstance(results["emotion_accuracy"], float)
@@ -76,7 +77,10 @@ def test_predict_from_exported_weights(demo_run, capsys):
     assert len(lines) == 1
     pred = lines[0]
     assert pred["emotion"] is None or pred["emotion"] in EMOTIONS
-    assert 0.0 <= pred["emotion_prob"] <= 1.0
+    # An undertrained tiny model may emit a label outside the 9: then there is no probability.
+    if pred["emotion"] is not None:
+        assert 0.0 <= pred["emotion_prob"] <= 1.0
+    assert isinstance(pred["explanation"], str)
 
 
 def test_failure_is_one_line_and_nonzero(tmp_path, capsys):
