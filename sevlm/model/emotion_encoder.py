@@ -16,6 +16,12 @@ from torch import nn
 VADCache = tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]
 
 
+def causal_mask(t: int, total: int, device: torch.device) -> torch.Tensor:
+    """(t, total) bool: the t newest of `total` positions; query i (absolute position
+    total-t+i) may see keys j <= total-t+i."""
+    return torch.ones(t, total, dtype=torch.bool, device=device).tril(diagonal=total - t)
+
+
 class CausalVADLayer(nn.Module):
     def __init__(self, d: int = 3, ffn: int = 128, dropout: float = 0.1):
         super().__init__()
@@ -27,15 +33,19 @@ class CausalVADLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.p = dropout
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        allowed: torch.Tensor | None = None,  # (t, P+t) bool, from causal_mask; built here if None
+    ):
         t = x.shape[1]
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, t, 3)
         if past is not None:
             k = torch.cat([past[0], k], dim=1)  # (B, P+t, 3)
             v = torch.cat([past[1], v], dim=1)
-        offset = k.shape[1] - t
-        # query i (absolute position offset+i) may see keys j <= offset+i
-        allowed = torch.ones(t, k.shape[1], dtype=torch.bool, device=x.device).tril(diagonal=offset)
+        if allowed is None:
+            allowed = causal_mask(t, k.shape[1], x.device)
         a = F.scaled_dot_product_attention(
             q[:, None], k[:, None], v[:, None], attn_mask=allowed, dropout_p=self.p if self.training else 0.0
         )[:, 0]  # (B, t, 3)
@@ -60,9 +70,10 @@ class EmotionEncoder(nn.Module):
             raise ValueError(f"VAD sequence of {start + t} positions exceeds the encoder's max_len={self.max_len}")
         pos = torch.arange(start, start + t, device=vad.device)
         x = self.ln(vad + self.pos(pos))  # (B, t, 3)
+        allowed = causal_mask(t, start + t, vad.device)  # every layer sees the same positions
         new = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cache[1][i] if cache is not None else None)
+            x, kv = layer(x, cache[1][i] if cache is not None else None, allowed)
             new.append(kv)
         return x, (start + t, new)
 

@@ -1,0 +1,181 @@
+"""Where one training step of the demo-size SEVLM spends its time (plain torch, no DeepSpeed).
+
+Builds the demo model (sevlm/configs/demo.json sizes, real GPT-2 tokenizer, random weights)
+and a realistic batch with SequenceBuilder.collate (32 synthetic images of 49 x 1280 visual
+tokens, two short English explanations each), then times collate, forward, backward and the
+AdamW step at each torch thread count, and prints torch.profiler's top operators.
+
+With --baseline REV the same steps also run on the model code of git revision REV
+(sevlm/model/model.py as of REV, same weights, same batch), interleaved with the current
+code, so before/after figures come from one run on a shared, loaded machine.
+
+    python tools/profile_step.py                        # threads 1 and 2, current code
+    python tools/profile_step.py --baseline HEAD~1 --steps 5 --no-profile
+    python tools/profile_step.py --mode none            # the no-image control
+
+Last line: one JSON object with the median times (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = {"n_layer": 3, "n_embd": 192, "n_head": 4, "n_positions": 32, "max_len": 30, "dropout": 0.1,
+        "vad_ffn": 64, "contrastive_dim": 128}
+WORDS = ("the dark sky over a calm sea makes me feel sad because the storm is coming and the woman "
+         "looks alone in the bright field of flowers while colors swirl with joy and fear").split()
+EMOTIONS = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
+            "something else"]
+
+
+def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> list[dict]:
+    """Feature-reader-style samples: random visual tokens, 3-5 annotations of 8-20 words."""
+    out = []
+    for i in range(n):
+        k = int(rng.integers(3, 6))
+        out.append({
+            "__key__": f"synthetic/p{i}", "image_id": f"synthetic/p{i}",
+            "tokens": rng.standard_normal(tokens, dtype=np.float32),
+            "emotions": [EMOTIONS[int(rng.integers(len(EMOTIONS)))] for _ in range(k)],
+            "explanations": [" ".join(rng.choice(WORDS, int(rng.integers(8, 21)))) for _ in range(k)],
+        })
+    return out
+
+
+def load_module(rev: str, rel: str):
+    """The file `rel` (e.g. sevlm/model/model.py) as of git revision `rev`, imported as a
+    separate module (its own imports resolve to the current package)."""
+    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    name = "baseline_" + Path(rel).stem
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_optimizer(model):
+    return torch.optim.AdamW(model.param_groups(1e-3, 2e-3, 0.01), lr=1e-3)
+
+
+def timed_step(model, opt, batch) -> dict[str, float]:
+    t0 = time.perf_counter()
+    out = model(**batch)
+    t1 = time.perf_counter()
+    out.loss.backward()
+    t2 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return {"forward": t1 - t0, "backward": t2 - t1, "optim": t3 - t2, "step": t3 - t0, "loss": float(out.loss.detach())}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--steps", type=int, default=4, help="timed steps per case (after one warm-up)")
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--mode", default="cross", choices=["cross", "prefix", "none"])
+    p.add_argument("--baseline", default=None, help="git revision whose model.py to time alongside")
+    p.add_argument("--lexicon", default=str(ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"))
+    p.add_argument("--no-profile", action="store_true")
+    args = p.parse_args(argv)
+
+    from sevlm.data.vad import VADLexicon
+    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    tok = load_tokenizer()
+    lex = VADLexicon.from_file(args.lexicon) if Path(args.lexicon).is_file() else VADLexicon.demo()
+    builder = SequenceBuilder(tok, lex, max_len=DEMO["max_len"])
+    rng = np.random.default_rng(0)
+    samples = synthetic_samples(args.images, rng)
+    builders = {"current": builder}
+    if args.baseline:
+        builders = {"baseline": load_module(args.baseline, "sevlm/text.py").SequenceBuilder(tok, lex, DEMO["max_len"]),
+                    **builders}
+    collate_s: dict[str, dict[int, float]] = {name: {} for name in builders}
+    for th in args.threads:
+        torch.set_num_threads(th)
+        for _ in range(3):
+            for name, b in builders.items():
+                t0 = time.perf_counter()
+                batch = b.collate(samples, np.random.default_rng(1))
+                collate_s[name][th] = min(collate_s[name].get(th, 1e9), time.perf_counter() - t0)
+    batches = [b.collate(samples, np.random.default_rng(1)) for b in builders.values()]
+    for k in batches[0]:  # the batch itself must not change
+        v0, v1 = batches[0][k], batches[-1][k]
+        assert (torch.equal(v0, v1) if torch.is_tensor(v0) else v0 == v1), f"collate differs in {k}"
+    batch = {k: v for k, v in batches[-1].items() if k != "image_ids"}
+    n_tgt = int((batch["labels"][:, 1:] != -100).sum())
+    print(f"batch: {tuple(batch['input_ids'].shape)} sequences, {n_tgt} target tokens; collate (best of 3) "
+          + ", ".join(f"{name} threads={th}: {t * 1e3:.1f} ms" for name, d in collate_s.items() for th, t in d.items()),
+          flush=True)
+
+    cfg = SEVLMConfig(**DEMO, mode=args.mode, visual_dim=1280).with_token_ids(builder.ids)
+    torch.manual_seed(0)
+    models = {"current": SEVLM(cfg)}
+    if args.baseline:
+        mod = load_module(args.baseline, "sevlm/model/model.py")
+        base = mod.SEVLM(cfg)
+        base.load_state_dict(models["current"].state_dict())
+        models = {"baseline": base, **models}
+    for m in models.values():
+        m.train()
+    if args.baseline:  # same weights, same dropout draws: the losses must agree
+        losses = {}
+        for name, m in models.items():
+            torch.manual_seed(123)
+            losses[name] = float(m(**batch).loss)
+        print("loss (same seed):", losses, flush=True)
+
+    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "threads": {}}
+    for th in args.threads:
+        torch.set_num_threads(th)
+        opts = {name: make_optimizer(m) for name, m in models.items()}
+        times: dict[str, list[dict]] = {name: [] for name in models}
+        for i in range(args.steps + 1):
+            for name, m in models.items():  # interleaved: load changes hit both alike
+                t = timed_step(m, opts[name], batch)
+                if i:
+                    times[name].append(t)
+        row = {}
+        for name, ts in times.items():
+            med = {k: statistics.median(t[k] for t in ts) for k in ("forward", "backward", "optim", "step")}
+            row[name] = med
+            print(f"threads={th} {name:9s} " + " ".join(f"{k} {v:.3f}s" for k, v in med.items()), flush=True)
+        result["threads"][th] = row
+
+    if not args.no_profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.set_num_threads(args.threads[0])
+        for name, m in models.items():
+            opt = make_optimizer(m)
+            timed_step(m, opt, batch)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                timed_step(m, opt, batch)
+            print(f"\n== {name}, threads={args.threads[0]}: top operators by self CPU time ==")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
