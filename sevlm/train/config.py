@@ -75,7 +75,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ds_config: str = "auto"  # name in ds_configs/ or a path; auto: zero2_<precision>
-    precision: str = "auto"  # auto: fp16 on GPU, bf16 on CPU
+    precision: str = "auto"  # auto: fp16 on GPU; bf16 on CPUs with native bf16, else fp32
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 2021
     out_dir: str = "runs/sevlm"

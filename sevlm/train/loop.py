@@ -18,6 +18,7 @@ Run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -109,6 +110,31 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+@contextlib.contextmanager
+def weights_only_loads():
+    """Make DeepSpeed's checkpoint loading use torch.load(weights_only=True).
+
+    DeepSpeed calls torch.load(weights_only=False); torch honours TORCH_FORCE_WEIGHTS_ONLY_LOAD
+    on every call, and the only non-tensor objects in its ZeRO checkpoints are these few plain
+    classes, so they are allowlisted instead of unpickling arbitrary code.
+    """
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -190,6 +216,19 @@ def _say(msg: str, main: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def auto_precision(device: str) -> str:
+    """fp16 on GPUs (the paper's 2080 Ti has no bf16); on CPUs bf16 only where the CPU has native
+    bf16 (AVX512-BF16 / AMX): emulated bf16 is several times slower than fp32."""
+    if device == "cuda":
+        return "fp16"
+    try:
+        import torch
+
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
 # ---- run folder --------------------------------------------------------------------------------
 def _prepare_run_dir(config: TrainConfig | dict | None, resume: str | None, out_dir: str | None):
     if resume:
@@ -231,7 +270,7 @@ def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | 
     cfg, run_dir, resuming = _prepare_run_dir(config, str(resume) if resume else None,
                                               str(out_dir) if out_dir else None)
     device = pick_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("fp16" if device == "cuda" else "bf16")
+    precision = cfg.precision if cfg.precision != "auto" else auto_precision(device)
     if precision == "fp16" and device == "cpu":
         raise ConfigError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
     set_env_defaults(device)  # before deepspeed is imported: DS_ACCELERATOR, single-process env
@@ -387,7 +426,8 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
     state = TrainState()
     ckpt_root = run_dir / CKPT_DIR
     if resuming:
-        _, client = engine.load_checkpoint(str(ckpt_root), tag=LAST)
+        with weights_only_loads():
+            _, client = engine.load_checkpoint(str(ckpt_root), tag=LAST)
         if client is None:
             raise TrainingError(f"{ckpt_root / LAST}: DeepSpeed could not load the checkpoint")
         state = TrainState(**client["train_state"])

@@ -22,7 +22,7 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
     from tests.train.conftest import tiny_overrides
 
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_data, "schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2",
+    overrides = tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=2",
                                "device=cpu")
     # exactly what a launcher (torchrun / deepspeed) does: one process per rank, rendezvous by env
     script = (
