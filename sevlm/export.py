@@ -7,6 +7,8 @@ An export folder holds
                        "lexicon": path or "demo", "encoder": {"name", "settings"} or null,
                        "train": the trainer's resolved config}
   tokenizer/          the tokenizer files, special tokens included
+  vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
+                      GPT-2 ids of its compact id space; config.json's "vocab" names it
 `load_run` takes an export folder or a run folder with `export/` inside; generation,
 evaluation, retrieval and `sevlm predict` all load through it.
 """
@@ -60,18 +62,27 @@ def _encoder_spec(config_dict: dict) -> dict | None:
     return None
 
 
-def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None = None) -> Path:
+def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None = None, vocab=None) -> Path:
     """Write the export folder atomically (built beside it, then renamed into place).
 
     `config_dict` is the trainer's resolved config; `lexicon` (path or "demo") and `encoder`
     (a name or {"name", "settings"}) are read from its top level or its `data` section.
+    `vocab`: the model's corpus VocabMap (default: `model.vocab_map`; None = GPT-2 ids).
     """
     from safetensors.torch import save_file
 
     import sevlm
     from sevlm.io import write_json
 
+    from sevlm.text import VOCAB_FILE
+
     config_dict = dict(config_dict or {})
+    vocab = vocab if vocab is not None else getattr(model, "vocab_map", None)
+    size = model.config.vocab_size
+    if vocab is not None and len(vocab) != size:
+        raise DataError(f"{out_dir}: corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {size}")
+    if vocab is None and size < len(tokenizer):
+        raise DataError(f"{out_dir}: the model has a {size}-token (corpus) vocabulary; pass its VocabMap as vocab=")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -82,6 +93,8 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         write_json(tmp / "decoder_config.json", model.decoder.config.to_dict())
+        if vocab is not None:
+            vocab.save(tmp / VOCAB_FILE)
         write_json(
             tmp / "config.json",
             {
@@ -90,6 +103,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
                 "model": dataclasses.asdict(model.config),
                 "lexicon": _lexicon_spec(config_dict),
                 "encoder": _encoder_spec(config_dict),
+                "vocab": VOCAB_FILE if vocab is not None else None,
                 "train": config_dict,
             },
         )
@@ -129,7 +143,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     from sevlm.data.vad import VADLexicon
     from sevlm.io import read_json
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import VOCAB_FILE, SequenceBuilder, VocabMap, load_tokenizer
 
     export = find_export(path)
     config = read_json(export / "config.json")
@@ -141,6 +155,14 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
     decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
     tokenizer = load_tokenizer(export / "tokenizer")
+    vocab = None
+    if config.get("vocab"):
+        vocab_path = export / config["vocab"]
+        if not vocab_path.is_file():
+            raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
+        vocab = VocabMap.load(vocab_path)
+        if len(vocab) != mcfg.vocab_size:
+            raise DataError(f"{vocab_path}: {len(vocab)} ids, but the model's vocabulary has {mcfg.vocab_size}")
     spec = lexicon or config.get("lexicon") or "demo"
     try:
         lex = VADLexicon.load(spec)
@@ -154,5 +176,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{export / 'model.safetensors'}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
-    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len)
+    model.vocab_map = vocab  # generate() and save_export() read the model's id space from here
+    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab)
     return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export)

@@ -10,6 +10,11 @@ key/value cache, so each step encodes only the new position. Its segment is `<ex
 from the first " because" after the prompt on, as in training. With `use_cache=False` the
 whole sequence is re-embedded and re-encoded from scratch at every step (VAD recomputed
 from the full text): the reference the cached path must equal token for token.
+
+Corpus vocabulary. A model trained on a `VocabMap` (sevlm/text.py) works in compact ids: the
+prompt is mapped into that space, and generated ids are mapped back to GPT-2 ids before
+`tokenizer.decode` (`<unk>` decodes to nothing). The map comes from the `vocab` argument or,
+by default, the model's `vocab_map` attribute, which the trainer and `load_run` set.
 """
 
 from __future__ import annotations
@@ -64,22 +69,44 @@ class Hypothesis:
     score: float  # sum of log-probabilities of the generated tokens (EOS included)
 
 
+def model_vocab(model, tokenizer, vocab=None):
+    """The VocabMap `model` works in (the `vocab` argument, else `model.vocab_map`), or None for
+    the full GPT-2 id space; a DataError when the model's vocabulary size says otherwise."""
+    vocab = vocab if vocab is not None else getattr(model, "vocab_map", None)
+    size = model.config.vocab_size
+    if vocab is not None and len(vocab) != size:
+        raise DataError(f"corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {size}")
+    if vocab is None and size < len(tokenizer):
+        raise DataError(f"the model has a {size}-token (corpus) vocabulary but no VocabMap was given; "
+                        "load it with load_run or pass vocab=")
+    return vocab
+
+
+class _Pieces:
+    """Decoded text of single model ids (cached), through the corpus map when there is one."""
+
+    def __init__(self, tokenizer, vocab=None):
+        self.tok, self.vocab = tokenizer, vocab
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token: int) -> str:
+        if token not in self._cache:
+            ids = self.vocab.to_gpt2([token]) if self.vocab is not None else [token]
+            self._cache[token] = self.tok.decode(ids)
+        return self._cache[token]
+
+
 class _TextState:
     """Per-sequence text so far, for the causal VAD and segment of each new token."""
 
-    def __init__(self, tokenizer, lexicon: VADLexicon, prompt: Sequence[int], because: int):
-        self.tok, self.lexicon, self.because = tokenizer, lexicon, because
+    def __init__(self, tokenizer, lexicon: VADLexicon, prompt: Sequence[int], because: int, vocab=None):
+        self.lexicon, self.because = lexicon, because
         self.n_prompt = len(prompt)
-        self._piece: dict[int, str] = {}
+        self.piece = _Pieces(tokenizer, vocab)  # shared by copies: a cache of pure values
         self.text = ""
         self.ids: list[int] = []
         self.in_explanation = False
         self.prompt_vad = [self.push(i)[0] for i in prompt]
-
-    def piece(self, token: int) -> str:
-        if token not in self._piece:
-            self._piece[token] = self.tok.decode([token])
-        return self._piece[token]
 
     def push(self, token: int) -> tuple[np.ndarray, bool]:
         """Append a token; return its (VAD (3,), is-explanation-segment)."""
@@ -98,9 +125,11 @@ class _TextState:
         return new
 
 
-def _full_features(tokenizer, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int, emotion_id: int):
+def _full_features(tokenizer, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int, emotion_id: int,
+                   vocab=None):
     """Segments and causal VAD of a whole sequence from scratch (the uncached path)."""
-    pieces = [tokenizer.decode([i]) for i in ids]
+    gpt2 = (lambda i: vocab.to_gpt2([i])) if vocab is not None else (lambda i: [i])
+    pieces = [tokenizer.decode(gpt2(i)) for i in ids]
     offsets, pos = [], 0
     for p in pieces:
         offsets.append((pos, pos + len(p)))
@@ -125,11 +154,19 @@ def generate(
     use_cache: bool = True,
     length_penalty: float = 1.0,
     n_images: int | None = None,
+    vocab=None,
 ) -> list[Hypothesis]:
-    """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images)."""
+    """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images).
+
+    `vocab`: the model's corpus VocabMap (default: `model.vocab_map`, None = GPT-2 ids).
+    Hypothesis.tokens are model ids (compact ids under a corpus vocabulary).
+    """
     cfg = model.config
     device = model.device
+    vocab = model_vocab(model, tokenizer, vocab)
     prompt = list(tokenizer.encode("the emotion is"))
+    if vocab is not None:
+        prompt = vocab.to_compact(prompt).tolist()
     n_prompt = len(prompt)
     max_new = max(1, min(max_new_tokens, cfg.max_len - n_prompt))
     I = visual.shape[0] if visual is not None else int(n_images or 1)
@@ -142,7 +179,7 @@ def generate(
     rows = torch.arange(I, device=device).repeat_interleave(K)  # (B,) image of each beam
     context = model.visual_context(visual, rows) if visual is not None else {}
 
-    states = [_TextState(tokenizer, lexicon, prompt, cfg.because_id) for _ in range(B)]
+    states = [_TextState(tokenizer, lexicon, prompt, cfg.because_id, vocab) for _ in range(B)]
     ids = torch.tensor([prompt] * B, device=device)  # (B, P)
     seg = torch.full_like(ids, cfg.emotion_id)
     vad = torch.from_numpy(np.stack([np.stack(states[0].prompt_vad)] * B)).to(device)  # (B, P, 3)
@@ -150,8 +187,8 @@ def generate(
     def full_logits(all_ids: torch.Tensor) -> torch.Tensor:
         """Uncached, the authors' style: VAD and segments recomputed from the full text, then the
         whole training forward (image projection, all positions' logits) re-run."""
-        feats = [_full_features(tokenizer, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id)
-                 for row in all_ids.tolist()]
+        feats = [_full_features(tokenizer, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id,
+                                vocab) for row in all_ids.tolist()]
         v = torch.from_numpy(np.stack([f[0] for f in feats])).to(device)  # (B, T, 3)
         s = torch.tensor([f[1] for f in feats], device=device)  # (B, T)
         out = model(input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None)
@@ -222,7 +259,7 @@ def generate(
             if best is None or key > best_key:
                 best, best_key = (j, toks), key
         j, toks = best
-        text = tokenizer.decode(toks, skip_special_tokens=True)
+        text = tokenizer.decode(vocab.to_gpt2(toks) if vocab is not None else toks, skip_special_tokens=True)
         emotion, explanation, raw = parse_output(text)
         prob = None
         if emotion is not None:

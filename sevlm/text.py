@@ -9,17 +9,24 @@ with NLX-GPT segment ids (prompt + label: `<emotion>`; " because" + explanation 
 "word so far" vector as model input and the whole-word vector as the VAD head's target
 (see sevlm/data/vad.py). Segment boundaries come from the tokens (the first " because"
 after the prompt), never from fixed positions.
+
+Corpus vocabulary (optional, for decoders trained from scratch): a `VocabMap` keeps only the
+GPT-2 ids that occur in the training texts (plus the special tokens and an `<unk>` id), and
+the model works in that compact id space, so its embedding and LM head have |corpus vocab|
+rows instead of 50,260. Text is still tokenised by GPT-2 BPE, then mapped; VAD alignment
+uses character offsets, so it does not depend on the id space.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from sevlm.constants import EMOTIONS
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
 
@@ -27,6 +34,8 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"
 PROMPT = "the emotion is"
 PAD_TOKEN, EMOTION_TOKEN, EXPLANATION_TOKEN = "<pad>", "<emotion>", "<explanation>"
 IGNORE_INDEX = -100
+VOCAB_FORMAT = "sevlm-vocab-1"
+VOCAB_FILE = "vocab.json"
 
 
 def load_tokenizer(path: str | Path | None = None):
@@ -63,9 +72,11 @@ class TokenIds:
     explanation: int
     because: int
     prompt: tuple[int, ...]
+    unk: int | None = None  # the corpus vocabulary's <unk> id; None in the full GPT-2 id space
 
     @classmethod
-    def from_tokenizer(cls, tok) -> "TokenIds":
+    def from_tokenizer(cls, tok, vocab: "VocabMap | None" = None) -> "TokenIds":
+        """The ids in GPT-2's space, or in `vocab`'s compact space when one is given."""
         because = tok.encode(" because")
         if len(because) != 1:
             raise DataError(f"tokenizer splits ' because' into {len(because)} tokens; expected 1")
@@ -80,7 +91,164 @@ class TokenIds:
         )
         if ids.pad < tok.vocab_size or ids.pad in (ids.eos, ids.emotion, ids.explanation):
             raise DataError(f"tokenizer pad id {ids.pad} collides with a real token")
-        return ids
+        if vocab is None:
+            return ids
+        vocab.check_tokenizer(tok)
+        named = {"pad": ids.pad, "eos": ids.eos, "emotion": ids.emotion, "explanation": ids.explanation,
+                 "because": ids.because}
+        named.update({f"prompt[{i}]": t for i, t in enumerate(ids.prompt)})
+        lost = [name for name, t in named.items() if t not in vocab]
+        if lost:
+            raise DataError(f"corpus vocabulary lacks the token(s) {', '.join(lost)}; build it with VocabMap.from_texts")
+        c = vocab.compact
+        return replace(
+            ids, vocab_size=len(vocab), pad=c(ids.pad), eos=c(ids.eos), emotion=c(ids.emotion),
+            explanation=c(ids.explanation), because=c(ids.because), prompt=tuple(c(t) for t in ids.prompt),
+            unk=vocab.unk_id,
+        )
+
+
+def sequence_text(emotion: str, explanation: str) -> str:
+    """The text of one training sequence (before EOS)."""
+    return f"{PROMPT} {emotion.strip()} because {explanation.strip()}"
+
+
+class VocabMap:
+    """GPT-2 ids <-> compact ids of a corpus vocabulary.
+
+    Compact id 0 is `<unk>` (every GPT-2 id outside the corpus); compact ids 1..n are the kept
+    GPT-2 ids in increasing order, so a map is a pure function of its id set. Stored as JSON
+    `{"format", "unk_id": 0, "tokenizer_size", "gpt2_ids": [sorted ids]}`.
+    """
+
+    unk_id = 0
+
+    def __init__(self, gpt2_ids: Iterable[int], tokenizer_size: int | None = None):
+        ids = sorted({int(i) for i in gpt2_ids})
+        if ids and ids[0] < 0:
+            raise DataError(f"corpus vocabulary: negative GPT-2 id {ids[0]}")
+        if tokenizer_size is not None and ids and ids[-1] >= tokenizer_size:
+            raise DataError(f"corpus vocabulary: GPT-2 id {ids[-1]} is outside the tokenizer ({tokenizer_size} tokens)")
+        self.gpt2_ids = np.asarray(ids, dtype=np.int64)  # (n,) compact id k+1 -> GPT-2 id
+        self.tokenizer_size = tokenizer_size
+        # GPT-2 id -> compact id; 0 (unk) for ids not kept
+        self._to_compact = np.zeros((ids[-1] + 1) if ids else 1, dtype=np.int64)
+        self._to_compact[self.gpt2_ids] = np.arange(1, len(ids) + 1)
+
+    def __len__(self) -> int:
+        return len(self.gpt2_ids) + 1  # + <unk>
+
+    def __contains__(self, gpt2_id: int) -> bool:
+        return 0 <= gpt2_id < len(self._to_compact) and bool(self._to_compact[gpt2_id])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VocabMap) and np.array_equal(self.gpt2_ids, other.gpt2_ids)
+
+    def __repr__(self) -> str:
+        return f"VocabMap({len(self)} ids incl. <unk>)"
+
+    # ---- mapping ------------------------------------------------------------------------
+    def compact(self, gpt2_id: int) -> int:
+        """One GPT-2 id -> its compact id (unk_id when not in the corpus)."""
+        return int(self._to_compact[gpt2_id]) if 0 <= gpt2_id < len(self._to_compact) else self.unk_id
+
+    def to_compact(self, gpt2_ids) -> np.ndarray:
+        """GPT-2 ids (any shape) -> compact ids (int64, same shape); unknown ids -> unk_id."""
+        a = np.asarray(gpt2_ids, dtype=np.int64)
+        out = np.full(a.shape, self.unk_id, dtype=np.int64)
+        inside = (a >= 0) & (a < len(self._to_compact))
+        out[inside] = self._to_compact[a[inside]]
+        return out
+
+    def to_gpt2(self, compact_ids: Iterable[int]) -> list[int]:
+        """Compact ids -> GPT-2 ids, for tokenizer.decode. `<unk>` has no GPT-2 token: it is
+        dropped (it decodes to nothing); ids outside the map raise."""
+        out = []
+        for c in compact_ids:
+            c = int(c)
+            if c == self.unk_id:
+                continue
+            if not 0 < c < len(self):
+                raise DataError(f"compact id {c} is outside the corpus vocabulary ({len(self)} ids)")
+            out.append(int(self.gpt2_ids[c - 1]))
+        return out
+
+    def decode(self, tokenizer, compact_ids: Iterable[int], **kwargs) -> str:
+        return tokenizer.decode(self.to_gpt2(compact_ids), **kwargs)
+
+    def check_tokenizer(self, tok) -> None:
+        if self.tokenizer_size is not None and self.tokenizer_size != len(tok):
+            raise DataError(f"corpus vocabulary was built for a tokenizer of {self.tokenizer_size} tokens, "
+                            f"this one has {len(tok)}")
+        if len(self.gpt2_ids) and self.gpt2_ids[-1] >= len(tok):
+            raise DataError(f"corpus vocabulary holds GPT-2 id {int(self.gpt2_ids[-1])}, outside the tokenizer")
+
+    # ---- building --------------------------------------------------------------------------
+    @classmethod
+    def from_texts(cls, tokenizer, texts: Iterable[str], min_count: int = 1) -> "VocabMap":
+        """The ids of `texts` tokenised as the builder does (no special tokens added) that occur
+        at least `min_count` times, plus every special token, the prompt and " because"."""
+        if min_count < 1:
+            raise DataError(f"min_count must be >= 1, got {min_count}")
+        n = len(tokenizer)
+        counts = np.zeros(n, dtype=np.int64)
+        texts = list(texts)
+        for start in range(0, len(texts), 4096):  # batched fast-tokenizer calls, bounded memory
+            enc = tokenizer(texts[start : start + 4096], add_special_tokens=False)["input_ids"]
+            flat = np.fromiter((t for row in enc for t in row), dtype=np.int64)
+            counts += np.bincount(flat, minlength=n)[:n]
+        keep = set(np.flatnonzero(counts >= min_count).tolist())
+        keep.update(tokenizer.all_special_ids)
+        keep.update(tokenizer.encode(PROMPT))
+        keep.update(tokenizer.encode(" because"))
+        return cls(keep, tokenizer_size=n)
+
+    @classmethod
+    def from_annotations(cls, tokenizer, pairs: Iterable[tuple[str, str]], min_count: int = 1) -> "VocabMap":
+        """The corpus vocabulary of (emotion, explanation) annotations: their full sequence
+        texts (so each word is tokenised in the context training sees it), plus "the emotion
+        is <label> because" for each of the 9 labels, so every label can be generated."""
+        texts = [sequence_text(e, x) for e, x in pairs]
+        labels = [f"{PROMPT} {label} because" for label in EMOTIONS]
+        vocab = cls.from_texts(tokenizer, texts, min_count)
+        label_ids = {t for row in tokenizer(labels, add_special_tokens=False)["input_ids"] for t in row}
+        return cls(set(vocab.gpt2_ids.tolist()) | label_ids, tokenizer_size=vocab.tokenizer_size)
+
+    # ---- files -------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": VOCAB_FORMAT, "unk_id": self.unk_id, "tokenizer_size": self.tokenizer_size,
+                "size": len(self), "gpt2_ids": self.gpt2_ids.tolist()}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "vocab") -> "VocabMap":
+        """From `to_json`'s dict, or a bare list of GPT-2 ids."""
+        if isinstance(obj, list):
+            ids, size = obj, None
+        elif isinstance(obj, dict) and obj.get("format") == VOCAB_FORMAT and isinstance(obj.get("gpt2_ids"), list):
+            if obj.get("unk_id", 0) != cls.unk_id:
+                raise DataError(f"{where}: unk_id {obj.get('unk_id')!r} is not supported (expected {cls.unk_id})")
+            ids, size = obj["gpt2_ids"], obj.get("tokenizer_size")
+        else:
+            raise DataError(f"{where}: not a corpus vocabulary (expected format {VOCAB_FORMAT!r} with a gpt2_ids list)")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise DataError(f"{where}: gpt2_ids must be integers")
+        if list(ids) != sorted(set(ids)):
+            raise DataError(f"{where}: gpt2_ids must be sorted and unique")
+        try:
+            return cls(ids, tokenizer_size=size)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        from sevlm.io import write_json
+
+        write_json(path, self.to_json(), indent=None)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VocabMap":
+        from sevlm.io import read_json
+
+        return cls.from_json(read_json(path), where=str(path))
 
 
 def to_device(batch: dict, device: torch.device | str) -> dict:
@@ -91,18 +259,19 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
 class SequenceBuilder:
     """Turns (emotion, explanation) annotations and feature samples into model batches."""
 
-    def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30):
+    def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None):
         self.tok = tokenizer
         self.lexicon = lexicon
         self.max_len = max_len
-        self.ids = TokenIds.from_tokenizer(tokenizer)
+        self.vocab = vocab  # when set, every id the builder emits is a compact corpus id
+        self.ids = TokenIds.from_tokenizer(tokenizer, vocab)
         if max_len < len(self.ids.prompt) + 6:
             raise DataError(f"max_len={max_len} leaves no room for an explanation")
 
     # ---- one sequence -------------------------------------------------------------
     @staticmethod
     def _text(emotion: str, explanation: str) -> str:
-        return f"{PROMPT} {emotion.strip()} because {explanation.strip()}"
+        return sequence_text(emotion, explanation)
 
     def encode(self, emotion: str, explanation: str) -> dict[str, np.ndarray]:
         """One padded training sequence, as numpy arrays of length max_len."""
@@ -120,6 +289,8 @@ class SequenceBuilder:
     def _sequence(self, text: str, emotion: str, token_ids: Sequence[int], offsets: Sequence) -> dict[str, np.ndarray]:
         ids = list(token_ids)[: self.max_len - 1]
         offsets = list(offsets)[: len(ids)]
+        if self.vocab is not None:
+            ids = self.vocab.to_compact(ids).tolist()
         n_prompt = len(self.ids.prompt)
         if ids[:n_prompt] != list(self.ids.prompt):
             raise DataError(f"emotion label {emotion!r} merges with the prompt when tokenised")

@@ -1,0 +1,178 @@
+"""Corpus vocabulary (text.VocabMap): id mapping, compact sequences, training, generation, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sevlm.constants import EMOTIONS
+from sevlm.errors import DataError
+from sevlm.export import load_run, save_export
+from sevlm.generate import generate
+from sevlm.model import SEVLM, SEVLMConfig
+from sevlm.text import IGNORE_INDEX, SequenceBuilder, TokenIds, VocabMap, sequence_text
+
+PAIRS = [
+    ("awe", "the bright sky is vast"),
+    ("fear", "the dark storm is coming"),
+    ("sadness", "a sad woman alone"),
+    ("contentment", "a calm field at noon"),
+    ("something else", "just shapes and lines"),
+]
+
+
+@pytest.fixture(scope="module")
+def vocab(tok, make_samples):
+    """The corpus vocabulary of the training samples (PAIRS, some with " again")."""
+    pairs = [(e, x) for s in make_samples(5) for e, x in zip(s["emotions"], s["explanations"])]
+    return VocabMap.from_annotations(tok, pairs)
+
+
+@pytest.fixture(scope="module")
+def cbuilder(tok, lexicon, vocab):
+    return SequenceBuilder(tok, lexicon, max_len=20, vocab=vocab)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_round_trip_and_json(tok, vocab):
+    texts = [sequence_text(e, x) for e, x in PAIRS]
+    corpus = sorted({t for text in texts for t in _ids(tok, text)})
+    assert set(corpus) <= set(vocab.gpt2_ids.tolist())
+    assert set(tok.all_special_ids) <= set(vocab.gpt2_ids.tolist())
+    assert len(vocab) == len(vocab.gpt2_ids) + 1 < 200  # + <unk>; tiny next to 50,260
+    for text in texts:
+        ids = _ids(tok, text)
+        compact = vocab.to_compact(ids)
+        assert compact.min() > vocab.unk_id and compact.max() < len(vocab)
+        assert vocab.to_gpt2(compact) == ids
+        assert vocab.decode(tok, compact) == text
+    # compact ids follow the sorted GPT-2 ids, whatever the text order: deterministic
+    assert VocabMap.from_annotations(tok, PAIRS[::-1] + [("fear", "again")]) == vocab
+    assert list(vocab.to_compact(vocab.gpt2_ids)) == list(range(1, len(vocab)))
+    assert VocabMap.from_json(json.loads(json.dumps(vocab.to_json()))) == vocab
+    assert VocabMap.from_json(vocab.gpt2_ids.tolist()) == vocab  # a bare list of GPT-2 ids
+    with pytest.raises(DataError, match="sorted"):
+        VocabMap.from_json([5, 3])
+    with pytest.raises(DataError, match="not a corpus vocabulary"):
+        VocabMap.from_json({"ids": [1]})
+    # every label can be generated, even one no annotation uses
+    for label in EMOTIONS:
+        assert all(t in vocab for t in _ids(tok, f"the emotion is {label} because"))
+
+
+def test_unknown_tokens_map_to_unk(tok, vocab):
+    zebra = _ids(tok, " zebra xylophone")
+    assert all(t not in vocab for t in zebra)
+    assert vocab.to_compact(zebra).tolist() == [vocab.unk_id] * len(zebra)
+    assert vocab.to_compact([-1, len(tok) + 7]).tolist() == [vocab.unk_id] * 2
+    mixed = vocab.to_compact(_ids(tok, "the zebra sky"))
+    assert vocab.unk_id in mixed.tolist()
+    assert vocab.decode(tok, mixed) == "the sky"  # <unk> decodes to nothing
+    with pytest.raises(DataError, match="outside the corpus vocabulary"):
+        vocab.to_gpt2([len(vocab)])
+    # min_count: tokens seen once fall back to <unk>; the special/prompt tokens always stay
+    rare = VocabMap.from_texts(tok, ["the cat", "the dog"], min_count=2)
+    assert rare.compact(_ids(tok, " cat")[0]) == rare.unk_id and _ids(tok, "the")[0] in rare
+    assert TokenIds.from_tokenizer(tok, rare).vocab_size == len(rare)
+
+
+def test_builder_compact_space(tok, builder, cbuilder, vocab, make_samples):
+    ids, full = cbuilder.ids, builder.ids
+    assert ids.vocab_size == len(vocab) and ids.unk == vocab.unk_id
+    for name in ("pad", "eos", "emotion", "explanation", "because"):
+        assert vocab.to_gpt2([getattr(ids, name)]) == [getattr(full, name)], name
+    assert vocab.to_gpt2(ids.prompt) == list(full.prompt)
+    a, b = cbuilder.encode_many(PAIRS), builder.encode_many(PAIRS)
+    for (emo, exp), sc, sf in zip(PAIRS, a, b):
+        n = int(sc["attention_mask"].sum())
+        assert vocab.decode(tok, sc["input_ids"][:n]) == sequence_text(emo, exp) + "<|endoftext|>"
+        assert vocab.to_compact(sf["input_ids"]).tolist() == sc["input_ids"].tolist()  # pad included
+        assert vocab.to_compact(sf["segment_ids"]).tolist() == sc["segment_ids"].tolist()
+        lab = sc["labels"]
+        assert ((lab == IGNORE_INDEX) == (sf["labels"] == IGNORE_INDEX)).all()
+        assert (lab[lab != IGNORE_INDEX] == sc["input_ids"][lab != IGNORE_INDEX]).all()
+        for k in ("vad", "vad_mask", "vad_target", "vad_target_mask"):  # char offsets: id space irrelevant
+            np.testing.assert_array_equal(sc[k], sf[k], err_msg=k)
+    assert sum(int(sc["vad_mask"].sum()) for sc in a) >= 5  # the lexicon words were found
+    batch = cbuilder.collate(make_samples(3), np.random.default_rng(0))
+    assert int(batch["input_ids"].max()) < len(vocab)
+
+
+def _corpus_model(cbuilder, vocab, seed=0):
+    torch.manual_seed(seed)
+    cfg = SEVLMConfig(n_layer=2, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20, n_positions=32,
+                      dropout=0.0)
+    m = SEVLM(cfg.with_token_ids(cbuilder.ids))
+    m.vocab_map = vocab
+    return m
+
+
+@pytest.fixture(scope="module")
+def trained(cbuilder, vocab, make_samples):
+    """A tiny corpus-vocabulary model after 120 steps on 5 images (~3 s): it learns the sequence shape."""
+    m = _corpus_model(cbuilder, vocab)
+    assert m.decoder.transformer.wte.weight.shape[0] == len(vocab)
+    samples = make_samples(5)
+    opt = torch.optim.AdamW(m.param_groups(3e-2, 3e-2), lr=3e-2)
+    rng = np.random.default_rng(0)
+    torch.set_num_threads(1)
+    losses = []
+    for _ in range(120):
+        out = m(**cbuilder.collate(samples, rng))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out.lm_loss.detach()))
+    return m.eval(), samples, losses
+
+
+def test_train_and_generate(tok, lexicon, trained, vocab):
+    m, samples, losses = trained
+    assert np.mean(losses[-10:]) < 0.5 * losses[0]
+    visual = torch.stack([s["tokens"] for s in samples])
+    for beams in (1, 2):
+        a = generate(m, tok, lexicon, visual, num_beams=beams, max_new_tokens=12)
+        b = generate(m, tok, lexicon, visual, num_beams=beams, max_new_tokens=12, use_cache=False)
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+    for h in a:
+        assert h.tokens and max(h.tokens) < len(vocab)
+        assert h.text == vocab.decode(tok, h.tokens, skip_special_tokens=True)
+        assert " because " in f" {h.text} " and h.text.isascii()  # real words, not id soup
+    assert sum(h.emotion is not None for h in a) >= 3
+    # the map travels with the model; an explicit one that does not fit is refused
+    m2 = _corpus_model(SequenceBuilder(tok, lexicon, 20, vocab), vocab)
+    del m2.vocab_map
+    with pytest.raises(DataError, match="no VocabMap"):
+        generate(m2, tok, lexicon, visual[:1], max_new_tokens=2)
+    with pytest.raises(DataError, match="ids but the model"):
+        generate(m, tok, lexicon, visual[:1], max_new_tokens=2, vocab=VocabMap([1, 2, 3]))
+
+
+def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
+    m, samples, _ = trained
+    save_export(tmp_path / "run" / "export", m, tok, {"data": {"lexicon": str(lexicon.source)}})
+    export = tmp_path / "run" / "export"
+    assert (export / "vocab.json").is_file()
+    assert json.loads((export / "config.json").read_text())["vocab"] == "vocab.json"
+    run = load_run(tmp_path / "run")
+    assert run.model.vocab_map == vocab and run.builder.vocab == vocab and run.builder.ids == cbuilder.ids
+    batch = cbuilder.collate_eval(samples)
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(**batch).logits, m(**batch).logits, atol=0, rtol=0)
+    visual = batch["visual"]
+    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, max_new_tokens=12)] == \
+        [h.text for h in generate(m, tok, lexicon, visual, max_new_tokens=12)]
+    # a corpus model cannot be exported without its map
+    bare = _corpus_model(cbuilder, vocab)
+    bare.vocab_map = None
+    with pytest.raises(DataError, match="VocabMap"):
+        save_export(tmp_path / "bare", bare, tok, {})
+    (export / "vocab.json").unlink()
+    with pytest.raises(DataError, match="vocab.json is missing"):
+        load_run(export)
