@@ -9,7 +9,8 @@ Run folder:
     config.json        the resolved TrainConfig (what --resume reads back)
     ds_config.json     the resolved DeepSpeed config (batch sizes filled in)
     run.json           derived quantities, world size, versions, git hash
-    checkpoints/       DeepSpeed checkpoints, tags last / best_acc / best_bleu (+ per-rank RNG)
+    checkpoints/       DeepSpeed checkpoints, tags last / best_accuracy / best_bleu4 (+ per-rank RNG)
+    ranks/             per-rank facts (optimizer state elements: ZeRO partitioning at a glance)
     export/            safetensors + config + tokenizer of the best-accuracy model (or the last)
     export_best_bleu/  the same for the best-BLEU-4 model
     log.jsonl          every metric, one JSON object per line
@@ -42,7 +43,7 @@ from sevlm.train.config import (
 from sevlm.train.distributed import all_true, barrier, init_distributed, pick_device, set_env_defaults
 
 CKPT_DIR = "checkpoints"
-LAST, BEST_ACC, BEST_BLEU = "last", "best_acc", "best_bleu"
+LAST, BEST_ACC, BEST_BLEU = "last", "best_accuracy", "best_bleu4"
 
 
 class TrainingError(SevlmError):

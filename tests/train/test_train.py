@@ -44,7 +44,7 @@ def test_run_folder_and_export(full_run, tiny_data):
     assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] == 4
     run = json.loads((full_run / "run.json").read_text())
     assert run["global_batch"] == 4 and run["total_steps"] == STEPS and run["encoder"] == "tiny-random"
-    assert sorted(p.name for p in (full_run / "checkpoints").iterdir() if p.is_dir()) == ["best_acc", "best_bleu", "last"]
+    assert sorted(p.name for p in (full_run / "checkpoints").iterdir() if p.is_dir()) == ["best_accuracy", "best_bleu4", "last"]
     assert list((full_run / "tb").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (full_run / "log.jsonl").read_text().splitlines()]
     val = [r for r in rows if "val_loss" in r]
