@@ -12,6 +12,12 @@ code, so before/after figures come from one run on a shared, loaded machine.
     python tools/profile_step.py                        # threads 1 and 2, current code
     python tools/profile_step.py --baseline HEAD~1 --steps 5 --no-profile
     python tools/profile_step.py --mode none            # the no-image control
+    python tools/profile_step.py --vocab full corpus --threads 1 --no-profile
+
+With --vocab full corpus the same step runs on a model over the full GPT-2 vocabulary
+(50,260 rows) and on one over a corpus vocabulary (text.VocabMap built from the batch's
+annotations plus 3,000 demo-style utterances from sevlm/data/demo.py, a few hundred ids),
+same architecture and seed, same texts, interleaved.
 
 Last line: one JSON object with the median times (seconds).
 """
@@ -54,6 +60,20 @@ def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> li
     return out
 
 
+def demo_corpus(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(emotion, explanation) pairs written like the demo data set's utterances."""
+    from sevlm.data.demo import LOOKS, write_utterance
+
+    out = []
+    for _ in range(n):
+        emotion = EMOTIONS[int(rng.integers(len(EMOTIONS)))]
+        look = LOOKS[emotion]
+        colours = [name for name, _ in look.colours]
+        colours = [colours[int(i)] for i in rng.permutation(len(colours))[:3]]
+        out.append((emotion, write_utterance(emotion, colours, look.shapes, rng).lower().strip(".!")))
+    return out
+
+
 def load_module(rev: str, rel: str):
     """The file `rel` (e.g. sevlm/model/model.py) as of git revision `rev`, imported as a
     separate module (its own imports resolve to the current package)."""
@@ -93,13 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--mode", default="cross", choices=["cross", "prefix", "none"])
     p.add_argument("--baseline", default=None, help="git revision whose model.py to time alongside")
+    p.add_argument("--vocab", nargs="+", default=["full"], choices=["full", "corpus"],
+                   help="vocabularies to time side by side (full: 50,260 GPT-2 ids; corpus: text.VocabMap)")
     p.add_argument("--lexicon", default=str(ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"))
     p.add_argument("--no-profile", action="store_true")
     args = p.parse_args(argv)
 
     from sevlm.data.vad import VADLexicon
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
 
     tok = load_tokenizer()
     lex = VADLexicon.from_file(args.lexicon) if Path(args.lexicon).is_file() else VADLexicon.demo()
@@ -123,19 +145,46 @@ def main(argv: list[str] | None = None) -> dict:
         v0, v1 = batches[0][k], batches[-1][k]
         assert (torch.equal(v0, v1) if torch.is_tensor(v0) else v0 == v1), f"collate differs in {k}"
     batch = {k: v for k, v in batches[-1].items() if k != "image_ids"}
+    if args.baseline and "corpus" in args.vocab:
+        p.error("--baseline and --vocab corpus do not combine; time one comparison at a time")
+    vocab = None
+    if "corpus" in args.vocab:
+        pairs = [(e, x) for s in samples for e, x in zip(s["emotions"], s["explanations"])]
+        vocab = VocabMap.from_annotations(tok, pairs + demo_corpus(3000, np.random.default_rng(2)))
+        cbuilder = SequenceBuilder(tok, lex, max_len=DEMO["max_len"], vocab=vocab)
+        cbatch = {k: v for k, v in cbuilder.collate(samples, np.random.default_rng(1)).items() if k != "image_ids"}
+        # the same sequences in the compact id space
+        assert torch.equal(torch.from_numpy(vocab.to_compact(batch["input_ids"].numpy())), cbatch["input_ids"])
+        collate_s["corpus"] = {}
+        for th in args.threads:
+            torch.set_num_threads(th)
+            for _ in range(3):
+                t0 = time.perf_counter()
+                cbuilder.collate(samples, np.random.default_rng(1))
+                collate_s["corpus"][th] = min(collate_s["corpus"].get(th, 1e9), time.perf_counter() - t0)
+        print(f"corpus vocabulary: {len(vocab)} ids (of {len(tok)})", flush=True)
     n_tgt = int((batch["labels"][:, 1:] != -100).sum())
     print(f"batch: {tuple(batch['input_ids'].shape)} sequences, {n_tgt} target tokens; collate (best of 3) "
           + ", ".join(f"{name} threads={th}: {t * 1e3:.1f} ms" for name, d in collate_s.items() for th, t in d.items()),
           flush=True)
 
     cfg = SEVLMConfig(**DEMO, mode=args.mode, visual_dim=1280).with_token_ids(builder.ids)
-    torch.manual_seed(0)
-    models = {"current": SEVLM(cfg)}
+    models, model_batch = {}, {}
+    if "full" in args.vocab:
+        torch.manual_seed(0)
+        name = "current" if args.vocab == ["full"] else "full"
+        models[name], model_batch[name] = SEVLM(cfg), batch
+    if vocab is not None:
+        torch.manual_seed(0)
+        models["corpus"] = SEVLM(cfg.with_token_ids(cbuilder.ids))
+        models["corpus"].vocab_map = vocab
+        model_batch["corpus"] = cbatch
     if args.baseline:
         mod = load_module(args.baseline, "sevlm/model/model.py")
         base = mod.SEVLM(cfg)
         base.load_state_dict(models["current"].state_dict())
         models = {"baseline": base, **models}
+        model_batch["baseline"] = batch
     for m in models.values():
         m.train()
     if args.baseline:  # same weights, same dropout draws: the losses must agree
@@ -145,14 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
             losses[name] = float(m(**batch).loss)
         print("loss (same seed):", losses, flush=True)
 
-    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "threads": {}}
+    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "threads": {},
+                    "vocab_size": {name: m.config.vocab_size for name, m in models.items()},
+                    "parameters": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()}}
+    if len(models) > 1:
+        print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in result["parameters"].items()), flush=True)
     for th in args.threads:
         torch.set_num_threads(th)
         opts = {name: make_optimizer(m) for name, m in models.items()}
         times: dict[str, list[dict]] = {name: [] for name in models}
         for i in range(args.steps + 1):
             for name, m in models.items():  # interleaved: load changes hit both alike
-                t = timed_step(m, opts[name], batch)
+                t = timed_step(m, opts[name], model_batch[name])
                 if i:
                     times[name].append(t)
         row = {}
@@ -168,9 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads[0])
         for name, m in models.items():
             opt = make_optimizer(m)
-            timed_step(m, opt, batch)
+            timed_step(m, opt, model_batch[name])
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                timed_step(m, opt, batch)
+                timed_step(m, opt, model_batch[name])
             print(f"\n== {name}, threads={args.threads[0]}: top operators by self CPU time ==")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     print(json.dumps(result))
