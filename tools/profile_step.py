@@ -13,6 +13,7 @@ code, so before/after figures come from one run on a shared, loaded machine.
     python tools/profile_step.py --baseline HEAD~1 --steps 5 --no-profile
     python tools/profile_step.py --mode none            # the no-image control
     python tools/profile_step.py --vocab full corpus --threads 1 --no-profile
+    python tools/profile_step.py --config demo --vocab full corpus --threads 1   # sizes of a train config
 
 With --vocab full corpus the same step runs on a model over the full GPT-2 vocabulary
 (50,260 rows) and on one over a corpus vocabulary (text.VocabMap built from the batch's
@@ -110,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=4, help="timed steps per case (after one warm-up)")
-    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--images", type=int, default=None, help="images per batch (default 32, or the config's micro_batch)")
+    p.add_argument("--config", default=None,
+                   help="take model sizes and images per batch from a train config (name in sevlm/configs or a path); "
+                        "default: the built-in 3 x 192 sizes")
     p.add_argument("--mode", default="cross", choices=["cross", "prefix", "none"])
     p.add_argument("--baseline", default=None, help="git revision whose model.py to time alongside")
     p.add_argument("--vocab", nargs="+", default=["full"], choices=["full", "corpus"],
@@ -123,14 +127,25 @@ def main(argv: list[str] | None = None) -> dict:
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
 
+    sizes = dict(DEMO)
+    if args.config:
+        from sevlm.config import load_config
+
+        train_cfg = load_config(args.config)
+        sizes.update({k: v for k, v in train_cfg.get("model", {}).items() if k in DEMO})
+        if args.images is None:
+            args.images = int(train_cfg.get("schedule", {}).get("micro_batch", 32))
+    args.images = args.images or 32
+    print(f"model sizes: {sizes}; {args.images} images per batch", flush=True)
+
     tok = load_tokenizer()
     lex = VADLexicon.from_file(args.lexicon) if Path(args.lexicon).is_file() else VADLexicon.demo()
-    builder = SequenceBuilder(tok, lex, max_len=DEMO["max_len"])
+    builder = SequenceBuilder(tok, lex, max_len=sizes["max_len"])
     rng = np.random.default_rng(0)
     samples = synthetic_samples(args.images, rng)
-    builders = {"current": builder}
+    builders = {"full" if "corpus" in args.vocab else "current": builder}
     if args.baseline:
-        builders = {"baseline": load_module(args.baseline, "sevlm/text.py").SequenceBuilder(tok, lex, DEMO["max_len"]),
+        builders = {"baseline": load_module(args.baseline, "sevlm/text.py").SequenceBuilder(tok, lex, sizes["max_len"]),
                     **builders}
     collate_s: dict[str, dict[int, float]] = {name: {} for name in builders}
     for th in args.threads:
@@ -151,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "corpus" in args.vocab:
         pairs = [(e, x) for s in samples for e, x in zip(s["emotions"], s["explanations"])]
         vocab = VocabMap.from_annotations(tok, pairs + demo_corpus(3000, np.random.default_rng(2)))
-        cbuilder = SequenceBuilder(tok, lex, max_len=DEMO["max_len"], vocab=vocab)
+        cbuilder = SequenceBuilder(tok, lex, max_len=sizes["max_len"], vocab=vocab)
         cbatch = {k: v for k, v in cbuilder.collate(samples, np.random.default_rng(1)).items() if k != "image_ids"}
         # the same sequences in the compact id space
         assert torch.equal(torch.from_numpy(vocab.to_compact(batch["input_ids"].numpy())), cbatch["input_ids"])
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
           + ", ".join(f"{name} threads={th}: {t * 1e3:.1f} ms" for name, d in collate_s.items() for th, t in d.items()),
           flush=True)
 
-    cfg = SEVLMConfig(**DEMO, mode=args.mode, visual_dim=1280).with_token_ids(builder.ids)
+    cfg = SEVLMConfig(**sizes, mode=args.mode, visual_dim=1280).with_token_ids(builder.ids)
     models, model_batch = {}, {}
     if "full" in args.vocab:
         torch.manual_seed(0)
@@ -194,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
             losses[name] = float(m(**batch).loss)
         print("loss (same seed):", losses, flush=True)
 
-    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "threads": {},
+    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "sizes": sizes,
+                    "images": args.images, "threads": {},
                     "vocab_size": {name: m.config.vocab_size for name, m in models.items()},
                     "parameters": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()}}
     if len(models) > 1:
