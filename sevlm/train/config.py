@@ -38,7 +38,10 @@ class DataConfig:
     encoder: str | None = None  # encoder the features must come from (checked against the cache)
     lexicon: str | None = None  # NRC-VAD lexicon file; None = the small shipped demo table
     tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
-    max_len: int = 30
+    # Decoders trained from scratch: keep only the GPT-2 ids of the training annotations
+    # (text.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.
+    corpus_vocab: bool = False
+    vocab_min_count: int = 1
     num_workers: int = 0
 
 

@@ -308,6 +308,19 @@ def _model_config(cfg: TrainConfig, info, token_ids):
     return from_dict(SEVLMConfig, model_dict, where="model").with_token_ids(token_ids)
 
 
+def _corpus_vocab(cfg: TrainConfig, tokenizer, run_dir: Path, resuming: bool):
+    """The training split's corpus vocabulary; saved in the run folder so a resume reuses it."""
+    from sevlm.features.common import load_split_records
+    from sevlm.text import VocabMap
+
+    path = run_dir / "vocab.json"
+    if resuming and path.exists():
+        return VocabMap.load(path)
+    records = load_split_records(cfg.data.dataset_dir, cfg.data.train_split)
+    pairs = [(e, x) for rec in records.values() for e, x in zip(rec.get("emotions", []), rec.get("explanations", []))]
+    return VocabMap.from_annotations(tokenizer, pairs, min_count=cfg.data.vocab_min_count)
+
+
 class TrainData:
     """The training split as per-epoch, per-rank micro-batch iterators (HDF5 cache or shards)."""
 
@@ -386,8 +399,9 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
     _seed_everything(cfg.seed + rank)
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     lexicon = VADLexicon.load(cfg.data.lexicon or "demo")
-    model_cfg = _model_config(cfg, info, TokenIds.from_tokenizer(tokenizer))
-    builder = SequenceBuilder(tokenizer, lexicon, max_len=model_cfg.max_len)
+    vocab = _corpus_vocab(cfg, tokenizer, run_dir, resuming) if cfg.data.corpus_vocab else None
+    model_cfg = _model_config(cfg, info, TokenIds.from_tokenizer(tokenizer, vocab))
+    builder = SequenceBuilder(tokenizer, lexicon, max_len=model_cfg.max_len, vocab=vocab)
     train_data = TrainData(cfg, info, builder.collate, micro, rank, world)
     val_set = _val_data(cfg, info)
 
@@ -403,6 +417,7 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = SEVLM(model_cfg)
+    model.vocab_map = vocab  # generation and the export map compact ids through it
     _seed_everything(cfg.seed + rank)
     n_params = sum(p.numel() for p in model.parameters())
     if info.num_tokens is None:
@@ -442,6 +457,7 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
         "grad_accum": accum, "global_batch": global_batch, "sequences_per_step": 2 * global_batch,
         "max_tokens_per_step": tokens_per_step, "train_images": train_data.num_images, "val_images": len(val_set),
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "parameters": n_params,
+        "vocab_size": model_cfg.vocab_size,
         "memory_estimate_gib": round(estimate / 2**30, 2), "encoder": info.encoder,
         "visual_tokens": [info.num_tokens, info.dim], "data_source": f"{info.source}: {info.path}",
     }
@@ -450,6 +466,8 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
         if not resuming:
             write_json(run_dir / "config.json", resolved)
             write_json(run_dir / "ds_config.json", ds_cfg)
+            if vocab is not None:
+                vocab.save(run_dir / "vocab.json")
         write_json(run_dir / "run.json", {
             **derived, "model_config": model_cfg.__dict__, "git": _git_hash(),
             "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},

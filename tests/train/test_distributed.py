@@ -23,7 +23,7 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
 
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=2",
-                               "device=cpu")
+                               "device=cpu", "data.corpus_vocab=false")  # the full GPT-2 id space here
     # exactly what a launcher (torchrun / deepspeed) does: one process per rank, rendezvous by env
     script = (
         "import sys; from sevlm.cli import main; "
@@ -52,4 +52,5 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
     assert len(list((run_dir / "checkpoints" / "last").glob("zero_pp_rank_*_optim_states.pt"))) == 2
     from sevlm.export import load_run
 
-    assert load_run(run_dir).model.config.n_layer == 2
+    loaded = load_run(run_dir)
+    assert loaded.model.config.n_layer == 2 and loaded.model.config.vocab_size == len(loaded.tokenizer)

@@ -56,6 +56,9 @@ def test_run_folder_and_export(full_run, tiny_data):
     assert loaded.config["encoder"]["name"] == "tiny-random"
     assert loaded.model.config.visual_dim == 32  # taken from the feature cache
     assert loaded.model.config.n_layer == 2
+    # the tiny config trains on the corpus vocabulary of its training split
+    assert (full_run / "export" / "vocab.json").exists() and (full_run / "vocab.json").exists()
+    assert loaded.model.config.vocab_size == run["vocab_size"] < 2000
 
 
 def test_resume_after_kill_matches_uninterrupted_run(full_run, tiny_config, tmp_path, monkeypatch):
