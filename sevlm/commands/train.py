@@ -36,10 +36,8 @@ def run(args) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     config = None
     if args.resume:
-        if args.overrides or args.out:
-            raise ConfigError("--resume continues a run with its saved config; drop --out and key=value overrides")
-        if args.config:
-            config = load_train_config(args.config)
+        if args.overrides or args.out or args.config:
+            raise ConfigError("--resume continues a run with its saved config.json; drop --config, --out and key=value overrides")
     else:
         if not args.config:
             raise ConfigError("--config is required (or --resume RUN_DIR)")
