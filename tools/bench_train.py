@@ -223,13 +223,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (after one warm-up step)")
     p.add_argument("--quick", action="store_true", help="demo-size model only")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None, help="models to run (default: all)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))), flush=True)
         return 0
 
-    models = ["demo"] if args.quick else ["demo", "distilgpt2"]
+    models = args.models or (["demo"] if args.quick else ["demo", "distilgpt2"])
     micro = {"demo": 32, "distilgpt2": 16}
     results: dict = {"machine": f"{os.cpu_count()} CPU cores", "steps": args.steps, "cases": []}
     summary: dict = {}
