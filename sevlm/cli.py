@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sevlm.errors import SevlmError
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and serve a small emotional vision-language model for visual art.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    # The `deepspeed` launcher passes --local_rank before the subcommand; LOCAL_RANK carries it too.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = _module(name)
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

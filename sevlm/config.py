@@ -27,9 +27,9 @@ def load_config(path_or_name: str | None, overrides: list[str] | None = None) ->
     cfg: dict = {}
     if path_or_name:
         path = Path(path_or_name)
-        if not path.exists() and (CONFIG_DIR / f"{path_or_name}.json").exists():
+        if not path.is_file() and (CONFIG_DIR / f"{path_or_name}.json").exists():
             path = CONFIG_DIR / f"{path_or_name}.json"
-        if not path.exists():
+        if not path.is_file():
             raise ConfigError(
                 f"config {path_or_name!r} not found (a file path, or one of: {', '.join(named_configs())})"
             )

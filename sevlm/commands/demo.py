@@ -16,7 +16,7 @@ from sevlm.errors import SevlmError
 HELP = "run the whole pipeline (data, features, training, evaluation, retrieval) on demo data"
 EXAMPLES = """\
   sevlm demo                       # everything into ./demo_out
-  sevlm demo --out /tmp/d --n-images 300 train.max_steps=100
+  sevlm demo --out /tmp/d --n-images 300 schedule.max_steps=100
   sevlm demo --images ../shared/data/wikiart   # real paintings, synthetic annotations
 """
 
@@ -92,8 +92,10 @@ def run(args) -> int:
             *args.overrides,
             *extra,
         ]
-        _stage(f"train[{key}]", run_dir / "export" / "config.json",
-               ["train", "--config", args.config, "--out", str(run_dir), *overrides], timings)
+        # A training run that died part-way resumes from its last DeepSpeed checkpoint.
+        train_argv = (["train", "--resume", str(run_dir)] if (run_dir / "checkpoints" / "last").exists()
+                      else ["train", "--config", args.config, "--out", str(run_dir), *overrides])
+        _stage(f"train[{key}]", run_dir / "export" / "config.json", train_argv, timings)
         preds = run_dir / "predictions_test.jsonl"
         _stage(f"generate[{key}]", preds,
                ["generate", "--run", str(run_dir), "--split", "test", "--out", str(preds)], timings)
