@@ -102,7 +102,7 @@ def run(args) -> int:
         report = run_dir / "report" / "REPORT.json"
         _stage(f"evaluate[{key}]", report,
                ["evaluate", "--predictions", str(preds), "--references", str(dataset / "test.json"),
-                "--dataset", str(dataset), "--out", str(report)], timings)
+                "--dataset", str(dataset), "--vad-lexicon", "demo", "--out", str(report)], timings)
         retrieval = run_dir / "retrieval_test.json"
         _stage(f"retrieve[{key}]", retrieval,
                ["retrieve", "--run", str(run_dir), "--split", "test", "--out", str(retrieval)], timings)
