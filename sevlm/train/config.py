@@ -93,6 +93,13 @@ class TrainConfig:
         for name in ("micro_batch", "epochs", "log_every", "max_nonfinite"):
             if getattr(s, name) < 1:
                 raise ConfigError(f"schedule.{name}: must be >= 1, got {getattr(s, name)}")
+        if self.data.corpus_vocab and self.model.get("decoder"):
+            raise ConfigError(
+                f"data.corpus_vocab=true with the pretrained model.decoder={self.model['decoder']!r}: its embeddings "
+                "are indexed by GPT-2 ids; use the corpus vocabulary only for decoders trained from scratch"
+            )
+        if self.data.vocab_min_count < 1:
+            raise ConfigError(f"data.vocab_min_count: must be >= 1, got {self.data.vocab_min_count}")
 
 
 def load_train_config(path_or_name: str | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -176,3 +176,13 @@ def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     (export / "vocab.json").unlink()
     with pytest.raises(DataError, match="vocab.json is missing"):
         load_run(export)
+
+
+def test_trainer_refuses_corpus_vocab_with_pretrained_decoder():
+    from sevlm.errors import ConfigError
+    from sevlm.train.config import as_train_config
+
+    assert as_train_config({"data": {"corpus_vocab": True}}).data.corpus_vocab
+    with pytest.raises(ConfigError, match="pretrained model.decoder='gpt2'"):
+        as_train_config({"data": {"corpus_vocab": True}, "model": {"decoder": "gpt2"}})
+    assert as_train_config({"model": {"decoder": "gpt2"}}).model["decoder"] == "gpt2"  # full vocabulary: fine
