@@ -20,15 +20,12 @@ ANNOTATION_FIELDS = ("emotions", "explanations", "emotion_distribution", "domina
 
 def load_split_records(dataset_dir: str | Path, split: str) -> dict[str, dict]:
     """`<dataset_dir>/<split>.json` -> {image_id: record}; DataError naming the file if absent/bad."""
-    path = Path(dataset_dir) / f"{split}.json"
-    if not path.exists():
-        raise DataError(f"{path}: split file not found (is {dataset_dir} a dataset folder written by `sevlm prepare`?)")
-    records = read_json(path)
-    if not isinstance(records, dict):
-        raise DataError(f"{path}: expected a JSON object {{image_id: record}}")
+    from sevlm.data.artemis import load_split
+
+    records = load_split(dataset_dir, split)
     for image_id, rec in records.items():
         if not isinstance(rec, dict) or not isinstance(rec.get("image_name"), str):
-            raise DataError(f"{path}: record {image_id!r} has no string 'image_name'")
+            raise DataError(f"{Path(dataset_dir) / f'{split}.json'}: record {image_id!r} has no string 'image_name'")
     return records
 
 
