@@ -4,15 +4,18 @@ Two comparisons, each case in its own subprocess so peak memory (max RSS, or CUD
 allocated) belongs to that case alone:
 
 1. DeepSpeed ZeRO-2 vs plain PyTorch (same model, batch, AdamW param groups, clipping) on a
-   demo-size model and a distilgpt2-size one (6 layers, 768-d, cross-attention; random
-   weights: no hub access). Target: DeepSpeed overhead under 15%.
+   demo-size model (full GPT-2 vocabulary), the shipped demo run (`demo-corpus`: model sizes,
+   micro-batch, optimiser, encoder and corpus vocabulary all read from sevlm/configs/demo.json)
+   and a distilgpt2-size one (6 layers, 768-d, cross-attention; random weights: no hub
+   access). Target: DeepSpeed overhead under 15%.
 2. Cached features vs encoding the images every step with the same encoder (JPEG decode +
    preprocess + frozen forward per step, what the paper's code does): EfficientNet-Lite0 with
-   the demo-size model, and a CLIP ViT-B/16-size vision tower (random weights, same FLOPs)
+   the demo-size models, and a CLIP ViT-B/16-size vision tower (random weights, same FLOPs)
    with the distilgpt2-size model. Target: cached >= 3x.
 
     python tools/bench_train.py                 # all cases; last line: one JSON object
-    python tools/bench_train.py --steps 4 --quick
+    python tools/bench_train.py --steps 4 --quick     # demo and demo-corpus only
+    python tools/bench_train.py --models demo-corpus --steps 6
 
 Timings exclude the first (warm-up) step. Samples are images; each image trains two sequences.
 """
@@ -37,6 +40,33 @@ MODELS = {
                    "contrastive_scorer": "mlp", "contrastive_dim": 768},
 }
 ENCODERS = {"demo": "efficientnet-lite0", "distilgpt2": "clip-vit-b16-random"}
+MICRO = {"demo": 32, "distilgpt2": 16}
+# Cases read from a shipped training config (sevlm/configs/<name>.json), so the benchmark
+# follows the config instead of a copy of its numbers.
+CONFIG_MODELS = {"demo-corpus": "demo"}
+MODEL_NAMES = ["demo", "demo-corpus", "distilgpt2"]
+
+
+def _spec(model_name: str) -> dict:
+    """Everything a case needs to know about its model: SEVLMConfig fields, micro-batch,
+    encoder, AdamW settings and (for config cases) the corpus-vocabulary settings."""
+    if model_name not in CONFIG_MODELS:
+        return {"model": MODELS[model_name], "micro": MICRO[model_name], "encoder": ENCODERS[model_name],
+                "optim": {"decoder_lr": 2e-5, "emotion_lr": 4e-5, "weight_decay": 0.0},
+                "corpus_vocab": False, "vocab_min_count": 1, "config": None}
+    from sevlm.config import CONFIG_DIR
+    from sevlm.train.config import load_train_config
+
+    name = CONFIG_MODELS[model_name]
+    cfg = load_train_config(name)
+    if cfg.data.encoder is None:
+        raise SystemExit(f"{CONFIG_DIR / (name + '.json')}: data.encoder is unset; the benchmark needs an encoder")
+    o = cfg.optim
+    return {"model": dict(cfg.model), "micro": cfg.schedule.micro_batch, "encoder": cfg.data.encoder,
+            "optim": {"decoder_lr": o.decoder_lr, "emotion_lr": o.emotion_lr, "weight_decay": o.weight_decay,
+                      "betas": tuple(o.betas), "eps": o.eps},
+            "corpus_vocab": cfg.data.corpus_vocab, "vocab_min_count": cfg.data.vocab_min_count,
+            "config": os.path.relpath(CONFIG_DIR / f"{name}.json", ROOT)}
 
 
 # ---- one case (runs in a subprocess) ----------------------------------------------------------
@@ -93,16 +123,17 @@ def _encoder(name: str):
     return build_encoder(name).eval()
 
 
-def _batch_builder(model_name: str, micro: int):
-    """(SequenceBuilder, samples with annotations) using the shipped tokenizer and demo lexicon."""
+def _batch_builder(spec: dict, micro: int):
+    """(tokenizer, SequenceBuilder, annotations, VocabMap or None) using the shipped tokenizer
+    and demo lexicon. With `corpus_vocab` the vocabulary is built from the synthetic
+    annotations exactly as the trainer builds it from the training split."""
     import numpy as np
 
     from sevlm.constants import EMOTIONS
     from sevlm.data.vad import VADLexicon
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
 
     tok = load_tokenizer()
-    builder = SequenceBuilder(tok, VADLexicon.demo(), max_len=MODELS[model_name]["max_len"])
     rng = np.random.default_rng(0)
     words = "the colors feel calm and bright while dark shapes make me uneasy about the scene".split()
     annotations = []
@@ -110,7 +141,13 @@ def _batch_builder(model_name: str, micro: int):
         emos = [EMOTIONS[int(rng.integers(9))] for _ in range(3)]
         exps = [" ".join(rng.choice(words, size=int(rng.integers(8, 18)))) for _ in range(3)]
         annotations.append({"emotions": emos, "explanations": exps, "image_id": str(i)})
-    return tok, builder, annotations
+    vocab = None
+    if spec["corpus_vocab"]:  # as sevlm.train.loop._corpus_vocab: every (emotion, explanation) pair
+        pairs = [(e, x) for a in annotations for e, x in zip(a["emotions"], a["explanations"])]
+        vocab = VocabMap.from_annotations(tok, pairs, min_count=spec["vocab_min_count"])
+    max_len = spec["model"].get("max_len", 30)
+    builder = SequenceBuilder(tok, VADLexicon.demo(), max_len=max_len, vocab=vocab)
+    return tok, builder, annotations, vocab
 
 
 def run_case(case: dict) -> dict:
@@ -123,14 +160,17 @@ def run_case(case: dict) -> dict:
 
     torch.manual_seed(0)
     model_name, micro, steps = case["model"], case["micro"], case["steps"]
+    spec = _spec(model_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok, builder, annotations = _batch_builder(model_name, micro)
+    tok, builder, annotations, vocab = _batch_builder(spec, micro)
     encoder = _encoder(case["encoder"])
-    mcfg = from_dict(SEVLMConfig, {**MODELS[model_name], "visual_dim": encoder.dim}).with_token_ids(
-        TokenIds.from_tokenizer(tok))
+    mcfg = from_dict(SEVLMConfig, {**spec["model"], "visual_dim": encoder.dim}, where=model_name).with_token_ids(
+        TokenIds.from_tokenizer(tok, vocab))
     model = SEVLM(mcfg).to(device)
-    groups = model.param_groups(2e-5, 4e-5, 0.0)
-    optimizer = torch.optim.AdamW(groups)
+    model.vocab_map = vocab  # as the trainer does (unused by the loss; kept for parity)
+    o = spec["optim"]
+    groups = model.param_groups(o["decoder_lr"], o["emotion_lr"], o["weight_decay"])
+    optimizer = torch.optim.AdamW(groups, **{k: o[k] for k in ("betas", "eps") if k in o})
 
     if case["engine"] == "deepspeed":
         from sevlm.train.distributed import init_distributed
@@ -206,7 +246,8 @@ def run_case(case: dict) -> dict:
     return {**case, "device": device, "samples_per_s": micro * len(times) / sum(times),
             "s_per_step": sum(times) / len(times),
             # CPU seconds (all threads): far less sensitive than wall time to other jobs on a shared machine
-            "samples_per_cpu_s": micro * len(cpu_times) / sum(cpu_times), "peak_mem_mib": round(peak, 1), "parameters": n_params}
+            "samples_per_cpu_s": micro * len(cpu_times) / sum(cpu_times), "peak_mem_mib": round(peak, 1),
+            "parameters": n_params, "vocab_size": mcfg.vocab_size}
 
 
 def _run_subprocess(case: dict) -> dict:
@@ -222,20 +263,21 @@ def _run_subprocess(case: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (after one warm-up step)")
-    p.add_argument("--quick", action="store_true", help="demo-size model only")
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None, help="models to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="demo-size models only (demo, demo-corpus)")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=None, help="models to run (default: all)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))), flush=True)
         return 0
 
-    models = args.models or (["demo"] if args.quick else ["demo", "distilgpt2"])
-    micro = {"demo": 32, "distilgpt2": 16}
+    models = args.models or (["demo", "demo-corpus"] if args.quick else MODEL_NAMES)
     results: dict = {"machine": f"{os.cpu_count()} CPU cores", "steps": args.steps, "cases": []}
+    load_before = os.getloadavg()[0]  # the 1-minute load: on a shared machine it decides how far to trust the figures
     summary: dict = {}
     for m in models:
-        enc = ENCODERS[m]
+        spec = _spec(m)
+        enc, micro = spec["encoder"], spec["micro"]
         cases = {
             "torch": {"model": m, "engine": "torch", "features": "cached", "encoder": enc},
             "deepspeed": {"model": m, "engine": "deepspeed", "features": "cached", "encoder": enc},
@@ -243,7 +285,7 @@ def main(argv=None) -> int:
         }
         r = {}
         for key, case in cases.items():
-            case.update(micro=micro[m], steps=args.steps)
+            case.update(micro=micro, steps=args.steps)
             r[key] = _run_subprocess(case)
             results["cases"].append(r[key])
             print(f"{m:>11} {key:>17}: {r[key]['samples_per_s']:7.2f} images/s, "
@@ -252,7 +294,10 @@ def main(argv=None) -> int:
                   flush=True)
         summary[m] = {
             "encoder": enc,
-            "micro_batch": micro[m],
+            "micro_batch": micro,
+            "config": spec["config"],  # None: sizes defined in this script
+            "vocab_size": r["torch"]["vocab_size"],
+            "parameters": r["torch"]["parameters"],
             "torch_samples_per_s": round(r["torch"]["samples_per_s"], 3),
             "deepspeed_samples_per_s": round(r["deepspeed"]["samples_per_s"], 3),
             "deepspeed_overhead": round(1 - r["deepspeed"]["samples_per_s"] / r["torch"]["samples_per_s"], 4),
@@ -266,7 +311,8 @@ def main(argv=None) -> int:
                 r["deepspeed"]["samples_per_cpu_s"] / r["deepspeed_encode"]["samples_per_cpu_s"], 3),
         }
     results["summary"] = summary
-    print(json.dumps(results["summary"] | {"machine": results["machine"], "steps": args.steps}))
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(json.dumps(results["summary"] | {"machine": results["machine"], "steps": args.steps, "load_avg_1min": load}))
     return 0
 
 
