@@ -14,6 +14,7 @@ GPT2_TOKENIZER = SHARED / "assets" / "gpt2-tokenizer"
 WIKIART = SHARED / "data" / "wikiart"
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported: see sevlm/cli.py
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
