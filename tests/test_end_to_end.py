@@ -42,6 +42,7 @@ def test_every_stage_leaves_its_artifact(demo_run):
     for run in ("run", "run_no_image"):
         run_dir = out / run
         assert (run_dir / "export" / "model.safetensors").stat().st_size > 0
+        assert json.loads((run_dir / "done.json").read_text(encoding="utf-8"))["event"] == "done"
         config = json.loads((run_dir / "export" / "config.json").read_text(encoding="utf-8"))
         assert config["model"]["mode"] == ("none" if run == "run_no_image" else "cross")
         preds = [json.loads(line) for line in (run_dir / "predictions_test.jsonl").read_text().splitlines()]

@@ -32,19 +32,21 @@ def add_arguments(p) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training config overrides")
 
 
-def _stage(name: str, done: Path | None, argv: list[str], timings: dict) -> None:
+def _stage(name: str, done: Path | None, argv: list[str], timings: dict) -> bool:
+    """Run one stage unless its output exists; True when it ran."""
     from sevlm.cli import main
 
     if done is not None and done.exists():
         print(f"[demo] {name}: cached ({done})", flush=True)
         timings[name] = 0.0
-        return
+        return False
     print(f"[demo] {name}: sevlm {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     rc = main(argv)
     timings[name] = round(time.perf_counter() - t0, 1)
     if rc != 0:
         raise SevlmError(f"stage {name!r} failed (exit code {rc}); rerun `sevlm demo` to resume from it")
+    return True
 
 
 def run(args) -> int:
@@ -95,15 +97,17 @@ def run(args) -> int:
         # A training run that died part-way resumes from its last DeepSpeed checkpoint.
         train_argv = (["train", "--resume", str(run_dir)] if (run_dir / "checkpoints" / "last").exists()
                       else ["train", "--config", args.config, "--out", str(run_dir), *overrides])
-        _stage(f"train[{key}]", run_dir / "export" / "config.json", train_argv, timings)
         preds = run_dir / "predictions_test.jsonl"
+        report = run_dir / "report" / "REPORT.json"
+        retrieval = run_dir / "retrieval_test.json"
+        if _stage(f"train[{key}]", run_dir / "done.json", train_argv, timings):
+            for stale in (preds, report, retrieval):  # outputs of an earlier, unfinished model
+                stale.unlink(missing_ok=True)
         _stage(f"generate[{key}]", preds,
                ["generate", "--run", str(run_dir), "--split", "test", "--out", str(preds)], timings)
-        report = run_dir / "report" / "REPORT.json"
         _stage(f"evaluate[{key}]", report,
                ["evaluate", "--predictions", str(preds), "--references", str(dataset / "test.json"),
                 "--dataset", str(dataset), "--vad-lexicon", "demo", "--out", str(report)], timings)
-        retrieval = run_dir / "retrieval_test.json"
         _stage(f"retrieve[{key}]", retrieval,
                ["retrieve", "--run", str(run_dir), "--split", "test", "--out", str(retrieval)], timings)
         entry = json.loads(report.read_text(encoding="utf-8"))

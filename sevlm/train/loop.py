@@ -9,6 +9,7 @@ Run folder:
     config.json        the resolved TrainConfig (what --resume reads back)
     ds_config.json     the resolved DeepSpeed config (batch sizes filled in)
     run.json           derived quantities, world size, versions, git hash
+    done.json          written when training has finished (stop reason, step, best metrics)
     checkpoints/       DeepSpeed checkpoints, tags last / best_accuracy / best_bleu4 (+ per-rank RNG)
     ranks/             per-rank facts (optimizer state elements: ZeRO partitioning at a glance)
     export/            safetensors + config + tokenizer of the best-accuracy model (or the last)
@@ -43,6 +44,7 @@ from sevlm.train.config import (
 from sevlm.train.distributed import all_true, barrier, init_distributed, pick_device, set_env_defaults
 
 CKPT_DIR = "checkpoints"
+DONE_FILE = "done.json"
 LAST, BEST_ACC, BEST_BLEU = "last", "best_accuracy", "best_bleu4"
 
 
@@ -584,9 +586,12 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
         stop_reason = "max_steps" if s.max_steps is not None and state.step >= s.max_steps else "epochs"
     if state.best_acc is None:  # never validated: the last weights are the export
         export("export", {})
-    log.write({"step": state.step, "event": "done", "reason": stop_reason, "best_acc": state.best_acc,
-               "best_bleu4": state.best_bleu})
+    summary = {"step": state.step, "event": "done", "reason": stop_reason, "best_acc": state.best_acc,
+               "best_bleu4": state.best_bleu}
+    log.write(summary)
     log.close()
+    if main:  # written last: its presence means training finished (export/ exists from the first validation on)
+        write_json(run_dir / DONE_FILE, summary)
     _say(f"sevlm train: done ({stop_reason}) at step {state.step}; best accuracy {state.best_acc} "
          f"(step {state.best_acc_step}), best BLEU-4 {state.best_bleu} (step {state.best_bleu_step}); "
          f"run folder {run_dir}", main)
