@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -9,6 +11,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sevlm", "sevlm.*"]),
     package_data={"sevlm": ["assets/*", "assets/*/*", "configs/*.json"]},
+    # engine settings live at the top level (one source of truth); a non-editable install
+    # gets a copy that sevlm.train.config finds under <prefix>/share/sevlm/ds_configs
+    data_files=[("share/sevlm/ds_configs", sorted(glob("ds_configs/*.json")))],
     install_requires=[
         "torch>=2.1",
         "transformers>=4.40",

@@ -16,7 +16,16 @@ from pathlib import Path
 from sevlm.config import from_dict, load_config
 from sevlm.errors import ConfigError
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+def _ds_config_dir() -> Path:
+    """ds_configs/ of a source checkout (editable install), else the copy setup.py installs."""
+    import sys
+
+    checkout = Path(__file__).resolve().parents[2] / "ds_configs"
+    installed = Path(sys.prefix) / "share" / "sevlm" / "ds_configs"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+DS_CONFIG_DIR = _ds_config_dir()
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 # Keys the trainer owns: a ds_config that sets them would be a second source of truth.
 TRAINER_DS_KEYS = (
