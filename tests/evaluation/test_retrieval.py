@@ -206,3 +206,17 @@ def test_exact_ranks_with_tied_and_duplicate_items():
     assert ranks.tolist() == [1, 1]  # a tie with a wrong item does not count against the query
     none = R.exact_ranks(np.eye(2, dtype=np.float32), np.array([5, 6]), gallery, np.array([8, 7, 8, 9]))
     assert none.tolist() == [5, 5]  # no positive: N + 1
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_sevlm_sets_passive_openmp_wait_unless_the_user_did(preset, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sevlm.evaluation.retrieval; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
