@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -156,19 +156,67 @@ def _check_looks_like_csv(path: Path) -> None:
         raise DataError(f"{path}: not a CSV file (not UTF-8 text: {bad} undecodable bytes in the first 8 KB)")
 
 
-def _records(reader) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield (start line, fields, csv error message) for every record of `reader`."""
-    start = 1
+class _Lines:
+    """The physical lines of a text file, with lines put back to be read again."""
+
+    def __init__(self, f):
+        self._f = f
+        self.pending: deque[str] = deque()
+        self.taken: list[str] = []  # lines handed out since the caller last cleared it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.popleft() if self.pending else next(self._f)
+        self.taken.append(line)
+        return line
+
+
+def _complete_row(lines: list[str], width: int) -> bool:
+    """`lines` hold exactly one record, of `width` fields, with well-formed quoting."""
+    try:
+        rows = list(csv.reader(lines, strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and len(rows[0]) == width
+
+
+def _records(f) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield (line, fields, csv error message) for every record of the CSV text file `f`.
+
+    A quoted field may hold line breaks, so one record can span several physical lines. A
+    stray quote would make the reader swallow every line up to the next quote as one field;
+    so a record spanning lines is kept only if its quoting is well formed, it has the header's
+    number of fields and none of the lines it swallowed is a complete row of its own.
+    Otherwise its first line alone is reported as bad and reading resumes on the next line.
+    """
+    lines = _Lines(f)
+    reader = csv.reader(lines)
+    start, width = 1, None
     while True:
+        lines.taken = []
         try:
-            fields = next(reader)
+            fields, err = next(reader), None
         except StopIteration:
             return
         except csv.Error as e:
-            yield start, None, str(e)
-        else:
-            yield start, fields, None
-        start = reader.line_num + 1
+            fields, err = None, str(e)
+        taken = lines.taken
+        if len(taken) > 1 and width is not None and not (
+            fields is not None
+            and len(fields) == width
+            and _complete_row(taken, width)
+            and not any(_complete_row([t], width) for t in taken[1:])
+        ):
+            fields = None
+            err = f"unbalanced quote: the quoted field opened on this line runs on to line {start + len(taken) - 1}"
+            lines.pending.extendleft(reversed(taken[1:]))
+            taken = taken[:1]
+        yield start, fields, err
+        if width is None and fields is not None:
+            width = len(fields)
+        start += len(taken)
 
 
 def read_annotations(
@@ -197,8 +245,7 @@ def read_annotations(
     # surrogateescape keeps undecodable bytes as markers so one bad row can be skipped.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         csv.field_size_limit(1 << 24)
-        reader = csv.reader(f)
-        records = _records(reader)
+        records = _records(f)
         try:
             line, header, err = next(records)
         except StopIteration:

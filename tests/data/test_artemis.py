@@ -369,3 +369,46 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
     assert train[nfc("Art_Nouveau_(Modérne)/émile-gallé_vase")]["image_name"] == nfd(
         "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg")
     assert Counter(e for v in train.values() for e in v["emotions"]) == {"awe": 2, "contentment": 1}
+
+
+# --------------------------------------------------------------------------- stray quotes
+
+
+def _with_stray_quote(path: Path, rows, open_at: int, close_at: int | None = None) -> Path:
+    """Write `rows`, then put a quote before the utterance on line `open_at` and (optionally)
+    one after the utterance on line `close_at`, as a hand edit would."""
+    write_csv(path, rows)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[open_at - 1] = lines[open_at - 1].replace(",the colours", ',"the colours')
+    if close_at:
+        lines[close_at - 1] = lines[close_at - 1].replace(",5", '",5')
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("close_at", [30, None], ids=["closed-20-lines-later", "never-closed"])
+def test_stray_quote_is_one_bad_line(tmp_path, close_at):
+    rows = v1_rows(146, per=5)  # 730 rows: lines 2..731
+    path = _with_stray_quote(tmp_path / "stray.csv", rows, open_at=10, close_at=close_at)
+    runs_to = close_at or 731
+    with pytest.raises(DataError, match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
+                                        rf"field opened on this line runs on to line {runs_to}\)"):
+        prepare_dataset(path, tmp_path / "out", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    assert m["skipped_rows"] == {"malformed_row": 1}
+    assert m["sources"]["artemis_csv"]["rows"] == 730 and m["sources"]["artemis_csv"]["rows_read"] == 729
+    explanations = [x for s in SPLITS for v in load_split(tmp_path / "out", s).values() for x in v["explanations"]]
+    assert len(explanations) == 729 and max(len(x) for x in explanations) < 60
+
+
+def test_well_formed_multiline_utterance_is_kept(tmp_path):
+    rows = [GOOD, ["Cubism", "p2", "awe", 'so "calm",\nlike a lake at dawn, i said', "5"], GOOD]
+    path = write_csv(tmp_path / "multi.csv", rows)
+    m = prepare_dataset(path, tmp_path / "out", progress=False)
+    assert m["sources"]["artemis_csv"]["rows"] == 3 and m["skipped_rows"] == {}
+    entry = load_split(tmp_path / "out", "train")["Cubism/p2"]
+    assert entry["explanations_raw"] == ['so "calm",\nlike a lake at dawn, i said']
+    # The row after it is numbered by its physical line.
+    bad = write_csv(tmp_path / "multi_bad.csv", rows + [["Cubism", "p3", "joy", LONG.format(3), "5"]])
+    with pytest.raises(DataError, match=r"multi_bad\.csv: line 6: unknown emotion 'joy'"):
+        prepare_dataset(bad, tmp_path / "out2", progress=False)
