@@ -16,9 +16,6 @@ evaluation, retrieval and `sevlm predict` all load through it.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +69,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     from safetensors.torch import save_file
 
     import sevlm
-    from sevlm.io import write_json
-
+    from sevlm.io import atomic_dir, write_json
     from sevlm.text import VOCAB_FILE
 
     config_dict = dict(config_dict or {})
@@ -84,9 +80,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     if vocab is None and size < len(tokenizer):
         raise DataError(f"{out_dir}: the model has a {size}-token (corpus) vocabulary; pass its VocabMap as vocab=")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         # lm_head.weight is tied to wte: store it once (safetensors refuses shared memory).
         state.pop("decoder.lm_head.weight", None)
@@ -107,18 +101,6 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
                 "train": config_dict,
             },
         )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 
