@@ -34,14 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from sevlm.constants import EMOTIONS
     from sevlm.errors import ConfigError, DataError
-    from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
-    from sevlm.evaluation.retrieval import Index, IndexOptions, normalize, retrieval_report
+    from sevlm.evaluation.retrieval import IndexOptions, score_split, search_split
     from sevlm.export import load_run
-    from sevlm.io import write_json
 
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
@@ -55,28 +50,13 @@ def run(args: argparse.Namespace) -> int:
     source = {"run": str(run_.path), "dataset": str(dataset_dir), "features": str(features), "split": args.split}
 
     if args.query or args.query_image:
-        # the query first: a bad query fails before the gallery is embedded
-        q = embed_query_text(run_, args.query) if args.query else embed_image_file(run_, args.query_image)
-        emb = embed_split(run_, dataset_dir, args.split, features, batch_size=args.batch_size,
-                          images=bool(args.query), texts=bool(args.query_image))
-        if args.query:
-            gallery, names = emb.image_emb, [{"image_id": i} for i in emb.image_ids]
-        else:
-            gallery = emb.text_emb
-            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
-        q = normalize(q)
-        index = Index(normalize(gallery), options)
-        scores, ids = index.search(q, args.top)
-        emo_scores = (q @ normalize(emb.emotion_emb).T)[0]  # [9]
-        result = {
-            **source,
-            "query": args.query if args.query else {"image": args.query_image},
-            "index": index.describe(),
-            "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
-            "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
-        }
+        from sevlm.io import write_json
+
+        result = {**source, **search_split(run_, dataset_dir, args.split, features, query=args.query,
+                                           query_image=args.query_image, top=args.top, options=options,
+                                           batch_size=args.batch_size)}
         write_json(args.out, result)
-        print(f"nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
+        print("nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
         for r in result["results"]:
             print(f"{r['rank']:3d}  {r['score']:.3f}  {r['image_id']}" + (f"  {r['explanation']}" if "explanation" in r else ""))
         print(f"wrote {args.out}")
@@ -84,12 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sevlm.evaluation.report import write_retrieval_report
 
-    emb = embed_split(run_, dataset_dir, args.split, features, batch_size=args.batch_size)
-
-    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
-                              options=options, seed=args.seed)
-    result.update(source)
-    result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
+    result = {**score_split(run_, dataset_dir, args.split, features, options=options, batch_size=args.batch_size,
+                            seed=args.seed), **source}
     write_retrieval_report(result, args.out)
     m, b = result["model"], result["random_baseline"]
     for d in ("image_to_explanation", "explanation_to_image"):

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS, NUM_EMOTIONS, SPLITS
-from sevlm.errors import DataError
+from sevlm.errors import ConfigError, DataError
 from sevlm.io import read_json, sha256_file, write_json
 
 FORMAT = "sevlm-artemis-dataset/1"
@@ -59,22 +59,53 @@ def clean_utterance(utterance: str) -> str:
     return " ".join(tokenize(utterance))
 
 
-def dominant_emotion(emotions: Iterable[str]) -> str | None:
-    """The emotion holding at least half of the annotations when no other holds as many.
+# How an image's votes make a dominant emotion:
+# - "artemis": at least half of the votes, with no other emotion holding as many (ArtEmis's code);
+# - "strict-majority": more than half of the votes (the SEVLM authors' evaluation).
+DOMINANCE_RULES = ("artemis", "strict-majority")
 
-    ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear" (exactly
-    half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
-    """
-    counts = Counter(emotions).most_common()
-    if not counts:
+
+def check_dominance_rule(rule: str) -> str:
+    if rule not in DOMINANCE_RULES:
+        raise ConfigError(f"dominance rule {rule!r}: expected one of {', '.join(DOMINANCE_RULES)}")
+    return rule
+
+
+def _dominant(counts: list[tuple[str, float]], total: float, rule: str) -> str | None:
+    """The dominant label of (label, count) pairs sorted by count, descending; see DOMINANCE_RULES."""
+    check_dominance_rule(rule)
+    if not counts or counts[0][1] <= 0:
         return None
-    total = sum(c for _, c in counts)
     top, top_count = counts[0]
-    if 2 * top_count < total:
-        return None
-    if len(counts) > 1 and counts[1][1] == top_count:
+    if rule == "strict-majority":
+        return top if 2 * top_count > total else None
+    if 2 * top_count < total or (len(counts) > 1 and counts[1][1] == top_count):
         return None
     return top
+
+
+def dominant_emotion(emotions: Iterable[str], rule: str = "artemis") -> str | None:
+    """The dominant emotion of an image's votes under `rule` (one of DOMINANCE_RULES).
+
+    "artemis": ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear"
+    (exactly half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
+    "strict-majority": ["fear", "fear", "awe", "sadness"] -> None (half is not more than half).
+    """
+    counts = Counter(emotions).most_common()
+    return _dominant(counts, sum(c for _, c in counts), rule)
+
+
+def dominant_from_distribution(distribution: Iterable[float], rule: str = "artemis") -> str | None:
+    """The dominant emotion from an image's `emotion_distribution` (9 vote shares, canonical order).
+
+    Exact on the shares `prepare` writes: a share is count/total correctly rounded, so it
+    compares with 1/2 as the count does with half the votes, and equal counts give equal shares.
+    """
+    shares = [float(x) for x in distribution]
+    if len(shares) != NUM_EMOTIONS:
+        raise DataError(f"emotion_distribution has {len(shares)} shares, expected {NUM_EMOTIONS}")
+    counts = sorted(zip(EMOTIONS, shares), key=lambda kv: -kv[1])
+    return _dominant(counts, 1.0, rule)
 
 
 def emotion_distribution(emotions: Iterable[str]) -> list[float]:

@@ -1,8 +1,9 @@
 """Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
 
-Everything works on numpy arrays, so it is testable without a model; `sevlm retrieve`
-computes the embeddings with the model's contrastive head and calls `retrieval_report`.
-Embeddings are L2-normalised, so inner product = cosine similarity.
+The scoring works on numpy arrays, so it is testable without a model; `search_split` and
+`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`) and
+build the results `sevlm retrieve` writes. Embeddings are L2-normalised, so inner product =
+cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
@@ -203,3 +204,47 @@ def retrieval_report(
         rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant, text_emotion, options, ks
     )
     return {"model": model, "random_baseline": {**baseline, "seed": seed}, "ks": list(ks)}
+
+
+def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
+                 options: IndexOptions = IndexOptions(), batch_size: int = 64) -> dict:
+    """Search a split with a text (against its images) or an image file (against its explanations).
+
+    Returns {"query", "index", "results": [{"rank", "score", "image_id"[, "explanation"]}],
+    "emotions": the 9 emotions by score}.
+    """
+    from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
+
+    if (query is None) == (query_image is None):
+        raise ConfigError("search_split: give exactly one of query and query_image")
+    # the query first: a bad query fails before the gallery is embedded
+    q = embed_query_text(run, query) if query is not None else embed_image_file(run, query_image)
+    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+                      images=query is not None, texts=query_image is not None)
+    if query is not None:
+        gallery, names = emb.image_emb, [{"image_id": i} for i in emb.image_ids]
+    else:
+        gallery = emb.text_emb
+        names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+    q = normalize(q)
+    index = Index(normalize(gallery), options)
+    scores, ids = index.search(q, top)
+    emo_scores = (q @ normalize(emb.emotion_emb).T)[0]  # [9]
+    return {
+        "query": query if query is not None else {"image": str(query_image)},
+        "index": index.describe(),
+        "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
+        "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
+    }
+
+
+def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
+                seed: int = 0) -> dict:
+    """Embed a split's images, explanations and emotions and score retrieval between them."""
+    from sevlm.evaluation.embedding import embed_split
+
+    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
+    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
+                              options=options, seed=seed)
+    result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
+    return result
