@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(e: OSError) -> str:
+    """An unwritable, missing or misplaced path as one line that names it (the traceback says
+    nothing more to a user; --debug shows it)."""
+    if e.filename is None:
+        return " ".join(str(e).split())
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    return f"{where}: {e.strerror or e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "out", None):
+            from sevlm.io import ensure_parent
+
+            ensure_parent(args.out)
         rc = args._run(args)
-    except SevlmError as e:
+    except (SevlmError, OSError) as e:
         if args.debug:
             raise
-        print(f"sevlm {args.command}: error: {e}", file=sys.stderr)
+        message = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        print(f"sevlm {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sevlm {args.command}: interrupted", file=sys.stderr)

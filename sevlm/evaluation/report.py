@@ -162,7 +162,8 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     lines += ["", "## Language (coco-caption)", "", "| " + " | ".join(LANGUAGE_METRICS) + " |",
               "|" + "---|" * len(LANGUAGE_METRICS), "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |", ""]
     lines += [f"- {k}: unavailable ({v})" for k, v in full.get("unavailable", {}).items()]
-    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion",
+    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion"
+              f" (dominance rule: {full.get('dominance', 'artemis')})",
               f"- macro F1: {_fmt(emo.get('macro_f1'))}",
               f"- predictions whose emotion is not one of the 9: {_fmt(full['emotion_not_one_of_9_share'])}"]
     if "emo_align" in full:
@@ -218,7 +219,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
-                        retrain_classifier: bool = False) -> dict:
+                        retrain_classifier: bool = False, dominance: str = "artemis") -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict."""
     from sevlm.evaluation.metrics import evaluate
 
@@ -227,7 +228,7 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
         from sevlm.evaluation.emo_classifier import load_or_train
 
         classifier = load_or_train(dataset_dir, retrain=retrain_classifier)
-    ev = evaluate(predictions, references, classifier=classifier, strict=strict)
+    ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance)
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon
