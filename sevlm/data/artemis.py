@@ -31,7 +31,7 @@ import numpy as np
 
 from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS, NUM_EMOTIONS, SPLITS
 from sevlm.errors import ConfigError, DataError
-from sevlm.io import read_json, sha256_file, write_json
+from sevlm.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "sevlm-artemis-dataset/1"
 REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
@@ -39,6 +39,10 @@ REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
 REQUIRED_V2 = ("art_style", "painting", "emotion", "utterance")
 SPLIT_FRACTIONS = {"train": 0.85, "val": 0.05, "test": 0.10}
 IMAGE_EXT = ".jpg"
+# Above this share of absent images `prepare` stops (a wrong --images folder, a partial download)
+# unless told to leave them out.
+MAX_MISSING_IMAGES = 0.05
+DATASET_FILES = (*(f"{s}.json" for s in SPLITS), *(f"{s}_coco.json" for s in SPLITS), "manifest.json")
 
 # Words: runs of letters/digits, apostrophes allowed inside ("don't", "artist's").
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -347,6 +351,8 @@ def read_annotations(
                     line=line,
                 )
             )
+    if rows == 0:
+        raise DataError(f"{path}: no data rows (the file has only a header)")
     return ReadResult(annotations=annotations, rows=rows, skipped=skipped, examples=examples)
 
 
@@ -463,16 +469,23 @@ def prepare_dataset(
     seed: int = 2021,
     min_tokens: int = 5,
     max_repetition: int = 41,
+    allow_missing_images: bool = False,
     progress: bool = True,
 ) -> dict:
     """Turn ArtEmis CSV(s) into the dataset folder described in docs/DESIGN.md; returns the manifest.
 
     `max_repetition`: paintings whose repetition is >= this are set aside.
     `min_tokens`: utterances with fewer tokens are not used as explanations.
+    `allow_missing_images`: leave out the annotations of absent images even when they are more
+    than MAX_MISSING_IMAGES of all images (below that they are always left out, and counted).
+
+    The folder is built beside `out_dir` and swapped in whole, so an interrupted run leaves
+    the previous dataset as it was, never a mix of old and new split files.
     """
     import sevlm
 
     artemis_csv, out_dir = Path(artemis_csv), Path(out_dir)
+    _check_out_dir(out_dir)
     index = ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
     v1 = read_annotations(artemis_csv, "v1", skip_bad_rows, progress)
     v2 = read_annotations(contrastive_csv, "v2", skip_bad_rows, progress) if contrastive_csv else None
@@ -539,15 +552,24 @@ def prepare_dataset(
                 missing.append(image_id)
             else:
                 image_names[image_id] = found
+        if len(missing) > MAX_MISSING_IMAGES * len(needed) and not allow_missing_images:
+            raise DataError(
+                f"{index.root}: {len(missing)} of {len(needed)} images not found "
+                f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])}); check --images, "
+                f"or pass --allow-missing-images to leave their annotations out"
+            )
         gone = set(missing)
         for s in SPLITS:
             per_split[s] = [a for a in per_split[s] if a.image_id not in gone]
 
+    if not per_split["train"]:
+        raise DataError(
+            f"{artemis_csv}: no training annotations left (of {v1.rows} rows: {sum(v1.skipped.values())} bad, "
+            f"{sum(short.values())} utterances under {min_tokens} tokens, {len(missing)} images not found)"
+        )
+    grouped = {s: _group(per_split[s], pool, image_names) for s in SPLITS}
     counts = {}
-    for s in SPLITS:
-        data = _group(per_split[s], pool, image_names)
-        write_json(out_dir / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
-        write_json(out_dir / f"{s}_coco.json", coco_references(data, s), indent=None)
+    for s, data in grouped.items():
         counts[s] = {
             "paintings_in_split": len(splits[s]),
             "images": len(data),
@@ -598,10 +620,28 @@ def prepare_dataset(
         },
         "missing_images": {"count": len(missing), "examples": missing[:50]},
         "combined": combined,
-        "files": [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS],
+        "files": list(DATASET_FILES[:-1]),
     }
-    write_json(out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
+    with atomic_dir(out_dir) as tmp:
+        for s, data in grouped.items():
+            write_json(tmp / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
+            write_json(tmp / f"{s}_coco.json", coco_references(data, s), indent=None)
+        write_json(tmp / "manifest.json", manifest)  # last: its presence means the folder is complete
     return manifest
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """`prepare` replaces its output folder whole: refuse one that holds anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder (--out names the dataset folder to write)")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES)
+        if foreign:
+            raise DataError(
+                f"{out_dir}: not a dataset folder (it holds {', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); `sevlm prepare` replaces its --out folder whole, "
+                f"so choose a new or empty one"
+            )
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> dict:
