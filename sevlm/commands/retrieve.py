@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
-    data = (run_.config.get("train") or {}).get("data") or {}
-    dataset_dir = args.dataset or data.get("dataset_dir")
-    features = args.features or data.get("features")
+    recorded = run_.data_paths
+    dataset_dir = args.dataset or recorded.dataset_dir
+    features = args.features or recorded.features
     if not dataset_dir or (not features and not args.query_image):
         raise DataError(f"{args.run}: no dataset_dir/features recorded in the run config; pass --dataset and --features")
     options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
