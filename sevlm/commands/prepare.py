@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="DATASET_DIR", help="dataset folder to write")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed rows (counted by reason in manifest.json) instead of stopping")
+    p.add_argument("--allow-missing-images", action="store_true",
+                   help="leave out the annotations of images not found under --images even when they are "
+                        "more than 5%% of all (below that they are always left out, and counted)")
     p.add_argument("--seed", type=int, default=2021, help="split and sampling seed (default: 2021)")
     p.add_argument("--min-tokens", type=int, default=5, help="drop utterances with fewer tokens (default: 5)")
     p.add_argument("--max-repetition", type=int, default=41,
@@ -38,6 +41,7 @@ def run(args) -> int:
         seed=args.seed,
         min_tokens=args.min_tokens,
         max_repetition=args.max_repetition,
+        allow_missing_images=args.allow_missing_images,
     )
     c = m["counts"]
     print(f"wrote {args.out} ({m['training_set']} training set, seed {m['seed']})")

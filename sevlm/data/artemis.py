@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,8 +30,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS, NUM_EMOTIONS, SPLITS
-from sevlm.errors import DataError
-from sevlm.io import read_json, sha256_file, write_json
+from sevlm.errors import ConfigError, DataError
+from sevlm.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "sevlm-artemis-dataset/1"
 REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
@@ -39,6 +39,10 @@ REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
 REQUIRED_V2 = ("art_style", "painting", "emotion", "utterance")
 SPLIT_FRACTIONS = {"train": 0.85, "val": 0.05, "test": 0.10}
 IMAGE_EXT = ".jpg"
+# Above this share of absent images `prepare` stops (a wrong --images folder, a partial download)
+# unless told to leave them out.
+MAX_MISSING_IMAGES = 0.05
+DATASET_FILES = (*(f"{s}.json" for s in SPLITS), *(f"{s}_coco.json" for s in SPLITS), "manifest.json")
 
 # Words: runs of letters/digits, apostrophes allowed inside ("don't", "artist's").
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -59,22 +63,53 @@ def clean_utterance(utterance: str) -> str:
     return " ".join(tokenize(utterance))
 
 
-def dominant_emotion(emotions: Iterable[str]) -> str | None:
-    """The emotion holding at least half of the annotations when no other holds as many.
+# How an image's votes make a dominant emotion:
+# - "artemis": at least half of the votes, with no other emotion holding as many (ArtEmis's code);
+# - "strict-majority": more than half of the votes (the SEVLM authors' evaluation).
+DOMINANCE_RULES = ("artemis", "strict-majority")
 
-    ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear" (exactly
-    half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
-    """
-    counts = Counter(emotions).most_common()
-    if not counts:
+
+def check_dominance_rule(rule: str) -> str:
+    if rule not in DOMINANCE_RULES:
+        raise ConfigError(f"dominance rule {rule!r}: expected one of {', '.join(DOMINANCE_RULES)}")
+    return rule
+
+
+def _dominant(counts: list[tuple[str, float]], total: float, rule: str) -> str | None:
+    """The dominant label of (label, count) pairs sorted by count, descending; see DOMINANCE_RULES."""
+    check_dominance_rule(rule)
+    if not counts or counts[0][1] <= 0:
         return None
-    total = sum(c for _, c in counts)
     top, top_count = counts[0]
-    if 2 * top_count < total:
-        return None
-    if len(counts) > 1 and counts[1][1] == top_count:
+    if rule == "strict-majority":
+        return top if 2 * top_count > total else None
+    if 2 * top_count < total or (len(counts) > 1 and counts[1][1] == top_count):
         return None
     return top
+
+
+def dominant_emotion(emotions: Iterable[str], rule: str = "artemis") -> str | None:
+    """The dominant emotion of an image's votes under `rule` (one of DOMINANCE_RULES).
+
+    "artemis": ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear"
+    (exactly half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
+    "strict-majority": ["fear", "fear", "awe", "sadness"] -> None (half is not more than half).
+    """
+    counts = Counter(emotions).most_common()
+    return _dominant(counts, sum(c for _, c in counts), rule)
+
+
+def dominant_from_distribution(distribution: Iterable[float], rule: str = "artemis") -> str | None:
+    """The dominant emotion from an image's `emotion_distribution` (9 vote shares, canonical order).
+
+    Exact on the shares `prepare` writes: a share is count/total correctly rounded, so it
+    compares with 1/2 as the count does with half the votes, and equal counts give equal shares.
+    """
+    shares = [float(x) for x in distribution]
+    if len(shares) != NUM_EMOTIONS:
+        raise DataError(f"emotion_distribution has {len(shares)} shares, expected {NUM_EMOTIONS}")
+    counts = sorted(zip(EMOTIONS, shares), key=lambda kv: -kv[1])
+    return _dominant(counts, 1.0, rule)
 
 
 def emotion_distribution(emotions: Iterable[str]) -> list[float]:
@@ -156,19 +191,67 @@ def _check_looks_like_csv(path: Path) -> None:
         raise DataError(f"{path}: not a CSV file (not UTF-8 text: {bad} undecodable bytes in the first 8 KB)")
 
 
-def _records(reader) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield (start line, fields, csv error message) for every record of `reader`."""
-    start = 1
+class _Lines:
+    """The physical lines of a text file, with lines put back to be read again."""
+
+    def __init__(self, f):
+        self._f = f
+        self.pending: deque[str] = deque()
+        self.taken: list[str] = []  # lines handed out since the caller last cleared it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.popleft() if self.pending else next(self._f)
+        self.taken.append(line)
+        return line
+
+
+def _complete_row(lines: list[str], width: int) -> bool:
+    """`lines` hold exactly one record, of `width` fields, with well-formed quoting."""
+    try:
+        rows = list(csv.reader(lines, strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and len(rows[0]) == width
+
+
+def _records(f) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield (line, fields, csv error message) for every record of the CSV text file `f`.
+
+    A quoted field may hold line breaks, so one record can span several physical lines. A
+    stray quote would make the reader swallow every line up to the next quote as one field;
+    so a record spanning lines is kept only if its quoting is well formed, it has the header's
+    number of fields and none of the lines it swallowed is a complete row of its own.
+    Otherwise its first line alone is reported as bad and reading resumes on the next line.
+    """
+    lines = _Lines(f)
+    reader = csv.reader(lines)
+    start, width = 1, None
     while True:
+        lines.taken = []
         try:
-            fields = next(reader)
+            fields, err = next(reader), None
         except StopIteration:
             return
         except csv.Error as e:
-            yield start, None, str(e)
-        else:
-            yield start, fields, None
-        start = reader.line_num + 1
+            fields, err = None, str(e)
+        taken = lines.taken
+        if len(taken) > 1 and width is not None and not (
+            fields is not None
+            and len(fields) == width
+            and _complete_row(taken, width)
+            and not any(_complete_row([t], width) for t in taken[1:])
+        ):
+            fields = None
+            err = f"unbalanced quote: the quoted field opened on this line runs on to line {start + len(taken) - 1}"
+            lines.pending.extendleft(reversed(taken[1:]))
+            taken = taken[:1]
+        yield start, fields, err
+        if width is None and fields is not None:
+            width = len(fields)
+        start += len(taken)
 
 
 def read_annotations(
@@ -197,8 +280,7 @@ def read_annotations(
     # surrogateescape keeps undecodable bytes as markers so one bad row can be skipped.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         csv.field_size_limit(1 << 24)
-        reader = csv.reader(f)
-        records = _records(reader)
+        records = _records(f)
         try:
             line, header, err = next(records)
         except StopIteration:
@@ -269,6 +351,8 @@ def read_annotations(
                     line=line,
                 )
             )
+    if rows == 0:
+        raise DataError(f"{path}: no data rows (the file has only a header)")
     return ReadResult(annotations=annotations, rows=rows, skipped=skipped, examples=examples)
 
 
@@ -385,16 +469,23 @@ def prepare_dataset(
     seed: int = 2021,
     min_tokens: int = 5,
     max_repetition: int = 41,
+    allow_missing_images: bool = False,
     progress: bool = True,
 ) -> dict:
     """Turn ArtEmis CSV(s) into the dataset folder described in docs/DESIGN.md; returns the manifest.
 
     `max_repetition`: paintings whose repetition is >= this are set aside.
     `min_tokens`: utterances with fewer tokens are not used as explanations.
+    `allow_missing_images`: leave out the annotations of absent images even when they are more
+    than MAX_MISSING_IMAGES of all images (below that they are always left out, and counted).
+
+    The folder is built beside `out_dir` and swapped in whole, so an interrupted run leaves
+    the previous dataset as it was, never a mix of old and new split files.
     """
     import sevlm
 
     artemis_csv, out_dir = Path(artemis_csv), Path(out_dir)
+    _check_out_dir(out_dir)
     index = ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
     v1 = read_annotations(artemis_csv, "v1", skip_bad_rows, progress)
     v2 = read_annotations(contrastive_csv, "v2", skip_bad_rows, progress) if contrastive_csv else None
@@ -461,15 +552,24 @@ def prepare_dataset(
                 missing.append(image_id)
             else:
                 image_names[image_id] = found
+        if len(missing) > MAX_MISSING_IMAGES * len(needed) and not allow_missing_images:
+            raise DataError(
+                f"{index.root}: {len(missing)} of {len(needed)} images not found "
+                f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])}); check --images, "
+                f"or pass --allow-missing-images to leave their annotations out"
+            )
         gone = set(missing)
         for s in SPLITS:
             per_split[s] = [a for a in per_split[s] if a.image_id not in gone]
 
+    if not per_split["train"]:
+        raise DataError(
+            f"{artemis_csv}: no training annotations left (of {v1.rows} rows: {sum(v1.skipped.values())} bad, "
+            f"{sum(short.values())} utterances under {min_tokens} tokens, {len(missing)} images not found)"
+        )
+    grouped = {s: _group(per_split[s], pool, image_names) for s in SPLITS}
     counts = {}
-    for s in SPLITS:
-        data = _group(per_split[s], pool, image_names)
-        write_json(out_dir / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
-        write_json(out_dir / f"{s}_coco.json", coco_references(data, s), indent=None)
+    for s, data in grouped.items():
         counts[s] = {
             "paintings_in_split": len(splits[s]),
             "images": len(data),
@@ -520,10 +620,28 @@ def prepare_dataset(
         },
         "missing_images": {"count": len(missing), "examples": missing[:50]},
         "combined": combined,
-        "files": [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS],
+        "files": list(DATASET_FILES[:-1]),
     }
-    write_json(out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
+    with atomic_dir(out_dir) as tmp:
+        for s, data in grouped.items():
+            write_json(tmp / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
+            write_json(tmp / f"{s}_coco.json", coco_references(data, s), indent=None)
+        write_json(tmp / "manifest.json", manifest)  # last: its presence means the folder is complete
     return manifest
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """`prepare` replaces its output folder whole: refuse one that holds anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder (--out names the dataset folder to write)")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES)
+        if foreign:
+            raise DataError(
+                f"{out_dir}: not a dataset folder (it holds {', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); `sevlm prepare` replaces its --out folder whole, "
+                f"so choose a new or empty one"
+            )
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> dict:

@@ -358,7 +358,9 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
         [nfd("Art_Nouveau_(Modérne)"), nfd("zoë-dürer_rose"), "contentment", LONG.format(3), 1],
         [nfc("Art_Nouveau_(Modérne)"), "missing-painting", "fear", LONG.format(4), 1],
     ]
-    m, out = prepare(tmp_path, rows, images_dir=images)
+    with pytest.raises(DataError, match=r"1 of 3 images not found \(33%; e\.g\. .*missing-painting\).*--allow-missing-images"):
+        prepare(tmp_path, rows, images_dir=images)
+    m, out = prepare(tmp_path, rows, images_dir=images, allow_missing_images=True)
     assert m["images_dir"] == str(images.resolve())
     assert m["missing_images"] == {"count": 1, "examples": [nfc("Art_Nouveau_(Modérne)/missing-painting")]}
     train = load_split(out, "train")
@@ -369,3 +371,156 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
     assert train[nfc("Art_Nouveau_(Modérne)/émile-gallé_vase")]["image_name"] == nfd(
         "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg")
     assert Counter(e for v in train.values() for e in v["emotions"]) == {"awe": 2, "contentment": 1}
+
+
+# --------------------------------------------------------------------------- stray quotes
+
+
+def _with_stray_quote(path: Path, rows, open_at: int, close_at: int | None = None) -> Path:
+    """Write `rows`, then put a quote before the utterance on line `open_at` and (optionally)
+    one after the utterance on line `close_at`, as a hand edit would."""
+    write_csv(path, rows)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[open_at - 1] = lines[open_at - 1].replace(",the colours", ',"the colours')
+    if close_at:
+        lines[close_at - 1] = lines[close_at - 1].replace(",5", '",5')
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("close_at", [30, None], ids=["closed-20-lines-later", "never-closed"])
+def test_stray_quote_is_one_bad_line(tmp_path, close_at):
+    rows = v1_rows(146, per=5)  # 730 rows: lines 2..731
+    path = _with_stray_quote(tmp_path / "stray.csv", rows, open_at=10, close_at=close_at)
+    runs_to = close_at or 731
+    with pytest.raises(DataError, match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
+                                        rf"field opened on this line runs on to line {runs_to}\)"):
+        prepare_dataset(path, tmp_path / "out", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    assert m["skipped_rows"] == {"malformed_row": 1}
+    assert m["sources"]["artemis_csv"]["rows"] == 730 and m["sources"]["artemis_csv"]["rows_read"] == 729
+    explanations = [x for s in SPLITS for v in load_split(tmp_path / "out", s).values() for x in v["explanations"]]
+    assert len(explanations) == 729 and max(len(x) for x in explanations) < 60
+
+
+def test_well_formed_multiline_utterance_is_kept(tmp_path):
+    rows = [GOOD, ["Cubism", "p2", "awe", 'so "calm",\nlike a lake at dawn, i said', "5"], GOOD]
+    path = write_csv(tmp_path / "multi.csv", rows)
+    m = prepare_dataset(path, tmp_path / "out", progress=False)
+    assert m["sources"]["artemis_csv"]["rows"] == 3 and m["skipped_rows"] == {}
+    entry = load_split(tmp_path / "out", "train")["Cubism/p2"]
+    assert entry["explanations_raw"] == ['so "calm",\nlike a lake at dawn, i said']
+    # The row after it is numbered by its physical line.
+    bad = write_csv(tmp_path / "multi_bad.csv", rows + [["Cubism", "p3", "joy", LONG.format(3), "5"]])
+    with pytest.raises(DataError, match=r"multi_bad\.csv: line 6: unknown emotion 'joy'"):
+        prepare_dataset(bad, tmp_path / "out2", progress=False)
+
+
+# --------------------------------------------------------------------------- empty input, missing images
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["strict", "skip"])
+def test_header_only_csv_is_an_error(tmp_path, skip):
+    path = write_csv(tmp_path / "empty.csv", [])
+    with pytest.raises(DataError, match=r"empty\.csv: no data rows \(the file has only a header\)"):
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_usable_rows_is_an_error(tmp_path):
+    path = write_csv(tmp_path / "bad.csv", [["Cubism", "p", "joy", LONG.format(1), 5], ["Cubism", "q", "awe", "short", 5]])
+    with pytest.raises(DataError, match=r"bad\.csv: no training annotations left \(of 2 rows: 1 bad, 1 utterances "
+                                        r"under 5 tokens, 0 images not found\)"):
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+
+
+def _images_for(root: Path, rows, skip: int = 0) -> Path:
+    """A folder with the .jpg of every painting in `rows` but the first `skip`."""
+    ids = sorted({(r[0], r[1]) for r in rows})
+    for style, painting in ids[skip:]:
+        (root / style).mkdir(parents=True, exist_ok=True)
+        (root / style / f"{painting}.jpg").write_bytes(b"jpg")
+    return root
+
+
+def test_missing_images_threshold(tmp_path):
+    rows = v1_rows(40)
+    csv_path = write_csv(tmp_path / "v1.csv", rows)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: 40 of 40 images not found \(100%"):
+        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", progress=False)
+    with pytest.raises(DataError, match="no training annotations left .* 40 images not found"):
+        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", allow_missing_images=True,
+                        progress=False)
+    # 2 of 40 (5%) is at the threshold: left out and counted without the flag.
+    m = prepare_dataset(csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), progress=False)
+    assert m["missing_images"]["count"] == 2 and sum(c["images"] for c in m["counts"].values()) == 38
+    # 3 of 40 is above it.
+    images3 = _images_for(tmp_path / "img3", rows, 3)
+    with pytest.raises(DataError, match=r"3 of 40 images not found \(8%.*--allow-missing-images"):
+        prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, progress=False)
+    m = prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, progress=False)
+    assert m["missing_images"]["count"] == 3 and sum(c["images"] for c in m["counts"].values()) == 37
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
+    import sevlm.data.artemis as artemis
+
+    old_csv = write_csv(tmp_path / "old.csv", v1_rows(60, seed=0))
+    new_csv = write_csv(tmp_path / "new.csv", v1_rows(80, seed=1))
+    out = tmp_path / "ds"
+    prepare_dataset(old_csv, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    real_write, calls = artemis.write_json, []
+
+    def dies_on_the_fourth_file(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 4:  # train, train_coco, val written: the process dies here
+            raise KeyboardInterrupt
+        return real_write(path, *a, **kw)
+
+    monkeypatch.setattr(artemis, "write_json", dies_on_the_fourth_file)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(new_csv, out, progress=False)
+    monkeypatch.setattr(artemis, "write_json", real_write)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]  # no temporary left
+    # An uninterrupted rerun replaces it whole.
+    m = prepare_dataset(new_csv, out, progress=False)
+    assert sum(c["images"] for c in m["counts"].values()) == 80
+    assert sum(len(load_split(out, s)) for s in SPLITS) == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]
+
+
+def test_out_folder_must_be_a_dataset_folder(tmp_path):
+    csv_path = write_csv(tmp_path / "v1.csv", v1_rows(10))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "features.h5").write_bytes(b"precious")
+    with pytest.raises(DataError, match=r"busy: not a dataset folder \(it holds features\.h5\)"):
+        prepare_dataset(csv_path, tmp_path / "busy", progress=False)
+    assert (tmp_path / "busy" / "features.h5").read_bytes() == b"precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="file: exists and is not a folder"):
+        prepare_dataset(csv_path, tmp_path / "file", progress=False)
+    (tmp_path / "emptydir").mkdir()
+    prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
+    assert (tmp_path / "emptydir" / "manifest.json").is_file()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    csv_path = write_csv(tmp_path / "v1.csv", v1_rows(10))
+    old = os.umask(0o027)
+    try:
+        prepare_dataset(csv_path, tmp_path / "ds", progress=False)
+        prepare_dataset(csv_path, tmp_path / "ds", progress=False)  # the replacing path too
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o750
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ds").iterdir()}
+    assert modes == dict.fromkeys(modes, 0o640) and len(modes) == 7

@@ -59,3 +59,21 @@ def test_through_the_sevlm_entry_point(tmp_path, capsys):
     assert cli.main(["prepare", "--artemis-csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "d")]) == 1
     assert "missing.csv: file not found" in capsys.readouterr().err
     assert cli.main(["demo-data", "--out", str(tmp_path / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
+
+
+def test_allow_missing_images_flag(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(
+        "art_style,painting,emotion,utterance,repetition\n"
+        "Cubism,p,awe,one two three four five,2\n"
+        "Cubism,q,awe,one two three four five,2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "img" / "Cubism").mkdir(parents=True)
+    (tmp_path / "img" / "Cubism" / "p.jpg").write_bytes(b"jpg")
+    argv = ["--artemis-csv", str(csv_path), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "d")]
+    with pytest.raises(DataError, match="1 of 2 images not found"):
+        run(prepare, argv)
+    assert run(prepare, argv + ["--allow-missing-images"]) == 0
+    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert m["missing_images"] == {"count": 1, "examples": ["Cubism/q"]}
