@@ -102,13 +102,15 @@ def test_run_artifacts(demo_run, run):
 
     retrieval = _json(run_dir / "retrieval_test.json")
     assert (retrieval["split"], retrieval["ks"]) == ("test", [1, 5, 10])
-    for which in ("model", "random_baseline"):
-        i2e, e2i = retrieval[which]["image_to_explanation"], retrieval[which]["explanation_to_image"]
-        assert (i2e["n_queries"], i2e["gallery_size"]) == (e2i["gallery_size"], e2i["n_queries"]) == (n, len(human))
-        for d in (i2e, e2i):
-            assert 0.0 <= d["R@1"] <= d["R@5"] <= d["R@10"] <= 1.0
-            assert d["R@1"] * d["n_queries"] == pytest.approx(round(d["R@1"] * d["n_queries"]))  # a share of the queries
-            assert 1.0 <= d["median_rank"] <= d["gallery_size"]
+    i2e, e2i = retrieval["model"]["image_to_explanation"], retrieval["model"]["explanation_to_image"]
+    assert (i2e["n_queries"], i2e["gallery_size"]) == (e2i["gallery_size"], e2i["n_queries"]) == (n, len(human))
+    for d in (i2e, e2i):
+        assert d["R@1"] * d["n_queries"] == pytest.approx(round(d["R@1"] * d["n_queries"]))  # a share of the queries
+        assert 1.0 <= d["median_rank"] <= d["gallery_size"]
+    for which in ("model", "chance"):
+        for d in ("image_to_explanation", "explanation_to_image"):
+            r = retrieval[which][d]
+            assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1.0, (which, d)
 
     results = _json(out / "results.json")
     key = "no_image_control" if run == "run_no_image" else None
