@@ -12,12 +12,7 @@ import importlib
 import os
 import sys
 
-# OpenMP threads that spin while waiting make torch 5-10x slower on a CPU that another process
-# is also using (measured on a 2-core machine); passive waiting costs little when idle. It must
-# be set before torch is imported, which command modules do only inside run().
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from sevlm.errors import SevlmError  # noqa: E402
+from sevlm.errors import SevlmError  # importing sevlm sets the passive OpenMP wait (sevlm/__init__.py)
 
 COMMANDS = (
     "demo-data",

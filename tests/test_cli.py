@@ -49,7 +49,7 @@ def test_output_path_errors_are_one_line(dataset, tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     assert cli.main(["prepare", "--artemis-csv", str(ds.parent / "raw" / "artemis_dataset_release_v0.csv"),
                      "--out", str(a_file)]) == 1
-    assert _one_line_error(capsys) == f"sevlm prepare: error: {a_file}: exists and is not a folder"
+    _one_line_error(capsys, "sevlm prepare: error:", str(a_file))
 
 
 def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path):

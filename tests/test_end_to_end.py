@@ -52,7 +52,7 @@ def test_every_stage_leaves_its_artifact(demo_run):
             assert isinstance(report[key], float) and 0.0 <= report[key] <= 10.0, key
         assert (run_dir / "report" / "REPORT.md").exists()
         retrieval = json.loads((run_dir / "retrieval_test.json").read_text(encoding="utf-8"))
-        for which in ("model", "random_baseline"):
+        for which in ("model", "chance"):
             assert 0.0 <= retrieval[which]["image_to_explanation"]["R@10"] <= 1.0
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
