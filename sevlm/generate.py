@@ -332,14 +332,15 @@ def generate_split(
     from sevlm.io import write_text
 
     run = load_run(run_dir, device=device)
-    data = run.config.get("train", {}).get("data", {})
-    dataset_dir = dataset_dir or data.get("dataset_dir")
-    features = features or data.get("features")
+    recorded = run.data_paths
+    dataset_dir = dataset_dir or recorded.dataset_dir
+    features = features or recorded.features
     if not dataset_dir:
         raise DataError(f"{run_dir}: no dataset_dir recorded in the run config; pass it explicitly")
     if not features:
         raise DataError(f"{run_dir}: no feature cache recorded in the run config; pass --features")
     image_ids, tokens = split_visual_tokens(features, dataset_dir, split)
+    run.check_visual_dim(tokens.shape[-1], features)
     preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
     return preds
@@ -356,13 +357,10 @@ def predict_images(
     """Encode image files with the run's recorded encoder and decode each; one dict per image."""
     from PIL import Image, UnidentifiedImageError
 
-    from sevlm.encoders import build_encoder, to_rgb
+    from sevlm.encoders import to_rgb
 
     run = load_run(run_dir, device=device, lexicon=lexicon)
-    enc_spec = run.config.get("encoder")
-    if not enc_spec or not enc_spec.get("name"):
-        raise DataError(f"{run.path / 'config.json'}: no image encoder recorded; cannot encode raw images")
-    encoder = build_encoder(enc_spec["name"], **enc_spec.get("settings", {})).to(device).eval()
+    encoder = run.image_encoder(device)
     pixels = []
     for path in image_paths:
         try:
@@ -374,9 +372,5 @@ def predict_images(
             raise DataError(f"{path}: not a readable image ({e})") from None
     with torch.no_grad():
         tokens, _ = encoder(torch.stack(pixels).to(device))  # (N, T, D)
-    if tokens.shape[-1] != run.model.config.visual_dim:
-        raise DataError(
-            f"encoder {enc_spec['name']!r} gives {tokens.shape[-1]}-d tokens but the model expects {run.model.config.visual_dim}"
-        )
     hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), num_beams=num_beams, max_new_tokens=max_new_tokens)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

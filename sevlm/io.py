@@ -14,6 +14,7 @@ plain `open()`/`mkdir()` would have given it (`follow_umask`) before it becomes 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -60,7 +61,10 @@ def follow_umask(path: str | os.PathLike, recursive: bool = False) -> None:
 def ensure_parent(path: str | os.PathLike) -> Path:
     """Create the parent folders of the output `path` (they follow the umask); return `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # mkdir's "File exists" hides that it is a file in the way
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", e.filename) from None
     return path
 
 
@@ -81,6 +85,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     mode is set from the umask just before the rename.
     """
     path = ensure_parent(path)
+    if path.is_dir():  # else os.replace's error would name the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)

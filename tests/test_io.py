@@ -80,3 +80,15 @@ def test_temp_dir_beside_and_follow_umask(tmp_path, umask):
     assert (_mode(f), _mode(exe)) == (0o666 & ~umask, 0o777 & ~umask)
     assert ensure_parent(tmp_path / "p" / "q" / "r.txt") == tmp_path / "p" / "q" / "r.txt"
     assert (tmp_path / "p" / "q").is_dir()
+
+
+def test_output_path_errors_name_the_path(tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        write_json(tmp_path / "adir", {})
+    assert e.value.filename == str(tmp_path / "adir")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder") as e:
+        write_json(tmp_path / "afile" / "x.json", {})
+    assert e.value.filename == str(tmp_path / "afile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]

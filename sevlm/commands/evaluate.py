@@ -85,11 +85,9 @@ def _generate(run_dir, dataset_dir, split, out_path, features=None) -> None:
 def _recorded_dataset(run_dir) -> str:
     """The dataset folder recorded in the run's exported config."""
     from sevlm.errors import ConfigError
-    from sevlm.export import find_export
-    from sevlm.io import read_json
+    from sevlm.export import RunDataPaths
 
-    config = read_json(find_export(run_dir) / "config.json")
-    dataset = ((config.get("train") or {}).get("data") or {}).get("dataset_dir")
+    dataset = RunDataPaths.of(run_dir).dataset_dir
     if not dataset:
         raise ConfigError(f"{run_dir}: no dataset_dir recorded in the run; pass --dataset")
     return dataset

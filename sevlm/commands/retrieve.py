@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "cross-modal retrieval (FAISS) with the contrastive head: Recall@K vs a random baseline, or search a query"
+HELP = "cross-modal retrieval (FAISS) with the contrastive head: Recall@K vs exact chance, or search a query"
 EXAMPLES = """\
   sevlm retrieve --run runs/demo --split test --out runs/demo/retrieval.json
   sevlm retrieve --run runs/demo --split test --out R.json --index hnsw
+  sevlm retrieve --run runs/demo --split test --out R.json --random-runs 20
   sevlm retrieve --run runs/demo --split test --out q.json --query "the dark sky feels threatening"
   sevlm retrieve --run runs/demo --split test --out q.json --query-image painting.jpg --top 5
 """
@@ -30,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=10, help="results to show per query (default 10)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-embedding baseline")
+    p.add_argument("--random-runs", type=int, default=0,
+                   help="also score N >= 20 random-embedding draws (mean and spread), a check of the exact chance levels")
+    p.add_argument("--seed", type=int, default=0, help="first seed of the random-embedding draws")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
-    data = (run_.config.get("train") or {}).get("data") or {}
-    dataset_dir = args.dataset or data.get("dataset_dir")
-    features = args.features or data.get("features")
+    recorded = run_.data_paths
+    dataset_dir = args.dataset or recorded.dataset_dir
+    features = args.features or recorded.features
     if not dataset_dir or (not features and not args.query_image):
         raise DataError(f"{args.run}: no dataset_dir/features recorded in the run config; pass --dataset and --features")
     options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
@@ -65,15 +68,15 @@ def run(args: argparse.Namespace) -> int:
     from sevlm.evaluation.report import write_retrieval_report
 
     result = {**score_split(run_, dataset_dir, args.split, features, options=options, batch_size=args.batch_size,
-                            seed=args.seed), **source}
+                            random_runs=args.random_runs, seed=args.seed), **source}
     write_retrieval_report(result, args.out)
-    m, b = result["model"], result["random_baseline"]
+    m, c = result["model"], result["chance"]
     for d in ("image_to_explanation", "explanation_to_image"):
-        print(f"{d}: " + " ".join(f"R@{k} {m[d][f'R@{k}']:.3f} (random {b[d][f'R@{k}']:.3f})" for k in result["ks"])
-              + f"  median rank {m[d]['median_rank']:.0f} (random {b[d]['median_rank']:.0f})")
+        print(f"{d}: " + " ".join(f"R@{k} {m[d][f'R@{k}']:.3f} (chance {c[d][f'R@{k}']:.3f})" for k in result["ks"])
+              + f"  median rank {m[d]['median_rank']:g} (chance {c[d]['median_rank']:g})")
     for d in ("image_to_emotion", "explanation_to_emotion"):
-        acc, base = m[d]["accuracy"], b[d]["accuracy"]
-        if acc is not None:
-            print(f"{d} accuracy {acc:.3f} (random {base:.3f}, n={m[d]['n']})")
+        if m[d]["accuracy"] is not None:
+            print(f"{d} accuracy {m[d]['accuracy']:.3f} (chance {c[d]['accuracy']:.3f}, "
+                  f"majority class {c[d]['majority_class']:.3f}, n={m[d]['n']})")
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
     return 0
