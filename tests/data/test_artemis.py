@@ -22,7 +22,7 @@ from sevlm.data.artemis import (
     split_paintings,
     tokenize,
 )
-from sevlm.errors import DataError
+from sevlm.errors import ConfigError, DataError
 from sevlm.io import sha256_file
 
 HEADER = ["art_style", "painting", "emotion", "utterance", "repetition"]
@@ -161,7 +161,8 @@ def test_split_json_schema_and_nfc_ids(tmp_path):
     (image_id, entry), = train.items()
     assert image_id == "Fauvism/café-nuit" and image_id == unicodedata.normalize("NFC", image_id)
     assert set(entry) == {"image_name", "art_style", "painting", "emotions", "explanations", "explanations_raw",
-                          "emotion_distribution", "dominant_emotion"}
+                          "sources", "emotion_distribution", "dominant_emotion"}
+    assert entry["sources"] == ["v1", "v1"]
     assert entry["image_name"] == "Fauvism/café-nuit.jpg"
     assert entry["dominant_emotion"] == "contentment"
     assert entry["emotion_distribution"][EMOTIONS.index("contentment")] == 1.0
@@ -207,41 +208,55 @@ def test_manifest_contents(tmp_path):
 # --------------------------------------------------------------------------- ArtEmis v2 Combined
 
 
-def test_v2_combined_training_set(tmp_path):
-    rows = v1_rows(200)
-    v1_csv = write_csv(tmp_path / "v1.csv", rows)
-    base = prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
-    train_ids = sorted(load_split(tmp_path / "v1only", "train"))
-    test_id = sorted(load_split(tmp_path / "v1only", "test"))[0]
-
-    # Contrastive.csv: no repetition column, an extra column, some new paintings.
+def _v1_and_v2(tmp_path):
+    """A v1 CSV of 200 paintings and a Contrastive.csv (no repetition column, an extra column)
+    with rows on training, validation and test paintings, new paintings and one short row."""
+    v1_csv = write_csv(tmp_path / "v1.csv", v1_rows(200))
+    prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
+    ids = {s: sorted(load_split(tmp_path / "v1only", s)) for s in SPLITS}
     header = ["art_style", "painting", "emotion", "utterance", "anchor_painting"]
-    v2 = [[*train_ids[i].split("/"), "sadness", LONG.format("sad"), "x"] for i in range(30)]
-    v2 += [["Impressionism", f"new-{i}", "fear", LONG.format("new"), "y"] for i in range(10)]
-    v2 += [[*test_id.split("/"), "anger", LONG.format("leak"), "z"] for _ in range(5)]
+    v2 = [[*ids["train"][i].split("/"), "sadness", LONG.format(f"sad {i}"), "x"] for i in range(30)]
+    v2 += [["Impressionism", f"new-{i}", "fear", LONG.format(f"new {i}"), "y"] for i in range(10)]
+    v2 += [[*ids["test"][0].split("/"), "anger", LONG.format(f"test {i}"), "z"] for i in range(5)]
+    v2 += [[*ids["val"][1].split("/"), "awe", LONG.format(f"val {i}"), "z"] for i in range(3)]
     v2 += [["Impressionism", "new-0", "fear", "too short", "y"]]
-    v2_csv = write_csv(tmp_path / "Contrastive.csv", v2, header)
+    return v1_csv, write_csv(tmp_path / "Contrastive.csv", v2, header), ids
 
+
+def test_v2_combined_test_set_and_training_subsets(tmp_path):
+    v1_csv, v2_csv, ids = _v1_and_v2(tmp_path)
+    base = json.loads((tmp_path / "v1only" / "manifest.json").read_text())
     m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, progress=False)
-    assert m["training_set"].startswith("combined")
-    assert m["combined"] == {
-        "v2_annotations": 40,
-        "v1_annotations_sampled": 40,
-        "v1_annotations_available": 850,
-        "v2_rows_on_val_test_paintings": 5,
-        "v2_new_paintings": 10,
-    }
-    assert m["counts"]["train"]["annotations"] == 80
-    assert m["counts"]["train"]["annotations_v2"] == 40
+    assert m["train_subset"] == "combined" and m["training_set"].startswith("combined")
+    assert m["combined"] == {"v1_train_annotations_available": 850, "v1_train_annotations_used": 40,
+                             "v2_new_paintings": 10}
+    by_source = {s: m["counts"][s]["annotations_by_source"] for s in SPLITS}
+    assert by_source == {"train": {"v1": 40, "v2": 40},
+                         "val": {"v1": base["counts"]["val"]["annotations"], "v2": 3},
+                         "test": {"v1": base["counts"]["test"]["annotations"], "v2": 5}}
     assert m["sources"]["contrastive_csv"]["sha256"] == sha256_file(v2_csv)
-    train = load_split(tmp_path / "comb", "train")
-    assert "Impressionism/new-3" in train and test_id not in train
-    # A v2 painting's distribution counts its v1 and v2 annotations.
-    assert train["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
-    # val/test stay v1.
-    for s in ("val", "test"):
-        assert (tmp_path / "comb" / f"{s}.json").read_bytes() == (tmp_path / "v1only" / f"{s}.json").read_bytes()
-    assert base["counts"]["test"] == m["counts"]["test"]
+    assert m["dropped_short_utterances"]["v2_train"] == 1
+    splits = {s: load_split(tmp_path / "comb", s) for s in SPLITS}
+    # Every valid v2 annotation is in exactly one split, and val/test paintings are v1's.
+    v2_texts = [x for s in SPLITS for v in splits[s].values()
+                for x, src in zip(v["explanations"], v["sources"]) if src == "v2"]
+    assert len(v2_texts) == len(set(v2_texts)) == 48
+    assert {s: sorted(splits[s]) for s in ("val", "test")} == {s: ids[s] for s in ("val", "test")}
+    test_entry = splits["test"][ids["test"][0]]
+    assert test_entry["sources"].count("v2") == 5 and test_entry["dominant_emotion"] == "anger"  # 5 of 10 votes
+    assert "Impressionism/new-3" in splits["train"]
+    assert splits["train"]["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
+
+    every = prepare_dataset(v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", progress=False)
+    assert every["train_subset"] == "all" and every["training_set"].startswith("all")
+    assert every["counts"]["train"]["annotations_by_source"] == {"v1": 850, "v2": 40}
+    assert every["combined"]["v1_train_annotations_used"] == 850
+    for s in ("val", "test"):  # the subset changes training only
+        assert (tmp_path / "all" / f"{s}.json").read_bytes() == (tmp_path / "comb" / f"{s}.json").read_bytes()
+    with pytest.raises(ConfigError, match="unknown training subset 'most'"):
+        prepare_dataset(v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", progress=False)
+    with pytest.raises(ConfigError, match="needs ArtEmis v2"):
+        prepare_dataset(v1_csv, tmp_path / "x", train_subset="all", progress=False)
 
 
 # --------------------------------------------------------------------------- bad input
