@@ -444,14 +444,15 @@ def generate_split(
 
     run = load_run(run_dir, device=device)
     decoding = run_decoding(run, decoding)
-    data = run.config.get("train", {}).get("data", {})
-    dataset_dir = dataset_dir or data.get("dataset_dir")
-    features = features or data.get("features")
+    recorded = run.data_paths
+    dataset_dir = dataset_dir or recorded.dataset_dir
+    features = features or recorded.features
     if not dataset_dir:
         raise DataError(f"{run_dir}: no dataset_dir recorded in the run config; pass it explicitly")
     if not features:
         raise DataError(f"{run_dir}: no feature cache recorded in the run config; pass --features")
     image_ids, tokens = split_visual_tokens(features, dataset_dir, split)
+    run.check_visual_dim(tokens.shape[-1], features)
     preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, decoding=decoding)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
     # batch_size is recorded because sampling draws depend on how images are batched
@@ -473,14 +474,11 @@ def predict_images(
     `generate_split`); one dict per image."""
     from PIL import Image, UnidentifiedImageError
 
-    from sevlm.encoders import build_encoder, to_rgb
+    from sevlm.encoders import to_rgb
 
     run = load_run(run_dir, device=device, lexicon=lexicon)
     decoding = run_decoding(run, decoding)
-    enc_spec = run.config.get("encoder")
-    if not enc_spec or not enc_spec.get("name"):
-        raise DataError(f"{run.path / 'config.json'}: no image encoder recorded; cannot encode raw images")
-    encoder = build_encoder(enc_spec["name"], **enc_spec.get("settings", {})).to(device).eval()
+    encoder = run.image_encoder(device)
     pixels = []
     for path in image_paths:
         try:
@@ -492,9 +490,5 @@ def predict_images(
             raise DataError(f"{path}: not a readable image ({e})") from None
     with torch.no_grad():
         tokens, _ = encoder(torch.stack(pixels).to(device))  # (N, T, D)
-    if tokens.shape[-1] != run.model.config.visual_dim:
-        raise DataError(
-            f"encoder {enc_spec['name']!r} gives {tokens.shape[-1]}-d tokens but the model expects {run.model.config.visual_dim}"
-        )
     hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), decoding)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

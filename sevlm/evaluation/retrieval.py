@@ -1,16 +1,23 @@
 """Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
 
-Everything works on numpy arrays, so it is testable without a model; `sevlm retrieve`
-computes the embeddings with the model's contrastive head and calls `retrieval_report`.
-Embeddings are L2-normalised, so inner product = cosine similarity.
+The scoring works on numpy arrays, so it is testable without a model; `search_split` and
+`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`) and
+build the results `sevlm retrieve` writes. Embeddings are L2-normalised, so inner product =
+cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
   IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
   says which device searched.
-- Recall@K comes from the index's top-K lists (so an approximate index shows its own loss).
-- Ranks (median rank, recall@K curves) are exact: 1 + the number of gallery items scoring
-  strictly higher than the best correct one, counted from all scores in blocks.
+- Scoring computes each query's rank once, exactly: 1 + the number of gallery items scoring
+  strictly higher than the best correct one, from all scores in blocks. Median rank, the
+  recall@K curve and, for the flat (exact) index, Recall@K come from these ranks; an
+  approximate index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
+- Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
+  m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
+  first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the
+  class prior (the majority-class share). A random-embedding run (`random_runs` >= 20 seeds,
+  mean and spread) can be added as a check of these figures.
 """
 
 from __future__ import annotations
@@ -104,17 +111,35 @@ class Index:
         return {"kind": self.options.kind, "device": self.device, "size": self.size, "dim": self.dim, **self.params}
 
 
+def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, gallery index) of every same-label pair, ordered by query."""
+    order = np.argsort(gallery_label, kind="stable")
+    sorted_labels = gallery_label[order]
+    lo = np.searchsorted(sorted_labels, query_label, side="left")
+    counts = np.searchsorted(sorted_labels, query_label, side="right") - lo
+    pair_q = np.repeat(np.arange(len(query_label)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)  # each pair's offset into sorted order
+    return pair_q, order[starts + np.arange(len(pair_q))]
+
+
 def exact_ranks(
     queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int | None = None
 ) -> np.ndarray:
-    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher."""
+    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher.
+
+    A query with no positive gets rank N + 1. The scores of one block are computed once; the
+    best positive is read from the same block, so a positive never outranks itself by rounding.
+    """
+    query_label, gallery_label = np.asarray(query_label), np.asarray(gallery_label)
+    pair_q, pair_g = _positive_pairs(query_label, gallery_label)
     ranks = np.empty(len(queries), dtype=np.int64)
     block = block or max(1, min(1024, (1 << 23) // max(1, len(gallery))))  # ~8M scores (32 MB) per block
     for s in range(0, len(queries), block):
         scores = queries[s : s + block] @ gallery.T  # [b, N]
-        positive = gallery_label[None, :] == query_label[s : s + block, None]  # [b, N]
-        best = np.where(positive, scores, -np.inf).max(axis=1)  # [b]
-        ranks[s : s + block] = 1 + (scores > best[:, None]).sum(axis=1)
+        a, b = np.searchsorted(pair_q, [s, s + block])
+        best = np.full(len(scores), -np.inf, dtype=scores.dtype)
+        np.maximum.at(best, pair_q[a:b] - s, scores[pair_q[a:b] - s, pair_g[a:b]])
+        ranks[s : s + block] = 1 + np.count_nonzero(scores > best[:, None], axis=1)
     return ranks
 
 
@@ -124,16 +149,25 @@ def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarra
     return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, Index]:
-    index = Index(gallery, options)
-    _, ids = index.search(queries, max(ks))
+def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
+    return {
+        "median_rank": float(np.median(ranks)),
+        "mean_rank": float(ranks.mean()),
+        "recall_curve": {str(k): float((ranks <= k).mean()) for k in CURVE_KS if k <= gallery_size},
+    }
+
+
+def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict]:
+    """(scores of one direction, the index description)."""
     ranks = exact_ranks(queries, query_label, gallery, gallery_label)
-    res = hits_at_k(ids, query_label, gallery_label, ks)
-    res["median_rank"] = float(np.median(ranks))
-    res["mean_rank"] = float(ranks.mean())
-    res["recall_curve"] = {str(k): float((ranks <= k).mean()) for k in CURVE_KS if k <= len(gallery)}
-    res["n_queries"] = len(queries)
-    res["gallery_size"] = len(gallery)
+    if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
+        res = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+        index = {"kind": "flat", "device": "cpu", "size": len(gallery), "dim": gallery.shape[1]}
+    else:
+        idx = Index(gallery, options)
+        _, ids = idx.search(queries, max(ks))
+        res, index = hits_at_k(ids, query_label, gallery_label, ks), idx.describe()
+    res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
     return res, index
 
 
@@ -176,11 +210,13 @@ def retrieval_metrics(
         raise DataError("image_dominant must have one entry per image")
     if len(np.unique(text_image)) != n_img:
         raise DataError("every image needs at least one explanation in the gallery")
+    if options.use_gpu and not gpu_available():
+        raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
     image_label = np.arange(n_img)
     i2t, index = _direction(image_emb, image_label, text_emb, text_image, options, ks)
     t2i, _ = _direction(text_emb, text_image, image_emb, image_label, options, ks)
     out = {
-        "index": index.describe(),
+        "index": index,
         "image_to_explanation": i2t,
         "explanation_to_image": t2i,
         "image_to_emotion": _accuracy(image_emb, emotion_emb, image_dominant),
@@ -191,15 +227,153 @@ def retrieval_metrics(
     return out
 
 
+def chance_recall(gallery_size: int, relevant, k: int) -> np.ndarray:
+    """Per query, the probability that a random ordering of `gallery_size` (N) items puts one of
+    its `relevant` (m) items among the first k: 1 - C(N-m, k)/C(N, k).
+
+    C(N-m, k)/C(N, k) = prod_{j<m} (1 - k/(N-j)), summed in log space with log1p: exact to a few
+    ulp for any N (a log-gamma difference loses ~1e-11 at N = 45,000).
+    """
+    n, m = gallery_size, np.asarray(relevant, dtype=np.int64)
+    k = min(k, n)
+    j = np.arange(min(int(m.max(initial=0)), n - k))  # terms with N - j > k; beyond them the ratio is 0
+    log_none = np.concatenate([[0.0], np.cumsum(np.log1p(-k / (n - j)))])
+    return np.where(n - m < k, 1.0, -np.expm1(log_none[np.minimum(m, len(j))]))
+
+
+def chance_median_rank(gallery_size: int, relevant) -> float:
+    """Median of the chance rank of the first relevant item, pooled over queries: the smallest
+    rank r with mean chance R@r >= 1/2 (midway to r + 1 when it is exactly 1/2, as np.median does)."""
+    lo, hi = 1, gallery_size  # every query has >= 1 relevant item, so chance R@N = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chance_recall(gallery_size, relevant, mid).mean() >= 0.5 - 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo + 0.5 if abs(chance_recall(gallery_size, relevant, lo).mean() - 0.5) <= 1e-12 else float(lo)
+
+
+def chance_direction(gallery_size: int, relevant, ks) -> dict:
+    """Chance Recall@K, median and mean rank and recall curve of one retrieval direction."""
+    relevant = np.asarray(relevant, dtype=np.int64)
+    if len(relevant) == 0 or relevant.min() < 1 or relevant.max() > gallery_size:
+        raise DataError(f"chance levels need 1..{gallery_size} relevant items per query")
+    recall = lambda k: float(chance_recall(gallery_size, relevant, k).mean())  # noqa: E731
+    return {
+        **{f"R@{k}": recall(k) for k in ks},
+        "median_rank": chance_median_rank(gallery_size, relevant),
+        "mean_rank": float(((gallery_size + 1) / (relevant + 1)).mean()),
+        "recall_curve": {str(k): recall(k) for k in CURVE_KS if k <= gallery_size},
+        "n_queries": len(relevant),
+        "gallery_size": gallery_size,
+    }
+
+
+def chance_accuracy(targets) -> dict:
+    """Uniform guessing over the 9 emotions (1/9), with the class prior of the known targets."""
+    targets = np.asarray(targets, dtype=np.int64)
+    known = targets[targets >= 0]
+    if len(known) == 0:
+        return {"accuracy": None, "majority_class": None, "prior": None, "n": 0}
+    prior = np.bincount(known, minlength=len(EMOTIONS)) / len(known)
+    return {"accuracy": 1 / len(EMOTIONS), "majority_class": float(prior.max()),
+            "prior": {e: float(p) for e, p in zip(EMOTIONS, prior)}, "n": int(len(known))}
+
+
+def chance_levels(text_image, image_dominant, text_emotion=None, ks=(1, 5, 10)) -> dict:
+    """The exact chance level of every figure of `retrieval_metrics`, from the labels alone."""
+    text_image = np.asarray(text_image, dtype=np.int64)
+    image_dominant = np.asarray(image_dominant, dtype=np.int64)
+    n_img = len(image_dominant)
+    out = {
+        "image_to_explanation": chance_direction(len(text_image), np.bincount(text_image, minlength=n_img), ks),
+        "explanation_to_image": chance_direction(n_img, np.ones(len(text_image), dtype=np.int64), ks),
+        "image_to_emotion": chance_accuracy(image_dominant),
+        "explanation_to_emotion": chance_accuracy(image_dominant[text_image]),
+    }
+    if text_emotion is not None:
+        out["explanation_to_own_emotion"] = chance_accuracy(text_emotion)
+    return out
+
+
+MIN_RANDOM_RUNS = 20
+
+
+def random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
+                           options: IndexOptions = IndexOptions(), ks=(1, 5, 10), runs: int = MIN_RANDOM_RUNS,
+                           seed: int = 0) -> dict:
+    """Mean and standard deviation of every figure over `runs` random-embedding draws of the same shapes."""
+    if runs < MIN_RANDOM_RUNS:
+        raise ConfigError(f"random-embedding check: {runs} runs; use at least {MIN_RANDOM_RUNS} (one draw is noise)")
+    draws = []
+    for r in range(runs):
+        rng = np.random.default_rng(seed + r)
+        rand = lambda x: rng.standard_normal(np.shape(x), dtype=np.float32)  # noqa: E731
+        draws.append(retrieval_metrics(rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant,
+                                       text_emotion, options, ks))
+    out: dict = {"runs": runs, "seeds": [seed, seed + runs - 1]}
+    for d, first in draws[0].items():
+        if d == "index":
+            continue
+        keys = [k for k, v in first.items() if isinstance(v, float)]
+        out[d] = {k: {"mean": float(np.mean(v := [x[d][k] for x in draws])), "std": float(np.std(v))} for k in keys}
+    return out
+
+
 def retrieval_report(
     image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
-    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), seed: int = 0,
+    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
 ) -> dict:
-    """The model's retrieval scores beside a random-embedding baseline of the same shapes."""
-    rng = np.random.default_rng(seed)
+    """The model's retrieval scores beside the exact chance level of each (and, with
+    `random_runs` > 0, the mean and spread of that many random-embedding draws)."""
     model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
-    rand = lambda x: rng.standard_normal(np.shape(x)).astype(np.float32)  # noqa: E731
-    baseline = retrieval_metrics(
-        rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant, text_emotion, options, ks
-    )
-    return {"model": model, "random_baseline": {**baseline, "seed": seed}, "ks": list(ks)}
+    out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks)}
+    if random_runs:
+        out["random_embeddings"] = random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant,
+                                                          text_emotion, options, ks, random_runs, seed)
+    return out
+
+
+def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
+                 options: IndexOptions = IndexOptions(), batch_size: int = 64) -> dict:
+    """Search a split with a text (against its images) or an image file (against its explanations).
+
+    Returns {"query", "index", "results": [{"rank", "score", "image_id"[, "explanation"]}],
+    "emotions": the 9 emotions by score}.
+    """
+    from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
+
+    if (query is None) == (query_image is None):
+        raise ConfigError("search_split: give exactly one of query and query_image")
+    # the query first: a bad query fails before the gallery is embedded
+    q = embed_query_text(run, query) if query is not None else embed_image_file(run, query_image)
+    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+                      images=query is not None, texts=query_image is not None)
+    if query is not None:
+        gallery, names = emb.image_emb, [{"image_id": i} for i in emb.image_ids]
+    else:
+        gallery = emb.text_emb
+        names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+    q = normalize(q)
+    index = Index(normalize(gallery), options)
+    scores, ids = index.search(q, top)
+    emo_scores = (q @ normalize(emb.emotion_emb).T)[0]  # [9]
+    return {
+        "query": query if query is not None else {"image": str(query_image)},
+        "index": index.describe(),
+        "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
+        "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
+    }
+
+
+def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
+                random_runs: int = 0, seed: int = 0) -> dict:
+    """Embed a split's images, explanations and emotions and score retrieval between them."""
+    from sevlm.evaluation.embedding import embed_split
+
+    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
+    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
+                              options=options, random_runs=random_runs, seed=seed)
+    result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
+    return result

@@ -57,17 +57,21 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def test_retrieve_scores_model_and_random_baseline(tiny_run):
+def test_retrieve_scores_model_and_chance(tiny_run):
     out = tiny_run / "R.json"
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    for system in ("model", "random_baseline"):
+    for system in ("model", "chance"):
         i2t, t2i = r[system]["image_to_explanation"], r[system]["explanation_to_image"]
         assert i2t["n_queries"] == 6 and i2t["gallery_size"] == 18 and t2i["n_queries"] == 18 and t2i["gallery_size"] == 6
         assert all(0 <= i2t[f"R@{k}"] <= 1 for k in (1, 5, 10)) and t2i["R@10"] == 1.0  # only 6 images
         assert r[system]["image_to_emotion"]["n"] == 6
     assert r["model"]["index"] == {"kind": "flat", "device": "cpu", "size": 18, "dim": 16}
-    assert (tiny_run / "R.md").exists() and (tiny_run / r["figures"]["recall_curves"]).exists()
+    assert r["chance"]["image_to_explanation"]["R@1"] == pytest.approx(3 / 18)  # 3 of 18 explanations per image
+    assert r["chance"]["explanation_to_image"]["median_rank"] == 3.5 and "random_embeddings" not in r
+    md = (tiny_run / "R.md").read_text()
+    assert "| image to explanation | chance | 0.1667 |" in md and "| image to emotion |" in md
+    assert (tiny_run / r["figures"]["recall_curves"]).exists()
 
 
 def test_retrieve_queries(tiny_run):
