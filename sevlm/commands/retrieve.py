@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--query", help="search the split's images and emotions with this text instead of scoring")
     q.add_argument("--query-image", help="search the split's explanations and emotions with this image file")
+    p.add_argument("--cache-dir", help="where --query/--query-image keep the embedded gallery and its index "
+                   "(default: retrieval_cache/ in the run folder); reused while model, split and features are unchanged")
+    p.add_argument("--no-cache", action="store_true", help="embed the gallery afresh and keep nothing")
     p.add_argument("--top", type=int, default=10, help="results to show per query (default 10)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
@@ -55,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if args.query or args.query_image:
         from sevlm.io import write_json
 
+        run_folder = run_.path.parent if run_.path.name == "export" else run_.path
+        cache_dir = None if args.no_cache else (args.cache_dir or run_folder / "retrieval_cache")
         result = {**source, **search_split(run_, dataset_dir, args.split, features, query=args.query,
                                            query_image=args.query_image, top=args.top, options=options,
-                                           batch_size=args.batch_size)}
+                                           batch_size=args.batch_size, cache_dir=cache_dir)}
         write_json(args.out, result)
+        if result["gallery_cache"]:
+            print(f"gallery: {'reused' if result['gallery_cache']['reused'] else 'embedded and cached'} in {result['gallery_cache']['path']}")
         print("nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
         for r in result["results"]:
             print(f"{r['rank']:3d}  {r['score']:.3f}  {r['image_id']}" + (f"  {r['explanation']}" if "explanation" in r else ""))

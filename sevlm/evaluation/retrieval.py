@@ -22,7 +22,8 @@ cosine similarity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -73,8 +74,6 @@ class Index:
         n, d = gallery.shape
         if n == 0:
             raise DataError("retrieval gallery is empty")
-        self.options, self.size, self.dim = options, n, d
-        self.params: dict = {}
         if options.kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif options.kind == "ivf":
@@ -83,22 +82,48 @@ class Index:
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = options.seed
             index.train(gallery)
-            index.nprobe = min(options.nprobe, nlist)
-            self.params = {"nlist": nlist, "nprobe": index.nprobe}
         else:
             index = faiss.IndexHNSWFlat(d, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = options.ef_construction
+        index.add(gallery)
+        self._place(index, options)
+
+    @classmethod
+    def load(cls, path: str | Path, options: IndexOptions = IndexOptions()) -> "Index":
+        """An index written by `save` (search settings and device come from `options`)."""
+        import faiss
+
+        self = cls.__new__(cls)
+        self._place(faiss.read_index(str(path)), options)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        import faiss
+
+        from sevlm.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.device == "gpu" else self.index, str(tmp))
+
+    def _place(self, index, options: IndexOptions) -> None:
+        """Apply the search settings and move a CPU index to the GPU when asked or available."""
+        import faiss
+
+        self.options, self.size, self.dim, self.params = options, index.ntotal, index.d, {}
+        if options.kind == "ivf":
+            index.nprobe = min(options.nprobe, index.nlist)
+            self.params = {"nlist": index.nlist, "nprobe": index.nprobe}
+        elif options.kind == "hnsw":
             index.hnsw.efSearch = options.ef_search
-            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": options.ef_construction}
+            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": index.hnsw.efConstruction}
         want_gpu = gpu_available() if options.use_gpu is None else options.use_gpu
         if want_gpu and not gpu_available():
             raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
         self.device = "cpu"
-        if want_gpu and options.kind != "hnsw":
+        if want_gpu and options.kind != "hnsw":  # HNSW has no GPU version
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, 0, index)
             self.device = "gpu"
-        index.add(gallery)
         self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,33 +360,117 @@ def retrieval_report(
     return out
 
 
+CACHE_FORMAT = "sevlm-retrieval-gallery-1"
+
+
+def _file_stamp(path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def gallery_key(run, dataset_dir, split: str, features, side: str) -> dict:
+    """What a cached gallery depends on: the model (config and weights hashes), the split file
+    and, for images, the feature cache (size and modification time)."""
+    from sevlm.export import WEIGHTS
+    from sevlm.io import sha256_file
+
+    export = Path(run.path)
+    key = {
+        "format": CACHE_FORMAT,
+        "side": side,
+        "model": {"config_sha256": sha256_file(export / "config.json"),
+                  "weights_sha256": run.config.get("weights_sha256") or sha256_file(export / WEIGHTS)},
+        "split": split,
+        "split_file": _file_stamp(Path(dataset_dir) / f"{split}.json"),
+    }
+    if side == "images":
+        key["features"] = _file_stamp(features)
+    return key
+
+
+def _read_gallery(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+    """(gallery, emotions, names) cached in `folder` under `key`, or None (absent, stale or unreadable)."""
+    import json
+    import zipfile
+
+    try:
+        if json.loads((folder / "key.json").read_text(encoding="utf-8")) != key:
+            return None
+        with np.load(folder / "gallery.npz") as z:
+            gallery, emotions = z["gallery"], z["emotions"]
+        names = json.loads((folder / "names.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return (gallery, emotions, names) if len(names) == len(gallery) else None
+
+
+def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.ndarray, names: list[dict]) -> None:
+    from sevlm.io import atomic_dir, write_json
+
+    with atomic_dir(folder) as tmp:  # a reader sees the old entry or the whole new one
+        np.savez(tmp / "gallery.npz", gallery=gallery, emotions=emotions)
+        write_json(tmp / "names.json", names, indent=None)
+        write_json(tmp / "key.json", key)
+
+
 def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
-                 options: IndexOptions = IndexOptions(), batch_size: int = 64) -> dict:
+                 options: IndexOptions = IndexOptions(), batch_size: int = 64, cache_dir=None) -> dict:
     """Search a split with a text (against its images) or an image file (against its explanations).
 
-    Returns {"query", "index", "results": [{"rank", "score", "image_id"[, "explanation"]}],
-    "emotions": the 9 emotions by score}.
+    With `cache_dir`, the embedded gallery and its index are kept in `<cache_dir>/<split>-<side>/`
+    under `gallery_key` and reused while the model, split and features are unchanged.
+    Returns {"query", "index", "gallery_cache", "results": [{"rank", "score", "image_id"[,
+    "explanation"]}], "emotions": the 9 emotions by score}.
     """
-    from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
+    import hashlib
+    import sys
+
+    from sevlm.evaluation import embedding
 
     if (query is None) == (query_image is None):
         raise ConfigError("search_split: give exactly one of query and query_image")
     # the query first: a bad query fails before the gallery is embedded
-    q = embed_query_text(run, query) if query is not None else embed_image_file(run, query_image)
-    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size,
-                      images=query is not None, texts=query_image is not None)
-    if query is not None:
-        gallery, names = emb.image_emb, [{"image_id": i} for i in emb.image_ids]
+    q = embedding.embed_query_text(run, query) if query is not None else embedding.embed_image_file(run, query_image)
+    side = "images" if query is not None else "explanations"
+    folder = Path(cache_dir) / f"{split}-{side}" if cache_dir is not None else None
+    key = gallery_key(run, dataset_dir, split, features, side) if folder else None
+    cached = _read_gallery(folder, key) if folder else None
+    if cached:
+        gallery, emotions, names = cached
     else:
-        gallery = emb.text_emb
-        names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+                                    images=side == "images", texts=side == "explanations")
+        emotions = normalize(emb.emotion_emb)
+        if side == "images":
+            gallery, names = normalize(emb.image_emb), [{"image_id": i} for i in emb.image_ids]
+        else:
+            gallery = normalize(emb.text_emb)
+            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+        if folder:
+            try:
+                _write_gallery(folder, key, gallery, emotions, names)
+            except OSError as e:  # a read-only run folder still searches, just without a cache
+                print(f"warning: cannot cache the gallery in {folder} ({e})", file=sys.stderr)
+                folder = None
+    # an approximate index is kept beside the gallery, named by its build settings; a flat one
+    # is only a copy of the gallery, rebuilt at memory speed
+    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search")}
+    index_file = None
+    if folder and options.kind != "flat":
+        index_file = folder / f"index-{hashlib.sha256(repr(sorted(build.items())).encode()).hexdigest()[:12]}.faiss"
+    if cached and index_file and index_file.exists():
+        index = Index.load(index_file, options)
+    else:
+        index = Index(gallery, options)
+        if index_file:
+            index.save(index_file)
     q = normalize(q)
-    index = Index(normalize(gallery), options)
     scores, ids = index.search(q, top)
-    emo_scores = (q @ normalize(emb.emotion_emb).T)[0]  # [9]
+    emo_scores = (q @ emotions.T)[0]  # [9]
     return {
         "query": query if query is not None else {"image": str(query_image)},
         "index": index.describe(),
+        "gallery_cache": {"path": str(folder), "reused": bool(cached)} if folder else None,
         "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
         "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
     }
