@@ -22,6 +22,7 @@ def demo_run(tmp_path_factory):
     return out, argv
 
 
+@pytest.mark.slow
 def test_every_stage_leaves_its_artifact(demo_run):
     out, _ = demo_run
     raw, dataset = out / "demo_data", out / "dataset"
@@ -60,6 +61,7 @@ def test_every_stage_leaves_its_artifact(demo_run):
     assert results["no_image_control"]["emotion_accuracy_n"] == results["emotion_accuracy_n"]
 
 
+@pytest.mark.slow
 def test_second_run_reuses_cached_steps(demo_run, capsys):
     out, argv = demo_run
     before = (out / "run" / "export" / "model.safetensors").stat().st_mtime_ns
@@ -70,6 +72,7 @@ def test_second_run_reuses_cached_steps(demo_run, capsys):
     assert (out / "run" / "export" / "model.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_predict_from_exported_weights(demo_run, capsys):
     out, _ = demo_run
     image = next((out / "demo_data" / "images").rglob("*.jpg"))
