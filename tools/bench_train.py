@@ -172,7 +172,6 @@ def run_case(case: dict) -> dict:
                                   "precision": "fp16" if device == "cuda" else "fp32"}, where=model_name)
     mcfg = cfg.model.with_token_ids(TokenIds.from_tokenizer(tok, vocab))
     model = SEVLM(mcfg).to(device)
-    model.vocab_map = vocab  # as the trainer does (unused by the loss; kept for parity)
 
     if case["engine"] == "deepspeed":
         runtime = start_runtime(cfg)

@@ -200,7 +200,6 @@ class TrainRecipe:
             TokenIds.from_tokenizer(self.tokenizer, self.vocab))
         torch.manual_seed(cfg.seed)
         model = SEVLM(self.model_config)
-        model.vocab_map = self.vocab  # generation and the export map compact ids through it
         _seed_everything(cfg.seed + rt.rank)  # dropout differs per rank
         if info.num_tokens is None:
             info.num_tokens = int(torch.as_tensor(self.source.val_samples()[0]["tokens"]).shape[0])
@@ -344,8 +343,8 @@ class TrainRecipe:
     def export(self, name: str, metrics: dict) -> None:
         """Write the export folder `name` (fp32 safetensors + config + tokenizer) on rank 0."""
         if self.rt.main:
-            _export(self.run_dir / name, self.engine.module, self.tokenizer, self.model_config, self.export_meta,
-                    self.state.step, metrics)
+            _export(self.run_dir / name, self.engine.module, self.tokenizer, self.vocab, self.model_config,
+                    self.export_meta, self.state.step, metrics)
         barrier()
 
     def _validate_and_keep(self) -> tuple[str | None, list[str]]:
@@ -505,7 +504,7 @@ def _say(msg: str, main: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _export(out_dir: Path, module, tokenizer, model_cfg, meta: dict, step: int, metrics: dict) -> None:
+def _export(out_dir: Path, module, tokenizer, vocab, model_cfg, meta: dict, step: int, metrics: dict) -> None:
     import copy
 
     import torch
@@ -516,5 +515,5 @@ def _export(out_dir: Path, module, tokenizer, model_cfg, meta: dict, step: int, 
         module = copy.deepcopy(module).float()
     was_training = module.training
     config_dict = {**meta, "model": dict(model_cfg.__dict__), "step": step, "metrics": metrics}
-    save_export(out_dir, module, tokenizer, config_dict)
+    save_export(out_dir, module, tokenizer, config_dict, vocab=vocab)
     module.train(was_training)
