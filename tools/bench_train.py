@@ -167,7 +167,6 @@ def run_case(case: dict) -> dict:
     mcfg = from_dict(SEVLMConfig, {**spec["model"], "visual_dim": encoder.dim}, where=model_name).with_token_ids(
         TokenIds.from_tokenizer(tok, vocab))
     model = SEVLM(mcfg).to(device)
-    model.vocab_map = vocab  # as the trainer does (unused by the loss; kept for parity)
     o = spec["optim"]
     groups = model.param_groups(o["decoder_lr"], o["emotion_lr"], o["weight_decay"])
     optimizer = torch.optim.AdamW(groups, **{k: o[k] for k in ("betas", "eps") if k in o})

@@ -192,7 +192,6 @@ def main(argv: list[str] | None = None) -> dict:
     if vocab is not None:
         torch.manual_seed(0)
         models["corpus"] = SEVLM(cfg.with_token_ids(cbuilder.ids))
-        models["corpus"].vocab_map = vocab
         model_batch["corpus"] = cbatch
     if args.baseline:
         mod = load_module(args.baseline, "sevlm/model/model.py")

@@ -169,7 +169,7 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     if "emo_align" in full:
         acc = full.get("emo_classifier", {}).get("held_out_accuracy", {})
         lines.append(f"- Emo-Align: {_fmt(full['emo_align'])} over {full['emo_align_n']} images "
-                     f"(classifier held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
+                     f"(classifier: {full.get('emo_classifier', {}).get('kind', 'tfidf')}; held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
     if "per_class" in emo:
         lines += ["", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |" for e, v in emo["per_class"].items()]
@@ -219,7 +219,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
-                        retrain_classifier: bool = False, dominance: str = "artemis") -> dict:
+                        retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf") -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict."""
     from sevlm.evaluation.metrics import evaluate
 
@@ -227,7 +227,7 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
     if dataset_dir:
         from sevlm.evaluation.emo_classifier import load_or_train
 
-        classifier = load_or_train(dataset_dir, retrain=retrain_classifier)
+        classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
     ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance)
     vad = None
     if vad_lexicon:

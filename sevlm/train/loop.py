@@ -419,7 +419,6 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = SEVLM(model_cfg)
-    model.vocab_map = vocab  # generation and the export map compact ids through it
     _seed_everything(cfg.seed + rank)
     n_params = sum(p.numel() for p in model.parameters())
     if info.num_tokens is None:
@@ -490,7 +489,7 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
 
     def export(name: str, metrics: dict) -> None:
         if main:
-            _export(run_dir / name, engine.module, tokenizer, model_cfg, export_meta, state.step, metrics)
+            _export(run_dir / name, engine.module, tokenizer, vocab, model_cfg, export_meta, state.step, metrics)
         barrier()
 
     def validate() -> dict:
@@ -637,7 +636,7 @@ def _nonfinite_message(state: TrainState, limit: int, precision: str) -> str:
             "for NaN/inf (see log.jsonl for the batch keys)")
 
 
-def _export(out_dir: Path, module, tokenizer, model_cfg, meta: dict, step: int, metrics: dict) -> None:
+def _export(out_dir: Path, module, tokenizer, vocab, model_cfg, meta: dict, step: int, metrics: dict) -> None:
     import copy
 
     import torch
@@ -649,5 +648,5 @@ def _export(out_dir: Path, module, tokenizer, model_cfg, meta: dict, step: int, 
         module = copy.deepcopy(module).float()
     was_training = module.training
     config_dict = {**meta, "model": dict(model_cfg.__dict__), "step": step, "metrics": metrics}
-    save_export(out_dir, module, tokenizer, config_dict)
+    save_export(out_dir, module, tokenizer, config_dict, vocab=vocab)
     module.train(was_training)

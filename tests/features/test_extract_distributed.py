@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_same_feature_files, make_image_dataset
 from sevlm import cli
-from sevlm.errors import ConfigError
+from sevlm.errors import ConfigError, DataError
 from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, rank_share
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,3 +77,16 @@ def test_more_ranks_than_batches_leave_empty_parts_and_still_merge_equal(tmp_pat
     assert merged == [False, False, False, True]
     extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
     assert_same_feature_files(out, ref)
+
+
+def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 8)
+    out = tmp_path / "dist.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=1, world_size=2, progress=False)
+    before = part_path(out, 1, 2).read_bytes()
+    with pytest.raises(DataError, match=r"dist\.h5\.part-1-of-2: made with a different batch_size \(it has 2, this run 4\)"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, rank=0, world_size=2, progress=False)
+    with pytest.raises(DataError, match=r"dist\.h5\.part-1-of-2: a part of a 2-rank extraction is in the way; finish it with --world-size 2"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=0, world_size=3, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5.part-1-of-2", "ds", "images"]  # nothing new written
+    assert part_path(out, 1, 2).read_bytes() == before
