@@ -91,7 +91,11 @@ def load_module(rev: str, rel: str):
 
 
 def make_optimizer(model):
-    return torch.optim.AdamW(model.param_groups(1e-3, 2e-3, 0.01), lr=1e-3)
+    """The trainer's AdamW over the model's param groups (sevlm.train.recipe), demo-style rates."""
+    from sevlm.train.config import OptimConfig
+    from sevlm.train.recipe import build_optimizer
+
+    return build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, weight_decay=0.01), total_steps=10**6)[0]
 
 
 def timed_step(model, opt, batch) -> dict[str, float]:

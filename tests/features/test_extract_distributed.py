@@ -48,18 +48,25 @@ def test_two_ranks_run_one_after_the_other_give_the_single_process_store(tmp_pat
     assert FeatureStore(out).failed == {"S1/p04.jpg": "empty file (0 bytes)"}
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
-def test_torchrun_two_cpu_ranks_equal_a_single_process_run(tmp_path):
+_LAUNCHERS = {
+    "torchrun": ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "sevlm.cli"],
+    "deepspeed": ["deepspeed", "--num_gpus", "2", "--module", "sevlm.cli"],  # DS_ACCELERATOR=cpu: processes only
+}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", pytest.param("deepspeed", marks=pytest.mark.slow)])
+def test_two_cpu_ranks_under_a_launcher_equal_a_single_process_run(tmp_path, launcher):
+    exe = shutil.which(launcher, path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip(f"{launcher} not installed")
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 17, empty=(7,))
     out = tmp_path / "dist.h5"
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sevlm.cli", "extract", "--images", str(images_dir),
-         "--dataset", str(dataset_dir), "--encoder", "tiny-random", "--out", str(out), "--batch-size", "4", "--workers", "1"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [exe, *_LAUNCHERS[launcher][1:], "extract", "--images", str(images_dir), "--dataset", str(dataset_dir),
+         "--encoder", "tiny-random", "--out", str(out), "--batch-size", "4", "--workers", "1"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "merged 2 parts into" in proc.stdout and "part 0 of 2" in proc.stdout and "part 1 of 2" in proc.stdout
