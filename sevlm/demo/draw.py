@@ -149,13 +149,14 @@ def _rain_and_figure(c: Canvas) -> None:  # sadness
 def _flat_grid(c: Canvas) -> None:  # something else
     s = c.size
     k = int(c.rng.integers(3, 7))
+    m = 2 if s / k >= 4 else s / k / 4  # a margin inside each cell, smaller when cells are tiny
     for i in range(k + 1):
         p = i / k * s
         c.draw.line([p, 0, p, s], fill=c.colour(), width=max(1, s // 100))
         c.draw.line([0, p, s, p], fill=c.colour(), width=max(1, s // 100))
     for _ in range(c.n(6)):
         i, j = c.rng.integers(0, k, 2)
-        c.draw.rectangle([i / k * s + 2, j / k * s + 2, (i + 1) / k * s - 2, (j + 1) / k * s - 2], fill=c.colour())
+        c.draw.rectangle([i / k * s + m, j / k * s + m, (i + 1) / k * s - m, (j + 1) / k * s - m], fill=c.colour())
 
 
 MOTIFS: dict[str, Callable[[Canvas], None]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -219,3 +220,27 @@ def test_pinned_output_and_motif_table(tmp_path):
     make_demo_data(tmp_path, n_images=12, seed=1, image_size=32, progress=False)
     csv_bytes = (tmp_path / "artemis_dataset_release_v0.csv").read_bytes()
     assert hashlib.sha256(csv_bytes).hexdigest() == "f745a59d14525b1c8d8a19ea738257dc31e41ebf0d980ae45dbaef4feded1d08"
+
+
+def test_summary_does_not_depend_on_the_hash_seed(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from sevlm.demo import make_demo_data; "
+            "print(json.dumps(make_demo_data(sys.argv[1], n_images=20, seed=0, image_size=32, progress=False)))")
+    summaries = []
+    for hash_seed in ("0", "1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / hash_seed)], env=env, capture_output=True,
+                              text=True, check=True)
+        summaries.append(json.loads(done.stdout)["majority_is_drawn"])
+    paintings = info(tmp_path / "0")["paintings"].values()
+    strict = [Counter(p["crowd"]).most_common(2) for p in paintings]
+    expected = np.mean([t[0][0] == p["drawn_emotion"] and (len(t) == 1 or t[0][1] > t[1][1])
+                        for t, p in zip(strict, paintings)])
+    assert summaries == [round(expected, 4)] * 3
+
+
+def test_smallest_image_size_draws_every_motif(tmp_path):
+    s = make_demo_data(tmp_path, n_images=27, seed=0, image_size=16, progress=False)
+    assert s["images"] == 27 and len(list((tmp_path / "images").rglob("*.jpg"))) == 27
