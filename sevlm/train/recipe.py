@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.io import read_json, write_json
 from sevlm.train import checkpoint, checks
@@ -145,8 +146,10 @@ class TrainRecipe:
     def setup(self, runtime: Runtime | None = None) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
         d = self.cfg.data
+        checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
         self.info = checks.check_features(d)  # before any model, process group or data loading work
+        checks.check_decoder(self.cfg.model.decoder)
         self.rt = runtime or start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
@@ -163,7 +166,7 @@ class TrainRecipe:
         cfg, rt = self.cfg, self.rt
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
-        lexicon = VADLexicon.load(cfg.data.lexicon or "demo")
+        lexicon = VADLexicon.load(cfg.data.lexicon)
         self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
@@ -199,7 +202,10 @@ class TrainRecipe:
         self.model_config = checks.model_config(cfg.model, info).with_token_ids(
             TokenIds.from_tokenizer(self.tokenizer, self.vocab))
         torch.manual_seed(cfg.seed)
-        model = SEVLM(self.model_config)
+        try:
+            model = SEVLM(self.model_config)
+        except OSError as e:  # the weights of a hub decoder whose config was cached
+            raise checks.decoder_error(cfg.model.decoder, e) from None
         _seed_everything(cfg.seed + rt.rank)  # dropout differs per rank
         if info.num_tokens is None:
             info.num_tokens = int(torch.as_tensor(self.source.val_samples()[0]["tokens"]).shape[0])
@@ -463,10 +469,10 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
         )
     cfg.out_dir = str(run_dir.resolve())
     d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
-    for name in ("dataset_dir", "features", "shards", "lexicon", "tokenizer"):
-        value = getattr(d, name)
-        if value and not (name == "lexicon" and value == "demo"):
-            setattr(d, name, str(Path(value).resolve()))
+    for name in ("dataset_dir", "features", "shards", "tokenizer"):
+        if getattr(d, name):
+            setattr(d, name, str(Path(getattr(d, name)).resolve()))
+    d.lexicon = lexicon_spec(d.lexicon)
     return cfg, run_dir, False
 
 
