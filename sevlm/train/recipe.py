@@ -89,7 +89,8 @@ def build_optimizer(model, optim: OptimConfig, total_steps: int):
     """(AdamW over the model's param groups, LambdaLR) as the recipe trains with."""
     import torch
 
-    groups = model.param_groups(optim.decoder_lr, optim.emotion_lr, optim.weight_decay)
+    heads_lr = optim.decoder_lr if optim.heads_lr is None else optim.heads_lr
+    groups = model.param_groups(optim.decoder_lr, optim.emotion_lr, optim.weight_decay, heads_lr=heads_lr)
     optimizer = torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, optim.warmup_steps))
     return optimizer, scheduler
@@ -127,7 +128,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     set_env_defaults(device)  # before deepspeed is imported: DS_ACCELERATOR, single-process env
     rank, world = init_distributed(device)
     micro, accum, global_batch = resolve_batch(cfg.schedule, world)
-    ds_config = resolve_ds_config(cfg.ds_config, precision, micro, accum, world)
+    ds_config = resolve_ds_config(cfg.ds_config, precision, micro, accum, world, cfg.optim.clip_grad)
     return Runtime(device, precision, rank, world, micro, accum, global_batch, ds_config)
 
 
@@ -332,7 +333,8 @@ class TrainRecipe:
         s, rt = self.cfg.schedule, self.rt
         return validate(self.engine.module, self.builder, self.source.val_samples(), micro=rt.micro, rank=rt.rank,
                         world=rt.world, seed=self.cfg.seed, max_batches=s.val_batches, gen_images=s.val_gen_images,
-                        device=self.engine.device, dtype=rt.dtype)
+                        dominance=s.val_dominance, decoding=self.cfg.decoding, device=self.engine.device,
+                        dtype=rt.dtype)
 
     def save(self, *names: str) -> None:
         """Checkpoint the current step and point `names` (LAST, BEST_ACC, BEST_BLEU) at it."""
