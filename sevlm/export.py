@@ -97,8 +97,10 @@ class LoadedRun:
 
 
 def _lexicon_spec(config_dict: dict) -> str:
-    spec = config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon")
-    return str(Path(spec).resolve()) if spec and spec != "demo" else "demo"
+    from sevlm.data.vad import DEMO, lexicon_spec
+
+    # runs from before data.lexicon was required recorded none for the demo table
+    return lexicon_spec(config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon"), default=DEMO)
 
 
 def _encoder_spec(config_dict: dict) -> dict | None:
@@ -230,9 +232,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
             raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
         vocab = VocabMap.load(vocab_path)
     check_id_space(vocab, mcfg.vocab_size, tokenizer, str(export))
-    spec = lexicon or config.get("lexicon") or "demo"
     try:
-        lex = VADLexicon.load(spec)
+        lex = VADLexicon.load(lexicon or _lexicon_spec(config))
     except DataError as e:
         raise DataError(f"{export}: the run's VAD lexicon cannot be loaded ({e}); pass another with lexicon=") from None
     model = SEVLM(mcfg, decoder_config=decoder_config)

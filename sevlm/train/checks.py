@@ -1,5 +1,7 @@
 """Mistakes a user can make, caught before any training work starts, with clear messages.
 
+- no VAD lexicon named (data.lexicon), or a missing lexicon file;
+- a pretrained decoder that cannot be loaded (offline, not cached);
 - a split file missing from the dataset folder;
 - a feature cache (or shards) built with another encoder than the config names;
 - shards written from another dataset (their manifest's dataset hash differs);
@@ -23,6 +25,37 @@ class FeatureInfo:
     encoder: str | None
     num_tokens: int | None
     dim: int | None
+
+
+def check_lexicon(lexicon: str | None) -> None:
+    """A VAD lexicon is named: the demo table only where a config says so."""
+    from sevlm.data.vad import DEMO
+
+    if not lexicon:
+        raise ConfigError(
+            "data.lexicon is not set: give the NRC-VAD lexicon file (NRC-VAD-Lexicon.txt), or \"demo\" for the "
+            "small table shipped for the synthetic demo data (only the demo/tiny configs use it)"
+        )
+    if lexicon != DEMO and not Path(lexicon).is_file():
+        raise DataError(f"{lexicon}: VAD lexicon file not found (data.lexicon)")
+
+
+def check_decoder(decoder: str | None) -> None:
+    """A pretrained decoder's config can be loaded (hub cache, network or a local folder)."""
+    if decoder is None:
+        return
+    from transformers import GPT2Config
+
+    try:
+        GPT2Config.from_pretrained(decoder)
+    except (OSError, ValueError) as e:  # offline and not cached, a missing folder, a malformed name
+        raise decoder_error(decoder, e) from None
+
+
+def decoder_error(decoder: str, e: Exception) -> ConfigError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ConfigError(f"model.decoder={decoder!r} cannot be loaded: {reason} (download it once with network "
+                       "access, or give a local folder)")
 
 
 def check_splits(dataset_dir: str, splits: list[str]) -> None:

@@ -193,3 +193,25 @@ def test_upfront_errors(tiny_data, tiny_config, tmp_path):
     with pytest.raises(DataError, match="shards were written from another dataset"):
         train(cfg, out_dir=tmp_path / "e")
     assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was started
+
+
+def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, tiny_config, tmp_path):
+    from sevlm.train import load_train_config
+    from tests.train.conftest import tiny_overrides
+
+    # the paper setting without data.lexicon: refused at once, before any model or process group
+    paper = load_train_config("paper", tiny_overrides(tiny_data, "data.encoder=tiny-random"))
+    with pytest.raises(ConfigError, match="data.lexicon is not set"):
+        train(paper, out_dir=tmp_path / "paper")
+    with pytest.raises(ConfigError, match="data.lexicon is not set"):  # unset no longer means the demo table
+        train(tiny_config("data.lexicon=null"), out_dir=tmp_path / "unset")
+    with pytest.raises(DataError, match="nope.txt: VAD lexicon file not found \\(data.lexicon\\)"):
+        train(tiny_config(f"data.lexicon={tmp_path / 'nope.txt'}"), out_dir=tmp_path / "missing")
+    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo"
+    assert not any((tmp_path / n).exists() for n in ("paper", "unset", "missing"))
+
+
+def test_unloadable_decoder_is_one_config_error(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="model.decoder='/nonexistent/decoder' cannot be loaded: .*local folder"):
+        train(tiny_config("model.decoder=/nonexistent/decoder", "data.corpus_vocab=false"), out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
