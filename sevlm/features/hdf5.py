@@ -202,7 +202,7 @@ def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str
                     f[name].resize(n_rows, axis=0)
                 for name in ("failed/names", "failed/reasons"):
                     f[name].resize(n_failed, axis=0)
-                f.attrs.update({"n_done": done, "n_rows": n_rows, "n_failed": n_failed})
+                f.attrs.update({"n_done": done, "n_rows": n_rows, "n_failed": n_failed, "complete": False})
             return done
         except DataError:
             raise

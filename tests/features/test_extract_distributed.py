@@ -97,3 +97,48 @@ def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
         extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=0, world_size=3, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5.part-1-of-2", "ds", "images"]  # nothing new written
     assert part_path(out, 1, 2).read_bytes() == before
+
+
+_RANK_CHILD = """
+import sys
+from sevlm.features.hdf5 import extract_features
+extract_features(sys.argv[1], sys.argv[2], "tiny-random", sys.argv[3], batch_size=2, num_workers=1, rank=0, world_size=2, progress=False)
+"""
+
+
+def test_a_rank_killed_mid_share_is_rerun_alone_and_resumes_its_part(tmp_path):
+    import signal
+    import time
+
+    import h5py
+
+    from sevlm.features.hdf5 import partial_path
+
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 20, empty=(1,))
+    out = tmp_path / "dist.h5"
+    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY="0.3", PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", _RANK_CHILD, str(images_dir), str(dataset_dir), str(out)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part0 = partial_path(part_path(out, 0, 2))
+    try:
+        deadline, done = time.time() + 90, 0
+        while done < 4 and time.time() < deadline and child.poll() is None:
+            time.sleep(0.05)
+            try:
+                with h5py.File(part0, "r", locking=False) as f:
+                    done = int(f.attrs["n_done"])
+            except (OSError, KeyError):
+                pass
+        assert child.poll() is None and done >= 4
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    # rank 1 finishes meanwhile; rank 0 is rerun alone, at once, and resumes its part
+    assert not extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=1, world_size=2, progress=False)["merged"]
+    again = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, num_workers=1, rank=0, world_size=2, progress=False)
+    assert again["merged"] and again["resumed_from"] >= 2
+    ref = tmp_path / "single.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
+    assert_same_feature_files(out, ref)

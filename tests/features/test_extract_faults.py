@@ -73,7 +73,7 @@ def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_unint
 
 
 def test_a_second_extract_on_the_same_output_is_refused_and_the_first_finishes_intact(tmp_path, capsys):
-    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 16)
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24)  # 12 batches of 2, 0.3 s each: time for the second
     out = tmp_path / "f.h5"
     child = _start_child(images_dir, dataset_dir, out, workers=0, delay=0.3)
     try:
