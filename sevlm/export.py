@@ -82,6 +82,19 @@ class LoadedRun:
         self.check_visual_dim(encoder.dim, f"encoder {spec['name']!r} {spec.get('settings') or {}}")
         return encoder.to(device or self.model.device).eval()
 
+    def encode_images(self, paths, device: str | None = None):
+        """(N, T, D) float32 visual tokens of image files, decoded and preprocessed as `extract`
+        does; an unusable file (missing, corrupt, a decompression bomb) is an ImageError naming it."""
+        import torch
+
+        from sevlm.encoders.base import load_pixels
+
+        encoder = self.image_encoder(device)
+        pixels = torch.stack([load_pixels(p, encoder.preprocess) for p in paths])  # (N, 3, H, W)
+        with torch.no_grad():
+            tokens, _ = encoder(pixels.to(device or self.model.device))  # (N, T, D)
+        return tokens.float()
+
 
 def _lexicon_spec(config_dict: dict) -> str:
     from sevlm.data.vad import DEMO, lexicon_spec
@@ -206,6 +219,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT})")
     from transformers import GPT2Config
 
+    if not isinstance(config.get("model"), dict):
+        raise DataError(f"{export / 'config.json'}: no \"model\" section; the export is damaged, export the run again")
     mcfg = from_dict(SEVLMConfig, config["model"], where=str(export / "config.json") + ":model")
     # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
     decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
