@@ -119,3 +119,12 @@ def test_atomic_dir_repairs_a_kill_between_renames(tmp_path):
             raise RuntimeError("the next writer fails too")
     assert (tmp_path / "ds" / "f.txt").read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_read_json_refuses_binary_in_one_line(tmp_path):
+    from sevlm.errors import DataError
+    from sevlm.io import read_json
+
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DataError, match=r"b\.json: not UTF-8 text \(byte 0\)"):
+        read_json(tmp_path / "b.json")
