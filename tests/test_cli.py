@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sevlm import cli
@@ -52,6 +54,16 @@ def test_output_path_errors_are_one_line(dataset, tmp_path, capsys):
     _one_line_error(capsys, "sevlm prepare: error:", str(a_file))
 
 
+def test_folder_output_over_a_file_is_one_line(monkeypatch, capsys, tmp_path):
+    from sevlm.commands import demo_data
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    monkeypatch.setattr(demo_data, "run", lambda args: a_file.mkdir())
+    assert cli.main(["demo-data", "--out", str(a_file)]) == 1
+    assert _one_line_error(capsys) == f"sevlm demo-data: error: {a_file}: exists and is not a folder"
+
+
 def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path):
     # Tests run as root here, where chmod cannot make a folder read-only: raise what open() would.
     from sevlm.commands import demo_data
@@ -70,3 +82,20 @@ def test_debug_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(demo_data, "run", lambda args: open(tmp_path / "missing" / "x"))
     with pytest.raises(FileNotFoundError):
         cli.main(["--debug", "demo-data", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("flag", [["--local_rank=2"], ["--local-rank", "2"]])
+def test_local_rank_from_the_launcher_reaches_the_env(monkeypatch, tmp_path, flag):
+    # The `deepspeed` launcher puts --local_rank before the subcommand; the trainer reads LOCAL_RANK.
+    from sevlm.commands import demo_data
+
+    seen = {}
+
+    def record(args):
+        seen["rank"] = os.environ.get("LOCAL_RANK")
+        return 0
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(demo_data, "run", record)
+    assert cli.main([*flag, "demo-data", "--out", str(tmp_path / "o")]) == 0
+    assert seen == {"rank": "2"}

@@ -181,4 +181,4 @@ def test_trainer_refuses_corpus_vocab_with_pretrained_decoder():
     assert as_train_config({"data": {"corpus_vocab": True}}).data.corpus_vocab
     with pytest.raises(ConfigError, match="pretrained model.decoder='gpt2'"):
         as_train_config({"data": {"corpus_vocab": True}, "model": {"decoder": "gpt2"}})
-    assert as_train_config({"model": {"decoder": "gpt2"}}).model["decoder"] == "gpt2"  # full vocabulary: fine
+    assert as_train_config({"model": {"decoder": "gpt2"}}).model.decoder == "gpt2"  # full vocabulary: fine
