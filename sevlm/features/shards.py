@@ -256,14 +256,36 @@ def _local_folder(where: str) -> Path | None:
     return Path(where) if scheme == "" else None
 
 
-def _read_manifest(url: str) -> dict:
-    if _local_folder(url) is not None:
-        return read_json(_local_folder(url))
+def is_path(where: str | os.PathLike) -> bool:
+    """Whether a shard location is a plain local path (else a URL or a pipe: command)."""
+    return urlparse(str(where)).scheme == ""
+
+
+def manifest_bytes(where: str | os.PathLike) -> tuple[str, bytes]:
+    """(where the manifest is, its bytes) for a shard location; DataError naming it otherwise."""
+    url = locate(where).url_of(MANIFEST)
+    local = _local_folder(url)
+    if local is not None:
+        if not local.is_file():
+            raise DataError(f"{local}: shard manifest not found; build shards with `sevlm shard`")
+        return url, local.read_bytes()
     try:
         with wds.gopen(url) as f:
-            return json.loads(f.read())
-    except Exception as e:  # curl's exit status, a bad command, not JSON ...
+            return url, f.read()
+    except Exception as e:  # curl's exit status, a failing command ...
         raise DataError(f"{url}: cannot read the shard manifest ({type(e).__name__}: {e})") from None
+
+
+def read_manifest(where: str | os.PathLike) -> tuple[str, dict]:
+    """(where the manifest is, the manifest) of a shard location (see `locate`)."""
+    url, raw = manifest_bytes(where)
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{url}: the shard manifest is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{url}: not a sevlm shard manifest")
+    return url, manifest
 
 
 @dataclass
@@ -295,10 +317,7 @@ def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "rais
     shard` run, images without features) warns once with the counts."""
     _check_policy(handle_errors)
     loc = locate(where)
-    manifest_url = loc.url_of(MANIFEST)
-    manifest = _read_manifest(manifest_url)
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_url}: not a sevlm shard manifest")
+    manifest_url, manifest = read_manifest(where)
     if split not in manifest.get("splits", {}):
         raise DataError(f"{manifest_url}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
     entry = manifest["splits"][split]

@@ -64,3 +64,69 @@ def test_batches_keep_float16_until_the_device(shard_dir, tiny_data):
     inputs, meta = split_inputs(batch, "cpu", torch.float32)
     assert inputs["visual"].dtype == torch.float32 and len(meta["image_ids"]) == 4
     assert torch.equal(inputs["visual"], batch["visual"].float())
+
+
+@pytest.fixture()
+def served(shard_dir):
+    """The shard folder on a local web server (a thread): -> (base URL, the paths asked for)."""
+    import functools
+    import http.server
+    import threading
+
+    from sevlm.train.distributed import free_port
+
+    asked: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            asked.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()),
+                                             functools.partial(Handler, directory=str(shard_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_training_streams_shards_from_a_web_server(served, shard_dir, tiny_config, tmp_path):
+    import json
+
+    from sevlm.train import train
+
+    url, asked = served
+    steps = ("schedule.max_steps=3", "schedule.val_every=0", "schedule.val_gen_images=0", "data.features=null")
+    remote = train(tiny_config(*steps, f"data.shards={url}/"), out_dir=tmp_path / "remote")
+    local = train(tiny_config(*steps, f"data.shards={shard_dir}"), out_dir=tmp_path / "local")
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                if "loss" in r]
+
+    assert len(losses(remote)) == 3 and losses(remote) == losses(local)  # the same batches, byte for byte
+    assert json.loads((remote / "config.json").read_text())["data"]["shards"] == f"{url}/"  # not made a path
+    assert json.loads((remote / "run.json").read_text())["data_source"] == f"shards: {url}/"
+    assert "/manifest.json" in asked and any(p.startswith("/train-") for p in asked)
+
+
+def test_a_served_shard_with_other_content_is_refused_naming_its_url(served, shard_dir, tmp_path):
+    import shutil
+
+    from sevlm.errors import DataError
+    from sevlm.features.shards import shard_pipeline
+
+    url, _ = served
+    # a pattern naming two shards, through webdataset's pipe: opener
+    with pytest.warns(UserWarning, match=r"/manifest.json: split 'train' is partial: reading 2 of its 9 shards"):
+        pipe = shard_pipeline(f"pipe:curl -s -f {url}/train-{{000000..000001}}.tar", "train", shuffle=False)
+    assert len(list(pipe)) == 10
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    shard = copy / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[-2000] ^= 1  # same size, one bit
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"pipe:cat .*/copy/train-000001\.tar: shard content differs from the manifest"):
+        with pytest.warns(UserWarning, match="reading 4 of its 9 shards"):
+            list(shard_pipeline(f"pipe:cat {copy}/train-{{000000..000003}}.tar", "train", shuffle=False))
