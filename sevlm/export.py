@@ -177,5 +177,5 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
     model.vocab_map = vocab  # generate() and save_export() read the model's id space from here
-    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab)
+    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt)
     return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export)

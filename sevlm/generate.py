@@ -33,6 +33,7 @@ from sevlm.constants import EMOTIONS
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
+from sevlm.text import PROMPT, prompt_ids
 
 _LABEL_RE = re.compile(r"\s+")
 
@@ -46,8 +47,8 @@ def parse_output(text: str) -> tuple[str | None, str, str]:
     """
     t = text.strip()
     low = t.lower()
-    if low.startswith("the emotion is"):
-        t = t[len("the emotion is"):]
+    if low.startswith(PROMPT):
+        t = t[len(PROMPT):]
     m = re.search(r"\bbecause\b", t, flags=re.IGNORECASE)
     if m:
         raw, explanation = t[: m.start()], t[m.end():]
@@ -164,9 +165,7 @@ def generate(
     cfg = model.config
     device = model.device
     vocab = model_vocab(model, tokenizer, vocab)
-    prompt = list(tokenizer.encode("the emotion is"))
-    if vocab is not None:
-        prompt = vocab.to_compact(prompt).tolist()
+    prompt = prompt_ids(tokenizer, vocab, cfg.bos_prompt)
     n_prompt = len(prompt)
     max_new = max(1, min(max_new_tokens, cfg.max_len - n_prompt))
     I = visual.shape[0] if visual is not None else int(n_images or 1)

@@ -403,7 +403,7 @@ def _train(cfg, run_dir, resuming, device, precision, info, rank, world, local_r
     lexicon = VADLexicon.load(cfg.data.lexicon or "demo")
     vocab = _corpus_vocab(cfg, tokenizer, run_dir, resuming) if cfg.data.corpus_vocab else None
     model_cfg = _model_config(cfg, info, TokenIds.from_tokenizer(tokenizer, vocab))
-    builder = SequenceBuilder(tokenizer, lexicon, max_len=model_cfg.max_len, vocab=vocab)
+    builder = SequenceBuilder(tokenizer, lexicon, max_len=model_cfg.max_len, vocab=vocab, bos_prompt=model_cfg.bos_prompt)
     train_data = TrainData(cfg, info, builder.collate, micro, rank, world)
     val_set = _val_data(cfg, info)
 
