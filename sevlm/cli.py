@@ -12,12 +12,7 @@ import importlib
 import os
 import sys
 
-# OpenMP threads that spin while waiting make torch 5-10x slower on a CPU that another process
-# is also using (measured on a 2-core machine); passive waiting costs little when idle. It must
-# be set before torch is imported, which command modules do only inside run().
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from sevlm.errors import SevlmError  # noqa: E402
+from sevlm.errors import SevlmError  # importing sevlm sets the passive OpenMP wait (sevlm/__init__.py)
 
 COMMANDS = (
     "demo-data",
@@ -60,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(e: OSError) -> str:
+    """An unwritable, missing or misplaced path as one line that names it (the traceback says
+    nothing more to a user; --debug shows it)."""
+    if e.filename is None:
+        return " ".join(str(e).split())
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    return f"{where}: {e.strerror or e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "out", None):
+            from sevlm.io import ensure_parent
+
+            ensure_parent(args.out)
         rc = args._run(args)
-    except SevlmError as e:
+    except (SevlmError, OSError) as e:
         if args.debug:
             raise
-        print(f"sevlm {args.command}: error: {e}", file=sys.stderr)
+        message = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        print(f"sevlm {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sevlm {args.command}: interrupted", file=sys.stderr)

@@ -4,8 +4,9 @@ An export folder holds
   model.safetensors   the SEVLM weights (tied weights stored once)
   decoder_config.json the GPT-2 architecture (so a hub decoder reloads offline)
   config.json         {"format", "sevlm_version", "model": SEVLMConfig fields,
-                       "lexicon": path or "demo", "encoder": {"name", "settings"} or null,
-                       "train": the trainer's resolved config}
+                       "lexicon": path or "demo", "encoder": {"name", "settings"} or null
+                       (the features' own record: it rebuilds the very encoder),
+                       "weights_sha256": checked on load, "train": the trainer's resolved config}
   tokenizer/          the tokenizer files, special tokens included
   vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
                       GPT-2 ids of its compact id space; config.json's "vocab" names it
@@ -16,9 +17,6 @@ evaluation, retrieval and `sevlm predict` all load through it.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,29 @@ from typing import Any
 from sevlm.errors import DataError
 
 FORMAT = "sevlm-export-1"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RunDataPaths:
+    """Where a run's data came from, as recorded in its export (None = not recorded)."""
+
+    dataset_dir: str | None
+    features: str | None
+    shards: str | None
+    lexicon: str | None
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RunDataPaths":
+        data = (config.get("train") or {}).get("data") or {}
+        return cls(data.get("dataset_dir"), data.get("features"), data.get("shards"), config.get("lexicon") or data.get("lexicon"))
+
+    @classmethod
+    def of(cls, path: str | Path) -> "RunDataPaths":
+        """The recorded paths of a run folder or export, without loading its weights."""
+        from sevlm.io import read_json
+
+        return cls.from_config(read_json(find_export(path) / "config.json"))
 
 
 @dataclass
@@ -37,6 +58,29 @@ class LoadedRun:
     config: dict  # the export's config.json
     path: Path
 
+    @property
+    def data_paths(self) -> RunDataPaths:
+        return RunDataPaths.from_config(self.config)
+
+    def check_visual_dim(self, width: int, source: str | Path) -> None:
+        """Refuse visual tokens of another encoder's width in one line naming both widths."""
+        expected = self.model.config.visual_dim
+        if int(width) != expected:
+            enc = (self.config.get("encoder") or {}).get("name") or "an unrecorded encoder"
+            raise DataError(f"{source}: {int(width)}-d visual tokens, but the model in {self.path} expects "
+                            f"{expected}-d ({enc}'s); features from another encoder?")
+
+    def image_encoder(self, device: str | None = None):
+        """The run's image encoder, rebuilt from the spec recorded at export (weights included)."""
+        from sevlm.encoders import build_encoder
+
+        spec = self.config.get("encoder")
+        if not spec or not spec.get("name"):
+            raise DataError(f"{self.path / 'config.json'}: no image encoder recorded; cannot encode raw images")
+        encoder = build_encoder(spec["name"], **(spec.get("settings") or {}))
+        self.check_visual_dim(encoder.dim, f"encoder {spec['name']!r} {spec.get('settings') or {}}")
+        return encoder.to(device or self.model.device).eval()
+
 
 def _lexicon_spec(config_dict: dict) -> str:
     spec = config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon")
@@ -44,21 +88,33 @@ def _lexicon_spec(config_dict: dict) -> str:
 
 
 def _encoder_spec(config_dict: dict) -> dict | None:
-    """{"name", "settings"} of the image encoder, so `predict` can encode raw images: from the
-    config's `encoder` (a name or {"name","settings"}), its data.encoder, or the feature file."""
+    """{"name", "settings"} of the image encoder, so `predict` can encode raw images.
+
+    The features' own record comes first (the feature file's, else the shard manifest's): only
+    it holds the settings, such as `extract --weights`, that rebuild the very same encoder.
+    Else the config's `encoder` (a name or {"name","settings"}) or its data.encoder.
+    """
+    from sevlm.errors import SevlmError
+
     data = config_dict.get("data") or {}
+    try:
+        if data.get("features") and Path(data["features"]).exists():
+            from sevlm.features.hdf5 import FeatureStore
+
+            return FeatureStore(data["features"]).encoder_spec
+        if data.get("shards") and (Path(data["shards"]) / "manifest.json").is_file():
+            from sevlm.io import read_json
+
+            enc = (read_json(Path(data["shards"]) / "manifest.json").get("features") or {}).get("encoder_config")
+            if enc and enc.get("name"):
+                return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
+    except (SevlmError, OSError, KeyError):  # an unreadable cache must not block the export
+        pass
     enc = config_dict.get("encoder") or data.get("encoder")
     if isinstance(enc, dict) and enc.get("name"):
         return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
     if isinstance(enc, str) and enc:
         return {"name": enc, "settings": dict(config_dict.get("encoder_settings") or {})}
-    if data.get("features") and Path(data["features"]).exists():
-        try:
-            from sevlm.features.hdf5 import FeatureStore
-
-            return {"name": FeatureStore(data["features"]).attrs["encoder"], "settings": {}}
-        except Exception:  # an unreadable cache must not block the export; predict will say so
-            return None
     return None
 
 
@@ -72,8 +128,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     from safetensors.torch import save_file
 
     import sevlm
-    from sevlm.io import write_json
-
+    from sevlm.io import atomic_dir, sha256_file, write_json
     from sevlm.text import VOCAB_FILE
 
     config_dict = dict(config_dict or {})
@@ -84,13 +139,11 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     if vocab is None and size < len(tokenizer):
         raise DataError(f"{out_dir}: the model has a {size}-token (corpus) vocabulary; pass its VocabMap as vocab=")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         # lm_head.weight is tied to wte: store it once (safetensors refuses shared memory).
         state.pop("decoder.lm_head.weight", None)
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         write_json(tmp / "decoder_config.json", model.decoder.config.to_dict())
         if vocab is not None:
@@ -104,30 +157,35 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
                 "lexicon": _lexicon_spec(config_dict),
                 "encoder": _encoder_spec(config_dict),
                 "vocab": VOCAB_FILE if vocab is not None else None,
+                "weights_sha256": sha256_file(tmp / WEIGHTS),
                 "train": config_dict,
             },
         )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 
 def find_export(path: str | Path) -> Path:
     path = Path(path)
     for cand in (path, path / "export"):
-        if (cand / "config.json").is_file() and (cand / "model.safetensors").is_file():
+        if (cand / "config.json").is_file() and (cand / WEIGHTS).is_file():
             return cand
     raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / 'export'})")
+
+
+def _load_weights(path: Path, sha256: str | None) -> dict:
+    """The state dict in `path`, refused when its sha256 differs from the recorded one (a
+    truncated copy or a flipped bit) or safetensors cannot parse it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sevlm.io import sha256_file
+
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise DataError(f"{path}: damaged weights (sha256 differs from the one recorded at export); copy or export it again")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise DataError(f"{path}: unreadable weights ({e}); copy or export it again") from None
 
 
 def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) -> LoadedRun:
@@ -137,7 +195,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     trained on another machine.
     """
     import torch
-    from safetensors.torch import load_file
 
     from sevlm.config import from_dict
     from sevlm.data.vad import VADLexicon
@@ -169,11 +226,11 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     except DataError as e:
         raise DataError(f"{export}: the run's VAD lexicon cannot be loaded ({e}); pass another with lexicon=") from None
     model = SEVLM(mcfg, decoder_config=decoder_config)
-    state = load_file(str(export / "model.safetensors"))
+    state = _load_weights(export / WEIGHTS, config.get("weights_sha256"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "decoder.lm_head.weight"]
     if missing or unexpected:
-        raise DataError(f"{export / 'model.safetensors'}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise DataError(f"{export / WEIGHTS}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
     model.vocab_map = vocab  # generate() and save_export() read the model's id space from here

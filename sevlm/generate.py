@@ -1,15 +1,20 @@
-"""Decoding: batched greedy and beam search with the KV cache, and output parsing.
+"""Decoding: batched greedy, beam and sampling with the KV cache, and output parsing.
 
-Every sequence starts from the prompt "the emotion is"; the model continues with
-"<label> because <explanation>" and stops at EOS or at the model's max_len tokens.
+Every sequence starts from the prompt (`sevlm.text.PROMPT`); the model continues with
+"<label> because <explanation>" and stops at EOS or at the model's max_len tokens. How tokens
+are picked is a `DecodingConfig` (sevlm/decoding.py): strategy, beams and length
+normalisation, sampling filters with a seed, and the explanation's repetition controls
+(n-gram blocking, repetition penalty) applied through transformers' logits processors.
 
 Incremental and causal VAD. At step t the new token's VAD is the lexicon vector of its
 word *as completed so far* (the text of that word up to the end of the token), the rule the
 training input uses too (`vad_for_tokens(causal=True)`); the emotion encoder keeps a
 key/value cache, so each step encodes only the new position. Its segment is `<explanation>`
-from the first " because" after the prompt on, as in training. With `use_cache=False` the
-whole sequence is re-embedded and re-encoded from scratch at every step (VAD recomputed
-from the full text): the reference the cached path must equal token for token.
+from the first " because" after the prompt on, as in training. Text is rebuilt from the
+tokens' bytes, so characters split over two tokens ("’", "é" in some words) come out whole.
+With `use_cache=False` the whole sequence is re-embedded and re-encoded from scratch at every
+step (VAD recomputed from the full text): the reference the cached path must equal token for
+token, with every decoding option.
 
 Corpus vocabulary. A model trained on a `VocabMap` (sevlm/text.py) works in compact ids: the
 prompt is mapped into that space, and generated ids are mapped back to GPT-2 ids before
@@ -19,6 +24,7 @@ by default, the model's `vocab_map` attribute, which the trainer and `load_run` 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -31,6 +37,7 @@ import torch
 
 from sevlm.constants import EMOTIONS
 from sevlm.data.vad import VADLexicon, vad_for_tokens
+from sevlm.decoding import DecodingConfig
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
 from sevlm.text import PROMPT, prompt_ids
@@ -67,7 +74,7 @@ class Hypothesis:
     explanation: str
     raw: str
     emotion_prob: float | None  # product of the label tokens' probabilities
-    score: float  # sum of log-probabilities of the generated tokens (EOS included)
+    score: float  # summed decoding log-probabilities (after the repetition controls), EOS included
 
 
 def model_vocab(model, tokenizer, vocab=None):
@@ -84,58 +91,88 @@ def model_vocab(model, tokenizer, vocab=None):
 
 
 class _Pieces:
-    """Decoded text of single model ids (cached), through the corpus map when there is one."""
+    """The UTF-8 bytes of single model ids (cached), through the corpus map when there is one.
+
+    GPT-2's BPE works on bytes: one token may hold part of a character ("’" is two tokens),
+    so text is rebuilt from bytes, never from single-token decodes (which turn each part into
+    U+FFFD). Special tokens give no bytes, as in the decoded output.
+    """
 
     def __init__(self, tokenizer, vocab=None):
-        self.tok, self.vocab = tokenizer, vocab
-        self._cache: dict[int, str] = {}
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    def __call__(self, token: int) -> str:
+        self.tok, self.vocab = tokenizer, vocab
+        self.byte_of = {c: b for b, c in bytes_to_unicode().items()}  # BPE symbol -> byte
+        self.special = set(tokenizer.all_special_ids)
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token: int) -> bytes:
         if token not in self._cache:
             ids = self.vocab.to_gpt2([token]) if self.vocab is not None else [token]
-            self._cache[token] = self.tok.decode(ids)
+            self._cache[token] = b"".join(
+                b"" if i in self.special else bytes(self.byte_of[c] for c in self.tok.convert_ids_to_tokens(i))
+                for i in ids
+            )
         return self._cache[token]
+
+
+def _utf8_decoder():
+    """Holds back the bytes of an unfinished character until the token that completes it."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+def _causal_vad(text: str, start: int, end: int, lexicon: VADLexicon) -> np.ndarray:
+    """VAD (3,) of the token spanning text[start:end], seeing only the text up to its end.
+
+    A token's span covers the characters it completes: one that ends inside a character has
+    an empty span (zero VAD) until the next token completes it. Training's offsets see the
+    whole sequence, so they differ only there and at an apostrophe that a later letter makes
+    part of a word ("woman’" + "s").
+    """
+    vad, _ = vad_for_tokens(text[:end], [(start, end)], lexicon, causal=True)
+    return vad[0]
 
 
 class _TextState:
     """Per-sequence text so far, for the causal VAD and segment of each new token."""
 
-    def __init__(self, tokenizer, lexicon: VADLexicon, prompt: Sequence[int], because: int, vocab=None):
+    def __init__(self, pieces: _Pieces, lexicon: VADLexicon, prompt: Sequence[int], because: int):
         self.lexicon, self.because = lexicon, because
         self.n_prompt = len(prompt)
-        self.piece = _Pieces(tokenizer, vocab)  # shared by copies: a cache of pure values
+        self.piece = pieces  # shared by copies: a cache of pure values
+        self.decoder = _utf8_decoder()
         self.text = ""
         self.ids: list[int] = []
-        self.in_explanation = False
+        self.explanation_start: int | None = None  # index of the first token after " because"
         self.prompt_vad = [self.push(i)[0] for i in prompt]
 
     def push(self, token: int) -> tuple[np.ndarray, bool]:
         """Append a token; return its (VAD (3,), is-explanation-segment)."""
-        if token == self.because and len(self.ids) >= self.n_prompt:
-            self.in_explanation = True
+        if token == self.because and len(self.ids) >= self.n_prompt and self.explanation_start is None:
+            self.explanation_start = len(self.ids) + 1
         s = len(self.text)
-        self.text += self.piece(token)
+        self.text += self.decoder.decode(self.piece(token))
         self.ids.append(token)
-        vad, _ = vad_for_tokens(self.text, [(s, len(self.text))], self.lexicon, causal=True)
-        return vad[0], self.in_explanation
+        return _causal_vad(self.text, s, len(self.text), self.lexicon), self.explanation_start is not None
 
     def copy(self) -> "_TextState":
         new = object.__new__(_TextState)
         new.__dict__.update(self.__dict__)
         new.ids = list(self.ids)
+        new.decoder = _utf8_decoder()
+        new.decoder.setstate(self.decoder.getstate())
         return new
 
 
-def _full_features(tokenizer, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int, emotion_id: int,
-                   vocab=None):
+def _full_features(pieces: _Pieces, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int,
+                   emotion_id: int):
     """Segments and causal VAD of a whole sequence from scratch (the uncached path)."""
-    gpt2 = (lambda i: vocab.to_gpt2([i])) if vocab is not None else (lambda i: [i])
-    pieces = [tokenizer.decode(gpt2(i)) for i in ids]
-    offsets, pos = [], 0
-    for p in pieces:
-        offsets.append((pos, pos + len(p)))
-        pos += len(p)
-    vad, _ = vad_for_tokens("".join(pieces), offsets, lexicon, causal=True)
+    decoder, text, offsets = _utf8_decoder(), "", []
+    for i in ids:
+        s = len(text)
+        text += decoder.decode(pieces(i))
+        offsets.append((s, len(text)))
+    vad = np.stack([_causal_vad(text, s, e, lexicon) for s, e in offsets])  # (T, 3)
     try:
         b = ids.index(because, n_prompt)
     except ValueError:
@@ -144,41 +181,80 @@ def _full_features(tokenizer, lexicon, ids: list[int], n_prompt: int, because: i
     return vad, seg
 
 
+def _repetition_controls(decoding: DecodingConfig) -> list:
+    """transformers' processors for the explanation's repetition controls (see sevlm/decoding.py)."""
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    out = []
+    if decoding.repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(float(decoding.repetition_penalty)))
+    if decoding.no_repeat_ngram:
+        out.append(NoRepeatNGramLogitsProcessor(int(decoding.no_repeat_ngram)))
+    return out
+
+
+def _sampling_warpers(decoding: DecodingConfig) -> list:
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out = []
+    if decoding.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(float(decoding.temperature)))
+    if decoding.top_k:
+        out.append(TopKLogitsWarper(int(decoding.top_k)))
+    if decoding.top_p < 1.0:
+        out.append(TopPLogitsWarper(float(decoding.top_p)))
+    return out
+
+
+def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_size: int) -> torch.Tensor:
+    """all_ids (B, T) with every position before each row's explanation set to `vocab_size`, an
+    id no logit has: the processors then neither count nor ban prompt and label tokens."""
+    T = all_ids.shape[1]
+    start = torch.tensor([s.explanation_start if s.explanation_start is not None else T for s in states],
+                         device=all_ids.device)  # (B,)
+    before = torch.arange(T, device=all_ids.device)[None, :] < start[:, None]  # (B, T)
+    return all_ids.masked_fill(before, vocab_size)
+
+
 @torch.no_grad()
 def generate(
     model,
     tokenizer,
     lexicon: VADLexicon,
     visual: torch.Tensor | None,
-    num_beams: int = 1,
-    max_new_tokens: int = 25,
+    decoding: DecodingConfig | None = None,
     use_cache: bool = True,
-    length_penalty: float = 1.0,
     n_images: int | None = None,
     vocab=None,
 ) -> list[Hypothesis]:
     """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images).
 
-    `vocab`: the model's corpus VocabMap (default: `model.vocab_map`, None = GPT-2 ids).
-    Hypothesis.tokens are model ids (compact ids under a corpus vocabulary).
+    `decoding`: strategy and options (default `DecodingConfig()`). `vocab`: the model's corpus
+    VocabMap (default: `model.vocab_map`, None = GPT-2 ids). Hypothesis.tokens are model ids
+    (compact ids under a corpus vocabulary).
     """
     cfg = model.config
     device = model.device
+    decoding = decoding or DecodingConfig()
     vocab = model_vocab(model, tokenizer, vocab)
+    pieces = _Pieces(tokenizer, vocab)
     prompt = prompt_ids(tokenizer, vocab, cfg.bos_prompt)
     n_prompt = len(prompt)
-    max_new = max(1, min(max_new_tokens, cfg.max_len - n_prompt))
+    max_new = max(1, min(decoding.max_new_tokens, cfg.max_len - n_prompt))
     I = visual.shape[0] if visual is not None else int(n_images or 1)
-    K = max(1, num_beams)
+    K = decoding.num_beams
     B = I * K
     eos = cfg.eos_id
+    controls = _repetition_controls(decoding)
+    warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
+    sampler = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.strategy == "sample" else None
 
     if visual is not None:
         visual = visual.to(device)
     rows = torch.arange(I, device=device).repeat_interleave(K)  # (B,) image of each beam
     context = model.visual_context(visual, rows) if visual is not None else {}
 
-    states = [_TextState(tokenizer, lexicon, prompt, cfg.because_id, vocab) for _ in range(B)]
+    states = [_TextState(pieces, lexicon, prompt, cfg.because_id) for _ in range(B)]
     ids = torch.tensor([prompt] * B, device=device)  # (B, P)
     seg = torch.full_like(ids, cfg.emotion_id)
     vad = torch.from_numpy(np.stack([np.stack(states[0].prompt_vad)] * B)).to(device)  # (B, P, 3)
@@ -186,8 +262,8 @@ def generate(
     def full_logits(all_ids: torch.Tensor) -> torch.Tensor:
         """Uncached, the authors' style: VAD and segments recomputed from the full text, then the
         whole training forward (image projection, all positions' logits) re-run."""
-        feats = [_full_features(tokenizer, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id,
-                                vocab) for row in all_ids.tolist()]
+        feats = [_full_features(pieces, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id)
+                 for row in all_ids.tolist()]
         v = torch.from_numpy(np.stack([f[0] for f in feats])).to(device)  # (B, T, 3)
         s = torch.tensor([f[1] for f in feats], device=device)  # (B, T)
         out = model(input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None)
@@ -199,33 +275,50 @@ def generate(
     else:
         logits = full_logits(ids)
     all_ids = ids
-    scores = torch.zeros(B, device=device)
+    scores = torch.zeros(B, device=device)  # summed decoding log-probs (after the repetition controls)
+    lengths = torch.zeros(B, device=device)  # scored tokens per sequence (EOS included)
     if K > 1:
         scores.view(I, K)[:, 1:] = -math.inf  # all beams start equal: expand only the first
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    step_logp: list[list[float]] = [[] for _ in range(B)]
+    step_logp: list[list[float]] = [[] for _ in range(B)]  # the model's own log-probs, for emotion_prob
 
     for step in range(max_new):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+        model_logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+        controlled = logits.float()
+        if controls:
+            history = _explanation_history(all_ids, states, controlled.shape[-1])  # (B, T)
+            for c in controls:
+                controlled = c(history, controlled)
+        logp = torch.log_softmax(controlled, dim=-1)  # (B, V)
         if finished.any():
-            # a finished beam only extends with EOS at no cost, keeping its score
+            # a finished sequence only extends with EOS at no cost, keeping its score
             logp[finished] = -math.inf
             logp[finished, eos] = 0.0
-        if K == 1:
-            nxt = logp.argmax(-1)  # (B,)
-            chosen = logp.gather(1, nxt[:, None])[:, 0]
-            src = torch.arange(B, device=device)
-        else:
-            cand = (scores[:, None] + logp).view(I, -1)  # (I, K*V)
-            top, idx = cand.topk(K, dim=-1)  # (I, K)
+        grow = lengths + (~finished).float()  # (B,) lengths after this step
+        if K > 1:
+            # rank by length-normalised score, so finished beams compete fairly with longer live ones
+            cand = scores[:, None] + logp  # (B, V)
+            norm = cand / grow.clamp(min=1)[:, None] ** decoding.length_penalty
+            _, idx = norm.view(I, -1).topk(K, dim=-1)  # (I, K)
             V = logp.shape[-1]
             src = (idx // V + torch.arange(I, device=device)[:, None] * K).view(-1)  # (B,) source beam
             nxt = (idx % V).view(-1)
-            chosen = top.view(-1) - scores[src]
-        src_l, nxt_l, ch_l = src.tolist(), nxt.tolist(), chosen.tolist()
+        else:
+            src = torch.arange(B, device=device)
+            if sampler is not None:
+                warped = logp
+                for w in warpers:
+                    warped = w(all_ids, warped)
+                nxt = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+            else:
+                nxt = logp.argmax(-1)  # (B,)
+        chosen = logp[src, nxt]  # (B,)
+        model_chosen = model_logp[src, nxt].tolist()
+        src_l, nxt_l = src.tolist(), nxt.tolist()
         was_finished = finished[src]
         scores = scores[src] + chosen
-        step_logp = [step_logp[s] + ([] if was_finished[j] else [ch_l[j]]) for j, s in enumerate(src_l)]
+        lengths = grow[src]
+        step_logp = [step_logp[s] + ([] if was_finished[j] else [model_chosen[j]]) for j, s in enumerate(src_l)]
         states = [states[s].copy() if K > 1 else states[s] for s in src_l]
         finished = was_finished | (nxt == eos)
         all_ids = torch.cat([all_ids[src], nxt[:, None]], dim=1)  # (B, t+1)
@@ -246,18 +339,13 @@ def generate(
             logits = full_logits(all_ids)
 
     gen = all_ids[:, n_prompt:].tolist()
+    key = scores / lengths.clamp(min=1) ** decoding.length_penalty  # (B,) beam ranking
     results = []
     for i in range(I):
-        best, best_key = None, -math.inf
-        for j in range(i * K, (i + 1) * K):
-            toks = gen[j]
-            if eos in toks:
-                toks = toks[: toks.index(eos)]
-            n = len(step_logp[j])
-            key = scores[j].item() / (max(n, 1) ** length_penalty) if K > 1 else 0.0
-            if best is None or key > best_key:
-                best, best_key = (j, toks), key
-        j, toks = best
+        j = i * K + int(key[i * K : (i + 1) * K].argmax())
+        toks = gen[j]
+        if eos in toks:
+            toks = toks[: toks.index(eos)]
         text = tokenizer.decode(vocab.to_gpt2(toks) if vocab is not None else toks, skip_special_tokens=True)
         emotion, explanation, raw = parse_output(text)
         prob = None
@@ -274,8 +362,7 @@ def generate_for_features(
     visual_tokens: torch.Tensor | np.ndarray,
     image_ids: Sequence[str] | None = None,
     batch_size: int = 32,
-    num_beams: int = 1,
-    max_new_tokens: int = 25,
+    decoding: DecodingConfig | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Decode every image of visual_tokens (N, T, D) with a LoadedRun; one JSON-able dict each."""
@@ -288,7 +375,7 @@ def generate_for_features(
     out = []
     for start in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
         chunk = torch.as_tensor(np.asarray(visual_tokens[start : start + batch_size]), dtype=torch.float32)
-        hyps = generate(model, run.tokenizer, run.lexicon, chunk, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding)
         for image_id, h in zip(ids[start : start + batch_size], hyps):
             out.append(prediction_record(image_id, h))
     return out
@@ -296,6 +383,28 @@ def generate_for_features(
 
 def prediction_record(image_id: str, h: Hypothesis) -> dict[str, Any]:
     return {"image_id": image_id, "emotion": h.emotion, "explanation": h.explanation, "emotion_prob": h.emotion_prob, "raw": h.raw}
+
+
+def run_decoding(run, decoding: DecodingConfig | dict | None = None) -> DecodingConfig:
+    """The decoding to use with a LoadedRun: `decoding` itself when it is a DecodingConfig, else
+    the run's recorded one (its train config's `decoding` section, else the defaults) with the
+    changes in the dict `decoding` applied (see `DecodingConfig.updated`)."""
+    from sevlm.config import from_dict
+
+    if isinstance(decoding, DecodingConfig):
+        return decoding
+    section = (run.config.get("train") or {}).get("decoding")
+    recorded = from_dict(DecodingConfig, section, where=f"{run.path / 'config.json'}:train.decoding")
+    return recorded.updated(**(decoding or {}))
+
+
+PREDICTIONS_META_FORMAT = "sevlm-predictions-meta-1"
+
+
+def predictions_meta_path(predictions: str | Path) -> Path:
+    """The sidecar that describes a predictions file: `<predictions>.meta.json`."""
+    predictions = Path(predictions)
+    return predictions.with_name(predictions.name + ".meta.json")
 
 
 def split_visual_tokens(features_path: str | Path, dataset_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -320,48 +429,54 @@ def generate_split(
     dataset_dir: str | Path | None = None,
     features: str | Path | None = None,
     batch_size: int = 32,
-    num_beams: int = 1,
-    max_new_tokens: int = 25,
+    decoding: DecodingConfig | dict | None = None,
     device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """Predictions for a split as JSON lines {"image_id","emotion","explanation","emotion_prob","raw"}.
+    """Predictions for a split as JSON lines {"image_id","emotion","explanation","emotion_prob","raw"},
+    described by the sidecar `<out>.meta.json` (run, split, decoding, batch size).
 
-    Dataset folder and feature cache default to those recorded in the run's config.
+    Dataset folder and feature cache default to those recorded in the run's config; `decoding`
+    is a DecodingConfig, or changes to the run's own (see `run_decoding`).
     """
-    from sevlm.io import write_text
+    from sevlm.io import write_json, write_text
 
     run = load_run(run_dir, device=device)
-    data = run.config.get("train", {}).get("data", {})
-    dataset_dir = dataset_dir or data.get("dataset_dir")
-    features = features or data.get("features")
+    decoding = run_decoding(run, decoding)
+    recorded = run.data_paths
+    dataset_dir = dataset_dir or recorded.dataset_dir
+    features = features or recorded.features
     if not dataset_dir:
         raise DataError(f"{run_dir}: no dataset_dir recorded in the run config; pass it explicitly")
     if not features:
         raise DataError(f"{run_dir}: no feature cache recorded in the run config; pass --features")
     image_ids, tokens = split_visual_tokens(features, dataset_dir, split)
-    preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
+    run.check_visual_dim(tokens.shape[-1], features)
+    preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, decoding=decoding)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    # batch_size is recorded because sampling draws depend on how images are batched
+    write_json(predictions_meta_path(out), {
+        "format": PREDICTIONS_META_FORMAT, "run": str(run.path), "split": split, "count": len(preds),
+        "batch_size": batch_size, "decoding": decoding.to_dict(),
+    })
     return preds
 
 
 def predict_images(
     run_dir: str | Path,
     image_paths: Sequence[str | Path],
-    num_beams: int = 1,
+    decoding: DecodingConfig | dict | None = None,
     device: str = "cpu",
     lexicon: str | None = None,
-    max_new_tokens: int = 25,
 ) -> list[dict[str, Any]]:
-    """Encode image files with the run's recorded encoder and decode each; one dict per image."""
+    """Encode image files with the run's recorded encoder and decode each (`decoding` as in
+    `generate_split`); one dict per image."""
     from PIL import Image, UnidentifiedImageError
 
-    from sevlm.encoders import build_encoder, to_rgb
+    from sevlm.encoders import to_rgb
 
     run = load_run(run_dir, device=device, lexicon=lexicon)
-    enc_spec = run.config.get("encoder")
-    if not enc_spec or not enc_spec.get("name"):
-        raise DataError(f"{run.path / 'config.json'}: no image encoder recorded; cannot encode raw images")
-    encoder = build_encoder(enc_spec["name"], **enc_spec.get("settings", {})).to(device).eval()
+    decoding = run_decoding(run, decoding)
+    encoder = run.image_encoder(device)
     pixels = []
     for path in image_paths:
         try:
@@ -373,9 +488,5 @@ def predict_images(
             raise DataError(f"{path}: not a readable image ({e})") from None
     with torch.no_grad():
         tokens, _ = encoder(torch.stack(pixels).to(device))  # (N, T, D)
-    if tokens.shape[-1] != run.model.config.visual_dim:
-        raise DataError(
-            f"encoder {enc_spec['name']!r} gives {tokens.shape[-1]}-d tokens but the model expects {run.model.config.visual_dim}"
-        )
-    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), num_beams=num_beams, max_new_tokens=max_new_tokens)
+    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), decoding)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sevlm.data.vad import VADLexicon
-from sevlm.generate import generate
+from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
 from sevlm.text import SequenceBuilder, load_tokenizer
 
@@ -102,15 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- decoding -------------------------------------------------------------------------------
     visual = torch.randn(args.images, args.visual_tokens, args.visual_dim, generator=g)
-    generate(model, tok, lex, visual[:2].to(device), max_new_tokens=3)  # warm-up
+    decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
+    generate(model, tok, lex, visual[:2].to(device), DecodingConfig(max_new_tokens=3))  # warm-up
 
     t = time.perf_counter()
-    fast = generate(model, tok, lex, visual.to(device), max_new_tokens=args.max_new_tokens)
+    fast = generate(model, tok, lex, visual.to(device), decoding)
     fast_s = time.perf_counter() - t
 
     t = time.perf_counter()
     ref = [
-        generate(model, tok, lex, visual[i : i + 1].to(device), max_new_tokens=args.max_new_tokens, use_cache=False)[0]
+        generate(model, tok, lex, visual[i : i + 1].to(device), decoding, use_cache=False)[0]
         for i in range(args.images)
     ]
     ref_s = time.perf_counter() - t

@@ -15,6 +15,9 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sevlm.data.artemis import DOMINANCE_RULES
+    from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
+
     src = p.add_argument_group("what to score (predictions + references, or a run to generate from)")
     src.add_argument("--predictions", help="JSON lines {image_id, emotion, explanation}")
     src.add_argument("--references", help="the split's grouped JSON written by `sevlm prepare` (e.g. DATASET/test.json)")
@@ -28,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lenient", action="store_true",
                    help="skip predictions for unknown images and score only the predicted images (counted in the report) "
                         "instead of stopping")
+    p.add_argument("--dominance", choices=DOMINANCE_RULES, default="artemis",
+                   help="when an image has a dominant emotion, recomputed from its votes: 'artemis' = at least half "
+                        "with a unique maximum (ArtEmis's code, default), 'strict-majority' = more than half (the "
+                        "SEVLM authors' evaluation)")
+    p.add_argument("--emo-classifier", choices=CLASSIFIER_KINDS, default="tfidf",
+                   help="the text classifier behind Emo-Align: 'tfidf' (TF-IDF + logistic regression, default) or "
+                        "'lstm' (ArtEmis's kind of classifier, for numbers comparable with ArtEmis); trained once on "
+                        "the training split and cached in DATASET/emo_classifier/<kind>/")
     p.add_argument("--retrain-classifier", action="store_true", help="retrain the Emo-Align classifier even if cached")
 
 
@@ -49,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
         if not (args.predictions and args.references):
             raise ConfigError("give --predictions and --references, or --run with --dataset")
         predictions, references = Path(args.predictions), Path(args.references)
+    if args.emo_classifier != "tfidf" and not args.dataset:
+        raise ConfigError(f"--emo-classifier {args.emo_classifier} needs --dataset (it trains on the training split)")
     summary = evaluate_and_report(
         predictions, references, args.out, dataset_dir=args.dataset, vad_lexicon=args.vad_lexicon,
-        strict=not args.lenient, retrain_classifier=args.retrain_classifier,
+        strict=not args.lenient, retrain_classifier=args.retrain_classifier, dominance=args.dominance,
+        emo_classifier=args.emo_classifier,
     )
     keys = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy", "emo_align")
     print("  ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)))
@@ -71,11 +85,9 @@ def _generate(run_dir, dataset_dir, split, out_path, features=None) -> None:
 def _recorded_dataset(run_dir) -> str:
     """The dataset folder recorded in the run's exported config."""
     from sevlm.errors import ConfigError
-    from sevlm.export import find_export
-    from sevlm.io import read_json
+    from sevlm.export import RunDataPaths
 
-    config = read_json(find_export(run_dir) / "config.json")
-    dataset = ((config.get("train") or {}).get("data") or {}).get("dataset_dir")
+    dataset = RunDataPaths.of(run_dir).dataset_dir
     if not dataset:
         raise ConfigError(f"{run_dir}: no dataset_dir recorded in the run; pass --dataset")
     return dataset

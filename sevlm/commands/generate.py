@@ -5,9 +5,45 @@ from __future__ import annotations
 HELP = "generate emotion + explanation for every image of a split with a trained run"
 EXAMPLES = """\
   sevlm generate --run runs/sevlm --split test --out preds_test.jsonl
-  sevlm generate --run runs/sevlm --split val --out preds_val.jsonl --beams 3 --batch-size 64
+  sevlm generate --run runs/sevlm --split val --out preds_val.jsonl --beams 3 --length-penalty 1.0 --batch-size 64
+  sevlm generate --run runs/sevlm --split val --out greedy3.jsonl --strategy greedy --no-repeat-ngram 3
+  sevlm generate --run runs/sevlm --split val --out rp.jsonl --repetition-penalty 1.2 --no-repeat-ngram 0
+  sevlm generate --run runs/sevlm --split test --out s.jsonl --strategy sample --top-p 0.9 --temperature 0.8 --seed 1
   sevlm generate --run runs/sevlm/export --split test --features feats/clip.h5 --dataset data/artemis --out p.jsonl
+
+Decoding starts from the run's own (its train config's `decoding` section, else the
+defaults); each flag given changes one setting. The settings used are written beside the
+predictions, in <out>.meta.json.
 """
+
+
+def add_decoding_arguments(p) -> None:
+    """The decoding flags of `generate` and `predict` (sevlm.decoding.DecodingConfig fields)."""
+    g = p.add_argument_group("decoding (default: the run's recorded decoding; see sevlm/decoding.py)")
+    g.add_argument("--strategy", choices=("greedy", "beam", "sample"), default=None,
+                   help="how tokens are picked (default: the run's; --beams N > 1 alone means beam)")
+    g.add_argument("--beams", type=int, default=None, dest="num_beams", metavar="N",
+                   help="beam width for --strategy beam (1 = greedy)")
+    g.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+                   help="an explanation never repeats an N-token n-gram; 0 = off (default: 2)")
+    g.add_argument("--repetition-penalty", type=float, default=None, metavar="P",
+                   help="penalise tokens already in the explanation, e.g. 1.2; 1.0 = off")
+    g.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="beams ranked by log-prob / length**A; 0 = no normalisation (default: 1.0)")
+    g.add_argument("--top-k", type=int, default=None, metavar="K", help="sampling: keep the K likeliest tokens; 0 = off")
+    g.add_argument("--top-p", type=float, default=None, metavar="P", help="sampling: nucleus mass, e.g. 0.9; 1.0 = off")
+    g.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (default: 1.0)")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
+    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="cap on generated tokens (default: 25)")
+
+
+DECODING_FLAGS = ("strategy", "num_beams", "no_repeat_ngram", "repetition_penalty", "length_penalty", "top_k",
+                  "top_p", "temperature", "seed", "max_new_tokens")
+
+
+def decoding_changes(args) -> dict:
+    """The decoding settings given on the command line (for DecodingConfig.updated)."""
+    return {k: getattr(args, k) for k in DECODING_FLAGS if getattr(args, k) is not None}
 
 
 def add_arguments(p) -> None:
@@ -19,10 +55,9 @@ def add_arguments(p) -> None:
                    help="HDF5 feature cache (default: the one recorded in the run's config)")
     p.add_argument("--dataset", metavar="DATASET_DIR", default=None,
                    help="dataset folder with <split>.json (default: the one recorded in the run's config)")
-    p.add_argument("--beams", type=int, default=1, help="beam width; 1 = greedy (default: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="images decoded at once (default: 32)")
-    p.add_argument("--max-new-tokens", type=int, default=25, help="cap on generated tokens (default: 25)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_decoding_arguments(p)
 
 
 def run(args) -> int:
@@ -31,8 +66,8 @@ def run(args) -> int:
     from sevlm.errors import ConfigError
     from sevlm.generate import generate_split
 
-    if args.beams < 1 or args.batch_size < 1:
-        raise ConfigError("--beams and --batch-size must be >= 1")
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
     preds = generate_split(
         run_dir=args.run,
         split=args.split,
@@ -40,8 +75,7 @@ def run(args) -> int:
         dataset_dir=args.dataset,
         features=args.features,
         batch_size=args.batch_size,
-        num_beams=args.beams,
-        max_new_tokens=args.max_new_tokens,
+        decoding=decoding_changes(args),
         device=args.device,
     )
     unknown = Counter(p["raw"] for p in preds if p["emotion"] is None)

@@ -14,12 +14,19 @@ EXAMPLES = """\
 def add_arguments(p) -> None:
     p.add_argument("--artemis-csv", required=True, metavar="CSV", help="ArtEmis v1 artemis_dataset_release_v0.csv")
     p.add_argument("--contrastive-csv", metavar="CSV", default=None,
-                   help="ArtEmis v2 Contrastive.csv: train on the Combined set (val/test stay v1)")
+                   help="ArtEmis v2 Contrastive.csv: its annotations join their paintings' splits "
+                        "(val/test become the Combined test set)")
+    p.add_argument("--train-subset", choices=("combined", "all"), default=None,
+                   help="with --contrastive-csv: 'combined' (default, the authors' training set: every v2 "
+                        "training annotation plus an equal-size sample of v1's) or 'all' (every v1 and v2 one)")
     p.add_argument("--images", metavar="DIR", default=None,
                    help="WikiArt folder (<Style>/<painting>.jpg): check images exist, record their on-disk names")
     p.add_argument("--out", required=True, metavar="DATASET_DIR", help="dataset folder to write")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed rows (counted by reason in manifest.json) instead of stopping")
+    p.add_argument("--allow-missing-images", action="store_true",
+                   help="leave out the annotations of images not found under --images even when they are "
+                        "more than 5%% of all (below that they are always left out, and counted)")
     p.add_argument("--seed", type=int, default=2021, help="split and sampling seed (default: 2021)")
     p.add_argument("--min-tokens", type=int, default=5, help="drop utterances with fewer tokens (default: 5)")
     p.add_argument("--max-repetition", type=int, default=41,
@@ -38,12 +45,15 @@ def run(args) -> int:
         seed=args.seed,
         min_tokens=args.min_tokens,
         max_repetition=args.max_repetition,
+        allow_missing_images=args.allow_missing_images,
+        train_subset=args.train_subset,
     )
     c = m["counts"]
-    print(f"wrote {args.out} ({m['training_set']} training set, seed {m['seed']})")
+    print(f"wrote {args.out} (training set: {m['training_set']}; seed {m['seed']})")
     for split, n in c.items():
         print(f"  {split:5s}: {n['images']:6d} images {n['annotations']:7d} annotations "
-              f"({n['images_with_dominant_emotion']} with a dominant emotion)")
+              f"({n['images_with_dominant_emotion']} with a dominant emotion; "
+              + ", ".join(f"{k} {v}" for k, v in n["annotations_by_source"].items()) + ")")
     print(f"  set aside ({m['set_aside']['rule']}): {m['set_aside']['paintings']} paintings, "
           f"{m['set_aside']['annotations']} annotations")
     print(f"  dropped short utterances ({m['dropped_short_utterances']['rule']}): "

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "cross-modal retrieval (FAISS) with the contrastive head: Recall@K vs a random baseline, or search a query"
+HELP = "cross-modal retrieval (FAISS) with the contrastive head: Recall@K vs exact chance, or search a query"
 EXAMPLES = """\
   sevlm retrieve --run runs/demo --split test --out runs/demo/retrieval.json
   sevlm retrieve --run runs/demo --split test --out R.json --index hnsw
+  sevlm retrieve --run runs/demo --split test --out R.json --random-runs 20
   sevlm retrieve --run runs/demo --split test --out q.json --query "the dark sky feels threatening"
   sevlm retrieve --run runs/demo --split test --out q.json --query-image painting.jpg --top 5
 """
@@ -27,56 +28,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--query", help="search the split's images and emotions with this text instead of scoring")
     q.add_argument("--query-image", help="search the split's explanations and emotions with this image file")
+    p.add_argument("--cache-dir", help="where --query/--query-image keep the embedded gallery and its index "
+                   "(default: retrieval_cache/ in the run folder); reused while model, split and features are unchanged")
+    p.add_argument("--no-cache", action="store_true", help="embed the gallery afresh and keep nothing")
     p.add_argument("--top", type=int, default=10, help="results to show per query (default 10)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random-embedding baseline")
+    p.add_argument("--random-runs", type=int, default=0,
+                   help="also score N >= 20 random-embedding draws (mean and spread), a check of the exact chance levels")
+    p.add_argument("--seed", type=int, default=0, help="first seed of the random-embedding draws")
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from sevlm.constants import EMOTIONS
     from sevlm.errors import ConfigError, DataError
-    from sevlm.evaluation.embedding import embed_image_file, embed_query_text, embed_split
-    from sevlm.evaluation.retrieval import Index, IndexOptions, normalize, retrieval_report
+    from sevlm.evaluation.retrieval import IndexOptions, score_split, search_split
     from sevlm.export import load_run
-    from sevlm.io import write_json
 
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
-    data = (run_.config.get("train") or {}).get("data") or {}
-    dataset_dir = args.dataset or data.get("dataset_dir")
-    features = args.features or data.get("features")
+    recorded = run_.data_paths
+    dataset_dir = args.dataset or recorded.dataset_dir
+    features = args.features or recorded.features
     if not dataset_dir or (not features and not args.query_image):
         raise DataError(f"{args.run}: no dataset_dir/features recorded in the run config; pass --dataset and --features")
     options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
     source = {"run": str(run_.path), "dataset": str(dataset_dir), "features": str(features), "split": args.split}
 
     if args.query or args.query_image:
-        # the query first: a bad query fails before the gallery is embedded
-        q = embed_query_text(run_, args.query) if args.query else embed_image_file(run_, args.query_image)
-        emb = embed_split(run_, dataset_dir, args.split, features, batch_size=args.batch_size,
-                          images=bool(args.query), texts=bool(args.query_image))
-        if args.query:
-            gallery, names = emb.image_emb, [{"image_id": i} for i in emb.image_ids]
-        else:
-            gallery = emb.text_emb
-            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
-        q = normalize(q)
-        index = Index(normalize(gallery), options)
-        scores, ids = index.search(q, args.top)
-        emo_scores = (q @ normalize(emb.emotion_emb).T)[0]  # [9]
-        result = {
-            **source,
-            "query": args.query if args.query else {"image": args.query_image},
-            "index": index.describe(),
-            "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
-            "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
-        }
+        from sevlm.io import write_json
+
+        run_folder = run_.path.parent if run_.path.name == "export" else run_.path
+        cache_dir = None if args.no_cache else (args.cache_dir or run_folder / "retrieval_cache")
+        result = {**source, **search_split(run_, dataset_dir, args.split, features, query=args.query,
+                                           query_image=args.query_image, top=args.top, options=options,
+                                           batch_size=args.batch_size, cache_dir=cache_dir)}
         write_json(args.out, result)
-        print(f"nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
+        if result["gallery_cache"]:
+            print(f"gallery: {'reused' if result['gallery_cache']['reused'] else 'embedded and cached'} in {result['gallery_cache']['path']}")
+        print("nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
         for r in result["results"]:
             print(f"{r['rank']:3d}  {r['score']:.3f}  {r['image_id']}" + (f"  {r['explanation']}" if "explanation" in r else ""))
         print(f"wrote {args.out}")
@@ -84,20 +74,16 @@ def run(args: argparse.Namespace) -> int:
 
     from sevlm.evaluation.report import write_retrieval_report
 
-    emb = embed_split(run_, dataset_dir, args.split, features, batch_size=args.batch_size)
-
-    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
-                              options=options, seed=args.seed)
-    result.update(source)
-    result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
+    result = {**score_split(run_, dataset_dir, args.split, features, options=options, batch_size=args.batch_size,
+                            random_runs=args.random_runs, seed=args.seed), **source}
     write_retrieval_report(result, args.out)
-    m, b = result["model"], result["random_baseline"]
+    m, c = result["model"], result["chance"]
     for d in ("image_to_explanation", "explanation_to_image"):
-        print(f"{d}: " + " ".join(f"R@{k} {m[d][f'R@{k}']:.3f} (random {b[d][f'R@{k}']:.3f})" for k in result["ks"])
-              + f"  median rank {m[d]['median_rank']:.0f} (random {b[d]['median_rank']:.0f})")
+        print(f"{d}: " + " ".join(f"R@{k} {m[d][f'R@{k}']:.3f} (chance {c[d][f'R@{k}']:.3f})" for k in result["ks"])
+              + f"  median rank {m[d]['median_rank']:g} (chance {c[d]['median_rank']:g})")
     for d in ("image_to_emotion", "explanation_to_emotion"):
-        acc, base = m[d]["accuracy"], b[d]["accuracy"]
-        if acc is not None:
-            print(f"{d} accuracy {acc:.3f} (random {base:.3f}, n={m[d]['n']})")
+        if m[d]["accuracy"] is not None:
+            print(f"{d} accuracy {m[d]['accuracy']:.3f} (chance {c[d]['accuracy']:.3f}, "
+                  f"majority class {c[d]['majority_class']:.3f}, n={m[d]['n']})")
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
     return 0

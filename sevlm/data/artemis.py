@@ -4,34 +4,37 @@
 ArtEmis v2 (`Contrastive.csv`), groups the annotations per painting, splits paintings
 85/5/10 and writes, per split, the SEVLM grouped JSON (`<split>.json`), COCO caption
 references (`<split>_coco.json`), and finally `manifest.json` (written last, so a folder
-with a manifest is complete).
+with a manifest is complete). The reading, image and writing machinery here is shared with
+other datasets' formats (`sevlm.data.generic`).
 
 Rules (as in ArtEmis / SEVLM):
 - paintings with repetition >= 41 (the heavily re-annotated ones) are set aside;
 - utterances with fewer than 5 tokens are dropped as explanations (their emotion still
   counts towards the painting's emotion distribution, as in ArtEmis's image histograms);
-- with v2 the training set is the "Combined" set: every new (v2) annotation of a painting
-  outside val/test plus an equal-size random sample of the old (v1) training annotations;
-  val and test stay v1.
+- with v2, paintings keep their v1 split and every v2 annotation goes to its painting's
+  split (val/test are then the "Combined" test set; paintings new in v2 train). The training
+  set is by default the authors' "Combined" set: every v2 training annotation plus an
+  equal-size random sample of the v1 ones (`train_subset="all"` keeps every v1 one).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import sys
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS, NUM_EMOTIONS, SPLITS
-from sevlm.errors import DataError
-from sevlm.io import read_json, sha256_file, write_json
+from sevlm.errors import ConfigError, DataError
+from sevlm.io import atomic_dir, read_json, sha256_file, write_json
 
 FORMAT = "sevlm-artemis-dataset/1"
 REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
@@ -39,6 +42,14 @@ REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
 REQUIRED_V2 = ("art_style", "painting", "emotion", "utterance")
 SPLIT_FRACTIONS = {"train": 0.85, "val": 0.05, "test": 0.10}
 IMAGE_EXT = ".jpg"
+TRAIN_SUBSETS = {  # with v2: name -> the manifest's description of the training set
+    "combined": "combined (every v2 training annotation + an equal-size random sample of v1's)",
+    "all": "all (every v1 and v2 training annotation)",
+}
+# Above this share of absent images `prepare` stops (a wrong --images folder, a partial download)
+# unless told to leave them out.
+MAX_MISSING_IMAGES = 0.05
+DATASET_FILES = (*(f"{s}.json" for s in SPLITS), *(f"{s}_coco.json" for s in SPLITS), "manifest.json")
 
 # Words: runs of letters/digits, apostrophes allowed inside ("don't", "artist's").
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -59,22 +70,53 @@ def clean_utterance(utterance: str) -> str:
     return " ".join(tokenize(utterance))
 
 
-def dominant_emotion(emotions: Iterable[str]) -> str | None:
-    """The emotion holding at least half of the annotations when no other holds as many.
+# How an image's votes make a dominant emotion:
+# - "artemis": at least half of the votes, with no other emotion holding as many (ArtEmis's code);
+# - "strict-majority": more than half of the votes (the SEVLM authors' evaluation).
+DOMINANCE_RULES = ("artemis", "strict-majority")
 
-    ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear" (exactly
-    half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
-    """
-    counts = Counter(emotions).most_common()
-    if not counts:
+
+def check_dominance_rule(rule: str) -> str:
+    if rule not in DOMINANCE_RULES:
+        raise ConfigError(f"dominance rule {rule!r}: expected one of {', '.join(DOMINANCE_RULES)}")
+    return rule
+
+
+def _dominant(counts: list[tuple[str, float]], total: float, rule: str) -> str | None:
+    """The dominant label of (label, count) pairs sorted by count, descending; see DOMINANCE_RULES."""
+    check_dominance_rule(rule)
+    if not counts or counts[0][1] <= 0:
         return None
-    total = sum(c for _, c in counts)
     top, top_count = counts[0]
-    if 2 * top_count < total:
-        return None
-    if len(counts) > 1 and counts[1][1] == top_count:
+    if rule == "strict-majority":
+        return top if 2 * top_count > total else None
+    if 2 * top_count < total or (len(counts) > 1 and counts[1][1] == top_count):
         return None
     return top
+
+
+def dominant_emotion(emotions: Iterable[str], rule: str = "artemis") -> str | None:
+    """The dominant emotion of an image's votes under `rule` (one of DOMINANCE_RULES).
+
+    "artemis": ["fear", "fear", "awe"] -> "fear"; ["fear", "fear", "awe", "sadness"] -> "fear"
+    (exactly half); ["fear", "fear", "awe", "awe"] -> None (tie); ["awe"] -> "awe"; [] -> None.
+    "strict-majority": ["fear", "fear", "awe", "sadness"] -> None (half is not more than half).
+    """
+    counts = Counter(emotions).most_common()
+    return _dominant(counts, sum(c for _, c in counts), rule)
+
+
+def dominant_from_distribution(distribution: Iterable[float], rule: str = "artemis") -> str | None:
+    """The dominant emotion from an image's `emotion_distribution` (9 vote shares, canonical order).
+
+    Exact on the shares `prepare` writes: a share is count/total correctly rounded, so it
+    compares with 1/2 as the count does with half the votes, and equal counts give equal shares.
+    """
+    shares = [float(x) for x in distribution]
+    if len(shares) != NUM_EMOTIONS:
+        raise DataError(f"emotion_distribution has {len(shares)} shares, expected {NUM_EMOTIONS}")
+    counts = sorted(zip(EMOTIONS, shares), key=lambda kv: -kv[1])
+    return _dominant(counts, 1.0, rule)
 
 
 def emotion_distribution(emotions: Iterable[str]) -> list[float]:
@@ -91,37 +133,79 @@ def emotion_distribution(emotions: Iterable[str]) -> list[float]:
 
 @dataclass(frozen=True)
 class Annotation:
-    art_style: str  # NFC
-    painting: str  # NFC
+    art_style: str  # NFC; in a generic dataset, the image's folder ("" at the top of the images folder)
+    painting: str  # NFC; in a generic dataset, the image's file name without its extension
     emotion: str  # one of EMOTIONS
     utterance: str  # as written
     explanation: str  # cleaned
     num_tokens: int
     repetition: int | None
-    source: str  # "v1" or "v2"
+    source: str  # ArtEmis: "v1" or "v2"; generic: the row's `source` (default: the input's file stem)
     line: int  # line of the file where the row starts
+    image_file: str = ""  # generic: the image path under the images folder; ArtEmis: <style>/<painting>.jpg
+    split: str | None = None  # a split the input fixes for this image (generic `split` column)
 
     @property
     def image_id(self) -> str:
-        return f"{self.art_style}/{self.painting}"
+        return f"{self.art_style}/{self.painting}" if self.art_style else self.painting
+
+    @property
+    def image_name(self) -> str:
+        return self.image_file or self.image_id + IMAGE_EXT
 
 
 @dataclass
 class ReadResult:
+    path: Path
     annotations: list[Annotation]
     rows: int  # data rows seen (blank lines excluded)
     skipped: Counter  # reason -> rows
     examples: list[str]  # first few skipped-row messages
 
+    def reject(self, line: int, error: RowError, skip_bad_rows: bool) -> None:
+        """A bad row: raise DataError naming file and line, or (skip_bad_rows) count it."""
+        message = f"{self.path}: line {line}: {error}"
+        if not skip_bad_rows:
+            raise DataError(message + " (use --skip-bad-rows to skip such rows)")
+        self.skipped[error.reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(message)
 
-class _RowError(Exception):
+    def manifest_entry(self) -> dict:
+        return {
+            "path": str(self.path.resolve()),
+            "sha256": sha256_file(self.path),
+            "rows": self.rows,
+            "rows_read": len(self.annotations),
+            "skipped_rows": dict(sorted(self.skipped.items())),
+        }
+
+
+class RowError(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
 
 
-def _normalise_emotion(label: str) -> str:
-    return " ".join(label.strip().lower().replace("_", " ").split())
+def parse_emotion(label: str) -> str:
+    emotion = " ".join(label.strip().lower().replace("_", " ").split())
+    if emotion not in EMOTION_TO_INDEX:
+        raise RowError("unknown_emotion", f"unknown emotion {label!r} (expected one of: {', '.join(EMOTIONS)})")
+    return emotion
+
+
+def parse_utterance(text: str) -> str:
+    if not text.strip():
+        raise RowError("empty_utterance", "empty utterance")
+    return text.strip()
+
+
+def make_annotation(art_style: str, painting: str, emotion: str, utterance: str, source: str, line: int,
+                    **extra) -> Annotation:
+    tokens = tokenize(utterance)
+    return Annotation(art_style=art_style, painting=painting, emotion=emotion, utterance=utterance,
+                      explanation=" ".join(tokens), num_tokens=len(tokens), source=source, line=line,
+                      **{"repetition": None, **extra})
 
 
 def _parse_repetition(value: str) -> int:
@@ -133,42 +217,201 @@ def _parse_repetition(value: str) -> int:
     try:
         f = float(value)
     except ValueError:
-        raise _RowError("bad_repetition", f"repetition {value!r} is not a whole number") from None
+        raise RowError("bad_repetition", f"repetition {value!r} is not a whole number") from None
     if not f.is_integer():
-        raise _RowError("bad_repetition", f"repetition {value!r} is not a whole number")
+        raise RowError("bad_repetition", f"repetition {value!r} is not a whole number")
     return int(f)
 
 
-def _check_looks_like_csv(path: Path) -> None:
-    """Refuse binary files and JSON up front, with a message better than a csv.Error."""
+def _check_text(path: Path, what: str, kind: str) -> str:
+    """Refuse empty and binary files up front, with a message better than a csv.Error; return
+    the decoded head of the file."""
     with open(path, "rb") as f:
         head = f.read(8192)
     if not head.strip():
-        raise DataError(f"{path}: file is empty (expected an ArtEmis CSV with a header row)")
+        raise DataError(f"{path}: file is empty (expected {what})")
     if b"\x00" in head:
-        raise DataError(f"{path}: not a CSV file (binary data: NUL bytes in the first 8 KB)")
+        raise DataError(f"{path}: not a {kind} (binary data: NUL bytes in the first 8 KB)")
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
-    if text.startswith(("{", "[")):
-        raise DataError(f"{path}: not a CSV file (it looks like JSON)")
     bad = text.count("\ufffd")
     # A few stray bytes are a row problem; a head that is mostly undecodable is not text.
     if bad > max(8, len(text) // 20):
-        raise DataError(f"{path}: not a CSV file (not UTF-8 text: {bad} undecodable bytes in the first 8 KB)")
+        raise DataError(f"{path}: not a {kind} (not UTF-8 text: {bad} undecodable bytes in the first 8 KB)")
+    return text
 
 
-def _records(reader) -> Iterator[tuple[int, list[str] | None, str | None]]:
-    """Yield (start line, fields, csv error message) for every record of `reader`."""
-    start = 1
+class _Lines:
+    """The physical lines of a text file, with lines put back to be read again."""
+
+    def __init__(self, f):
+        self._f = f
+        self.pending: deque[str] = deque()
+        self.taken: list[str] = []  # lines handed out since the caller last cleared it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.popleft() if self.pending else next(self._f)
+        self.taken.append(line)
+        return line
+
+
+def _complete_row(lines: list[str], width: int) -> bool:
+    """`lines` hold exactly one record, of `width` fields, with well-formed quoting."""
+    try:
+        rows = list(csv.reader(lines, strict=True))
+    except csv.Error:
+        return False
+    return len(rows) == 1 and len(rows[0]) == width
+
+
+def _records(f) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """Yield (line, fields, csv error message) for every record of the CSV text file `f`.
+
+    A quoted field may hold line breaks, so one record can span several physical lines. A
+    stray quote would make the reader swallow every line up to the next quote as one field;
+    so a record spanning lines is kept only if its quoting is well formed, it has the header's
+    number of fields and none of the lines it swallowed is a complete row of its own.
+    Otherwise its first line alone is reported as bad and reading resumes on the next line.
+    """
+    lines = _Lines(f)
+    reader = csv.reader(lines)
+    start, width = 1, None
     while True:
+        lines.taken = []
         try:
-            fields = next(reader)
+            fields, err = next(reader), None
         except StopIteration:
             return
         except csv.Error as e:
-            yield start, None, str(e)
+            fields, err = None, str(e)
+        taken = lines.taken
+        if len(taken) > 1 and width is not None and not (
+            fields is not None
+            and len(fields) == width
+            and _complete_row(taken, width)
+            and not any(_complete_row([t], width) for t in taken[1:])
+        ):
+            fields = None
+            err = f"unbalanced quote: the quoted field opened on this line runs on to line {start + len(taken) - 1}"
+            lines.pending.extendleft(reversed(taken[1:]))
+            taken = taken[:1]
+        yield start, fields, err
+        if width is None and fields is not None:
+            width = len(fields)
+        start += len(taken)
+
+
+Rows = Iterator[tuple[int, "dict[str, str] | None", "str | None"]]
+
+
+def _csv_rows(f, path: Path, required: tuple, optional: tuple, what: str) -> Rows:
+    """(line, {column: value}, None) per data row of a CSV, or (line, None, why) for a malformed one."""
+    records = _records(f)
+    try:
+        line, header, err = next(records)
+    except StopIteration:
+        raise DataError(f"{path}: file is empty (expected {what} with a header row)") from None
+    if header is None:
+        raise DataError(f"{path}: line {line}: not a CSV header ({err})")
+    columns = [h.strip().lower() for h in header]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        hint = " (is it tab-separated? CSVs here use commas)" if len(columns) == 1 and "\t" in columns[0] else ""
+        shown = ", ".join(repr(c) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
+        raise DataError(
+            f"{path}: line {line}: missing column(s) {', '.join(repr(c) for c in missing)} "
+            f"(header has {shown}; {what} needs {', '.join(required)}){hint}"
+        )
+    col = {c: columns.index(c) for c in (*required, *optional) if c in columns}
+    for line, fields, err in records:
+        if fields is not None and not any(x.strip() for x in fields):
+            continue  # blank line
+        if fields is None:
+            yield line, None, f"malformed CSV ({err})"
+        elif len(fields) != len(columns):
+            yield line, None, f"malformed row: {len(fields)} fields, the header has {len(columns)}"
         else:
-            yield start, fields, None
-        start = reader.line_num + 1
+            yield line, {c: fields[i] for c, i in col.items()}, None
+
+
+def _jsonl_rows(f, required: tuple, optional: tuple) -> Rows:
+    """(line, {key: text}, None) per JSON Lines object, or (line, None, why) for a malformed one."""
+    for line, text in enumerate(f, 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield line, None, f"not valid JSON ({e.msg} at column {e.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield line, None, f"not a JSON object ({type(obj).__name__})"
+            continue
+        row, problems = {}, []
+        for key in (*required, *optional):
+            value = obj.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                problems.append(f"field {key!r} is not text")
+            row[key] = str(value)
+        problems += [f"missing field {key!r}" for key in required if key not in row]
+        yield (line, None, "; ".join(problems)) if problems else (line, row, None)
+
+
+def _is_jsonl(path: Path, head: str) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson") or head.startswith("{")
+
+
+def read_table(
+    path: str | os.PathLike,
+    required: tuple[str, ...],
+    parse: Callable[[dict[str, str], int], Annotation],
+    skip_bad_rows: bool = False,
+    progress: bool = True,
+    optional: tuple[str, ...] = (),
+    what: str = "an ArtEmis CSV",
+    jsonl: bool = False,
+) -> ReadResult:
+    """Read the rows of one CSV (with a header row) or, if `jsonl`, a JSON Lines file too (one
+    object per line; chosen by a .jsonl/.ndjson name or a first character "{"), turning each
+    into an Annotation with `parse(row, line)`, which raises RowError for a bad row.
+
+    A bad row raises DataError naming file and line, or, with `skip_bad_rows`, is skipped and
+    counted by reason. File-level problems (missing file, not text, missing column, no rows)
+    always raise.
+    """
+    from tqdm import tqdm
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    head = _check_text(path, what, "CSV or JSON Lines file" if jsonl else "CSV file")
+    as_jsonl = jsonl and _is_jsonl(path, head)
+    if not as_jsonl and head.startswith(("{", "[")):
+        raise DataError(f"{path}: not a CSV file (it looks like JSON)")
+
+    result = ReadResult(path=path, annotations=[], rows=0, skipped=Counter(), examples=[])
+    # surrogateescape keeps undecodable bytes as markers so one bad row can be skipped.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        csv.field_size_limit(1 << 24)
+        rows = _jsonl_rows(f, required, optional) if as_jsonl else _csv_rows(f, path, required, optional, what)
+        for line, row, err in tqdm(rows, desc=f"reading {path.name}", unit=" rows", file=sys.stderr,
+                                   disable=not progress):
+            result.rows += 1
+            try:
+                if row is None:
+                    raise RowError("malformed_row", err)
+                if any(_has_surrogates(x) for x in row.values()):
+                    raise RowError("not_utf8", "text is not valid UTF-8")
+                result.annotations.append(parse(row, line))
+            except RowError as e:
+                result.reject(line, e, skip_bad_rows)
+    if result.rows == 0:
+        raise DataError(f"{path}: no data rows" + ("" if as_jsonl else " (the file has only a header)"))
+    return result
 
 
 def read_annotations(
@@ -177,99 +420,21 @@ def read_annotations(
     skip_bad_rows: bool = False,
     progress: bool = True,
 ) -> ReadResult:
-    """Read one ArtEmis-format CSV. Raises DataError naming file and line on bad input, or,
-    with `skip_bad_rows`, skips bad rows and counts them by reason.
+    """Read one ArtEmis-format CSV (v1, or v2's Contrastive.csv with `source="v2"`); see read_table."""
 
-    File-level problems (missing file, not a CSV, missing column) always raise.
-    """
-    from tqdm import tqdm
+    def parse(row: dict[str, str], line: int) -> Annotation:
+        style, painting = nfc(row["art_style"].strip()), nfc(row["painting"].strip())
+        if not style or not painting:
+            raise RowError("empty_name", "empty art_style or painting")
+        if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
+            raise RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
+        emotion, utterance = parse_emotion(row["emotion"]), parse_utterance(row["utterance"])
+        repetition = _parse_repetition(row["repetition"]) if "repetition" in row else None
+        return make_annotation(style, painting, emotion, utterance, source, line, repetition=repetition)
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    _check_looks_like_csv(path)
-    required = REQUIRED_V1 if source == "v1" else REQUIRED_V2
-
-    annotations: list[Annotation] = []
-    skipped: Counter = Counter()
-    examples: list[str] = []
-    rows = 0
-    # surrogateescape keeps undecodable bytes as markers so one bad row can be skipped.
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        csv.field_size_limit(1 << 24)
-        reader = csv.reader(f)
-        records = _records(reader)
-        try:
-            line, header, err = next(records)
-        except StopIteration:
-            raise DataError(f"{path}: file is empty (expected an ArtEmis CSV with a header row)") from None
-        if header is None:
-            raise DataError(f"{path}: line {line}: not a CSV header ({err})")
-        columns = [h.strip().lower() for h in header]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            hint = " (is it tab-separated? ArtEmis CSVs use commas)" if len(columns) == 1 and "\t" in columns[0] else ""
-            shown = ", ".join(repr(c) for c in columns[:8]) + (", ..." if len(columns) > 8 else "")
-            raise DataError(
-                f"{path}: line {line}: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(header has {shown}; an ArtEmis CSV needs {', '.join(required)}){hint}"
-            )
-        col = {c: columns.index(c) for c in REQUIRED_V1 if c in columns}
-
-        bar = tqdm(records, desc=f"reading {path.name}", unit=" rows", file=sys.stderr, disable=not progress)
-        for line, fields, err in bar:
-            if fields is not None and not any(x.strip() for x in fields):
-                continue  # blank line
-            rows += 1
-            try:
-                if fields is None:
-                    raise _RowError("malformed_row", f"malformed CSV ({err})")
-                if len(fields) != len(columns):
-                    raise _RowError(
-                        "malformed_row", f"malformed row: {len(fields)} fields, the header has {len(columns)}"
-                    )
-                if any(_has_surrogates(x) for x in fields):
-                    raise _RowError("not_utf8", "text is not valid UTF-8")
-                style = nfc(fields[col["art_style"]].strip())
-                painting = nfc(fields[col["painting"]].strip())
-                if not style or not painting:
-                    raise _RowError("empty_name", "empty art_style or painting")
-                if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
-                    raise _RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
-                raw_emotion = fields[col["emotion"]]
-                emotion = _normalise_emotion(raw_emotion)
-                if emotion not in EMOTION_TO_INDEX:
-                    raise _RowError(
-                        "unknown_emotion",
-                        f"unknown emotion {raw_emotion!r} (expected one of: {', '.join(EMOTIONS)})",
-                    )
-                utterance = fields[col["utterance"]]
-                if not utterance.strip():
-                    raise _RowError("empty_utterance", "empty utterance")
-                repetition = _parse_repetition(fields[col["repetition"]]) if "repetition" in col else None
-            except _RowError as e:
-                message = f"{path}: line {line}: {e}"
-                if not skip_bad_rows:
-                    raise DataError(message + " (use --skip-bad-rows to skip such rows)") from None
-                skipped[e.reason] += 1
-                if len(examples) < 20:
-                    examples.append(message)
-                continue
-            tokens = tokenize(utterance)
-            annotations.append(
-                Annotation(
-                    art_style=style,
-                    painting=painting,
-                    emotion=emotion,
-                    utterance=utterance.strip(),
-                    explanation=" ".join(tokens),
-                    num_tokens=len(tokens),
-                    repetition=repetition,
-                    source=source,
-                    line=line,
-                )
-            )
-    return ReadResult(annotations=annotations, rows=rows, skipped=skipped, examples=examples)
+    if source == "v1":
+        return read_table(path, REQUIRED_V1, parse, skip_bad_rows, progress)
+    return read_table(path, REQUIRED_V2, parse, skip_bad_rows, progress, optional=("repetition",))
 
 
 def _has_surrogates(text: str) -> bool:
@@ -297,32 +462,72 @@ def split_paintings(image_ids: Iterable[str], seed: int = 2021) -> dict[str, lis
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
+def drop_short(per_split: dict[str, list[Annotation]], min_tokens: int) -> Counter:
+    """Remove utterances under `min_tokens` tokens from each split; return the counts removed,
+    keyed "<source>_<split>"."""
+    short: Counter = Counter()
+    for s, items in per_split.items():
+        per_split[s] = [a for a in items if a.num_tokens >= min_tokens]
+        short.update(f"{a.source}_{s}" for a in items if a.num_tokens < min_tokens)
+    return short
+
+
 # --------------------------------------------------------------------------- images
 
 
 class ImageIndex:
-    """Finds `<Style>/<painting>.jpg` under a folder whatever the Unicode normal form on disk.
+    """Finds image files under a folder whatever the Unicode normal form of their names on disk.
 
     macOS and some archives store names decomposed (NFD); ArtEmis names may be either. Each
-    style folder is listed once and its entries keyed by their NFC form.
+    folder is listed once and its entries keyed by their NFC form.
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: images folder not found")
-        self._styles = {nfc(p.name): p.name for p in self.root.iterdir() if p.is_dir()}
-        self._files: dict[str, dict[str, str]] = {}
+        self._listings: dict[str, dict[str, str]] = {}
 
-    def resolve(self, art_style: str, painting: str) -> str | None:
-        """The image path relative to root as it is spelt on disk, or None if absent."""
-        style_on_disk = self._styles.get(nfc(art_style))
-        if style_on_disk is None:
-            return None
-        if style_on_disk not in self._files:
-            self._files[style_on_disk] = {nfc(p.name): p.name for p in (self.root / style_on_disk).iterdir()}
-        name = self._files[style_on_disk].get(nfc(painting + IMAGE_EXT))
-        return None if name is None else f"{style_on_disk}/{name}"
+    def _listing(self, folder: str) -> dict[str, str]:
+        if folder not in self._listings:
+            path = self.root / folder
+            self._listings[folder] = {nfc(p.name): p.name for p in path.iterdir()} if path.is_dir() else {}
+        return self._listings[folder]
+
+    def resolve(self, name: str) -> str | None:
+        """The image `name` ("/"-separated, relative to root) as it is spelt on disk, or None if absent."""
+        found = ""
+        for part in nfc(name).split("/"):
+            entry = self._listing(found).get(part)
+            if entry is None:
+                return None
+            found = f"{found}/{entry}" if found else entry
+        return found if (self.root / found).is_file() else None
+
+
+def find_images(
+    index: ImageIndex, per_split: dict[str, list[Annotation]], allow_missing: bool
+) -> tuple[dict[str, str], list[str]]:
+    """Each needed image's on-disk name, and the ids of the absent ones, whose annotations are
+    removed from `per_split`. More than MAX_MISSING_IMAGES absent raises unless `allow_missing`."""
+    needed = {a.image_id: a.image_name for s in SPLITS for a in per_split[s]}
+    names, missing = {}, []
+    for image_id in sorted(needed):
+        found = index.resolve(needed[image_id])
+        if found is None:
+            missing.append(image_id)
+        else:
+            names[image_id] = found
+    if len(missing) > MAX_MISSING_IMAGES * len(needed) and not allow_missing:
+        raise DataError(
+            f"{index.root}: {len(missing)} of {len(needed)} images not found "
+            f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])}); check --images, "
+            f"or pass --allow-missing-images to leave their annotations out"
+        )
+    gone = set(missing)
+    for s in SPLITS:
+        per_split[s] = [a for a in per_split[s] if a.image_id not in gone]
+    return names, missing
 
 
 # --------------------------------------------------------------------------- writing
@@ -337,14 +542,14 @@ def _group(annotations: list[Annotation], pool: dict[str, list[str]], image_name
     for image_id in sorted(by_image):
         items = by_image[image_id]
         emotions = pool[image_id]
-        style, painting = image_id.split("/", 1)
         out[image_id] = {
-            "image_name": image_names.get(image_id, image_id + IMAGE_EXT),
-            "art_style": style,
-            "painting": painting,
+            "image_name": image_names.get(image_id, items[0].image_name),
+            "art_style": items[0].art_style,
+            "painting": items[0].painting,
             "emotions": [a.emotion for a in items],
             "explanations": [a.explanation for a in items],
             "explanations_raw": [a.utterance for a in items],
+            "sources": [a.source for a in items],
             "emotion_distribution": emotion_distribution(emotions),
             "dominant_emotion": dominant_emotion(emotions),
         }
@@ -376,6 +581,66 @@ def coco_references(split_json: dict, split: str) -> dict:
     }
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """`prepare` replaces its output folder whole: refuse one that holds anything else."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder (--out names the dataset folder to write)")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES)
+        if foreign:
+            raise DataError(
+                f"{out_dir}: not a dataset folder (it holds {', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); `sevlm prepare` replaces its --out folder whole, "
+                f"so choose a new or empty one"
+            )
+
+
+def write_dataset(
+    out_dir: Path,
+    per_split: dict[str, list[Annotation]],
+    pool: dict[str, list[str]],
+    image_names: dict[str, str],
+    manifest: dict,
+    split_counts: dict[str, dict] | None = None,
+) -> dict:
+    """Write the split files and `manifest` (completed with per-split counts, preceded by
+    `split_counts`, and the file list) to `out_dir`; return the manifest.
+
+    The folder is built beside `out_dir` and swapped in whole, so an interrupted run leaves the
+    previous dataset as it was, never a mix of old and new split files.
+    """
+    grouped = {s: _group(per_split[s], pool, image_names) for s in SPLITS}
+    counts = {}
+    for s, data in grouped.items():
+        counts[s] = {
+            **(split_counts or {}).get(s, {}),
+            "images": len(data),
+            "annotations": sum(len(v["emotions"]) for v in data.values()),
+            "images_with_dominant_emotion": sum(v["dominant_emotion"] is not None for v in data.values()),
+            "annotations_by_source": dict(sorted(Counter(a.source for a in per_split[s]).items())),
+        }
+    manifest = {**manifest, "counts": counts, "files": list(DATASET_FILES[:-1])}
+    with atomic_dir(out_dir) as tmp:
+        for s, data in grouped.items():
+            write_json(tmp / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
+            write_json(tmp / f"{s}_coco.json", coco_references(data, s), indent=None)
+        write_json(tmp / "manifest.json", manifest)  # last: its presence means the folder is complete
+    return manifest
+
+
+def no_training_data(what: str, results: list[ReadResult], short: Counter, missing: list[str], min_tokens: int):
+    """The DataError for a dataset whose training split came out empty, saying where rows went."""
+    rows = sum(r.rows for r in results)
+    bad = sum(sum(r.skipped.values()) for r in results)
+    return DataError(
+        f"{what}: no training annotations left (of {rows} rows: {bad} bad, {sum(short.values())} utterances "
+        f"under {min_tokens} tokens, {len(missing)} images not found)"
+    )
+
+
+# --------------------------------------------------------------------------- ArtEmis
+
+
 def prepare_dataset(
     artemis_csv: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -385,129 +650,89 @@ def prepare_dataset(
     seed: int = 2021,
     min_tokens: int = 5,
     max_repetition: int = 41,
+    allow_missing_images: bool = False,
+    train_subset: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Turn ArtEmis CSV(s) into the dataset folder described in docs/DESIGN.md; returns the manifest.
 
     `max_repetition`: paintings whose repetition is >= this are set aside.
     `min_tokens`: utterances with fewer tokens are not used as explanations.
+    `allow_missing_images`: leave out the annotations of absent images even when they are more
+    than MAX_MISSING_IMAGES of all images (below that they are always left out, and counted).
+    `train_subset` (with `contrastive_csv`): "combined" (default: the authors' training set,
+    every v2 training annotation plus an equal-size random sample of the v1 ones) or "all".
     """
     import sevlm
 
     artemis_csv, out_dir = Path(artemis_csv), Path(out_dir)
+    if train_subset is not None and contrastive_csv is None:
+        raise ConfigError("a training subset (--train-subset) needs ArtEmis v2 (--contrastive-csv)")
+    if contrastive_csv is not None:
+        train_subset = train_subset or "combined"
+        if train_subset not in TRAIN_SUBSETS:
+            raise ConfigError(f"unknown training subset {train_subset!r} (expected one of: {', '.join(TRAIN_SUBSETS)})")
+    check_out_dir(out_dir)
     index = ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
     v1 = read_annotations(artemis_csv, "v1", skip_bad_rows, progress)
     v2 = read_annotations(contrastive_csv, "v2", skip_bad_rows, progress) if contrastive_csv else None
-    new = v2.annotations if v2 else []
+    results = [v1] + ([v2] if v2 else [])
+    every = [a for r in results for a in r.annotations]
 
     # Paintings re-annotated many times are set aside entirely (v1 and v2 rows alike).
-    heavy = {a.image_id for a in v1.annotations + new if a.repetition is not None and a.repetition >= max_repetition}
-    set_aside_rows = sum(a.image_id in heavy for a in v1.annotations + new)
-    old = [a for a in v1.annotations if a.image_id not in heavy]
-    new = [a for a in new if a.image_id not in heavy]
+    heavy = {a.image_id for a in every if a.repetition is not None and a.repetition >= max_repetition}
+    set_aside_rows = sum(a.image_id in heavy for a in every)
+    every = [a for a in every if a.image_id not in heavy]
 
-    splits = split_paintings({a.image_id for a in old}, seed)
+    # The split is v1's, so v1-only and v1+v2 datasets test on the same paintings; v2 rows
+    # follow their painting, and paintings new in v2 train.
+    splits = split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
-    held_out = {pid for pid, s in split_of.items() if s != "train"}
-
-    short = Counter()
-
-    def keep(items: list[Annotation], label: str) -> list[Annotation]:
-        kept = [a for a in items if a.num_tokens >= min_tokens]
-        short[label] += len(items) - len(kept)
-        return kept
-
     per_split: dict[str, list[Annotation]] = {s: [] for s in SPLITS}
-    for a in old:
-        per_split[split_of[a.image_id]].append(a)
-    # Each image's emotion distribution counts every valid annotation of the sources its split uses.
+    # Each image's emotion distribution counts every valid annotation, short ones included.
     pool: dict[str, list[str]] = defaultdict(list)
-    for a in old:
+    for a in every:
+        per_split[split_of.get(a.image_id, "train")].append(a)
         pool[a.image_id].append(a.emotion)
+    short = drop_short(per_split, min_tokens)
 
     combined = None
-    v2_on_held_out = 0
     if v2 is not None:
-        v2_on_held_out = sum(a.image_id in held_out for a in new)
-        new = [a for a in new if a.image_id not in held_out]
-        for a in new:
-            pool[a.image_id].append(a.emotion)
-        new_kept = keep(new, "v2")
-        old_kept = keep(per_split["train"], "v1_train")
-        rng = np.random.default_rng(seed)
-        n_old = min(len(new_kept), len(old_kept))
-        picked = np.sort(rng.choice(len(old_kept), size=n_old, replace=False)) if n_old else []
-        per_split["train"] = [old_kept[i] for i in picked] + new_kept
+        old = [a for a in per_split["train"] if a.source == "v1"]
+        new = [a for a in per_split["train"] if a.source == "v2"]
+        n_old = len(old)
+        if train_subset == "combined":
+            rng = np.random.default_rng(seed)
+            n_old = min(len(new), len(old))
+            picked = np.sort(rng.choice(len(old), size=n_old, replace=False)) if n_old else []
+            per_split["train"] = [old[i] for i in picked] + new
         combined = {
-            "v2_annotations": len(new_kept),
-            "v1_annotations_sampled": int(n_old),
-            "v1_annotations_available": len(old_kept),
-            "v2_rows_on_val_test_paintings": v2_on_held_out,
-            "v2_new_paintings": len({a.image_id for a in new_kept} - set(split_of)),
-        }
-    else:
-        per_split["train"] = keep(per_split["train"], "v1_train")
-    for s in ("val", "test"):
-        per_split[s] = keep(per_split[s], f"v1_{s}")
-
-    image_names: dict[str, str] = {}
-    missing: list[str] = []
-    if index is not None:
-        needed = sorted({a.image_id for s in SPLITS for a in per_split[s]})
-        for image_id in needed:
-            style, painting = image_id.split("/", 1)
-            found = index.resolve(style, painting)
-            if found is None:
-                missing.append(image_id)
-            else:
-                image_names[image_id] = found
-        gone = set(missing)
-        for s in SPLITS:
-            per_split[s] = [a for a in per_split[s] if a.image_id not in gone]
-
-    counts = {}
-    for s in SPLITS:
-        data = _group(per_split[s], pool, image_names)
-        write_json(out_dir / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
-        write_json(out_dir / f"{s}_coco.json", coco_references(data, s), indent=None)
-        counts[s] = {
-            "paintings_in_split": len(splits[s]),
-            "images": len(data),
-            "annotations": sum(len(v["emotions"]) for v in data.values()),
-            "images_with_dominant_emotion": sum(v["dominant_emotion"] is not None for v in data.values()),
-        }
-        if s == "train" and combined is not None:
-            counts[s]["annotations_v1"] = sum(a.source == "v1" for a in per_split[s])
-            counts[s]["annotations_v2"] = sum(a.source == "v2" for a in per_split[s])
-
-    def source_entry(path: Path, result: ReadResult) -> dict:
-        return {
-            "path": str(path.resolve()),
-            "sha256": sha256_file(path),
-            "rows": result.rows,
-            "rows_read": len(result.annotations),
-            "skipped_rows": dict(sorted(result.skipped.items())),
+            "v1_train_annotations_available": len(old),
+            "v1_train_annotations_used": int(n_old),
+            "v2_new_paintings": len({a.image_id for a in new} - set(split_of)),
         }
 
-    sources = {"artemis_csv": source_entry(artemis_csv, v1)}
-    skipped = Counter(v1.skipped)
-    examples = list(v1.examples)
+    image_names, missing = find_images(index, per_split, allow_missing_images) if index else ({}, [])
+    if not per_split["train"]:
+        raise no_training_data(str(artemis_csv), results, short, missing, min_tokens)
+
+    sources = {"artemis_csv": v1.manifest_entry()}
     if v2 is not None:
-        sources["contrastive_csv"] = source_entry(Path(contrastive_csv), v2)
-        skipped.update(v2.skipped)
-        examples += v2.examples
+        sources["contrastive_csv"] = v2.manifest_entry()
+    skipped = sum((r.skipped for r in results), Counter())
     manifest = {
         "format": FORMAT,
+        "input_format": "artemis",
         "sevlm_version": sevlm.__version__,
-        "training_set": "combined (v2 + equal-size v1 sample)" if v2 is not None else "v1",
+        "training_set": TRAIN_SUBSETS[train_subset] if v2 is not None else "v1",
+        "train_subset": train_subset,
         "sources": sources,
         "seed": seed,
         "split_fractions": SPLIT_FRACTIONS,
         "emotions": list(EMOTIONS),
         "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
-        "counts": counts,
         "skipped_rows": dict(sorted(skipped.items())),
-        "skipped_examples": examples[:20],
+        "skipped_examples": [e for r in results for e in r.examples][:20],
         "set_aside": {
             "rule": f"repetition >= {max_repetition}",
             "paintings": len(heavy),
@@ -520,10 +745,9 @@ def prepare_dataset(
         },
         "missing_images": {"count": len(missing), "examples": missing[:50]},
         "combined": combined,
-        "files": [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS],
     }
-    write_json(out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
-    return manifest
+    paintings = {s: {"paintings_in_split": len(splits[s])} for s in SPLITS}
+    return write_dataset(out_dir, per_split, pool, image_names, manifest, paintings)
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> dict:

@@ -8,14 +8,15 @@ tokens [B, T, D] plus a pooled vector [B, D]. Adding one is a single class decor
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from sevlm.errors import ConfigError
+from sevlm.errors import ConfigError, DataError
 
 ENCODERS: dict[str, type["ImageEncoder"]] = {}
 
@@ -75,6 +76,36 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
         # CMYK (JPEG Adobe inversion handled by PIL), L, 1, YCbCr, LAB, HSV ...
         return img.convert("RGB")
     return img
+
+
+class ImageError(DataError):
+    """An image file that cannot be used; `reason` is the message without the file name."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def load_pixels(path: str | Path, preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """Decode one image file and `preprocess` it (e.g. `encoder.preprocess`).
+
+    Anything unusable (missing, empty, not an image, truncated, a decompression bomb) raises
+    ImageError naming the file, so every caller reports it on one line.
+    """
+    try:
+        if Path(path).stat().st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        with Image.open(path) as img:
+            return preprocess(img)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (PIL cannot identify the format)") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL refuses before decoding
+        raise ImageError(path, f"too large to decode safely: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        # truncated JPEGs ("image file is truncated"), broken PNG chunks, bad headers ...
+        raise ImageError(path, f"corrupt or truncated image: {e}") from None
 
 
 def resize_center_crop(img: Image.Image, resize: int, crop: int, resample) -> Image.Image:

@@ -82,12 +82,9 @@ def embed_image_file(run, path: str | Path) -> np.ndarray:
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    from sevlm.encoders import build_encoder, to_rgb
+    from sevlm.encoders import to_rgb
 
-    spec = run.config.get("encoder")
-    if not spec or not spec.get("name"):
-        raise DataError(f"{run.path / 'config.json'}: no image encoder recorded; cannot encode {path}")
-    encoder = build_encoder(spec["name"], **spec.get("settings", {})).to(run.model.device).eval()
+    encoder = run.image_encoder()
     try:
         with Image.open(path) as img:
             pixels = encoder.preprocess(to_rgb(img))[None]  # (1, 3, H, W)
@@ -121,9 +118,7 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     image_emb = [np.zeros((0, emotion_emb.shape[1]), dtype=np.float32)]
     if images:
         store = FeatureStore(features)
-        if store.token_shape[1] != run.model.config.visual_dim:
-            raise DataError(f"{features}: {store.token_shape[1]}-d visual tokens, but the model expects "
-                            f"{run.model.config.visual_dim}-d (features from another encoder?)")
+        run.check_visual_dim(store.token_shape[1], features)
         rows = [store.index_of(records[i]["image_name"]) for i in image_ids]  # DataError names a missing image
     with torch.no_grad():
         for s in tqdm(range(0, len(image_ids) if images else 0, batch_size), desc="embed images", unit="batch", disable=not progress):

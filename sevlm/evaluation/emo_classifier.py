@@ -1,10 +1,17 @@
-"""A text -> emotion classifier (TF-IDF + logistic regression) for the Emo-Align score.
+"""Text -> emotion classifiers for the Emo-Align score, trained on the training split.
 
-Trained once on the training split's human explanations (each labelled with its annotator's
-emotion) and saved beside the dataset in `DATASET_DIR/emo_classifier/` as plain JSON + a
-numpy archive (no pickle: loading runs no code). Prediction recomputes TF-IDF directly from
-the saved vocabulary and idf weights, which is what sklearn's TfidfVectorizer does; a test
-holds the two to the same probabilities.
+Two kinds, chosen with `sevlm evaluate --emo-classifier`:
+- "tfidf" (default): TF-IDF + logistic regression. Prediction recomputes TF-IDF directly
+  from the saved vocabulary and idf weights, which is what sklearn's TfidfVectorizer does;
+  a test holds the two to the same probabilities.
+- "lstm": ArtEmis's kind of classifier (word embeddings -> LSTM -> max-pool -> MLP), for
+  numbers comparable with ArtEmis's Emo-Align (sevlm.evaluation.emo_lstm).
+
+Each is trained once on the training split's human explanations (each labelled with its
+annotator's emotion) and saved beside the dataset in `DATASET_DIR/emo_classifier/<kind>/` as
+plain JSON + a weights file (numpy archive or safetensors; no pickle: loading runs no code).
+The JSON is written last and names the weights' sha256, so a half-saved classifier is never
+loaded.
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from sevlm.constants import EMOTIONS
-from sevlm.errors import DataError
+from sevlm.errors import ConfigError, DataError
 
 CLASSIFIER_DIRNAME = "emo_classifier"
+CLASSIFIER_KINDS = ("tfidf", "lstm")
+SPEC_NAME = "classifier.json"
 FORMAT = "sevlm-emo-classifier/1"
 DEFAULT_PARAMS = {
     "lowercase": True,
@@ -40,6 +50,11 @@ class EmotionClassifier:
     intercept: np.ndarray  # [C]
     params: dict
     meta: dict = field(default_factory=dict)  # training data checksum, held-out accuracy, ...
+    DEFAULT_PARAMS: ClassVar[dict] = DEFAULT_PARAMS
+
+    @classmethod
+    def train(cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> "EmotionClassifier":
+        return train_classifier(texts, labels, params, seed)
 
     def features(self, texts: list[str]):
         """TF-IDF rows [N, V] (sparse), l2-normalised, exactly as TfidfVectorizer computes them."""
@@ -75,54 +90,57 @@ class EmotionClassifier:
         return [self.classes[k] for k in self.predict_proba(texts).argmax(axis=1)]
 
     def describe(self) -> dict:
-        return {"format": FORMAT, "classes": self.classes, "n_features": len(self.vocabulary), "params": self.params, **self.meta}
+        return {"kind": "tfidf", "format": FORMAT, "classes": self.classes, "n_features": len(self.vocabulary), "params": self.params, **self.meta}
 
     # -- storage (no pickle) ----------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        from sevlm.io import atomic_path, sha256_file, write_json
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(directory / "weights.npz") as tmp:
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, idf=self.idf, coef=self.coef, intercept=self.intercept)
-        # the JSON is written last and names the weights' checksum: a half-saved classifier
-        # (weights without a matching JSON) is never loaded
-        write_json(
-            directory / "classifier.json",
-            {
-                "format": FORMAT,
-                "classes": self.classes,
-                "params": self.params,
-                "meta": self.meta,
-                "weights_sha256": sha256_file(directory / "weights.npz"),
-                "vocabulary": self.vocabulary,
-            },
-            indent=None,
-        )
+
+        save_spec(directory, "weights.npz", write, {"format": FORMAT, "classes": self.classes, "params": self.params,
+                                                    "meta": self.meta, "vocabulary": self.vocabulary})
 
     @classmethod
     def load(cls, directory: str | Path) -> "EmotionClassifier":
-        from sevlm.io import read_json, sha256_file
-
-        directory = Path(directory)
-        spec = read_json(directory / "classifier.json")
-        where = directory / "classifier.json"
-        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-            raise DataError(f"{where}: not a {FORMAT} file")
-        weights = directory / "weights.npz"
-        if not weights.exists() or sha256_file(weights) != spec.get("weights_sha256"):
-            raise DataError(f"{weights}: missing or does not match {where} (delete the folder to retrain)")
+        spec, weights, where = load_spec(directory, FORMAT, "weights.npz")
         with np.load(weights, allow_pickle=False) as z:
             idf, coef, intercept = z["idf"], z["coef"], z["intercept"]
         vocab, classes = spec["vocabulary"], spec["classes"]
         n_out = 1 if len(classes) == 2 else len(classes)
         if idf.shape != (len(vocab),) or coef.shape != (n_out, len(vocab)) or intercept.shape != (n_out,):
             raise DataError(f"{weights}: array shapes do not match the vocabulary/classes in {where}")
-        if any(c not in EMOTIONS for c in classes):
-            raise DataError(f"{where}: unknown class in {classes}")
         params = {**DEFAULT_PARAMS, **spec["params"]}
         return cls(classes, vocab, idf, coef, intercept, params, spec.get("meta", {}))
+
+
+def save_spec(directory: str | Path, weights_name: str, write_weights, spec: dict) -> None:
+    """Write the weights (`write_weights(tmp_path)`) atomically, then the JSON spec naming their sha256."""
+    from sevlm.io import atomic_path, sha256_file, write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / weights_name) as tmp:
+        write_weights(tmp)
+    write_json(directory / SPEC_NAME, {**spec, "weights_sha256": sha256_file(directory / weights_name)}, indent=None)
+
+
+def load_spec(directory: str | Path, fmt: str, weights_name: str) -> tuple[dict, Path, Path]:
+    """The checked JSON spec, the weights path (its sha256 verified) and the spec's path."""
+    from sevlm.io import read_json, sha256_file
+
+    directory = Path(directory)
+    where = directory / SPEC_NAME
+    spec = read_json(where)
+    if not isinstance(spec, dict) or spec.get("format") != fmt:
+        raise DataError(f"{where}: not a {fmt} file")
+    weights = directory / weights_name
+    if not weights.exists() or sha256_file(weights) != spec.get("weights_sha256"):
+        raise DataError(f"{weights}: missing or does not match {where} (delete the folder to retrain)")
+    classes = spec.get("classes")
+    if not isinstance(classes, list) or any(c not in EMOTIONS for c in classes):
+        raise DataError(f"{where}: unknown class in {classes}")
+    return spec, weights, where
 
 
 def train_classifier(texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> EmotionClassifier:
@@ -171,35 +189,47 @@ def _annotations(dataset_dir: Path, split: str) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def accuracy(clf: EmotionClassifier, texts: list[str], labels: list[str]) -> float | None:
+def accuracy(clf, texts: list[str], labels: list[str]) -> float | None:
     if not texts:
         return None
     return float(np.mean([p == y for p, y in zip(clf.predict(texts), labels)]))
 
 
-def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: bool = False) -> EmotionClassifier:
-    """The dataset's classifier from `DATASET_DIR/emo_classifier/`, trained and saved on first use.
+def _kind(kind: str):
+    """The classifier class of a kind."""
+    if kind == "tfidf":
+        return EmotionClassifier
+    if kind == "lstm":
+        from sevlm.evaluation.emo_lstm import LSTMEmotionClassifier
 
-    A saved classifier is reused only while train.json is unchanged (its sha256 is recorded).
-    """
+        return LSTMEmotionClassifier
+    raise ConfigError(f"emotion classifier {kind!r}: expected one of {', '.join(CLASSIFIER_KINDS)}")
+
+
+def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: bool = False, kind: str = "tfidf",
+                  seed: int = 0):
+    """The dataset's classifier of `kind` from `DATASET_DIR/emo_classifier/<kind>/`, trained and
+    saved on first use. A saved classifier is reused only while train.json is unchanged (its
+    sha256 is recorded) and its parameters are the ones asked for."""
     from sevlm.io import sha256_file
 
+    cls = _kind(kind)
     dataset_dir = Path(dataset_dir)
     train_json = dataset_dir / "train.json"
     if not train_json.exists():
         raise DataError(f"{train_json}: not found (the emotion classifier trains on the train split)")
-    directory = dataset_dir / CLASSIFIER_DIRNAME
+    directory = dataset_dir / CLASSIFIER_DIRNAME / kind
     train_sha = sha256_file(train_json)
-    wanted = {**DEFAULT_PARAMS, **(params or {})}
-    if not retrain and (directory / "classifier.json").exists():
-        clf = EmotionClassifier.load(directory)
-        if clf.meta.get("train_sha256") == train_sha and clf.params == wanted:
+    wanted = {**cls.DEFAULT_PARAMS, **(params or {})}
+    if not retrain and (directory / SPEC_NAME).exists():
+        clf = cls.load(directory)
+        if clf.meta.get("train_sha256") == train_sha and clf.params == wanted and clf.meta.get("seed", 0) == seed:
             return clf
     texts, labels = _annotations(dataset_dir, "train")
-    print(f"training the Emo-Align classifier on {len(texts)} human explanations (once; cached in {directory})",
+    print(f"training the Emo-Align {kind} classifier on {len(texts)} human explanations (once; cached in {directory})",
           file=sys.stderr)
-    clf = train_classifier(texts, labels, wanted)
-    clf.meta = {"train_sha256": train_sha, "n_train": len(texts), "held_out_accuracy": {}}
+    clf = cls.train(texts, labels, wanted, seed=seed)
+    clf.meta = {"train_sha256": train_sha, "n_train": len(texts), "seed": seed, "held_out_accuracy": {}}
     for split in ("val", "test"):
         if (dataset_dir / f"{split}.json").exists():
             t, y = _annotations(dataset_dir, split)

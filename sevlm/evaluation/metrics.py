@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.constants import EMOTIONS, EMOTION_TO_INDEX
-from sevlm.data.artemis import dominant_emotion
+from sevlm.data.artemis import check_dominance_rule, dominant_emotion, dominant_from_distribution
 from sevlm.errors import ConfigError, DataError
 
 LANGUAGE_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -54,22 +54,30 @@ def normalise_emotion(label: str) -> str:
     return " ".join(str(label).lower().split())
 
 
-def entry_dominant(entry: dict, where: str = "") -> str | None:
-    """An image's dominant emotion: the stored `dominant_emotion` when present (`sevlm prepare`
-    computes it over every vote of the image, including annotations dropped for a too-short
-    utterance), else computed from its `emotions`."""
-    if "dominant_emotion" not in entry:
-        return dominant_emotion(entry.get("emotions") or [])
-    dominant = entry["dominant_emotion"]
-    if dominant is not None and dominant not in EMOTION_TO_INDEX:
-        raise DataError(f"{where}: dominant_emotion {dominant!r} is not one of the 9 emotions")
-    return dominant
+def entry_dominant(entry: dict, where: str = "", rule: str = "artemis") -> str | None:
+    """An image's dominant emotion under `rule` (sevlm.data.artemis.DOMINANCE_RULES), recomputed
+    from its votes: the `emotion_distribution` when present (`sevlm prepare` takes it over every
+    vote, including annotations dropped for a too-short utterance). Without one, a stored
+    `dominant_emotion` stands for the "artemis" rule, else the kept `emotions` are counted."""
+    if entry.get("emotion_distribution") is not None:
+        try:
+            return dominant_from_distribution(entry["emotion_distribution"], rule)
+        except (TypeError, ValueError, DataError) as e:
+            raise DataError(f"{where}: bad emotion_distribution ({e})") from None
+    if "dominant_emotion" in entry and rule == "artemis":
+        dominant = entry["dominant_emotion"]
+        if dominant is not None and dominant not in EMOTION_TO_INDEX:
+            raise DataError(f"{where}: dominant_emotion {dominant!r} is not one of the 9 emotions")
+        return dominant
+    return dominant_emotion(entry.get("emotions") or [], rule)
 
 
-def load_references(path: str | Path) -> dict[str, Reference]:
-    """Read the grouped `<split>.json` that `sevlm prepare` writes, checking every entry."""
+def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, Reference]:
+    """Read the grouped `<split>.json` that `sevlm prepare` writes, checking every entry; each
+    image's dominant emotion follows the `dominance` rule."""
     from sevlm.io import read_json
 
+    check_dominance_rule(dominance)
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict) or not data:
@@ -89,7 +97,7 @@ def load_references(path: str | Path) -> dict[str, Reference]:
                 raise DataError(f"{where}: annotation {i} has unknown emotion {emo!r}")
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"{where}: annotation {i} has an empty explanation")
-        dominant = entry_dominant(entry, where)
+        dominant = entry_dominant(entry, where, dominance)
         refs[image_id] = Reference(image_id, tuple(emotions), tuple(explanations), dominant)
     return refs
 
@@ -344,9 +352,12 @@ def evaluate(
     references_path: str | Path,
     classifier=None,
     strict: bool = True,
+    dominance: str = "artemis",
 ) -> Evaluation:
-    """Score a predictions file against the references; `classifier` (an EmotionClassifier) adds emo_align."""
-    references = load_references(references_path)
+    """Score a predictions file against the references; `classifier` (an EmotionClassifier) adds
+    emo_align; `dominance` is the rule for each image's dominant emotion (see DOMINANCE_RULES
+    in sevlm.data.artemis)."""
+    references = load_references(references_path, dominance)
     preds, warnings = align(load_predictions(predictions_path), references, predictions_path, strict)
     refs = {p.image_id: references[p.image_id] for p in preds}
     caps = caption_metrics({p.image_id: p.explanation for p in preds}, {i: list(r.explanations) for i, r in refs.items()})
@@ -362,6 +373,7 @@ def evaluate(
         "warnings": dict(warnings),
         **caps.corpus,
         "unavailable": dict(UNAVAILABLE_METRICS),
+        "dominance": dominance,
         "emotion_accuracy": emo["emotion_accuracy"],
         "emotion_accuracy_n": emo["emotion_accuracy_n"],
         "emotion_not_one_of_9_share": sum(p.emotion not in EMOTION_TO_INDEX for p in preds) / len(preds),

@@ -111,7 +111,7 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for direction, style in (("image_to_explanation", "-"), ("explanation_to_image", "--")):
-        for system, color in (("model", "C0"), ("random_baseline", "C7")):
+        for system, color in (("model", "C0"), ("chance", "C7")):
             curve = retrieval[system][direction]["recall_curve"]
             ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, marker="o", ms=3,
                     label=f"{direction.replace('_', ' ')} ({system.replace('_', ' ')})")
@@ -162,13 +162,14 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     lines += ["", "## Language (coco-caption)", "", "| " + " | ".join(LANGUAGE_METRICS) + " |",
               "|" + "---|" * len(LANGUAGE_METRICS), "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |", ""]
     lines += [f"- {k}: unavailable ({v})" for k, v in full.get("unavailable", {}).items()]
-    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion",
+    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion"
+              f" (dominance rule: {full.get('dominance', 'artemis')})",
               f"- macro F1: {_fmt(emo.get('macro_f1'))}",
               f"- predictions whose emotion is not one of the 9: {_fmt(full['emotion_not_one_of_9_share'])}"]
     if "emo_align" in full:
         acc = full.get("emo_classifier", {}).get("held_out_accuracy", {})
         lines.append(f"- Emo-Align: {_fmt(full['emo_align'])} over {full['emo_align_n']} images "
-                     f"(classifier held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
+                     f"(classifier: {full.get('emo_classifier', {}).get('kind', 'tfidf')}; held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
     if "per_class" in emo:
         lines += ["", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |" for e, v in emo["per_class"].items()]
@@ -186,23 +187,30 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
 
 
 def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
-    """Write the retrieval JSON, a Markdown table (model vs random baseline) and the recall@K plot."""
+    """Write the retrieval JSON, a Markdown table (model vs exact chance) and the recall@K plot."""
     out = Path(out)
     written = {"recall_curves": plot_recall_curves(result, _figures_dir(out) / "recall_at_k.png")}
     write_json(out, {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}})
     written["json"] = out
     ks = result["ks"]
     idx = result["model"]["index"]
+    rand = result.get("random_embeddings")
+    systems = ("model", "chance") + (("random_embeddings",) if rand else ())
     lines = ["# Retrieval report", "", f"- index: {idx['kind']} on {idx['device']} ({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
+             "- chance: the exact expectation under a random ordering of the gallery" + (
+                 f"; random embeddings: mean ± std over {rand['runs']} seeds" if rand else ""),
              "", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
     for d in ("image_to_explanation", "explanation_to_image"):
-        for s in ("model", "random_baseline"):
+        for s in systems:
             r = result[s][d]
-            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(_fmt(r[f'R@{k}']) for k in ks) + f" | {r['median_rank']:g} |")
-    lines += ["", "| emotion accuracy | model | random baseline | n |", "|---|---|---|---|"]
+            cell = (lambda k: f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}") if s == "random_embeddings" else (lambda k: _fmt(r[k]))
+            median = f"{r['median_rank']['mean']:g}" if s == "random_embeddings" else f"{r['median_rank']:g}"
+            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(cell(f"R@{k}") for k in ks) + f" | {median} |")
+    lines += ["", "| emotion accuracy | model | chance (1/9) | majority class | n |", "|---|---|---|---|---|"]
     for d in ("image_to_emotion", "explanation_to_emotion", "explanation_to_own_emotion"):
         if d in result["model"]:
-            lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(result['random_baseline'][d]['accuracy'])} | {result['model'][d]['n']} |")
+            c = result["chance"][d]
+            lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(c['accuracy'])} | {_fmt(c['majority_class'])} | {result['model'][d]['n']} |")
     lines += ["", f"![recall@K]({written['recall_curves'].relative_to(out.parent)})"]
     md = out.with_suffix(".md")
     write_text(md, "\n".join(lines) + "\n")
@@ -211,7 +219,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
-                        retrain_classifier: bool = False) -> dict:
+                        retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf") -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict."""
     from sevlm.evaluation.metrics import evaluate
 
@@ -219,8 +227,8 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
     if dataset_dir:
         from sevlm.evaluation.emo_classifier import load_or_train
 
-        classifier = load_or_train(dataset_dir, retrain=retrain_classifier)
-    ev = evaluate(predictions, references, classifier=classifier, strict=strict)
+        classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
+    ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance)
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon

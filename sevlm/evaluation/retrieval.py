@@ -1,21 +1,29 @@
 """Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
 
-Everything works on numpy arrays, so it is testable without a model; `sevlm retrieve`
-computes the embeddings with the model's contrastive head and calls `retrieval_report`.
-Embeddings are L2-normalised, so inner product = cosine similarity.
+The scoring works on numpy arrays, so it is testable without a model; `search_split` and
+`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`) and
+build the results `sevlm retrieve` writes. Embeddings are L2-normalised, so inner product =
+cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
   IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
   says which device searched.
-- Recall@K comes from the index's top-K lists (so an approximate index shows its own loss).
-- Ranks (median rank, recall@K curves) are exact: 1 + the number of gallery items scoring
-  strictly higher than the best correct one, counted from all scores in blocks.
+- Scoring computes each query's rank once, exactly: 1 + the number of gallery items scoring
+  strictly higher than the best correct one, from all scores in blocks. Median rank, the
+  recall@K curve and, for the flat (exact) index, Recall@K come from these ranks; an
+  approximate index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
+- Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
+  m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
+  first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the
+  class prior (the majority-class share). A random-embedding run (`random_runs` >= 20 seeds,
+  mean and spread) can be added as a check of these figures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -66,8 +74,6 @@ class Index:
         n, d = gallery.shape
         if n == 0:
             raise DataError("retrieval gallery is empty")
-        self.options, self.size, self.dim = options, n, d
-        self.params: dict = {}
         if options.kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif options.kind == "ivf":
@@ -76,22 +82,48 @@ class Index:
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = options.seed
             index.train(gallery)
-            index.nprobe = min(options.nprobe, nlist)
-            self.params = {"nlist": nlist, "nprobe": index.nprobe}
         else:
             index = faiss.IndexHNSWFlat(d, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = options.ef_construction
+        index.add(gallery)
+        self._place(index, options)
+
+    @classmethod
+    def load(cls, path: str | Path, options: IndexOptions = IndexOptions()) -> "Index":
+        """An index written by `save` (search settings and device come from `options`)."""
+        import faiss
+
+        self = cls.__new__(cls)
+        self._place(faiss.read_index(str(path)), options)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        import faiss
+
+        from sevlm.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.device == "gpu" else self.index, str(tmp))
+
+    def _place(self, index, options: IndexOptions) -> None:
+        """Apply the search settings and move a CPU index to the GPU when asked or available."""
+        import faiss
+
+        self.options, self.size, self.dim, self.params = options, index.ntotal, index.d, {}
+        if options.kind == "ivf":
+            index.nprobe = min(options.nprobe, index.nlist)
+            self.params = {"nlist": index.nlist, "nprobe": index.nprobe}
+        elif options.kind == "hnsw":
             index.hnsw.efSearch = options.ef_search
-            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": options.ef_construction}
+            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": index.hnsw.efConstruction}
         want_gpu = gpu_available() if options.use_gpu is None else options.use_gpu
         if want_gpu and not gpu_available():
             raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
         self.device = "cpu"
-        if want_gpu and options.kind != "hnsw":
+        if want_gpu and options.kind != "hnsw":  # HNSW has no GPU version
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, 0, index)
             self.device = "gpu"
-        index.add(gallery)
         self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,17 +136,35 @@ class Index:
         return {"kind": self.options.kind, "device": self.device, "size": self.size, "dim": self.dim, **self.params}
 
 
+def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query index, gallery index) of every same-label pair, ordered by query."""
+    order = np.argsort(gallery_label, kind="stable")
+    sorted_labels = gallery_label[order]
+    lo = np.searchsorted(sorted_labels, query_label, side="left")
+    counts = np.searchsorted(sorted_labels, query_label, side="right") - lo
+    pair_q = np.repeat(np.arange(len(query_label)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)  # each pair's offset into sorted order
+    return pair_q, order[starts + np.arange(len(pair_q))]
+
+
 def exact_ranks(
     queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int | None = None
 ) -> np.ndarray:
-    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher."""
+    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher.
+
+    A query with no positive gets rank N + 1. The scores of one block are computed once; the
+    best positive is read from the same block, so a positive never outranks itself by rounding.
+    """
+    query_label, gallery_label = np.asarray(query_label), np.asarray(gallery_label)
+    pair_q, pair_g = _positive_pairs(query_label, gallery_label)
     ranks = np.empty(len(queries), dtype=np.int64)
     block = block or max(1, min(1024, (1 << 23) // max(1, len(gallery))))  # ~8M scores (32 MB) per block
     for s in range(0, len(queries), block):
         scores = queries[s : s + block] @ gallery.T  # [b, N]
-        positive = gallery_label[None, :] == query_label[s : s + block, None]  # [b, N]
-        best = np.where(positive, scores, -np.inf).max(axis=1)  # [b]
-        ranks[s : s + block] = 1 + (scores > best[:, None]).sum(axis=1)
+        a, b = np.searchsorted(pair_q, [s, s + block])
+        best = np.full(len(scores), -np.inf, dtype=scores.dtype)
+        np.maximum.at(best, pair_q[a:b] - s, scores[pair_q[a:b] - s, pair_g[a:b]])
+        ranks[s : s + block] = 1 + np.count_nonzero(scores > best[:, None], axis=1)
     return ranks
 
 
@@ -124,16 +174,25 @@ def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarra
     return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, Index]:
-    index = Index(gallery, options)
-    _, ids = index.search(queries, max(ks))
+def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
+    return {
+        "median_rank": float(np.median(ranks)),
+        "mean_rank": float(ranks.mean()),
+        "recall_curve": {str(k): float((ranks <= k).mean()) for k in CURVE_KS if k <= gallery_size},
+    }
+
+
+def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict]:
+    """(scores of one direction, the index description)."""
     ranks = exact_ranks(queries, query_label, gallery, gallery_label)
-    res = hits_at_k(ids, query_label, gallery_label, ks)
-    res["median_rank"] = float(np.median(ranks))
-    res["mean_rank"] = float(ranks.mean())
-    res["recall_curve"] = {str(k): float((ranks <= k).mean()) for k in CURVE_KS if k <= len(gallery)}
-    res["n_queries"] = len(queries)
-    res["gallery_size"] = len(gallery)
+    if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
+        res = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
+        index = {"kind": "flat", "device": "cpu", "size": len(gallery), "dim": gallery.shape[1]}
+    else:
+        idx = Index(gallery, options)
+        _, ids = idx.search(queries, max(ks))
+        res, index = hits_at_k(ids, query_label, gallery_label, ks), idx.describe()
+    res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
     return res, index
 
 
@@ -176,11 +235,13 @@ def retrieval_metrics(
         raise DataError("image_dominant must have one entry per image")
     if len(np.unique(text_image)) != n_img:
         raise DataError("every image needs at least one explanation in the gallery")
+    if options.use_gpu and not gpu_available():
+        raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
     image_label = np.arange(n_img)
     i2t, index = _direction(image_emb, image_label, text_emb, text_image, options, ks)
     t2i, _ = _direction(text_emb, text_image, image_emb, image_label, options, ks)
     out = {
-        "index": index.describe(),
+        "index": index,
         "image_to_explanation": i2t,
         "explanation_to_image": t2i,
         "image_to_emotion": _accuracy(image_emb, emotion_emb, image_dominant),
@@ -191,15 +252,237 @@ def retrieval_metrics(
     return out
 
 
+def chance_recall(gallery_size: int, relevant, k: int) -> np.ndarray:
+    """Per query, the probability that a random ordering of `gallery_size` (N) items puts one of
+    its `relevant` (m) items among the first k: 1 - C(N-m, k)/C(N, k).
+
+    C(N-m, k)/C(N, k) = prod_{j<m} (1 - k/(N-j)), summed in log space with log1p: exact to a few
+    ulp for any N (a log-gamma difference loses ~1e-11 at N = 45,000).
+    """
+    n, m = gallery_size, np.asarray(relevant, dtype=np.int64)
+    k = min(k, n)
+    j = np.arange(min(int(m.max(initial=0)), n - k))  # terms with N - j > k; beyond them the ratio is 0
+    log_none = np.concatenate([[0.0], np.cumsum(np.log1p(-k / (n - j)))])
+    return np.where(n - m < k, 1.0, -np.expm1(log_none[np.minimum(m, len(j))]))
+
+
+def chance_median_rank(gallery_size: int, relevant) -> float:
+    """Median of the chance rank of the first relevant item, pooled over queries: the smallest
+    rank r with mean chance R@r >= 1/2 (midway to r + 1 when it is exactly 1/2, as np.median does)."""
+    lo, hi = 1, gallery_size  # every query has >= 1 relevant item, so chance R@N = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chance_recall(gallery_size, relevant, mid).mean() >= 0.5 - 1e-12:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo + 0.5 if abs(chance_recall(gallery_size, relevant, lo).mean() - 0.5) <= 1e-12 else float(lo)
+
+
+def chance_direction(gallery_size: int, relevant, ks) -> dict:
+    """Chance Recall@K, median and mean rank and recall curve of one retrieval direction."""
+    relevant = np.asarray(relevant, dtype=np.int64)
+    if len(relevant) == 0 or relevant.min() < 1 or relevant.max() > gallery_size:
+        raise DataError(f"chance levels need 1..{gallery_size} relevant items per query")
+    recall = lambda k: float(chance_recall(gallery_size, relevant, k).mean())  # noqa: E731
+    return {
+        **{f"R@{k}": recall(k) for k in ks},
+        "median_rank": chance_median_rank(gallery_size, relevant),
+        "mean_rank": float(((gallery_size + 1) / (relevant + 1)).mean()),
+        "recall_curve": {str(k): recall(k) for k in CURVE_KS if k <= gallery_size},
+        "n_queries": len(relevant),
+        "gallery_size": gallery_size,
+    }
+
+
+def chance_accuracy(targets) -> dict:
+    """Uniform guessing over the 9 emotions (1/9), with the class prior of the known targets."""
+    targets = np.asarray(targets, dtype=np.int64)
+    known = targets[targets >= 0]
+    if len(known) == 0:
+        return {"accuracy": None, "majority_class": None, "prior": None, "n": 0}
+    prior = np.bincount(known, minlength=len(EMOTIONS)) / len(known)
+    return {"accuracy": 1 / len(EMOTIONS), "majority_class": float(prior.max()),
+            "prior": {e: float(p) for e, p in zip(EMOTIONS, prior)}, "n": int(len(known))}
+
+
+def chance_levels(text_image, image_dominant, text_emotion=None, ks=(1, 5, 10)) -> dict:
+    """The exact chance level of every figure of `retrieval_metrics`, from the labels alone."""
+    text_image = np.asarray(text_image, dtype=np.int64)
+    image_dominant = np.asarray(image_dominant, dtype=np.int64)
+    n_img = len(image_dominant)
+    out = {
+        "image_to_explanation": chance_direction(len(text_image), np.bincount(text_image, minlength=n_img), ks),
+        "explanation_to_image": chance_direction(n_img, np.ones(len(text_image), dtype=np.int64), ks),
+        "image_to_emotion": chance_accuracy(image_dominant),
+        "explanation_to_emotion": chance_accuracy(image_dominant[text_image]),
+    }
+    if text_emotion is not None:
+        out["explanation_to_own_emotion"] = chance_accuracy(text_emotion)
+    return out
+
+
+MIN_RANDOM_RUNS = 20
+
+
+def random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
+                           options: IndexOptions = IndexOptions(), ks=(1, 5, 10), runs: int = MIN_RANDOM_RUNS,
+                           seed: int = 0) -> dict:
+    """Mean and standard deviation of every figure over `runs` random-embedding draws of the same shapes."""
+    if runs < MIN_RANDOM_RUNS:
+        raise ConfigError(f"random-embedding check: {runs} runs; use at least {MIN_RANDOM_RUNS} (one draw is noise)")
+    draws = []
+    for r in range(runs):
+        rng = np.random.default_rng(seed + r)
+        rand = lambda x: rng.standard_normal(np.shape(x), dtype=np.float32)  # noqa: E731
+        draws.append(retrieval_metrics(rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant,
+                                       text_emotion, options, ks))
+    out: dict = {"runs": runs, "seeds": [seed, seed + runs - 1]}
+    for d, first in draws[0].items():
+        if d == "index":
+            continue
+        keys = [k for k, v in first.items() if isinstance(v, float)]
+        out[d] = {k: {"mean": float(np.mean(v := [x[d][k] for x in draws])), "std": float(np.std(v))} for k in keys}
+    return out
+
+
 def retrieval_report(
     image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
-    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), seed: int = 0,
+    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
 ) -> dict:
-    """The model's retrieval scores beside a random-embedding baseline of the same shapes."""
-    rng = np.random.default_rng(seed)
+    """The model's retrieval scores beside the exact chance level of each (and, with
+    `random_runs` > 0, the mean and spread of that many random-embedding draws)."""
     model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
-    rand = lambda x: rng.standard_normal(np.shape(x)).astype(np.float32)  # noqa: E731
-    baseline = retrieval_metrics(
-        rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant, text_emotion, options, ks
-    )
-    return {"model": model, "random_baseline": {**baseline, "seed": seed}, "ks": list(ks)}
+    out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks)}
+    if random_runs:
+        out["random_embeddings"] = random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant,
+                                                          text_emotion, options, ks, random_runs, seed)
+    return out
+
+
+CACHE_FORMAT = "sevlm-retrieval-gallery-1"
+
+
+def _file_stamp(path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def gallery_key(run, dataset_dir, split: str, features, side: str) -> dict:
+    """What a cached gallery depends on: the model (config and weights hashes), the split file
+    and, for images, the feature cache (size and modification time)."""
+    from sevlm.export import WEIGHTS
+    from sevlm.io import sha256_file
+
+    export = Path(run.path)
+    key = {
+        "format": CACHE_FORMAT,
+        "side": side,
+        "model": {"config_sha256": sha256_file(export / "config.json"),
+                  "weights_sha256": run.config.get("weights_sha256") or sha256_file(export / WEIGHTS)},
+        "split": split,
+        "split_file": _file_stamp(Path(dataset_dir) / f"{split}.json"),
+    }
+    if side == "images":
+        key["features"] = _file_stamp(features)
+    return key
+
+
+def _read_gallery(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+    """(gallery, emotions, names) cached in `folder` under `key`, or None (absent, stale or unreadable)."""
+    import json
+    import zipfile
+
+    try:
+        if json.loads((folder / "key.json").read_text(encoding="utf-8")) != key:
+            return None
+        with np.load(folder / "gallery.npz") as z:
+            gallery, emotions = z["gallery"], z["emotions"]
+        names = json.loads((folder / "names.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return (gallery, emotions, names) if len(names) == len(gallery) else None
+
+
+def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.ndarray, names: list[dict]) -> None:
+    from sevlm.io import atomic_dir, write_json
+
+    with atomic_dir(folder) as tmp:  # a reader sees the old entry or the whole new one
+        np.savez(tmp / "gallery.npz", gallery=gallery, emotions=emotions)
+        write_json(tmp / "names.json", names, indent=None)
+        write_json(tmp / "key.json", key)
+
+
+def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
+                 options: IndexOptions = IndexOptions(), batch_size: int = 64, cache_dir=None) -> dict:
+    """Search a split with a text (against its images) or an image file (against its explanations).
+
+    With `cache_dir`, the embedded gallery and its index are kept in `<cache_dir>/<split>-<side>/`
+    under `gallery_key` and reused while the model, split and features are unchanged.
+    Returns {"query", "index", "gallery_cache", "results": [{"rank", "score", "image_id"[,
+    "explanation"]}], "emotions": the 9 emotions by score}.
+    """
+    import hashlib
+    import sys
+
+    from sevlm.evaluation import embedding
+
+    if (query is None) == (query_image is None):
+        raise ConfigError("search_split: give exactly one of query and query_image")
+    # the query first: a bad query fails before the gallery is embedded
+    q = embedding.embed_query_text(run, query) if query is not None else embedding.embed_image_file(run, query_image)
+    side = "images" if query is not None else "explanations"
+    folder = Path(cache_dir) / f"{split}-{side}" if cache_dir is not None else None
+    key = gallery_key(run, dataset_dir, split, features, side) if folder else None
+    cached = _read_gallery(folder, key) if folder else None
+    if cached:
+        gallery, emotions, names = cached
+    else:
+        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+                                    images=side == "images", texts=side == "explanations")
+        emotions = normalize(emb.emotion_emb)
+        if side == "images":
+            gallery, names = normalize(emb.image_emb), [{"image_id": i} for i in emb.image_ids]
+        else:
+            gallery = normalize(emb.text_emb)
+            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+        if folder:
+            try:
+                _write_gallery(folder, key, gallery, emotions, names)
+            except OSError as e:  # a read-only run folder still searches, just without a cache
+                print(f"warning: cannot cache the gallery in {folder} ({e})", file=sys.stderr)
+                folder = None
+    # an approximate index is kept beside the gallery, named by its build settings; a flat one
+    # is only a copy of the gallery, rebuilt at memory speed
+    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search")}
+    index_file = None
+    if folder and options.kind != "flat":
+        index_file = folder / f"index-{hashlib.sha256(repr(sorted(build.items())).encode()).hexdigest()[:12]}.faiss"
+    if cached and index_file and index_file.exists():
+        index = Index.load(index_file, options)
+    else:
+        index = Index(gallery, options)
+        if index_file:
+            index.save(index_file)
+    q = normalize(q)
+    scores, ids = index.search(q, top)
+    emo_scores = (q @ emotions.T)[0]  # [9]
+    return {
+        "query": query if query is not None else {"image": str(query_image)},
+        "index": index.describe(),
+        "gallery_cache": {"path": str(folder), "reused": bool(cached)} if folder else None,
+        "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
+        "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
+    }
+
+
+def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
+                random_runs: int = 0, seed: int = 0) -> dict:
+    """Embed a split's images, explanations and emotions and score retrieval between them."""
+    from sevlm.evaluation.embedding import embed_split
+
+    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
+    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
+                              options=options, random_runs=random_runs, seed=seed)
+    result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from sevlm.constants import SPLITS
-from sevlm.errors import DataError
+from sevlm.errors import ConfigError, DataError
 from sevlm.io import read_json, sha256_file
 
 # the annotation fields every sample carries besides the features and keys
@@ -81,3 +82,16 @@ def make_sample(image_id: str, record: dict, tokens: np.ndarray, pooled: np.ndar
     for field in ANNOTATION_FIELDS:
         sample[field] = record.get(field)
     return sample
+
+
+def launcher_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size) of this process: the arguments where given, else what torchrun and the
+    `deepspeed` launcher export (RANK, WORLD_SIZE), else (0, 1)."""
+    try:
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    except ValueError as e:
+        raise ConfigError(f"RANK / WORLD_SIZE environment variables must be integers ({e})") from None
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is out of range for world size {world_size} (--rank / --world-size, or RANK / WORLD_SIZE)")
+    return rank, world_size

@@ -9,15 +9,27 @@ Layout of F.h5 (all attributes JSON-readable; see `FeatureStore.attrs`):
            image_list_sha256, dataset manifest hash, complete, progress counters
 
 Crash safety: extraction writes `F.h5.partial`, appends whole batches, then updates the
-progress counters and flushes. After a crash (kill -9 included) the same command reopens the
-partial file, drops any rows past the last recorded counter, checks that encoder and image list
-are unchanged, and continues at the next batch boundary of the same sorted list, so the result
-equals an uninterrupted run. Only a finished file is renamed to F.h5, with complete=True;
-readers refuse anything else.
+progress counters and flushes. After a crash (kill -9 or a full disk included) the same command
+reopens the partial file, checks that encoder and image list are unchanged, checks the stored
+names against the image list, and redoes the last recorded batch (a failed flush may have left
+its counters written but its rows not), continuing at a batch boundary of the same sorted list,
+so the result equals an uninterrupted run. Only a finished file replaces F.h5, with
+complete=True; readers refuse anything else. A partial file is never truncated: one that cannot
+be read is moved aside to `F.h5.partial.damaged`.
+
+One writer per output: `F.h5.lock` is claimed with a POSIX lock (sevlm.locks), which DataLoader
+workers do not inherit and which dies with its process, and the HDF5 file is opened only after
+the workers have started, so orphaned workers of a killed run never block a restart.
+
+Distributed (`torchrun ... -m sevlm.cli extract`, or RANK/WORLD_SIZE): rank K of N encodes a
+contiguous share of the sorted list, cut at batch boundaries (so its batches are exactly those of
+a single process), into `F.h5.part-K-of-N` by the same resumable path; whichever rank finishes
+last merges the parts, in rank order, into F.h5, equal to a single-process file.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,19 +42,21 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from sevlm.errors import DataError
+from sevlm.encoders.base import ImageError, load_pixels
+from sevlm.errors import ConfigError, DataError
 from sevlm.features.common import (
     dataset_image_names,
     dataset_images_dir,
     dataset_manifest_sha256,
     image_list_sha256,
+    launcher_rank,
     load_split_records,
     make_sample,
     resolve_image,
 )
+from sevlm.locks import InUseError, claim
 
 FORMAT = "sevlm-features"
 FORMAT_VERSION = 1
@@ -69,8 +83,10 @@ def _versions() -> dict:
         "hdf5": h5py.version.hdf5_version,
         "pillow": PIL.__version__,
     }
-    if "transformers" in sys.modules:
-        v["transformers"] = sys.modules["transformers"].__version__
+    try:  # the CLIP encoder's library; read from the install so that every process records the same
+        v["transformers"] = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return v
 
 
@@ -79,30 +95,23 @@ def load_image(path: Path | None, name: str, preprocess) -> tuple[torch.Tensor |
     if path is None:
         return None, "file not found"
     try:
-        if path.stat().st_size == 0:
-            return None, "empty file (0 bytes)"
-        with Image.open(path) as img:
-            return preprocess(img), None
-    except UnidentifiedImageError:
-        return None, "not an image (PIL cannot identify the format)"
-    except Image.DecompressionBombError as e:
-        return None, f"too large to decode safely: {e}"
-    except (OSError, SyntaxError, ValueError) as e:
-        # truncated JPEGs ("image file is truncated"), broken PNG chunks, bad headers ...
-        return None, f"corrupt or truncated image: {e}"
+        return load_pixels(path, preprocess), None
+    except ImageError as e:
+        return None, e.reason
 
 
 class ImageFiles(Dataset):
-    """names[i] -> (i, pixels [3,H,W] | None, reason | None); decoding runs in DataLoader workers."""
+    """names[i] -> (i, pixels [3,H,W] | None, reason | None) for i in [start, stop); decoding runs in DataLoader workers."""
 
-    def __init__(self, names: list[str], images_dir: Path, preprocess, offset: int = 0):
-        self.names, self.images_dir, self.preprocess, self.offset = names, Path(images_dir), preprocess, offset
+    def __init__(self, names: list[str], images_dir: Path, preprocess, start: int = 0, stop: int | None = None):
+        self.names, self.images_dir, self.preprocess = names, Path(images_dir), preprocess
+        self.start, self.stop = start, len(names) if stop is None else stop
 
     def __len__(self):
-        return len(self.names) - self.offset
+        return self.stop - self.start
 
     def __getitem__(self, i):
-        i += self.offset
+        i += self.start
         name = self.names[i]
         pixels, reason = load_image(resolve_image(self.images_dir, name), name, self.preprocess)
         return i, pixels, reason
@@ -120,58 +129,173 @@ def _attr_json(value) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def _create_partial(path: Path, attrs: dict, T: int, D: int) -> h5py.File:
-    f = h5py.File(path, "w")
-    str_dt = h5py.string_dtype("utf-8")
-    f.create_dataset("tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D))
-    f.create_dataset("pooled", shape=(0, D), maxshape=(None, D), dtype="float16", chunks=(max(1, min(1024, 65536 // D)), D))
-    f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
-    g = f.create_group("failed")
-    g.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
-    g.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
-    for k, v in attrs.items():
-        f.attrs[k] = v
-    f.attrs["complete"] = False
-    f.attrs["n_done"] = 0
-    f.attrs["n_rows"] = 0
-    f.attrs["n_failed"] = 0
-    f.flush()
-    return f
+def _open(path: Path, mode: str) -> h5py.File:
+    # HDF5's own flock would be shared with forked workers; sevlm.locks guards the writers instead
+    return h5py.File(path, mode, locking=False)
 
 
-def _reopen_partial(path: Path, attrs: dict) -> h5py.File | None:
-    """Reopen a partial file if it was made for the same encoder and image list; None = start over."""
-    try:
-        f = h5py.File(path, "r+")
-    except OSError as e:
-        warnings.warn(f"{path}: unreadable partial file ({e}); starting over")
-        return None
-    for key in ("format_version", "encoder_config", "image_list_sha256", "batch_size"):
-        found = f.attrs.get(key)
-        if found != attrs[key]:
-            f.close()
-            raise DataError(
-                f"{path}: an unfinished extraction with a different {key} is in the way "
-                f"(it has {found!r}, this run {attrs[key]!r}); delete it or use the same settings to resume"
-            )
-    try:
-        n_rows, n_failed = int(f.attrs["n_rows"]), int(f.attrs["n_failed"])
-        # rows written after the last recorded progress belong to an unfinished batch: drop them
-        for name in ("tokens", "pooled", "names"):
-            f[name].resize(n_rows, axis=0)
-        for name in ("failed/names", "failed/reasons"):
-            f[name].resize(n_failed, axis=0)
-    except Exception as e:  # a crash inside an HDF5 flush can leave metadata half-written
-        f.close()
-        warnings.warn(f"{path}: damaged partial file ({type(e).__name__}: {e}); starting over")
-        return None
-    return f
+def _create_partial(path: Path, attrs: dict, T: int, D: int) -> None:
+    with _open(path, "x") as f:  # "x": never truncate a file that is there
+        str_dt = h5py.string_dtype("utf-8")
+        f.create_dataset("tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D))
+        f.create_dataset("pooled", shape=(0, D), maxshape=(None, D), dtype="float16", chunks=(max(1, min(1024, 65536 // D)), D))
+        f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+        g = f.create_group("failed")
+        g.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
+        g.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.attrs["complete"] = False
+        f.attrs["n_done"] = 0
+        f.attrs["n_rows"] = 0
+        f.attrs["n_failed"] = 0
+
+
+def _resume_point(f: h5py.File, names: list[str], first: int, batch_size: int) -> tuple[int, int, int, str | None]:
+    """(images done, rows, failures) to keep, and a note if stored names disagreed with the list.
+
+    The stored rows and failures must be exactly names[first:first + n_done], in order. Kept:
+    everything before the batch holding the first image not confirmed that way, or, if all are
+    confirmed, before the last recorded batch (its counters may have outlived a failed flush).
+    """
+    n_done, n_rows, n_failed = int(f.attrs["n_done"]), int(f.attrs["n_rows"]), int(f.attrs["n_failed"])
+    rows = _strings(f["names"], n_rows)
+    failed = _strings(f["failed/names"], n_failed)
+    r = q = good = 0
+    marks = {0: (0, 0)}  # images done -> (rows, failures) at each batch boundary
+    while good < n_done and first + good < len(names):
+        expected = names[first + good]
+        if r < len(rows) and rows[r] == expected:
+            r += 1
+        elif q < len(failed) and failed[q] == expected:
+            q += 1
+        else:
+            break
+        good += 1
+        if good % batch_size == 0:
+            marks[good] = (r, q)
+    note = None
+    if good < n_done:
+        note = f"stored names stop matching the image list at {names[first + good]!r}"
+    keep = (good - 1) // batch_size * batch_size if good else 0
+    return (keep, *marks[keep], note)
+
+
+def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str], first: int, batch_size: int) -> int:
+    """Create `partial`, or trim an existing one to its resume point; returns the images already done."""
+    if partial.exists():
+        try:
+            with _open(partial, "r+") as f:
+                for key in ("format_version", "encoder_config", "image_list_sha256", "batch_size", "part"):
+                    found = f.attrs.get(key)
+                    if found != attrs.get(key):
+                        raise DataError(
+                            f"{partial}: an unfinished extraction with a different {key} is in the way "
+                            f"(it has {found!r}, this run {attrs.get(key)!r}); delete it or use the same settings to resume"
+                        )
+                done, n_rows, n_failed, note = _resume_point(f, names, first, batch_size)
+                if note:
+                    warnings.warn(f"{partial}: {note}; continuing from image {done} of this run's list")
+                for name in ("tokens", "pooled", "names"):
+                    f[name].resize(n_rows, axis=0)
+                for name in ("failed/names", "failed/reasons"):
+                    f[name].resize(n_failed, axis=0)
+                f.attrs.update({"n_done": done, "n_rows": n_rows, "n_failed": n_failed})
+            return done
+        except DataError:
+            raise
+        except Exception as e:  # a crash inside an HDF5 flush can leave the file unreadable
+            aside = partial.with_name(partial.name + ".damaged")
+            os.replace(partial, aside)
+            warnings.warn(f"{partial}: damaged partial file ({type(e).__name__}: {e}); kept as {aside.name}, starting over")
+    _create_partial(partial, attrs, T, D)
+    return 0
 
 
 def _append(ds, values) -> None:
     n = ds.shape[0]
     ds.resize(n + len(values), axis=0)
     ds[n:] = values
+
+
+def _encode_into(path: Path, attrs: dict, encoder, names: list[str], images_dir: Path, first: int, stop: int,
+                 batch_size: int, num_workers: int, device: str, progress: bool) -> tuple[int, int]:
+    """Encode names[first:stop] into the feature file `path` (via its .partial); resumable.
+
+    Returns (images already done when this call started, images encoded by this call).
+    """
+    from tqdm import tqdm
+
+    partial = partial_path(path)
+    start = _prepare_partial(partial, attrs, encoder.num_tokens, encoder.dim, names, first, batch_size)
+    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+    loader = DataLoader(
+        ImageFiles(names, images_dir, encoder.preprocess, start=first + start, stop=stop),
+        batch_size=batch_size,
+        shuffle=False,  # the stored order is the sorted name list, batch boundaries included
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    batches = iter(loader)  # workers fork here, before the HDF5 file is opened: they never hold it
+    n_encoded = 0
+    bar = tqdm(total=stop - first, initial=start, desc=f"extract {encoder.name}", unit="img", disable=not progress, file=sys.stderr)
+    try:
+        with _open(partial, "r+") as f:
+            for indices, pixels, failed in batches:
+                if pixels is not None:
+                    with torch.inference_mode():
+                        tokens, pooled = encoder(pixels.to(device))  # (B, T, D), (B, D)
+                    tokens16 = tokens.to("cpu", torch.float16)
+                    pooled16 = pooled.to("cpu", torch.float16)
+                    # float16 overflows past 65504: check what is stored, not what was computed
+                    finite = torch.isfinite(tokens16).flatten(1).all(1) & torch.isfinite(pooled16).all(1)
+                    if not bool(finite.all()):
+                        bad = [names[i] for i, ok in zip(indices, finite.tolist()) if not ok]
+                        raise DataError(
+                            f"{encoder.name} produced NaN/inf features for {len(bad)} image(s), first {bad[0]!r}; "
+                            f"refused (nothing of this batch was written; {partial} keeps the progress so far)"
+                        )
+                    _append(f["tokens"], tokens16.numpy())
+                    _append(f["pooled"], pooled16.numpy())
+                    _append(f["names"], [names[i] for i in indices])
+                    n_encoded += len(indices)
+                if failed:
+                    _append(f["failed/names"], [names[i] for i, _ in failed])
+                    _append(f["failed/reasons"], [reason for _, reason in failed])
+                # progress counters last, then flush: a crash before this point loses only this batch
+                f.attrs["n_rows"] = f["tokens"].shape[0]
+                f.attrs["n_failed"] = f["failed/names"].shape[0]
+                f.attrs["n_done"] = int(f.attrs["n_done"]) + len(indices) + len(failed)
+                f.flush()
+                bar.update(len(indices) + len(failed))
+                if delay:
+                    time.sleep(delay)
+            bar.close()
+            if int(f.attrs["n_done"]) != stop - first or f["names"].shape[0] + f["failed/names"].shape[0] != stop - first:
+                raise DataError(f"{partial}: internal error, {int(f.attrs['n_done'])} of {stop - first} images accounted for")
+            f.attrs["complete"] = True
+    except OSError as e:  # disk full, quota, I/O error: the progress so far stays resumable
+        raise DataError(f"{partial}: writing failed ({e}); fix the cause and run the same command again to continue") from None
+    finally:
+        del batches  # stops the workers
+    os.replace(partial, path)
+    return start, n_encoded
+
+
+def part_path(out_path: str | Path, rank: int, world_size: int) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.name}.part-{rank}-of-{world_size}")
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def rank_share(num_images: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[first, stop) of the sorted image list for `rank`: contiguous, cut at batch boundaries."""
+    num_batches = -(-num_images // batch_size)
+    lo, hi = rank * num_batches // world_size, (rank + 1) * num_batches // world_size
+    return min(lo * batch_size, num_images), min(hi * batch_size, num_images)
 
 
 def extract_features(
@@ -185,28 +309,41 @@ def extract_features(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Encode every image of the dataset folder once into `out_path` (HDF5); resumable.
 
-    Returns a summary: {"out", "encoder", "num_images", "num_encoded", "num_failed",
-    "failed": {name: reason}, "resumed_from", "seconds", "images_per_s"}.
-    """
-    from tqdm import tqdm
+    With world_size > 1, call once per rank (any order, any time): each encodes its share into
+    its part file and the last to finish merges (see the module docstring); a rank that died is
+    rerun alone with the same arguments.
 
+    Returns a summary: {"out", "encoder", "num_images", "num_encoded", "num_failed",
+    "failed": {name: reason}, "resumed_from", "seconds", "images_per_s", "merged", "waiting_for"}
+    (with world_size > 1, "num_images" / "num_encoded" / "resumed_from" are this rank's, and
+    "merged" says whether this call wrote `out_path`; "waiting_for" lists the ranks not done).
+    """
     from sevlm.encoders import build_encoder
 
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    if num_workers < 0:
+        raise ConfigError(f"--workers must be 0 or more (got {num_workers})")
+    rank, world_size = launcher_rank(rank, world_size)
     out_path = Path(out_path)
     dataset_dir = Path(dataset_dir)
     images_dir = Path(images_dir) if images_dir else dataset_images_dir(dataset_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
     names = dataset_image_names(dataset_dir)
-    partial = partial_path(out_path)
-    if out_path.exists():
-        if not overwrite:
-            raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
-        out_path.unlink()
+    if out_path.exists() and not overwrite:
+        raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
+    if out_path.is_dir():
+        raise DataError(f"{out_path}: is a folder; --out takes a file name")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
 
+    # everything is checked before any file is touched: an existing F.h5 is only ever replaced
+    # by a complete new one
     encoder = build_encoder(encoder_name, **(encoder_kwargs or {})).to(device)
     config = encoder.describe()
     T, D = encoder.num_tokens, encoder.dim
@@ -227,78 +364,95 @@ def extract_features(
         "dataset_manifest_sha256": dataset_manifest_sha256(dataset_dir) or "",
         "batch_size": int(batch_size),
     }
+    first, stop = rank_share(len(names), batch_size, rank, world_size)
+    target = out_path if world_size == 1 else part_path(out_path, rank, world_size)
+    part_attrs = attrs if world_size == 1 else {**attrs, "part": _attr_json({"rank": rank, "world_size": world_size, "first": first, "stop": stop})}
 
-    f = _reopen_partial(partial, attrs) if partial.exists() else None
-    if f is None:
-        f = _create_partial(partial, attrs, T, D)
-    start = int(f.attrs["n_done"])
-    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
-
-    loader = DataLoader(
-        ImageFiles(names, images_dir, encoder.preprocess, offset=start),
-        batch_size=batch_size,
-        shuffle=False,  # the stored order is the sorted name list, batch boundaries included
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
-    t0, n_encoded_now = time.perf_counter(), 0
-    bar = tqdm(total=len(names), initial=start, desc=f"extract {encoder.name}", unit="img", disable=not progress, file=sys.stderr)
-    try:
-        for indices, pixels, failed in loader:
-            if pixels is not None:
-                with torch.inference_mode():
-                    tokens, pooled = encoder(pixels.to(device))  # (B, T, D), (B, D)
-                tokens16 = tokens.to("cpu", torch.float16)
-                pooled16 = pooled.to("cpu", torch.float16)
-                # float16 overflows past 65504: check what is stored, not what was computed
-                finite = torch.isfinite(tokens16).flatten(1).all(1) & torch.isfinite(pooled16).all(1)
-                if not bool(finite.all()):
-                    bad = [names[i] for i, ok in zip(indices, finite.tolist()) if not ok]
-                    raise DataError(
-                        f"{encoder.name} produced NaN/inf features for {len(bad)} image(s), first {bad[0]!r}; "
-                        f"refused (nothing of this batch was written; {partial} keeps the progress so far)"
-                    )
-                _append(f["tokens"], tokens16.numpy())
-                _append(f["pooled"], pooled16.numpy())
-                _append(f["names"], [names[i] for i in indices])
-                n_encoded_now += len(indices)
-            if failed:
-                _append(f["failed/names"], [names[i] for i, _ in failed])
-                _append(f["failed/reasons"], [reason for _, reason in failed])
-            # progress counters last, then flush: a crash before this point loses only this batch
-            f.attrs["n_rows"] = f["tokens"].shape[0]
-            f.attrs["n_failed"] = f["failed/names"].shape[0]
-            f.attrs["n_done"] = int(f.attrs["n_done"]) + len(indices) + len(failed)
-            f.flush()
-            bar.update(len(indices) + len(failed))
-            if delay:
-                time.sleep(delay)
-        bar.close()
-        if int(f.attrs["n_done"]) != len(names) or f["names"].shape[0] + f["failed/names"].shape[0] != len(names):
-            raise DataError(f"{partial}: internal error, {int(f.attrs['n_done'])} of {len(names)} images accounted for")
-        f.attrs["complete"] = True
-        failures = dict(zip(_strings(f["failed/names"]), _strings(f["failed/reasons"])))
-        n_rows = int(f["tokens"].shape[0])
-    finally:
-        f.close()
-    os.replace(partial, out_path)
+    t0 = time.perf_counter()
+    with claim(_lock_path(target), target):
+        if target.exists() and world_size > 1:
+            start, n_encoded = stop - first, 0  # this rank's part is done: go on to the merge
+        else:
+            start, n_encoded = _encode_into(target, part_attrs, encoder, names, images_dir, first, stop,
+                                            batch_size, num_workers, device, progress)
+        with _open(target, "r") as f:
+            failures = dict(zip(_strings(f["failed/names"]), _strings(f["failed/reasons"])))
+            n_rows = int(f["tokens"].shape[0])
+    waiting = [k for k in range(world_size) if not part_path(out_path, k, world_size).exists()] if world_size > 1 else []
+    merged = world_size == 1 or (not waiting and _merge_parts(out_path, attrs, world_size, progress))
     seconds = time.perf_counter() - t0
     return {
         "out": str(out_path),
         "encoder": encoder.name,
         "token_shape": [T, D],
-        "num_images": len(names),
+        "num_images": stop - first,
         "num_encoded": n_rows,
         "num_failed": len(failures),
         "failed": failures,
         "resumed_from": start,
         "seconds": round(seconds, 3),
-        "images_per_s": round(n_encoded_now / seconds, 2) if seconds > 0 else None,
+        "images_per_s": round(n_encoded / seconds, 2) if seconds > 0 else None,
+        "rank": rank,
+        "world_size": world_size,
+        "merged": bool(merged),
+        "waiting_for": waiting,
     }
 
 
-def _strings(ds) -> list[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in ds[()]]
+def _merge_parts(out_path: Path, attrs: dict, world_size: int, progress: bool) -> bool:
+    """Concatenate the finished part files, in rank order, into `out_path`; False if another rank
+    is merging or already has. Parts are removed only once `out_path` is in place."""
+    try:
+        with claim(_lock_path(out_path), out_path):
+            return _merge_claimed(out_path, attrs, world_size, progress)
+    except InUseError:
+        return False  # another rank is merging
+
+
+def _merge_claimed(out_path: Path, attrs: dict, world_size: int, progress: bool, block: int = 256) -> bool:
+    from tqdm import tqdm
+
+    parts = [part_path(out_path, k, world_size) for k in range(world_size)]
+    if not all(p.exists() for p in parts):
+        return False  # merged meanwhile by another rank
+    T, D = (int(x) for x in attrs["token_shape"])
+    merging = out_path.with_name(out_path.name + ".merging")
+    merging.unlink(missing_ok=True)  # a merge killed halfway is simply redone
+    _create_partial(merging, attrs, T, D)
+    bar = tqdm(total=int(attrs["num_images_listed"]), desc="merge parts", unit="img", disable=not progress, file=sys.stderr)
+    with _open(merging, "r+") as out:
+        for p in parts:
+            with _open(p, "r") as f:
+                for key in ("encoder_config", "image_list_sha256", "batch_size"):
+                    if f.attrs.get(key) != attrs[key]:
+                        raise DataError(f"{p}: made with a different {key} than this run; delete the part files and extract again")
+                n = f["tokens"].shape[0]
+                for i in range(0, n, block):  # blockwise: parts may be larger than memory
+                    for name in ("tokens", "pooled", "names"):
+                        _append(out[name], f[name][i : i + block])
+                    bar.update(min(block, n - i))
+                for name in ("failed/names", "failed/reasons"):
+                    _append(out[name], f[name][()])
+                bar.update(f["failed/names"].shape[0])
+        bar.close()
+        out.attrs["n_rows"] = out["tokens"].shape[0]
+        out.attrs["n_failed"] = out["failed/names"].shape[0]
+        out.attrs["n_done"] = int(out.attrs["n_rows"]) + int(out.attrs["n_failed"])
+        if int(out.attrs["n_done"]) != int(attrs["num_images_listed"]):
+            raise DataError(
+                f"{out_path}: the parts hold {int(out.attrs['n_done'])} of {attrs['num_images_listed']} images; "
+                f"delete the part files and extract again"
+            )
+        out.attrs["complete"] = True
+    os.replace(merging, out_path)
+    for p in parts:
+        p.unlink()
+    return True
+
+
+def _strings(ds, n: int | None = None) -> list[str]:
+    values = ds[()] if n is None else ds[:n]
+    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in values]
 
 
 class FeatureStore:

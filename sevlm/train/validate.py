@@ -54,7 +54,7 @@ def _generation_metrics(model, builder, val_set, micro: int, gen_images: int, de
         visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
-        hyps = generate(model, builder.tok, builder.lexicon, visual, max_new_tokens=25, n_images=len(samples))
+        hyps = generate(model, builder.tok, builder.lexicon, visual, n_images=len(samples))
         for s, h in zip(samples, hyps):
             key = s["image_id"]
             references[key] = list(s["explanations"])

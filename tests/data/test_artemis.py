@@ -22,7 +22,7 @@ from sevlm.data.artemis import (
     split_paintings,
     tokenize,
 )
-from sevlm.errors import DataError
+from sevlm.errors import ConfigError, DataError
 from sevlm.io import sha256_file
 
 HEADER = ["art_style", "painting", "emotion", "utterance", "repetition"]
@@ -161,7 +161,8 @@ def test_split_json_schema_and_nfc_ids(tmp_path):
     (image_id, entry), = train.items()
     assert image_id == "Fauvism/café-nuit" and image_id == unicodedata.normalize("NFC", image_id)
     assert set(entry) == {"image_name", "art_style", "painting", "emotions", "explanations", "explanations_raw",
-                          "emotion_distribution", "dominant_emotion"}
+                          "sources", "emotion_distribution", "dominant_emotion"}
+    assert entry["sources"] == ["v1", "v1"]
     assert entry["image_name"] == "Fauvism/café-nuit.jpg"
     assert entry["dominant_emotion"] == "contentment"
     assert entry["emotion_distribution"][EMOTIONS.index("contentment")] == 1.0
@@ -207,41 +208,55 @@ def test_manifest_contents(tmp_path):
 # --------------------------------------------------------------------------- ArtEmis v2 Combined
 
 
-def test_v2_combined_training_set(tmp_path):
-    rows = v1_rows(200)
-    v1_csv = write_csv(tmp_path / "v1.csv", rows)
-    base = prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
-    train_ids = sorted(load_split(tmp_path / "v1only", "train"))
-    test_id = sorted(load_split(tmp_path / "v1only", "test"))[0]
-
-    # Contrastive.csv: no repetition column, an extra column, some new paintings.
+def _v1_and_v2(tmp_path):
+    """A v1 CSV of 200 paintings and a Contrastive.csv (no repetition column, an extra column)
+    with rows on training, validation and test paintings, new paintings and one short row."""
+    v1_csv = write_csv(tmp_path / "v1.csv", v1_rows(200))
+    prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
+    ids = {s: sorted(load_split(tmp_path / "v1only", s)) for s in SPLITS}
     header = ["art_style", "painting", "emotion", "utterance", "anchor_painting"]
-    v2 = [[*train_ids[i].split("/"), "sadness", LONG.format("sad"), "x"] for i in range(30)]
-    v2 += [["Impressionism", f"new-{i}", "fear", LONG.format("new"), "y"] for i in range(10)]
-    v2 += [[*test_id.split("/"), "anger", LONG.format("leak"), "z"] for _ in range(5)]
+    v2 = [[*ids["train"][i].split("/"), "sadness", LONG.format(f"sad {i}"), "x"] for i in range(30)]
+    v2 += [["Impressionism", f"new-{i}", "fear", LONG.format(f"new {i}"), "y"] for i in range(10)]
+    v2 += [[*ids["test"][0].split("/"), "anger", LONG.format(f"test {i}"), "z"] for i in range(5)]
+    v2 += [[*ids["val"][1].split("/"), "awe", LONG.format(f"val {i}"), "z"] for i in range(3)]
     v2 += [["Impressionism", "new-0", "fear", "too short", "y"]]
-    v2_csv = write_csv(tmp_path / "Contrastive.csv", v2, header)
+    return v1_csv, write_csv(tmp_path / "Contrastive.csv", v2, header), ids
 
+
+def test_v2_combined_test_set_and_training_subsets(tmp_path):
+    v1_csv, v2_csv, ids = _v1_and_v2(tmp_path)
+    base = json.loads((tmp_path / "v1only" / "manifest.json").read_text())
     m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, progress=False)
-    assert m["training_set"].startswith("combined")
-    assert m["combined"] == {
-        "v2_annotations": 40,
-        "v1_annotations_sampled": 40,
-        "v1_annotations_available": 850,
-        "v2_rows_on_val_test_paintings": 5,
-        "v2_new_paintings": 10,
-    }
-    assert m["counts"]["train"]["annotations"] == 80
-    assert m["counts"]["train"]["annotations_v2"] == 40
+    assert m["train_subset"] == "combined" and m["training_set"].startswith("combined")
+    assert m["combined"] == {"v1_train_annotations_available": 850, "v1_train_annotations_used": 40,
+                             "v2_new_paintings": 10}
+    by_source = {s: m["counts"][s]["annotations_by_source"] for s in SPLITS}
+    assert by_source == {"train": {"v1": 40, "v2": 40},
+                         "val": {"v1": base["counts"]["val"]["annotations"], "v2": 3},
+                         "test": {"v1": base["counts"]["test"]["annotations"], "v2": 5}}
     assert m["sources"]["contrastive_csv"]["sha256"] == sha256_file(v2_csv)
-    train = load_split(tmp_path / "comb", "train")
-    assert "Impressionism/new-3" in train and test_id not in train
-    # A v2 painting's distribution counts its v1 and v2 annotations.
-    assert train["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
-    # val/test stay v1.
-    for s in ("val", "test"):
-        assert (tmp_path / "comb" / f"{s}.json").read_bytes() == (tmp_path / "v1only" / f"{s}.json").read_bytes()
-    assert base["counts"]["test"] == m["counts"]["test"]
+    assert m["dropped_short_utterances"]["v2_train"] == 1
+    splits = {s: load_split(tmp_path / "comb", s) for s in SPLITS}
+    # Every valid v2 annotation is in exactly one split, and val/test paintings are v1's.
+    v2_texts = [x for s in SPLITS for v in splits[s].values()
+                for x, src in zip(v["explanations"], v["sources"]) if src == "v2"]
+    assert len(v2_texts) == len(set(v2_texts)) == 48
+    assert {s: sorted(splits[s]) for s in ("val", "test")} == {s: ids[s] for s in ("val", "test")}
+    test_entry = splits["test"][ids["test"][0]]
+    assert test_entry["sources"].count("v2") == 5 and test_entry["dominant_emotion"] == "anger"  # 5 of 10 votes
+    assert "Impressionism/new-3" in splits["train"]
+    assert splits["train"]["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
+
+    every = prepare_dataset(v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", progress=False)
+    assert every["train_subset"] == "all" and every["training_set"].startswith("all")
+    assert every["counts"]["train"]["annotations_by_source"] == {"v1": 850, "v2": 40}
+    assert every["combined"]["v1_train_annotations_used"] == 850
+    for s in ("val", "test"):  # the subset changes training only
+        assert (tmp_path / "all" / f"{s}.json").read_bytes() == (tmp_path / "comb" / f"{s}.json").read_bytes()
+    with pytest.raises(ConfigError, match="unknown training subset 'most'"):
+        prepare_dataset(v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", progress=False)
+    with pytest.raises(ConfigError, match="needs ArtEmis v2"):
+        prepare_dataset(v1_csv, tmp_path / "x", train_subset="all", progress=False)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -358,7 +373,9 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
         [nfd("Art_Nouveau_(Modérne)"), nfd("zoë-dürer_rose"), "contentment", LONG.format(3), 1],
         [nfc("Art_Nouveau_(Modérne)"), "missing-painting", "fear", LONG.format(4), 1],
     ]
-    m, out = prepare(tmp_path, rows, images_dir=images)
+    with pytest.raises(DataError, match=r"1 of 3 images not found \(33%; e\.g\. .*missing-painting\).*--allow-missing-images"):
+        prepare(tmp_path, rows, images_dir=images)
+    m, out = prepare(tmp_path, rows, images_dir=images, allow_missing_images=True)
     assert m["images_dir"] == str(images.resolve())
     assert m["missing_images"] == {"count": 1, "examples": [nfc("Art_Nouveau_(Modérne)/missing-painting")]}
     train = load_split(out, "train")
@@ -369,3 +386,156 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
     assert train[nfc("Art_Nouveau_(Modérne)/émile-gallé_vase")]["image_name"] == nfd(
         "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg")
     assert Counter(e for v in train.values() for e in v["emotions"]) == {"awe": 2, "contentment": 1}
+
+
+# --------------------------------------------------------------------------- stray quotes
+
+
+def _with_stray_quote(path: Path, rows, open_at: int, close_at: int | None = None) -> Path:
+    """Write `rows`, then put a quote before the utterance on line `open_at` and (optionally)
+    one after the utterance on line `close_at`, as a hand edit would."""
+    write_csv(path, rows)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[open_at - 1] = lines[open_at - 1].replace(",the colours", ',"the colours')
+    if close_at:
+        lines[close_at - 1] = lines[close_at - 1].replace(",5", '",5')
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("close_at", [30, None], ids=["closed-20-lines-later", "never-closed"])
+def test_stray_quote_is_one_bad_line(tmp_path, close_at):
+    rows = v1_rows(146, per=5)  # 730 rows: lines 2..731
+    path = _with_stray_quote(tmp_path / "stray.csv", rows, open_at=10, close_at=close_at)
+    runs_to = close_at or 731
+    with pytest.raises(DataError, match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
+                                        rf"field opened on this line runs on to line {runs_to}\)"):
+        prepare_dataset(path, tmp_path / "out", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    assert m["skipped_rows"] == {"malformed_row": 1}
+    assert m["sources"]["artemis_csv"]["rows"] == 730 and m["sources"]["artemis_csv"]["rows_read"] == 729
+    explanations = [x for s in SPLITS for v in load_split(tmp_path / "out", s).values() for x in v["explanations"]]
+    assert len(explanations) == 729 and max(len(x) for x in explanations) < 60
+
+
+def test_well_formed_multiline_utterance_is_kept(tmp_path):
+    rows = [GOOD, ["Cubism", "p2", "awe", 'so "calm",\nlike a lake at dawn, i said', "5"], GOOD]
+    path = write_csv(tmp_path / "multi.csv", rows)
+    m = prepare_dataset(path, tmp_path / "out", progress=False)
+    assert m["sources"]["artemis_csv"]["rows"] == 3 and m["skipped_rows"] == {}
+    entry = load_split(tmp_path / "out", "train")["Cubism/p2"]
+    assert entry["explanations_raw"] == ['so "calm",\nlike a lake at dawn, i said']
+    # The row after it is numbered by its physical line.
+    bad = write_csv(tmp_path / "multi_bad.csv", rows + [["Cubism", "p3", "joy", LONG.format(3), "5"]])
+    with pytest.raises(DataError, match=r"multi_bad\.csv: line 6: unknown emotion 'joy'"):
+        prepare_dataset(bad, tmp_path / "out2", progress=False)
+
+
+# --------------------------------------------------------------------------- empty input, missing images
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["strict", "skip"])
+def test_header_only_csv_is_an_error(tmp_path, skip):
+    path = write_csv(tmp_path / "empty.csv", [])
+    with pytest.raises(DataError, match=r"empty\.csv: no data rows \(the file has only a header\)"):
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_usable_rows_is_an_error(tmp_path):
+    path = write_csv(tmp_path / "bad.csv", [["Cubism", "p", "joy", LONG.format(1), 5], ["Cubism", "q", "awe", "short", 5]])
+    with pytest.raises(DataError, match=r"bad\.csv: no training annotations left \(of 2 rows: 1 bad, 1 utterances "
+                                        r"under 5 tokens, 0 images not found\)"):
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+
+
+def _images_for(root: Path, rows, skip: int = 0) -> Path:
+    """A folder with the .jpg of every painting in `rows` but the first `skip`."""
+    ids = sorted({(r[0], r[1]) for r in rows})
+    for style, painting in ids[skip:]:
+        (root / style).mkdir(parents=True, exist_ok=True)
+        (root / style / f"{painting}.jpg").write_bytes(b"jpg")
+    return root
+
+
+def test_missing_images_threshold(tmp_path):
+    rows = v1_rows(40)
+    csv_path = write_csv(tmp_path / "v1.csv", rows)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: 40 of 40 images not found \(100%"):
+        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", progress=False)
+    with pytest.raises(DataError, match="no training annotations left .* 40 images not found"):
+        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", allow_missing_images=True,
+                        progress=False)
+    # 2 of 40 (5%) is at the threshold: left out and counted without the flag.
+    m = prepare_dataset(csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), progress=False)
+    assert m["missing_images"]["count"] == 2 and sum(c["images"] for c in m["counts"].values()) == 38
+    # 3 of 40 is above it.
+    images3 = _images_for(tmp_path / "img3", rows, 3)
+    with pytest.raises(DataError, match=r"3 of 40 images not found \(8%.*--allow-missing-images"):
+        prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, progress=False)
+    m = prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, progress=False)
+    assert m["missing_images"]["count"] == 3 and sum(c["images"] for c in m["counts"].values()) == 37
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
+    import sevlm.data.artemis as artemis
+
+    old_csv = write_csv(tmp_path / "old.csv", v1_rows(60, seed=0))
+    new_csv = write_csv(tmp_path / "new.csv", v1_rows(80, seed=1))
+    out = tmp_path / "ds"
+    prepare_dataset(old_csv, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    real_write, calls = artemis.write_json, []
+
+    def dies_on_the_fourth_file(path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 4:  # train, train_coco, val written: the process dies here
+            raise KeyboardInterrupt
+        return real_write(path, *a, **kw)
+
+    monkeypatch.setattr(artemis, "write_json", dies_on_the_fourth_file)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(new_csv, out, progress=False)
+    monkeypatch.setattr(artemis, "write_json", real_write)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]  # no temporary left
+    # An uninterrupted rerun replaces it whole.
+    m = prepare_dataset(new_csv, out, progress=False)
+    assert sum(c["images"] for c in m["counts"].values()) == 80
+    assert sum(len(load_split(out, s)) for s in SPLITS) == 80
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]
+
+
+def test_out_folder_must_be_a_dataset_folder(tmp_path):
+    csv_path = write_csv(tmp_path / "v1.csv", v1_rows(10))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "features.h5").write_bytes(b"precious")
+    with pytest.raises(DataError, match=r"busy: not a dataset folder \(it holds features\.h5\)"):
+        prepare_dataset(csv_path, tmp_path / "busy", progress=False)
+    assert (tmp_path / "busy" / "features.h5").read_bytes() == b"precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="file: exists and is not a folder"):
+        prepare_dataset(csv_path, tmp_path / "file", progress=False)
+    (tmp_path / "emptydir").mkdir()
+    prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
+    assert (tmp_path / "emptydir" / "manifest.json").is_file()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    import os
+
+    csv_path = write_csv(tmp_path / "v1.csv", v1_rows(10))
+    old = os.umask(0o027)
+    try:
+        prepare_dataset(csv_path, tmp_path / "ds", progress=False)
+        prepare_dataset(csv_path, tmp_path / "ds", progress=False)  # the replacing path too
+    finally:
+        os.umask(old)
+    assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o750
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ds").iterdir()}
+    assert modes == dict.fromkeys(modes, 0o640) and len(modes) == 7

@@ -59,3 +59,37 @@ def test_through_the_sevlm_entry_point(tmp_path, capsys):
     assert cli.main(["prepare", "--artemis-csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "d")]) == 1
     assert "missing.csv: file not found" in capsys.readouterr().err
     assert cli.main(["demo-data", "--out", str(tmp_path / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
+
+
+def test_allow_missing_images_flag(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text(
+        "art_style,painting,emotion,utterance,repetition\n"
+        "Cubism,p,awe,one two three four five,2\n"
+        "Cubism,q,awe,one two three four five,2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "img" / "Cubism").mkdir(parents=True)
+    (tmp_path / "img" / "Cubism" / "p.jpg").write_bytes(b"jpg")
+    argv = ["--artemis-csv", str(csv_path), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "d")]
+    with pytest.raises(DataError, match="1 of 2 images not found"):
+        run(prepare, argv)
+    assert run(prepare, argv + ["--allow-missing-images"]) == 0
+    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert m["missing_images"] == {"count": 1, "examples": ["Cubism/q"]}
+
+
+def test_train_subset_flag(tmp_path, capsys):
+    v1 = tmp_path / "v1.csv"
+    v1.write_text("art_style,painting,emotion,utterance,repetition\n"
+                  + "".join(f"Cubism,p{i},awe,one two three four five {i},2\n" for i in range(20)), encoding="utf-8")
+    v2 = tmp_path / "Contrastive.csv"
+    v2.write_text("art_style,painting,emotion,utterance\nCubism,new,fear,six seven eight nine ten\n", encoding="utf-8")
+    base = ["--artemis-csv", str(v1), "--contrastive-csv", str(v2)]
+    assert run(prepare, base + ["--out", str(tmp_path / "c")]) == 0
+    assert "train:      2 images       2 annotations (2 with a dominant emotion; v1 1, v2 1)" in capsys.readouterr().out
+    assert run(prepare, base + ["--train-subset", "all", "--out", str(tmp_path / "a")]) == 0
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert m["train_subset"] == "all" and m["counts"]["train"]["annotations_by_source"] == {"v1": 17, "v2": 1}
+    with pytest.raises(SystemExit):
+        run(prepare, base + ["--train-subset", "half", "--out", str(tmp_path / "h")])

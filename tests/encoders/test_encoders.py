@@ -153,3 +153,30 @@ def test_efficientnet_refuses_a_mismatched_weights_file(tmp_path):
     torch.save({"_conv_stem.weight": torch.zeros(1)}, bad)
     with pytest.raises(ConfigError, match="does not match the network"):
         build_encoder("efficientnet-lite0", weights=str(bad))
+
+
+def test_load_pixels_names_the_file_for_every_unusable_image(tmp_path):
+    import struct
+    import zlib
+
+    from sevlm.encoders import ImageError, load_pixels
+    from sevlm.errors import DataError
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"  # a 200-byte PNG whose header declares 30000 x 30000 pixels
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("hello")
+    enc = build_encoder("tiny-random")
+    cases = {"bomb.png": "too large to decode safely: Image size (900000000 pixels) exceeds limit",
+             "empty.jpg": "empty file (0 bytes)", "text.jpg": "not an image", "missing.jpg": "file not found"}
+    for name, reason in cases.items():
+        with pytest.raises(ImageError) as e:
+            load_pixels(tmp_path / name, enc.preprocess)
+        assert isinstance(e.value, DataError) and str(e.value).startswith(f"{tmp_path / name}: {reason}")
+        assert "\n" not in str(e.value) and e.value.reason.startswith(reason)
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "ok.png")
+    assert load_pixels(tmp_path / "ok.png", enc.preprocess).shape == (3, 32, 32)

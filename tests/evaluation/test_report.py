@@ -89,3 +89,27 @@ def test_cli_prints_one_line_error_and_exits_1(tmp_path, dataset_dir, capsys, js
     assert main(["evaluate", "--predictions", str(bad), "--references", str(dataset_dir / "test.json"), "--out", str(tmp_path / "R.json")]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:1: missing key 'explanation'" in err and err.count("\n") == 1
+
+
+def test_evaluate_command_records_the_emo_classifier(tmp_path, dataset_dir, good_predictions, monkeypatch):
+    import shutil
+
+    from sevlm.evaluation import emo_lstm
+    from sevlm.evaluation.emo_classifier import CLASSIFIER_DIRNAME
+
+    # a smaller network than the default keeps the test fast
+    small = {**emo_lstm.DEFAULT_PARAMS, "embed_dim": 16, "hidden": 16, "min_steps": 30, "batch_size": 64, "lr": 1e-2}
+    monkeypatch.setattr(emo_lstm.LSTMEmotionClassifier, "DEFAULT_PARAMS", small)
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset_dir, ds, ignore=shutil.ignore_patterns(CLASSIFIER_DIRNAME))
+    out = tmp_path / "rep" / "REPORT.json"
+    assert evaluate_cli(["--predictions", str(good_predictions), "--references", str(ds / "test.json"),
+                         "--dataset", str(ds), "--emo-classifier", "lstm", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["emo_classifier"]["kind"] == "lstm" and rep["emo_align_n"] == 12
+    assert rep["emo_classifier"]["params"]["hidden"] == 16 and "test" in rep["emo_classifier"]["held_out_accuracy"]
+    assert "(classifier: lstm;" in out.with_suffix(".md").read_text()
+    assert (ds / CLASSIFIER_DIRNAME / "lstm" / "weights.safetensors").exists()
+    with pytest.raises(ConfigError, match="--emo-classifier lstm needs --dataset"):
+        evaluate_cli(["--predictions", str(good_predictions), "--references", str(ds / "test.json"),
+                      "--emo-classifier", "lstm", "--out", str(out)])

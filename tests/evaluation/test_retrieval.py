@@ -66,13 +66,20 @@ def test_retrieval_report_on_known_embeddings():
     text_image = np.repeat(np.arange(n_img), per)
     text_emb = image_emb[text_image] + 0.05 * rng.standard_normal((n_img * per, dim))
     out = R.retrieval_report(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=np.zeros(n_img * per))
-    model, base = out["model"], out["random_baseline"]
+    model, chance = out["model"], out["chance"]
     assert model["image_to_explanation"]["R@1"] == 1.0 and model["image_to_explanation"]["median_rank"] == 1
     assert model["explanation_to_image"]["R@1"] == 1.0
     assert model["image_to_emotion"] == {"accuracy": 1.0, "n": 48}
     assert model["explanation_to_emotion"] == {"accuracy": 1.0, "n": 144}
     assert model["explanation_to_own_emotion"]["n"] == 180
-    assert base["image_to_explanation"]["R@1"] < 0.2 and base["explanation_to_image"]["median_rank"] > 5
+    # 3 of 180 texts are right for each image; 1 of 60 images for each text
+    assert chance["image_to_explanation"]["R@1"] == pytest.approx(3 / 180)
+    assert chance["explanation_to_image"]["R@1"] == pytest.approx(1 / 60)
+    assert chance["explanation_to_image"]["median_rank"] == 30.5 and chance["explanation_to_image"]["mean_rank"] == 30.5
+    assert chance["image_to_explanation"]["mean_rank"] == pytest.approx(181 / 4)
+    assert chance["image_to_emotion"]["accuracy"] == pytest.approx(1 / 9) and chance["image_to_emotion"]["n"] == 48
+    assert chance["explanation_to_own_emotion"]["majority_class"] == 1.0  # every annotator said "amusement"
+    assert "random_embeddings" not in out
     assert model["index"]["kind"] == "flat" and model["index"]["size"] == n_img * per
     curve = model["image_to_explanation"]["recall_curve"]
     assert list(curve) == ["1", "2", "5", "10", "20", "50", "100"] and curve["1"] == 1.0
@@ -113,3 +120,103 @@ def test_gpu_request_without_gpu_support_is_refused():
         pytest.skip("a GPU is available")
     with pytest.raises(ConfigError, match="GPU index was asked for"):
         R.Index(np.eye(4, dtype=np.float32), R.IndexOptions(use_gpu=True))
+
+
+def _chance_by_enumeration(n, m, k):
+    """Exact P(one of m relevant among the first k) by counting every k-subset of the gallery."""
+    from itertools import combinations
+
+    subsets = list(combinations(range(n), k))
+    return sum(any(i < m for i in c) for c in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n,m,k", [(6, 1, 1), (6, 2, 2), (7, 3, 2), (8, 2, 5), (5, 4, 2), (5, 2, 5)])
+def test_chance_recall_equals_enumeration(n, m, k):
+    assert R.chance_recall(n, [m], k)[0] == pytest.approx(_chance_by_enumeration(n, m, k), abs=1e-12)
+
+
+def test_chance_levels_match_random_permutations():
+    rng = np.random.default_rng(7)
+    n, relevant, trials = 12, np.array([1, 2, 3, 3, 5]), 40_000
+    ranks = np.empty((trials, len(relevant)), dtype=np.int64)
+    for q, m in enumerate(relevant):
+        # a random permutation places the m relevant items at m distinct random positions; rank = the first
+        ranks[:, q] = 1 + rng.random((trials, n)).argsort(axis=1)[:, :m].min(axis=1)
+    chance = R.chance_direction(n, relevant, ks=(1, 2, 5, 10))
+    for k in (1, 2, 5, 10):
+        assert chance[f"R@{k}"] == pytest.approx((ranks <= k).mean(), abs=0.01)
+    assert chance["mean_rank"] == pytest.approx(ranks.mean(), abs=0.05)
+    assert chance["median_rank"] == np.median(ranks)  # pooled over queries
+    assert chance["median_rank"] == 3.0 and chance["mean_rank"] == pytest.approx(np.mean((n + 1) / (relevant + 1)))
+
+
+def test_chance_median_rank_of_one_relevant_item_is_the_middle():
+    assert R.chance_median_rank(6, [1, 1]) == 3.5 and R.chance_median_rank(7, [1]) == 4.0
+    # ArtEmis-size test split: stable for big N, and close to N/(2m) for many items
+    assert R.chance_recall(45_000, [5], 1)[0] == pytest.approx(5 / 45_000)
+    assert R.chance_median_rank(45_000, [1]) == 22_500.5
+
+
+def test_chance_accuracy_shows_the_class_prior():
+    c = R.chance_accuracy([0, 0, 0, 1, -1])
+    assert c["accuracy"] == pytest.approx(1 / 9) and c["majority_class"] == 0.75 and c["n"] == 4
+    assert c["prior"]["amusement"] == 0.75 and c["prior"][EMOTIONS[1]] == 0.25
+    assert R.chance_accuracy([-1, -1]) == {"accuracy": None, "majority_class": None, "prior": None, "n": 0}
+
+
+def test_random_embeddings_average_to_the_chance_level():
+    rng = np.random.default_rng(8)
+    n_img, per, dim = 30, 4, 8
+    text_image = np.repeat(np.arange(n_img), per)
+    args = (_unit(rng, n_img, dim), _unit(rng, n_img * per, dim), text_image, _unit(rng, 9, dim), np.arange(n_img) % 9)
+    out = R.retrieval_report(*args, random_runs=20, seed=3)
+    rand, chance = out["random_embeddings"], out["chance"]
+    assert rand["runs"] == 20 and rand["seeds"] == [3, 22]
+    for d in ("image_to_explanation", "explanation_to_image"):
+        for key in ("R@1", "R@5", "R@10", "mean_rank"):
+            mean, std = rand[d][key]["mean"], rand[d][key]["std"]
+            assert std > 0 and abs(mean - chance[d][key]) < 4 * std / np.sqrt(20) + 1e-9, (d, key)
+    assert abs(rand["image_to_emotion"]["accuracy"]["mean"] - 1 / 9) < 0.1
+    with pytest.raises(ConfigError, match="at least 20"):
+        R.retrieval_report(*args, random_runs=5)
+
+
+def test_scores_equal_faiss_top_k_and_old_ranks():
+    """Ranks computed once equal a FAISS flat search's Recall@K and the two-pass ranks."""
+    rng = np.random.default_rng(9)
+    n_img, per, dim = 80, 3, 16
+    image_emb, text_image = _unit(rng, n_img, dim), np.repeat(np.arange(n_img), per)
+    text_emb = R.normalize(image_emb[text_image] + 0.8 * rng.standard_normal((n_img * per, dim)))
+    m = R.retrieval_metrics(image_emb, text_emb, text_image, _unit(rng, 9, dim), np.zeros(n_img))
+    for q, ql, g, gl, d in ((image_emb, np.arange(n_img), text_emb, text_image, "image_to_explanation"),
+                            (text_emb, text_image, image_emb, np.arange(n_img), "explanation_to_image")):
+        _, ids = R.Index(g).search(q, 10)
+        assert {k: m[d][k] for k in ("R@1", "R@5", "R@10")} == R.hits_at_k(ids, ql, gl, (1, 5, 10))
+        full = q @ g.T
+        best = np.where(gl[None, :] == ql[:, None], full, -np.inf).max(axis=1)
+        old = 1 + (full > best[:, None]).sum(axis=1)
+        assert m[d]["median_rank"] == np.median(old) and m[d]["mean_rank"] == pytest.approx(old.mean())
+        assert 0 < m[d]["R@1"] < 1  # the test can tell hits from misses
+
+
+def test_exact_ranks_with_tied_and_duplicate_items():
+    gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    ranks = R.exact_ranks(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), np.array([7, 8]), gallery,
+                          np.array([8, 7, 8, 9]), block=1)
+    assert ranks.tolist() == [1, 1]  # a tie with a wrong item does not count against the query
+    none = R.exact_ranks(np.eye(2, dtype=np.float32), np.array([5, 6]), gallery, np.array([8, 7, 8, 9]))
+    assert none.tolist() == [5, 5]  # no positive: N + 1
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_sevlm_sets_passive_openmp_wait_unless_the_user_did(preset, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, sevlm.evaluation.retrieval; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

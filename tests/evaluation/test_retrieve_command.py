@@ -57,17 +57,21 @@ def tiny_run(tmp_path_factory):
     return root
 
 
-def test_retrieve_scores_model_and_random_baseline(tiny_run):
+def test_retrieve_scores_model_and_chance(tiny_run):
     out = tiny_run / "R.json"
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    for system in ("model", "random_baseline"):
+    for system in ("model", "chance"):
         i2t, t2i = r[system]["image_to_explanation"], r[system]["explanation_to_image"]
         assert i2t["n_queries"] == 6 and i2t["gallery_size"] == 18 and t2i["n_queries"] == 18 and t2i["gallery_size"] == 6
         assert all(0 <= i2t[f"R@{k}"] <= 1 for k in (1, 5, 10)) and t2i["R@10"] == 1.0  # only 6 images
         assert r[system]["image_to_emotion"]["n"] == 6
     assert r["model"]["index"] == {"kind": "flat", "device": "cpu", "size": 18, "dim": 16}
-    assert (tiny_run / "R.md").exists() and (tiny_run / r["figures"]["recall_curves"]).exists()
+    assert r["chance"]["image_to_explanation"]["R@1"] == pytest.approx(3 / 18)  # 3 of 18 explanations per image
+    assert r["chance"]["explanation_to_image"]["median_rank"] == 3.5 and "random_embeddings" not in r
+    md = (tiny_run / "R.md").read_text()
+    assert "| image to explanation | chance | 0.1667 |" in md and "| image to emotion |" in md
+    assert (tiny_run / r["figures"]["recall_curves"]).exists()
 
 
 def test_retrieve_queries(tiny_run):
@@ -116,3 +120,63 @@ def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_ru
     labelled = EM.embed_query_text(run, "the emotion is fear because a calm sky")
     _, direct = EM._embed_sequences(run, [("fear", "a calm sky")], 1, "t", False)
     np.testing.assert_allclose(labelled, direct, atol=1e-5)
+
+
+def test_query_reuses_the_cached_gallery_until_model_split_or_features_change(tiny_run, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from sevlm.evaluation import embedding as EM
+    from sevlm.export import load_run, save_export
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run / "run" / "export", run_dir / "export")  # not the cache of earlier tests
+    calls = []
+    real = EM.embed_split
+    monkeypatch.setattr(EM, "embed_split", lambda *a, **k: calls.append(k) or real(*a, **k))
+    out = tmp_path / "q.json"
+
+    def query(*extra):
+        assert retrieve_cli(["--run", str(run_dir), "--out", str(out), "--query", "a calm blue sky", *extra]) == 0
+        return json.loads(out.read_text())
+
+    first, second = query(), query()
+    assert len(calls) == 1 and not first["gallery_cache"]["reused"] and second["gallery_cache"]["reused"]
+    assert second["results"] == first["results"] and second["emotions"] == first["emotions"]
+    assert second["gallery_cache"]["path"] == str(run_dir / "retrieval_cache" / "test-images")
+    query("--no-cache")
+    assert len(calls) == 2
+
+    # an approximate index is cached too and gives the same answer when loaded
+    hnsw = [query("--index", "hnsw") for _ in range(2)]
+    assert len(calls) == 2 and hnsw[1]["results"] == hnsw[0]["results"]
+    assert len(list((run_dir / "retrieval_cache" / "test-images").glob("index-*.faiss"))) == 1
+
+    features = json.loads((run_dir / "export" / "config.json").read_text())["train"]["data"]["features"]
+    st = os.stat(features)
+    os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # features rewritten
+    try:
+        assert not query()["gallery_cache"]["reused"] and len(calls) == 3
+    finally:
+        os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    run = load_run(run_dir)  # new weights, same everything else
+    with torch.no_grad():
+        next(run.model.parameters()).add_(0.5)
+    save_export(run_dir / "export", run.model, run.tokenizer, run.config["train"])
+    changed = query()
+    assert not changed["gallery_cache"]["reused"] and len(calls) == 4
+    assert query()["gallery_cache"]["reused"] and len(calls) == 4
+
+
+def test_query_image_caches_the_explanation_gallery(tiny_run, tmp_path):
+    img = tiny_run / "images" / "Style" / "test-2.jpg"
+    out = tmp_path / "qi.json"
+    cache = tmp_path / "cache"
+    for reused in (False, True):
+        assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img),
+                             "--cache-dir", str(cache)]) == 0
+        r = json.loads(out.read_text())
+        assert r["gallery_cache"] == {"path": str(cache / "test-explanations"), "reused": reused}
+    names = json.loads((cache / "test-explanations" / "names.json").read_text())
+    assert len(names) == 18 and names[0] == {"image_id": "Style/test-0", "explanation": "the blue sky looks calm"}

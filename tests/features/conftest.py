@@ -60,3 +60,33 @@ def small_dataset(tmp_path):
     dataset_dir = tmp_path / "dataset"
     write_dataset(dataset_dir, names, images_dir)
     return images_dir, dataset_dir, sorted(names)
+
+
+def make_image_dataset(root: Path, n: int, seed: int = 2, styles: int = 3, empty: tuple[int, ...] = ()) -> tuple[Path, Path, list[str]]:
+    """n small images in `styles` folders (the indices in `empty` as 0-byte files) and a dataset folder."""
+    rng = random.Random(seed)
+    images_dir, dataset_dir = root / "images", root / "ds"
+    names = []
+    for k in range(n):
+        name = f"S{k % styles}/p{k:02d}.jpg"
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        if k in empty:
+            (images_dir / name).write_bytes(b"")
+        else:
+            random_image(rng).save(images_dir / name)
+        names.append(name)
+    write_dataset(dataset_dir, names, images_dir)
+    return images_dir, dataset_dir, sorted(names)
+
+
+def assert_same_feature_files(a: Path, b: Path, ignore_attrs: tuple[str, ...] = ()) -> None:
+    """Equal names, rows, dtypes, chunking, failures and attributes (values compared exactly)."""
+    import h5py
+
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        for name in ("tokens", "pooled", "names", "failed/names", "failed/reasons"):
+            assert fa[name].dtype == fb[name].dtype and fa[name].chunks == fb[name].chunks, name
+            np.testing.assert_array_equal(fa[name][()], fb[name][()], err_msg=name)
+        keys = set(fa.attrs) | set(fb.attrs)
+        for k in sorted(keys - set(ignore_attrs)):
+            np.testing.assert_array_equal(fa.attrs.get(k), fb.attrs.get(k), err_msg=k)

@@ -214,7 +214,8 @@ def test_resume_after_kill_9_gives_the_same_file_as_an_uninterrupted_run(tmp_pat
     assert 0 < done < 24
 
     summary = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, progress=False)
-    assert summary["resumed_from"] == done and not partial_path(out).exists()
+    # the last recorded batch is redone (a failed flush may have left its counters but not its rows)
+    assert summary["resumed_from"] == done - 2 and not partial_path(out).exists()
     ref = tmp_path / "straight.h5"
     extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
     with h5py.File(out, "r") as a, h5py.File(ref, "r") as b:

@@ -11,7 +11,7 @@ import torch
 from sevlm.constants import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
-from sevlm.generate import generate
+from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
 from sevlm.text import IGNORE_INDEX, SequenceBuilder, TokenIds, VocabMap, sequence_text
 
@@ -138,8 +138,9 @@ def test_train_and_generate(tok, lexicon, trained, vocab):
     assert np.mean(losses[-10:]) < 0.5 * losses[0]
     visual = torch.stack([s["tokens"] for s in samples])
     for beams in (1, 2):
-        a = generate(m, tok, lexicon, visual, num_beams=beams, max_new_tokens=12)
-        b = generate(m, tok, lexicon, visual, num_beams=beams, max_new_tokens=12, use_cache=False)
+        d = DecodingConfig(max_new_tokens=12).updated(num_beams=beams)
+        a = generate(m, tok, lexicon, visual, d)
+        b = generate(m, tok, lexicon, visual, d, use_cache=False)
         assert [h.tokens for h in a] == [h.tokens for h in b]
     for h in a:
         assert h.tokens and max(h.tokens) < len(vocab)
@@ -150,9 +151,9 @@ def test_train_and_generate(tok, lexicon, trained, vocab):
     m2 = _corpus_model(SequenceBuilder(tok, lexicon, 20, vocab), vocab)
     del m2.vocab_map
     with pytest.raises(DataError, match="no VocabMap"):
-        generate(m2, tok, lexicon, visual[:1], max_new_tokens=2)
+        generate(m2, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2))
     with pytest.raises(DataError, match="ids but the model"):
-        generate(m, tok, lexicon, visual[:1], max_new_tokens=2, vocab=VocabMap([1, 2, 3]))
+        generate(m, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2), vocab=VocabMap([1, 2, 3]))
 
 
 def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
@@ -167,8 +168,9 @@ def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     with torch.no_grad():
         torch.testing.assert_close(run.model(**batch).logits, m(**batch).logits, atol=0, rtol=0)
     visual = batch["visual"]
-    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, max_new_tokens=12)] == \
-        [h.text for h in generate(m, tok, lexicon, visual, max_new_tokens=12)]
+    d = DecodingConfig(max_new_tokens=12)
+    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d)] == \
+        [h.text for h in generate(m, tok, lexicon, visual, d)]
     # a corpus model cannot be exported without its map
     bare = _corpus_model(cbuilder, vocab)
     bare.vocab_map = None

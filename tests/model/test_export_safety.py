@@ -1,0 +1,104 @@
+"""Exports that teammates can read and that refuse damaged weights, naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sevlm.cli import main
+from sevlm.errors import DataError
+from sevlm.export import RunDataPaths, load_run, save_export
+from sevlm.io import write_json
+
+
+def test_export_follows_umask(tmp_path, make_model, tok):
+    old = os.umask(0o002)
+    try:
+        out = save_export(tmp_path / "runs" / "r1" / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes.pop(".") == modes.pop("tokenizer") == 0o775
+    assert set(modes.values()) == {0o664}, modes
+    assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o775  # parents created too
+
+
+def _features(tmp_path, name: str, **encoder_kwargs):
+    """3 images in a one-split dataset, encoded by tiny-random with `encoder_kwargs`."""
+    from sevlm.features.hdf5 import extract_features
+
+    images = tmp_path / "images"
+    if not images.exists():
+        (images / "Style").mkdir(parents=True)
+        records = {}
+        for i in range(3):
+            Image.fromarray(np.full((40, 48, 3), 60 * i + 20, dtype=np.uint8)).save(images / "Style" / f"p{i}.png")
+            records[f"Style/p{i}"] = {"image_name": f"Style/p{i}.png", "emotions": ["awe"], "explanations": ["a sky"]}
+        write_json(tmp_path / "dataset" / "test.json", records)
+    out = tmp_path / name
+    extract_features(images, tmp_path / "dataset", "tiny-random", out, encoder_kwargs=encoder_kwargs, progress=False)
+    return out
+
+
+def test_export_records_the_features_encoder_settings(tmp_path, make_model, tok):
+    # features of a non-default encoder (what `extract --weights X` gives): predict must rebuild it
+    feats = _features(tmp_path, "f24.h5", seed=3, dim=24)
+    cfg = {"data": {"lexicon": "demo", "encoder": "tiny-random", "features": str(feats), "dataset_dir": str(tmp_path / "dataset")}}
+    out = save_export(tmp_path / "export", make_model(visual_dim=24).eval(), tok, cfg)
+    run = load_run(out)
+    assert run.config["encoder"] == {"name": "tiny-random", "settings": {"seed": 3, "image_size": 32, "patch_size": 8, "dim": 24}}
+    enc = run.image_encoder()
+    assert (enc.seed, enc.dim) == (3, 24)
+    assert run.data_paths == RunDataPaths(str(tmp_path / "dataset"), str(feats), None, "demo")
+    assert RunDataPaths.of(tmp_path / "export") == run.data_paths
+    img = tmp_path / "images" / "Style" / "p1.png"
+    assert main(["predict", "--run", str(out), str(img), "--json"]) == 0
+
+
+def test_features_of_another_width_are_one_line(tmp_path, make_model, tok, capsys):
+    feats32 = _features(tmp_path, "f32.h5")  # 32-d tokens
+    cfg = {"data": {"lexicon": "demo", "encoder": {"name": "tiny-random", "settings": {"dim": 24}}, "dataset_dir": str(tmp_path / "dataset")}}
+    out = save_export(tmp_path / "export", make_model(visual_dim=24).eval(), tok, cfg)
+    capsys.readouterr()
+    assert main(["generate", "--run", str(out), "--split", "test", "--features", str(feats32), "--out", str(tmp_path / "p.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{feats32}: 32-d visual tokens" in err and "expects 24-d" in err, err
+    assert main(["retrieve", "--run", str(out), "--split", "test", "--features", str(feats32), "--out", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "32-d visual tokens" in err and "expects 24-d" in err, err
+    # a recorded encoder of the wrong width: refused before any image is encoded
+    cfg["data"]["encoder"] = {"name": "tiny-random", "settings": {"dim": 32}}
+    out = save_export(tmp_path / "export", make_model(visual_dim=24).eval(), tok, cfg)
+    img = tmp_path / "images" / "Style" / "p1.png"
+    assert main(["predict", "--run", str(out), str(img)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "32-d visual tokens" in err and "expects 24-d" in err, err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_weights_name_the_file(tmp_path, make_model, tok, damage):
+    out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    else:
+        data[-10] ^= 0x01  # one bit inside a tensor: safetensors itself would load it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{weights}: damaged weights"):
+        load_run(out)
+
+
+def test_unreadable_weights_without_a_recorded_checksum(tmp_path, make_model, tok):
+    out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["weights_sha256"]  # an export from before checksums
+    write_json(out / "config.json", cfg)
+    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:50])
+    with pytest.raises(DataError, match="model.safetensors: unreadable weights"):
+        load_run(out)

@@ -1,0 +1,72 @@
+"""The `sevlm` entry point: OS errors on output paths end in one line naming the path."""
+
+from __future__ import annotations
+
+import pytest
+
+from sevlm import cli
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """9 demo paintings prepared into a dataset folder -> (images_dir, dataset_dir)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    assert cli.main(["demo-data", "--out", str(tmp / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
+    assert cli.main(["prepare", "--artemis-csv", str(tmp / "raw" / "artemis_dataset_release_v0.csv"),
+                     "--out", str(tmp / "ds")]) == 0
+    return tmp / "raw" / "images", tmp / "ds"
+
+
+def _one_line_error(capsys, *must: str) -> str:
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("sevlm ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(m in lines[0] for m in must), lines[0]
+    return lines[0]
+
+
+def _extract(images, ds, out) -> int:
+    return cli.main(["extract", "--images", str(images), "--dataset", str(ds), "--encoder", "tiny-random",
+                     "--workers", "0", "--out", str(out)])
+
+
+def test_output_parent_folders_are_created(dataset, tmp_path, capsys):
+    images, ds = dataset
+    out = tmp_path / "new" / "deeper" / "f.h5"
+    assert _extract(images, ds, out) == 0
+    assert out.is_file()
+
+
+def test_output_path_errors_are_one_line(dataset, tmp_path, capsys):
+    images, ds = dataset
+    capsys.readouterr()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # --out below a file: its parent cannot be created
+    assert _extract(images, ds, a_file / "f.h5") == 1
+    _one_line_error(capsys, "sevlm extract: error:", str(a_file))
+    # --out is a folder where a file is expected
+    (tmp_path / "adir").mkdir()
+    assert cli.main(["prepare", "--artemis-csv", str(ds.parent / "raw" / "artemis_dataset_release_v0.csv"),
+                     "--out", str(a_file)]) == 1
+    _one_line_error(capsys, "sevlm prepare: error:", str(a_file))
+
+
+def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path):
+    # Tests run as root here, where chmod cannot make a folder read-only: raise what open() would.
+    from sevlm.commands import demo_data
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "x.json"))
+
+    monkeypatch.setattr(demo_data, "run", refuse)
+    assert cli.main(["demo-data", "--out", str(tmp_path / "ro")]) == 1
+    assert _one_line_error(capsys) == f"sevlm demo-data: error: {tmp_path / 'ro' / 'x.json'}: Permission denied"
+
+
+def test_debug_shows_the_traceback(monkeypatch, tmp_path):
+    from sevlm.commands import demo_data
+
+    monkeypatch.setattr(demo_data, "run", lambda args: open(tmp_path / "missing" / "x"))
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", "demo-data", "--out", str(tmp_path / "o")])
