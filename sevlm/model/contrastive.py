@@ -63,9 +63,9 @@ class ContrastiveHead(nn.Module):
         self.temperature = temperature
         if scorer == "mlp":
             # the paper's scorer: [f_img; f_emo; f_exp] -> 4 hidden layers -> 1
-            h = text_dim
+            h, width = text_dim, visual_dim + 2 * text_dim if raw_inputs else 3 * dim
             self.mlp = nn.Sequential(
-                nn.Linear(visual_dim + 2 * text_dim if raw_inputs else 3 * dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                nn.Linear(width, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                 nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1),
             )  # fmt: skip
 

@@ -254,7 +254,9 @@ class SEVLM(nn.Module):
         exp = valid & (segment_ids == self.config.explanation_id)
         return valid & (segment_ids == self.config.emotion_id), exp & (exp.cumsum(1) > 1)
 
-    def _text_pass(self, keep: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, vad: torch.Tensor | None):
+    def _text_pass(
+        self, keep: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, vad: torch.Tensor | None
+    ) -> torch.Tensor:
         """Masked-mean final hidden state (B, E) of a text-only pass over the tokens where
         `keep` (B, T) is true, moved to the front of each row so their positions start at 0."""
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept tokens first, in order

@@ -283,16 +283,17 @@ def test_authors_switches_decode(make_model, tok, lexicon, make_samples, mode):
     """The authors' switches together: cached decoding equals full recompute (positions of the
     fused input and the VAD encoder's outer residual survive the caches), and generation is
     primed with the BOS prompt that training sequences start with."""
+    from sevlm.decoding import DecodingConfig
     from sevlm.generate import generate
     from sevlm.text import prompt_ids
 
     m = make_model(mode=mode, vad_fuse="explanation+position", fusion_init="normal", vad_residual=True,
                    bos_prompt=True).eval()
     visual = torch.stack([s["tokens"] for s in make_samples(2)])
-    a = generate(m, tok, lexicon, visual, max_new_tokens=8)
-    b = generate(m, tok, lexicon, visual, max_new_tokens=8, use_cache=False)
+    a = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=8))
+    b = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=8), use_cache=False)
     assert [h.tokens for h in a] == [h.tokens for h in b]
-    first = generate(m, tok, lexicon, visual, max_new_tokens=1)
+    first = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=1, no_repeat_ngram=0))
     for bos, expect in ((True, True), (False, False)):
         prompt = torch.tensor([prompt_ids(tok, bos_prompt=bos)] * 2)
         seg = torch.full_like(prompt, m.config.emotion_id)
