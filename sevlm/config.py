@@ -115,7 +115,3 @@ def from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
-
-
-def to_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)

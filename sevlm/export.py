@@ -57,6 +57,7 @@ class LoadedRun:
     builder: Any  # SequenceBuilder
     config: dict  # the export's config.json
     path: Path
+    vocab: Any = None  # the run's corpus VocabMap (None = GPT-2 ids); pass it to generate()
 
     @property
     def data_paths(self) -> RunDataPaths:
@@ -123,21 +124,16 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
 
     `config_dict` is the trainer's resolved config; `lexicon` (path or "demo") and `encoder`
     (a name or {"name", "settings"}) are read from its top level or its `data` section.
-    `vocab`: the model's corpus VocabMap (default: `model.vocab_map`; None = GPT-2 ids).
+    `vocab`: the model's corpus VocabMap (None = GPT-2 ids).
     """
     from safetensors.torch import save_file
 
     import sevlm
     from sevlm.io import atomic_dir, sha256_file, write_json
-    from sevlm.text import VOCAB_FILE
+    from sevlm.text import VOCAB_FILE, check_id_space
 
     config_dict = dict(config_dict or {})
-    vocab = vocab if vocab is not None else getattr(model, "vocab_map", None)
-    size = model.config.vocab_size
-    if vocab is not None and len(vocab) != size:
-        raise DataError(f"{out_dir}: corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {size}")
-    if vocab is None and size < len(tokenizer):
-        raise DataError(f"{out_dir}: the model has a {size}-token (corpus) vocabulary; pass its VocabMap as vocab=")
+    check_id_space(vocab, model.config.vocab_size, tokenizer, str(out_dir))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -200,7 +196,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     from sevlm.data.vad import VADLexicon
     from sevlm.io import read_json
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import VOCAB_FILE, SequenceBuilder, VocabMap, load_tokenizer
+    from sevlm.text import VOCAB_FILE, SequenceBuilder, VocabMap, check_id_space, load_tokenizer
 
     export = find_export(path)
     config = read_json(export / "config.json")
@@ -218,8 +214,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         if not vocab_path.is_file():
             raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
         vocab = VocabMap.load(vocab_path)
-        if len(vocab) != mcfg.vocab_size:
-            raise DataError(f"{vocab_path}: {len(vocab)} ids, but the model's vocabulary has {mcfg.vocab_size}")
+    check_id_space(vocab, mcfg.vocab_size, tokenizer, str(export))
     spec = lexicon or config.get("lexicon") or "demo"
     try:
         lex = VADLexicon.load(spec)
@@ -233,6 +228,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{export / WEIGHTS}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
-    model.vocab_map = vocab  # generate() and save_export() read the model's id space from here
     builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt)
-    return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export)
+    return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export,
+                     vocab=vocab)

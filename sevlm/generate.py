@@ -18,8 +18,8 @@ token, with every decoding option.
 
 Corpus vocabulary. A model trained on a `VocabMap` (sevlm/text.py) works in compact ids: the
 prompt is mapped into that space, and generated ids are mapped back to GPT-2 ids before
-`tokenizer.decode` (`<unk>` decodes to nothing). The map comes from the `vocab` argument or,
-by default, the model's `vocab_map` attribute, which the trainer and `load_run` set.
+`tokenizer.decode` (`<unk>` decodes to nothing). The map belongs to the run: the trainer's
+builder and `LoadedRun.vocab` hold it, and callers pass it as `vocab`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
-from sevlm.text import PROMPT, prompt_ids
+from sevlm.text import PROMPT, check_id_space, prompt_ids
 
 _LABEL_RE = re.compile(r"\s+")
 
@@ -75,19 +75,6 @@ class Hypothesis:
     raw: str
     emotion_prob: float | None  # product of the label tokens' probabilities
     score: float  # summed decoding log-probabilities (after the repetition controls), EOS included
-
-
-def model_vocab(model, tokenizer, vocab=None):
-    """The VocabMap `model` works in (the `vocab` argument, else `model.vocab_map`), or None for
-    the full GPT-2 id space; a DataError when the model's vocabulary size says otherwise."""
-    vocab = vocab if vocab is not None else getattr(model, "vocab_map", None)
-    size = model.config.vocab_size
-    if vocab is not None and len(vocab) != size:
-        raise DataError(f"corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {size}")
-    if vocab is None and size < len(tokenizer):
-        raise DataError(f"the model has a {size}-token (corpus) vocabulary but no VocabMap was given; "
-                        "load it with load_run or pass vocab=")
-    return vocab
 
 
 class _Pieces:
@@ -230,13 +217,13 @@ def generate(
     """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images).
 
     `decoding`: strategy and options (default `DecodingConfig()`). `vocab`: the model's corpus
-    VocabMap (default: `model.vocab_map`, None = GPT-2 ids). Hypothesis.tokens are model ids
-    (compact ids under a corpus vocabulary).
+    VocabMap (None = GPT-2 ids). Hypothesis.tokens are model ids (compact ids under a corpus
+    vocabulary).
     """
     cfg = model.config
     device = model.device
     decoding = decoding or DecodingConfig()
-    vocab = model_vocab(model, tokenizer, vocab)
+    check_id_space(vocab, cfg.vocab_size, tokenizer, "generate")
     pieces = _Pieces(tokenizer, vocab)
     prompt = prompt_ids(tokenizer, vocab, cfg.bos_prompt)
     n_prompt = len(prompt)
@@ -375,7 +362,7 @@ def generate_for_features(
     out = []
     for start in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
         chunk = torch.as_tensor(np.asarray(visual_tokens[start : start + batch_size]), dtype=torch.float32)
-        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding)
+        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding, vocab=run.vocab)
         for image_id, h in zip(ids[start : start + batch_size], hyps):
             out.append(prediction_record(image_id, h))
     return out
@@ -488,5 +475,5 @@ def predict_images(
             raise DataError(f"{path}: not a readable image ({e})") from None
     with torch.no_grad():
         tokens, _ = encoder(torch.stack(pixels).to(device))  # (N, T, D)
-    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), decoding)
+    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), decoding, vocab=run.vocab)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

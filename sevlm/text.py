@@ -263,6 +263,16 @@ class VocabMap:
         return cls.from_json(read_json(path), where=str(path))
 
 
+def check_id_space(vocab: VocabMap | None, vocab_size: int, tokenizer, where: str) -> None:
+    """Refuse a corpus vocabulary that does not fit a model's `vocab_size`, and a corpus-size
+    model without its VocabMap (its compact ids would be read as GPT-2 ids)."""
+    if vocab is not None and len(vocab) != vocab_size:
+        raise DataError(f"{where}: corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {vocab_size}")
+    if vocab is None and vocab_size < len(tokenizer):
+        raise DataError(f"{where}: the model has a {vocab_size}-token (corpus) vocabulary but no VocabMap was given "
+                        "(load_run gives it as LoadedRun.vocab)")
+
+
 def to_device(batch: dict, device: torch.device | str) -> dict:
     """Move the tensors of a batch; other values (image ids) pass through."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

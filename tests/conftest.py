@@ -1,4 +1,7 @@
-"""Shared test set-up: paths to the real assets beside the checkout, and slow/gpu markers."""
+"""Shared test set-up: paths to the real assets beside the checkout, and the gpu marker.
+
+Tests marked slow always run (CI too); `pytest -m "not slow"` is the fast loop.
+"""
 
 from __future__ import annotations
 
@@ -18,18 +21,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
-
-
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "slow" in item.keywords and not config.getoption("--runslow"):
-            item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
 

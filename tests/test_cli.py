@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sevlm import cli
@@ -70,3 +72,20 @@ def test_debug_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(demo_data, "run", lambda args: open(tmp_path / "missing" / "x"))
     with pytest.raises(FileNotFoundError):
         cli.main(["--debug", "demo-data", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("flag", [["--local_rank=2"], ["--local-rank", "2"]])
+def test_local_rank_from_the_launcher_reaches_the_env(monkeypatch, tmp_path, flag):
+    # The `deepspeed` launcher puts --local_rank before the subcommand; the trainer reads LOCAL_RANK.
+    from sevlm.commands import demo_data
+
+    seen = {}
+
+    def record(args):
+        seen["rank"] = os.environ.get("LOCAL_RANK")
+        return 0
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(demo_data, "run", record)
+    assert cli.main([*flag, "demo-data", "--out", str(tmp_path / "o")]) == 0
+    assert seen == {"rank": "2"}

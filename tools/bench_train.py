@@ -54,7 +54,7 @@ def _spec(model_name: str) -> dict:
         return {"model": MODELS[model_name], "micro": MICRO[model_name], "encoder": ENCODERS[model_name],
                 "optim": {"decoder_lr": 2e-5, "emotion_lr": 4e-5, "weight_decay": 0.0},
                 "corpus_vocab": False, "vocab_min_count": 1, "config": None}
-    from sevlm.config import CONFIG_DIR
+    from sevlm.config import CONFIG_DIR, load_config
     from sevlm.train.config import load_train_config
 
     name = CONFIG_MODELS[model_name]
@@ -62,7 +62,7 @@ def _spec(model_name: str) -> dict:
     if cfg.data.encoder is None:
         raise SystemExit(f"{CONFIG_DIR / (name + '.json')}: data.encoder is unset; the benchmark needs an encoder")
     o = cfg.optim
-    return {"model": dict(cfg.model), "micro": cfg.schedule.micro_batch, "encoder": cfg.data.encoder,
+    return {"model": load_config(name).get("model", {}), "micro": cfg.schedule.micro_batch, "encoder": cfg.data.encoder,
             "optim": {"decoder_lr": o.decoder_lr, "emotion_lr": o.emotion_lr, "weight_decay": o.weight_decay,
                       "betas": tuple(o.betas), "eps": o.eps},
             "corpus_vocab": cfg.data.corpus_vocab, "vocab_min_count": cfg.data.vocab_min_count,
@@ -142,7 +142,7 @@ def _batch_builder(spec: dict, micro: int):
         exps = [" ".join(rng.choice(words, size=int(rng.integers(8, 18)))) for _ in range(3)]
         annotations.append({"emotions": emos, "explanations": exps, "image_id": str(i)})
     vocab = None
-    if spec["corpus_vocab"]:  # as sevlm.train.loop._corpus_vocab: every (emotion, explanation) pair
+    if spec["corpus_vocab"]:  # as TrainRecipe._corpus_vocab: every (emotion, explanation) pair
         pairs = [(e, x) for a in annotations for e, x in zip(a["emotions"], a["explanations"])]
         vocab = VocabMap.from_annotations(tok, pairs, min_count=spec["vocab_min_count"])
     max_len = spec["model"].get("max_len", 30)
@@ -155,8 +155,10 @@ def run_case(case: dict) -> dict:
     import torch
 
     from sevlm.config import from_dict
-    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.model import SEVLM
     from sevlm.text import TokenIds
+    from sevlm.train.config import OptimConfig, TrainConfig
+    from sevlm.train.recipe import build_engine, build_optimizer, start_runtime
 
     torch.manual_seed(0)
     model_name, micro, steps = case["model"], case["micro"], case["steps"]
@@ -164,26 +166,17 @@ def run_case(case: dict) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok, builder, annotations, vocab = _batch_builder(spec, micro)
     encoder = _encoder(case["encoder"])
-    mcfg = from_dict(SEVLMConfig, {**spec["model"], "visual_dim": encoder.dim}, where=model_name).with_token_ids(
-        TokenIds.from_tokenizer(tok, vocab))
+    # the trainer's own config, runtime, optimiser and engine set-up (sevlm.train.recipe)
+    cfg = from_dict(TrainConfig, {"model": {**spec["model"], "visual_dim": encoder.dim}, "optim": spec["optim"],
+                                  "schedule": {"micro_batch": micro, "grad_accum": 1}, "device": device,
+                                  "precision": "fp16" if device == "cuda" else "fp32"}, where=model_name)
+    mcfg = cfg.model.with_token_ids(TokenIds.from_tokenizer(tok, vocab))
     model = SEVLM(mcfg).to(device)
-    model.vocab_map = vocab  # as the trainer does (unused by the loss; kept for parity)
-    o = spec["optim"]
-    groups = model.param_groups(o["decoder_lr"], o["emotion_lr"], o["weight_decay"])
-    optimizer = torch.optim.AdamW(groups, **{k: o[k] for k in ("betas", "eps") if k in o})
 
     if case["engine"] == "deepspeed":
-        from sevlm.train.distributed import init_distributed
-
-        import deepspeed
-
-        from sevlm.train.config import resolve_ds_config
-
-        init_distributed(device)
-        precision = "fp16" if device == "cuda" else "fp32"
-        ds_cfg = resolve_ds_config("auto", precision, micro, 1, 1)
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-        dtype = torch.float16 if precision == "fp16" else torch.float32
+        runtime = start_runtime(cfg)
+        engine, optimizer, _ = build_engine(model, cfg.optim, steps + 1, runtime.ds_config)
+        dtype = runtime.dtype
 
         def train_step(batch):
             out = engine(**batch)
@@ -191,6 +184,7 @@ def run_case(case: dict) -> dict:
             engine.step()
     else:
         dtype = torch.float32
+        optimizer, _ = build_optimizer(model, cfg.optim, steps + 1)
 
         def train_step(batch):
             out = model(**batch)

@@ -17,7 +17,7 @@ code, so before/after figures come from one run on a shared, loaded machine.
 
 With --vocab full corpus the same step runs on a model over the full GPT-2 vocabulary
 (50,260 rows) and on one over a corpus vocabulary (text.VocabMap built from the batch's
-annotations plus 3,000 demo-style utterances from sevlm/data/demo.py, a few hundred ids),
+annotations plus 3,000 demo-style utterances from sevlm/demo/, a few hundred ids),
 same architecture and seed, same texts, interleaved.
 
 Last line: one JSON object with the median times (seconds).
@@ -63,7 +63,8 @@ def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> li
 
 def demo_corpus(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     """(emotion, explanation) pairs written like the demo data set's utterances."""
-    from sevlm.data.demo import LOOKS, write_utterance
+    from sevlm.demo.crowd import write_utterance
+    from sevlm.demo.tables import LOOKS
 
     out = []
     for _ in range(n):
@@ -91,7 +92,11 @@ def load_module(rev: str, rel: str):
 
 
 def make_optimizer(model):
-    return torch.optim.AdamW(model.param_groups(1e-3, 2e-3, 0.01), lr=1e-3)
+    """The trainer's AdamW over the model's param groups (sevlm.train.recipe), demo-style rates."""
+    from sevlm.train.config import OptimConfig
+    from sevlm.train.recipe import build_optimizer
+
+    return build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, weight_decay=0.01), total_steps=10**6)[0]
 
 
 def timed_step(model, opt, batch) -> dict[str, float]:
@@ -192,7 +197,6 @@ def main(argv: list[str] | None = None) -> dict:
     if vocab is not None:
         torch.manual_seed(0)
         models["corpus"] = SEVLM(cfg.with_token_ids(cbuilder.ids))
-        models["corpus"].vocab_map = vocab
         model_batch["corpus"] = cbatch
     if args.baseline:
         mod = load_module(args.baseline, "sevlm/model/model.py")

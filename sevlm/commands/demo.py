@@ -50,6 +50,8 @@ def _stage(name: str, done: Path | None, argv: list[str], timings: dict) -> bool
 
 
 def run(args) -> int:
+    from sevlm.train.recipe import CONFIG_FILE, DONE_FILE
+
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -94,13 +96,13 @@ def run(args) -> int:
             *args.overrides,
             *extra,
         ]
-        # A training run that died part-way resumes from its last DeepSpeed checkpoint.
-        train_argv = (["train", "--resume", str(run_dir)] if (run_dir / "checkpoints" / "last").exists()
+        # A training run that died part-way resumes from its last finished checkpoint (or starts over).
+        train_argv = (["train", "--resume", str(run_dir)] if (run_dir / CONFIG_FILE).exists()
                       else ["train", "--config", args.config, "--out", str(run_dir), *overrides])
         preds = run_dir / "predictions_test.jsonl"
         report = run_dir / "report" / "REPORT.json"
         retrieval = run_dir / "retrieval_test.json"
-        if _stage(f"train[{key}]", run_dir / "done.json", train_argv, timings):
+        if _stage(f"train[{key}]", run_dir / DONE_FILE, train_argv, timings):
             for stale in (preds, report, retrieval):  # outputs of an earlier, unfinished model
                 stale.unlink(missing_ok=True)
         _stage(f"generate[{key}]", preds,

@@ -1,26 +1,37 @@
-"""`sevlm prepare`: ArtEmis CSV(s) -> the dataset folder (split JSONs, COCO refs, manifest)."""
+"""`sevlm prepare`: annotation files (ArtEmis CSVs, or any affective dataset's CSV/JSON Lines)
+-> the dataset folder (split JSONs, COCO refs, manifest)."""
 
 from __future__ import annotations
 
-HELP = "turn ArtEmis v1 (and optionally v2 Contrastive) CSVs into a split dataset folder"
+HELP = "turn ArtEmis v1 (+ v2 Contrastive) CSVs, or any affective dataset's files, into a split dataset folder"
 EXAMPLES = """\
   sevlm prepare --artemis-csv artemis_dataset_release_v0.csv --out data/artemis
   sevlm prepare --artemis-csv artemis_dataset_release_v0.csv --contrastive-csv Contrastive.csv \\
       --images wikiart --out data/artemis_v2
   sevlm prepare --artemis-csv demo_out/demo_data/artemis_dataset_release_v0.csv --skip-bad-rows --out d
+  sevlm prepare --format generic --input affection.jsonl --input ours.csv --images wikiart --out data/mixed
 """
+
+ARTEMIS_ONLY = ("artemis_csv", "contrastive_csv", "train_subset", "max_repetition")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--artemis-csv", required=True, metavar="CSV", help="ArtEmis v1 artemis_dataset_release_v0.csv")
+    p.add_argument("--format", choices=("artemis", "generic"), default="artemis",
+                   help="'artemis' (default): ArtEmis CSVs; 'generic': CSV or JSON Lines files with columns "
+                        "image (path under --images), emotion (one of the 9 ArtEmis emotions), utterance, "
+                        "and optionally split (train/val/test, fixes that image's split) and source")
+    p.add_argument("--artemis-csv", metavar="CSV", default=None, help="ArtEmis v1 artemis_dataset_release_v0.csv")
     p.add_argument("--contrastive-csv", metavar="CSV", default=None,
                    help="ArtEmis v2 Contrastive.csv: its annotations join their paintings' splits "
                         "(val/test become the Combined test set)")
     p.add_argument("--train-subset", choices=("combined", "all"), default=None,
                    help="with --contrastive-csv: 'combined' (default, the authors' training set: every v2 "
                         "training annotation plus an equal-size sample of v1's) or 'all' (every v1 and v2 one)")
+    p.add_argument("--input", action="append", metavar="FILE", default=None,
+                   help="(--format generic) an annotation file; repeat to combine several into one dataset")
     p.add_argument("--images", metavar="DIR", default=None,
-                   help="WikiArt folder (<Style>/<painting>.jpg): check images exist, record their on-disk names")
+                   help="image folder (ArtEmis: WikiArt's <Style>/<painting>.jpg): check images exist, record "
+                        "their on-disk names; required with --format generic")
     p.add_argument("--out", required=True, metavar="DATASET_DIR", help="dataset folder to write")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed rows (counted by reason in manifest.json) instead of stopping")
@@ -29,33 +40,40 @@ def add_arguments(p) -> None:
                         "more than 5%% of all (below that they are always left out, and counted)")
     p.add_argument("--seed", type=int, default=2021, help="split and sampling seed (default: 2021)")
     p.add_argument("--min-tokens", type=int, default=5, help="drop utterances with fewer tokens (default: 5)")
-    p.add_argument("--max-repetition", type=int, default=41,
-                   help="set aside paintings with repetition >= this (default: 41)")
+    p.add_argument("--max-repetition", type=int, default=None,
+                   help="set aside ArtEmis paintings with repetition >= this (default: 41)")
 
 
 def run(args) -> int:
-    from sevlm.data.artemis import prepare_dataset
+    from sevlm.errors import ConfigError
 
-    m = prepare_dataset(
-        artemis_csv=args.artemis_csv,
-        out_dir=args.out,
-        contrastive_csv=args.contrastive_csv,
-        images_dir=args.images,
-        skip_bad_rows=args.skip_bad_rows,
-        seed=args.seed,
-        min_tokens=args.min_tokens,
-        max_repetition=args.max_repetition,
-        allow_missing_images=args.allow_missing_images,
-        train_subset=args.train_subset,
-    )
-    c = m["counts"]
+    common = dict(out_dir=args.out, skip_bad_rows=args.skip_bad_rows, seed=args.seed, min_tokens=args.min_tokens,
+                  allow_missing_images=args.allow_missing_images)
+    if args.format == "generic":
+        from sevlm.data.generic import prepare_generic
+
+        given = [f"--{k.replace('_', '-')}" for k in ARTEMIS_ONLY if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: ArtEmis options, not for --format generic")
+        if not args.input or not args.images:
+            raise ConfigError("--format generic needs --input FILE (one or more) and --images DIR")
+        m = prepare_generic(args.input, args.images, **common)
+    else:
+        from sevlm.data.artemis import prepare_dataset
+
+        if args.input or not args.artemis_csv:
+            raise ConfigError("--format artemis reads --artemis-csv CSV (--input is for --format generic)")
+        m = prepare_dataset(args.artemis_csv, contrastive_csv=args.contrastive_csv, images_dir=args.images,
+                            max_repetition=41 if args.max_repetition is None else args.max_repetition,
+                            train_subset=args.train_subset, **common)
     print(f"wrote {args.out} (training set: {m['training_set']}; seed {m['seed']})")
-    for split, n in c.items():
+    for split, n in m["counts"].items():
         print(f"  {split:5s}: {n['images']:6d} images {n['annotations']:7d} annotations "
               f"({n['images_with_dominant_emotion']} with a dominant emotion; "
               + ", ".join(f"{k} {v}" for k, v in n["annotations_by_source"].items()) + ")")
-    print(f"  set aside ({m['set_aside']['rule']}): {m['set_aside']['paintings']} paintings, "
-          f"{m['set_aside']['annotations']} annotations")
+    if "set_aside" in m:
+        print(f"  set aside ({m['set_aside']['rule']}): {m['set_aside']['paintings']} paintings, "
+              f"{m['set_aside']['annotations']} annotations")
     print(f"  dropped short utterances ({m['dropped_short_utterances']['rule']}): "
           f"{m['dropped_short_utterances']['total']}")
     if m["skipped_rows"]:

@@ -16,24 +16,13 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=None, help="config name (sevlm/configs) or JSON file")
     p.add_argument("--out", default=None, help="run folder (default: the config's out_dir)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse_hidden())
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. schedule.max_steps=100")
 
 
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS  # the `deepspeed` launcher passes --local_rank; LOCAL_RANK is read from the env
-
-
 def run(args) -> int:
-    import os
-
     from sevlm.errors import ConfigError
     from sevlm.train import load_train_config, train
 
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     config = None
     if args.resume:
         if args.overrides or args.out or args.config:

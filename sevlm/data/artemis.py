@@ -50,6 +50,9 @@ TRAIN_SUBSETS = {  # with v2: name -> the manifest's description of the training
 # unless told to leave them out.
 MAX_MISSING_IMAGES = 0.05
 DATASET_FILES = (*(f"{s}.json" for s in SPLITS), *(f"{s}_coco.json" for s in SPLITS), "manifest.json")
+# What later stages derive from a dataset inside its folder (`sevlm evaluate`'s Emo-Align
+# classifier): stale once the dataset is rebuilt, so a re-prepare drops it.
+DERIVED = ("emo_classifier",)
 
 # Words: runs of letters/digits, apostrophes allowed inside ("don't", "artist's").
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -344,7 +347,7 @@ def _jsonl_rows(f, required: tuple, optional: tuple) -> Rows:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            yield line, None, f"not valid JSON ({e.msg} at column {e.colno})"
+            yield line, None, f"not valid JSON ({e.msg})"
             continue
         if not isinstance(obj, dict):
             yield line, None, f"not a JSON object ({type(obj).__name__})"
@@ -586,7 +589,7 @@ def check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder (--out names the dataset folder to write)")
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES)
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES + DERIVED)
         if foreign:
             raise DataError(
                 f"{out_dir}: not a dataset folder (it holds {', '.join(foreign[:3])}"
@@ -628,6 +631,30 @@ def write_dataset(
     return manifest
 
 
+def manifest_base(input_format: str, results: list[ReadResult], seed: int, images_dir, short: Counter,
+                  min_tokens: int, missing: list[str]) -> dict:
+    """The manifest entries every input format records (write_dataset adds counts and files)."""
+    import sevlm
+
+    return {
+        "format": FORMAT,
+        "input_format": input_format,
+        "sevlm_version": sevlm.__version__,
+        "seed": seed,
+        "split_fractions": SPLIT_FRACTIONS,
+        "emotions": list(EMOTIONS),
+        "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
+        "skipped_rows": dict(sorted(sum((r.skipped for r in results), Counter()).items())),
+        "skipped_examples": [e for r in results for e in r.examples][:20],
+        "dropped_short_utterances": {
+            "rule": f"fewer than {min_tokens} tokens",
+            "total": sum(short.values()),
+            **dict(sorted(short.items())),
+        },
+        "missing_images": {"count": len(missing), "examples": missing[:50]},
+    }
+
+
 def no_training_data(what: str, results: list[ReadResult], short: Counter, missing: list[str], min_tokens: int):
     """The DataError for a dataset whose training split came out empty, saying where rows went."""
     rows = sum(r.rows for r in results)
@@ -663,8 +690,6 @@ def prepare_dataset(
     `train_subset` (with `contrastive_csv`): "combined" (default: the authors' training set,
     every v2 training annotation plus an equal-size random sample of the v1 ones) or "all".
     """
-    import sevlm
-
     artemis_csv, out_dir = Path(artemis_csv), Path(out_dir)
     if train_subset is not None and contrastive_csv is None:
         raise ConfigError("a training subset (--train-subset) needs ArtEmis v2 (--contrastive-csv)")
@@ -719,31 +744,16 @@ def prepare_dataset(
     sources = {"artemis_csv": v1.manifest_entry()}
     if v2 is not None:
         sources["contrastive_csv"] = v2.manifest_entry()
-    skipped = sum((r.skipped for r in results), Counter())
     manifest = {
-        "format": FORMAT,
-        "input_format": "artemis",
-        "sevlm_version": sevlm.__version__,
+        **manifest_base("artemis", results, seed, images_dir, short, min_tokens, missing),
         "training_set": TRAIN_SUBSETS[train_subset] if v2 is not None else "v1",
         "train_subset": train_subset,
         "sources": sources,
-        "seed": seed,
-        "split_fractions": SPLIT_FRACTIONS,
-        "emotions": list(EMOTIONS),
-        "images_dir": str(Path(images_dir).resolve()) if images_dir is not None else None,
-        "skipped_rows": dict(sorted(skipped.items())),
-        "skipped_examples": [e for r in results for e in r.examples][:20],
         "set_aside": {
             "rule": f"repetition >= {max_repetition}",
             "paintings": len(heavy),
             "annotations": set_aside_rows,
         },
-        "dropped_short_utterances": {
-            "rule": f"fewer than {min_tokens} tokens",
-            "total": sum(short.values()),
-            **dict(sorted(short.items())),
-        },
-        "missing_images": {"count": len(missing), "examples": missing[:50]},
         "combined": combined,
     }
     paintings = {s: {"paintings_in_split": len(splits[s])} for s in SPLITS}

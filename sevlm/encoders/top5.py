@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-from PIL import Image
-
 
 def main(argv: list[str] | None = None) -> int:
     """Print ImageNet top-5 for some images: a quick look that the weights behave.
@@ -17,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import re
 
-    from sevlm.encoders.base import build_encoder
+    from sevlm.encoders.base import ImageError, build_encoder, load_pixels
 
     p = argparse.ArgumentParser(prog="python -m sevlm.encoders.top5", description=main.__doc__.split("\n")[0])
     p.add_argument("images", nargs="+")
@@ -31,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         labels = {int(m.group(1)): m.group(2) for m in pairs if m} or dict(enumerate(lines))
     enc = build_encoder("efficientnet-lite0", weights=args.weights)
     for path in args.images:
-        with Image.open(path) as img:
-            probs = enc.classify(enc.preprocess(img)[None])[0]  # (1000,)
+        try:
+            probs = enc.classify(load_pixels(path, enc.preprocess)[None])[0]  # (1000,)
+        except ImageError as e:
+            print(e)
+            continue
         top = probs.topk(5)
         shown = ", ".join(
             f"{labels.get(int(i), i) if labels else int(i)} {float(v):.2f}" for v, i in zip(top.values, top.indices)

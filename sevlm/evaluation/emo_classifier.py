@@ -189,6 +189,11 @@ def _annotations(dataset_dir: Path, split: str) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
+def training_texts(dataset_dir: str | Path) -> list[str]:
+    """The training split's human explanations."""
+    return _annotations(Path(dataset_dir), "train")[0]
+
+
 def accuracy(clf, texts: list[str], labels: list[str]) -> float | None:
     if not texts:
         return None

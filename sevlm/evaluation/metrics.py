@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.constants import EMOTIONS, EMOTION_TO_INDEX
-from sevlm.data.artemis import check_dominance_rule, dominant_emotion, dominant_from_distribution
+from sevlm.data.artemis import (
+    check_dominance_rule,
+    clean_utterance,
+    dominant_emotion,
+    dominant_from_distribution,
+    tokenize,
+)
 from sevlm.errors import ConfigError, DataError
 
 LANGUAGE_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -40,6 +46,7 @@ class Reference:
     emotions: tuple[str, ...]
     explanations: tuple[str, ...]
     dominant: str | None  # the dominant human emotion, or None when there is none
+    image_name: str | None = None  # "<Style>/<painting>.jpg" under the dataset's images folder
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,13 @@ def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, R
     check_dominance_rule(dominance)
     path = Path(path)
     data = read_json(path)
+    if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
+        grouped = path.with_name(path.name.replace("_coco.json", ".json")) if path.name.endswith("_coco.json") else None
+        raise DataError(
+            f"{path}: this is a COCO caption file (images + annotations, as `sevlm prepare` writes for "
+            f"coco-caption), not the grouped references --references needs"
+            + (f"; pass {grouped} instead" if grouped else "; pass the split's grouped JSON (e.g. DATASET/test.json)")
+        )
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a non-empty JSON object {{image_id: entry}}")
     refs = {}
@@ -98,7 +112,9 @@ def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, R
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"{where}: annotation {i} has an empty explanation")
         dominant = entry_dominant(entry, where, dominance)
-        refs[image_id] = Reference(image_id, tuple(emotions), tuple(explanations), dominant)
+        name = entry.get("image_name")
+        refs[image_id] = Reference(image_id, tuple(emotions), tuple(explanations), dominant,
+                                   name if isinstance(name, str) else None)
     return refs
 
 
@@ -335,6 +351,67 @@ def text_stats(explanations: list[str]) -> dict:
     }
 
 
+# ArtEmis's "metaphor-like expressions": utterances holding one of these phrases (the
+# simile/metaphor markers of ArtEmis's evaluation code). ArtEmis matches plain substrings;
+# we match whole words, so "this likely" does not count as "is like".
+METAPHOR_PHRASES = (
+    "looks like", "look like", "seems like", "is like", "are like", "reminds me", "remind me",
+    "could be", "appears to be", "appear to be", "think of", "resembles", "resembling",
+)
+_METAPHOR = re.compile(r"\b(?:" + "|".join(re.escape(m) for m in METAPHOR_PHRASES) + r")\b")
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(texts: list[str], n: int) -> float | None:
+    """Distinct-n: distinct n-grams / all n-grams, pooled over every text (words as `tokenize`)."""
+    grams = [g for t in texts for g in _ngrams(tokenize(t), n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def has_repeated_bigram(text: str) -> bool:
+    """Whether some bigram occurs more than once ("the dark and the dark and")."""
+    bigrams = _ngrams(tokenize(text), 2)
+    return len(bigrams) != len(set(bigrams))
+
+
+def repeated_bigram_share(texts: list[str]) -> float | None:
+    """Share of texts with a repeated bigram."""
+    return sum(map(has_repeated_bigram, texts)) / len(texts) if texts else None
+
+
+def copied_share(texts: list[str], corpus: set[str]) -> float | None:
+    """Share of texts equal, once cleaned (`clean_utterance`), to a text of `corpus` (cleaned)."""
+    if not texts:
+        return None
+    return sum(clean_utterance(t) in corpus for t in texts) / len(texts)
+
+
+def metaphor_rate(texts: list[str]) -> float | None:
+    """Share of texts with a metaphor-like expression (METAPHOR_PHRASES), as ArtEmis counts them."""
+    if not texts:
+        return None
+    return sum(bool(_METAPHOR.search(clean_utterance(t))) for t in texts) / len(texts)
+
+
+def language_stats(generated: list[str], human: list[str], training: list[str] | None = None) -> dict:
+    """How the generated explanations read, beside the human ones: distinct-1/2, repeated
+    bigrams, metaphor-like expressions and, given the training utterances, verbatim copies."""
+    out = {
+        "distinct_1": distinct_n(generated, 1),
+        "distinct_2": distinct_n(generated, 2),
+        "repeated_bigram_share": repeated_bigram_share(generated),
+        "metaphor_rate_generated": metaphor_rate(generated),
+        "metaphor_rate_human": metaphor_rate(human),
+        "copied_training_share": None,
+    }
+    if training is not None:
+        out["copied_training_share"] = copied_share(generated, {clean_utterance(t) for t in training})
+    return out
+
+
 # ----------------------------------------------------------------------------- everything
 @dataclass
 class Evaluation:
@@ -353,15 +430,18 @@ def evaluate(
     classifier=None,
     strict: bool = True,
     dominance: str = "artemis",
+    training_texts: list[str] | None = None,
 ) -> Evaluation:
     """Score a predictions file against the references; `classifier` (an EmotionClassifier) adds
     emo_align; `dominance` is the rule for each image's dominant emotion (see DOMINANCE_RULES
-    in sevlm.data.artemis)."""
+    in sevlm.data.artemis); `training_texts` (the training split's utterances) adds the share of
+    generated explanations that copy one verbatim."""
     references = load_references(references_path, dominance)
     preds, warnings = align(load_predictions(predictions_path), references, predictions_path, strict)
     refs = {p.image_id: references[p.image_id] for p in preds}
     caps = caption_metrics({p.image_id: p.explanation for p in preds}, {i: list(r.explanations) for i, r in refs.items()})
     dominant = [refs[p.image_id].dominant for p in preds]
+    human = [t for r in refs.values() for t in r.explanations]
     emo = emotion_metrics([p.emotion for p in preds], dominant)
 
     report: dict = {
@@ -378,9 +458,8 @@ def evaluate(
         "emotion_accuracy_n": emo["emotion_accuracy_n"],
         "emotion_not_one_of_9_share": sum(p.emotion not in EMOTION_TO_INDEX for p in preds) / len(preds),
         **text_stats([p.explanation for p in preds]),
-        "human_mean_length_words": float(
-            np.mean([len(t.split()) for r in refs.values() for t in r.explanations])
-        ),
+        "human_mean_length_words": float(np.mean([len(t.split()) for t in human])),
+        **language_stats([p.explanation for p in preds], human, training_texts),
         "emotions": {k: v for k, v in emo.items() if k not in ("emotion_accuracy", "emotion_accuracy_n")},
     }
     labels = None

@@ -125,6 +125,68 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+# ----------------------------------------------------------------------------- examples
+EXAMPLE_PAINTINGS = 8
+EXAMPLE_COLUMNS = 4
+EXAMPLE_PANEL_INCHES = (4.0, 5.0)  # width, height of one painting with its two explanations
+EXAMPLE_DPI = 80  # with the panel size, fixes the picture's pixel size (no tight bounding box)
+
+
+def pick_examples(ev, images_dir: str | Path, n: int = EXAMPLE_PAINTINGS) -> tuple[list[dict], str | None]:
+    """Up to `n` scored paintings, spread evenly over the sorted image ids among those whose image
+    is in `images_dir`, each with its generated and first human explanation; or ([], why not)."""
+    from sevlm.features.common import resolve_image
+
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        return [], f"images folder {images_dir} not found"
+    found = []
+    for p in sorted(ev.predictions, key=lambda p: p.image_id):
+        ref = ev.references[p.image_id]
+        path = resolve_image(images_dir, ref.image_name or f"{p.image_id}.jpg")
+        if path is not None:
+            found.append({"image_id": p.image_id, "image": path, "generated": p.explanation,
+                          "generated_emotion": p.emotion or None, "human": ref.explanations[0],
+                          "human_emotion": ref.emotions[0]})
+    if not found:
+        return [], f"none of the scored paintings' images is in {images_dir}"
+    picks = sorted(set(np.linspace(0, len(found) - 1, min(n, len(found))).round().astype(int).tolist()))
+    return [found[i] for i in picks], None
+
+
+def plot_examples(examples: list[dict], path: Path) -> Path:
+    """Paintings in a grid of EXAMPLE_COLUMNS, each above its generated and human explanation."""
+    import textwrap
+
+    from PIL import Image
+
+    plt = _plt()
+    cols = min(EXAMPLE_COLUMNS, len(examples))
+    rows = -(-len(examples) // cols)
+    w, h = EXAMPLE_PANEL_INCHES
+    fig = plt.figure(figsize=(cols * w, rows * h), dpi=EXAMPLE_DPI)
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 2] * rows, hspace=0.08, wspace=0.08,
+                            left=0.02, right=0.98, top=0.97, bottom=0.02)
+    for k, ex in enumerate(examples):
+        r, c = divmod(k, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
+        with Image.open(ex["image"]) as im:
+            im = im.convert("RGB")
+            im.thumbnail((400, 400))
+            ax.imshow(np.asarray(im))
+        ax.set_title(textwrap.shorten(ex["image_id"], 48), fontsize=8)
+        ax.axis("off")
+        text = fig.add_subplot(grid[2 * r + 1, c])
+        text.axis("off")
+        text.text(0, 1, f"generated ({ex['generated_emotion'] or 'n/a'}):\n" + textwrap.fill(ex["generated"], 44)
+                  + f"\n\nhuman ({ex['human_emotion']}):\n" + textwrap.fill(ex["human"], 44),
+                  va="top", ha="left", fontsize=8, transform=text.transAxes)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=EXAMPLE_DPI)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- reports
 def _fmt(x) -> str:
     if x is None:
@@ -136,8 +198,11 @@ def _figures_dir(out: Path) -> Path:
     return out.parent / f"{out.stem}_figures"
 
 
-def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = None) -> dict[str, Path]:
-    """Write REPORT.json, REPORT.md and the plots; returns {what: path}. `report` is not modified."""
+def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = None,
+                            examples: list[dict] | None = None, examples_note: str | None = None) -> dict[str, Path]:
+    """Write REPORT.json, REPORT.md and the plots; returns {what: path}. `report` is not modified.
+    `examples` (from `pick_examples`) become a picture of paintings with their explanations;
+    `examples_note` says why there is none."""
     from sevlm.evaluation.metrics import LANGUAGE_METRICS
 
     out = Path(out)
@@ -151,6 +216,11 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     if vad is not None:
         written["vad"] = plot_vad(vad, figs / "vad.png")
         full["vad"] = {k: {kk: vv for kk, vv in v.items() if kk != "valence"} for k, v in vad.items()}
+    if examples:
+        written["examples"] = plot_examples(examples, figs / "examples.png")
+        full["examples"] = [{k: v for k, v in ex.items() if k != "image"} for ex in examples]
+    elif examples_note:
+        full["examples_note"] = examples_note
     full["figures"] = {k: str(p.relative_to(out.parent)) for k, p in written.items()}
     write_json(out, full)
     written["json"] = out
@@ -174,12 +244,22 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
         lines += ["", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |" for e, v in emo["per_class"].items()]
     lines += ["", "## Explanations", "", f"- distinct explanations: {_fmt(full['distinct_explanations_share'])}",
-              f"- mean length (words): generated {_fmt(full['mean_length_words'])}, human {_fmt(full['human_mean_length_words'])}"]
+              f"- distinct-1: {_fmt(full.get('distinct_1'))}, distinct-2: {_fmt(full.get('distinct_2'))} (over all generated explanations)",
+              f"- explanations with a repeated bigram: {_fmt(full.get('repeated_bigram_share'))}",
+              f"- mean length (words): generated {_fmt(full['mean_length_words'])}, human {_fmt(full['human_mean_length_words'])}",
+              f"- copies of a training utterance: {_fmt(full.get('copied_training_share'))}"
+              + ("" if full.get("copied_training_share") is not None else " (needs --dataset)"),
+              f"- metaphor-like expressions (ArtEmis's phrases): generated {_fmt(full.get('metaphor_rate_generated'))}, "
+              f"human {_fmt(full.get('metaphor_rate_human'))}"]
     if "vad" in full:
         for k, v in full["vad"].items():
             lines.append(f"- VAD {k}: mean {[round(x, 3) for x in v['mean']] if v['mean'] else 'n/a'} (lexicon coverage {_fmt(v['coverage'])})")
-    if written.keys() - {"json"}:
-        lines += ["", "## Figures", ""] + [f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k != "json"]
+    if "examples" in written:
+        lines += ["", "## Examples", "", f"![examples]({written['examples'].relative_to(out.parent)})"]
+    elif examples_note:
+        lines += ["", "## Examples", "", f"- no picture of examples: {examples_note}"]
+    if written.keys() - {"json", "examples"}:
+        lines += ["", "## Figures", ""] + [f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k not in ("json", "examples")]
     md = out.with_suffix(".md")
     write_text(md, "\n".join(lines) + "\n")
     written["markdown"] = md
@@ -220,15 +300,19 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
                         retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf") -> dict:
-    """Score, then write REPORT.json + .md + figures; returns the report dict."""
+    """Score, then write REPORT.json + .md + figures; returns the report dict. With `dataset_dir`:
+    Emo-Align, copies of training utterances, and a picture of example paintings."""
     from sevlm.evaluation.metrics import evaluate
 
-    classifier = None
+    classifier = training = images_dir = None
     if dataset_dir:
-        from sevlm.evaluation.emo_classifier import load_or_train
+        from sevlm.evaluation.emo_classifier import load_or_train, training_texts
 
         classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
-    ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance)
+        training = training_texts(dataset_dir)
+        images_dir = _recorded_images_dir(dataset_dir)
+    ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance,
+                  training_texts=training)
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon
@@ -236,5 +320,21 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
         lex = VADLexicon.load(vad_lexicon)
         human = [t for p in ev.predictions for t in ev.references[p.image_id].explanations]
         vad = vad_summary([p.explanation for p in ev.predictions], human, lex)
-    write_evaluation_report(ev.report, out, vad)
+    if images_dir is not None:
+        examples, note = pick_examples(ev, images_dir)
+    elif dataset_dir:
+        examples, note = [], f"{Path(dataset_dir) / 'manifest.json'}: no images folder recorded"
+    else:
+        examples, note = [], "no --dataset, whose manifest records the images folder"
+    write_evaluation_report(ev.report, out, vad, examples, note)
     return ev.report
+
+
+def _recorded_images_dir(dataset_dir) -> Path | None:
+    from sevlm.errors import DataError
+    from sevlm.features.common import dataset_images_dir
+
+    try:
+        return dataset_images_dir(dataset_dir)
+    except DataError:
+        return None

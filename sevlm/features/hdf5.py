@@ -29,10 +29,12 @@ last merges the parts, in rank order, into F.h5, equal to a single-process file.
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -190,8 +192,8 @@ def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str
                     found = f.attrs.get(key)
                     if found != attrs.get(key):
                         raise DataError(
-                            f"{partial}: an unfinished extraction with a different {key} is in the way "
-                            f"(it has {found!r}, this run {attrs.get(key)!r}); delete it or use the same settings to resume"
+                            f"{partial}: an unfinished extraction with a different {key} is in the way (it has "
+                            f"{_decode_attr(found)!r}, this run {_decode_attr(attrs.get(key))!r}); delete it or use the same settings to resume"
                         )
                 done, n_rows, n_failed, note = _resume_point(f, names, first, batch_size)
                 if note:
@@ -336,10 +338,10 @@ def extract_features(
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found")
     names = dataset_image_names(dataset_dir)
-    if out_path.exists() and not overwrite:
-        raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
     if out_path.is_dir():
         raise DataError(f"{out_path}: is a folder; --out takes a file name")
+    if out_path.exists() and not overwrite:
+        raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     # everything is checked before any file is touched: an existing F.h5 is only ever replaced
@@ -364,6 +366,8 @@ def extract_features(
         "dataset_manifest_sha256": dataset_manifest_sha256(dataset_dir) or "",
         "batch_size": int(batch_size),
     }
+    if world_size > 1:
+        _check_other_parts(out_path, attrs, world_size)
     first, stop = rank_share(len(names), batch_size, rank, world_size)
     target = out_path if world_size == 1 else part_path(out_path, rank, world_size)
     part_attrs = attrs if world_size == 1 else {**attrs, "part": _attr_json({"rank": rank, "world_size": world_size, "first": first, "stop": stop})}
@@ -399,6 +403,34 @@ def extract_features(
     }
 
 
+_PART_KEYS = ("encoder_config", "image_list_sha256", "batch_size")  # what the parts of one store share
+
+
+def _check_other_parts(out_path: Path, attrs: dict, world_size: int) -> None:
+    """Refuse up front, not at the merge, when part files from other settings are in the way."""
+    pattern = re.compile(re.escape(out_path.name) + r"\.part-(\d+)-of-(\d+)(\.partial)?")
+    for p in sorted(out_path.parent.glob(glob.escape(out_path.name) + ".part-*")):
+        m = pattern.fullmatch(p.name)
+        if not m:
+            continue
+        if int(m[2]) != world_size:
+            raise DataError(
+                f"{p}: a part of a {m[2]}-rank extraction is in the way; finish it with --world-size {m[2]} "
+                f"(same other flags) or delete its part files"
+            )
+        try:
+            with _open(p, "r") as f:
+                found = {key: _decode_attr(f.attrs.get(key)) for key in _PART_KEYS}
+        except Exception:  # a damaged partial is its own rank's business
+            continue
+        for key in _PART_KEYS:
+            if found[key] != _decode_attr(attrs[key]):
+                raise DataError(
+                    f"{p}: made with a different {key} (it has {found[key]!r}, this run {_decode_attr(attrs[key])!r}); "
+                    f"use the same flags on every rank, or delete the part files"
+                )
+
+
 def _merge_parts(out_path: Path, attrs: dict, world_size: int, progress: bool) -> bool:
     """Concatenate the finished part files, in rank order, into `out_path`; False if another rank
     is merging or already has. Parts are removed only once `out_path` is in place."""
@@ -410,8 +442,6 @@ def _merge_parts(out_path: Path, attrs: dict, world_size: int, progress: bool) -
 
 
 def _merge_claimed(out_path: Path, attrs: dict, world_size: int, progress: bool, block: int = 256) -> bool:
-    from tqdm import tqdm
-
     parts = [part_path(out_path, k, world_size) for k in range(world_size)]
     if not all(p.exists() for p in parts):
         return False  # merged meanwhile by another rank
@@ -419,11 +449,25 @@ def _merge_claimed(out_path: Path, attrs: dict, world_size: int, progress: bool,
     merging = out_path.with_name(out_path.name + ".merging")
     merging.unlink(missing_ok=True)  # a merge killed halfway is simply redone
     _create_partial(merging, attrs, T, D)
+    try:
+        _concatenate(merging, parts, attrs, progress, block)
+    except BaseException:
+        merging.unlink(missing_ok=True)
+        raise
+    os.replace(merging, out_path)
+    for p in parts:
+        p.unlink()
+    return True
+
+
+def _concatenate(merging: Path, parts: list[Path], attrs: dict, progress: bool, block: int) -> None:
+    from tqdm import tqdm
+
     bar = tqdm(total=int(attrs["num_images_listed"]), desc="merge parts", unit="img", disable=not progress, file=sys.stderr)
     with _open(merging, "r+") as out:
         for p in parts:
             with _open(p, "r") as f:
-                for key in ("encoder_config", "image_list_sha256", "batch_size"):
+                for key in _PART_KEYS:
                     if f.attrs.get(key) != attrs[key]:
                         raise DataError(f"{p}: made with a different {key} than this run; delete the part files and extract again")
                 n = f["tokens"].shape[0]
@@ -440,14 +484,10 @@ def _merge_claimed(out_path: Path, attrs: dict, world_size: int, progress: bool,
         out.attrs["n_done"] = int(out.attrs["n_rows"]) + int(out.attrs["n_failed"])
         if int(out.attrs["n_done"]) != int(attrs["num_images_listed"]):
             raise DataError(
-                f"{out_path}: the parts hold {int(out.attrs['n_done'])} of {attrs['num_images_listed']} images; "
-                f"delete the part files and extract again"
+                f"{parts[0].parent}: the part files hold {int(out.attrs['n_done'])} of {attrs['num_images_listed']} images; "
+                f"delete them and extract again"
             )
         out.attrs["complete"] = True
-    os.replace(merging, out_path)
-    for p in parts:
-        p.unlink()
-    return True
 
 
 def _strings(ds, n: int | None = None) -> list[str]:

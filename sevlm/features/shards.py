@@ -8,7 +8,7 @@ parallel; the last to finish puts them in place and writes the manifest entry.
 
 Reading: `shard_pipeline` is an explicit list of webdataset stages:
     shard list -> shuffle shards (seed, epoch) -> split by node (rank) -> split by worker
-    -> read tar samples (padded to the rank quota) -> shuffle samples -> decode -> [batch]
+    -> read tar samples (padded to the rank quota) -> shuffle samples -> decode
 Equal samples per rank per epoch: ranks take shards round-robin; every rank yields exactly
 `samples_per_rank = max over ranks of its shard total` samples, a rank with fewer samples
 repeating its own first samples (so nothing is dropped, a few samples are seen twice per
@@ -332,18 +332,9 @@ def decode(handle_errors: str = "raise"):
     return stage
 
 
-def collate_samples(samples: list[dict]) -> dict:
-    """List of samples -> one dict: tokens [B,T,D] and pooled [B,D] stacked, other fields as lists."""
-    out = {k: [s[k] for s in samples] for k in samples[0]}
-    out["tokens"] = torch.stack(out["tokens"])  # (B, T, D)
-    out["pooled"] = torch.stack(out["pooled"])  # (B, D)
-    return out
-
-
 def shard_pipeline(
     shard_dir_or_manifest: str | Path,
     split: str,
-    batch_size: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
     epoch: int = 0,
@@ -351,13 +342,10 @@ def shard_pipeline(
     handle_errors: str = "raise",
     world_size: int | None = None,
     rank: int | None = None,
-    collate: Callable[[list[dict]], Any] | None = None,
-    partial_batches: bool = True,
 ) -> wds.DataPipeline:
     """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
 
     Every rank yields `pipeline.samples_per_rank` samples per epoch (see the module docstring).
-    With batch_size, items are lists of samples (or `collate(list)`, e.g. `collate_samples`).
     """
     root, manifest, entry = read_manifest(shard_dir_or_manifest, split)
     world_size, rank = dist_info(world_size, rank)
@@ -385,8 +373,6 @@ def shard_pipeline(
     if shuffle:
         stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
     stages.append(decode(handle_errors))
-    if batch_size is not None:
-        stages.append(wds.batched(batch_size, collation_fn=collate, partial=partial_batches))
     pipeline = wds.DataPipeline(*stages)
     pipeline.samples_per_rank = samples_per_rank
     pipeline.manifest = manifest

@@ -80,6 +80,30 @@ def check_encoder(info: FeatureInfo, expected: str | None) -> None:
         )
 
 
+def check_features(data) -> FeatureInfo:
+    """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
+    info = feature_info(data.features, data.shards)
+    check_encoder(info, data.encoder)
+    if info.source == "shards":
+        check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split])
+    return info
+
+
+def model_config(model, info: FeatureInfo):
+    """`model` (an SEVLMConfig) with the visual width of the features, the one source of truth for it."""
+    from dataclasses import fields, replace
+
+    if info.dim is None:
+        return model
+    default = next(f.default for f in fields(model) if f.name == "visual_dim")
+    if model.visual_dim not in (default, info.dim):
+        raise ConfigError(
+            f"model.visual_dim={model.visual_dim} but {info.path} holds {info.dim}-d visual tokens "
+            f"(encoder {info.encoder}); drop model.visual_dim to take it from the features"
+        )
+    return replace(model, visual_dim=info.dim)
+
+
 def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
     """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
     manifest_path = Path(shards) / "manifest.json"
@@ -169,6 +193,16 @@ def estimate_memory_bytes(
     acts += micro_batch * V * visual_dim * 4  # the visual tokens themselves
     logits = seqs * T * vocab_size * 4 * 3  # logits, log-softmax and its gradient in fp32
     return int(states + acts + logits)
+
+
+def estimate_model_memory(model, runtime, info: FeatureInfo) -> int:
+    """`estimate_memory_bytes` for an SEVLM model trained under `runtime` (recipe.Runtime)."""
+    dec, cfg = model.decoder.config, model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    stage = runtime.ds_config.get("zero_optimization", {}).get("stage", 0)
+    return estimate_memory_bytes(n_params, runtime.micro, cfg.max_len, dec.n_layer, model.n_embd, dec.n_head,
+                                 cfg.vocab_size, info.num_tokens, cfg.visual_dim, runtime.precision, runtime.world,
+                                 stage)
 
 
 def check_memory(estimate: int, device: str, budget_gb: float | None, micro_batch: int) -> None:

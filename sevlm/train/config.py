@@ -1,6 +1,6 @@
-"""Training configuration: small dataclasses whose defaults are the paper's setting.
+"""Training configuration: small dataclasses with working defaults.
 
-A config file is JSON with the sections below (see sevlm/configs/*.json); `key=value`
+The paper's setting is `sevlm/configs/paper.json`, and only there. A config file is JSON with the sections below (see sevlm/configs/*.json); `key=value`
 overrides use dotted keys (`schedule.max_steps=100`, `model.n_layer=2`). The DeepSpeed
 engine settings live in ds_configs/*.json; batch sizes are set here only and written into
 the resolved DeepSpeed config by `resolve_ds_config`.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from sevlm.config import from_dict, load_config
 from sevlm.errors import ConfigError
+from sevlm.model.config import SEVLMConfig
+
 
 def _ds_config_dir() -> Path:
     """ds_configs/ of a source checkout (editable install), else the copy setup.py installs."""
@@ -83,7 +85,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: dict = field(default_factory=dict)  # SEVLMConfig fields
+    model: SEVLMConfig = field(default_factory=SEVLMConfig)  # visual_dim is taken from the features
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ds_config: str = "auto"  # name in ds_configs/ or a path; auto: zero2_<precision>
@@ -102,9 +104,9 @@ class TrainConfig:
         for name in ("micro_batch", "epochs", "log_every", "max_nonfinite"):
             if getattr(s, name) < 1:
                 raise ConfigError(f"schedule.{name}: must be >= 1, got {getattr(s, name)}")
-        if self.data.corpus_vocab and self.model.get("decoder"):
+        if self.data.corpus_vocab and self.model.decoder:
             raise ConfigError(
-                f"data.corpus_vocab=true with the pretrained model.decoder={self.model['decoder']!r}: its embeddings "
+                f"data.corpus_vocab=true with the pretrained model.decoder={self.model.decoder!r}: its embeddings "
                 "are indexed by GPT-2 ids; use the corpus vocabulary only for decoders trained from scratch"
             )
         if self.data.vocab_min_count < 1:
@@ -179,6 +181,8 @@ def resolve_ds_config(
     # precision is a trainer setting too: keep the file's fp16 loss-scale settings, set the switches
     cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
     cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
+    if precision == "bf16":  # bf16 has no loss scaler: ask ZeRO to skip steps with non-finite gradients
+        cfg["bf16"]["check_grad_overflow"] = True
     cfg["train_micro_batch_size_per_gpu"] = micro
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = micro * accum * world_size

@@ -67,11 +67,6 @@ class EpochBatches(Dataset):
         return self.collate(samples, batch_rng(self.seed, _TRAIN, self.epoch, b))
 
 
-def train_loader(dataset, collate, micro, rank, world_size, seed, epoch, start, num_workers) -> DataLoader:
-    ds = EpochBatches(dataset, collate, micro, rank, world_size, seed, epoch, start)
-    return DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers, generator=loader_generator(seed, epoch))
-
-
 def loader_generator(seed: int, epoch: int) -> torch.Generator:
     """A DataLoader draws a base seed when iterated; from the global RNG that draw would shift
     dropout after a resume (the loader is created at a different point), so give it its own."""
@@ -114,3 +109,81 @@ def split_inputs(batch: dict, device, float_dtype: torch.dtype) -> tuple[dict, d
         else:
             meta[k] = v
     return inputs, meta
+
+
+# ---- data sources: the one interface the recipe trains from ------------------------------------
+class H5Source:
+    """Training and validation samples from an HDF5 feature cache (`sevlm extract`).
+
+    The order of an epoch is `epoch_order(seed, epoch)`, cut into global batches split across
+    the ranks; DataLoader workers build whole micro-batches while the order stays fixed.
+    """
+
+    def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
+                 world_size: int, seed: int, num_workers: int = 0):
+        from sevlm.features.hdf5 import H5FeatureDataset
+        from sevlm.train.checks import check_split_features
+
+        self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split)
+        self.val_set = H5FeatureDataset(str(path), dataset_dir, val_split)
+        for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
+            check_split_features(ds, split, str(path))
+        self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
+        self.seed, self.num_workers = seed, num_workers
+        self.num_images = len(self.train_set)
+        self.batches_per_epoch = batches_per_epoch(self.num_images, micro, world_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank."""
+        ds = EpochBatches(self.train_set, self.collate, self.micro, self.rank, self.world, self.seed, epoch, start)
+        return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                               generator=loader_generator(self.seed, epoch)))
+
+    def val_samples(self) -> Sequence[dict]:
+        return self.val_set
+
+
+class ShardSource:
+    """Training and validation samples from WebDataset shards (`sevlm shard`).
+
+    The sample stream of an epoch is a pure function of (seed, epoch, rank), so skipping
+    `start` micro-batches resumes it. Validation reads its split once, in file order.
+    """
+
+    def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
+                 seed: int, num_workers: int = 0):
+        from sevlm.features.shards import shard_pipeline
+
+        self.path, self.train_split, self.val_split = str(path), train_split, val_split
+        self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
+        self.seed, self.num_workers = seed, num_workers
+        probe = shard_pipeline(self.path, train_split, world_size=world_size, rank=rank)
+        self.num_images = int(probe.entry["num_samples"])
+        # every rank yields samples_per_rank samples per epoch (the reader pads short ranks)
+        self.batches_per_epoch = probe.samples_per_rank // micro
+        self._val: list[dict] | None = None
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        from sevlm.features.shards import shard_pipeline
+
+        pipe = shard_pipeline(self.path, self.train_split, shuffle=True, seed=self.seed, epoch=epoch,
+                              world_size=self.world, rank=self.rank)
+        samples = iter(DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
+                                  generator=loader_generator(self.seed, epoch)))
+        return shard_batches(samples, self.collate, self.micro, self.seed, epoch, start)
+
+    def val_samples(self) -> Sequence[dict]:
+        if self._val is None:  # small: read once, in file order, on every rank
+            from sevlm.features.shards import shard_pipeline
+
+            self._val = list(shard_pipeline(self.path, self.val_split, shuffle=False, world_size=1, rank=0))
+        return self._val
+
+
+def open_source(info, data, collate, micro: int, rank: int, world_size: int, seed: int) -> H5Source | ShardSource:
+    """The data source that `info` (checks.feature_info) names, for `data` (a DataConfig)."""
+    common = dict(collate=collate, micro=micro, rank=rank, world_size=world_size, seed=seed,
+                  num_workers=data.num_workers)
+    if info.source == "features":
+        return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common)
+    return ShardSource(info.path, data.train_split, data.val_split, **common)

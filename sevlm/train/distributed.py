@@ -11,7 +11,7 @@ import os
 import socket
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -24,7 +24,7 @@ def set_env_defaults(device: str) -> None:
         os.environ["WORLD_SIZE"] = "1"
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     else:
         os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -41,8 +41,8 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def init_distributed(device: str) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed (once); returns (rank, world_size, local_rank)."""
+def init_distributed(device: str) -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (once); returns (rank, world_size)."""
     set_env_defaults(device)
     import deepspeed
     import torch
@@ -50,10 +50,9 @@ def init_distributed(device: str) -> tuple[int, int, int]:
 
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "cuda":
-        torch.cuda.set_device(local_rank)
-    return dist.get_rank(), dist.get_world_size(), local_rank
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _comm_device():
@@ -64,29 +63,11 @@ def _comm_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def is_main() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def all_true(flag: bool) -> bool:
-    """True on every rank only if `flag` is true on every rank (keeps ranks in lock-step)."""
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([0 if flag else 1], dtype=torch.int64, device=_comm_device())
-    dist.all_reduce(t)  # counts the ranks that said no
-    return int(t.item()) == 0
 
 
 def mean_across(values: list[float]) -> list[float]:
@@ -98,3 +79,14 @@ def mean_across(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
+
+
+def all_gather(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

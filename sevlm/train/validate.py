@@ -11,8 +11,8 @@ from sevlm.train.metrics import bleu4, emotion_accuracy
 
 
 @torch.no_grad()
-def validate(model, builder, val_set, micro: int, rank: int, world: int, seed: int, max_batches: int | None,
-             gen_images: int, device, dtype, main: bool) -> dict:
+def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed: int, max_batches: int | None,
+             gen_images: int, device, dtype) -> dict:
     """Metrics (the same dict on every rank): loss, lm_loss, accuracy, bleu4, n_generated."""
     was_training = model.training
     model.eval()
@@ -32,7 +32,7 @@ def validate(model, builder, val_set, micro: int, rank: int, world: int, seed: i
 
     # Generation runs on rank 0 only (ZeRO-2 keeps full weights on every rank); the others wait.
     gen = [None]
-    if main and gen_images > 0:
+    if rank == 0 and gen_images > 0:
         gen[0] = _generation_metrics(model, builder, val_set, micro, gen_images, device, dtype)
     if world > 1:
         import torch.distributed as dist
@@ -54,7 +54,7 @@ def _generation_metrics(model, builder, val_set, micro: int, gen_images: int, de
         visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
-        hyps = generate(model, builder.tok, builder.lexicon, visual, n_images=len(samples))
+        hyps = generate(model, builder.tok, builder.lexicon, visual, n_images=len(samples), vocab=builder.vocab)
         for s, h in zip(samples, hyps):
             key = s["image_id"]
             references[key] = list(s["explanations"])

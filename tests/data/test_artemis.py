@@ -524,6 +524,11 @@ def test_out_folder_must_be_a_dataset_folder(tmp_path):
     (tmp_path / "emptydir").mkdir()
     prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
     assert (tmp_path / "emptydir" / "manifest.json").is_file()
+    # What `evaluate` derives from the old dataset is dropped with it.
+    (tmp_path / "emptydir" / "emo_classifier").mkdir()
+    prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
+    assert sorted(p.name for p in (tmp_path / "emptydir").iterdir()) == sorted(
+        [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS] + ["manifest.json"])
 
 
 def test_outputs_follow_the_umask(tmp_path):

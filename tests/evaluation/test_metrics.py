@@ -224,3 +224,73 @@ def test_lenient_evaluation_counts_and_scores_empty(tmp_path, dataset_dir, test_
     for name in ("BLEU-1", "METEOR", "ROUGE-L", "CIDEr"):  # the empty explanation scores zero, it is not dropped
         assert ev.captions.per_image[name][k] == pytest.approx(0.0, abs=1e-6), name
     assert r["emotions"]["confusion_matrix"]["counts"][EMOTIONS.index(test_refs[ids[0]]["dominant_emotion"])][9] == 1
+
+
+# ----------------------------------------------------------------------------- how the language reads
+def test_distinct_n_pools_all_texts():
+    texts = ["A b a b", "a, c"]  # words: a b a b a c; bigrams: ab ba ab ac
+    assert M.distinct_n(texts, 1) == pytest.approx(3 / 6)
+    assert M.distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert M.distinct_n(["one"], 2) is None and M.distinct_n([], 1) is None
+
+
+def test_repeated_bigram_share():
+    texts = ["the dark and the dark and", "a calm sea under a calm sky", "the the the", "a calm sea", "the sky the sea"]
+    assert [M.has_repeated_bigram(t) for t in texts] == [True, True, True, False, False]
+    assert M.repeated_bigram_share(texts) == pytest.approx(3 / 5)
+    assert M.repeated_bigram_share([]) is None
+
+
+def test_copied_share_compares_cleaned_text():
+    training = ["The sky is blue.", "the sea is calm"]
+    corpus = {"the sky is blue", "the sea is calm"}
+    assert M.copied_share(["the sky is  BLUE!", "the sky is blue today", "The sea, is calm"], corpus) == pytest.approx(2 / 3)
+    out = M.language_stats(["the sky is blue", "a new sentence here"], ["x"], training)
+    assert out["copied_training_share"] == 0.5
+    assert M.language_stats(["a"], ["b"])["copied_training_share"] is None  # no training split given
+
+
+def test_metaphor_rate_uses_artemis_phrases_as_whole_words():
+    texts = ["It looks like a storm", "this likely hurts", "Reminds me of home", "plain words", "she is like a ghost",
+             "it could be a dream", "the figure resembles my father", "I think of summer"]
+    assert M.metaphor_rate(texts) == pytest.approx(6 / 8)
+    assert M.metaphor_rate([]) is None
+    assert {"looks like", "reminds me", "is like", "could be", "resembles", "think of"} <= set(M.METAPHOR_PHRASES)
+
+
+def test_language_figures_in_the_report(tmp_path):
+    refs = {"a": {"emotions": ["awe"], "explanations": ["it looks like the sea at night"]},
+            "b": {"emotions": ["fear"], "explanations": ["dark shapes frighten me"]}}
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    (tmp_path / "pred.jsonl").write_text(
+        json.dumps({"image_id": "a", "emotion": "awe", "explanation": "the dark and the dark and"}) + "\n"
+        + json.dumps({"image_id": "b", "emotion": "fear", "explanation": "a calm sea"}) + "\n")
+    r = M.evaluate(tmp_path / "pred.jsonl", tmp_path / "refs.json", training_texts=["A calm sea."]).report
+    # words: the dark and the dark and a calm sea (9, 6 distinct); bigrams: 5 (3 distinct) + 2 = 7, 5 distinct
+    assert r["distinct_1"] == pytest.approx(6 / 9) and r["distinct_2"] == pytest.approx(5 / 7)
+    assert r["repeated_bigram_share"] == 0.5 and r["copied_training_share"] == 0.5
+    assert r["metaphor_rate_generated"] == 0.0 and r["metaphor_rate_human"] == 0.5
+    assert r["mean_length_words"] == 4.5 and r["human_mean_length_words"] == 5.5
+
+
+def test_coco_caption_file_as_references_is_named(tmp_path, test_refs, capsys):
+    from sevlm.data.artemis import coco_references
+
+    path = tmp_path / "test_coco.json"
+    path.write_text(json.dumps(coco_references(test_refs, "test")))
+    with pytest.raises(DataError) as e:
+        M.load_references(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: this is a COCO caption file") and f"pass {tmp_path / 'test.json'} instead" in msg
+    other = tmp_path / "captions.json"
+    other.write_text(path.read_text())
+    with pytest.raises(DataError, match=r"captions.json: this is a COCO caption file .*grouped JSON \(e.g. DATASET/test.json\)"):
+        M.load_references(other)
+    # the command line prints it on one line
+    from sevlm.cli import main
+
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(json.dumps({"image_id": next(iter(test_refs)), "emotion": "awe", "explanation": "a sky"}) + "\n")
+    assert main(["evaluate", "--predictions", str(pred), "--references", str(path), "--out", str(tmp_path / "R.json")]) == 1
+    err = capsys.readouterr().err
+    assert "this is a COCO caption file" in err and str(path) in err and "Traceback" not in err

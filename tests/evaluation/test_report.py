@@ -109,7 +109,76 @@ def test_evaluate_command_records_the_emo_classifier(tmp_path, dataset_dir, good
     assert rep["emo_classifier"]["kind"] == "lstm" and rep["emo_align_n"] == 12
     assert rep["emo_classifier"]["params"]["hidden"] == 16 and "test" in rep["emo_classifier"]["held_out_accuracy"]
     assert "(classifier: lstm;" in out.with_suffix(".md").read_text()
+    # with --dataset, the training split is read for copies, and the (absent) images are noted
+    assert rep["examples_note"].endswith("manifest.json: no images folder recorded")
+    train = {t for e in json.loads((ds / "train.json").read_text()).values() for t in e["explanations"]}
+    preds = [json.loads(line) for line in good_predictions.read_text().splitlines()]
+    copies = sum(p["explanation"] in train for p in preds)
+    assert copies > 0 and rep["copied_training_share"] == pytest.approx(copies / len(preds))
+    for key in ("distinct_1", "distinct_2", "repeated_bigram_share", "metaphor_rate_generated", "metaphor_rate_human"):
+        assert 0 <= rep[key] <= 1, key
     assert (ds / CLASSIFIER_DIRNAME / "lstm" / "weights.safetensors").exists()
     with pytest.raises(ConfigError, match="--emo-classifier lstm needs --dataset"):
         evaluate_cli(["--predictions", str(good_predictions), "--references", str(ds / "test.json"),
                       "--emo-classifier", "lstm", "--out", str(out)])
+
+
+COLOURS = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (230, 230, 30), (220, 20, 220), (20, 220, 220),
+           (120, 60, 0), (0, 100, 60), (90, 0, 140), (250, 150, 100), (60, 60, 60), (150, 150, 250)]
+
+
+def _images(root, refs: dict, skip: set[str]) -> dict[str, tuple]:
+    """A solid-colour JPEG per image (one colour each), except those in `skip`."""
+    from PIL import Image
+
+    colours = {}
+    for (image_id, entry), colour in zip(sorted(refs.items()), COLOURS):
+        if image_id in skip:
+            continue
+        path = root / entry["image_name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), colour).save(path, quality=95)
+        colours[image_id] = colour
+    return colours
+
+
+def test_example_paintings_picture(tmp_path, dataset_dir, good_predictions, test_refs):
+    from PIL import Image
+
+    from sevlm.evaluation import metrics as M
+
+    ev = M.evaluate(good_predictions, dataset_dir / "test.json")
+    ids = sorted(test_refs)
+    colours = _images(tmp_path / "images", test_refs, skip={ids[0], ids[5]})  # 10 of 12 images present
+    examples, note = RP.pick_examples(ev, tmp_path / "images")
+    assert note is None and len(examples) == RP.EXAMPLE_PAINTINGS == 8
+    assert all(ex["image_id"] in colours for ex in examples) and len({ex["image_id"] for ex in examples}) == 8
+    preds = {p.image_id: p for p in ev.predictions}
+    for ex in examples:
+        assert ex["generated"] == preds[ex["image_id"]].explanation
+        assert ex["human"] == test_refs[ex["image_id"]]["explanations"][0]
+
+    png = RP.plot_examples(examples, tmp_path / "ex.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        w, h = RP.EXAMPLE_PANEL_INCHES
+        assert im.size == (4 * w * RP.EXAMPLE_DPI, 2 * h * RP.EXAMPLE_DPI)  # 4 columns x 2 rows of panels
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
+    for ex in examples:  # every painting is drawn
+        assert (np.abs(pixels - colours[ex["image_id"]]).max(axis=1) <= 12).sum() > 500, ex["image_id"]
+    with Image.open(RP.plot_examples(examples[:3], tmp_path / "ex3.png")) as im:
+        assert im.size == (3 * w * RP.EXAMPLE_DPI, h * RP.EXAMPLE_DPI)
+
+    # in the report: the picture and what it shows; without images, a note instead
+    out = tmp_path / "rep" / "REPORT.json"
+    RP.write_evaluation_report(ev.report, out, examples=examples)
+    rep = json.loads(out.read_text())
+    assert rep["figures"]["examples"] == "REPORT_figures/examples.png" and len(rep["examples"]) == 8
+    assert "## Examples" in out.with_suffix(".md").read_text()
+    (tmp_path / "empty").mkdir()
+    none, note = RP.pick_examples(ev, tmp_path / "empty")
+    assert none == [] and str(tmp_path / "empty") in note
+    RP.write_evaluation_report(ev.report, out, examples=none, examples_note=note)
+    rep = json.loads(out.read_text())
+    assert "examples" not in rep["figures"] and rep["examples_note"] == note
+    assert f"no picture of examples: {note}" in out.with_suffix(".md").read_text()

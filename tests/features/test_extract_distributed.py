@@ -12,7 +12,7 @@ import pytest
 
 from conftest import assert_same_feature_files, make_image_dataset
 from sevlm import cli
-from sevlm.errors import ConfigError
+from sevlm.errors import ConfigError, DataError
 from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, rank_share
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,18 +48,25 @@ def test_two_ranks_run_one_after_the_other_give_the_single_process_store(tmp_pat
     assert FeatureStore(out).failed == {"S1/p04.jpg": "empty file (0 bytes)"}
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
-def test_torchrun_two_cpu_ranks_equal_a_single_process_run(tmp_path):
+_LAUNCHERS = {
+    "torchrun": ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "sevlm.cli"],
+    "deepspeed": ["deepspeed", "--num_gpus", "2", "--module", "sevlm.cli"],  # DS_ACCELERATOR=cpu: processes only
+}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", pytest.param("deepspeed", marks=pytest.mark.slow)])
+def test_two_cpu_ranks_under_a_launcher_equal_a_single_process_run(tmp_path, launcher):
+    exe = shutil.which(launcher, path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip(f"{launcher} not installed")
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 17, empty=(7,))
     out = tmp_path / "dist.h5"
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "sevlm.cli", "extract", "--images", str(images_dir),
-         "--dataset", str(dataset_dir), "--encoder", "tiny-random", "--out", str(out), "--batch-size", "4", "--workers", "1"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [exe, *_LAUNCHERS[launcher][1:], "extract", "--images", str(images_dir), "--dataset", str(dataset_dir),
+         "--encoder", "tiny-random", "--out", str(out), "--batch-size", "4", "--workers", "1"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "merged 2 parts into" in proc.stdout and "part 0 of 2" in proc.stdout and "part 1 of 2" in proc.stdout
@@ -77,3 +84,16 @@ def test_more_ranks_than_batches_leave_empty_parts_and_still_merge_equal(tmp_pat
     assert merged == [False, False, False, True]
     extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
     assert_same_feature_files(out, ref)
+
+
+def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 8)
+    out = tmp_path / "dist.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=1, world_size=2, progress=False)
+    before = part_path(out, 1, 2).read_bytes()
+    with pytest.raises(DataError, match=r"dist\.h5\.part-1-of-2: made with a different batch_size \(it has 2, this run 4\)"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, rank=0, world_size=2, progress=False)
+    with pytest.raises(DataError, match=r"dist\.h5\.part-1-of-2: a part of a 2-rank extraction is in the way; finish it with --world-size 2"):
+        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=0, world_size=3, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5.part-1-of-2", "ds", "images"]  # nothing new written
+    assert part_path(out, 1, 2).read_bytes() == before

@@ -16,7 +16,7 @@ from conftest import random_image, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import H5FeatureDataset, extract_features
-from sevlm.features.shards import collate_samples, shard_pipeline, write_shards
+from sevlm.features.shards import shard_pipeline, write_shards
 from sevlm.io import sha256_file
 
 
@@ -43,13 +43,11 @@ def test_round_trip_image_to_hdf5_to_shards_to_batch_keeps_values(features, tmp_
     assert [s["num_samples"] for s in entry["shards"]] == [5, 5, 5, 5, 3]
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["manifest.json"] + [f"train-{i:06d}.tar" for i in range(5)]
 
-    batches = list(shard_pipeline(tmp_path / "shards", "train", batch_size=4, shuffle=False, collate=collate_samples))
-    assert [len(b["image_id"]) for b in batches] == [4, 4, 4, 4, 4, 3]
+    samples = list(shard_pipeline(tmp_path / "shards", "train", shuffle=False))
     by_id = {}
-    for b in batches:
-        assert b["tokens"].shape[1:] == (16, 32) and b["tokens"].dtype == torch.float32 and b["pooled"].shape[1:] == (32,)
-        for i, image_id in enumerate(b["image_id"]):
-            by_id[image_id] = {k: (v[i] if k in ("tokens", "pooled") else v[i]) for k, v in b.items()}
+    for s in samples:
+        assert s["tokens"].shape == (16, 32) and s["tokens"].dtype == torch.float32 and s["pooled"].shape == (32,)
+        by_id[s["image_id"]] = s
     h5ds = H5FeatureDataset(h5, dataset_dir, "train")
     assert sorted(by_id) == sorted(s["image_id"] for s in h5ds) and len(by_id) == 23
     enc = build_encoder("tiny-random")

@@ -104,20 +104,18 @@ def test_builder_compact_space(tok, builder, cbuilder, vocab, make_samples):
     assert int(batch["input_ids"].max()) < len(vocab)
 
 
-def _corpus_model(cbuilder, vocab, seed=0):
+def _corpus_model(cbuilder, seed=0):
     torch.manual_seed(seed)
     cfg = SEVLMConfig(n_layer=2, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20, n_positions=32,
                       dropout=0.0)
-    m = SEVLM(cfg.with_token_ids(cbuilder.ids))
-    m.vocab_map = vocab
-    return m
+    return SEVLM(cfg.with_token_ids(cbuilder.ids))
 
 
 @pytest.fixture(scope="module")
 def trained(cbuilder, vocab, make_samples):
     """A tiny corpus-vocabulary model after 200 steps on 5 images (~5 s): it learns the sequences
     (at a learning rate of 3e-2 whether the labels come out right was down to the seed)."""
-    m = _corpus_model(cbuilder, vocab)
+    m = _corpus_model(cbuilder)
     assert m.decoder.transformer.wte.weight.shape[0] == len(vocab)
     samples = make_samples(5)
     opt = torch.optim.AdamW(m.param_groups(1e-2, 1e-2), lr=1e-2)
@@ -139,43 +137,39 @@ def test_train_and_generate(tok, lexicon, trained, vocab):
     visual = torch.stack([s["tokens"] for s in samples])
     for beams in (1, 2):
         d = DecodingConfig(max_new_tokens=12).updated(num_beams=beams)
-        a = generate(m, tok, lexicon, visual, d)
-        b = generate(m, tok, lexicon, visual, d, use_cache=False)
+        a = generate(m, tok, lexicon, visual, d, vocab=vocab)
+        b = generate(m, tok, lexicon, visual, d, use_cache=False, vocab=vocab)
         assert [h.tokens for h in a] == [h.tokens for h in b]
     for h in a:
         assert h.tokens and max(h.tokens) < len(vocab)
         assert h.text == vocab.decode(tok, h.tokens, skip_special_tokens=True)
         assert " because " in f" {h.text} " and h.text.isascii()  # real words, not id soup
     assert sum(h.emotion is not None for h in a) >= 3
-    # the map travels with the model; an explicit one that does not fit is refused
-    m2 = _corpus_model(SequenceBuilder(tok, lexicon, 20, vocab), vocab)
-    del m2.vocab_map
+    # the map is an argument: a corpus model without it, or a map that does not fit, is refused
     with pytest.raises(DataError, match="no VocabMap"):
-        generate(m2, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2))
+        generate(m, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2))
     with pytest.raises(DataError, match="ids but the model"):
         generate(m, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2), vocab=VocabMap([1, 2, 3]))
 
 
 def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     m, samples, _ = trained
-    save_export(tmp_path / "run" / "export", m, tok, {"data": {"lexicon": str(lexicon.source)}})
+    save_export(tmp_path / "run" / "export", m, tok, {"data": {"lexicon": str(lexicon.source)}}, vocab=vocab)
     export = tmp_path / "run" / "export"
     assert (export / "vocab.json").is_file()
     assert json.loads((export / "config.json").read_text())["vocab"] == "vocab.json"
     run = load_run(tmp_path / "run")
-    assert run.model.vocab_map == vocab and run.builder.vocab == vocab and run.builder.ids == cbuilder.ids
+    assert run.vocab == vocab and run.builder.vocab == vocab and run.builder.ids == cbuilder.ids
     batch = cbuilder.collate_eval(samples)
     with torch.no_grad():
         torch.testing.assert_close(run.model(**batch).logits, m(**batch).logits, atol=0, rtol=0)
     visual = batch["visual"]
     d = DecodingConfig(max_new_tokens=12)
-    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d)] == \
-        [h.text for h in generate(m, tok, lexicon, visual, d)]
+    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d, vocab=run.vocab)] == \
+        [h.text for h in generate(m, tok, lexicon, visual, d, vocab=vocab)]
     # a corpus model cannot be exported without its map
-    bare = _corpus_model(cbuilder, vocab)
-    bare.vocab_map = None
-    with pytest.raises(DataError, match="VocabMap"):
-        save_export(tmp_path / "bare", bare, tok, {})
+    with pytest.raises(DataError, match="no VocabMap"):
+        save_export(tmp_path / "bare", m, tok, {})
     (export / "vocab.json").unlink()
     with pytest.raises(DataError, match="vocab.json is missing"):
         load_run(export)
@@ -188,4 +182,4 @@ def test_trainer_refuses_corpus_vocab_with_pretrained_decoder():
     assert as_train_config({"data": {"corpus_vocab": True}}).data.corpus_vocab
     with pytest.raises(ConfigError, match="pretrained model.decoder='gpt2'"):
         as_train_config({"data": {"corpus_vocab": True}, "model": {"decoder": "gpt2"}})
-    assert as_train_config({"model": {"decoder": "gpt2"}}).model["decoder"] == "gpt2"  # full vocabulary: fine
+    assert as_train_config({"model": {"decoder": "gpt2"}}).model.decoder == "gpt2"  # full vocabulary: fine

@@ -74,10 +74,9 @@ def test_shipped_training_configs_load(name):
     assert name in named_configs()
     cfg = load_train_config(name)
     assert isinstance(cfg, TrainConfig)
-    from sevlm.config import from_dict
     from sevlm.model import SEVLMConfig
 
-    from_dict(SEVLMConfig, cfg.model, where=f"{name}:model")  # every model key is a real SEVLMConfig field
+    assert isinstance(cfg.model, SEVLMConfig)  # every model key is a real SEVLMConfig field
     micro, accum, global_batch = resolve_batch(cfg.schedule, world_size=1)
     assert global_batch == micro * accum
     precision = "fp16" if name == "paper" else "fp32"
@@ -86,7 +85,7 @@ def test_shipped_training_configs_load(name):
 
 def test_paper_config_is_the_paper_setting():
     cfg = load_train_config("paper")
-    assert cfg.model["decoder"] == "distilgpt2" and cfg.data.encoder == "clip-vit-b16"
+    assert cfg.model.decoder == "distilgpt2" and cfg.data.encoder == "clip-vit-b16"
     assert (cfg.optim.decoder_lr, cfg.optim.emotion_lr, cfg.optim.weight_decay) == (2e-5, 4e-5, 0.0)
     assert resolve_batch(cfg.schedule, 1)[2] == 32 and cfg.schedule.epochs == 35
     assert (cfg.schedule.val_every, cfg.schedule.patience) == (2000, 10)
@@ -99,6 +98,20 @@ def test_overrides_and_bad_values():
         load_train_config("tiny", ["schedule.batch=2"])
     with pytest.raises(ConfigError, match="precision"):
         load_train_config("tiny", ["precision=fp8"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.n_layers=2", r"tiny.model: unknown key\(s\) n_layers"),
+        ("model.n_layer=two", r"tiny.model.n_layer: expected int, got 'two'"),
+        ("model.mode=crosss", r"tiny.model: mode must be 'cross', 'prefix' or 'none'"),
+        ("model.n_head=5", r"tiny.model: n_embd=32 is not divisible by n_head=5"),
+    ],
+)
+def test_bad_model_keys_are_refused_with_the_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config("tiny", [override])
 
 
 def test_memory_estimate_grows_with_batch_and_refuses_what_cannot_fit():

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from sevlm.train.distributed import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
     from tests.train.conftest import tiny_overrides
 
@@ -29,7 +27,7 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
         "import sys; from sevlm.cli import main; "
         f"sys.exit(main(['train', '--config', 'tiny', '--out', {str(run_dir)!r}, *{overrides!r}]))"
     )
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -49,7 +47,10 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
         assert abs(info["optimizer_state_elements"] - trainable) <= 0.01 * trainable
     assert sum(r["optimizer_state_elements"] for r in ranks) >= 2 * trainable
     # every rank wrote its own partition of the checkpoint
-    assert len(list((run_dir / "checkpoints" / "last").glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    from sevlm.train.checkpoint import CKPT_DIR, LAST, pointers
+
+    last = run_dir / CKPT_DIR / pointers(run_dir / CKPT_DIR)[LAST]
+    assert len(list(last.glob("zero_pp_rank_*_optim_states.pt"))) == 2
     from sevlm.export import load_run
 
     loaded = load_run(run_dir)
