@@ -74,7 +74,8 @@ class SEVLMConfig:
     def __post_init__(self) -> None:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, key)!r}")
+                names = [repr(a) for a in allowed]
+                raise ValueError(f"{key} must be {', '.join(names[:-1])} or {names[-1]}, got {getattr(self, key)!r}")
         if self.mlp_scorer_inputs == "raw" and self.contrastive_scorer != "mlp":
             raise ValueError("mlp_scorer_inputs='raw' needs contrastive_scorer='mlp' (cosines need one shared space)")
         if self.n_embd % self.n_head:
