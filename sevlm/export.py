@@ -24,6 +24,7 @@ from typing import Any
 from sevlm.errors import DataError
 
 FORMAT = "sevlm-export-1"
+RUN_EXPORT = "export"  # the export folder inside a training run folder
 WEIGHTS = "model.safetensors"
 
 
@@ -177,10 +178,10 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
 
 def find_export(path: str | Path) -> Path:
     path = Path(path)
-    for cand in (path, path / "export"):
+    for cand in (path, path / RUN_EXPORT):
         if (cand / "config.json").is_file() and (cand / WEIGHTS).is_file():
             return cand
-    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / 'export'})")
+    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / RUN_EXPORT})")
 
 
 def _load_weights(path: Path, sha256: str | None) -> dict:
