@@ -159,6 +159,41 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
             )
 
 
+def data_fingerprint(data) -> dict[str, str]:
+    """What a run trains on, as hashes (recorded in each checkpoint, compared on --resume): the
+    split files, and the feature cache's attributes and size, or the shard manifest (which holds
+    every shard's sha256)."""
+    import hashlib
+    import json
+
+    root = Path(data.dataset_dir)
+    out = {f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
+           for s in (data.train_split, data.val_split)}
+    if data.features:
+        from sevlm.features.hdf5 import FeatureStore
+
+        store = FeatureStore(data.features)
+        attrs = {k: str(v) for k, v in store.attrs.items()}
+        store.close()
+        blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
+        out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
+    elif data.shards:
+        out[f"{Path(data.shards) / 'manifest.json'} (data.shards)"] = sha256_file(Path(data.shards) / "manifest.json")
+    return out
+
+
+def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], run_dir) -> None:
+    """Refuse to resume a run whose config or data changed since its checkpoint, naming what changed."""
+    if recorded is None:  # no finished checkpoint: the run starts over
+        return
+    changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+    if changed:
+        raise ConfigError(
+            f"--resume {run_dir}: changed since the run started: {'; '.join(changed)}; restore them, "
+            "or start a new run (another --out)"
+        )
+
+
 def check_split_features(dataset, split: str, features: str) -> None:
     """A split whose images are (nearly) all missing from the cache means a cache of another dataset."""
     missing = getattr(dataset, "missing", {}) or {}

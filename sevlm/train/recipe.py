@@ -24,6 +24,7 @@ Run folder:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -34,15 +35,17 @@ from pathlib import Path
 
 from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
+from sevlm.export import RUN_EXPORT
 from sevlm.io import read_json, write_json
 from sevlm.train import checkpoint, checks
 from sevlm.train.checkpoint import BEST_ACC, BEST_BLEU, CKPT_DIR, LAST, TrainingError, TrainState
 from sevlm.train.config import OptimConfig, TrainConfig, as_train_config, config_to_dict, resolve_batch, resolve_ds_config
 from sevlm.train.distributed import barrier, init_distributed, pick_device, set_env_defaults
+from sevlm.text import VOCAB_FILE
 from sevlm.train.runlog import RunLog
 
 CONFIG_FILE, DONE_FILE = "config.json", "done.json"
-EXPORT, EXPORT_BEST_BLEU = "export", "export_best_bleu"
+EXPORT, EXPORT_BEST_BLEU = RUN_EXPORT, "export_best_bleu"
 
 
 def _after_step(state: TrainState) -> None:
@@ -151,6 +154,9 @@ class TrainRecipe:
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
         self.info = checks.check_features(d)  # before any model, process group or data loading work
         checks.check_decoder(self.cfg.model.decoder)
+        if self.resuming:  # before any model: an edited config could not even load the checkpoint
+            checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
+                                   self.run_dir)
         self.rt = runtime or start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
@@ -168,7 +174,8 @@ class TrainRecipe:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
-        self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab)
+        self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
+                                       bos_prompt=cfg.model.bos_prompt)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
         if self.steps_per_epoch == 0:
@@ -185,7 +192,7 @@ class TrainRecipe:
         from sevlm.features.common import load_split_records
         from sevlm.text import VocabMap
 
-        path = self.run_dir / "vocab.json"
+        path = self.run_dir / VOCAB_FILE
         if self.resuming and path.exists():
             return VocabMap.load(path)
         records = load_split_records(self.cfg.data.dataset_dir, self.cfg.data.train_split)
@@ -239,7 +246,7 @@ class TrainRecipe:
                 write_json(self.run_dir / CONFIG_FILE, resolved)
                 write_json(self.run_dir / "ds_config.json", rt.ds_config)
                 if self.vocab is not None:
-                    self.vocab.save(self.run_dir / "vocab.json")
+                    self.vocab.save(self.run_dir / VOCAB_FILE)
             write_json(self.run_dir / "run.json", {
                 **derived, "model_config": mc.__dict__, "git": _git_hash(),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
@@ -338,7 +345,18 @@ class TrainRecipe:
 
     def save(self, *names: str) -> None:
         """Checkpoint the current step and point `names` (LAST, BEST_ACC, BEST_BLEU) at it."""
-        checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, {}, self.rt.main)
+        fingerprint = self.fingerprint() if self.rt.main else {}  # rank 0 writes it
+        checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, fingerprint,
+                        self.rt.main)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Hashes of the run's config.json and data, saved with every checkpoint."""
+        if not hasattr(self, "_fingerprint"):
+            from sevlm.io import sha256_file
+
+            self._fingerprint = {f"{self.run_dir / CONFIG_FILE}": sha256_file(self.run_dir / CONFIG_FILE),
+                                 **checks.data_fingerprint(self.cfg.data)}
+        return self._fingerprint
 
     def load(self) -> None:
         """Continue from the last finished checkpoint (none finished: start over)."""
@@ -450,21 +468,37 @@ class TrainRecipe:
 
 
 # ---- entry point -----------------------------------------------------------------------------------
+def run_folder(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
+               out_dir: str | os.PathLike | None) -> Path:
+    if resume:
+        return Path(resume)
+    if config is None:
+        raise ConfigError("a training config is required (or --resume RUN_DIR)")
+    return Path(out_dir or as_train_config(config).out_dir)
+
+
+def claim_run_folder(run_dir: Path):
+    """Rank 0 holds the run folder for the whole run: a second training into it is refused."""
+    from sevlm.locks import claim
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    # beside the folder, so a run refused before it starts leaves nothing behind
+    return claim(run_dir.parent / f".{run_dir.name}.train.lock", f"{run_dir} (a training run)")
+
+
 def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
                 out_dir: str | os.PathLike | None) -> tuple[TrainConfig, Path, bool]:
     """(config, run folder, resuming): a new run's config with absolute data paths, or a saved one."""
+    run_dir = run_folder(config, resume, out_dir)
     if resume:
-        run_dir = Path(resume)
         if config is not None:
             raise ConfigError(f"--resume {run_dir} continues with the run's saved {CONFIG_FILE}; pass no config")
         cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.exists():
             raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
         return as_train_config(read_json(cfg_path)), run_dir, True
-    if config is None:
-        raise ConfigError("a training config is required (or --resume RUN_DIR)")
     cfg = as_train_config(config)
-    run_dir = Path(out_dir or cfg.out_dir)
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(
             f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
@@ -481,10 +515,11 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
 def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | None = None,
           out_dir: str | os.PathLike | None = None) -> Path:
     """Train (or continue with `resume=RUN_DIR`) and return the run folder."""
-    cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
-    recipe = TrainRecipe(cfg, run_dir, resuming)
-    recipe.setup()
-    return recipe.train()
+    with claim_run_folder(run_folder(config, resume, out_dir)):
+        cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
+        recipe = TrainRecipe(cfg, run_dir, resuming)
+        recipe.setup()
+        return recipe.train()
 
 
 # ---- small helpers ---------------------------------------------------------------------------------

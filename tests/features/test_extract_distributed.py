@@ -6,16 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_feature_files, make_image_dataset
+from conftest import ROOT, assert_same_feature_files, kill_9_after, make_image_dataset, start_extract
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError
-from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, rank_share
-
-ROOT = Path(__file__).resolve().parents[2]
+from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, partial_path, rank_share
 
 
 def test_rank_shares_are_contiguous_batch_aligned_and_cover_the_list():
@@ -99,42 +96,11 @@ def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
     assert part_path(out, 1, 2).read_bytes() == before
 
 
-_RANK_CHILD = """
-import sys
-from sevlm.features.hdf5 import extract_features
-extract_features(sys.argv[1], sys.argv[2], "tiny-random", sys.argv[3], batch_size=2, num_workers=1, rank=0, world_size=2, progress=False)
-"""
-
-
 def test_a_rank_killed_mid_share_is_rerun_alone_and_resumes_its_part(tmp_path):
-    import signal
-    import time
-
-    import h5py
-
-    from sevlm.features.hdf5 import partial_path
-
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 20, empty=(1,))
     out = tmp_path / "dist.h5"
-    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY="0.3", PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, "-c", _RANK_CHILD, str(images_dir), str(dataset_dir), str(out)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    part0 = partial_path(part_path(out, 0, 2))
-    try:
-        deadline, done = time.time() + 90, 0
-        while done < 4 and time.time() < deadline and child.poll() is None:
-            time.sleep(0.05)
-            try:
-                with h5py.File(part0, "r", locking=False) as f:
-                    done = int(f.attrs["n_done"])
-            except (OSError, KeyError):
-                pass
-        assert child.poll() is None and done >= 4
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
+    child = start_extract(images_dir, dataset_dir, out, workers=1, rank=0, world_size=2)
+    kill_9_after(child, partial_path(part_path(out, 0, 2)), 4)
     # rank 1 finishes meanwhile; rank 0 is rerun alone, at once, and resumes its part
     assert not extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=1, world_size=2, progress=False)["merged"]
     again = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, num_workers=1, rank=0, world_size=2, progress=False)
