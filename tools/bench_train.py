@@ -3,7 +3,8 @@
 Two comparisons, each case in its own subprocess so peak memory (max RSS, or CUDA peak
 allocated) belongs to that case alone:
 
-1. DeepSpeed ZeRO-2 vs plain PyTorch (same model, batch, AdamW param groups, clipping) on a
+1. DeepSpeed ZeRO-2 vs plain PyTorch (same model, batch, AdamW param groups, clipping; the
+   trainer's own set-up, sevlm.train.recipe) on a
    demo-size model (full GPT-2 vocabulary), the shipped demo run (`demo-corpus`: model sizes,
    micro-batch, optimiser, encoder and corpus vocabulary all read from sevlm/configs/demo.json)
    and a distilgpt2-size one (6 layers, 768-d, cross-attention; random weights: no hub
@@ -189,7 +190,8 @@ def run_case(case: dict) -> dict:
         def train_step(batch):
             out = model(**batch)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if cfg.optim.clip_grad:  # as DeepSpeed's gradient_clipping
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -113,15 +113,16 @@ def _corpus_model(cbuilder, seed=0):
 
 @pytest.fixture(scope="module")
 def trained(cbuilder, vocab, make_samples):
-    """A tiny corpus-vocabulary model after 120 steps on 5 images (~3 s): it learns the sequence shape."""
+    """A tiny corpus-vocabulary model after 200 steps on 5 images (~5 s): it learns the sequences
+    (at a learning rate of 3e-2 whether the labels come out right was down to the seed)."""
     m = _corpus_model(cbuilder)
     assert m.decoder.transformer.wte.weight.shape[0] == len(vocab)
     samples = make_samples(5)
-    opt = torch.optim.AdamW(m.param_groups(3e-2, 3e-2), lr=3e-2)
+    opt = torch.optim.AdamW(m.param_groups(1e-2, 1e-2), lr=1e-2)
     rng = np.random.default_rng(0)
     torch.set_num_threads(1)
     losses = []
-    for _ in range(120):
+    for _ in range(200):
         out = m(**cbuilder.collate(samples, rng))
         out.loss.backward()
         opt.step()
