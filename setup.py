@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sevlm", "sevlm.*"]),
-    package_data={"sevlm": ["assets/*", "assets/*/*", "configs/*.json"]},
+    package_data={"sevlm": ["assets/*", "assets/*/*", "configs/*.json", "demo/*.json"]},
     # engine settings live at the top level (one source of truth); a non-editable install
     # gets a copy that sevlm.train.config finds under <prefix>/share/sevlm/ds_configs
     data_files=[("share/sevlm/ds_configs", sorted(glob("ds_configs/*.json")))],

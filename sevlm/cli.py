@@ -61,6 +61,8 @@ def _os_error_line(e: OSError) -> str:
     if e.filename is None:
         return " ".join(str(e).split())
     where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    if isinstance(e, FileExistsError) and os.path.isfile(e.filename):  # mkdir over a file
+        return f"{where}: exists and is not a folder"
     return f"{where}: {e.strerror or e}"
 
 

@@ -82,10 +82,25 @@ class LoadedRun:
         self.check_visual_dim(encoder.dim, f"encoder {spec['name']!r} {spec.get('settings') or {}}")
         return encoder.to(device or self.model.device).eval()
 
+    def encode_images(self, paths, device: str | None = None):
+        """(N, T, D) float32 visual tokens of image files, decoded and preprocessed as `extract`
+        does; an unusable file (missing, corrupt, a decompression bomb) is an ImageError naming it."""
+        import torch
+
+        from sevlm.encoders.base import load_pixels
+
+        encoder = self.image_encoder(device)
+        pixels = torch.stack([load_pixels(p, encoder.preprocess) for p in paths])  # (N, 3, H, W)
+        with torch.no_grad():
+            tokens, _ = encoder(pixels.to(device or self.model.device))  # (N, T, D)
+        return tokens.float()
+
 
 def _lexicon_spec(config_dict: dict) -> str:
-    spec = config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon")
-    return str(Path(spec).resolve()) if spec and spec != "demo" else "demo"
+    from sevlm.data.vad import DEMO, lexicon_spec
+
+    # runs from before data.lexicon was required recorded none for the demo table
+    return lexicon_spec(config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon"), default=DEMO)
 
 
 def _encoder_spec(config_dict: dict) -> dict | None:
@@ -204,6 +219,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT})")
     from transformers import GPT2Config
 
+    if not isinstance(config.get("model"), dict):
+        raise DataError(f"{export / 'config.json'}: no \"model\" section; the export is damaged, export the run again")
     mcfg = from_dict(SEVLMConfig, config["model"], where=str(export / "config.json") + ":model")
     # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
     decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
@@ -215,9 +232,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
             raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
         vocab = VocabMap.load(vocab_path)
     check_id_space(vocab, mcfg.vocab_size, tokenizer, str(export))
-    spec = lexicon or config.get("lexicon") or "demo"
     try:
-        lex = VADLexicon.load(spec)
+        lex = VADLexicon.load(lexicon or _lexicon_spec(config))
     except DataError as e:
         raise DataError(f"{export}: the run's VAD lexicon cannot be loaded ({e}); pass another with lexicon=") from None
     model = SEVLM(mcfg, decoder_config=decoder_config)

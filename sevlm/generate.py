@@ -457,23 +457,8 @@ def predict_images(
 ) -> list[dict[str, Any]]:
     """Encode image files with the run's recorded encoder and decode each (`decoding` as in
     `generate_split`); one dict per image."""
-    from PIL import Image, UnidentifiedImageError
-
-    from sevlm.encoders import to_rgb
-
     run = load_run(run_dir, device=device, lexicon=lexicon)
     decoding = run_decoding(run, decoding)
-    encoder = run.image_encoder(device)
-    pixels = []
-    for path in image_paths:
-        try:
-            with Image.open(path) as img:
-                pixels.append(encoder.preprocess(to_rgb(img)))
-        except FileNotFoundError:
-            raise DataError(f"{path}: image not found") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path}: not a readable image ({e})") from None
-    with torch.no_grad():
-        tokens, _ = encoder(torch.stack(pixels).to(device))  # (N, T, D)
-    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens.float(), decoding, vocab=run.vocab)
+    tokens = run.encode_images(image_paths, device)  # (N, T, D)
+    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

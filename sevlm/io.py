@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -99,27 +100,56 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _restore_orphan(path: Path) -> None:
+    """A writer killed between the two renames of the fallback swap left `path` missing and its
+    last complete version inside `.NAME.old.*.tmp/`: put that back."""
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old.*.tmp")):
+        if not path.exists() and (old / path.name).exists():
+            os.replace(old / path.name, path)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; if the block succeeds it becomes `path`
     (an existing `path` is replaced), otherwise it is removed and `path` is left as it was.
 
+    A reader sees the old folder or the new one, never neither: the two are exchanged in one
+    step where the OS can, else by two renames that a later call repairs if killed between.
     Folders created inside by mkdtemp get the umask's mode too (files written with open() or
     through this module already have it).
     """
     path = Path(path)
     tmp = temp_dir_beside(path)
     try:
+        _restore_orphan(path)
         yield tmp
         follow_umask(tmp, recursive=True)
-        if path.exists():
-            # Two renames: POSIX cannot rename a folder over a non-empty one.
+        if not path.exists():
+            os.replace(tmp, path)
+        elif not _exchange(tmp, path):  # tmp now holds the old folder, removed below
+            # POSIX cannot rename a folder over a non-empty one: move the old one aside first.
             old = temp_dir_beside(path, prefix=f".{path.name}.old.")
             os.replace(path, old / path.name)
             os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -148,6 +178,8 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); is it the right file?") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -54,6 +54,16 @@ def test_output_path_errors_are_one_line(dataset, tmp_path, capsys):
     _one_line_error(capsys, "sevlm prepare: error:", str(a_file))
 
 
+def test_folder_output_over_a_file_is_one_line(monkeypatch, capsys, tmp_path):
+    from sevlm.commands import demo_data
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    monkeypatch.setattr(demo_data, "run", lambda args: a_file.mkdir())
+    assert cli.main(["demo-data", "--out", str(a_file)]) == 1
+    assert _one_line_error(capsys) == f"sevlm demo-data: error: {a_file}: exists and is not a folder"
+
+
 def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path):
     # Tests run as root here, where chmod cannot make a folder read-only: raise what open() would.
     from sevlm.commands import demo_data

@@ -92,3 +92,39 @@ def test_output_path_errors_name_the_path(tmp_path):
         write_json(tmp_path / "afile" / "x.json", {})
     assert e.value.filename == str(tmp_path / "afile")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_atomic_dir_swap_paths(tmp_path, monkeypatch, exchange):
+    import sevlm.io as io
+
+    if not exchange:
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    out = tmp_path / "ds"
+    for text in ("one", "two"):
+        with atomic_dir(out) as tmp:
+            (tmp / "f.txt").write_text(text)
+        assert (out / "f.txt").read_text() == text
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_atomic_dir_repairs_a_kill_between_renames(tmp_path):
+    # What the two-rename fallback leaves when killed between its renames: no `ds`, and the
+    # last complete version inside .ds.old.*.tmp/
+    orphan = tmp_path / ".ds.old.abc.tmp"
+    (orphan / "ds").mkdir(parents=True)
+    (orphan / "ds" / "f.txt").write_text("complete")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "ds"):
+            raise RuntimeError("the next writer fails too")
+    assert (tmp_path / "ds" / "f.txt").read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_read_json_refuses_binary_in_one_line(tmp_path):
+    from sevlm.errors import DataError
+    from sevlm.io import read_json
+
+    (tmp_path / "b.json").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DataError, match=r"b\.json: not UTF-8 text \(byte 0\)"):
+        read_json(tmp_path / "b.json")

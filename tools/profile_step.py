@@ -17,7 +17,7 @@ code, so before/after figures come from one run on a shared, loaded machine.
 
 With --vocab full corpus the same step runs on a model over the full GPT-2 vocabulary
 (50,260 rows) and on one over a corpus vocabulary (text.VocabMap built from the batch's
-annotations plus 3,000 demo-style utterances from sevlm/data/demo.py, a few hundred ids),
+annotations plus 3,000 demo-style utterances from sevlm/demo/, a few hundred ids),
 same architecture and seed, same texts, interleaved.
 
 Last line: one JSON object with the median times (seconds).
@@ -63,7 +63,8 @@ def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> li
 
 def demo_corpus(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     """(emotion, explanation) pairs written like the demo data set's utterances."""
-    from sevlm.data.demo import LOOKS, write_utterance
+    from sevlm.demo.crowd import write_utterance
+    from sevlm.demo.tables import LOOKS
 
     out = []
     for _ in range(n):

@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from sevlm.data.demo import make_demo_data
+    from sevlm.demo import make_demo_data
 
     s = make_demo_data(args.out, n_images=args.n_images, seed=args.seed, images_dir=args.images,
                        image_size=args.image_size)

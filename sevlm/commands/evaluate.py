@@ -9,6 +9,8 @@ EXAMPLES = """\
   sevlm evaluate --predictions runs/demo/pred.jsonl --references data/demo_ds/test.json \\
                  --dataset data/demo_ds --out runs/demo/report/REPORT.json
   sevlm evaluate --run runs/demo --split test --out runs/demo/report/REPORT.json
+  sevlm evaluate --run runs/paper --dominance strict-majority --emo-classifier lstm \
+                 --out runs/paper/report/REPORT.json          # the SEVLM authors' rule, ArtEmis's classifier
   sevlm evaluate --predictions pred.jsonl --references test.json --out R.json \\
                  --vad-lexicon ../shared/assets/nrc-vad/NRC-VAD-Lexicon.txt --lenient
 """

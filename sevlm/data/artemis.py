@@ -20,9 +20,11 @@ Rules (as in ArtEmis / SEVLM):
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import re
+import shutil
 import sys
 import unicodedata
 from collections import Counter, defaultdict, deque
@@ -134,7 +136,7 @@ def emotion_distribution(emotions: Iterable[str]) -> list[float]:
 # --------------------------------------------------------------------------- reading
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ArtEmis has ~450k of them
 class Annotation:
     art_style: str  # NFC; in a generic dataset, the image's folder ("" at the top of the images folder)
     painting: str  # NFC; in a generic dataset, the image's file name without its extension
@@ -584,12 +586,23 @@ def coco_references(split_json: dict, split: str) -> dict:
     }
 
 
+def _only_dataset_files(folder: Path) -> list[str]:
+    """The names in `folder` that a dataset folder would not hold."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in DATASET_FILES + DERIVED)
+
+
 def check_out_dir(out_dir: Path) -> None:
-    """`prepare` replaces its output folder whole: refuse one that holds anything else."""
+    """`prepare` replaces its output folder whole: refuse one that holds anything else. Also
+    removes the half-built folders that killed runs left beside it (io.atomic_dir's
+    `.<name>.*.tmp`, holding nothing but dataset files)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder (--out names the dataset folder to write)")
+    if out_dir.parent.is_dir():
+        for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*.tmp"):
+            if stale.is_dir() and not _only_dataset_files(stale):  # (a swapped-out old dataset holds a folder)
+                shutil.rmtree(stale, ignore_errors=True)
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DATASET_FILES + DERIVED)
+        foreign = _only_dataset_files(out_dir)
         if foreign:
             raise DataError(
                 f"{out_dir}: not a dataset folder (it holds {', '.join(foreign[:3])}"

@@ -28,6 +28,16 @@ import numpy as np
 
 from sevlm.errors import DataError
 
+DEMO = "demo"  # the lexicon setting that names the shipped demo table
+
+
+def lexicon_spec(spec: str | Path | None, default: str | None = None) -> str | None:
+    """A lexicon setting in its one recorded form: DEMO (the shipped demo table) or an absolute
+    path. Unset (None or "") gives `default`: never the demo table unless a caller says so."""
+    if spec is None or str(spec) == "":
+        return default
+    return DEMO if str(spec) == DEMO else str(Path(spec).resolve())
+
 DEMO_TABLE = Path(__file__).resolve().parents[1] / "assets" / "demo_vad.tsv"
 
 # A word: letters with optional inner apostrophes ("don't", "painting's").
@@ -145,13 +155,13 @@ class VADLexicon:
     def demo(cls) -> "VADLexicon":
         """The small table shipped for the demo vocabulary (sevlm/assets/demo_vad.tsv)."""
         lex = cls.from_file(DEMO_TABLE)
-        lex.source = "demo"
+        lex.source = DEMO
         return lex
 
     @classmethod
     def load(cls, spec: str | Path) -> "VADLexicon":
         """`"demo"` for the shipped table, else a path to an NRC-VAD-format file."""
-        return cls.demo() if str(spec) == "demo" else cls.from_file(spec)
+        return cls.demo() if str(spec) == DEMO else cls.from_file(spec)
 
     def __len__(self) -> int:
         return len(self.table)

@@ -80,21 +80,10 @@ def embed_query_text(run, text: str) -> np.ndarray:
 def embed_image_file(run, path: str | Path) -> np.ndarray:
     """[1, E] embedding of an image file, encoded with the run's recorded image encoder."""
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from sevlm.encoders import to_rgb
-
-    encoder = run.image_encoder()
-    try:
-        with Image.open(path) as img:
-            pixels = encoder.preprocess(to_rgb(img))[None]  # (1, 3, H, W)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+    tokens = run.encode_images([path])  # (1, T, D)
     with torch.no_grad():
-        tokens, _ = encoder(pixels.to(run.model.device))  # (1, T, D)
-        return run.model.embed_images(tokens.float()).cpu().numpy()
+        return run.model.embed_images(tokens).cpu().numpy()
 
 
 def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path | None, batch_size: int = 64,

@@ -87,6 +87,13 @@ def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, R
     check_dominance_rule(dominance)
     path = Path(path)
     data = read_json(path)
+    if isinstance(data, dict) and {"images", "annotations"} <= data.keys():
+        grouped = path.with_name(path.name.replace("_coco.json", ".json")) if path.name.endswith("_coco.json") else None
+        raise DataError(
+            f"{path}: this is a COCO caption file (images + annotations, as `sevlm prepare` writes for "
+            f"coco-caption), not the grouped references --references needs"
+            + (f"; pass {grouped} instead" if grouped else "; pass the split's grouped JSON (e.g. DATASET/test.json)")
+        )
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a non-empty JSON object {{image_id: entry}}")
     refs = {}

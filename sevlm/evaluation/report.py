@@ -174,7 +174,8 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
             im = im.convert("RGB")
             im.thumbnail((400, 400))
             ax.imshow(np.asarray(im))
-        ax.set_title(textwrap.shorten(ex["image_id"], 48), fontsize=8)
+        name = ex["image_id"]
+        ax.set_title(name if len(name) <= 50 else name[:47] + "...", fontsize=8)
         ax.axis("off")
         text = fig.add_subplot(grid[2 * r + 1, c])
         text.axis("off")

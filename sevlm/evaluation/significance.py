@@ -91,9 +91,11 @@ def compare(
     seed: int = 0,
     strict: bool = True,
     classifier=None,
+    dominance: str = "artemis",
 ) -> dict:
-    """Paired tests of B against A on BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy (+ emo_align)."""
-    refs = M.load_references(references_path)
+    """Paired tests of B against A on BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy (+ emo_align);
+    `dominance` is the dominant-emotion rule (sevlm.data.artemis.DOMINANCE_RULES)."""
+    refs = M.load_references(references_path, dominance)
     pa, wa = M.align(M.load_predictions(predictions_a), refs, predictions_a, strict)
     pb, wb = M.align(M.load_predictions(predictions_b), refs, predictions_b, strict)
     common = sorted({p.image_id for p in pa} & {p.image_id for p in pb})
@@ -133,6 +135,8 @@ def compare(
         "n_images": len(common),
         "n_resamples": n_resamples,
         "seed": seed,
+        "dominance": dominance,
+        **({"emo_classifier": classifier.describe()["kind"]} if classifier is not None else {}),
         "warnings": {"a": dict(wa), "b": dict(wb)},
         "metrics": {s.name: paired_tests(s, n_resamples, seed) for s in stats},
     }

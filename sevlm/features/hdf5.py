@@ -58,6 +58,7 @@ from sevlm.features.common import (
     make_sample,
     resolve_image,
 )
+from sevlm.io import ensure_parent
 from sevlm.locks import InUseError, claim
 
 FORMAT = "sevlm-features"
@@ -202,7 +203,7 @@ def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str
                     f[name].resize(n_rows, axis=0)
                 for name in ("failed/names", "failed/reasons"):
                     f[name].resize(n_failed, axis=0)
-                f.attrs.update({"n_done": done, "n_rows": n_rows, "n_failed": n_failed})
+                f.attrs.update({"n_done": done, "n_rows": n_rows, "n_failed": n_failed, "complete": False})
             return done
         except DataError:
             raise
@@ -342,7 +343,7 @@ def extract_features(
         raise DataError(f"{out_path}: is a folder; --out takes a file name")
     if out_path.exists() and not overwrite:
         raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out_path)
 
     # everything is checked before any file is touched: an existing F.h5 is only ever replaced
     # by a complete new one

@@ -332,15 +332,16 @@ class SEVLM(nn.Module):
         return emo.float(), exp.float()
 
     # ---- optimiser ----------------------------------------------------------------------------
-    def param_groups(self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0) -> list[dict]:
-        """AdamW groups: decoder side at decoder_lr, emotion side (VAD encoder, fusion, heads) at
-        emotion_lr; no weight decay on biases, norms and embeddings."""
-        emotion_prefixes = ("emotion_encoder.", "fusion.", "vad_head.", "contrastive.")
+    def param_groups(self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0,
+                     heads_lr: float | None = None) -> list[dict]:
+        """AdamW groups: decoder side at decoder_lr, VAD encoder at emotion_lr, fusion and heads at
+        heads_lr (None: emotion_lr); no weight decay on biases, norms and embeddings."""
+        head_prefixes = ("fusion.", "vad_head.", "contrastive.")
         groups: dict[tuple[str, bool], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            side = "emotion" if name.startswith(emotion_prefixes) else "decoder"
+            side = "emotion" if name.startswith("emotion_encoder.") else "heads" if name.startswith(head_prefixes) else "decoder"
             decay = p.ndim >= 2 and "wte" not in name and "wpe" not in name and ".pos." not in name
             groups.setdefault((side, decay), []).append(p)
         out = []
@@ -349,7 +350,7 @@ class SEVLM(nn.Module):
                 {
                     "name": f"{side}{'' if decay else '_no_decay'}",
                     "params": params,
-                    "lr": decoder_lr if side == "decoder" else emotion_lr,
+                    "lr": {"decoder": decoder_lr, "emotion": emotion_lr}.get(side, emotion_lr if heads_lr is None else heads_lr),
                     "weight_decay": weight_decay if decay else 0.0,
                 }
             )

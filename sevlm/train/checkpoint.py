@@ -2,7 +2,8 @@
 
 checkpoints/
     step00000004/    one DeepSpeed checkpoint (every rank's files; the client state holds the
-                     TrainState and every rank's RNG state)
+                     TrainState and every rank's RNG state) and fingerprint.json (the hashes
+                     of the run's config and data when it was saved)
     pointers.json    {"last": tag, "best_accuracy": tag, "best_bleu4": tag}
     latest           DeepSpeed's own pointer (for its tools, e.g. zero_to_fp32.py)
 
@@ -25,7 +26,7 @@ from sevlm.io import read_json, write_json, write_text
 from sevlm.train.distributed import all_gather, barrier
 
 CKPT_DIR = "checkpoints"
-POINTERS = "pointers.json"
+POINTERS, FINGERPRINT = "pointers.json", "fingerprint.json"
 LAST, BEST_ACC, BEST_BLEU = "last", "best_accuracy", "best_bleu4"
 
 
@@ -74,11 +75,14 @@ def _prune(root: Path, keep: dict[str, str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainState, extra: dict, main: bool) -> None:
+def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainState, fingerprint: dict,
+         main: bool) -> None:
     """Save the engine as a fresh tag for `step`, then point `names` at it (on every rank)."""
     tag = f"step{step:08d}"
-    client = {"train_state": state.__dict__, "rng": all_gather(rng_state()), **extra}
+    client = {"train_state": state.__dict__, "rng": all_gather(rng_state())}
     engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
+    if main:
+        write_json(root / tag / FINGERPRINT, fingerprint)
     _saved(root / tag)
     barrier()  # every rank's files are complete before anything names them
     if main:
@@ -87,6 +91,12 @@ def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainStat
         write_text(root / "latest", tag)
         _prune(root, named)
     barrier()
+
+
+def recorded_fingerprint(root: Path) -> dict | None:
+    """The fingerprint saved with the `last` checkpoint (None when no save has finished)."""
+    tag = pointers(root).get(LAST)
+    return read_json(root / tag / FINGERPRINT) if tag else None
 
 
 def load(engine, root: Path, rank: int, main: bool) -> dict | None:
@@ -98,8 +108,11 @@ def load(engine, root: Path, rank: int, main: bool) -> dict | None:
     barrier()
     if LAST not in named:
         return None
-    with weights_only_loads():
-        _, client = engine.load_checkpoint(str(root), tag=named[LAST])
+    try:
+        with weights_only_loads():
+            _, client = engine.load_checkpoint(str(root), tag=named[LAST])
+    except RuntimeError as e:  # e.g. "size mismatch": the model is not the one that was saved
+        raise TrainingError(f"{root / named[LAST]}: does not fit this model ({str(e).strip().splitlines()[-1]})") from None
     if client is None:
         raise TrainingError(f"{root / named[LAST]}: DeepSpeed could not load the checkpoint")
     rngs = client["rng"]

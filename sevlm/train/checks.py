@@ -1,5 +1,7 @@
 """Mistakes a user can make, caught before any training work starts, with clear messages.
 
+- no VAD lexicon named (data.lexicon), or a missing lexicon file;
+- a pretrained decoder that cannot be loaded (offline, not cached);
 - a split file missing from the dataset folder;
 - a feature cache (or shards) built with another encoder than the config names;
 - shards written from another dataset (their manifest's dataset hash differs);
@@ -23,6 +25,37 @@ class FeatureInfo:
     encoder: str | None
     num_tokens: int | None
     dim: int | None
+
+
+def check_lexicon(lexicon: str | None) -> None:
+    """A VAD lexicon is named: the demo table only where a config says so."""
+    from sevlm.data.vad import DEMO
+
+    if not lexicon:
+        raise ConfigError(
+            "data.lexicon is not set: give the NRC-VAD lexicon file (NRC-VAD-Lexicon.txt), or \"demo\" for the "
+            "small table shipped for the synthetic demo data (only the demo/tiny configs use it)"
+        )
+    if lexicon != DEMO and not Path(lexicon).is_file():
+        raise DataError(f"{lexicon}: VAD lexicon file not found (data.lexicon)")
+
+
+def check_decoder(decoder: str | None) -> None:
+    """A pretrained decoder's config can be loaded (hub cache, network or a local folder)."""
+    if decoder is None:
+        return
+    from transformers import GPT2Config
+
+    try:
+        GPT2Config.from_pretrained(decoder)
+    except (OSError, ValueError) as e:  # offline and not cached, a missing folder, a malformed name
+        raise decoder_error(decoder, e) from None
+
+
+def decoder_error(decoder: str, e: Exception) -> ConfigError:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ConfigError(f"model.decoder={decoder!r} cannot be loaded: {reason} (download it once with network "
+                       "access, or give a local folder)")
 
 
 def check_splits(dataset_dir: str, splits: list[str]) -> None:
@@ -124,6 +157,41 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
                 f"(dataset manifest sha256 {recorded[:12]}... != {ours_path}: {ours[:12]}...); "
                 "rebuild them with `sevlm shard` or point data.dataset_dir at their dataset"
             )
+
+
+def data_fingerprint(data) -> dict[str, str]:
+    """What a run trains on, as hashes (recorded in each checkpoint, compared on --resume): the
+    split files, and the feature cache's attributes and size, or the shard manifest (which holds
+    every shard's sha256)."""
+    import hashlib
+    import json
+
+    root = Path(data.dataset_dir)
+    out = {f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
+           for s in (data.train_split, data.val_split)}
+    if data.features:
+        from sevlm.features.hdf5 import FeatureStore
+
+        store = FeatureStore(data.features)
+        attrs = {k: str(v) for k, v in store.attrs.items()}
+        store.close()
+        blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
+        out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
+    elif data.shards:
+        out[f"{Path(data.shards) / 'manifest.json'} (data.shards)"] = sha256_file(Path(data.shards) / "manifest.json")
+    return out
+
+
+def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], run_dir) -> None:
+    """Refuse to resume a run whose config or data changed since its checkpoint, naming what changed."""
+    if recorded is None:  # no finished checkpoint: the run starts over
+        return
+    changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
+    if changed:
+        raise ConfigError(
+            f"--resume {run_dir}: changed since the run started: {'; '.join(changed)}; restore them, "
+            "or start a new run (another --out)"
+        )
 
 
 def check_split_features(dataset, split: str, features: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sevlm.config import from_dict, load_config
+from sevlm.decoding import DecodingConfig
 from sevlm.errors import ConfigError
 from sevlm.model.config import SEVLMConfig
 
@@ -36,6 +37,7 @@ TRAINER_DS_KEYS = (
     "gradient_accumulation_steps",
     "optimizer",
     "scheduler",
+    "gradient_clipping",
 )
 
 
@@ -47,7 +49,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     encoder: str | None = None  # encoder the features must come from (checked against the cache)
-    lexicon: str | None = None  # NRC-VAD lexicon file; None = the small shipped demo table
+    lexicon: str | None = None  # NRC-VAD lexicon file, or "demo" (the shipped demo table); required
     tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
     # Decoders trained from scratch: keep only the GPT-2 ids of the training annotations
     # (text.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.
@@ -64,6 +66,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at the last step
+    clip_grad: float = 1.0  # gradient-norm clipping (DeepSpeed's gradient_clipping); 0 = none (the authors')
+    heads_lr: float | None = None  # fusion, VAD and contrastive heads; None = decoder_lr (the authors')
 
 
 @dataclass
@@ -75,7 +79,8 @@ class ScheduleConfig:
     max_steps: int | None = None  # caps epochs when set
     val_every: int = 2000  # optimizer steps between validations; 0 = once per epoch
     val_batches: int | None = None  # cap on validation-loss batches (None: the whole split)
-    val_gen_images: int = 200  # images decoded for the quick accuracy / BLEU-4
+    val_gen_images: int | None = 200  # images decoded for accuracy / BLEU-4; None = the whole split (the authors')
+    val_dominance: str = "artemis"  # dominant-emotion rule of validation accuracy: artemis | strict-majority
     patience: int = 10  # validations without improvement before stopping; 0 = never stop early
     checkpoint_every: int = 500  # optimizer steps between "last" checkpoints (and at validation)
     log_every: int = 10
@@ -88,6 +93,7 @@ class TrainConfig:
     model: SEVLMConfig = field(default_factory=SEVLMConfig)  # visual_dim is taken from the features
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # validation generation
     ds_config: str = "auto"  # name in ds_configs/ or a path; auto: zero2_<precision>
     precision: str = "auto"  # auto: fp16 on GPU; bf16 on CPUs with native bf16, else fp32
     device: str = "auto"  # auto | cpu | cuda
@@ -109,6 +115,19 @@ class TrainConfig:
                 f"data.corpus_vocab=true with the pretrained model.decoder={self.model.decoder!r}: its embeddings "
                 "are indexed by GPT-2 ids; use the corpus vocabulary only for decoders trained from scratch"
             )
+        o = self.optim
+        for name in ("decoder_lr", "emotion_lr", "heads_lr", "weight_decay", "clip_grad", "eps"):
+            if getattr(o, name) is not None and getattr(o, name) < 0:
+                raise ConfigError(f"optim.{name}: must be >= 0, got {getattr(o, name)}")
+        if s.checkpoint_every < 1:
+            raise ConfigError(f"schedule.checkpoint_every: must be >= 1 (optimizer steps), got {s.checkpoint_every}")
+        if s.val_gen_images is not None and s.val_gen_images < 0:
+            raise ConfigError(f"schedule.val_gen_images: must be >= 0 or null (the whole split), got {s.val_gen_images}")
+        from sevlm.data.artemis import DOMINANCE_RULES
+
+        if s.val_dominance not in DOMINANCE_RULES:
+            raise ConfigError(f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, "
+                              f"got {s.val_dominance!r}")
         if self.data.vocab_min_count < 1:
             raise ConfigError(f"data.vocab_min_count: must be >= 1, got {self.data.vocab_min_count}")
 
@@ -164,9 +183,9 @@ def ds_config_path(name: str, precision: str) -> Path:
 
 
 def resolve_ds_config(
-    name: str, precision: str, micro: int, accum: int, world_size: int
+    name: str, precision: str, micro: int, accum: int, world_size: int, clip_grad: float = 1.0
 ) -> dict:
-    """The engine settings of `name` plus the trainer's batch sizes and precision, checked."""
+    """The engine settings of `name` plus the trainer's batch sizes, precision and clipping, checked."""
     path = ds_config_path(name, precision)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -176,13 +195,14 @@ def resolve_ds_config(
     if owned:
         raise ConfigError(
             f"{path}: sets {', '.join(owned)}; ds_configs hold engine settings only "
-            "(batch sizes come from schedule.*, the optimizer and scheduler from optim.*)"
+            "(batch sizes come from schedule.*, the optimizer, scheduler and clipping from optim.*)"
         )
     # precision is a trainer setting too: keep the file's fp16 loss-scale settings, set the switches
     cfg.setdefault("fp16", {})["enabled"] = precision == "fp16"
     cfg.setdefault("bf16", {})["enabled"] = precision == "bf16"
     if precision == "bf16":  # bf16 has no loss scaler: ask ZeRO to skip steps with non-finite gradients
         cfg["bf16"]["check_grad_overflow"] = True
+    cfg["gradient_clipping"] = clip_grad
     cfg["train_micro_batch_size_per_gpu"] = micro
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = micro * accum * world_size

@@ -24,6 +24,7 @@ Run folder:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.io import read_json, write_json
 from sevlm.train import checkpoint, checks
@@ -88,7 +90,8 @@ def build_optimizer(model, optim: OptimConfig, total_steps: int):
     """(AdamW over the model's param groups, LambdaLR) as the recipe trains with."""
     import torch
 
-    groups = model.param_groups(optim.decoder_lr, optim.emotion_lr, optim.weight_decay)
+    heads_lr = optim.decoder_lr if optim.heads_lr is None else optim.heads_lr
+    groups = model.param_groups(optim.decoder_lr, optim.emotion_lr, optim.weight_decay, heads_lr=heads_lr)
     optimizer = torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, optim.warmup_steps))
     return optimizer, scheduler
@@ -126,7 +129,7 @@ def start_runtime(cfg: TrainConfig) -> Runtime:
     set_env_defaults(device)  # before deepspeed is imported: DS_ACCELERATOR, single-process env
     rank, world = init_distributed(device)
     micro, accum, global_batch = resolve_batch(cfg.schedule, world)
-    ds_config = resolve_ds_config(cfg.ds_config, precision, micro, accum, world)
+    ds_config = resolve_ds_config(cfg.ds_config, precision, micro, accum, world, cfg.optim.clip_grad)
     return Runtime(device, precision, rank, world, micro, accum, global_batch, ds_config)
 
 
@@ -145,8 +148,13 @@ class TrainRecipe:
     def setup(self, runtime: Runtime | None = None) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
         d = self.cfg.data
+        checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
         self.info = checks.check_features(d)  # before any model, process group or data loading work
+        checks.check_decoder(self.cfg.model.decoder)
+        if self.resuming:  # before any model: an edited config could not even load the checkpoint
+            checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
+                                   self.run_dir)
         self.rt = runtime or start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
@@ -163,7 +171,7 @@ class TrainRecipe:
         cfg, rt = self.cfg, self.rt
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
-        lexicon = VADLexicon.load(cfg.data.lexicon or "demo")
+        lexicon = VADLexicon.load(cfg.data.lexicon)
         self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
@@ -199,7 +207,10 @@ class TrainRecipe:
         self.model_config = checks.model_config(cfg.model, info).with_token_ids(
             TokenIds.from_tokenizer(self.tokenizer, self.vocab))
         torch.manual_seed(cfg.seed)
-        model = SEVLM(self.model_config)
+        try:
+            model = SEVLM(self.model_config)
+        except OSError as e:  # the weights of a hub decoder whose config was cached
+            raise checks.decoder_error(cfg.model.decoder, e) from None
         _seed_everything(cfg.seed + rt.rank)  # dropout differs per rank
         if info.num_tokens is None:
             info.num_tokens = int(torch.as_tensor(self.source.val_samples()[0]["tokens"]).shape[0])
@@ -326,11 +337,23 @@ class TrainRecipe:
         s, rt = self.cfg.schedule, self.rt
         return validate(self.engine.module, self.builder, self.source.val_samples(), micro=rt.micro, rank=rt.rank,
                         world=rt.world, seed=self.cfg.seed, max_batches=s.val_batches, gen_images=s.val_gen_images,
-                        device=self.engine.device, dtype=rt.dtype)
+                        dominance=s.val_dominance, decoding=self.cfg.decoding, device=self.engine.device,
+                        dtype=rt.dtype)
 
     def save(self, *names: str) -> None:
         """Checkpoint the current step and point `names` (LAST, BEST_ACC, BEST_BLEU) at it."""
-        checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, {}, self.rt.main)
+        fingerprint = self.fingerprint() if self.rt.main else {}  # rank 0 writes it
+        checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, fingerprint,
+                        self.rt.main)
+
+    def fingerprint(self) -> dict[str, str]:
+        """Hashes of the run's config.json and data, saved with every checkpoint."""
+        if not hasattr(self, "_fingerprint"):
+            from sevlm.io import sha256_file
+
+            self._fingerprint = {f"{self.run_dir / CONFIG_FILE}": sha256_file(self.run_dir / CONFIG_FILE),
+                                 **checks.data_fingerprint(self.cfg.data)}
+        return self._fingerprint
 
     def load(self) -> None:
         """Continue from the last finished checkpoint (none finished: start over)."""
@@ -442,41 +465,58 @@ class TrainRecipe:
 
 
 # ---- entry point -----------------------------------------------------------------------------------
+def run_folder(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
+               out_dir: str | os.PathLike | None) -> Path:
+    if resume:
+        return Path(resume)
+    if config is None:
+        raise ConfigError("a training config is required (or --resume RUN_DIR)")
+    return Path(out_dir or as_train_config(config).out_dir)
+
+
+def claim_run_folder(run_dir: Path):
+    """Rank 0 holds the run folder for the whole run: a second training into it is refused."""
+    from sevlm.locks import claim
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    # beside the folder, so a run refused before it starts leaves nothing behind
+    return claim(run_dir.parent / f".{run_dir.name}.train.lock", f"{run_dir} (a training run)")
+
+
 def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
                 out_dir: str | os.PathLike | None) -> tuple[TrainConfig, Path, bool]:
     """(config, run folder, resuming): a new run's config with absolute data paths, or a saved one."""
+    run_dir = run_folder(config, resume, out_dir)
     if resume:
-        run_dir = Path(resume)
         if config is not None:
             raise ConfigError(f"--resume {run_dir} continues with the run's saved {CONFIG_FILE}; pass no config")
         cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.exists():
             raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
         return as_train_config(read_json(cfg_path)), run_dir, True
-    if config is None:
-        raise ConfigError("a training config is required (or --resume RUN_DIR)")
     cfg = as_train_config(config)
-    run_dir = Path(out_dir or cfg.out_dir)
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(
             f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
         )
     cfg.out_dir = str(run_dir.resolve())
     d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
-    for name in ("dataset_dir", "features", "shards", "lexicon", "tokenizer"):
-        value = getattr(d, name)
-        if value and not (name == "lexicon" and value == "demo"):
-            setattr(d, name, str(Path(value).resolve()))
+    for name in ("dataset_dir", "features", "shards", "tokenizer"):
+        if getattr(d, name):
+            setattr(d, name, str(Path(getattr(d, name)).resolve()))
+    d.lexicon = lexicon_spec(d.lexicon)
     return cfg, run_dir, False
 
 
 def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | None = None,
           out_dir: str | os.PathLike | None = None) -> Path:
     """Train (or continue with `resume=RUN_DIR`) and return the run folder."""
-    cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
-    recipe = TrainRecipe(cfg, run_dir, resuming)
-    recipe.setup()
-    return recipe.train()
+    with claim_run_folder(run_folder(config, resume, out_dir)):
+        cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
+        recipe = TrainRecipe(cfg, run_dir, resuming)
+        recipe.setup()
+        return recipe.train()
 
 
 # ---- small helpers ---------------------------------------------------------------------------------

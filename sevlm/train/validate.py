@@ -1,5 +1,6 @@
-"""Validation during training: loss on the val split, plus a quick generation-based emotion
-accuracy and BLEU-4 on its first `gen_images` images (greedy, KV cache)."""
+"""Validation during training: loss on the val split, plus a generation-based emotion accuracy
+(dominant emotion recomputed from each image's votes under the chosen rule) and BLEU-4 on its
+first `gen_images` images (all of them when None), decoded with the run's DecodingConfig."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sevlm.train.metrics import bleu4, emotion_accuracy
 
 @torch.no_grad()
 def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed: int, max_batches: int | None,
-             gen_images: int, device, dtype) -> dict:
+             gen_images: int | None, dominance: str = "artemis", decoding=None, device, dtype) -> dict:
     """Metrics (the same dict on every rank): loss, lm_loss, accuracy, bleu4, n_generated."""
     was_training = model.training
     model.eval()
@@ -32,8 +33,9 @@ def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed
 
     # Generation runs on rank 0 only (ZeRO-2 keeps full weights on every rank); the others wait.
     gen = [None]
-    if rank == 0 and gen_images > 0:
-        gen[0] = _generation_metrics(model, builder, val_set, micro, gen_images, device, dtype)
+    n_gen = len(val_set) if gen_images is None else min(gen_images, len(val_set))
+    if rank == 0 and n_gen > 0:
+        gen[0] = _generation_metrics(model, builder, val_set, micro, n_gen, dominance, decoding, device, dtype)
     if world > 1:
         import torch.distributed as dist
 
@@ -44,22 +46,24 @@ def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed
     return metrics
 
 
-def _generation_metrics(model, builder, val_set, micro: int, gen_images: int, device, dtype) -> dict:
+def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device,
+                        dtype) -> dict:
+    from sevlm.data.artemis import dominant_emotion
     from sevlm.generate import generate
 
-    n = min(gen_images, len(val_set))
     references, hypotheses, dominant, predicted = {}, {}, {}, {}
     for start in range(0, n, max(micro, 1)):
         samples = [val_set[i] for i in range(start, min(n, start + micro))]
         visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
-        hyps = generate(model, builder.tok, builder.lexicon, visual, n_images=len(samples), vocab=builder.vocab)
+        hyps = generate(model, builder.tok, builder.lexicon, visual, decoding=decoding, n_images=len(samples),
+                        vocab=builder.vocab)
         for s, h in zip(samples, hyps):
             key = s["image_id"]
             references[key] = list(s["explanations"])
             hypotheses[key] = h.explanation
-            dominant[key] = s.get("dominant_emotion")
+            dominant[key] = dominant_emotion(s["emotions"], rule=dominance)
             predicted[key] = h.emotion
     return {
         "accuracy": emotion_accuracy(dominant, predicted),

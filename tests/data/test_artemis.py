@@ -504,11 +504,17 @@ def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatc
     monkeypatch.setattr(artemis, "write_json", real_write)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]  # no temporary left
+    # A run killed outright (no cleanup) leaves its half-built folder; the next run removes it,
+    # but not a folder of other files that happens to share the pattern.
+    (tmp_path / ".ds.abc123.tmp").mkdir()
+    (tmp_path / ".ds.abc123.tmp" / "train.json").write_text("{}")
+    (tmp_path / ".ds.mine.tmp").mkdir()
+    (tmp_path / ".ds.mine.tmp" / "notes.txt").write_text("keep")
     # An uninterrupted rerun replaces it whole.
     m = prepare_dataset(new_csv, out, progress=False)
     assert sum(c["images"] for c in m["counts"].values()) == 80
     assert sum(len(load_split(out, s)) for s in SPLITS) == 80
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.mine.tmp", "ds", "new.csv", "old.csv"]
 
 
 def test_out_folder_must_be_a_dataset_folder(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -14,9 +15,9 @@ import pytest
 from PIL import Image
 
 from sevlm.constants import EMOTIONS, SPLITS
-from sevlm.data import demo
 from sevlm.data.artemis import load_split, prepare_dataset, tokenize
-from sevlm.data.demo import make_demo_data
+from sevlm.demo import make_demo_data, tables
+from sevlm.demo.real import measure
 from sevlm.errors import DataError
 
 N, SIZE = 270, 64
@@ -121,11 +122,11 @@ def test_explanations_name_what_is_visible(demo_dir):
         p = paintings[f"{r['art_style']}/{r['painting']}"]
         text = " " + " ".join(tokenize(r["utterance"])) + " "
         colour_hits += any(f" {c} " in text for c in p["colours"])
-        shape_hits += any(f" {s} " in text for s in demo.LOOKS[p["drawn_emotion"]].shapes)
+        shape_hits += any(f" {s} " in text for s in tables.LOOKS[p["drawn_emotion"]].shapes)
     assert colour_hits / len(long_rows) > 0.6 and shape_hits / len(long_rows) > 0.5
     # Several templates per emotion, and many distinct sentences.
     for e in EMOTIONS:
-        assert len(demo.TEMPLATES[e]) >= 5
+        assert len(tables.TEMPLATES[e]) >= 5
     assert len({r["utterance"].lower().strip(".! ") for r in long_rows}) > 0.7 * len(long_rows)
 
 
@@ -149,7 +150,7 @@ def test_round_trip_through_prepare(demo_dir, tmp_path):
 
 
 def test_demo_vad_table_covers_the_vocabulary():
-    path = Path(demo.__file__).resolve().parents[1] / "assets" / "demo_vad.tsv"
+    path = Path(tables.__file__).resolve().parents[1] / "assets" / "demo_vad.tsv"
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0].split("\t") == ["Word", "Valence", "Arousal", "Dominance"]
     table = {}
@@ -159,16 +160,16 @@ def test_demo_vad_table_covers_the_vocabulary():
         assert len(values) == 3 and all(0.0 <= x <= 1.0 for x in values), line
         table[word] = values
     vocab = set()
-    for templates in demo.TEMPLATES.values():
+    for templates in tables.TEMPLATES.values():
         for t in templates:
             vocab.update(tokenize(re.sub(r"\{\w+\}", " ", t)))
-    for look in demo.LOOKS.values():
+    for look in tables.LOOKS.values():
         vocab.update(w for name, _ in look.colours for w in tokenize(name))
         vocab.update(w for s in look.shapes for w in tokenize(s))
-    vocab.update(w for words in demo.FEELINGS.values() for w in words)
-    vocab.update(w for words in demo.SHORT.values() for s in words for w in tokenize(s))
-    vocab.update(w for s in demo.GENERIC_SHAPES for w in tokenize(s))
-    vocab.update(name for _, name in demo._HUE_NAMES)
+    vocab.update(w for words in tables.FEELINGS.values() for w in words)
+    vocab.update(w for words in tables.SHORT.values() for s in words for w in tokenize(s))
+    vocab.update(w for s in tables.GENERIC_SHAPES for w in tokenize(s))
+    vocab.update(name for _, name in tables.HUE_NAMES)
     assert sorted(vocab - FUNCTION_WORDS - set(table)) == []
     # The table says something: pleasant words are more pleasant than unpleasant ones, calm less aroused.
     assert table["peaceful"][0] > 0.7 > 0.3 > table["disgusted"][0]
@@ -192,7 +193,7 @@ def test_real_paintings_mode(wikiart_dir, tmp_path):
 def test_measured_properties_drive_real_emotions():
     dark = Image.new("RGB", (64, 64), (10, 10, 20))
     bright = Image.new("RGB", (64, 64), (250, 220, 40))
-    (fd, cd), (fb, cb) = demo.measure(dark), demo.measure(bright)
+    (fd, cd), (fb, cb) = measure(dark), measure(bright)
     assert fd[0] < 0.1 < 0.9 < fb[0]  # brightness
     assert fb[1] > 0.7 and fb[2] > 0.5  # saturated and warm
     assert cd[0] == "black" and cb[0] == "yellow"
@@ -206,3 +207,40 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no <Style>/<painting>.jpg images"):
         make_demo_data(tmp_path / "x", n_images=3, images_dir=tmp_path / "empty", progress=False)
+
+
+def test_pinned_output_and_motif_table(tmp_path):
+    """The generator's output for one seed, pinned when it moved to `sevlm/demo/` (the CSV
+    depends on every draw: colour names come from the motifs' random choices)."""
+    import hashlib
+
+    from sevlm.demo.draw import MOTIFS
+
+    assert list(MOTIFS) == list(EMOTIONS) and set(tables.LOOKS) == set(EMOTIONS)
+    make_demo_data(tmp_path, n_images=12, seed=1, image_size=32, progress=False)
+    csv_bytes = (tmp_path / "artemis_dataset_release_v0.csv").read_bytes()
+    assert hashlib.sha256(csv_bytes).hexdigest() == "f745a59d14525b1c8d8a19ea738257dc31e41ebf0d980ae45dbaef4feded1d08"
+
+
+def test_summary_does_not_depend_on_the_hash_seed(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from sevlm.demo import make_demo_data; "
+            "print(json.dumps(make_demo_data(sys.argv[1], n_images=20, seed=0, image_size=32, progress=False)))")
+    summaries = []
+    for hash_seed in ("0", "1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / hash_seed)], env=env, capture_output=True,
+                              text=True, check=True)
+        summaries.append(json.loads(done.stdout)["majority_is_drawn"])
+    paintings = info(tmp_path / "0")["paintings"].values()
+    strict = [Counter(p["crowd"]).most_common(2) for p in paintings]
+    expected = np.mean([t[0][0] == p["drawn_emotion"] and (len(t) == 1 or t[0][1] > t[1][1])
+                        for t, p in zip(strict, paintings)])
+    assert summaries == [round(expected, 4)] * 3
+
+
+def test_smallest_image_size_draws_every_motif(tmp_path):
+    s = make_demo_data(tmp_path, n_images=27, seed=0, image_size=16, progress=False)
+    assert s["images"] == 27 and len(list((tmp_path / "images").rglob("*.jpg"))) == 27

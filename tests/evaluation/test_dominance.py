@@ -106,3 +106,13 @@ def test_evaluate_command_records_the_rule(tmp_path, tie_refs):
     assert (reports["strict-majority"]["emotion_accuracy"], reports["strict-majority"]["emotion_accuracy_n"]) == (0.5, 2)
     # the language scores do not depend on the rule
     assert reports["artemis"]["BLEU-4"] == reports["strict-majority"]["BLEU-4"]
+
+
+def test_significance_follows_the_rule(tie_refs):
+    from sevlm.evaluation.significance import compare
+
+    refs_path, pred_path = tie_refs
+    for rule, accuracy in (("artemis", 2 / 3), ("strict-majority", 1 / 2)):
+        out = compare(pred_path, pred_path, refs_path, n_resamples=20, dominance=rule)
+        assert out["dominance"] == rule and "emo_classifier" not in out
+        assert out["metrics"]["emotion_accuracy"]["a"] == pytest.approx(accuracy)

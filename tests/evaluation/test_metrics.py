@@ -271,3 +271,26 @@ def test_language_figures_in_the_report(tmp_path):
     assert r["repeated_bigram_share"] == 0.5 and r["copied_training_share"] == 0.5
     assert r["metaphor_rate_generated"] == 0.0 and r["metaphor_rate_human"] == 0.5
     assert r["mean_length_words"] == 4.5 and r["human_mean_length_words"] == 5.5
+
+
+def test_coco_caption_file_as_references_is_named(tmp_path, test_refs, capsys):
+    from sevlm.data.artemis import coco_references
+
+    path = tmp_path / "test_coco.json"
+    path.write_text(json.dumps(coco_references(test_refs, "test")))
+    with pytest.raises(DataError) as e:
+        M.load_references(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: this is a COCO caption file") and f"pass {tmp_path / 'test.json'} instead" in msg
+    other = tmp_path / "captions.json"
+    other.write_text(path.read_text())
+    with pytest.raises(DataError, match=r"captions.json: this is a COCO caption file .*grouped JSON \(e.g. DATASET/test.json\)"):
+        M.load_references(other)
+    # the command line prints it on one line
+    from sevlm.cli import main
+
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(json.dumps({"image_id": next(iter(test_refs)), "emotion": "awe", "explanation": "a sky"}) + "\n")
+    assert main(["evaluate", "--predictions", str(pred), "--references", str(path), "--out", str(tmp_path / "R.json")]) == 1
+    err = capsys.readouterr().err
+    assert "this is a COCO caption file" in err and str(path) in err and "Traceback" not in err

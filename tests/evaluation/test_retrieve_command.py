@@ -91,7 +91,7 @@ def test_retrieve_queries(tiny_run):
 def test_retrieve_bad_image(tiny_run):
     from sevlm.errors import DataError
 
-    with pytest.raises(DataError, match="image not found"):
+    with pytest.raises(DataError, match=r"nope\.jpg: file not found"):
         retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(tiny_run / "x.json"), "--query-image", str(tiny_run / "nope.jpg")])
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +67,8 @@ def small_dataset(tmp_path):
     return images_dir, dataset_dir, sorted(names)
 
 
-def make_image_dataset(root: Path, n: int, seed: int = 2, styles: int = 3, empty: tuple[int, ...] = ()) -> tuple[Path, Path, list[str]]:
+def make_image_dataset(root: Path, n: int, seed: int = 2, styles: int = 3, empty: tuple[int, ...] = (),
+                       splits=("train", "val", "test")) -> tuple[Path, Path, list[str]]:
     """n small images in `styles` folders (the indices in `empty` as 0-byte files) and a dataset folder."""
     rng = random.Random(seed)
     images_dir, dataset_dir = root / "images", root / "ds"
@@ -75,7 +81,7 @@ def make_image_dataset(root: Path, n: int, seed: int = 2, styles: int = 3, empty
         else:
             random_image(rng).save(images_dir / name)
         names.append(name)
-    write_dataset(dataset_dir, names, images_dir)
+    write_dataset(dataset_dir, names, images_dir, splits=splits)
     return images_dir, dataset_dir, sorted(names)
 
 
@@ -90,3 +96,50 @@ def assert_same_feature_files(a: Path, b: Path, ignore_attrs: tuple[str, ...] = 
         keys = set(fa.attrs) | set(fb.attrs)
         for k in sorted(keys - set(ignore_attrs)):
             np.testing.assert_array_equal(fa.attrs.get(k), fb.attrs.get(k), err_msg=k)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_EXTRACT_CHILD = """
+import sys
+from sevlm.features.hdf5 import extract_features
+images, dataset, out, workers, rank, world_size = sys.argv[1:]
+extract_features(images, dataset, "tiny-random", out, batch_size=2, num_workers=int(workers), rank=int(rank),
+                 world_size=int(world_size), progress=False)
+"""
+
+
+def start_extract(images_dir, dataset_dir, out, workers: int = 0, delay: float = 0.3, rank: int = 0, world_size: int = 1) -> subprocess.Popen:
+    """`extract` (tiny-random, batches of 2) in a child process, sleeping `delay` s after each batch."""
+    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY=str(delay), PYTHONPATH=str(ROOT))
+    args = [str(images_dir), str(dataset_dir), str(out), str(workers), str(rank), str(world_size)]
+    return subprocess.Popen([sys.executable, "-c", _EXTRACT_CHILD, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for_progress(child: subprocess.Popen, partial: Path, images: int, timeout: float = 90) -> None:
+    """Return once the partial file that `child` writes records `images` images done."""
+    import h5py
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and child.poll() is None:
+        try:
+            with h5py.File(partial, "r", locking=False) as f:
+                if int(f.attrs["n_done"]) >= images:
+                    return
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.05)
+    child.kill()
+    raise AssertionError(f"the child never reached {images} images (rc {child.wait()}): {child.stderr.read().decode()[-2000:]}")
+
+
+def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> None:
+    """SIGKILL `child` once it has recorded `images` images (its DataLoader workers live on a while)."""
+    try:
+        wait_for_progress(child, partial, images)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL

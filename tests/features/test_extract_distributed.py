@@ -6,16 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_feature_files, make_image_dataset
+from conftest import ROOT, assert_same_feature_files, kill_9_after, make_image_dataset, start_extract
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError
-from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, rank_share
-
-ROOT = Path(__file__).resolve().parents[2]
+from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, partial_path, rank_share
 
 
 def test_rank_shares_are_contiguous_batch_aligned_and_cover_the_list():
@@ -97,3 +94,17 @@ def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
         extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=0, world_size=3, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.h5.part-1-of-2", "ds", "images"]  # nothing new written
     assert part_path(out, 1, 2).read_bytes() == before
+
+
+def test_a_rank_killed_mid_share_is_rerun_alone_and_resumes_its_part(tmp_path):
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 20, empty=(1,))
+    out = tmp_path / "dist.h5"
+    child = start_extract(images_dir, dataset_dir, out, workers=1, rank=0, world_size=2)
+    kill_9_after(child, partial_path(part_path(out, 0, 2)), 4)
+    # rank 1 finishes meanwhile; rank 0 is rerun alone, at once, and resumes its part
+    assert not extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, rank=1, world_size=2, progress=False)["merged"]
+    again = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, num_workers=1, rank=0, world_size=2, progress=False)
+    assert again["merged"] and again["resumed_from"] >= 2
+    ref = tmp_path / "single.h5"
+    extract_features(images_dir, dataset_dir, "tiny-random", ref, batch_size=2, progress=False)
+    assert_same_feature_files(out, ref)

@@ -4,48 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_feature_files, make_image_dataset
+from conftest import assert_same_feature_files, kill_9_after, make_image_dataset, start_extract, wait_for_progress
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import FeatureStore, extract_features, partial_path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-_CHILD = """
-import sys
-from sevlm.features.hdf5 import extract_features
-extract_features(sys.argv[1], sys.argv[2], "tiny-random", sys.argv[3], batch_size=2, num_workers=int(sys.argv[4]), progress=False)
-"""
-
-
-def _start_child(images_dir, dataset_dir, out, workers: int, delay: float) -> subprocess.Popen:
-    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY=str(delay), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(images_dir), str(dataset_dir), str(out), str(workers)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _wait_for_progress(child: subprocess.Popen, partial: Path, images: int, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and child.poll() is None:
-        try:
-            with h5py.File(partial, "r", locking=False) as f:
-                if int(f.attrs["n_done"]) >= images:
-                    return
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"the child never reached {images} images (rc {child.poll()}): {child.stderr.read().decode()[-2000:] if child.poll() is not None else ''}")
-
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -54,15 +22,8 @@ def _sha(path: Path) -> str:
 def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_uninterrupted_run(tmp_path):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24, empty=(3,))
     out = tmp_path / "resumed.h5"
-    child = _start_child(images_dir, dataset_dir, out, workers=2, delay=0.3)
-    try:
-        _wait_for_progress(child, partial_path(out), 6)
-        os.kill(child.pid, signal.SIGKILL)  # its DataLoader workers live on for a few seconds
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL and partial_path(out).stat().st_size > 0
+    kill_9_after(start_extract(images_dir, dataset_dir, out, workers=2), partial_path(out), 6)
+    assert partial_path(out).stat().st_size > 0
 
     summary = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, num_workers=2, progress=False)
     assert summary["resumed_from"] >= 4  # continued from the partial file, not from scratch
@@ -73,11 +34,11 @@ def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_unint
 
 
 def test_a_second_extract_on_the_same_output_is_refused_and_the_first_finishes_intact(tmp_path, capsys):
-    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 16)
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24)  # 12 batches of 2, 0.3 s each: time for the second
     out = tmp_path / "f.h5"
-    child = _start_child(images_dir, dataset_dir, out, workers=0, delay=0.3)
+    child = start_extract(images_dir, dataset_dir, out)
     try:
-        _wait_for_progress(child, partial_path(out), 2)
+        wait_for_progress(child, partial_path(out), 2)
         rc = cli.main(["extract", "--images", str(images_dir), "--dataset", str(dataset_dir), "--encoder", "tiny-random",
                        "--out", str(out), "--batch-size", "2", "--workers", "0"])
         err = capsys.readouterr().err.strip()

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import struct
-import subprocess
-import sys
-import time
 import unicodedata
 import zlib
 from pathlib import Path
@@ -19,12 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import random_image, write_dataset
+from conftest import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, extract_features, partial_path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_extract_stores_each_image_once_with_exact_values_and_self_describing_attrs(small_dataset, tmp_path):
@@ -164,50 +158,11 @@ def test_existing_output_and_mismatched_partial_are_refused(small_dataset, tmp_p
         extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, encoder_kwargs={"seed": 1}, progress=False)
 
 
-def _progress(partial: Path) -> int:
-    """Images done so far in a partial file another process is writing (0 while unreadable)."""
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return int(f.attrs["n_done"]) // 2  # batches of 2
-    except (OSError, KeyError):
-        return 0
-
-
-_CHILD = """
-import sys
-from sevlm.features.hdf5 import extract_features
-extract_features(sys.argv[1], sys.argv[2], "tiny-random", sys.argv[3], batch_size=2, num_workers=0)
-"""
-
-
 def test_resume_after_kill_9_gives_the_same_file_as_an_uninterrupted_run(tmp_path):
-    rng = random.Random(2)
-    images_dir, dataset_dir = tmp_path / "images", tmp_path / "ds"
-    names = []
-    for k in range(24):
-        name = f"S{k % 3}/p{k:02d}.jpg"
-        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        random_image(rng).save(images_dir / name)
-        names.append(name)
-    (images_dir / "S0/p03.jpg").write_bytes(b"")  # a failure too, so failed/ must survive the resume
-    write_dataset(dataset_dir, names, images_dir)
-
+    # S0/p03.jpg empty: a failure too, so failed/ must survive the resume
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24, empty=(3,))
     out = tmp_path / "resumed.h5"
-    env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY="0.25", PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(images_dir), str(dataset_dir), str(out)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, seen = time.time() + 60, 0
-        while seen < 3 and time.time() < deadline and child.poll() is None:
-            time.sleep(0.05)
-            seen = _progress(partial_path(out))
-        assert child.poll() is None and seen >= 3, "the child finished (or never started) before it could be killed"
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert child.returncode == -signal.SIGKILL
+    kill_9_after(start_extract(images_dir, dataset_dir, out, delay=0.25), partial_path(out), 6)
     assert not out.exists() and partial_path(out).exists()
     with h5py.File(partial_path(out), "r") as f:
         done = int(f.attrs["n_done"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import random_image, write_dataset
+from conftest import make_image_dataset
 from sevlm import cli
 from sevlm.errors import ConfigError
 from sevlm.features.hdf5 import extract_features
@@ -24,15 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def features(tmp_path):
     """17 images, all in train, extracted with tiny-random -> (features path, dataset dir)."""
-    rng = random.Random(7)
-    images_dir, dataset_dir = tmp_path / "images", tmp_path / "ds"
-    names = []
-    for k in range(17):
-        name = f"Style{k % 2}/work-{k:02d}.jpg"
-        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        random_image(rng).save(images_dir / name)
-        names.append(name)
-    write_dataset(dataset_dir, names, images_dir, splits=("train",))
+    images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 17, seed=7, styles=2, splits=("train",))
     out = tmp_path / "f.h5"
     extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, progress=False)
     return out, dataset_dir

@@ -102,3 +102,30 @@ def test_unreadable_weights_without_a_recorded_checksum(tmp_path, make_model, to
     (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:50])
     with pytest.raises(DataError, match="model.safetensors: unreadable weights"):
         load_run(out)
+
+
+def test_image_faults_are_one_line(tmp_path, make_model, tok, capsys):
+    feats = _features(tmp_path, "f32.h5")
+    out = save_export(tmp_path / "export", make_model(visual_dim=32).eval(), tok,
+                      {"data": {"lexicon": "demo", "features": str(feats), "dataset_dir": str(tmp_path / "dataset")}})
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # 196 Mpx in 24 kB: PIL refuses to decode it
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes((tmp_path / "images" / "Style" / "p0.png").read_bytes()[:60])
+    capsys.readouterr()
+    for image, why in ((bomb, "too large to decode safely"), (truncated, "corrupt or truncated"), (tmp_path / "no.png", "file not found")):
+        assert main(["predict", "--run", str(out), str(image)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{image}: {why}" in err, err
+        assert main(["retrieve", "--run", str(out), "--split", "test", "--query-image", str(image), "--out", str(tmp_path / "q.json")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{image}: {why}" in err, err
+
+
+def test_damaged_config_is_one_line(tmp_path, make_model, tok):
+    out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["model"]
+    write_json(out / "config.json", cfg)
+    with pytest.raises(DataError, match=r"config\.json: no \"model\" section"):
+        load_run(out)

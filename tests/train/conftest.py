@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
     from sevlm.data.artemis import prepare_dataset
-    from sevlm.data.demo import make_demo_data
+    from sevlm.demo import make_demo_data
     from sevlm.features.hdf5 import extract_features
 
     root = tmp_path_factory.mktemp("train_data")

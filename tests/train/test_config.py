@@ -49,7 +49,7 @@ def test_shipped_ds_configs_resolve(name):
     assert cfg["train_batch_size"] == 24
     assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 2
     assert cfg["fp16"]["enabled"] is (precision == "fp16") and cfg["bf16"]["enabled"] is (precision == "bf16")
-    assert cfg["gradient_clipping"] > 0
+    assert cfg["gradient_clipping"] == 1.0  # the trainer's optim.clip_grad default
     stage = cfg["zero_optimization"]["stage"]
     assert stage == (0 if name.startswith("zero0") else 2)
 

@@ -193,3 +193,133 @@ def test_upfront_errors(tiny_data, tiny_config, tmp_path):
     with pytest.raises(DataError, match="shards were written from another dataset"):
         train(cfg, out_dir=tmp_path / "e")
     assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was started
+
+
+def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, tiny_config, tmp_path):
+    from sevlm.train import load_train_config
+    from tests.train.conftest import tiny_overrides
+
+    # the paper setting without data.lexicon: refused at once, before any model or process group
+    paper = load_train_config("paper", tiny_overrides(tiny_data, "data.encoder=tiny-random"))
+    with pytest.raises(ConfigError, match="data.lexicon is not set"):
+        train(paper, out_dir=tmp_path / "paper")
+    with pytest.raises(ConfigError, match="data.lexicon is not set"):  # unset no longer means the demo table
+        train(tiny_config("data.lexicon=null"), out_dir=tmp_path / "unset")
+    with pytest.raises(DataError, match="nope.txt: VAD lexicon file not found \\(data.lexicon\\)"):
+        train(tiny_config(f"data.lexicon={tmp_path / 'nope.txt'}"), out_dir=tmp_path / "missing")
+    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo"
+    assert not any((tmp_path / n).exists() for n in ("paper", "unset", "missing"))
+
+
+def test_unloadable_decoder_is_one_config_error(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="model.decoder='/nonexistent/decoder' cannot be loaded: .*local folder"):
+        train(tiny_config("model.decoder=/nonexistent/decoder", "data.corpus_vocab=false"), out_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+class Killed(Exception):
+    """Stands for a kill: raised mid-way, it leaves the files as a kill would."""
+
+
+@pytest.mark.parametrize("point", ["mid_engine_files", "before_pointers", "before_old_tag_removed"])
+def test_kill_during_a_checkpoint_save_then_resume_matches(point, full_run, tiny_config, tmp_path, monkeypatch):
+    """Saves happen at steps 2, 4 and 5. A kill inside one must leave the previous checkpoint (or,
+    for the first save, none: the run starts over), and the resumed losses equal the pinned run's."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from sevlm.cli import main
+    from sevlm.train import checkpoint
+
+    run_dir = tmp_path / "run"
+    if point == "mid_engine_files":  # the first save: a truncated file, then the kill
+        real_save = TorchCheckpointEngine.save
+
+        def half_written(self, state_dict, path):
+            if "step00000002" in str(path):
+                with open(path, "wb") as f:
+                    f.write(b"PK\x03\x04")
+                raise Killed
+            return real_save(self, state_dict, path)
+
+        monkeypatch.setattr(TorchCheckpointEngine, "save", half_written)
+        resumed_at = 0
+    elif point == "before_pointers":  # every engine file and the RNG state written, nothing names them
+        def die(tag_dir):
+            if tag_dir.name == "step00000004":
+                raise Killed
+
+        monkeypatch.setattr(checkpoint, "_saved", die)
+        resumed_at = 2
+    else:  # pointers moved to step 4, the old tag still on disk
+        real_prune = checkpoint._prune
+
+        def die(root, keep):
+            if keep.get("last") == "step00000004":
+                raise Killed
+            real_prune(root, keep)
+
+        monkeypatch.setattr(checkpoint, "_prune", die)
+        resumed_at = 4
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+    assert pointers(run_dir / CKPT_DIR).get("last") == (f"step{resumed_at:08d}" if resumed_at else None)
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert losses(run_dir) == losses(full_run)
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == resumed_at
+    assert [p.name for p in (run_dir / CKPT_DIR).iterdir() if p.is_dir()] == ["step00000005"]
+
+
+def test_resume_refuses_an_edited_config_or_changed_features(tiny_data, tiny_config, tmp_path, monkeypatch):
+    import h5py
+
+    features = tmp_path / "features.h5"
+    shutil.copy(tiny_data["features"], features)
+    run_dir = tmp_path / "run"
+
+    def die(state):
+        if state.step == 3:
+            raise Killed
+
+    monkeypatch.setattr(train_recipe, "_after_step", die)
+    with pytest.raises(Killed):
+        train(tiny_config(f"data.features={features}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+
+    config_path = run_dir / "config.json"
+    original = config_path.read_text()
+    edited = json.loads(original)
+    edited["model"]["n_embd"] = 64  # what the checkpoint's weights cannot fit
+    config_path.write_text(json.dumps(edited))
+    with pytest.raises(ConfigError, match=r"changed since the run started: .*config.json"):
+        train(resume=run_dir)
+    config_path.write_text(original)
+
+    with h5py.File(features, "a") as f:  # features rewritten since the run started
+        f.attrs["encoder_config"] = '{"seed": 1}'
+    with pytest.raises(ConfigError, match=r"changed since the run started: .*features.h5 \(data.features\)"):
+        train(resume=run_dir)
+
+
+def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from sevlm.locks import InUseError
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+         "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+         "    time.sleep(120)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InUseError, match=rf"{run_dir} \(a training run\): in use by another process \(pid"):
+            train(tiny_config("schedule.max_steps=1"), out_dir=run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not run_dir.exists()

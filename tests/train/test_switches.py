@@ -1,0 +1,121 @@
+"""The authors' training switches: each config key changes what it says, and `paper` takes the authors' value."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sevlm.errors import ConfigError
+from sevlm.train.config import OptimConfig, load_train_config, resolve_ds_config
+
+
+def test_paper_config_takes_the_authors_choices():
+    cfg = load_train_config("paper")
+    assert cfg.optim.clip_grad == 0  # no gradient clipping
+    assert cfg.optim.heads_lr is None  # fusion and heads at the decoder's learning rate
+    assert cfg.schedule.val_gen_images is None  # checkpoint selection on the full validation split
+    assert cfg.schedule.val_dominance == "strict-majority"  # more than half the votes
+
+
+def test_clip_grad_is_the_engine_clipping(tmp_path):
+    assert resolve_ds_config("auto", "fp32", 4, 1, 1, clip_grad=0.0)["gradient_clipping"] == 0.0
+    assert resolve_ds_config("auto", "fp32", 4, 1, 1, clip_grad=0.5)["gradient_clipping"] == 0.5
+    own = tmp_path / "clip.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0}))
+    with pytest.raises(ConfigError, match="sets gradient_clipping; ds_configs hold engine settings only"):
+        resolve_ds_config(str(own), "fp32", 4, 1, 1)
+
+
+def _tiny_model():
+    import torch
+
+    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.text import TokenIds, load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = SEVLMConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32, max_len=24, visual_dim=32, vad_ffn=8,
+                      contrastive_dim=8)
+    return SEVLM(cfg.with_token_ids(TokenIds.from_tokenizer(load_tokenizer())))
+
+
+@pytest.mark.parametrize("heads_lr, expected", [(None, 1e-3), (3e-3, 3e-3)])
+def test_heads_lr_sets_fusion_and_heads_only(heads_lr, expected):
+    from sevlm.train.recipe import build_optimizer
+
+    model = _tiny_model()
+    optimizer, _ = build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, heads_lr=heads_lr), 10)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        want = 2e-3 if name.startswith("emotion_encoder.") else expected if name.startswith(
+            ("fusion.", "vad_head.", "contrastive.")) else 1e-3
+        assert lr_of[id(p)] == want, name
+    assert any(n.startswith("fusion.") for n, _ in model.named_parameters())
+
+
+@pytest.fixture()
+def val_setup(tiny_data):
+    from sevlm.data.vad import VADLexicon
+    from sevlm.features.hdf5 import H5FeatureDataset
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    builder = SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=24)
+    samples = list(H5FeatureDataset(tiny_data["features"], tiny_data["dataset"], "val"))
+    return _tiny_model(), builder, samples
+
+
+def _validate(model, builder, samples, **kw):
+    import torch
+
+    from sevlm.train.validate import validate
+
+    return validate(model, builder, samples, micro=2, rank=0, world=1, seed=0, max_batches=None, device="cpu",
+                    dtype=torch.float32, **kw)
+
+
+def test_val_gen_images_none_decodes_the_whole_split(val_setup):
+    model, builder, samples = val_setup
+    assert len(samples) >= 2
+    assert _validate(model, builder, samples, gen_images=1)["n_generated"] == 1
+    assert _validate(model, builder, samples, gen_images=None)["n_generated"] == len(samples)
+
+
+def test_val_dominance_rule_decides_which_images_count(val_setup):
+    model, builder, samples = val_setup
+    half = [dict(s, emotions=["fear", "fear", "awe", "sadness"], explanations=(list(s["explanations"]) * 4)[:4])
+            for s in samples]  # exactly half the votes for fear
+    assert _validate(model, builder, half, gen_images=None, dominance="artemis")["accuracy"] is not None
+    # more than half is required: no image has a dominant emotion, so there is no accuracy to report
+    assert _validate(model, builder, half, gen_images=None, dominance="strict-majority")["accuracy"] is None
+    with pytest.raises(ConfigError, match="schedule.val_dominance: expected one of artemis, strict-majority"):
+        load_train_config("tiny", ["schedule.val_dominance=majority"])
+
+
+def test_decoding_section_reaches_validation(val_setup, monkeypatch):
+    import sevlm.generate
+
+    model, builder, samples = val_setup
+    cfg = load_train_config("tiny", ["decoding.max_new_tokens=3", "decoding.no_repeat_ngram=0"])
+    assert (cfg.decoding.max_new_tokens, cfg.decoding.no_repeat_ngram) == (3, 0)
+    with pytest.raises(ConfigError, match="decoding.strategy"):
+        load_train_config("tiny", ["decoding.strategy=nucleus"])
+    seen = []
+    real = sevlm.generate.generate
+    monkeypatch.setattr(sevlm.generate, "generate", lambda *a, **k: seen.append(k["decoding"]) or real(*a, **k))
+    _validate(model, builder, samples, gen_images=1, decoding=cfg.decoding)
+    assert seen == [cfg.decoding]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("schedule.checkpoint_every=0", "schedule.checkpoint_every: must be >= 1"),
+        ("optim.decoder_lr=-1e-4", "optim.decoder_lr: must be >= 0"),
+        ("optim.emotion_lr=-1", "optim.emotion_lr: must be >= 0"),
+        ("optim.heads_lr=-1", "optim.heads_lr: must be >= 0"),
+        ("optim.clip_grad=-1", "optim.clip_grad: must be >= 0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config("tiny", [override])
