@@ -24,6 +24,7 @@ from typing import Any
 from sevlm.errors import DataError
 
 FORMAT = "sevlm-export-1"
+RUN_EXPORT = "export"  # the export folder inside a training run folder
 WEIGHTS = "model.safetensors"
 
 
@@ -177,10 +178,10 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
 
 def find_export(path: str | Path) -> Path:
     path = Path(path)
-    for cand in (path, path / "export"):
+    for cand in (path, path / RUN_EXPORT):
         if (cand / "config.json").is_file() and (cand / WEIGHTS).is_file():
             return cand
-    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / 'export'})")
+    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / RUN_EXPORT})")
 
 
 def _load_weights(path: Path, sha256: str | None) -> dict:
@@ -244,6 +245,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{export / WEIGHTS}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
-    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab)
+    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt)
     return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export,
                      vocab=vocab)

@@ -40,7 +40,7 @@ from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
-from sevlm.text import PROMPT, TokenIds, check_id_space
+from sevlm.text import PROMPT, check_id_space, prompt_ids
 
 _LABEL_RE = re.compile(r"\s+")
 
@@ -225,7 +225,7 @@ def generate(
     decoding = decoding or DecodingConfig()
     check_id_space(vocab, cfg.vocab_size, tokenizer, "generate")
     pieces = _Pieces(tokenizer, vocab)
-    prompt = list(TokenIds.from_tokenizer(tokenizer, vocab).prompt)
+    prompt = prompt_ids(tokenizer, vocab, cfg.bos_prompt)
     n_prompt = len(prompt)
     max_new = max(1, min(decoding.max_new_tokens, cfg.max_len - n_prompt))
     I = visual.shape[0] if visual is not None else int(n_images or 1)

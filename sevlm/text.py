@@ -2,13 +2,18 @@
 
 Every annotation becomes one sequence
 
-    the emotion is <label> because <explanation><|endoftext|>
+    [<|endoftext|>] the emotion is <label> because <explanation><|endoftext|>
 
-with NLX-GPT segment ids (prompt + label: `<emotion>`; " because" + explanation + EOS:
-`<explanation>`), labels -100 on padding, and per-token VAD from the lexicon: a causal
-"word so far" vector as model input and the whole-word vector as the VAD head's target
-(see sevlm/data/vad.py). Segment boundaries come from the tokens (the first " because"
-after the prompt), never from fixed positions.
+(the leading BOS only with `bos_prompt`, the authors' layout; `prompt_ids` is the one source
+of the prompt, for training and generation), with NLX-GPT segment ids (prompt + label:
+`<emotion>`; " because" + explanation + EOS: `<explanation>`), labels -100 on padding, and
+per-token VAD from the lexicon: a causal "word so far" vector as model input and the
+whole-word vector as the VAD head's target (see sevlm/data/vad.py). The VAD head is trained
+on explanation tokens only: the prompt, the label and " because" are never VAD targets (the
+lexicon lists "emotion" and most labels, which would teach the label through the lexicon).
+A sequence longer than `max_len` is cut there with no end-of-text token, so the model is
+never taught to stop mid-sentence. Segment boundaries come from the tokens (the first
+" because" after the prompt), never from fixed positions.
 
 Corpus vocabulary (optional, for decoders trained from scratch): a `VocabMap` keeps only the
 GPT-2 ids that occur in the training texts (plus the special tokens and an `<unk>` id), and
@@ -75,8 +80,9 @@ class TokenIds:
     unk: int | None = None  # the corpus vocabulary's <unk> id; None in the full GPT-2 id space
 
     @classmethod
-    def from_tokenizer(cls, tok, vocab: "VocabMap | None" = None) -> "TokenIds":
-        """The ids in GPT-2's space, or in `vocab`'s compact space when one is given."""
+    def from_tokenizer(cls, tok, vocab: "VocabMap | None" = None, bos_prompt: bool = False) -> "TokenIds":
+        """The ids in GPT-2's space, or in `vocab`'s compact space when one is given; with
+        `bos_prompt` the prompt starts with the BOS token (GPT-2's <|endoftext|>)."""
         because = tok.encode(" because")
         if len(because) != 1:
             raise DataError(f"tokenizer splits ' because' into {len(because)} tokens; expected 1")
@@ -87,7 +93,7 @@ class TokenIds:
             emotion=tok.convert_tokens_to_ids(EMOTION_TOKEN),
             explanation=tok.convert_tokens_to_ids(EXPLANATION_TOKEN),
             because=because[0],
-            prompt=tuple(tok.encode(PROMPT)),
+            prompt=tuple(([tok.bos_token_id] if bos_prompt else []) + tok.encode(PROMPT)),
         )
         if ids.pad < tok.vocab_size or ids.pad in (ids.eos, ids.emotion, ids.explanation):
             raise DataError(f"tokenizer pad id {ids.pad} collides with a real token")
@@ -106,6 +112,12 @@ class TokenIds:
             explanation=c(ids.explanation), because=c(ids.because), prompt=tuple(c(t) for t in ids.prompt),
             unk=vocab.unk_id,
         )
+
+
+def prompt_ids(tok, vocab: "VocabMap | None" = None, bos_prompt: bool = False) -> list[int]:
+    """The ids every sequence starts with, in the model's id space: what training sequences
+    begin with and what generation is primed with."""
+    return list(TokenIds.from_tokenizer(tok, vocab, bos_prompt).prompt)
 
 
 def sequence_text(emotion: str, explanation: str) -> str:
@@ -261,6 +273,11 @@ def check_id_space(vocab: VocabMap | None, vocab_size: int, tokenizer, where: st
                         "(load_run gives it as LoadedRun.vocab)")
 
 
+def model_inputs(batch: dict) -> dict:
+    """The tensors of a collated batch: what SEVLM.forward takes (image ids stay out)."""
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
 def to_device(batch: dict, device: torch.device | str) -> dict:
     """Move the tensors of a batch; other values (image ids) pass through."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -269,27 +286,25 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
 class SequenceBuilder:
     """Turns (emotion, explanation) annotations and feature samples into model batches."""
 
-    def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None):
+    def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None,
+                 bos_prompt: bool = False):
         self.tok = tokenizer
         self.lexicon = lexicon
         self.max_len = max_len
         self.vocab = vocab  # when set, every id the builder emits is a compact corpus id
-        self.ids = TokenIds.from_tokenizer(tokenizer, vocab)
+        self.bos_prompt = bos_prompt
+        self.ids = TokenIds.from_tokenizer(tokenizer, vocab, bos_prompt)
         if max_len < len(self.ids.prompt) + 6:
             raise DataError(f"max_len={max_len} leaves no room for an explanation")
 
     # ---- one sequence -------------------------------------------------------------
-    @staticmethod
-    def _text(emotion: str, explanation: str) -> str:
-        return sequence_text(emotion, explanation)
-
     def encode(self, emotion: str, explanation: str) -> dict[str, np.ndarray]:
         """One padded training sequence, as numpy arrays of length max_len."""
         return self.encode_many([(emotion, explanation)])[0]
 
     def encode_many(self, pairs: Sequence[tuple[str, str]]) -> list[dict[str, np.ndarray]]:
         """`encode` for many (emotion, explanation) pairs, with one batched tokenizer call."""
-        texts = [self._text(e, x) for e, x in pairs]
+        texts = [sequence_text(e, x) for e, x in pairs]
         enc = self.tok(texts, return_offsets_mapping=True, add_special_tokens=False)
         return [
             self._sequence(text, emotion, ids, offsets)
@@ -297,10 +312,14 @@ class SequenceBuilder:
         ]
 
     def _sequence(self, text: str, emotion: str, token_ids: Sequence[int], offsets: Sequence) -> dict[str, np.ndarray]:
-        ids = list(token_ids)[: self.max_len - 1]
-        offsets = list(offsets)[: len(ids)]
+        ids, offsets = list(token_ids), list(offsets)
+        if self.bos_prompt:  # BOS covers no text: (0, 0) gives it no VAD
+            ids, offsets = [self.tok.bos_token_id] + ids, [(0, 0)] + offsets
         if self.vocab is not None:
             ids = self.vocab.to_compact(ids).tolist()
+        # The EOS target only when the whole text fits: a cut sentence must not teach stopping.
+        ids = (ids + [self.ids.eos])[: self.max_len]
+        offsets = offsets[: len(ids)]
         n_prompt = len(self.ids.prompt)
         if ids[:n_prompt] != list(self.ids.prompt):
             raise DataError(f"emotion label {emotion!r} merges with the prompt when tokenised")
@@ -310,7 +329,8 @@ class SequenceBuilder:
             raise DataError(f"no ' because' token found in {text[:80]!r}") from None
         vad_in, m_in = vad_for_tokens(text, offsets, self.lexicon, causal=True)
         vad_tg, m_tg = vad_for_tokens(text, offsets, self.lexicon, causal=False)
-        n = len(ids) + 1  # + EOS
+        m_tg[: b + 1] = False  # VAD targets: the explanation's own tokens, not prompt, label or " because"
+        n = len(ids)
         T = self.max_len
         out = {
             "input_ids": np.full(T, self.ids.pad, dtype=np.int64),
@@ -322,16 +342,14 @@ class SequenceBuilder:
             "vad_target": np.zeros((T, 3), dtype=np.float32),
             "vad_target_mask": np.zeros(T, dtype=bool),
         }
-        out["input_ids"][:n] = ids + [self.ids.eos]
+        out["input_ids"][:n] = ids
         out["attention_mask"][:n] = 1
         out["labels"][:n] = out["input_ids"][:n]  # the fixed prompt is trained too (as the paper's code)
         out["segment_ids"][:b] = self.ids.emotion
-        out["vad"][: n - 1], out["vad_mask"][: n - 1] = vad_in, m_in
-        out["vad_target"][: n - 1], out["vad_target_mask"][: n - 1] = vad_tg, m_tg
+        k = len(offsets)  # EOS (when kept) has no span: zeros
+        out["vad"][:k], out["vad_mask"][:k] = vad_in, m_in
+        out["vad_target"][:k], out["vad_target_mask"][:k] = vad_tg, m_tg
         return out
-
-    def prompt_ids(self) -> list[int]:
-        return list(self.ids.prompt)
 
     # ---- batches --------------------------------------------------------------------
     def _stack(self, seqs: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 Two comparisons, each case in its own subprocess so peak memory (max RSS, or CUDA peak
 allocated) belongs to that case alone:
 
-1. DeepSpeed ZeRO-2 vs plain PyTorch (same model, batch, AdamW param groups, clipping) on a
+1. DeepSpeed ZeRO-2 vs plain PyTorch (same model, batch, AdamW param groups, clipping; the
+   trainer's own set-up, sevlm.train.recipe) on a
    demo-size model (full GPT-2 vocabulary), the shipped demo run (`demo-corpus`: model sizes,
    micro-batch, optimiser, encoder and corpus vocabulary all read from sevlm/configs/demo.json)
    and a distilgpt2-size one (6 layers, 768-d, cross-attention; random weights: no hub
@@ -156,8 +157,8 @@ def run_case(case: dict) -> dict:
 
     from sevlm.config import from_dict
     from sevlm.model import SEVLM
-    from sevlm.text import TokenIds
-    from sevlm.train.config import OptimConfig, TrainConfig
+    from sevlm.text import TokenIds, model_inputs
+    from sevlm.train.config import TrainConfig
     from sevlm.train.recipe import build_engine, build_optimizer, start_runtime
 
     torch.manual_seed(0)
@@ -189,7 +190,8 @@ def run_case(case: dict) -> dict:
         def train_step(batch):
             out = model(**batch)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if cfg.optim.clip_grad:  # as DeepSpeed's gradient_clipping
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -221,8 +223,7 @@ def run_case(case: dict) -> dict:
         visual = visual_for_step()
         for s, v in zip(samples, visual):
             s["tokens"] = v
-        batch = builder.collate(samples, rng)
-        batch.pop("image_ids")
+        batch = model_inputs(builder.collate(samples, rng))
         batch = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
         train_step(batch)
         if device == "cuda":

@@ -69,6 +69,8 @@ def run(args) -> int:
             ranks = ", ".join(map(str, summary["waiting_for"]))
             print(f"  waiting for rank(s) {ranks}; the last rank to finish merges into {summary['out']} "
                   f"(a rank that died: rerun the same command with --rank K --world-size {world_size})")
+        else:
+            print(f"  another rank merges the parts into {summary['out']}")
     if summary["failed"]:
         print(f"  {summary['num_failed']} image(s) could not be used (recorded in the file under failed/):")
         for name, reason in summary["failed"].items():

@@ -13,9 +13,14 @@ Two alignments are offered:
 - `causal=False` (default): every piece of a word gets the whole word's vector. Used as
   the VAD head's *target* (the lexicon VAD of the next token).
 - `causal=True`: a piece gets the vector of its word *as completed so far* (the text of
-  the word up to the end of that piece). This is what generation can know at step t, so
-  the model's VAD *input* uses it in training too: the input of position t depends only
-  on tokens <= t, and training and inference see the same values.
+  the word up to the end of that piece), looked up exactly: no inflection rules, only a
+  clitic after an apostrophe is dropped. This is what generation can know at step t, so the
+  model's VAD *input* uses it in training too: the input of position t depends only on
+  tokens <= t, and training and inference see the same values. No inflection rules because
+  the word may go on: the prefix "abys" of "abysmal", read as a plural, would borrow the
+  vector of "aby". Generation cannot tell a finished word from one in progress, so whole
+  words get the exact lookup too ("paintings" has no input vector; its *target* is
+  "painting"'s).
 """
 
 from __future__ import annotations
@@ -169,9 +174,15 @@ class VADLexicon:
     def __contains__(self, word: str) -> bool:
         return self.lookup(word) is not None
 
-    def lookup(self, word: str) -> np.ndarray | None:
-        """The word's VAD vector (bipolar), trying lemma candidates; None if unknown."""
+    def lookup(self, word: str, exact: bool = False) -> np.ndarray | None:
+        """The word's VAD vector (bipolar), trying lemma candidates unless `exact`; None if unknown.
+
+        `exact` applies no inflection rule; it still reads "woman's" as "woman", since the part
+        before an apostrophe is a finished word."""
         word = word.lower().replace("’", "'")
+        if exact:
+            vec = self.table.get(word)
+            return self.table.get(word.split("'")[0]) if vec is None and "'" in word else vec
         if word in self._cache:
             return self._cache[word]
         vec = self.table.get(word)
@@ -213,7 +224,7 @@ def vad_for_tokens(
         if wi >= len(words) or words[wi][0] >= e:
             continue
         ws, we = words[wi]
-        vec = lexicon.lookup(text[ws : min(we, e) if causal else we])
+        vec = lexicon.lookup(text[ws : min(we, e)], exact=True) if causal else lexicon.lookup(text[ws:we])
         if vec is not None:
             vad[t] = vec
             mask[t] = True

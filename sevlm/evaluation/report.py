@@ -170,10 +170,14 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
     for k, ex in enumerate(examples):
         r, c = divmod(k, cols)
         ax = fig.add_subplot(grid[2 * r, c])
-        with Image.open(ex["image"]) as im:
-            im = im.convert("RGB")
-            im.thumbnail((400, 400))
-            ax.imshow(np.asarray(im))
+        try:
+            with Image.open(ex["image"]) as im:
+                im = im.convert("RGB")
+                im.thumbnail((400, 400))
+                ax.imshow(np.asarray(im))
+        except (OSError, Image.DecompressionBombError) as e:  # one bad file does not cost the report
+            ax.text(0.5, 0.5, textwrap.fill(f"image unreadable: {e}", 40), ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
         name = ex["image_id"]
         ax.set_title(name if len(name) <= 50 else name[:47] + "...", fontsize=8)
         ax.axis("off")

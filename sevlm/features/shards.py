@@ -6,7 +6,12 @@ and records per-shard counts and sha256 in `<out_dir>/manifest.json` (one entry 
 written atomically after the shards are in place). Ranks may write disjoint shard ranges in
 parallel; the last to finish puts them in place and writes the manifest entry.
 
-Reading: `shard_pipeline` is an explicit list of webdataset stages:
+Reading: `open_shards` reads a split's manifest once (from a local folder, a URL or a WebDataset
+URL pattern: see `locate`), checks the listed files, and warns with the counts when the split is
+partial. Each shard's sha256 is checked against the manifest the first time it is read: the
+shard is read whole and hashed before any of its samples is used, then marked verified in shared
+memory so that later epochs and DataLoader workers stream it without hashing again.
+`shard_pipeline` is an explicit list of webdataset stages:
     shard list -> shuffle shards (seed, epoch) -> split by node (rank) -> split by worker
     -> read tar samples (padded to the rank quota) -> shuffle samples -> decode
 Equal samples per rank per epoch: ranks take shards round-robin; every rank yields exactly
@@ -17,14 +22,20 @@ epoch). Build one pipeline per epoch (`epoch=`), which reshuffles shards and sam
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
 import random
+import re
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import torch
@@ -199,17 +210,144 @@ def write_shards(
 # ----------------------------------------------------------------------------- reading
 
 
-def read_manifest(shard_dir_or_manifest: str | Path, split: str) -> tuple[Path, dict, dict]:
-    """-> (shard folder, whole manifest, the split's entry); DataError naming the file otherwise."""
-    path = Path(shard_dir_or_manifest)
-    if path.is_dir():
-        path = path / MANIFEST
-    manifest = read_json(path)
+@dataclass
+class Location:
+    """Where a shard folder's files are read from (see `locate`)."""
+
+    url_of: Callable[[str], str]  # file name -> what webdataset.gopen opens
+    selected: set[str] | None  # the shard names a URL pattern names; None = all the manifest lists
+    folder: Path | None  # the local folder, when local (its files can be listed)
+
+
+_PATTERN = re.compile(r"[^/\s]*\{[^}]*\}[^/\s]*")  # the braced file name of a WebDataset URL pattern
+
+
+def locate(where: str | os.PathLike) -> Location:
+    """A shard location: a local folder (or its manifest.json), a folder URL (`http(s)://`,
+    `file://`, `pipe:CMD` whose last word is the folder), or a WebDataset URL pattern whose braces
+    name the shards (`https://host/s/train-{000000..000009}.tar`, `pipe:curl -s https://host/s/train-{000000..000009}.tar`).
+    The manifest is `manifest.json` in the same place, read with the same opener."""
+    where = str(where)
+    names = _PATTERN.findall(where)
+    if len(names) > 1:
+        raise ConfigError(f"{where}: a shard URL pattern may have braces in one file name only")
+    if names:
+        m = _PATTERN.search(where)
+        head, tail = where[: m.start()], where[m.end() :]
+        return Location(lambda name: head + name + tail, set(wds.shardlists.expand_urls(m.group(0))), _local_folder(head) if not tail else None)
+    folder = _local_folder(where)
+    if folder is not None:
+        if folder.name == MANIFEST or folder.is_file():
+            folder = folder.parent
+        return Location(lambda name: str(folder / name), None, folder)
+    base = where.rstrip("/")
+    base = base[: -len(MANIFEST) - 1] if base.endswith("/" + MANIFEST) else base
+    return Location(lambda name: f"{base}/{name}", None, None)
+
+
+def _local_folder(where: str) -> Path | None:
+    scheme = urlparse(where).scheme
+    if scheme == "file":
+        return Path(url2pathname(urlparse(where).path))
+    return Path(where) if scheme == "" else None
+
+
+def _read_manifest(url: str) -> dict:
+    if _local_folder(url) is not None:
+        return read_json(_local_folder(url))
+    try:
+        with wds.gopen(url) as f:
+            return json.loads(f.read())
+    except Exception as e:  # curl's exit status, a bad command, not JSON ...
+        raise DataError(f"{url}: cannot read the shard manifest ({type(e).__name__}: {e})") from None
+
+
+@dataclass
+class ShardSet:
+    """One split's shards, as opened once by `open_shards`: what the manifest says and which
+    shards have been verified. `verified` is in shared memory, so a DataLoader worker that
+    verifies a shard spares every later epoch (and every other worker) from hashing it again."""
+
+    where: str
+    split: str
+    manifest: dict
+    entry: dict
+    shards: list[dict]  # the manifest's shard records that are read, each with its "url"
+    verified: torch.Tensor
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {sh["url"]: int(sh["num_samples"]) for sh in self.shards}
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.counts.values())
+
+
+def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "raise") -> ShardSet:
+    """Read the manifest and check the shard files it lists: missing or resized local shards
+    raise DataError naming them (handle_errors="warn": skipped with a warning). A partial split
+    (shards missing or left out, shard files the manifest does not list, an unfinished `sevlm
+    shard` run, images without features) warns once with the counts."""
+    _check_policy(handle_errors)
+    loc = locate(where)
+    manifest_url = loc.url_of(MANIFEST)
+    manifest = _read_manifest(manifest_url)
     if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not a sevlm shard manifest")
+        raise DataError(f"{manifest_url}: not a sevlm shard manifest")
     if split not in manifest.get("splits", {}):
-        raise DataError(f"{path}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
-    return path.parent, manifest, manifest["splits"][split]
+        raise DataError(f"{manifest_url}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
+    entry = manifest["splits"][split]
+    listed = entry["shards"]
+    shards = [dict(sh, url=loc.url_of(sh["name"])) for sh in listed if loc.selected is None or sh["name"] in loc.selected]
+    notes = []
+    if loc.selected is not None and loc.selected - {sh["name"] for sh in listed}:
+        unknown = sorted(loc.selected - {sh["name"] for sh in listed})
+        notes.append(f"{len(unknown)} shard(s) the pattern names are not in the manifest, ignored ({_few(unknown)})")
+    if loc.folder is not None:
+        shards = _check_local_files(loc.folder, split, listed, shards, handle_errors, notes)
+    if not shards:
+        raise DataError(f"{where}: no shard of split {split!r} to read (the manifest lists {len(listed)})")
+    if len(shards) < len(listed):
+        notes.append(f"reading {len(shards)} of its {len(listed)} shards "
+                     f"({sum(int(sh['num_samples']) for sh in shards)} of {entry['num_samples']} samples)")
+    if entry.get("missing"):
+        notes.append(f"{len(entry['missing'])} image(s) of the split had no features and are not in the shards")
+    if notes:
+        warnings.warn(f"{manifest_url}: split {split!r} is partial: " + "; ".join(notes))
+    return ShardSet(str(where), split, manifest, entry, shards, torch.zeros(len(shards), dtype=torch.bool).share_memory_())
+
+
+def _few(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
+
+
+def _check_local_files(folder: Path, split: str, listed: list[dict], shards: list[dict], handle_errors: str,
+                       notes: list[str]) -> list[dict]:
+    """Cheap up-front checks (a stat per shard; the sha256 is checked when a shard is first read)."""
+    bad, good = [], []
+    for sh in shards:
+        path = Path(sh["url"])
+        size = path.stat().st_size if path.exists() else None
+        if size == sh["bytes"]:
+            good.append(sh)
+        else:
+            bad.append(f"{path}: shard " + ("missing" if size is None else
+                                            f"{size} bytes, the manifest says {sh['bytes']} (truncated or rewritten?)"))
+    if bad:
+        if handle_errors == "raise":
+            more = f" ({len(bad)} of {len(shards)} shards are missing or resized)" if len(bad) > 1 else ""
+            raise DataError(f"{bad[0]}{more}; rewrite the split with `sevlm shard`")
+        notes.append(f"{len(bad)} of {len(shards)} shards missing or resized, skipped ({_few(bad)})")
+    names = {sh["name"] for sh in listed}
+    extra = sorted(p.name for p in folder.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar") if p.name not in names)
+    if extra:
+        notes.append(f"{len(extra)} shard file(s) in {folder} are not in the manifest, ignored ({_few(extra)})")
+    parts = sorted(d.name for d in folder.glob(f".{split}.part-*-of-*") if d.is_dir())
+    if parts:
+        notes.append(f"an unfinished `sevlm shard` run left {len(parts)} part folder(s) ({_few(parts)}); "
+                     "the shards of the last finished run are read")
+    return good
 
 
 def dist_info(world_size: int | None = None, rank: int | None = None) -> tuple[int, int]:
@@ -255,14 +393,15 @@ def _check_policy(handle_errors: str) -> None:
         raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
 
 
-def read_tar_samples(counts: dict[str, int], rank_urls: list[str], samples_per_rank: int, handle_errors: str):
+def read_tar_samples(shards: ShardSet, rank_urls: list[str], samples_per_rank: int, handle_errors: str):
     """Stage: this worker's shard list ({"url": ...}) -> raw tar samples, padded so the rank yields its quota.
 
     The rank's deficit (samples_per_rank - its own total) is spread over its workers that have
-    shards; each pads by replaying its own stream from the start. A corrupt or truncated shard
-    raises DataError naming it, or with handle_errors="warn" is skipped from that point with a
-    warning (the quota is then filled by replaying, so ranks stay in step).
+    shards; each pads by replaying its own stream from the start. A corrupt, truncated or
+    altered shard raises DataError naming it, or with handle_errors="warn" is skipped from that
+    point with a warning (the quota is then filled by replaying, so ranks stay in step).
     """
+    counts = shards.counts
 
     def stage(src):
         urls = [d["url"] for d in src]
@@ -277,7 +416,7 @@ def read_tar_samples(counts: dict[str, int], rank_urls: list[str], samples_per_r
         produced = 0
         while produced < quota:
             got = 0
-            for sample in _samples_of(urls, handle_errors):
+            for sample in _samples_of(shards, urls, handle_errors):
                 if produced >= quota:
                     return
                 yield sample
@@ -289,16 +428,38 @@ def read_tar_samples(counts: dict[str, int], rank_urls: list[str], samples_per_r
     return stage
 
 
-def _samples_of(urls: list[str], handle_errors: str):
+def _samples_of(shards: ShardSet, urls: list[str], handle_errors: str):
+    index = {sh["url"]: i for i, sh in enumerate(shards.shards)}
     for url in urls:
         try:
-            for sample in wds.tariterators.tarfile_samples([{"url": url}], handler=wds.reraise_exception):
-                yield sample
-        except Exception as e:  # tarfile.ReadError, EOFError, OSError ... from a damaged shard
-            err = DataError(f"{url}: corrupt or truncated shard ({type(e).__name__}: {e}); rewrite it with `sevlm shard`")
+            stream = _open_shard(shards, index[url])
+            with contextlib.closing(stream):
+                files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=wds.reraise_exception)
+                yield from wds.tariterators.group_by_keys(files, handler=wds.reraise_exception)
+        except Exception as e:  # a checksum mismatch; tarfile.ReadError, EOFError, OSError ... from a damaged shard
+            err = e if isinstance(e, DataError) else DataError(
+                f"{url}: corrupt, truncated or unreadable shard ({type(e).__name__}: {e}); rewrite it with `sevlm shard`")
             if handle_errors == "raise":
                 raise err from None
             warnings.warn(f"{err}; skipping the rest of this shard")
+
+
+def _open_shard(shards: ShardSet, i: int):
+    """The shard's byte stream (webdataset.gopen: local, http(s), pipe: ...). The first time a
+    shard is opened it is read whole and its sha256 checked against the manifest before any of
+    its samples is used; once verified, it streams."""
+    sh = shards.shards[i]
+    stream = wds.gopen(sh["url"])
+    if shards.verified[i]:
+        return stream
+    with contextlib.closing(stream):
+        data = stream.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sh["sha256"]:
+        raise DataError(f"{sh['url']}: shard content differs from the manifest (sha256 {digest[:12]}..., "
+                        f"the manifest says {sh['sha256'][:12]}...; {len(data)} bytes); rewrite the split with `sevlm shard`")
+    shards.verified[i] = True
+    return io.BytesIO(data)
 
 
 def decode_sample(raw: dict) -> dict:
@@ -333,8 +494,8 @@ def decode(handle_errors: str = "raise"):
 
 
 def shard_pipeline(
-    shard_dir_or_manifest: str | Path,
-    split: str,
+    shards: ShardSet | str | os.PathLike,
+    split: str | None = None,
     shuffle: bool = True,
     seed: int = 0,
     epoch: int = 0,
@@ -345,17 +506,19 @@ def shard_pipeline(
 ) -> wds.DataPipeline:
     """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
 
-    Every rank yields `pipeline.samples_per_rank` samples per epoch (see the module docstring).
+    `shards` is an opened ShardSet (open it once and build a pipeline per epoch) or a location
+    for `open_shards`. Every rank yields `pipeline.samples_per_rank` samples per epoch (see the
+    module docstring).
     """
-    root, manifest, entry = read_manifest(shard_dir_or_manifest, split)
-    world_size, rank = dist_info(world_size, rank)
     _check_policy(handle_errors)
-    _check_shard_files(root, entry, handle_errors)
-    urls = [str(root / sh["name"]) for sh in entry["shards"]]
-    counts = {str(root / sh["name"]): int(sh["num_samples"]) for sh in entry["shards"]}
+    if not isinstance(shards, ShardSet):
+        shards = open_shards(shards, split, handle_errors)
+    world_size, rank = dist_info(world_size, rank)
+    urls = [sh["url"] for sh in shards.shards]
+    counts = shards.counts
     if len(urls) < world_size:
         raise DataError(
-            f"{root}: split {split!r} has {len(urls)} shard(s) for {world_size} ranks; "
+            f"{shards.where}: split {shards.split!r} has {len(urls)} shard(s) for {world_size} ranks; "
             f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
         )
     order = list(urls)
@@ -368,30 +531,17 @@ def shard_pipeline(
         wds.SimpleShardList(order),
         split_by_node(world_size, rank),
         split_by_worker,
-        read_tar_samples(counts, rank_urls[rank], samples_per_rank, handle_errors),
+        read_tar_samples(shards, rank_urls[rank], samples_per_rank, handle_errors),
     ]
     if shuffle:
         stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
     stages.append(decode(handle_errors))
     pipeline = wds.DataPipeline(*stages)
     pipeline.samples_per_rank = samples_per_rank
-    pipeline.manifest = manifest
-    pipeline.entry = entry
+    pipeline.manifest = shards.manifest
+    pipeline.entry = shards.entry
+    pipeline.shards = shards
     return pipeline
-
-
-def _check_shard_files(root: Path, entry: dict, handle_errors: str) -> None:
-    """Cheap up-front check (a stat per shard): missing or resized shards are named before any reading."""
-    for sh in entry["shards"]:
-        path = root / sh["name"]
-        size = path.stat().st_size if path.exists() else None
-        if size == sh["bytes"]:
-            continue
-        problem = "missing" if size is None else f"{size} bytes, the manifest says {sh['bytes']} (truncated or rewritten?)"
-        msg = f"{path}: shard {problem}; rewrite the split with `sevlm shard`"
-        if handle_errors == "raise" or size is None:
-            raise DataError(msg)
-        warnings.warn(msg + "; reading what is readable")
 
 
 def _sample_shuffle(bufsize: int, seed: str):

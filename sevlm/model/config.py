@@ -6,6 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
+CHOICES = {
+    "mode": ("cross", "prefix", "none"),
+    "contrastive_scorer": ("cosine", "mlp"),
+    "vad_fuse": ("explanation", "all", "explanation+position"),
+    "fusion_init": ("identity", "normal"),
+    "contrastive_features": ("text", "image"),
+    "mlp_scorer_inputs": ("projected", "raw"),
+}
+
+
 @dataclass
 class SEVLMConfig:
     # Decoder: a GPT-2-family hub name or local directory, or None for a random GPT-2 of
@@ -29,13 +39,30 @@ class SEVLMConfig:
     vad_layers: int = 3
     vad_ffn: int = 128
     vad_dropout: float = 0.1
-    vad_fuse: str = "explanation"  # fuse VAD into "explanation" positions (METHOD.md) or "all"
+    # The authors' VAD encoder adds each layer's input to its output again, around the
+    # layer's own (post-norm) residuals; ours does not.
+    vad_residual: bool = False
+    # Where VAD is fused: "explanation" (explanation-segment token embeddings; the decoder adds
+    # positions after), "all" (every position), "explanation+position" (the authors': the
+    # explanation segment's token + position embedding goes through the fusion).
+    vad_fuse: str = "explanation"
+    # Fusion W_f [x; v] + b at start: "identity" (on x: a pretrained decoder starts unchanged)
+    # or "normal" (N(0, 0.02), zero bias: the authors', a new layer of their GPT-2).
+    fusion_init: str = "identity"
+    # Where the contrastive text features come from: "text" (text-only passes, the explanation
+    # tokens alone: what retrieval indexes) or "image" (the image-conditioned training pass,
+    # the authors': the loss then also trains cross-attention and the visual projection).
+    contrastive_features: str = "text"
     contrastive_scorer: str = "cosine"  # "cosine" or "mlp" (the paper's scorer)
+    # What the MLP scorer reads: "projected" (the normalised projections retrieval uses) or
+    # "raw" (the mean visual token and the mean hidden states, the authors').
+    mlp_scorer_inputs: str = "projected"
     contrastive_dim: int = 256
     temperature: float = 0.1
     w_cl: float = 1.0
     w_vad: float = 1.0
     max_len: int = 30
+    bos_prompt: bool = False  # a BOS token before the prompt (the authors' layout)
     # Tokenizer-derived ids (filled by `with_token_ids`; 0 means "not set").
     vocab_size: int = 0
     pad_id: int = 0
@@ -45,12 +72,12 @@ class SEVLMConfig:
     because_id: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("cross", "prefix", "none"):
-            raise ValueError(f"mode must be 'cross', 'prefix' or 'none', got {self.mode!r}")
-        if self.contrastive_scorer not in ("cosine", "mlp"):
-            raise ValueError(f"contrastive_scorer must be 'cosine' or 'mlp', got {self.contrastive_scorer!r}")
-        if self.vad_fuse not in ("explanation", "all"):
-            raise ValueError(f"vad_fuse must be 'explanation' or 'all', got {self.vad_fuse!r}")
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                names = [repr(a) for a in allowed]
+                raise ValueError(f"{key} must be {', '.join(names[:-1])} or {names[-1]}, got {getattr(self, key)!r}")
+        if self.mlp_scorer_inputs == "raw" and self.contrastive_scorer != "mlp":
+            raise ValueError("mlp_scorer_inputs='raw' needs contrastive_scorer='mlp' (cosines need one shared space)")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         extra = self.n_prefix if self.mode == "prefix" else 0

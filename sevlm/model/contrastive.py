@@ -11,6 +11,11 @@ The visual negative swaps the image rather than the explanation so that, with th
 scorer (sum of the three pairwise cosines), the image-emotion term is trained too (with the
 explanation swapped it would be the same for all three candidates and cancel).
 Loss = -log softmax(scores)[positive], averaged over anchors of images with a valid pair.
+
+The scorer reads the normalised projections that retrieval indexes, or, with the MLP scorer
+and `raw_inputs` (the authors'), the unprojected features: the mean visual token and the
+emotion / explanation hidden-state means. The projections are then not trained by this
+loss, so retrieval embeddings from such a model are untrained.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ def ternary_candidates(seq_image: torch.Tensor, pair_valid: torch.Tensor, visual
 
 
 class ContrastiveHead(nn.Module):
-    def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1):
+    def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1,
+                 raw_inputs: bool = False):
         super().__init__()
+        self.raw_inputs = raw_inputs  # MLP scorer only (SEVLMConfig checks)
         self.img_proj = nn.Linear(visual_dim, dim)
         self.emo_proj = nn.Linear(text_dim, dim)
         self.exp_proj = nn.Linear(text_dim, dim)
@@ -56,9 +63,9 @@ class ContrastiveHead(nn.Module):
         self.temperature = temperature
         if scorer == "mlp":
             # the paper's scorer: [f_img; f_emo; f_exp] -> 4 hidden layers -> 1
-            h = text_dim
+            h, width = text_dim, visual_dim + 2 * text_dim if raw_inputs else 3 * dim
             self.mlp = nn.Sequential(
-                nn.Linear(3 * dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                nn.Linear(width, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                 nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1),
             )  # fmt: skip
 
@@ -68,6 +75,12 @@ class ContrastiveHead(nn.Module):
 
     def embed_text(self, emo_feat: torch.Tensor, exp_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return F.normalize(self.emo_proj(emo_feat), dim=-1), F.normalize(self.exp_proj(exp_feat), dim=-1)
+
+    def scorer_inputs(self, visual: torch.Tensor, emo_feat: torch.Tensor, exp_feat: torch.Tensor):
+        """(image (I, .), emotion (B, .), explanation (B, .)) as `loss` takes them."""
+        if self.raw_inputs:
+            return visual.mean(dim=1), emo_feat, exp_feat
+        return (self.embed_image(visual), *self.embed_text(emo_feat, exp_feat))
 
     def score(self, img: torch.Tensor, emo: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         if self.scorer == "mlp":

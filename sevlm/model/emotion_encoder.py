@@ -1,7 +1,8 @@
 """The causal VAD emotion encoder: a 3-d transformer over the per-token VAD sequence.
 
-As METHOD.md: learned positions, LayerNorm(3), then `n_layers` post-norm layers with one
-head of width 3 and an FFN 3 -> 128 -> 3. Unlike the authors' bidirectional encoder it is
+As docs/METHOD.md: learned positions, LayerNorm(3), then `n_layers` post-norm layers with one
+head of width 3 and an FFN 3 -> 128 -> 3 (with `residual`, each layer's input is added to its
+output once more, the authors' outer residual). Unlike the authors' bidirectional encoder it is
 causal (position t attends to positions <= t), and it keeps a per-layer key/value cache so
 generation encodes only the new position each step.
 """
@@ -55,8 +56,9 @@ class CausalVADLayer(nn.Module):
 
 
 class EmotionEncoder(nn.Module):
-    def __init__(self, max_len: int, n_layers: int = 3, ffn: int = 128, dropout: float = 0.1):
+    def __init__(self, max_len: int, n_layers: int = 3, ffn: int = 128, dropout: float = 0.1, residual: bool = False):
         super().__init__()
+        self.residual = residual  # x + layer(x) around each layer, as the authors' encoder
         self.pos = nn.Embedding(max_len, 3)
         self.ln = nn.LayerNorm(3)
         self.layers = nn.ModuleList(CausalVADLayer(3, ffn, dropout) for _ in range(n_layers))
@@ -73,7 +75,8 @@ class EmotionEncoder(nn.Module):
         allowed = causal_mask(t, start + t, vad.device)  # every layer sees the same positions
         new = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cache[1][i] if cache is not None else None, allowed)
+            y, kv = layer(x, cache[1][i] if cache is not None else None, allowed)
+            x = x + y if self.residual else y
             new.append(kv)
         return x, (start + t, new)
 

@@ -5,6 +5,14 @@ Batches (from sevlm.text.SequenceBuilder), B sequences of length T over I images
   input_ids, attention_mask, labels, segment_ids (B, T); vad, vad_target (B, T, 3);
   vad_mask, vad_target_mask (B, T); visual (I, N, D); seq_image (B,) image of each sequence;
   pair_valid, visual_negative (I,) for the contrastive loss.
+
+Contrastive text features are masked means of final hidden states: the emotion feature over
+the emotion segment (prompt + label), the explanation feature over the explanation's own
+tokens (after " because"). With `contrastive_features="text"` each comes from a text-only
+pass over those tokens alone (positions from 0), so an explanation's feature does not
+depend on the label it was written under, nor on the image; retrieval embeds text this way
+in every setting. With "image" they come from the image-conditioned training pass (the
+authors').
 """
 
 from __future__ import annotations
@@ -151,18 +159,21 @@ class SEVLM(nn.Module):
                 nn.Linear(E * config.n_prefix // 2, E * config.n_prefix),
             )
         if config.use_vad_input:
-            self.emotion_encoder = EmotionEncoder(config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout)
+            self.emotion_encoder = EmotionEncoder(
+                config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout, config.vad_residual
+            )
             self.fusion = nn.Linear(E + 3, E)  # W_f [x_t ; v_t] + b
-            with torch.no_grad():  # start as the identity on x so a pretrained decoder starts unchanged
-                self.fusion.weight.zero_()
-                self.fusion.weight[:, :E].copy_(torch.eye(E))
-                self.fusion.weight[:, E:].normal_(0.0, 0.02)
+            with torch.no_grad():
+                self.fusion.weight.normal_(0.0, 0.02)
                 self.fusion.bias.zero_()
+                if config.fusion_init == "identity":  # a pretrained decoder starts unchanged
+                    self.fusion.weight[:, :E].copy_(torch.eye(E))
         if config.use_vad_head:
             self.vad_head = nn.Linear(E, 3)
         if config.use_contrastive:
             self.contrastive = ContrastiveHead(
-                config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature
+                config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature,
+                raw_inputs=config.mlp_scorer_inputs == "raw",
             )
 
     # ---- pieces -----------------------------------------------------------------------
@@ -176,6 +187,7 @@ class SEVLM(nn.Module):
         segment_ids: torch.Tensor | None = None,  # (B, t)
         vad: torch.Tensor | None = None,  # (B, t, 3)
         vad_cache: VADCache | None = None,
+        start: int = 0,  # decoder position of the first token (prefix and cache included)
     ) -> tuple[torch.Tensor, VADCache | None]:
         """Input embeddings: word (+ segment) embedding, fused with the causal VAD encoding."""
         wte = self.decoder.transformer.wte
@@ -187,8 +199,13 @@ class SEVLM(nn.Module):
             if vad is None:
                 vad = x.new_zeros(*input_ids.shape, 3)
             v, new_cache = self.emotion_encoder(vad.to(x.dtype), vad_cache)  # (B, t, 3)
-            fused = self.fusion(torch.cat([x, v], dim=-1))  # (B, t, E)
-            if self.config.vad_fuse == "explanation" and segment_ids is not None:
+            if self.config.vad_fuse == "explanation+position":
+                # The decoder adds the position embedding p after: feed W_f [x + p; v] + b - p.
+                p = self.decoder.transformer.wpe(torch.arange(start, start + x.shape[1], device=x.device))
+                fused = self.fusion(torch.cat([x + p, v], dim=-1)) - p
+            else:
+                fused = self.fusion(torch.cat([x, v], dim=-1))  # (B, t, E)
+            if self.config.vad_fuse != "all" and segment_ids is not None:
                 x = torch.where((segment_ids == self.config.explanation_id).unsqueeze(-1), fused, x)
             else:
                 x = fused
@@ -230,13 +247,35 @@ class SEVLM(nn.Module):
         )
         return out.last_hidden_state[:, n_prefix:], out.cache
 
-    def text_features(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, segment_ids: torch.Tensor):
-        """Masked-mean emotion and explanation features from a text-only pass (no image)."""
-        h, _ = self.run_decoder(embeds, attention_mask, {})
+    def feature_masks(self, segment_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """(emotion segment, explanation's own tokens) masks (B, T): the explanation segment
+        minus its first position, the " because" that ends the label."""
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(segment_ids, dtype=torch.bool)
-        emo = masked_mean(h, valid & (segment_ids == self.config.emotion_id))  # (B, E)
-        exp = masked_mean(h, valid & (segment_ids == self.config.explanation_id))  # (B, E)
-        return emo, exp
+        exp = valid & (segment_ids == self.config.explanation_id)
+        return valid & (segment_ids == self.config.emotion_id), exp & (exp.cumsum(1) > 1)
+
+    def _text_pass(
+        self, keep: torch.Tensor, input_ids: torch.Tensor, segment_ids: torch.Tensor, vad: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Masked-mean final hidden state (B, E) of a text-only pass over the tokens where
+        `keep` (B, T) is true, moved to the front of each row so their positions start at 0."""
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices  # kept tokens first, in order
+        idx = order[:, : max(int(keep.sum(1).max()), 1)]  # (B, L)
+        mask = keep.gather(1, idx)
+        v = vad.gather(1, idx.unsqueeze(-1).expand(-1, -1, 3)) if vad is not None else None
+        embeds, _ = self.embed_tokens(input_ids.gather(1, idx), segment_ids.gather(1, idx), v)
+        attend = mask.clone()
+        attend[:, 0] = True  # a row with no kept token attends somewhere (no NaN); its mean is still zero
+        h, _ = self.run_decoder(embeds, attend.long(), {})
+        return masked_mean(h, mask)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, segment_ids: torch.Tensor,
+                      vad: torch.Tensor | None = None):
+        """Emotion and explanation features (B, E) from text-only passes (no image), each over
+        its own tokens alone: the same explanation gives the same feature under any label."""
+        emo_mask, exp_mask = self.feature_masks(segment_ids, attention_mask)
+        return (self._text_pass(emo_mask, input_ids, segment_ids, vad),
+                self._text_pass(exp_mask, input_ids, segment_ids, vad))
 
     # ---- training forward ---------------------------------------------------------------
     def forward(
@@ -253,11 +292,11 @@ class SEVLM(nn.Module):
         seq_image: torch.Tensor | None = None,
         pair_valid: torch.Tensor | None = None,
         visual_negative: torch.Tensor | None = None,
-        image_ids: list | None = None,  # metadata from the collate, unused
     ) -> SEVLMOutput:
         cfg = self.config
-        embeds, _ = self.embed_tokens(input_ids, segment_ids, vad)
         context = self.visual_context(visual, seq_image)
+        start = context["prefix"].shape[1] if "prefix" in context else 0
+        embeds, _ = self.embed_tokens(input_ids, segment_ids, vad, start=start)
         h, _ = self.run_decoder(embeds, attention_mask, context)  # (B, T, E)
 
         lm_loss = cl_loss = vad_loss = None
@@ -274,14 +313,12 @@ class SEVLM(nn.Module):
             se = ((pred.float() - vad_target[:, 1:].float()) ** 2).mean(-1)  # (B, T-1)
             vad_loss = (se * m).sum() / m.sum().clamp(min=1.0)
         if cfg.use_contrastive and pair_valid is not None and visual is not None and segment_ids is not None:
-            if cfg.mode == "none":
-                valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-                emo_f = masked_mean(h, valid & (segment_ids == cfg.emotion_id))
-                exp_f = masked_mean(h, valid & (segment_ids == cfg.explanation_id))
+            if cfg.contrastive_features == "image":
+                emo_m, exp_m = self.feature_masks(segment_ids, attention_mask)
+                emo_f, exp_f = masked_mean(h, emo_m), masked_mean(h, exp_m)
             else:
-                emo_f, exp_f = self.text_features(embeds, attention_mask, segment_ids)
-            emo, exp = self.contrastive.embed_text(emo_f, exp_f)
-            img = self.contrastive.embed_image(visual.to(emo.dtype))
+                emo_f, exp_f = self.text_features(input_ids, attention_mask, segment_ids, vad)
+            img, emo, exp = self.contrastive.scorer_inputs(visual.to(h.dtype), emo_f, exp_f)
             cl_loss = self.contrastive.loss(img, emo, exp, seq_image, pair_valid, visual_negative)
 
         loss = None
@@ -300,7 +337,11 @@ class SEVLM(nn.Module):
         state: DecodeState | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """Next-token logits (B, V) after the new positions, reusing both caches; returns the updated state."""
-        embeds, vad_cache = self.embed_tokens(input_ids, segment_ids, vad, state.vad_cache if state else None)
+        if state is not None:
+            start = state.cache.get_seq_length()
+        else:
+            start = context["prefix"].shape[1] if "prefix" in context else 0
+        embeds, vad_cache = self.embed_tokens(input_ids, segment_ids, vad, state.vad_cache if state else None, start)
         h, cache = self.run_decoder(embeds, None, context, state.cache if state else None, use_cache=True)
         return self.decoder.lm_head(h[:, -1]), DecodeState(cache, vad_cache)  # only the last position is needed
 
@@ -326,9 +367,7 @@ class SEVLM(nn.Module):
         """
         if not self.config.use_contrastive:
             raise ValueError("this model has no contrastive head (use_contrastive=False)")
-        embeds, _ = self.embed_tokens(input_ids, segment_ids, vad)
-        emo_f, exp_f = self.text_features(embeds, attention_mask, segment_ids)
-        emo, exp = self.contrastive.embed_text(emo_f, exp_f)
+        emo, exp = self.contrastive.embed_text(*self.text_features(input_ids, attention_mask, segment_ids, vad))
         return emo.float(), exp.float()
 
     # ---- optimiser ----------------------------------------------------------------------------

@@ -152,13 +152,15 @@ class ShardSource:
 
     def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
                  seed: int, num_workers: int = 0):
-        from sevlm.features.shards import shard_pipeline
+        from sevlm.features.shards import open_shards, shard_pipeline
 
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
         self.seed, self.num_workers = seed, num_workers
-        probe = shard_pipeline(self.path, train_split, world_size=world_size, rank=rank)
-        self.num_images = int(probe.entry["num_samples"])
+        # opened once: the manifest read, the files checked, each shard's sha256 verified on first read
+        self.train_shards = open_shards(self.path, train_split)
+        probe = shard_pipeline(self.train_shards, world_size=world_size, rank=rank)
+        self.num_images = self.train_shards.num_samples
         # every rank yields samples_per_rank samples per epoch (the reader pads short ranks)
         self.batches_per_epoch = probe.samples_per_rank // micro
         self._val: list[dict] | None = None
@@ -166,7 +168,7 @@ class ShardSource:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         from sevlm.features.shards import shard_pipeline
 
-        pipe = shard_pipeline(self.path, self.train_split, shuffle=True, seed=self.seed, epoch=epoch,
+        pipe = shard_pipeline(self.train_shards, shuffle=True, seed=self.seed, epoch=epoch,
                               world_size=self.world, rank=self.rank)
         samples = iter(DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
                                   generator=loader_generator(self.seed, epoch)))

@@ -35,15 +35,17 @@ from pathlib import Path
 
 from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
+from sevlm.export import RUN_EXPORT
 from sevlm.io import read_json, write_json
 from sevlm.train import checkpoint, checks
 from sevlm.train.checkpoint import BEST_ACC, BEST_BLEU, CKPT_DIR, LAST, TrainingError, TrainState
 from sevlm.train.config import OptimConfig, TrainConfig, as_train_config, config_to_dict, resolve_batch, resolve_ds_config
 from sevlm.train.distributed import barrier, init_distributed, pick_device, set_env_defaults
+from sevlm.text import VOCAB_FILE
 from sevlm.train.runlog import RunLog
 
 CONFIG_FILE, DONE_FILE = "config.json", "done.json"
-EXPORT, EXPORT_BEST_BLEU = "export", "export_best_bleu"
+EXPORT, EXPORT_BEST_BLEU = RUN_EXPORT, "export_best_bleu"
 
 
 def _after_step(state: TrainState) -> None:
@@ -172,7 +174,8 @@ class TrainRecipe:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
-        self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab)
+        self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
+                                       bos_prompt=cfg.model.bos_prompt)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
         if self.steps_per_epoch == 0:
@@ -189,7 +192,7 @@ class TrainRecipe:
         from sevlm.features.common import load_split_records
         from sevlm.text import VocabMap
 
-        path = self.run_dir / "vocab.json"
+        path = self.run_dir / VOCAB_FILE
         if self.resuming and path.exists():
             return VocabMap.load(path)
         records = load_split_records(self.cfg.data.dataset_dir, self.cfg.data.train_split)
@@ -243,7 +246,7 @@ class TrainRecipe:
                 write_json(self.run_dir / CONFIG_FILE, resolved)
                 write_json(self.run_dir / "ds_config.json", rt.ds_config)
                 if self.vocab is not None:
-                    self.vocab.save(self.run_dir / "vocab.json")
+                    self.vocab.save(self.run_dir / VOCAB_FILE)
             write_json(self.run_dir / "run.json", {
                 **derived, "model_config": mc.__dict__, "git": _git_hash(),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},

@@ -99,4 +99,5 @@ def test_alignment_real_tokenizer(nrc, tok):
     cvad, cmask = vad_for_tokens(text, enc["offset_mapping"], nrc, causal=True)
     np.testing.assert_allclose(cvad[c[0]], nrc.table["content"])
     np.testing.assert_allclose(cvad[c[1]], nrc.table["contentment"])
-    np.testing.assert_array_equal(cvad[by_piece["Ġsaddened"]], vad[by_piece["Ġsaddened"]])
+    # ... looked up exactly (the word may go on): "saddened" is not listed as is
+    assert not cmask[by_piece["Ġsaddened"]] and not cvad[by_piece["Ġsaddened"]].any()

@@ -168,6 +168,11 @@ def test_example_paintings_picture(tmp_path, dataset_dir, good_predictions, test
         assert (np.abs(pixels - colours[ex["image_id"]]).max(axis=1) <= 12).sum() > 500, ex["image_id"]
     with Image.open(RP.plot_examples(examples[:3], tmp_path / "ex3.png")) as im:
         assert im.size == (3 * w * RP.EXAMPLE_DPI, h * RP.EXAMPLE_DPI)
+    # an unreadable image leaves its panel with a note, not a failed report
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with Image.open(RP.plot_examples([*examples[:1], {**examples[1], "image": broken}], tmp_path / "ex2.png")) as im:
+        assert im.size == (2 * w * RP.EXAMPLE_DPI, h * RP.EXAMPLE_DPI)
 
     # in the report: the picture and what it shows; without images, a note instead
     out = tmp_path / "rep" / "REPORT.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -117,20 +118,94 @@ def test_corrupt_shard_error_names_it_or_is_skipped_with_a_warning(features, tmp
     bad.write_bytes(data[:3000])  # truncated mid-sample: caught by the size check before reading
     with pytest.raises(DataError, match=r"train-000001\.tar: shard 3000 bytes, the manifest says"):
         shard_pipeline(out, "train", shuffle=False)
-    with pytest.warns(UserWarning, match=r"train-000001\.tar: corrupt or truncated shard"):
+    with pytest.warns(UserWarning, match=r"partial: 1 of 4 shards missing or resized, skipped .*train-000001\.tar"):
         samples = list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))
-    assert len(samples) == 23  # quota kept: the lost samples are made up by repeats
-    assert len({s["image_id"] for s in samples}) < 23
+    assert len(samples) == 17 and len({s["image_id"] for s in samples}) == 17  # the 3 other shards
 
-    # same size, damaged inside (a tar header overwritten): found while reading, shard named
+    # same size, damaged inside (a tar header overwritten): its checksum fails before any sample is read
     bad.write_bytes(data[:512 * 3] + b"\xff" * 512 + data[512 * 4:])
-    with pytest.raises(DataError, match=r"train-000001\.tar: sample 'train-000001-000000' cannot be decoded"):
+    with pytest.raises(DataError, match=r"train-000001\.tar: shard content differs from the manifest \(sha256"):
         list(shard_pipeline(out, "train", shuffle=True, seed=3))
-    with pytest.warns(UserWarning, match=r"train-000001\.tar: sample 'train-000001-000000' cannot be decoded"):
-        assert len(list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))) == 23
+    with pytest.warns(UserWarning, match=r"train-000001\.tar: shard content differs.*skipping the rest of this shard"):
+        samples = list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))
+    assert len(samples) == 23 and len({s["image_id"] for s in samples}) == 17  # quota kept by repeats, none from the bad one
     (out / "train-000002.tar").unlink()
-    with pytest.raises(DataError, match=r"train-000002\.tar: shard missing"):
-        shard_pipeline(out, "train", handle_errors="warn")
+    with pytest.raises(DataError, match=r"train-000002\.tar: shard missing; rewrite"):
+        shard_pipeline(out, "train")
+
+
+def test_a_same_size_shard_with_other_content_is_refused_naming_it(features, tmp_path):
+    """Issue 12 (8): the manifest's sha256 is checked when a shard is first read. Old code decoded
+    the altered values and trained on them silently."""
+    h5, dataset_dir, _ = features
+    out = tmp_path / "shards"
+    write_shards(h5, dataset_dir, "train", out, max_samples_per_shard=6, progress=False)
+    clean = {s["image_id"]: s["tokens"] for s in shard_pipeline(out, "train", shuffle=False)}
+    shard = out / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"\x93NUMPY", data.index(b".tokens.npy")) + 200  # in the first tokens.npy payload: still a valid tar and array
+    data[at : at + 64] = bytes(b ^ 0x11 for b in data[at : at + 64])
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"train-000002\.tar: shard content differs from the manifest"):
+        list(DataLoader(shard_pipeline(out, "train", shuffle=True, seed=1), batch_size=None, num_workers=2))
+    # what the old reader did: the tar still decodes, with other values
+    changed = [s for s in _tar_samples(shard) if not torch.equal(s["tokens"], clean[s["image_id"]])]
+    assert len(changed) == 1
+
+
+def _tar_samples(path):
+    import webdataset as wds
+
+    from sevlm.features.shards import decode_sample
+
+    return [decode_sample(raw) for raw in wds.tariterators.tarfile_samples([{"url": str(path)}])]
+
+
+def test_each_shard_is_hashed_once_across_epochs_and_workers(features, tmp_path, monkeypatch):
+    import hashlib
+
+    from sevlm.features import shards as shards_module
+
+    h5, dataset_dir, _ = features
+    write_shards(h5, dataset_dir, "train", tmp_path / "shards", max_samples_per_shard=6, progress=False)
+    opened = shards_module.open_shards(tmp_path / "shards", "train")
+    hashed = []
+    real = hashlib.sha256
+    monkeypatch.setattr(shards_module.hashlib, "sha256", lambda b: hashed.append(len(b)) or real(b))
+    for epoch in range(3):  # in-process, then 2 worker processes (forked: the flags are shared memory)
+        pipe = shard_pipeline(opened, shuffle=True, epoch=epoch)
+        assert len(list(DataLoader(pipe, batch_size=None, num_workers=2 if epoch else 0))) == 23
+    assert opened.verified.tolist() == [True] * 4
+    assert len(hashed) == 4  # in this process; worker processes found every flag already set
+    fresh = shards_module.open_shards(tmp_path / "shards", "train")
+    assert list(DataLoader(shard_pipeline(fresh, epoch=0), batch_size=None, num_workers=2))
+    assert fresh.verified.tolist() == [True] * 4  # set by the workers, seen here
+
+
+def test_partial_shard_sets_warn_with_the_counts(features, tmp_path):
+    """Issue 12: training from partial shards warns with the count."""
+    h5, dataset_dir, _ = features
+    out = tmp_path / "shards"
+    write_shards(h5, dataset_dir, "train", out, max_samples_per_shard=6, progress=False)  # 6, 6, 6, 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shard_pipeline(out, "train")  # complete: no warning
+    # a shard file the manifest does not list (another run's), and a killed distributed run's part folder
+    (out / "train-000007.tar").write_bytes((out / "train-000000.tar").read_bytes())
+    (out / ".train.part-1-of-2").mkdir()
+    with pytest.warns(UserWarning, match=r"split 'train' is partial: 1 shard file\(s\) in .* not in the manifest, "
+                                         r"ignored \(train-000007\.tar\); an unfinished `sevlm shard` run left 1 part"):
+        assert shard_pipeline(out, "train").samples_per_rank == 23
+    # a manifest listing more shards than exist
+    (out / "train-000003.tar").unlink()
+    with pytest.raises(DataError, match=r"train-000003\.tar: shard missing"):
+        shard_pipeline(out, "train")
+    with pytest.warns(UserWarning, match=r"1 of 4 shards missing or resized, skipped .*reading 3 of its 4 shards \(18 of 23 samples\)"):
+        assert shard_pipeline(out, "train", handle_errors="warn").samples_per_rank == 18
+    # a pattern naming fewer shards than the manifest
+    with pytest.warns(UserWarning, match=r"reading 2 of its 4 shards \(12 of 23 samples\)"):
+        pipe = shard_pipeline(str(out / "train-{000000..000001}.tar"), "train")
+    assert len(list(pipe)) == 12
 
 
 def _run_command(module, argv):

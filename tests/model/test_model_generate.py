@@ -10,7 +10,7 @@ import torch
 from sevlm.data.vad import VADLexicon
 from sevlm.generate import (DecodingConfig, _explanation_history, _full_features, _Pieces, _TextState, generate,
                             parse_output)
-from sevlm.text import SequenceBuilder, sequence_text
+from sevlm.text import SequenceBuilder, model_inputs, sequence_text
 
 
 @pytest.mark.parametrize(
@@ -58,7 +58,7 @@ def has_repeat(seq, n) -> bool:
 
 DECODINGS = {
     "greedy": DecodingConfig(),
-    "greedy-plain": DecodingConfig(no_repeat_ngram=0),
+    "greedy-plain": DecodingConfig(no_repeat_ngram=0, repetition_penalty=1.0),
     "greedy-3gram-penalty": DecodingConfig(no_repeat_ngram=3, repetition_penalty=1.5),
     "beam3": DecodingConfig(strategy="beam", num_beams=3),
     "beam2-lp0-penalty": DecodingConfig(strategy="beam", num_beams=2, length_penalty=0.0, repetition_penalty=2.0),
@@ -99,7 +99,7 @@ def test_no_repeat_ngram_blocks_every_repeat(make_model, tok, lexicon, strategy,
     m = chatty(make_model(seed=3).eval(), tok, strength=9.0)
     visual = torch.randn(4, 5, 16)
     base = DecodingConfig(strategy=strategy, num_beams=3 if strategy == "beam" else 1, no_repeat_ngram=0,
-                          top_k=8 if strategy == "sample" else 0)
+                          repetition_penalty=1.0, top_k=8 if strategy == "sample" else 0)
     because = m.config.because_id
     loose = [explanation_tokens(h, because) for h in generate(m, tok, lexicon, visual, base)]
     assert any(has_repeat(e, n) for e in loose)  # without blocking this model repeats itself
@@ -120,7 +120,7 @@ def test_repetition_penalty_reduces_repeated_tokens(make_model, tok, lexicon):
         exps = [explanation_tokens(h, because) for h in generate(m, tok, lexicon, visual, d)]
         return np.mean([1 - len(set(e)) / len(e) for e in exps])
 
-    plain = repeated_share(DecodingConfig(no_repeat_ngram=0))
+    plain = repeated_share(DecodingConfig(no_repeat_ngram=0, repetition_penalty=1.0))
     assert plain > 0.5
     assert repeated_share(DecodingConfig(no_repeat_ngram=0, repetition_penalty=3.0)) < plain - 0.2
 
@@ -131,7 +131,7 @@ def test_blocking_ignores_prompt_and_label(make_model, tok, lexicon, builder):
     is not a bigram that blocks a later "because because"."""
     m = chatty(make_model(seed=3).eval(), tok)
     because = m.config.because_id
-    d = DecodingConfig(no_repeat_ngram=2)
+    d = DecodingConfig(no_repeat_ngram=2, repetition_penalty=1.0)
     state = _TextState(_Pieces(tok), lexicon, list(builder.ids.prompt), because)
     state.push(because)  # empty label, then the explanation
     fresh = _TextState(_Pieces(tok), lexicon, list(builder.ids.prompt), because)
@@ -164,7 +164,7 @@ def test_length_penalty_favours_longer_beams(make_model, tok, lexicon):
     visual = torch.randn(4, 5, 16)
 
     def mean_len(lp):
-        d = DecodingConfig(strategy="beam", num_beams=4, length_penalty=lp)
+        d = DecodingConfig(strategy="beam", num_beams=4, length_penalty=lp, repetition_penalty=1.0)
         return np.mean([len(h.tokens) for h in generate(m, tok, lexicon, visual, d)])
 
     assert mean_len(0.0) < mean_len(1.0) < mean_len(2.0)
@@ -222,7 +222,7 @@ def test_overfits_a_handful(make_model, tok, lexicon, make_samples):
     batch = builder.collate_eval(samples)
     m.train()
     for _ in range(110):
-        out = m(**batch)
+        out = m(**model_inputs(batch))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
