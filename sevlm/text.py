@@ -273,6 +273,11 @@ def check_id_space(vocab: VocabMap | None, vocab_size: int, tokenizer, where: st
                         "(load_run gives it as LoadedRun.vocab)")
 
 
+def model_inputs(batch: dict) -> dict:
+    """The tensors of a collated batch: what SEVLM.forward takes (image ids stay out)."""
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
 def to_device(batch: dict, device: torch.device | str) -> dict:
     """Move the tensors of a batch; other values (image ids) pass through."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
