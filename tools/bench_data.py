@@ -9,7 +9,10 @@ GPT-2 tokenizer, VAD lexicon, pair sampling, fp16 batches), with 0, 1 and 2 Data
 for visual tokens of 49x768 and 196x768 (CLIP ViT-B/16's shape). The features come from the
 tiny-random encoder at those shapes over synthetic paintings (the reader does not care what
 encoded them). Each case reads one epoch of the train split; the rate counts the samples after
-the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Cases
+the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Each case
+runs bare (the main process only takes the batches) and with an emulated GPU step: the main
+process waits `--gpu-step-ms` per batch with the CPU free, as it waits on a GPU, so in-process
+reading adds to the step while workers read during it. Cases
 alternate over `--rounds` rounds and the medians are reported, with the load average: on a
 shared machine the figures move with what else runs.
 
@@ -157,41 +160,47 @@ def training_source(paths: dict[str, Path], reader: str, workers: int, micro: in
     return open_source(feature_info(data.features, data.shards), data, builder.collate, micro, 0, 1, seed=0)
 
 
-def timed_epoch(source, epoch: int) -> float:
-    """Samples/s over one epoch, from the first batch on."""
+def timed_epoch(source, epoch: int, step_s: float) -> float:
+    """Samples/s over one epoch, from the first batch on; the main process waits `step_s` per
+    batch, as it waits on a GPU's step (the CPU is free meanwhile)."""
     batches = source.epoch(epoch)
     first = next(batches)
     assert first["visual"].dtype == torch.float16
     t0, n = time.perf_counter(), 0
     for b in batches:
         n += len(b["image_ids"])
+        time.sleep(step_s)
     return n / (time.perf_counter() - t0)
 
 
 def training_path_benchmark(args, work: Path) -> dict:
     cases = [(shape, reader, w) for shape in SHAPES for reader in ("hdf5", "shards") for w in args.workers]
+    steps = [ms / 1000 for ms in args.gpu_step_ms]
     paths = {shape: build_features(work, args.images, shape) for shape in SHAPES}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DataLoader's advice on workers vs cores
         sources = {c: training_source(paths[c[0]], c[1], c[2], args.micro) for c in cases}
     n = sources[cases[0]].num_images
     print(f"train split: {n} samples, micro-batch {args.micro}; {args.rounds} rounds, cases alternating")
-    rates: dict = {c: [] for c in cases}
+    rates: dict = {(c, st): [] for c in cases for st in steps}
     loads = []
+    runs = [(c, st) for st in steps for c in cases]
     for r in range(args.rounds):
-        for c in cases[r % len(cases):] + cases[: r % len(cases)]:  # a different case first each round
-            rates[c].append(timed_epoch(sources[c], r))
-        loads.append(os.getloadavg()[0])
+        for c, st in runs[r % len(runs):] + runs[: r % len(runs)]:  # a different case first each round
+            rates[(c, st)].append(timed_epoch(sources[c], r, st))
+        loads.append(round(os.getloadavg()[0], 2))
         print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
     figures = {"train_samples": n, "micro_batch": args.micro, "rounds": args.rounds, "load_average_per_round": loads,
                "samples_per_s": {}}
-    print(f"\n| features | reader | {' / '.join(f'{w} workers' for w in args.workers)} (median samples/s) |")
-    print("|---|---|---|")
-    for shape in SHAPES:
-        for reader in ("hdf5", "shards"):
-            med = [statistics.median(rates[(shape, reader, w)]) for w in args.workers]
-            figures["samples_per_s"][f"{reader} {shape}"] = {str(w): round(m) for w, m in zip(args.workers, med)}
-            print(f"| {shape} | {reader} | {' / '.join(f'{m:.0f}' for m in med)} |")
+    print(f"\n| features | reader | GPU step | {' / '.join(f'{w} workers' for w in args.workers)} (median samples/s) |")
+    print("|---|---|---|---|")
+    for st in steps:
+        for shape in SHAPES:
+            for reader in ("hdf5", "shards"):
+                med = [statistics.median(rates[((shape, reader, w), st)]) for w in args.workers]
+                figures["samples_per_s"][f"{reader} {shape} step {st * 1000:g} ms"] = {
+                    str(w): round(m) for w, m in zip(args.workers, med)}
+                print(f"| {shape} | {reader} | {st * 1000:g} ms | {' / '.join(f'{m:.0f}' for m in med)} |")
     return figures
 
 
@@ -202,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--micro", type=int, default=32, help="micro-batch (the paper's is 32)")
+    p.add_argument("--gpu-step-ms", type=float, nargs="+", default=[0, 16],
+                   help="time the main process waits per batch, as on a GPU step (16 ms: 32 images at 2,000/s)")
     p.add_argument("--extract", action="store_true", help="extraction vs cached reads on WikiArt instead")
     p.add_argument("--wikiart", type=Path, default=ROOT.parent / "shared" / "data" / "wikiart")
     p.add_argument("--limit", type=int, default=None, help="--extract: use only the first N paintings")

@@ -112,9 +112,11 @@ def pack(batch: dict) -> dict:
         if torch.is_tensor(v):
             layout.append((k, v.dtype, tuple(v.shape), size))
             size += -(-v.numel() * v.element_size() // 8) * 8  # 8-byte aligned: any dtype can view it
-    buffer = torch.empty(size, dtype=torch.uint8).share_memory_()
+    # allocated in shared memory (share_memory_() would copy), filled by numpy's single-threaded
+    # copy (torch's threaded one spins on a busy machine)
+    buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
     for k, dtype, shape, at in layout:
-        _view(buffer, dtype, shape, at).copy_(batch[k])
+        np.copyto(_view(buffer, dtype, shape, at).numpy(), batch[k].numpy())
     return {"_buffer": buffer, "_layout": layout, **{k: v for k, v in batch.items() if not torch.is_tensor(v)}}
 
 
