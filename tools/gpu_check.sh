@@ -9,6 +9,8 @@
 #
 #   tools/gpu_check.sh            # on the GPU machine, from the repository root
 #   tools/gpu_check.sh --dry-run  # here, on the CPU: tiny sizes, GPU-only parts skipped with a reason
+# Through the device tool: run "bash tools/gpu_check.sh" with carry [".whl"], timeout_s 540.
+# Every stage runs even if one before it failed; the exit code is non-zero if any failed.
 #
 # Preparing .whl/ (on a machine with pip access, from the repository root; .whl/ is git-ignored,
 # never commit wheels). The GPU image has Python 3.12, torch, transformers, h5py, numpy, pyyaml,
@@ -26,7 +28,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (expected --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -75,13 +77,15 @@ if (( DRY )); then
 else
   say "gpu tests: ${gpu_tests[*]}"
 fi
-timeout 150 "$PYTHON" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+status=0  # a failing stage is reported, the next still runs, and the exit code says so
+timeout 150 "$PYTHON" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}" || { status=1; say "gpu tests: FAILED"; }
 
 # ---- 3. training, decoding and FAISS figures ----------------------------------------------------
 if (( DRY )); then
   export DS_ACCELERATOR=cpu
-  timeout 600 "$PYTHON" tools/gpu_check.py --dry-run ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"}
+  timeout 600 "$PYTHON" tools/gpu_check.py --dry-run ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"} || status=1
 else
-  timeout 360 "$PYTHON" tools/gpu_check.py ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"}
+  timeout 360 "$PYTHON" tools/gpu_check.py ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"} || status=1
 fi
-say "done in $((SECONDS - t0)) s"
+say "done in $((SECONDS - t0)) s$( ((status)) && echo ', with failures (see above)')"
+exit $status
