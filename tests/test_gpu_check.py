@@ -49,7 +49,7 @@ def test_train_flops_match_torch_counter():
         sys.path.remove(str(ROOT / "tools"))
     from sevlm.data.vad import VADLexicon
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=30)
     cfg = SEVLMConfig(n_layer=2, n_embd=128, n_head=4, n_positions=32, visual_dim=64, max_len=30).with_token_ids(builder.ids)
@@ -61,7 +61,7 @@ def test_train_flops_match_torch_counter():
 
     batch = builder.collate(samples, np.random.default_rng(0))
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        model(**model_inputs(batch)).loss.backward()
     measured = counter.get_total_flops() / len(samples)
     estimate = train_flops_per_image({**vars(cfg), "max_len": batch["input_ids"].shape[1]}, n_visual=16)
     assert estimate == pytest.approx(measured, rel=0.2), (estimate, measured)  # measured: +10%
