@@ -504,9 +504,11 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
             f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
         )
     cfg.out_dir = str(run_dir.resolve())
+    from sevlm.features.shards import is_path
+
     d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
     for name in ("dataset_dir", "features", "shards", "tokenizer"):
-        if getattr(d, name):
+        if getattr(d, name) and (name != "shards" or is_path(d.shards)):  # shards may be a URL
             setattr(d, name, str(Path(getattr(d, name)).resolve()))
     d.lexicon = lexicon_spec(d.lexicon)
     return cfg, run_dir, False
