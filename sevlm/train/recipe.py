@@ -147,7 +147,7 @@ class TrainRecipe:
         self._rank_info_written = False
 
     # -- setup -------------------------------------------------------------------------------------
-    def setup(self, runtime: Runtime | None = None) -> None:
+    def setup(self) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
@@ -157,7 +157,7 @@ class TrainRecipe:
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
             checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
                                    self.run_dir)
-        self.rt = runtime or start_runtime(self.cfg)
+        self.rt = start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
         if self.resuming:
