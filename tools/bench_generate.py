@@ -27,7 +27,7 @@ import torch
 from sevlm.data.vad import VADLexicon
 from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
-from sevlm.text import SequenceBuilder, load_tokenizer
+from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
 
 
 def rss_mb() -> float:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         for i in range(args.train_images)
     ]
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in builder.collate(samples, np.random.default_rng(0)).items()}
+    batch = {k: v.to(device) for k, v in model_inputs(builder.collate(samples, np.random.default_rng(0))).items()}
     opt = torch.optim.AdamW(model.param_groups(2e-5, 4e-5, 0.0))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

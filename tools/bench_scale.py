@@ -11,7 +11,7 @@ For each scale (default 1x and 5x), in a work folder:
      tiny-random features of the test paintings, extracted from small generated JPEGs
      (setup, timed apart from the table).
 Each step runs as its own process; wall time and peak memory (the largest resident set of the
-process or anything it waited for, from wait4) are measured. The load average is printed with
+process or anything it waited for, e.g. METEOR's Java) are measured. The load average is printed with
 each step: on a shared machine the figures move with what else runs. The last line printed is
 one JSON object with every figure.
 
@@ -74,20 +74,27 @@ def write_csv(path: Path, paintings: int, rows: int, seed: int) -> dict:
     return {"paintings": paintings, "rows": rows, "bytes": path.stat().st_size}
 
 
+# Each step runs under this small launcher: a child inherits the peak RSS of the process that
+# spawned it (Linux keeps the high-water mark across vfork + exec), so spawning from this
+# benchmark, which holds the CSV and a model, would report its memory, not the step's.
+LAUNCHER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
+
+
 def run_step(name: str, argv: list[str], log: Path) -> dict:
     """Run `sevlm <argv>` as its own process: wall seconds, peak RSS (MiB) and the load around it."""
     before = load()
+    peak = log.with_name(f".{name}.maxrss")
     t0 = time.perf_counter()
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"\n$ sevlm {' '.join(argv)}\n")
         out.flush()
-        p = subprocess.Popen([sys.executable, "-m", "sevlm.cli", *argv], stdout=out, stderr=out)
-        _, status, usage = os.wait4(p.pid, 0)
+        rc = subprocess.call([sys.executable, "-c", LAUNCHER, str(peak), sys.executable, "-m", "sevlm.cli", *argv],
+                             stdout=out, stderr=out)
     wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{name} failed (exit {p.returncode}); see {log}")
-    res = {"wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024), "load_before": before, "load_after": load()}
+    if rc:
+        raise SystemExit(f"{name} failed (exit {rc}); see {log}")
+    res = {"wall_s": round(wall, 1), "peak_rss_mib": round(int(peak.read_text()) / 1024), "load_before": before, "load_after": load()}
     print(f"  {name:9s} {wall:8.1f} s  {res['peak_rss_mib']:6d} MiB  load {before[0]} -> {res['load_after'][0]}", file=sys.stderr)
     return res
 

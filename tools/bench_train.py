@@ -157,8 +157,8 @@ def run_case(case: dict) -> dict:
 
     from sevlm.config import from_dict
     from sevlm.model import SEVLM
-    from sevlm.text import TokenIds
-    from sevlm.train.config import OptimConfig, TrainConfig
+    from sevlm.text import TokenIds, model_inputs
+    from sevlm.train.config import TrainConfig
     from sevlm.train.recipe import build_engine, build_optimizer, start_runtime
 
     torch.manual_seed(0)
@@ -223,8 +223,7 @@ def run_case(case: dict) -> dict:
         visual = visual_for_step()
         for s, v in zip(samples, visual):
             s["tokens"] = v
-        batch = builder.collate(samples, rng)
-        batch.pop("image_ids")
+        batch = model_inputs(builder.collate(samples, rng))
         batch = {k: (v.to(device).to(dtype) if v.is_floating_point() else v.to(device)) for k, v in batch.items()}
         train_step(batch)
         if device == "cuda":

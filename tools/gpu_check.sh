@@ -9,6 +9,8 @@
 #
 #   tools/gpu_check.sh            # on the GPU machine, from the repository root
 #   tools/gpu_check.sh --dry-run  # here, on the CPU: tiny sizes, GPU-only parts skipped with a reason
+# Through the device tool: run "bash tools/gpu_check.sh" with carry [".whl"], timeout_s 540.
+# Every stage runs even if one before it failed; the exit code is non-zero if any failed.
 #
 # Preparing .whl/ (on a machine with pip access, from the repository root; .whl/ is git-ignored,
 # never commit wheels). The GPU image has Python 3.12, torch, transformers, h5py, numpy, pyyaml,
@@ -18,6 +20,9 @@
 #       webdataset==1.0.2 braceexpand==0.1.7 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
 #       annotated-types==0.8.0 typing-inspection==0.4.5 faiss-cpu==1.15.1
 #   DS_BUILD_OPS=0 python3 -m pip wheel --no-deps --no-build-isolation -w .whl deepspeed==0.19.8   # sdist only: built here (pure Python, ops JIT-built on use)
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl pycocoevalcap==1.2   # training's BLEU-4
+#   zip -q -d .whl/pycocoevalcap-1.2-py3-none-any.whl '*.jar' '*.gz'   # 104 MB -> 18 kB: the Java
+#       parts (METEOR, SPICE, PTB tokenizer) serve `sevlm evaluate` only, not this check
 # About 23 MB in all. faiss-gpu-cu12 is left out: it needs the CUDA 12 runtime and cuBLAS
 # wheels (~0.5 GB; the image has CUDA 13's), so the FAISS stage reports its CPU fallback.
 set -euo pipefail
@@ -26,7 +31,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (expected --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -46,7 +51,7 @@ SITE="${GPU_CHECK_SITE:-/tmp/sevlm-site}"
 missing=()
 for pair in deepspeed:deepspeed webdataset:webdataset braceexpand:braceexpand hjson:hjson \
             pydantic:pydantic pydantic_core:pydantic_core annotated_types:annotated_types \
-            typing_inspection:typing_inspection faiss_cpu:faiss; do
+            typing_inspection:typing_inspection faiss_cpu:faiss pycocoevalcap:pycocoevalcap; do
   whl="${pair%%:*}" mod="${pair##*:}"
   "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null || missing+=("$whl")
 done
@@ -75,13 +80,15 @@ if (( DRY )); then
 else
   say "gpu tests: ${gpu_tests[*]}"
 fi
-timeout 150 "$PYTHON" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}"
+status=0  # a failing stage is reported, the next still runs, and the exit code says so
+timeout 150 "$PYTHON" -m pytest -q -rs -m gpu -p no:cacheprovider "${gpu_tests[@]}" || { status=1; say "gpu tests: FAILED"; }
 
 # ---- 3. training, decoding and FAISS figures ----------------------------------------------------
 if (( DRY )); then
   export DS_ACCELERATOR=cpu
-  timeout 600 "$PYTHON" tools/gpu_check.py --dry-run ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"}
+  timeout 600 "$PYTHON" tools/gpu_check.py --dry-run ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"} || status=1
 else
-  timeout 360 "$PYTHON" tools/gpu_check.py ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"}
+  timeout 360 "$PYTHON" tools/gpu_check.py ${GPU_CHECK_WORK:+--work "$GPU_CHECK_WORK"} || status=1
 fi
-say "done in $((SECONDS - t0)) s"
+say "done in $((SECONDS - t0)) s$( ((status)) && echo ', with failures (see above)')"
+exit $status

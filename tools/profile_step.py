@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sevlm.data.vad import VADLexicon
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
+    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer, model_inputs
 
     sizes = dict(DEMO)
     if args.config:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k in batches[0]:  # the batch itself must not change
         v0, v1 = batches[0][k], batches[-1][k]
         assert (torch.equal(v0, v1) if torch.is_tensor(v0) else v0 == v1), f"collate differs in {k}"
-    batch = {k: v for k, v in batches[-1].items() if k != "image_ids"}
+    batch = model_inputs(batches[-1])
     if args.baseline and "corpus" in args.vocab:
         p.error("--baseline and --vocab corpus do not combine; time one comparison at a time")
     vocab = None
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = [(e, x) for s in samples for e, x in zip(s["emotions"], s["explanations"])]
         vocab = VocabMap.from_annotations(tok, pairs + demo_corpus(3000, np.random.default_rng(2)))
         cbuilder = SequenceBuilder(tok, lex, max_len=sizes["max_len"], vocab=vocab)
-        cbatch = {k: v for k, v in cbuilder.collate(samples, np.random.default_rng(1)).items() if k != "image_ids"}
+        cbatch = model_inputs(cbuilder.collate(samples, np.random.default_rng(1)))
         # the same sequences in the compact id space
         assert torch.equal(torch.from_numpy(vocab.to_compact(batch["input_ids"].numpy())), cbatch["input_ids"])
         collate_s["corpus"] = {}

@@ -11,8 +11,9 @@ cosine similarity.
   says which device searched.
 - Scoring computes each query's rank once, exactly: 1 + the number of gallery items scoring
   strictly higher than the best correct one, from all scores in blocks. Median rank, the
-  recall@K curve and, for the flat (exact) index, Recall@K come from these ranks; an
-  approximate index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
+  recall@K curve and, for the flat (exact) index, Recall@K come from these ranks (numpy, on
+  the CPU: a flat FAISS search would compute the same scores a second time); an approximate
+  index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
 - Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
   m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
   first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the

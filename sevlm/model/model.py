@@ -292,7 +292,6 @@ class SEVLM(nn.Module):
         seq_image: torch.Tensor | None = None,
         pair_valid: torch.Tensor | None = None,
         visual_negative: torch.Tensor | None = None,
-        image_ids: list | None = None,  # metadata from the collate, unused
     ) -> SEVLMOutput:
         cfg = self.config
         context = self.visual_context(visual, seq_image)

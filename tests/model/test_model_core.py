@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from sevlm.model import SEVLMConfig
 from sevlm.model.contrastive import ContrastiveHead, cosine_score
+from sevlm.text import model_inputs
 
 
 def test_plain_gpt2_equivalence(make_model, builder):
@@ -42,7 +43,7 @@ def test_causal_with_vad(make_model, builder, mode, make_samples):
     batch2["vad"][0, t + 1] = torch.tensor([0.9, -0.9, 0.5])
     batch2["segment_ids"][0, t + 1] = builder.ids.emotion
     with torch.no_grad():
-        a, b = m(**batch).logits, m(**batch2).logits
+        a, b = m(**model_inputs(batch)).logits, m(**model_inputs(batch2)).logits
     torch.testing.assert_close(a[0, : t + 1], b[0, : t + 1], atol=1e-6, rtol=0)
     assert (a[0, t + 1] - b[0, t + 1]).abs().max() > 1e-4  # the change is visible where it should be
 
@@ -68,7 +69,7 @@ def test_lm_and_vad_loss_by_hand(make_model, builder, make_samples):
     with torch.no_grad():
         m.vad_head.weight.zero_()
         m.vad_head.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-        out = m(**batch)
+        out = m(**model_inputs(batch))
     # LM: mean next-token NLL over non-padding targets
     logp = torch.log_softmax(out.logits, -1)
     nll, count = 0.0, 0
@@ -118,7 +119,7 @@ def test_ternary_contrastive_loss_by_hand():
 @pytest.mark.parametrize("kw", [dict(mode="cross"), dict(mode="prefix", contrastive_scorer="mlp")])
 def test_gradients_reach_every_part(make_model, builder, make_samples, kw):
     m = make_model(**kw).train()
-    out = m(**builder.collate(make_samples(3), np.random.default_rng(0)))
+    out = m(**model_inputs(builder.collate(make_samples(3), np.random.default_rng(0))))
     assert all(x is not None and torch.isfinite(x) for x in (out.lm_loss, out.cl_loss, out.vad_loss))
     out.loss.backward()
     dead = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -145,7 +146,7 @@ def _scored_text(m, batch):
     real = m.contrastive.loss
     m.contrastive.loss = lambda img, emo, exp, *a: seen.append((emo, exp)) or real(img, emo, exp, *a)
     with torch.no_grad():
-        m(**batch)
+        m(**model_inputs(batch))
     del m.contrastive.loss
     return seen[0]
 
@@ -196,7 +197,7 @@ def test_contrastive_features_reach_cross_attention(make_model, builder, make_sa
     """With image-conditioned features the contrastive loss alone trains cross-attention and
     the visual projection; with text-only features it never reaches them."""
     m = make_model(contrastive_features=features, dropout=0.0).train()
-    out = m(**builder.collate(make_samples(3), np.random.default_rng(0)))
+    out = m(**model_inputs(builder.collate(make_samples(3), np.random.default_rng(0))))
     out.cl_loss.backward()
     grads = {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in m.named_parameters()}
     reached = {n for n, g in grads.items() if g > 0}
@@ -219,7 +220,7 @@ def test_mlp_scorer_inputs(make_model, builder, make_samples):
     proj = make_model(contrastive_scorer="mlp").eval()
     assert proj.contrastive.mlp[0].in_features == 3 * 16
     for m, trained in ((raw, False), (proj, True)):
-        m(**batch).cl_loss.backward()
+        m(**model_inputs(batch)).cl_loss.backward()
         g = m.contrastive.img_proj.weight.grad
         assert (g is not None and g.abs().sum() > 0) == trained
     with pytest.raises(ValueError, match="needs contrastive_scorer"):
@@ -261,11 +262,11 @@ def test_vad_fuse_with_position(make_model, builder, make_samples, mode):
     ours = make_model(mode=mode).eval()
     theirs = make_model(mode=mode, vad_fuse="explanation+position").eval()
     with torch.no_grad():
-        a, b = ours(**batch).logits, theirs(**batch).logits
+        a, b = ours(**model_inputs(batch)).logits, theirs(**model_inputs(batch)).logits
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         for m in (ours, theirs):
             m.fusion.weight[:, :32].mul_(0.5)
-        a, b = ours(**batch).logits, theirs(**batch).logits
+        a, b = ours(**model_inputs(batch)).logits, theirs(**model_inputs(batch)).logits
     exp = batch["segment_ids"] == builder.ids.explanation
     assert (a - b).abs().amax(-1)[exp].min() > 1e-4  # every explanation position differs
     torch.testing.assert_close(a[~exp], b[~exp])  # the others are untouched

@@ -13,6 +13,7 @@ from sevlm.cli import main
 from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
 from sevlm.io import write_json
+from sevlm.text import model_inputs
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_round_trip(tiny_run, builder, make_samples):
     assert run.builder.ids == builder.ids and run.lexicon.describe() == builder.lexicon.describe()
     batch = builder.collate_eval(make_samples(2, dim=32))
     with torch.no_grad():
-        torch.testing.assert_close(run.model(**batch).logits, m(**batch).logits, atol=0, rtol=0)
+        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
     # save again over the existing export: replaced atomically, still loadable
     save_export(export, run.model, run.tokenizer, cfg["train"])
     assert load_run(run_dir).config["encoder"]["name"] == "tiny-random"

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sevlm.model.model import target_cross_entropy
+from sevlm.text import model_inputs
 
 
 def test_target_cross_entropy_matches_torch():
@@ -25,7 +26,7 @@ def test_lm_loss_is_full_logits_cross_entropy(make_model, builder, make_samples)
     m = make_model().eval()
     batch = builder.collate(make_samples(3), np.random.default_rng(0))
     batch["labels"][0, 5:9] = -100  # holes inside a sequence too
-    out = m(**batch)
+    out = m(**model_inputs(batch))
     logits = out.logits  # computed on demand from the same hidden states
     assert logits.shape == (*batch["input_ids"].shape, m.config.vocab_size)
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))

@@ -10,7 +10,7 @@ import torch
 from sevlm.data.vad import VADLexicon
 from sevlm.generate import (DecodingConfig, _explanation_history, _full_features, _Pieces, _TextState, generate,
                             parse_output)
-from sevlm.text import SequenceBuilder, sequence_text
+from sevlm.text import SequenceBuilder, model_inputs, sequence_text
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_overfits_a_handful(make_model, tok, lexicon, make_samples):
     batch = builder.collate_eval(samples)
     m.train()
     for _ in range(110):
-        out = m(**batch)
+        out = m(**model_inputs(batch))
         opt.zero_grad()
         out.loss.backward()
         opt.step()

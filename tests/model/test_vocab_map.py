@@ -13,7 +13,7 @@ from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
 from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
-from sevlm.text import IGNORE_INDEX, SequenceBuilder, TokenIds, VocabMap, sequence_text
+from sevlm.text import IGNORE_INDEX, SequenceBuilder, TokenIds, VocabMap, model_inputs, sequence_text
 
 PAIRS = [
     ("awe", "the bright sky is vast"),
@@ -123,7 +123,7 @@ def trained(cbuilder, vocab, make_samples):
     torch.set_num_threads(1)
     losses = []
     for _ in range(200):
-        out = m(**cbuilder.collate(samples, rng))
+        out = m(**model_inputs(cbuilder.collate(samples, rng)))
         out.loss.backward()
         opt.step()
         opt.zero_grad()
@@ -162,7 +162,7 @@ def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     assert run.vocab == vocab and run.builder.vocab == vocab and run.builder.ids == cbuilder.ids
     batch = cbuilder.collate_eval(samples)
     with torch.no_grad():
-        torch.testing.assert_close(run.model(**batch).logits, m(**batch).logits, atol=0, rtol=0)
+        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
     visual = batch["visual"]
     d = DecodingConfig(max_new_tokens=12)
     assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d, vocab=run.vocab)] == \
