@@ -362,7 +362,9 @@ class SequenceBuilder:
             raise DataError(f"samples have visual tokens of different shapes: {sorted(shapes)}")
         # np.stack, not torch.stack: on a loaded 2-core machine torch's threaded copy of a few
         # MB spins for ~0.1-0.2 s; numpy's single-threaded copy takes a few ms.
-        return torch.from_numpy(np.stack([np.asarray(s["tokens"], dtype=np.float32) for s in samples]))  # (I, N, D)
+        # float16 features stay float16 (half the bytes between processes; the trainer casts on the device)
+        visual = np.stack([np.asarray(s["tokens"]) for s in samples])
+        return torch.from_numpy(visual if visual.dtype == np.float16 else visual.astype(np.float32, copy=False))  # (I, N, D)
 
     def collate(self, samples: Sequence[dict], rng: np.random.Generator) -> dict[str, Any]:
         """Training batch: two sequences per image (pair sampling), images shared via `seq_image`.

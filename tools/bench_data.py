@@ -1,15 +1,22 @@
-"""Benchmark the feature cache on real paintings (not a test).
+"""Benchmark the feature cache (not a test): the training path, and extraction vs cached reads.
 
-    .venv/bin/python tools/bench_data.py [--wikiart ../shared/data/wikiart] [--limit N] [--workdir DIR]
+    .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--workdir DIR]
+    .venv/bin/python tools/bench_data.py --extract [--wikiart ../shared/data/wikiart] [--limit N]
 
-Builds a dataset folder for the WikiArt images in a temporary folder, then measures:
-  - extraction: images/s decoding + preprocessing + encoding with EfficientNet-Lite0 on CPU
-    (this is also what re-encoding every image at every step would cost);
-  - reading the cache: samples/s from WebDataset shards and from the HDF5 store, with 1 and
-    2 DataLoader workers, each sample a float32 tokens [49, 1280] tensor plus annotations;
-  - the ratio cached read / (decode + encode).
-The last line printed is a JSON object with the figures. CPU load is printed too: on a shared
-machine the figures move with what else runs.
+Default: the training-path rate, in samples/s, through the train data source exactly as the
+recipe builds it (`sevlm.train.data.open_source`: H5Source or ShardSource, micro-batch 32,
+GPT-2 tokenizer, VAD lexicon, pair sampling, fp16 batches), with 0, 1 and 2 DataLoader workers,
+for visual tokens of 49x768 and 196x768 (CLIP ViT-B/16's shape). The features come from the
+tiny-random encoder at those shapes over synthetic paintings (the reader does not care what
+encoded them). Each case reads one epoch of the train split; the rate counts the samples after
+the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Cases
+alternate over `--rounds` rounds and the medians are reported, with the load average: on a
+shared machine the figures move with what else runs.
+
+`--extract`: extraction (decode + preprocess + EfficientNet-Lite0 on CPU) on real WikiArt
+paintings against reading the cached samples, and their ratio.
+
+The last line printed is a JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,20 +78,7 @@ def timed_read(loader) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--wikiart", type=Path, default=ROOT.parent / "shared" / "data" / "wikiart")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N paintings (quick runs)")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the dataset, features and shards here")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--extract-workers", type=int, default=2)
-    args = p.parse_args(argv)
-
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="sevlm-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {load0[0]:.2f} (shared machine: figures move with other jobs)")
+def extraction_benchmark(args, work: Path) -> dict:
     n_images = build_dataset(args.wikiart, work / "dataset", args.limit)
     print(f"dataset: {n_images} paintings from {args.wikiart} -> {work / 'dataset'}")
 
@@ -116,10 +112,111 @@ def main(argv: list[str] | None = None) -> dict:
     slowest_cached = min(v for k, v in figures.items() if k.endswith("w"))
     figures["ratio_cached_vs_encode_best"] = round(best_cached / extract_ips, 1)
     figures["ratio_cached_vs_encode_slowest"] = round(slowest_cached / extract_ips, 1)
-    figures["load_average_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
-    figures["cpus"] = os.cpu_count()
     print(f"cached read vs decode+encode: {figures['ratio_cached_vs_encode_slowest']}x (slowest reader) to "
           f"{figures['ratio_cached_vs_encode_best']}x (fastest reader); target >= 20x")
+    return figures
+
+
+# ---- the training path --------------------------------------------------------------------------
+SHAPES = {"49x768": 56, "196x768": 112}  # tiny-random image size giving (size / 8)^2 tokens of 768 dims
+
+
+def build_features(work: Path, n_images: int, shape: str) -> dict[str, Path]:
+    """Synthetic paintings -> dataset folder -> HDF5 features of `shape` -> shards (train and val)."""
+    from sevlm.data.artemis import prepare_dataset
+    from sevlm.demo import make_demo_data
+
+    raw, dataset = work / "raw", work / "dataset"
+    if not (dataset / "train.json").exists():
+        make_demo_data(raw, n_images=n_images, seed=0, image_size=32, progress=False)
+        prepare_dataset(raw / "artemis_dataset_release_v0.csv", dataset, images_dir=raw / "images")
+    h5, shards = work / f"features-{shape}.h5", work / f"shards-{shape}"
+    if not h5.exists():
+        extract_features(None, dataset, "tiny-random", h5, batch_size=64, progress=False,
+                         encoder_kwargs={"image_size": SHAPES[shape], "dim": 768})
+    if not (shards / "manifest.json").exists():
+        for split in ("train", "val"):
+            write_shards(h5, dataset, split, shards, max_samples_per_shard=256, progress=False)
+    return {"dataset": dataset, "features": h5, "shards": shards}
+
+
+def training_source(paths: dict[str, Path], reader: str, workers: int, micro: int):
+    """The train data source as `TrainRecipe.setup_data` builds it."""
+    from sevlm.data.vad import VADLexicon
+    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.train.checks import feature_info
+    from sevlm.train.config import DataConfig
+    from sevlm.train.data import open_source
+
+    data = DataConfig(dataset_dir=str(paths["dataset"]), num_workers=workers,
+                      features=str(paths["features"]) if reader == "hdf5" else None,
+                      shards=str(paths["shards"]) if reader == "shards" else None)
+    nrc = ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"
+    lexicon = VADLexicon.load(nrc) if nrc.exists() else VADLexicon.demo()
+    builder = SequenceBuilder(load_tokenizer(), lexicon, max_len=30)
+    return open_source(feature_info(data.features, data.shards), data, builder.collate, micro, 0, 1, seed=0)
+
+
+def timed_epoch(source, epoch: int) -> float:
+    """Samples/s over one epoch, from the first batch on."""
+    batches = source.epoch(epoch)
+    first = next(batches)
+    assert first["visual"].dtype == torch.float16
+    t0, n = time.perf_counter(), 0
+    for b in batches:
+        n += len(b["image_ids"])
+    return n / (time.perf_counter() - t0)
+
+
+def training_path_benchmark(args, work: Path) -> dict:
+    cases = [(shape, reader, w) for shape in SHAPES for reader in ("hdf5", "shards") for w in args.workers]
+    paths = {shape: build_features(work, args.images, shape) for shape in SHAPES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DataLoader's advice on workers vs cores
+        sources = {c: training_source(paths[c[0]], c[1], c[2], args.micro) for c in cases}
+    n = sources[cases[0]].num_images
+    print(f"train split: {n} samples, micro-batch {args.micro}; {args.rounds} rounds, cases alternating")
+    rates: dict = {c: [] for c in cases}
+    loads = []
+    for r in range(args.rounds):
+        for c in cases[r % len(cases):] + cases[: r % len(cases)]:  # a different case first each round
+            rates[c].append(timed_epoch(sources[c], r))
+        loads.append(os.getloadavg()[0])
+        print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
+    figures = {"train_samples": n, "micro_batch": args.micro, "rounds": args.rounds, "load_average_per_round": loads,
+               "samples_per_s": {}}
+    print(f"\n| features | reader | {' / '.join(f'{w} workers' for w in args.workers)} (median samples/s) |")
+    print("|---|---|---|")
+    for shape in SHAPES:
+        for reader in ("hdf5", "shards"):
+            med = [statistics.median(rates[(shape, reader, w)]) for w in args.workers]
+            figures["samples_per_s"][f"{reader} {shape}"] = {str(w): round(m) for w, m in zip(args.workers, med)}
+            print(f"| {shape} | {reader} | {' / '.join(f'{m:.0f}' for m in med)} |")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", type=Path, default=None, help="keep the datasets, features and shards here")
+    p.add_argument("--images", type=int, default=1800, help="synthetic paintings (training path)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--micro", type=int, default=32, help="micro-batch (the paper's is 32)")
+    p.add_argument("--extract", action="store_true", help="extraction vs cached reads on WikiArt instead")
+    p.add_argument("--wikiart", type=Path, default=ROOT.parent / "shared" / "data" / "wikiart")
+    p.add_argument("--limit", type=int, default=None, help="--extract: use only the first N paintings")
+    p.add_argument("--batch-size", type=int, default=32, help="--extract: encoder batch")
+    p.add_argument("--extract-workers", type=int, default=2)
+    args = p.parse_args(argv)
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="sevlm-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"load average {load0[0]:.2f} (shared machine: figures move with other jobs)")
+    figures = extraction_benchmark(args, work) if args.extract else training_path_benchmark(args, work)
+    figures["load_average_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
+    figures["cpus"] = os.cpu_count()
     print(json.dumps(figures))
     return figures
 

@@ -20,6 +20,9 @@
 #       webdataset==1.0.2 braceexpand==0.1.7 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
 #       annotated-types==0.8.0 typing-inspection==0.4.5 faiss-cpu==1.15.1
 #   DS_BUILD_OPS=0 python3 -m pip wheel --no-deps --no-build-isolation -w .whl deepspeed==0.19.8   # sdist only: built here (pure Python, ops JIT-built on use)
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl pycocoevalcap==1.2   # training's BLEU-4
+#   zip -q -d .whl/pycocoevalcap-1.2-py3-none-any.whl '*.jar' '*.gz'   # 104 MB -> 18 kB: the Java
+#       parts (METEOR, SPICE, PTB tokenizer) serve `sevlm evaluate` only, not this check
 # About 23 MB in all. faiss-gpu-cu12 is left out: it needs the CUDA 12 runtime and cuBLAS
 # wheels (~0.5 GB; the image has CUDA 13's), so the FAISS stage reports its CPU fallback.
 set -euo pipefail
@@ -48,7 +51,7 @@ SITE="${GPU_CHECK_SITE:-/tmp/sevlm-site}"
 missing=()
 for pair in deepspeed:deepspeed webdataset:webdataset braceexpand:braceexpand hjson:hjson \
             pydantic:pydantic pydantic_core:pydantic_core annotated_types:annotated_types \
-            typing_inspection:typing_inspection faiss_cpu:faiss; do
+            typing_inspection:typing_inspection faiss_cpu:faiss pycocoevalcap:pycocoevalcap; do
   whl="${pair%%:*}" mod="${pair##*:}"
   "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null || missing+=("$whl")
 done

@@ -70,14 +70,15 @@ def resolve_image(images_dir: Path, name: str) -> Path | None:
     return None
 
 
-def make_sample(image_id: str, record: dict, tokens: np.ndarray, pooled: np.ndarray) -> dict[str, Any]:
-    """The sample dict of DESIGN.md; features become float32 tensors (stored as float16)."""
+def make_sample(image_id: str, record: dict, tokens: np.ndarray, pooled: np.ndarray, dtype=np.float32) -> dict[str, Any]:
+    """The sample dict of DESIGN.md; features become float32 tensors (stored as float16; training
+    readers keep float16 until the device with `dtype=np.float16`)."""
     sample = {
         "__key__": image_id,
         "image_id": image_id,
         "image_name": record["image_name"],
-        "tokens": torch.from_numpy(np.asarray(tokens, dtype=np.float32)),  # (T, D)
-        "pooled": torch.from_numpy(np.asarray(pooled, dtype=np.float32)),  # (D,)
+        "tokens": torch.from_numpy(np.asarray(tokens, dtype=dtype)),  # (T, D)
+        "pooled": None if pooled is None else torch.from_numpy(np.asarray(pooled, dtype=dtype)),  # (D,)
     }
     for field in ANNOTATION_FIELDS:
         sample[field] = record.get(field)

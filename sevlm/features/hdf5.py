@@ -595,11 +595,12 @@ class H5FeatureDataset(Dataset):
     """Map-style dataset over one split, reading features straight from F.h5 (one sample per image).
 
     Images of the split without features (failed extraction) are left out and listed in `.missing`.
+    Features come as float32 tensors, or as stored (float16) with `dtype=np.float16` (training).
     """
 
-    def __init__(self, features_path: str | Path, dataset_dir: str | Path, split: str):
+    def __init__(self, features_path: str | Path, dataset_dir: str | Path, split: str, dtype=np.float32):
         self.store = FeatureStore(features_path)
-        self.split = split
+        self.split, self.dtype = split, dtype
         records = load_split_records(dataset_dir, split)
         self.items: list[tuple[str, dict, int]] = []
         self.missing: dict[str, str] = {}
@@ -620,4 +621,4 @@ class H5FeatureDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image_id, rec, row = self.items[i]
-        return make_sample(image_id, rec, self.store.tokens(row), self.store.pooled(row))
+        return make_sample(image_id, rec, self.store.tokens(row), self.store.pooled(row), dtype=self.dtype)

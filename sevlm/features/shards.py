@@ -11,13 +11,17 @@ URL pattern: see `locate`), checks the listed files, and warns with the counts w
 partial. Each shard's sha256 is checked against the manifest the first time it is read: the
 shard is read whole and hashed before any of its samples is used, then marked verified in shared
 memory so that later epochs and DataLoader workers stream it without hashing again.
-`shard_pipeline` is an explicit list of webdataset stages:
-    shard list -> shuffle shards (seed, epoch) -> split by node (rank) -> split by worker
-    -> read tar samples (padded to the rank quota) -> shuffle samples -> decode
-Equal samples per rank per epoch: ranks take shards round-robin; every rank yields exactly
-`samples_per_rank = max over ranks of its shard total` samples, a rank with fewer samples
-repeating its own first samples (so nothing is dropped, a few samples are seen twice per
-epoch). Build one pipeline per epoch (`epoch=`), which reshuffles shards and samples.
+`shard_pipeline` shuffles the shard list (seed, epoch; the same on every rank), deals it to the
+ranks round-robin and, within a rank, to the DataLoader workers (`worker_plan`); then each
+worker runs the webdataset stages
+    read its tar samples (to its quota) -> shuffle samples -> decode [-> collate micro-batches]
+Equal samples per rank per epoch: every rank yields exactly `samples_per_rank = max over ranks
+of its shard total` samples, a rank with fewer samples repeating its own first samples (so
+nothing is dropped, a few samples are seen twice per epoch). Training asks for whole
+micro-batches, built and collated inside the workers (one tensor per batch crosses the process
+boundary, fp16 as stored); a worker's share is cut to whole batches, so up to a batch's worth
+of its samples may sit out an epoch, a different few each epoch. Build one pipeline per epoch
+(`epoch=`), which reshuffles shards and samples.
 """
 
 from __future__ import annotations
@@ -252,14 +256,36 @@ def _local_folder(where: str) -> Path | None:
     return Path(where) if scheme == "" else None
 
 
-def _read_manifest(url: str) -> dict:
-    if _local_folder(url) is not None:
-        return read_json(_local_folder(url))
+def is_path(where: str | os.PathLike) -> bool:
+    """Whether a shard location is a plain local path (else a URL or a pipe: command)."""
+    return urlparse(str(where)).scheme == ""
+
+
+def manifest_bytes(where: str | os.PathLike) -> tuple[str, bytes]:
+    """(where the manifest is, its bytes) for a shard location; DataError naming it otherwise."""
+    url = locate(where).url_of(MANIFEST)
+    local = _local_folder(url)
+    if local is not None:
+        if not local.is_file():
+            raise DataError(f"{local}: shard manifest not found; build shards with `sevlm shard`")
+        return url, local.read_bytes()
     try:
         with wds.gopen(url) as f:
-            return json.loads(f.read())
-    except Exception as e:  # curl's exit status, a bad command, not JSON ...
+            return url, f.read()
+    except Exception as e:  # curl's exit status, a failing command ...
         raise DataError(f"{url}: cannot read the shard manifest ({type(e).__name__}: {e})") from None
+
+
+def read_manifest(where: str | os.PathLike) -> tuple[str, dict]:
+    """(where the manifest is, the manifest) of a shard location (see `locate`)."""
+    url, raw = manifest_bytes(where)
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{url}: the shard manifest is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{url}: not a sevlm shard manifest")
+    return url, manifest
 
 
 @dataclass
@@ -291,10 +317,7 @@ def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "rais
     shard` run, images without features) warns once with the counts."""
     _check_policy(handle_errors)
     loc = locate(where)
-    manifest_url = loc.url_of(MANIFEST)
-    manifest = _read_manifest(manifest_url)
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_url}: not a sevlm shard manifest")
+    manifest_url, manifest = read_manifest(where)
     if split not in manifest.get("splits", {}):
         raise DataError(f"{manifest_url}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
     entry = manifest["splits"][split]
@@ -369,23 +392,43 @@ def worker_info() -> tuple[int, int]:
     return (info.num_workers, info.id) if info is not None else (1, 0)
 
 
-def split_by_node(world_size: int, rank: int) -> Callable[[Iterator], Iterator]:
-    """Explicit node splitter: rank r takes shards r, r + W, r + 2W, ..."""
+@dataclass
+class WorkerPlan:
+    """What one DataLoader worker of a rank reads and yields in an epoch (`worker_plan`)."""
 
-    def stage(src):
-        for i, item in enumerate(src):
-            if i % world_size == rank:
-                yield item
+    logical: int  # the worker whose shards, shuffle seed and batches this process takes
+    urls: list[str]  # its shards
+    quota: int  # raw samples it reads (its own stream, cut or replayed from the start to fit)
+    skip: int  # leading micro-batches already consumed (resume), read but not decoded
+    batches: list[int]  # the epoch index of each micro-batch it yields, in order
 
-    return stage
 
+def worker_plan(counts: dict[str, int], rank_urls: list[str], units: int, micro: int = 1, start: int = 0) -> WorkerPlan:
+    """This process's share of the rank's `units` micro-batches (`micro=1`: samples) of an epoch.
 
-def split_by_worker(src):
-    """Worker w of n takes every n-th of the rank's shards."""
+    Logical worker w reads the rank's shards w, w + W, ... and yields a number of micro-batches
+    in proportion to their samples (remainders go to the workers with the largest leftovers), so
+    each worker builds whole micro-batches from its own stream. A DataLoader yields its workers'
+    items round-robin, skipping exhausted ones, so the epoch's batch order is that cyclic scan:
+    a pure function of the counts. Resuming at batch `start`, DataLoader worker k plays logical
+    worker (j + k) mod W, where j owns batch `start`: the resumed scan is the rest of the old one.
+    """
     num_workers, wid = worker_info()
-    for i, item in enumerate(src):
-        if i % num_workers == wid:
-            yield item
+    own = [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
+    per = [o // micro for o in own]
+    with_data = sorted((w for w in range(num_workers) if own[w]), key=lambda w: (-(own[w] % micro), w))
+    for k in range(units - sum(per)):
+        per[with_data[k % len(with_data)]] += 1
+    order, left = [], list(per)
+    while len(order) < units:
+        for w in range(num_workers):
+            if left[w]:
+                order.append(w)
+                left[w] -= 1
+    logical = ((order[start] if start < units else 0) + wid) % num_workers
+    batches = [g for g, w in enumerate(order) if w == logical]
+    skip = sum(g < start for g in batches)
+    return WorkerPlan(logical, rank_urls[logical::num_workers], per[logical] * micro, skip, batches[skip:])
 
 
 def _check_policy(handle_errors: str) -> None:
@@ -393,48 +436,39 @@ def _check_policy(handle_errors: str) -> None:
         raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
 
 
-def read_tar_samples(shards: ShardSet, rank_urls: list[str], samples_per_rank: int, handle_errors: str):
-    """Stage: this worker's shard list ({"url": ...}) -> raw tar samples, padded so the rank yields its quota.
-
-    The rank's deficit (samples_per_rank - its own total) is spread over its workers that have
-    shards; each pads by replaying its own stream from the start. A corrupt, truncated or
-    altered shard raises DataError naming it, or with handle_errors="warn" is skipped from that
-    point with a warning (the quota is then filled by replaying, so ranks stay in step).
+def read_tar_samples(shards: ShardSet, plan: Callable[[], WorkerPlan], handle_errors: str, pooled: bool = True):
+    """Stage: -> this worker's raw tar samples, exactly its plan's quota (its own stream, replayed
+    from the start when short); `pooled=False` leaves the pooled vectors unread (training does not
+    use them). A corrupt, truncated or altered shard raises DataError naming it,
+    or with handle_errors="warn" is skipped from that point with a warning (the quota is then
+    filled by replaying, so ranks stay in step).
     """
-    counts = shards.counts
 
-    def stage(src):
-        urls = [d["url"] for d in src]
-        num_workers, wid = worker_info()
-        per_worker = [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
-        with_data = [w for w in range(num_workers) if per_worker[w] > 0]
-        deficit = samples_per_rank - sum(per_worker)
-        quota = per_worker[wid]
-        if wid in with_data:
-            k = with_data.index(wid)
-            quota += deficit // len(with_data) + (1 if k < deficit % len(with_data) else 0)
+    def stage():
+        p = plan()
         produced = 0
-        while produced < quota:
+        while produced < p.quota:
             got = 0
-            for sample in _samples_of(shards, urls, handle_errors):
-                if produced >= quota:
+            for sample in _samples_of(shards, p.urls, handle_errors, None if pooled else _not_pooled):
+                if produced >= p.quota:
                     return
                 yield sample
                 produced += 1
                 got += 1
             if got == 0:
-                raise DataError(f"shards {urls}: no readable sample left to fill this worker's quota of {quota}")
+                raise DataError(f"shards {p.urls}: no readable sample left to fill this worker's quota of {p.quota}")
 
     return stage
 
 
-def _samples_of(shards: ShardSet, urls: list[str], handle_errors: str):
+def _samples_of(shards: ShardSet, urls: list[str], handle_errors: str, select: Callable[[str], bool] | None):
     index = {sh["url"]: i for i, sh in enumerate(shards.shards)}
     for url in urls:
         try:
             stream = _open_shard(shards, index[url])
             with contextlib.closing(stream):
-                files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=wds.reraise_exception)
+                files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], select_files=select,
+                                                           handler=wds.reraise_exception)
                 yield from wds.tariterators.group_by_keys(files, handler=wds.reraise_exception)
         except Exception as e:  # a checksum mismatch; tarfile.ReadError, EOFError, OSError ... from a damaged shard
             err = e if isinstance(e, DataError) else DataError(
@@ -442,6 +476,10 @@ def _samples_of(shards: ShardSet, urls: list[str], handle_errors: str):
             if handle_errors == "raise":
                 raise err from None
             warnings.warn(f"{err}; skipping the rest of this shard")
+
+
+def _not_pooled(name: str) -> bool:
+    return not name.endswith(".pooled.npy")
 
 
 def _open_shard(shards: ShardSet, i: int):
@@ -462,18 +500,19 @@ def _open_shard(shards: ShardSet, i: int):
     return io.BytesIO(data)
 
 
-def decode_sample(raw: dict) -> dict:
-    """Raw tar sample (bytes per extension) -> the sample dict of DESIGN.md."""
+def decode_sample(raw: dict, dtype=np.float32, pooled: bool = True) -> dict:
+    """Raw tar sample (bytes per extension) -> the sample dict of DESIGN.md (features as `dtype`;
+    "pooled" None with `pooled=False`)."""
     try:
         meta = json.loads(raw["json"])
         tokens = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
-        pooled = np.load(io.BytesIO(raw["pooled.npy"]), allow_pickle=False)
+        pooled = np.load(io.BytesIO(raw["pooled.npy"]), allow_pickle=False) if pooled else None
     except (KeyError, ValueError, OSError) as e:
         raise DataError(f"{raw.get('__url__')}: sample {raw.get('__key__')!r} cannot be decoded ({type(e).__name__}: {e})") from None
-    return make_sample(meta["image_id"], meta, tokens, pooled)
+    return make_sample(meta["image_id"], meta, tokens, pooled, dtype=dtype)
 
 
-def decode(handle_errors: str = "raise"):
+def decode(handle_errors: str = "raise", dtype=np.float32, pooled: bool = True):
     """Stage: raw tar samples -> sample dicts. An undecodable sample raises DataError naming shard
     and sample, or (handle_errors="warn") is replaced by the previous good sample with a warning,
     so the rank's sample count stays equal. (Not wds.map: it would put the tar key back into
@@ -483,12 +522,29 @@ def decode(handle_errors: str = "raise"):
         last = None
         for raw in src:
             try:
-                last = decode_sample(raw)
+                last = decode_sample(raw, dtype, pooled)
             except DataError as e:
                 if handle_errors == "raise" or last is None:
                     raise
                 warnings.warn(f"{e}; repeating the previous sample in its place")
             yield last
+
+    return stage
+
+
+def batch(collate: Callable[[list[dict], int], dict], micro: int, plan: Callable[[], WorkerPlan], handle_errors: str):
+    """Stage: raw samples -> this worker's collated micro-batches, each built by
+    `collate(samples, index)` with its index in the epoch (which seeds its pair sampling). The
+    plan's skipped batches are read (the shuffle buffer must advance alike) but not decoded."""
+
+    def stage(src):
+        p = plan()
+        src = iter(src)
+        for _ in range(p.skip * micro):
+            next(src)
+        samples = decode(handle_errors, np.float16, pooled=False)(src)  # fp16 as stored, until the device
+        for index in p.batches:
+            yield collate([next(samples) for _ in range(micro)], index)
 
     return stage
 
@@ -503,12 +559,18 @@ def shard_pipeline(
     handle_errors: str = "raise",
     world_size: int | None = None,
     rank: int | None = None,
+    collate: Callable[[list[dict], int], dict] | None = None,
+    micro: int = 1,
+    start: int = 0,
 ) -> wds.DataPipeline:
     """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
 
     `shards` is an opened ShardSet (open it once and build a pipeline per epoch) or a location
     for `open_shards`. Every rank yields `pipeline.samples_per_rank` samples per epoch (see the
-    module docstring).
+    module docstring). With `collate`, each DataLoader worker yields whole micro-batches of
+    `micro` samples (float16 features) instead, `collate(samples, index)` building batch `index`
+    of the epoch; the rank yields batches `start`, `start + 1`, ... of `samples_per_rank // micro`,
+    in the same order whatever `start` (see `worker_plan`).
     """
     _check_policy(handle_errors)
     if not isinstance(shards, ShardSet):
@@ -526,30 +588,31 @@ def shard_pipeline(
         random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
     rank_urls = {r: order[r::world_size] for r in range(world_size)}
     samples_per_rank = max(sum(counts[u] for u in rank_urls[r]) for r in range(world_size))
+    if collate is None:
+        micro, start = 1, 0
+    units = samples_per_rank // micro
 
-    stages: list = [
-        wds.SimpleShardList(order),
-        split_by_node(world_size, rank),
-        split_by_worker,
-        read_tar_samples(shards, rank_urls[rank], samples_per_rank, handle_errors),
-    ]
+    def plan() -> WorkerPlan:  # evaluated in each worker process, which knows its id
+        return worker_plan(counts, rank_urls[rank], units, micro, start)
+
+    stages: list = [read_tar_samples(shards, plan, handle_errors, pooled=collate is None)]
     if shuffle:
-        stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}"))
-    stages.append(decode(handle_errors))
+        stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}", plan))
+    stages.append(decode(handle_errors) if collate is None else batch(collate, micro, plan, handle_errors))
     pipeline = wds.DataPipeline(*stages)
     pipeline.samples_per_rank = samples_per_rank
+    pipeline.batches_per_rank = units if collate is not None else None
     pipeline.manifest = shards.manifest
     pipeline.entry = shards.entry
     pipeline.shards = shards
     return pipeline
 
 
-def _sample_shuffle(bufsize: int, seed: str):
-    """Buffered sample shuffle, seeded per (seed, epoch, rank, worker) so runs repeat exactly."""
+def _sample_shuffle(bufsize: int, seed: str, plan: Callable[[], WorkerPlan]):
+    """Buffered sample shuffle, seeded per (seed, epoch, rank, logical worker) so runs repeat exactly."""
 
     def stage(src):
-        _, wid = worker_info()
-        rng = random.Random(f"{seed}-{wid}")
+        rng = random.Random(f"{seed}-{plan().logical}")
         return wds.shuffle(bufsize=bufsize, initial=bufsize, rng=rng)(src)
 
     return stage

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.io import read_json, sha256_file
+from sevlm.io import sha256_file
 
 
 @dataclass
 class FeatureInfo:
     source: str  # "features" or "shards"
-    path: Path
+    path: Path | str  # shards may be a URL
     encoder: str | None
     num_tokens: int | None
     dim: int | None
@@ -46,6 +46,11 @@ def check_decoder(decoder: str | None) -> None:
         return
     from transformers import GPT2Config
 
+    try:
+        GPT2Config.from_pretrained(decoder, local_files_only=True)  # cached or a folder: no network wait
+        return
+    except (OSError, ValueError):
+        pass
     try:
         GPT2Config.from_pretrained(decoder)
     except (OSError, ValueError) as e:  # offline and not cached, a missing folder, a malformed name
@@ -94,14 +99,12 @@ def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
         store.close()
         T, D = _token_shape(attrs.get("token_shape"))
         return FeatureInfo("features", path, attrs.get("encoder"), T, D)
-    if shards:
-        path = Path(shards)
-        manifest = path / "manifest.json"
-        if not manifest.exists():
-            raise DataError(f"{manifest}: shard manifest not found (data.shards); build shards with `sevlm shard`")
-        feats = read_json(manifest).get("features") or {}
+    if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
+        from sevlm.features.shards import read_manifest
+
+        feats = read_manifest(shards)[1].get("features") or {}
         T, D = _token_shape(feats.get("token_shape"))
-        return FeatureInfo("shards", path, feats.get("encoder"), T, D)
+        return FeatureInfo("shards", shards, feats.get("encoder"), T, D)
     raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
 
 
@@ -139,8 +142,9 @@ def model_config(model, info: FeatureInfo):
 
 def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
     """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
-    manifest_path = Path(shards) / "manifest.json"
-    m = read_json(manifest_path)
+    from sevlm.features.shards import read_manifest
+
+    manifest_path, m = read_manifest(shards)
     have = m.get("splits") or {}
     ours_path = Path(dataset_dir) / "manifest.json"
     ours = sha256_file(ours_path) if ours_path.exists() else None
@@ -178,7 +182,10 @@ def data_fingerprint(data) -> dict[str, str]:
         blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
         out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
     elif data.shards:
-        out[f"{Path(data.shards) / 'manifest.json'} (data.shards)"] = sha256_file(Path(data.shards) / "manifest.json")
+        from sevlm.features.shards import manifest_bytes
+
+        where, raw = manifest_bytes(data.shards)
+        out[f"{where} (data.shards)"] = hashlib.sha256(raw).hexdigest()
     return out
 
 

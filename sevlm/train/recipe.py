@@ -147,7 +147,7 @@ class TrainRecipe:
         self._rank_info_written = False
 
     # -- setup -------------------------------------------------------------------------------------
-    def setup(self, runtime: Runtime | None = None) -> None:
+    def setup(self) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
@@ -157,7 +157,7 @@ class TrainRecipe:
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
             checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
                                    self.run_dir)
-        self.rt = runtime or start_runtime(self.cfg)
+        self.rt = start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
         if self.resuming:
@@ -504,9 +504,11 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
             f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
         )
     cfg.out_dir = str(run_dir.resolve())
+    from sevlm.features.shards import is_path
+
     d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
     for name in ("dataset_dir", "features", "shards", "tokenizer"):
-        if getattr(d, name):
+        if getattr(d, name) and (name != "shards" or is_path(d.shards)):  # shards may be a URL
             setattr(d, name, str(Path(getattr(d, name)).resolve()))
     d.lexicon = lexicon_spec(d.lexicon)
     return cfg, run_dir, False
