@@ -25,6 +25,7 @@ Run folder:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import subprocess
@@ -290,6 +291,9 @@ class TrainRecipe:
         if rt.precision == "fp16" and scale is not None:
             row["loss_scale"] = float(scale)
         if self.engine.was_step_applied():
+            if not math.isfinite(row.get("loss", 0.0)):  # only ZeRO-0 without fp16 has no overflow check
+                raise TrainingError(f"step {st.step}: a non-finite loss was applied to the weights; ds_config "
+                                    f"{self.cfg.ds_config!r} does not skip such steps: use a ZeRO-2 ds_config")
             st.nonfinite_run = 0
             self._write_rank_info()
         else:
