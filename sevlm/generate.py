@@ -296,7 +296,10 @@ def generate(
                 warped = logp
                 for w in warpers:
                     warped = w(all_ids, warped)
-                nxt = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                drawn = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                # the label is a classification, decided greedily: only the explanation is sampled
+                in_label = torch.tensor([st.explanation_start is None for st in states], device=device)  # (B,)
+                nxt = torch.where(in_label, logp.argmax(-1), drawn)
             else:
                 nxt = logp.argmax(-1)  # (B,)
         chosen = logp[src, nxt]  # (B,)
