@@ -1,6 +1,6 @@
 """Decoding: batched greedy, beam and sampling with the KV cache, and output parsing.
 
-Every sequence starts from the prompt (`sevlm.text.PROMPT`); the model continues with
+Every sequence starts from the prompt (`sevlm.text.prompt_ids`); the model continues with
 "<label> because <explanation>" and stops at EOS or at the model's max_len tokens. How tokens
 are picked is a `DecodingConfig` (sevlm/decoding.py): strategy, beams and length
 normalisation, sampling filters with a seed, and the explanation's repetition controls
@@ -11,7 +11,7 @@ word *as completed so far* (the text of that word up to the end of the token), t
 training input uses too (`vad_for_tokens(causal=True)`); the emotion encoder keeps a
 key/value cache, so each step encodes only the new position. Its segment is `<explanation>`
 from the first " because" after the prompt on, as in training. Text is rebuilt from the
-tokens' bytes, so characters split over two tokens ("’", "é" in some words) come out whole.
+tokens' bytes, so characters split over tokens ("’", emoji, CJK) come out whole.
 With `use_cache=False` the whole sequence is re-embedded and re-encoded from scratch at every
 step (VAD recomputed from the full text): the reference the cached path must equal token for
 token, with every decoding option.
@@ -296,7 +296,10 @@ def generate(
                 warped = logp
                 for w in warpers:
                     warped = w(all_ids, warped)
-                nxt = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                drawn = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                # the label is a classification, decided greedily: only the explanation is sampled
+                in_label = torch.tensor([st.explanation_start is None for st in states], device=device)  # (B,)
+                nxt = torch.where(in_label, logp.argmax(-1), drawn)
             else:
                 nxt = logp.argmax(-1)  # (B,)
         chosen = logp[src, nxt]  # (B,)

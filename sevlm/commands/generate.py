@@ -27,7 +27,7 @@ def add_decoding_arguments(p) -> None:
     g.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
                    help="an explanation never repeats an N-token n-gram; 0 = off (default: 2)")
     g.add_argument("--repetition-penalty", type=float, default=None, metavar="P",
-                   help="penalise tokens already in the explanation; 1.0 = off (default: 1.3)")
+                   help="penalise tokens already in the explanation; 1.0 = off (default: 1.2)")
     g.add_argument("--length-penalty", type=float, default=None, metavar="A",
                    help="beams ranked by log-prob / length**A; 0 = no normalisation (default: 1.0)")
     g.add_argument("--top-k", type=int, default=None, metavar="K", help="sampling: keep the K likeliest tokens; 0 = off")

@@ -47,6 +47,11 @@ def check_decoder(decoder: str | None) -> None:
     from transformers import GPT2Config
 
     try:
+        GPT2Config.from_pretrained(decoder, local_files_only=True)  # cached or a folder: no network wait
+        return
+    except (OSError, ValueError):
+        pass
+    try:
         GPT2Config.from_pretrained(decoder)
     except (OSError, ValueError) as e:  # offline and not cached, a missing folder, a malformed name
         raise decoder_error(decoder, e) from None

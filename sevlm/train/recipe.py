@@ -25,6 +25,7 @@ Run folder:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import subprocess
@@ -147,7 +148,7 @@ class TrainRecipe:
         self._rank_info_written = False
 
     # -- setup -------------------------------------------------------------------------------------
-    def setup(self, runtime: Runtime | None = None) -> None:
+    def setup(self) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
@@ -157,7 +158,7 @@ class TrainRecipe:
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
             checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
                                    self.run_dir)
-        self.rt = runtime or start_runtime(self.cfg)
+        self.rt = start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
         if self.resuming:
@@ -290,6 +291,9 @@ class TrainRecipe:
         if rt.precision == "fp16" and scale is not None:
             row["loss_scale"] = float(scale)
         if self.engine.was_step_applied():
+            if not math.isfinite(row.get("loss", 0.0)):  # only ZeRO-0 without fp16 has no overflow check
+                raise TrainingError(f"step {st.step}: a non-finite loss was applied to the weights; ds_config "
+                                    f"{self.cfg.ds_config!r} does not skip such steps: use a ZeRO-2 ds_config")
             st.nonfinite_run = 0
             self._write_rank_info()
         else:

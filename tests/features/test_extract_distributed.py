@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_same_feature_files, kill_9_after, make_image_dataset, start_extract
+from featurekit import ROOT, assert_same_feature_files, kill_9_after, make_image_dataset, start_extract
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError
 from sevlm.features.hdf5 import FeatureStore, extract_features, part_path, partial_path, rank_share

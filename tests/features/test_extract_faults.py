@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_same_feature_files, kill_9_after, make_image_dataset, start_extract, wait_for_progress
+from featurekit import assert_same_feature_files, kill_9_after, make_image_dataset, start_extract, wait_for_progress
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import FeatureStore, extract_features, partial_path

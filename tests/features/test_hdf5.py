@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
+from featurekit import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, extract_features, partial_path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_dataset
+from featurekit import make_image_dataset
 from sevlm import cli
 from sevlm.errors import ConfigError
 from sevlm.features.hdf5 import extract_features

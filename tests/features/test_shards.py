@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import random_image, write_dataset
+from featurekit import random_image, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import H5FeatureDataset, extract_features

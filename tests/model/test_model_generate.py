@@ -143,7 +143,7 @@ def test_blocking_ignores_prompt_and_label(make_model, tok, lexicon, builder):
 
 
 def test_sampling_seeded_and_filtered(make_model, tok, lexicon):
-    m = make_model(seed=2).eval()
+    m = chatty(make_model(seed=2).eval(), tok, strength=2.0)  # reaches the explanation, where sampling acts
     visual = torch.randn(3, 5, 16)
     d = DecodingConfig(strategy="sample", seed=7, max_new_tokens=10)
     first = [h.tokens for h in generate(m, tok, lexicon, visual, d)]
@@ -154,6 +154,29 @@ def test_sampling_seeded_and_filtered(make_model, tok, lexicon):
     # top-k 1 (or a tiny nucleus) leaves only the argmax: sampling equals greedy
     assert [h.tokens for h in generate(m, tok, lexicon, visual, d.updated(top_k=1))] == greedy
     assert [h.tokens for h in generate(m, tok, lexicon, visual, d.updated(top_p=1e-6))] == greedy
+
+
+def test_sampling_keeps_the_greedy_label(make_model, tok, lexicon):
+    """The label is a classification: sampling draws explanation tokens only, so every image keeps
+    the greedy label whatever the seed, while the explanations differ."""
+    m = make_model(seed=5).eval()
+    because = m.config.because_id
+    bias = torch.zeros(m.config.vocab_size)
+    bias[because] = 3.0  # " because" within the first few tokens, after a model-chosen label
+    m.decoder.lm_head.bias = torch.nn.Parameter(bias)
+    visual = torch.randn(4, 5, 16)
+
+    def labels(hyps):
+        return [h.tokens[: h.tokens.index(because)] if because in h.tokens else None for h in hyps]
+
+    greedy = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=12, no_repeat_ngram=0, repetition_penalty=1.0))
+    assert all(lab is not None for lab in labels(greedy))
+    for seed in range(3):
+        d = DecodingConfig(strategy="sample", temperature=2.0, seed=seed, max_new_tokens=12, no_repeat_ngram=0,
+                           repetition_penalty=1.0)
+        sampled = generate(m, tok, lexicon, visual, d)
+        assert labels(sampled) == labels(greedy)
+        assert [explanation_tokens(h, because) for h in sampled] != [explanation_tokens(h, because) for h in greedy]
 
 
 def test_length_penalty_favours_longer_beams(make_model, tok, lexicon):

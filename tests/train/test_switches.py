@@ -82,8 +82,12 @@ def test_val_gen_images_none_decodes_the_whole_split(val_setup):
 
 def test_val_dominance_rule_decides_which_images_count(val_setup):
     model, builder, samples = val_setup
-    half = [dict(s, emotions=["fear", "fear", "awe", "sadness"], explanations=(list(s["explanations"]) * 4)[:4])
-            for s in samples]  # exactly half the votes for fear
+    # exactly half of all votes for fear (fear, fear, awe, sadness); dominance counts every vote, as in
+    # `sevlm evaluate`, so it is read from emotion_distribution, not from the kept annotations
+    shares = [0.0] * 9
+    shares[6], shares[1], shares[7] = 0.5, 0.25, 0.25
+    half = [dict(s, emotions=["awe"], explanations=list(s["explanations"])[:1], emotion_distribution=shares)
+            for s in samples]
     assert _validate(model, builder, half, gen_images=None, dominance="artemis")["accuracy"] is not None
     # more than half is required: no image has a dominant emotion, so there is no accuracy to report
     assert _validate(model, builder, half, gen_images=None, dominance="strict-majority")["accuracy"] is None

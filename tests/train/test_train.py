@@ -166,6 +166,9 @@ def test_nonfinite_losses_are_skipped_and_reported(tiny_config, tmp_path, monkey
     monkeypatch.setattr("sevlm.train.data.split_inputs", all_nan)
     with pytest.raises(TrainingError, match="3 non-finite losses or gradient overflows in a row"):
         train(tiny_config("schedule.max_nonfinite=3"), out_dir=tmp_path / "run_nan")
+    # ZeRO stage 0 in fp32 has no overflow check: a non-finite step is not left in the weights silently
+    with pytest.raises(TrainingError, match="step 1: a non-finite loss was applied .* use a ZeRO-2 ds_config"):
+        train(tiny_config("ds_config=zero0_fp32"), out_dir=tmp_path / "run_zero0")
 
 
 def test_upfront_errors(tiny_data, tiny_config, tmp_path):
