@@ -119,10 +119,10 @@ def _encoder_spec(config_dict: dict) -> dict | None:
             from sevlm.features.hdf5 import FeatureStore
 
             return FeatureStore(data["features"]).encoder_spec
-        if data.get("shards") and (Path(data["shards"]) / "manifest.json").is_file():
-            from sevlm.io import read_json
+        if data.get("shards"):  # a folder or a URL (sevlm.features.shards.locate)
+            from sevlm.features.shards import read_manifest
 
-            enc = (read_json(Path(data["shards"]) / "manifest.json").get("features") or {}).get("encoder_config")
+            enc = (read_manifest(data["shards"])[1].get("features") or {}).get("encoder_config")
             if enc and enc.get("name"):
                 return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
     except (SevlmError, OSError, KeyError):  # an unreadable cache must not block the export

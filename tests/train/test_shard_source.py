@@ -108,6 +108,8 @@ def test_training_streams_shards_from_a_web_server(served, shard_dir, tiny_confi
     assert json.loads((remote / "config.json").read_text())["data"]["shards"] == f"{url}/"  # not made a path
     assert json.loads((remote / "run.json").read_text())["data_source"] == f"shards: {url}/"
     assert "/manifest.json" in asked and any(p.startswith("/train-") for p in asked)
+    exported = [json.loads((run / "export" / "config.json").read_text())["encoder"] for run in (remote, local)]
+    assert exported[0] == exported[1] and exported[0]["name"] == "tiny-random"  # the manifest's record, by URL too
 
 
 def test_a_served_shard_with_other_content_is_refused_naming_its_url(served, shard_dir, tmp_path):
