@@ -79,6 +79,7 @@ def test_dominance_is_recomputed_from_every_vote(tie_refs):
     assert strict == {"half": None, "clear": "awe", "tie": None, "wrong": "anger"}
 
 
+@pytest.mark.slow
 def test_artemis_rule_gives_todays_figures(dataset_dir, good_predictions, test_refs):
     # today's figures come from the stored dominant_emotion: the recomputed artemis rule agrees
     ev = M.evaluate(good_predictions, dataset_dir / "test.json", dominance="artemis")
@@ -89,6 +90,7 @@ def test_artemis_rule_gives_todays_figures(dataset_dir, good_predictions, test_r
     assert ev.report["emotion_accuracy_n"] == len(hits) and ev.report["dominance"] == "artemis"
 
 
+@pytest.mark.slow
 def test_evaluate_command_records_the_rule(tmp_path, tie_refs):
     from tests.evaluation.test_report import evaluate_cli
 
@@ -108,6 +110,7 @@ def test_evaluate_command_records_the_rule(tmp_path, tie_refs):
     assert reports["artemis"]["BLEU-4"] == reports["strict-majority"]["BLEU-4"]
 
 
+@pytest.mark.slow
 def test_significance_follows_the_rule(tie_refs):
     from sevlm.evaluation.significance import compare
 

@@ -38,6 +38,7 @@ def test_vad_summary_hand_checkable():
     assert out["human"]["mean"] == pytest.approx([-0.7, 0.8, -0.5]) and out["human"]["coverage"] == 1.0
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_report_markdown_and_plots(tmp_path, dataset_dir, good_predictions, nrc_vad_path):
     out = tmp_path / "rep" / "REPORT.json"
     rc = evaluate_cli(["--predictions", str(good_predictions), "--references", str(dataset_dir / "test.json"),
@@ -142,6 +143,7 @@ def _images(root, refs: dict, skip: set[str]) -> dict[str, tuple]:
     return colours
 
 
+@pytest.mark.slow
 def test_example_paintings_picture(tmp_path, dataset_dir, good_predictions, test_refs):
     from PIL import Image
 

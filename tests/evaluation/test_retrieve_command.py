@@ -74,6 +74,7 @@ def test_retrieve_scores_model_and_chance(tiny_run):
     assert (tiny_run / r["figures"]["recall_curves"]).exists()
 
 
+@pytest.mark.slow
 def test_retrieve_queries(tiny_run):
     out = tiny_run / "q.json"
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query", "a calm blue sky", "--top", "3"]) == 0
@@ -95,6 +96,7 @@ def test_retrieve_bad_image(tiny_run):
         retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(tiny_run / "x.json"), "--query-image", str(tiny_run / "nope.jpg")])
 
 
+@pytest.mark.slow
 def test_evaluate_run_generates_then_scores(tiny_run):
     from sevlm.cli import main
 
@@ -122,6 +124,7 @@ def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_ru
     np.testing.assert_allclose(labelled, direct, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_query_reuses_the_cached_gallery_until_model_split_or_features_change(tiny_run, tmp_path, monkeypatch):
     import os
     import shutil

@@ -51,7 +51,8 @@ _LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", pytest.param("deepspeed", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_two_cpu_ranks_under_a_launcher_equal_a_single_process_run(tmp_path, launcher):
     exe = shutil.which(launcher, path=os.path.dirname(sys.executable))
     if exe is None:
@@ -96,6 +97,7 @@ def test_parts_from_other_settings_are_refused_before_any_encoding(tmp_path):
     assert part_path(out, 1, 2).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_rank_killed_mid_share_is_rerun_alone_and_resumes_its_part(tmp_path):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 20, empty=(1,))
     out = tmp_path / "dist.h5"

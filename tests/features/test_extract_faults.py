@@ -19,6 +19,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_uninterrupted_run(tmp_path):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24, empty=(3,))
     out = tmp_path / "resumed.h5"
@@ -33,6 +34,7 @@ def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_unint
     assert FeatureStore(out).failed == {"S0/p03.jpg": "empty file (0 bytes)"}
 
 
+@pytest.mark.slow
 def test_a_second_extract_on_the_same_output_is_refused_and_the_first_finishes_intact(tmp_path, capsys):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24)  # 12 batches of 2, 0.3 s each: time for the second
     out = tmp_path / "f.h5"

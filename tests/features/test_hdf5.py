@@ -158,6 +158,7 @@ def test_existing_output_and_mismatched_partial_are_refused(small_dataset, tmp_p
         extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, encoder_kwargs={"seed": 1}, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_the_same_file_as_an_uninterrupted_run(tmp_path):
     # S0/p03.jpg empty: a failure too, so failed/ must survive the resume
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24, empty=(3,))

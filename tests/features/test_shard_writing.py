@@ -80,6 +80,7 @@ def test_two_ranks_write_the_same_shards_and_one_manifest_as_a_single_process(fe
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
+@pytest.mark.slow
 def test_torchrun_two_ranks_shard_in_parallel(features, tmp_path):
     h5, dataset_dir = features
     write_shards(h5, dataset_dir, "train", tmp_path / "single", max_samples_per_shard=3, progress=False)

@@ -134,6 +134,7 @@ def test_corrupt_shard_error_names_it_or_is_skipped_with_a_warning(features, tmp
         shard_pipeline(out, "train")
 
 
+@pytest.mark.slow
 def test_a_same_size_shard_with_other_content_is_refused_naming_it(features, tmp_path):
     """Issue 12 (8): the manifest's sha256 is checked when a shard is first read. Old code decoded
     the altered values and trained on them silently."""
@@ -161,6 +162,7 @@ def _tar_samples(path):
     return [decode_sample(raw) for raw in wds.tariterators.tarfile_samples([{"url": str(path)}])]
 
 
+@pytest.mark.slow
 def test_each_shard_is_hashed_once_across_epochs_and_workers(features, tmp_path, monkeypatch):
     import hashlib
 
@@ -182,6 +184,7 @@ def test_each_shard_is_hashed_once_across_epochs_and_workers(features, tmp_path,
     assert fresh.verified.tolist() == [True] * 4  # set by the workers, seen here
 
 
+@pytest.mark.slow
 def test_partial_shard_sets_warn_with_the_counts(features, tmp_path):
     """Issue 12: training from partial shards warns with the count."""
     h5, dataset_dir, _ = features

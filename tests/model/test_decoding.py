@@ -104,6 +104,7 @@ def test_run_decoding_is_recorded_then_changed(run_with_split):
     assert run_decoding(run, DecodingConfig()) == DecodingConfig()
 
 
+@pytest.mark.slow
 def test_generate_writes_sidecar_and_evaluate_reads_predictions(run_with_split, tmp_path):
     run_dir, dataset, feats, _ = run_with_split
     out = tmp_path / "preds.jsonl"
@@ -126,6 +127,7 @@ def test_generate_writes_sidecar_and_evaluate_reads_predictions(run_with_split, 
     assert json.loads(report.read_text())["n_predictions"] == 3
 
 
+@pytest.mark.slow
 def test_predict_takes_decoding_flags(run_with_split, capsys):
     run_dir, _, _, images = run_with_split
     img = str(images / "img0.png")

@@ -45,6 +45,7 @@ def _features(tmp_path, name: str, **encoder_kwargs):
     return out
 
 
+@pytest.mark.slow
 def test_export_records_the_features_encoder_settings(tmp_path, make_model, tok):
     # features of a non-default encoder (what `extract --weights X` gives): predict must rebuild it
     feats = _features(tmp_path, "f24.h5", seed=3, dim=24)
@@ -60,6 +61,7 @@ def test_export_records_the_features_encoder_settings(tmp_path, make_model, tok)
     assert main(["predict", "--run", str(out), str(img), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_features_of_another_width_are_one_line(tmp_path, make_model, tok, capsys):
     feats32 = _features(tmp_path, "f32.h5")  # 32-d tokens
     cfg = {"data": {"lexicon": "demo", "encoder": {"name": "tiny-random", "settings": {"dim": 24}}, "dataset_dir": str(tmp_path / "dataset")}}
@@ -104,6 +106,7 @@ def test_unreadable_weights_without_a_recorded_checksum(tmp_path, make_model, to
         load_run(out)
 
 
+@pytest.mark.slow
 def test_image_faults_are_one_line(tmp_path, make_model, tok, capsys):
     feats = _features(tmp_path, "f32.h5")
     out = save_export(tmp_path / "export", make_model(visual_dim=32).eval(), tok,

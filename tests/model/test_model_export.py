@@ -26,6 +26,7 @@ def tiny_run(tmp_path, make_model, tok, lexicon):
     return run_dir, m
 
 
+@pytest.mark.slow
 def test_round_trip(tiny_run, builder, make_samples):
     run_dir, m = tiny_run
     export = run_dir / "export"
@@ -65,6 +66,7 @@ def _images(tmp_path, n=2):
     return paths
 
 
+@pytest.mark.slow
 def test_predict_command(tiny_run, tmp_path, capsys):
     run_dir, _ = tiny_run
     imgs = _images(tmp_path)

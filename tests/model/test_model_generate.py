@@ -233,6 +233,7 @@ def test_text_is_rebuilt_from_bytes(tok, tmp_path):
         assert any(np.array_equal(v, lex.lookup(word)) for v in cached)
 
 
+@pytest.mark.slow
 def test_overfits_a_handful(make_model, tok, lexicon, make_samples):
     """~100 Adam steps on 4 images with one annotation each: loss near zero, exact text back."""
     builder = SequenceBuilder(tok, lexicon, max_len=16)

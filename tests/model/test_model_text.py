@@ -116,6 +116,7 @@ def test_derangement():
     assert derangement(1, rng).tolist() == [-1]
 
 
+@pytest.mark.slow
 def test_words_in_progress_get_exact_lookups(nrc_vad_path, tok):
     """Real NRC-VAD and tokenizer: a piece that does not end its word gets the exact entry of
     the word so far or nothing; lemmatised, the prefix of 187 multi-piece words would borrow

@@ -131,6 +131,7 @@ def trained(cbuilder, vocab, make_samples):
     return m.eval(), samples, losses
 
 
+@pytest.mark.slow
 def test_train_and_generate(tok, lexicon, trained, vocab):
     m, samples, losses = trained
     assert np.mean(losses[-10:]) < 0.5 * losses[0]
@@ -152,6 +153,7 @@ def test_train_and_generate(tok, lexicon, trained, vocab):
         generate(m, tok, lexicon, visual[:1], DecodingConfig(max_new_tokens=2), vocab=VocabMap([1, 2, 3]))
 
 
+@pytest.mark.slow
 def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     m, samples, _ = trained
     save_export(tmp_path / "run" / "export", m, tok, {"data": {"lexicon": str(lexicon.source)}}, vocab=vocab)

@@ -305,6 +305,7 @@ def test_resume_refuses_an_edited_config_or_changed_features(tiny_data, tiny_con
         train(resume=run_dir)
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path):
     import os
     import subprocess
