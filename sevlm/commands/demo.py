@@ -17,7 +17,7 @@ HELP = "run the whole pipeline (data, features, training, evaluation, retrieval)
 EXAMPLES = """\
   sevlm demo                       # everything into ./demo_out
   sevlm demo --out /tmp/d --n-images 300 schedule.max_steps=100
-  sevlm demo --images ../shared/data/wikiart   # real paintings, synthetic annotations
+  sevlm demo --images /data/wikiart   # real paintings, synthetic annotations
 """
 
 

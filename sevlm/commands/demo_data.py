@@ -6,7 +6,7 @@ HELP = "make the synthetic demo dataset (drawn paintings, simulated annotators) 
 EXAMPLES = """\
   sevlm demo-data --out demo_data
   sevlm demo-data --out demo_small --n-images 180 --image-size 128 --seed 1
-  sevlm demo-data --out demo_wikiart --images ../shared/data/wikiart   # real paintings, synthetic labels
+  sevlm demo-data --out demo_wikiart --images /data/wikiart   # real paintings, synthetic labels
 """
 
 

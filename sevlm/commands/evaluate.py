@@ -12,7 +12,7 @@ EXAMPLES = """\
   sevlm evaluate --run runs/paper --dominance strict-majority --emo-classifier lstm \
                  --out runs/paper/report/REPORT.json          # the SEVLM authors' rule, ArtEmis's classifier
   sevlm evaluate --predictions pred.jsonl --references test.json --out R.json \\
-                 --vad-lexicon ../shared/assets/nrc-vad/NRC-VAD-Lexicon.txt --lenient
+                 --vad-lexicon /path/to/NRC-VAD-Lexicon.txt --lenient
 """
 
 
