@@ -66,6 +66,36 @@ def test_batches_keep_float16_until_the_device(shard_dir, tiny_data):
     assert torch.equal(inputs["visual"], batch["visual"].float())
 
 
+def test_workers_reuse_their_buffers_without_touching_batches_already_taken(shard_dir):
+    from sevlm.features.shards import shard_pipeline
+
+    visual_of = {s["image_id"]: torch.as_tensor(np.asarray(s["tokens"])).half()  # fp16 as stored: exact
+                 for s in shard_pipeline(shard_dir, "train", shuffle=False)}
+    kept = list(ShardSource(shard_dir, "train", "val", _collate, micro=3, rank=0, world_size=1, seed=7,
+                            num_workers=2).epoch(1))  # every batch held while the workers go on
+    assert len(kept) >= 8
+    for b in kept:
+        assert b["visual"].dtype == torch.float16
+        assert torch.equal(b["visual"], torch.stack([visual_of[i] for i in b["ids"]])), b["ids"]
+
+
+def test_a_packed_buffer_is_reused_only_once_unpacked():
+    from sevlm.train.data import pack, unpack
+
+    def batch(k):
+        return {"visual": torch.full((2, 3), k, dtype=torch.float16), "n": torch.arange(3) * k, "ids": [k]}
+
+    first, second = pack(batch(1)), pack(batch(2))
+    held = first["_buffer"]
+    assert second["_buffer"].data_ptr() != held.data_ptr()  # the first is not given back yet
+    got = unpack(first)
+    assert torch.equal(got["visual"], batch(1)["visual"]) and got["n"].tolist() == [0, 1, 2] and got["ids"] == [1]
+    third = pack(batch(3))
+    assert third["_buffer"].data_ptr() == held.data_ptr()  # reused, no fresh shared memory
+    assert unpack(third)["n"].tolist() == [0, 3, 6] and got["visual"][0, 0] == 1  # the copy out stays intact
+    assert unpack(second)["visual"][0, 0] == 2
+
+
 @pytest.fixture()
 def served(shard_dir):
     """The shard folder on a local web server (a thread): -> (base URL, the paths asked for)."""
