@@ -48,7 +48,7 @@ def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed
 
 def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device,
                         dtype) -> dict:
-    from sevlm.data.artemis import dominant_from_distribution
+    from sevlm.evaluation.metrics import entry_dominant
     from sevlm.generate import generate
 
     references, hypotheses, dominant, predicted = {}, {}, {}, {}
@@ -63,8 +63,8 @@ def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: 
             key = s["image_id"]
             references[key] = list(s["explanations"])
             hypotheses[key] = h.explanation
-            # all votes, as `sevlm evaluate` counts them (emotions keeps only the kept utterances)
-            dominant[key] = dominant_from_distribution(s["emotion_distribution"], rule=dominance)
+            # the same rule over the same votes as `sevlm evaluate` (all of them, via emotion_distribution)
+            dominant[key] = entry_dominant(s, f"validation sample {key!r}", dominance)
             predicted[key] = h.emotion
     return {
         "accuracy": emotion_accuracy(dominant, predicted),
