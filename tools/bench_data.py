@@ -1,6 +1,6 @@
 """Benchmark the feature cache (not a test): the training path, and extraction vs cached reads.
 
-    .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--workdir DIR]
+    .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--assist auto never] [--workdir DIR]
     .venv/bin/python tools/bench_data.py --extract [--wikiart ../shared/data/wikiart] [--limit N]
 
 Default: the training-path rate, in samples/s, through the train data source exactly as the
@@ -8,7 +8,8 @@ recipe builds it (`sevlm.train.data.open_source`: H5Source or ShardSource, micro
 GPT-2 tokenizer, VAD lexicon, pair sampling, fp16 batches), with 0, 1 and 2 DataLoader workers,
 for visual tokens of 49x768 and 196x768 (CLIP ViT-B/16's shape). The features come from the
 tiny-random encoder at those shapes over synthetic paintings (the reader does not care what
-encoded them). Each case reads one epoch of the train split; the rate counts the samples after
+encoded them). `--assist auto never` also times the cases with workers without the main
+process's help (`data.main_assist`), side by side. Each case reads one epoch of the train split; the rate counts the samples after
 the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Each case
 runs bare (the main process only takes the batches) and with an emulated GPU step: the main
 process waits `--gpu-step-ms` per batch with the CPU free, as it waits on a GPU, so in-process
@@ -143,7 +144,7 @@ def build_features(work: Path, n_images: int, shape: str) -> dict[str, Path]:
     return {"dataset": dataset, "features": h5, "shards": shards}
 
 
-def training_source(paths: dict[str, Path], reader: str, workers: int, micro: int):
+def training_source(paths: dict[str, Path], reader: str, workers: int, micro: int, assist: str = "auto"):
     """The train data source as `TrainRecipe.setup_data` builds it."""
     from sevlm.data.vad import VADLexicon
     from sevlm.text import SequenceBuilder, load_tokenizer
@@ -151,7 +152,7 @@ def training_source(paths: dict[str, Path], reader: str, workers: int, micro: in
     from sevlm.train.config import DataConfig
     from sevlm.train.data import open_source
 
-    data = DataConfig(dataset_dir=str(paths["dataset"]), num_workers=workers,
+    data = DataConfig(dataset_dir=str(paths["dataset"]), num_workers=workers, main_assist=assist,
                       features=str(paths["features"]) if reader == "hdf5" else None,
                       shards=str(paths["shards"]) if reader == "shards" else None)
     nrc = ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"
@@ -174,12 +175,14 @@ def timed_epoch(source, epoch: int, step_s: float) -> float:
 
 
 def training_path_benchmark(args, work: Path) -> dict:
-    cases = [(shape, reader, w) for shape in SHAPES for reader in ("hdf5", "shards") for w in args.workers]
+    # (shape, reader, workers, assist): in-process reading has no assist to vary
+    counts = [(w, a) for w in args.workers for a in (args.assist if w else ["-"])]
+    cases = [(shape, reader, w, a) for shape in SHAPES for reader in ("hdf5", "shards") for w, a in counts]
     steps = [ms / 1000 for ms in args.gpu_step_ms]
     paths = {shape: build_features(work, args.images, shape) for shape in SHAPES}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DataLoader's advice on workers vs cores
-        sources = {c: training_source(paths[c[0]], c[1], c[2], args.micro) for c in cases}
+        sources = {c: training_source(paths[c[0]], c[1], c[2], args.micro, c[3] if c[2] else "auto") for c in cases}
     n = sources[cases[0]].num_images
     print(f"train split: {n} samples, micro-batch {args.micro}; {args.rounds} rounds, cases alternating")
     rates: dict = {(c, st): [] for c in cases for st in steps}
@@ -192,15 +195,20 @@ def training_path_benchmark(args, work: Path) -> dict:
         print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
     figures = {"train_samples": n, "micro_batch": args.micro, "rounds": args.rounds, "load_average_per_round": loads,
                "samples_per_s": {}}
-    print(f"\n| features | reader | GPU step | {' / '.join(f'{w} workers' for w in args.workers)} (median samples/s) |")
-    print("|---|---|---|---|")
+    heads = [f"{w} workers" + (f" ({a})" if w and len(args.assist) > 1 else "") for w, a in counts]
+    print(f"\n| features | reader | GPU step | {' / '.join(heads)} (median samples/s) | slowest with workers / in-process |")
+    print("|---|---|---|---|---|")
     for st in steps:
         for shape in SHAPES:
             for reader in ("hdf5", "shards"):
-                med = [statistics.median(rates[((shape, reader, w), st)]) for w in args.workers]
+                med = {(w, a): statistics.median(rates[((shape, reader, w, a), st)]) for w, a in counts}
                 figures["samples_per_s"][f"{reader} {shape} step {st * 1000:g} ms"] = {
-                    str(w): round(m) for w, m in zip(args.workers, med)}
-                print(f"| {shape} | {reader} | {st * 1000:g} ms | {' / '.join(f'{m:.0f}' for m in med)} |")
+                    (f"{w} {a}" if w else "0"): round(m) for (w, a), m in med.items()}
+                ratio = ""
+                if (0, "-") in med and len(med) > 1:
+                    worst = min(m for (w, a), m in med.items() if w and a == args.assist[0])
+                    ratio = f"{worst / med[(0, '-')]:.2f}x (slowest worker count, {args.assist[0]})"
+                print(f"| {shape} | {reader} | {st * 1000:g} ms | {' / '.join(f'{m:.0f}' for m in med.values())} | {ratio} |")
     return figures
 
 
@@ -210,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=1800, help="synthetic paintings (training path)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--assist", nargs="+", default=["auto"], choices=["auto", "never", "always"],
+                   help="data.main_assist for the cases with workers; several: each side by side (first: the ratio's)")
     p.add_argument("--micro", type=int, default=32, help="micro-batch (the paper's is 32)")
     p.add_argument("--gpu-step-ms", type=float, nargs="+", default=[0, 16],
                    help="time the main process waits per batch, as on a GPU step (16 ms: 32 images at 2,000/s)")

@@ -41,6 +41,9 @@ TRAINER_DS_KEYS = (
 )
 
 
+ASSIST_MODES = ("auto", "never", "always")  # data.main_assist
+
+
 @dataclass
 class DataConfig:
     dataset_dir: str = ""
@@ -56,6 +59,9 @@ class DataConfig:
     corpus_vocab: bool = False
     vocab_min_count: int = 1
     num_workers: int = 0
+    # with workers, the main process collates a batch whenever none is ready as it comes to take
+    # one (auto), never, or always (tests); see sevlm.train.data.Assist
+    main_assist: str = "auto"
 
 
 @dataclass
@@ -128,6 +134,10 @@ class TrainConfig:
         if s.val_dominance not in DOMINANCE_RULES:
             raise ConfigError(f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, "
                               f"got {s.val_dominance!r}")
+        if self.data.main_assist not in ASSIST_MODES:
+            raise ConfigError(f"data.main_assist: expected one of {', '.join(ASSIST_MODES)}, got {self.data.main_assist!r}")
+        if self.data.num_workers < 0:
+            raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
         if self.data.vocab_min_count < 1:
             raise ConfigError(f"data.vocab_min_count: must be >= 1, got {self.data.vocab_min_count}")
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sevlm.train.config import ASSIST_MODES
+
 # Streams kept apart so the training order never shifts when validation sampling changes.
 _TRAIN, _VAL = 0, 1
 
@@ -109,43 +111,66 @@ def pack(batch: dict) -> dict:
     tensor over as its own shared-memory file (about 0.3 ms of CPU each side, 12 tensors a
     batch); one buffer makes that one. Buffers are reused once `unpack` has released them: a
     fresh one costs ~3 ms to create and ~5 ms of page faults to fill at 196x768 (9.6 MB), a
-    reused one 0.5 ms. Byte 0 of a buffer says whether it is free."""
+    reused one 0.5 ms. A pooled buffer travels once; after that the batch names it by
+    (worker pid, slot) and the main process finds the mapping it kept (passing a buffer's file
+    descriptor again costs ~1.5 ms a batch, mostly in the worker, whose sharing thread answers
+    it). Byte 0 of a buffer says whether it is free."""
     layout, size = [], _HEADER
     for k, v in batch.items():
         if torch.is_tensor(v):
             layout.append((k, v.dtype, tuple(v.shape), size))
             size += -(-v.numel() * v.element_size() // 8) * 8  # 8-byte aligned: any dtype can view it
-    buffer = _free_buffer(size)
+    buffer, slot = _free_buffer(size)
     buffer[0] = 0  # in use until the main process has copied it out
     for k, dtype, shape, at in layout:  # numpy's single-threaded copy (torch's threaded one spins on a busy machine)
         np.copyto(_view(buffer, dtype, shape, at).numpy(), batch[k].numpy())
-    return {"_buffer": buffer, "_layout": layout, **{k: v for k, v in batch.items() if not torch.is_tensor(v)}}
+    packed = {"_layout": layout, **{k: v for k, v in batch.items() if not torch.is_tensor(v)}}
+    if slot is None or not _pool[2][slot]:  # unpooled, or this slot's first trip
+        packed["_buffer"] = buffer
+    if slot is not None:
+        packed["_slot"] = (os.getpid(), slot)
+        _pool[2][slot] = True
+    return packed
 
 
 _HEADER = 8  # byte 0: 1 when the buffer is free; 8 bytes keep the tensors aligned
 _POOL_SIZE = 6  # buffers a worker keeps: its prefetched batches (2) and those the main process is copying
-_pool: tuple[int, list[torch.Tensor]] = (-1, [])  # (pid, buffers): a forked process starts its own
+# (pid, buffers, whether each has been handed over once): a forked process starts its own
+_pool: tuple[int, list[torch.Tensor], list[bool]] = (-1, [], [])
+_KEPT: dict[tuple[int, int], torch.Tensor] = {}  # `unpack`'s default record of the slots it has seen
 
 
-def _free_buffer(size: int) -> torch.Tensor:
+def _free_buffer(size: int) -> tuple[torch.Tensor, int | None]:
+    """(a free buffer of at least `size` bytes, its pool slot or None when unpooled)."""
     global _pool
     if _pool[0] != os.getpid():
-        _pool = (os.getpid(), [])
+        _pool = (os.getpid(), [], [])
     buffers = _pool[1]
-    for buffer in buffers:
+    for slot, buffer in enumerate(buffers):
         if buffer[0] == 1 and buffer.numel() >= size:
-            return buffer
+            return buffer, slot
     # allocated in shared memory (share_memory_() would copy)
     buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
     if len(buffers) < _POOL_SIZE:
         buffers.append(buffer)
-    return buffer
+        _pool[2].append(False)
+        return buffer, len(buffers) - 1
+    return buffer, None
 
 
-def unpack(packed: dict) -> dict:
+def unpack(packed: dict, kept: dict | None = None) -> dict:
     """The batch of a `pack`ed one, copied out of the worker's buffer (into page-locked memory
-    when a GPU takes it), which is then marked free for the worker to reuse."""
-    buffer, layout = packed.pop("_buffer"), packed.pop("_layout")
+    when a GPU takes it), which is then marked free for the worker to reuse. `kept` maps the
+    pooled buffers already received to their mapping (one per epoch's loader: its workers'
+    buffers go with it)."""
+    kept = _KEPT if kept is None else kept
+    layout, slot = packed.pop("_layout"), packed.pop("_slot", None)
+    slot = None if slot is None else tuple(slot)  # the DataLoader hands tuples over as lists
+    buffer = packed.pop("_buffer", None)
+    if buffer is None:
+        buffer = kept[slot]
+    elif slot is not None:
+        kept[slot] = buffer
     end = max((at + math.prod(shape) * torch.empty((), dtype=dtype).element_size() for _, dtype, shape, at in layout),
               default=_HEADER)
     local = torch.empty(end, dtype=torch.uint8, pin_memory=_pin())
@@ -159,13 +184,112 @@ def _view(buffer: torch.Tensor, dtype: torch.dtype, shape: tuple, at: int) -> to
     return buffer[at : at + n].view(dtype).view(shape)
 
 
-def _batches(dataset, num_workers: int, seed: int, epoch: int) -> Iterator[dict]:
-    """Iterate `dataset` (whole batches, `pack`ed when built in workers) through a DataLoader."""
+# ---- the main process collates when it would otherwise wait -------------------------------------
+class Assist:
+    """One epoch's hand-off between the main process and its DataLoader workers.
+
+    A worker reads a batch's samples, then either collates it (`pack`) or ships the samples
+    uncollated (`pack_samples`) for the main process to collate. In mode "auto" it ships them
+    while the main process is short of batches: when the main process comes to take a batch and
+    none is ready, shipping starts; when the workers have filled the DataLoader's prefetch
+    (`depth` batches ready), it stops. Bare, with one worker on a 2-core machine, reading and
+    collating then run side by side; beside a GPU step that the workers keep up with, the
+    prefetch stays full and every batch is collated in a worker. "never" turns it off, "always"
+    ships every batch uncollated (tests). "auto" with as many workers as cores also never ships:
+    the main process has no core of its own to collate on. A batch is a pure function of its
+    samples and its RNG, so who collates it changes nothing in it.
+    """
+
+    def __init__(self, mode: str, num_workers: int, depth: int = 2):
+        if mode not in ASSIST_MODES:
+            raise ValueError(f"main-process assist: expected one of {', '.join(ASSIST_MODES)}, got {mode!r}")
+        import multiprocessing as mp
+
+        if mode == "auto" and num_workers >= _cores():
+            mode = "never"
+        self.mode, self.depth = mode, depth * max(1, num_workers)  # depth: the DataLoader's prefetch_factor
+        self._short = mp.RawValue("b", mode == "always")  # inherited by the workers (shared memory)
+        self._made = mp.RawArray("q", max(1, num_workers))  # batches each worker has finished
+
+    def ship_samples(self) -> bool:
+        """In a worker, before collating: whether to hand this batch's samples over instead."""
+        return self.mode != "never" and bool(self._short.value)
+
+    def made_one(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        self._made[info.id if info is not None else 0] += 1
+
+    def taking(self, taken: int) -> None:
+        """In the main process, before taking batch number `taken` (0-based) of the epoch."""
+        if self.mode == "auto":
+            ready = sum(self._made) - taken
+            if ready <= 0 or ready >= self.depth:  # in between: as it was
+                self._short.value = ready <= 0
+
+
+def _cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_build(collate: Callable[[list[dict], np.random.Generator], dict], assist: Assist):
+    """(samples, rng) -> the batch as a worker hands it over: collated and packed, or its samples
+    packed uncollated when `assist` says so (the main process then collates them)."""
+
+    def build(samples: list[dict], rng: np.random.Generator) -> dict:
+        out = pack_samples(samples, rng) if assist.ship_samples() else pack(collate(samples, rng))
+        assist.made_one()
+        return out
+
+    return build
+
+
+def pack_samples(samples: list[dict], rng: np.random.Generator) -> dict:
+    """A batch's samples, uncollated: their tensors in one shared-memory buffer (`pack`), the rest
+    and the batch's RNG as they are."""
+    tensors = {f"{i}.{k}": v for i, s in enumerate(samples) for k, v in s.items() if torch.is_tensor(v)}
+    rest = [{k: v for k, v in s.items() if not torch.is_tensor(v)} for s in samples]
+    return {**pack(tensors), "_samples": (rest, rng)}
+
+
+def collate_packed(packed: dict, collate: Callable[[list[dict], np.random.Generator], dict],
+                   kept: dict | None = None) -> dict:
+    """The batch of a `pack_samples` hand-over, collated here (pinned when a GPU takes it)."""
+    rest, rng = packed.pop("_samples")
+    samples = [dict(r) for r in rest]
+    for key, v in unpack(packed, kept).items():  # copied out: the worker's buffer is free again
+        i, k = key.split(".", 1)
+        samples[int(i)][k] = v
+    batch = collate(samples, rng)
+    if _pin():
+        batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch
+
+
+def _batches(dataset, num_workers: int, seed: int, epoch: int, collate=None, assist: Assist | None = None) -> Iterator[dict]:
+    """Iterate `dataset` (whole batches, `pack`ed when built in workers, or their samples when
+    `assist` had them shipped, collated here with `collate`) through a DataLoader."""
     # `unpack` pins the batches built in workers, as it copies them out of shared memory
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                         pin_memory=_pin() and not num_workers,
                         generator=loader_generator(seed, epoch))
-    return (unpack(b) for b in loader) if num_workers else iter(loader)
+    if not num_workers:
+        return iter(loader)
+    return _take(loader, collate, assist)
+
+
+def _take(loader: DataLoader, collate, assist: Assist | None) -> Iterator[dict]:
+    batches = iter(loader)
+    taken, kept = 0, {}  # kept: the workers' buffers, mapped once each
+    while True:
+        if assist is not None:
+            assist.taking(taken)
+        try:
+            packed = next(batches)
+        except StopIteration:
+            return
+        taken += 1
+        yield collate_packed(packed, collate, kept) if "_samples" in packed else unpack(packed, kept)
 
 
 class H5Source:
@@ -177,7 +301,7 @@ class H5Source:
     """
 
     def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
-                 world_size: int, seed: int, num_workers: int = 0):
+                 world_size: int, seed: int, num_workers: int = 0, assist: str = "auto"):
         from sevlm.features.hdf5 import H5FeatureDataset
         from sevlm.train.checks import check_split_features
 
@@ -186,15 +310,16 @@ class H5Source:
         for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
             check_split_features(ds, split, str(path))
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.assist = seed, num_workers, assist
         self.num_images = len(self.train_set)
         self.batches_per_epoch = batches_per_epoch(self.num_images, micro, world_size)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank."""
-        collate = (lambda samples, rng: pack(self.collate(samples, rng))) if self.num_workers else self.collate
+        assist = Assist(self.assist, self.num_workers) if self.num_workers else None
+        collate = worker_build(self.collate, assist) if assist else self.collate
         ds = EpochBatches(self.train_set, collate, self.micro, self.rank, self.world, self.seed, epoch, start)
-        return _batches(ds, self.num_workers, self.seed, epoch)
+        return _batches(ds, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
         return self.val_set
@@ -210,12 +335,12 @@ class ShardSource:
     """
 
     def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
-                 seed: int, num_workers: int = 0):
+                 seed: int, num_workers: int = 0, assist: str = "auto"):
         from sevlm.features.shards import open_shards, shard_pipeline
 
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.assist = seed, num_workers, assist
         # opened once: the manifest read, the files checked, each shard's sha256 verified on first read
         self.train_shards = open_shards(self.path, train_split)
         probe = shard_pipeline(self.train_shards, world_size=world_size, rank=rank)
@@ -228,13 +353,15 @@ class ShardSource:
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank, built in the workers."""
         from sevlm.features.shards import shard_pipeline
 
+        assist = Assist(self.assist, self.num_workers) if self.num_workers else None
+        build = worker_build(self.collate, assist) if assist else self.collate
+
         def collate(samples, index):
-            batch = self.collate(samples, batch_rng(self.seed, _TRAIN, epoch, index))
-            return pack(batch) if self.num_workers else batch
+            return build(samples, batch_rng(self.seed, _TRAIN, epoch, index))
 
         pipe = shard_pipeline(self.train_shards, shuffle=True, seed=self.seed, epoch=epoch, world_size=self.world,
                               rank=self.rank, collate=collate, micro=self.micro, start=start)
-        return _batches(pipe, self.num_workers, self.seed, epoch)
+        return _batches(pipe, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
         if self._val is None:  # small: read once, in file order, on every rank
@@ -247,7 +374,7 @@ class ShardSource:
 def open_source(info, data, collate, micro: int, rank: int, world_size: int, seed: int) -> H5Source | ShardSource:
     """The data source that `info` (checks.feature_info) names, for `data` (a DataConfig)."""
     common = dict(collate=collate, micro=micro, rank=rank, world_size=world_size, seed=seed,
-                  num_workers=data.num_workers)
+                  num_workers=data.num_workers, assist=data.main_assist)
     if info.source == "features":
         return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common)
     return ShardSource(info.path, data.train_split, data.val_split, **common)

@@ -86,12 +86,13 @@ def test_a_packed_buffer_is_reused_only_once_unpacked():
         return {"visual": torch.full((2, 3), k, dtype=torch.float16), "n": torch.arange(3) * k, "ids": [k]}
 
     first, second = pack(batch(1)), pack(batch(2))
-    held = first["_buffer"]
+    held, held_slot = first["_buffer"], first["_slot"]
     assert second["_buffer"].data_ptr() != held.data_ptr()  # the first is not given back yet
     got = unpack(first)
     assert torch.equal(got["visual"], batch(1)["visual"]) and got["n"].tolist() == [0, 1, 2] and got["ids"] == [1]
     third = pack(batch(3))
-    assert third["_buffer"].data_ptr() == held.data_ptr()  # reused, no fresh shared memory
+    # reused, no fresh shared memory; named by its slot, not sent again
+    assert "_buffer" not in third and third["_slot"] == held_slot
     assert unpack(third)["n"].tolist() == [0, 3, 6] and got["visual"][0, 0] == 1  # the copy out stays intact
     assert unpack(second)["visual"][0, 0] == 2
 
