@@ -20,6 +20,18 @@ def tiny_data(tmp_path_factory) -> dict:
     return {"root": root, "dataset": root / "dataset", "features": root / "features.h5"}
 
 
+@pytest.fixture(scope="session")
+def shard_dir(tiny_data, tmp_path_factory) -> Path:
+    """The tiny features as shards, train and val."""
+    from sevlm.features.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    for split in ("train", "val"):
+        # 5-sample shards: two workers get unequal sample counts, hence unequal batch counts
+        write_shards(tiny_data["features"], tiny_data["dataset"], split, out, max_samples_per_shard=5, progress=False)
+    return out
+
+
 def tiny_overrides(data: dict, *extra: str) -> list[str]:
     return [f"data.dataset_dir={data['dataset']}", f"data.features={data['features']}", *extra]
 

@@ -8,16 +8,7 @@ import pytest
 import torch
 
 from sevlm.errors import ConfigError
-from sevlm.features.shards import write_shards
 from sevlm.train import data as D
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("assist_shards")
-    for split in ("train", "val"):
-        write_shards(tiny_data["features"], tiny_data["dataset"], split, out, max_samples_per_shard=5, progress=False)
-    return out
 
 
 def _collate(samples, rng):

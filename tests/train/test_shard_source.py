@@ -6,17 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sevlm.features.shards import write_shards
 from sevlm.train.data import ShardSource
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    for split in ("train", "val"):
-        # 5-sample shards: two workers get unequal sample counts, hence unequal batch counts
-        write_shards(tiny_data["features"], tiny_data["dataset"], split, out, max_samples_per_shard=5, progress=False)
-    return out
 
 
 def _collate(samples, rng):
