@@ -22,11 +22,12 @@ Timings exclude the first (warm-up) step. Samples are images; each image trains 
 
 3. `--sweep`: throughput tuning through the trainer's own recipe (`TrainRecipe.setup()` and
    `train_step`, data loading included) over a grid of micro-batch, gradient accumulation,
-   DataLoader workers, precision and ZeRO stage, each setting in its own subprocess. It prints
+   DataLoader workers, the main process's help (`assist`: data.main_assist), precision and ZeRO stage, each setting in its own subprocess. It prints
    a table of samples/s and peak memory and the best setting as a config override line:
 
     python tools/bench_train.py --sweep                          # small default grid, the demo config
-    python tools/bench_train.py --sweep --grid micro=8,16,32 accum=1,2 workers=0,2 precision=fp32,bf16 zero=0,1,2 \
+    python tools/bench_train.py --sweep --grid micro=8,16,32 accum=1,2 workers=0,1,2 assist=auto,never \
+        precision=fp32,bf16 zero=0,1,2 \
         --sweep-config paper --features F.h5 --dataset DS       # your own config and features
 
    Without --features it builds synthetic 49x768 features (tiny-random encoder) in --workdir.
@@ -279,9 +280,11 @@ def run_case(case: dict) -> dict:
 
 
 # ---- --sweep ------------------------------------------------------------------------------------
-SWEEP_GRID = {"micro": [8, 16], "accum": [1], "workers": [0, 2], "precision": ["fp32"], "zero": [0, 2]}
+SWEEP_GRID = {"micro": [8, 16], "accum": [1], "workers": [0, 2], "assist": ["auto"], "precision": ["fp32"],
+              "zero": [0, 2]}
 OVERRIDE_KEYS = {"micro": "schedule.micro_batch", "accum": "schedule.grad_accum", "workers": "data.num_workers",
-                 "precision": "precision"}
+                 "assist": "data.main_assist", "precision": "precision"}
+TEXT_KEYS = ("assist", "precision")  # grid values kept as strings
 
 
 def ds_config_for(zero: int, precision: str, work: Path) -> str:
@@ -344,7 +347,7 @@ def _grid(items: list[str] | None) -> dict:
         key, _, values = item.partition("=")
         if key not in grid or not values:
             raise SystemExit(f"--grid {item!r}: use KEY=V1,V2 with KEY one of {', '.join(grid)}")
-        grid[key] = [v if key == "precision" else int(v) for v in values.split(",")]
+        grid[key] = [v if key in TEXT_KEYS else int(v) for v in values.split(",")]
     return grid
 
 
@@ -366,20 +369,25 @@ def sweep(args) -> int:
     grid = _grid(args.grid)
     load = [round(os.getloadavg()[0], 2)]
     rows = []
-    for k, values in enumerate(itertools.product(*grid.values())):
-        case = dict(zip(grid, values), config=args.sweep_config, encoder=encoder, steps=args.steps, device=device,
+    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    # without workers nobody assists: one case for all the assist values
+    settings = [c for c in settings if c["workers"] or c["assist"] == grid["assist"][0]]
+    for k, setting in enumerate(settings):
+        case = dict(setting, config=args.sweep_config, encoder=encoder, steps=args.steps, device=device,
                     sweep=True, run_dir=str(work / f"run{k}"), **data)
         case["ds_config"] = ds_config_for(case["zero"], case["precision"], work)
         r = _run_subprocess(case)
         rows.append(r)
-        print(f"{r['micro']:>5} {r['accum']:>5} {r['workers']:>7} {r['precision']:>9} {r['zero']:>4}: "
+        print(f"{r['micro']:>5} {r['accum']:>5} {r['workers']:>7} {r['assist']:>6} {r['precision']:>9} {r['zero']:>4}: "
               f"{r['samples_per_s']:8.1f} samples/s, peak {r['peak_mem_mib']:8.1f} MiB", file=sys.stderr, flush=True)
     load.append(round(os.getloadavg()[0], 2))
     print(f"\nsweep of {args.sweep_config} on {device} ({os.cpu_count()} CPU cores), {args.steps} timed steps each, "
           f"load average {load[0]} -> {load[1]}\n")
-    print("| micro | accum | workers | precision | ZeRO | samples/s | peak MiB |\n|---|---|---|---|---|---|---|")
+    print("| micro | accum | workers | main assist | precision | ZeRO | samples/s | peak MiB |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['micro']} | {r['accum']} | {r['workers']} | {r['precision']} | {r['zero']} | "
+        print(f"| {r['micro']} | {r['accum']} | {r['workers']} | {r['assist'] if r['workers'] else '-'} | "
+              f"{r['precision']} | {r['zero']} | "
               f"{r['samples_per_s']:.1f} | {r['peak_mem_mib']:.0f} |")
     best = max(rows, key=lambda r: r["samples_per_s"])
     line = " ".join(f"{OVERRIDE_KEYS[k]}={best[k]}" for k in OVERRIDE_KEYS) + f" ds_config={best['ds_config']}"
@@ -402,7 +410,7 @@ def autotune(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="sevlm-autotune-"))
     (work / "ds.json").write_text(json.dumps(ds))
     end = int(ds.get("autotuning", {}).get("end_profile_step", 5))
-    case = {"micro": micro, "accum": accum, "workers": args.workers, "precision": precision, "zero": None,
+    case = {"micro": micro, "accum": accum, "workers": args.workers, "assist": "auto", "precision": precision, "zero": None,
             "ds_config": str(work / "ds.json"), "config": args.sweep_config, "dataset": str(Path(args.dataset).resolve()),
             "features": str(Path(args.features).resolve()), "encoder": _feature_encoder(args.features),
             "steps": end + 1, "device": "cuda", "run_dir": str(work / "run")}
