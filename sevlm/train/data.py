@@ -141,21 +141,32 @@ _KEPT: dict[tuple[int, int], torch.Tensor] = {}  # `unpack`'s default record of 
 
 
 def _free_buffer(size: int) -> tuple[torch.Tensor, int | None]:
-    """(a free buffer of at least `size` bytes, its pool slot or None when unpooled)."""
+    """(a free buffer of at least `size` bytes, its pool slot or None when unpooled). A free
+    pooled buffer too small for `size` (a batch shipped uncollated first, a collated one now) is
+    replaced in its slot, which then travels again."""
     global _pool
     if _pool[0] != os.getpid():
         _pool = (os.getpid(), [], [])
-    buffers = _pool[1]
-    for slot, buffer in enumerate(buffers):
-        if buffer[0] == 1 and buffer.numel() >= size:
-            return buffer, slot
-    # allocated in shared memory (share_memory_() would copy)
-    buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
-    if len(buffers) < _POOL_SIZE:
-        buffers.append(buffer)
-        _pool[2].append(False)
-        return buffer, len(buffers) - 1
+    buffers, sent = _pool[1], _pool[2]
+    free = [slot for slot, buffer in enumerate(buffers) if buffer[0] == 1]
+    for slot in free:
+        if buffers[slot].numel() >= size:
+            return buffers[slot], slot
+    buffer = _shared(size + size // 8)  # headroom: batches of one run differ a little in size
+    if free or len(buffers) < _POOL_SIZE:
+        slot = free[0] if free else len(buffers)
+        if free:
+            buffers[slot], sent[slot] = buffer, False
+        else:
+            buffers.append(buffer)
+            sent.append(False)
+        return buffer, slot
     return buffer, None
+
+
+def _shared(size: int) -> torch.Tensor:
+    """`size` bytes of shared memory (share_memory_() would copy)."""
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
 
 
 def unpack(packed: dict, kept: dict | None = None) -> dict:

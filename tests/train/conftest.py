@@ -32,6 +32,15 @@ def shard_dir(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture()
+def fresh_pool(monkeypatch):
+    """This process's pool of pack buffers, empty (tests that pack in the main process share it)."""
+    from sevlm.train import data
+
+    monkeypatch.setattr(data, "_pool", (-1, [], []))
+    monkeypatch.setattr(data, "_KEPT", {})
+
+
 def tiny_overrides(data: dict, *extra: str) -> list[str]:
     return [f"data.dataset_dir={data['dataset']}", f"data.features={data['features']}", *extra]
 

@@ -87,7 +87,7 @@ def test_auto_ships_samples_only_while_the_main_process_is_short(monkeypatch):
         D.Assist("sometimes", 1)
 
 
-def test_a_pooled_buffer_travels_once_then_by_its_slot():
+def test_a_pooled_buffer_travels_once_then_by_its_slot(fresh_pool):
     kept: dict = {}
     batch = {"visual": torch.arange(6, dtype=torch.float16).view(2, 3), "ids": ["a", "b"]}
     first = D.pack(batch)
@@ -130,3 +130,18 @@ def test_training_losses_do_not_depend_on_who_collates(tiny_config, tmp_path):
     # HDF5 batches are a pure function of (seed, epoch, batch): the same with or without workers
     assert losses("always", "data.num_workers=1", "data.main_assist=always") == in_process
     assert losses("never", "data.num_workers=1", "data.main_assist=never") == in_process
+
+
+def test_a_free_buffer_too_small_is_replaced_in_its_slot_and_travels_again(fresh_pool):
+    kept: dict = {}
+    small = {"visual": torch.ones(2, 3, dtype=torch.float16)}
+    first = D.pack(small)
+    slot = first["_slot"]
+    D.unpack(first, kept)
+    big = {"visual": torch.full((64, 64), 2, dtype=torch.float16)}
+    second = D.pack(big)  # the free buffer in `slot` is too small: replaced there, sent again
+    assert second["_slot"] == slot and "_buffer" in second
+    assert torch.equal(D.unpack(second, kept)["visual"], big["visual"])
+    third = D.pack(small)  # the bigger buffer now serves small batches too, by its slot alone
+    assert third["_slot"] == slot and "_buffer" not in third
+    assert torch.equal(D.unpack(third, kept)["visual"], small["visual"])

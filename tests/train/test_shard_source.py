@@ -69,7 +69,7 @@ def test_workers_reuse_their_buffers_without_touching_batches_already_taken(shar
         assert torch.equal(b["visual"], torch.stack([visual_of[i] for i in b["ids"]])), b["ids"]
 
 
-def test_a_packed_buffer_is_reused_only_once_unpacked():
+def test_a_packed_buffer_is_reused_only_once_unpacked(fresh_pool):
     from sevlm.train.data import pack, unpack
 
     def batch(k):
