@@ -207,7 +207,8 @@ class Assist:
     collating then run side by side; beside a GPU step that the workers keep up with, the
     prefetch stays full and every batch is collated in a worker. "never" turns it off, "always"
     ships every batch uncollated (tests). "auto" with as many workers as cores also never ships:
-    the main process has no core of its own to collate on. A batch is a pure function of its
+    the main process has no core of its own to collate on (a node's cores are shared by its
+    ranks, `_cores`). A batch is a pure function of its
     samples and its RNG, so who collates it changes nothing in it.
     """
 
@@ -239,8 +240,14 @@ class Assist:
 
 
 def _cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Cores this process may count as its own: those it may run on, shared with the other ranks
+    of its node (torchrun's LOCAL_WORLD_SIZE, the deepspeed launcher's LOCAL_SIZE)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    except ValueError:
+        local = 1
+    return max(1, cores // max(1, local))
 
 
 def worker_build(collate: Callable[[list[dict], np.random.Generator], dict], assist: Assist):

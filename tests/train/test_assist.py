@@ -145,3 +145,20 @@ def test_a_free_buffer_too_small_is_replaced_in_its_slot_and_travels_again(fresh
     third = D.pack(small)  # the bigger buffer now serves small batches too, by its slot alone
     assert third["_slot"] == slot and "_buffer" not in third
     assert torch.equal(D.unpack(third, kept)["visual"], small["visual"])
+
+
+def test_the_cores_of_a_node_are_shared_by_its_ranks(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    for var in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert D._cores() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun
+    assert D._cores() == 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("LOCAL_SIZE", "8")  # the deepspeed launcher
+    assert D._cores() == 2
+    assert D.Assist("auto", num_workers=2).mode == "never"  # 2 workers on its 2 cores: no core left to collate
+    monkeypatch.setenv("LOCAL_SIZE", "32")
+    assert D._cores() == 1
