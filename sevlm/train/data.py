@@ -208,8 +208,8 @@ class Assist:
     prefetch stays full and every batch is collated in a worker. "never" turns it off, "always"
     ships every batch uncollated (tests). "auto" with as many workers as cores also never ships:
     the main process has no core of its own to collate on (a node's cores are shared by its
-    ranks, `_cores`). A batch is a pure function of its
-    samples and its RNG, so who collates it changes nothing in it.
+    ranks, `_cores`). A batch is a pure function of its samples and its RNG, so who collates it
+    changes nothing in it.
     """
 
     def __init__(self, mode: str, num_workers: int, depth: int = 2):
