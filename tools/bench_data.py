@@ -9,8 +9,8 @@ GPT-2 tokenizer, VAD lexicon, pair sampling, fp16 batches), with 0, 1 and 2 Data
 for visual tokens of 49x768 and 196x768 (CLIP ViT-B/16's shape). The features come from the
 tiny-random encoder at those shapes over synthetic paintings (the reader does not care what
 encoded them). `--assist auto never` also times the cases with workers without the main
-process's help (`data.main_assist`), side by side. Each case reads one epoch of the train split; the rate counts the samples after
-the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Each case
+process's help (`data.main_assist`), side by side. Each case reads one epoch of the train
+split; the rate counts the samples after the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Each case
 runs bare (the main process only takes the batches) and with an emulated GPU step: the main
 process waits `--gpu-step-ms` per batch with the CPU free, as it waits on a GPU, so in-process
 reading adds to the step while workers read during it. Cases

@@ -22,8 +22,9 @@ Timings exclude the first (warm-up) step. Samples are images; each image trains 
 
 3. `--sweep`: throughput tuning through the trainer's own recipe (`TrainRecipe.setup()` and
    `train_step`, data loading included) over a grid of micro-batch, gradient accumulation,
-   DataLoader workers, the main process's help (`assist`: data.main_assist), precision and ZeRO stage, each setting in its own subprocess. It prints
-   a table of samples/s and peak memory and the best setting as a config override line:
+   DataLoader workers, the main process's help (`assist`: data.main_assist), precision and ZeRO
+   stage, each setting in its own subprocess. It prints a table of samples/s and peak memory
+   and the best setting as a config override line:
 
     python tools/bench_train.py --sweep                          # small default grid, the demo config
     python tools/bench_train.py --sweep --grid micro=8,16,32 accum=1,2 workers=0,1,2 assist=auto,never \

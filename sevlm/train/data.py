@@ -137,7 +137,6 @@ _HEADER = 8  # byte 0: 1 when the buffer is free; 8 bytes keep the tensors align
 _POOL_SIZE = 6  # buffers a worker keeps: its prefetched batches (2) and those the main process is copying
 # (pid, buffers, whether each has been handed over once): a forked process starts its own
 _pool: tuple[int, list[torch.Tensor], list[bool]] = (-1, [], [])
-_KEPT: dict[tuple[int, int], torch.Tensor] = {}  # `unpack`'s default record of the slots it has seen
 
 
 def _free_buffer(size: int) -> tuple[torch.Tensor, int | None]:
@@ -153,15 +152,16 @@ def _free_buffer(size: int) -> tuple[torch.Tensor, int | None]:
         if buffers[slot].numel() >= size:
             return buffers[slot], slot
     buffer = _shared(size + size // 8)  # headroom: batches of one run differ a little in size
-    if free or len(buffers) < _POOL_SIZE:
-        slot = free[0] if free else len(buffers)
-        if free:
-            buffers[slot], sent[slot] = buffer, False
-        else:
-            buffers.append(buffer)
-            sent.append(False)
-        return buffer, slot
-    return buffer, None
+    if free:  # replaces a free buffer too small
+        slot = free[0]
+        buffers[slot], sent[slot] = buffer, False
+    elif len(buffers) < _POOL_SIZE:
+        slot = len(buffers)
+        buffers.append(buffer)
+        sent.append(False)
+    else:
+        return buffer, None
+    return buffer, slot
 
 
 def _shared(size: int) -> torch.Tensor:
@@ -169,12 +169,11 @@ def _shared(size: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
 
 
-def unpack(packed: dict, kept: dict | None = None) -> dict:
+def unpack(packed: dict, kept: dict) -> dict:
     """The batch of a `pack`ed one, copied out of the worker's buffer (into page-locked memory
     when a GPU takes it), which is then marked free for the worker to reuse. `kept` maps the
     pooled buffers already received to their mapping (one per epoch's loader: its workers'
     buffers go with it)."""
-    kept = _KEPT if kept is None else kept
     layout, slot = packed.pop("_layout"), packed.pop("_slot", None)
     slot = None if slot is None else tuple(slot)  # the DataLoader hands tuples over as lists
     buffer = packed.pop("_buffer", None)
@@ -270,8 +269,7 @@ def pack_samples(samples: list[dict], rng: np.random.Generator) -> dict:
     return {**pack(tensors), "_samples": (rest, rng)}
 
 
-def collate_packed(packed: dict, collate: Callable[[list[dict], np.random.Generator], dict],
-                   kept: dict | None = None) -> dict:
+def collate_packed(packed: dict, collate: Callable[[list[dict], np.random.Generator], dict], kept: dict) -> dict:
     """The batch of a `pack_samples` hand-over, collated here (pinned when a GPU takes it)."""
     rest, rng = packed.pop("_samples")
     samples = [dict(r) for r in rest]
@@ -284,9 +282,10 @@ def collate_packed(packed: dict, collate: Callable[[list[dict], np.random.Genera
     return batch
 
 
-def _batches(dataset, num_workers: int, seed: int, epoch: int, collate=None, assist: Assist | None = None) -> Iterator[dict]:
+def _batches(dataset, num_workers: int, seed: int, epoch: int, collate, assist: Assist | None) -> Iterator[dict]:
     """Iterate `dataset` (whole batches, `pack`ed when built in workers, or their samples when
-    `assist` had them shipped, collated here with `collate`) through a DataLoader."""
+    `assist` had them shipped, collated here with `collate`) through a DataLoader; `assist` is
+    None without workers."""
     # `unpack` pins the batches built in workers, as it copies them out of shared memory
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                         pin_memory=_pin() and not num_workers,
@@ -296,12 +295,11 @@ def _batches(dataset, num_workers: int, seed: int, epoch: int, collate=None, ass
     return _take(loader, collate, assist)
 
 
-def _take(loader: DataLoader, collate, assist: Assist | None) -> Iterator[dict]:
+def _take(loader: DataLoader, collate, assist: Assist) -> Iterator[dict]:
     batches = iter(loader)
     taken, kept = 0, {}  # kept: the workers' buffers, mapped once each
     while True:
-        if assist is not None:
-            assist.taking(taken)
+        assist.taking(taken)
         try:
             packed = next(batches)
         except StopIteration:

@@ -38,7 +38,6 @@ def fresh_pool(monkeypatch):
     from sevlm.train import data
 
     monkeypatch.setattr(data, "_pool", (-1, [], []))
-    monkeypatch.setattr(data, "_KEPT", {})
 
 
 def tiny_overrides(data: dict, *extra: str) -> list[str]:

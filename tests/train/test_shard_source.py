@@ -78,13 +78,14 @@ def test_a_packed_buffer_is_reused_only_once_unpacked(fresh_pool):
     first, second = pack(batch(1)), pack(batch(2))
     held, held_slot = first["_buffer"], first["_slot"]
     assert second["_buffer"].data_ptr() != held.data_ptr()  # the first is not given back yet
-    got = unpack(first)
+    kept: dict = {}  # the buffers this process has received
+    got = unpack(first, kept)
     assert torch.equal(got["visual"], batch(1)["visual"]) and got["n"].tolist() == [0, 1, 2] and got["ids"] == [1]
     third = pack(batch(3))
     # reused, no fresh shared memory; named by its slot, not sent again
     assert "_buffer" not in third and third["_slot"] == held_slot
-    assert unpack(third)["n"].tolist() == [0, 3, 6] and got["visual"][0, 0] == 1  # the copy out stays intact
-    assert unpack(second)["visual"][0, 0] == 2
+    assert unpack(third, kept)["n"].tolist() == [0, 3, 6] and got["visual"][0, 0] == 1  # the copy out stays intact
+    assert unpack(second, kept)["visual"][0, 0] == 2
 
 
 @pytest.fixture()
