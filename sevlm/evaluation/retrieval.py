@@ -347,6 +347,33 @@ def random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_d
     return out
 
 
+def embedding_stats(x: np.ndarray) -> dict:
+    """How spread out a set of embeddings [N, E] is, after L2 normalisation: a collapsed side
+    shows a mean pairwise cosine near 1, a small total variance and an effective rank near 1.
+
+    - effective_rank: exp of the entropy of the centred spectrum's energy shares (Roy and
+      Vetterli, 2007): 1 for points on a line, E for variance spread evenly over E axes;
+    - variance: the total variance (trace of the covariance), in [0, 1] for unit vectors;
+    - mean_cosine: the mean cosine over distinct pairs.
+    """
+    x = normalize(x).astype(np.float64)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "effective_rank": None, "variance": None, "mean_cosine": None}
+    centred = x - x.mean(axis=0)
+    energy = np.linalg.svd(centred, compute_uv=False) ** 2
+    share = energy / energy.sum() if energy.sum() > 0 else np.ones(1)
+    share = share[share > 0]
+    total = x.sum(axis=0)
+    pairs = (total @ total - n) / (n * (n - 1)) if n > 1 else 1.0  # sum of all cosines minus the diagonal
+    return {
+        "n": n,
+        "effective_rank": float(np.exp(-(share * np.log(share)).sum())),
+        "variance": float((centred**2).sum(axis=1).mean()),
+        "mean_cosine": float(pairs),
+    }
+
+
 def retrieval_report(
     image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
     options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
@@ -354,7 +381,9 @@ def retrieval_report(
     """The model's retrieval scores beside the exact chance level of each (and, with
     `random_runs` > 0, the mean and spread of that many random-embedding draws)."""
     model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
-    out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks)}
+    out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks),
+           "embedding_stats": {side: embedding_stats(x) for side, x in
+                               (("image", image_emb), ("explanation", text_emb), ("emotion", emotion_emb))}}
     if random_runs:
         out["random_embeddings"] = random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant,
                                                           text_emotion, options, ks, random_runs, seed)
