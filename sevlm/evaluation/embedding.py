@@ -1,10 +1,11 @@
 """Retrieval embeddings from a trained run's contrastive head (the model side of `sevlm retrieve`).
 
 - images: `model.embed_images(visual tokens)` from the HDF5 feature cache, streamed in batches;
-- explanations: `model.embed_texts(...)` on the sequence "the emotion is <annotator's emotion>
+- explanations: `model.embed_explanations(...)` on the sequence "the emotion is <annotator's emotion>
   because <explanation>" (text only: no image is involved), keeping the explanation embedding;
-- emotions: the emotion embedding of "the emotion is <label> because ...": the emotion segment
-  comes before " because" and the decoder is causal, so it does not depend on the filler text.
+- emotions: `model.embed_emotions(...)` of the 9 sequences "the emotion is <label> because ...":
+  the alignment head's emotion vectors, or without one the emotion segment's embedding, which
+  comes before " because" (the decoder is causal), so it does not depend on the filler text.
 A free-text query with no emotion of its own is embedded under each of the 9 labels and averaged.
 """
 
@@ -33,28 +34,28 @@ class SplitEmbeddings:
     emotion_emb: np.ndarray  # [9, E], EMOTIONS order
 
 
-def _embed_sequences(run, pairs: list[tuple[str, str]], batch_size: int, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(emotion [N, E], explanation [N, E]) embeddings of (emotion, explanation) sequences."""
+def _embed_sequences(run, pairs: list[tuple[str, str]], batch_size: int, desc: str, progress: bool,
+                     side: str = "explanations") -> np.ndarray:
+    """Retrieval embeddings [N, E] of (emotion, explanation) sequences: of their explanations
+    (`side="explanations"`), or of the 9 emotions (`side="emotions"`, the 9 sequences in EMOTIONS
+    order), through the model's `embed_explanations` / `embed_emotions`."""
     import torch
     from tqdm import tqdm
 
     from sevlm.text import to_device
 
-    emo, exp = [], []
+    embed = {"explanations": run.model.embed_explanations, "emotions": run.model.embed_emotions}[side]
+    out = []
     with torch.no_grad():
         for s in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch", disable=not progress):
             seqs = [run.builder.encode(e, x) for e, x in pairs[s : s + batch_size]]
-            batch = to_device(run.builder._stack(seqs), run.model.device)
-            e, x = run.model.embed_texts(**batch)  # (b, E) each
-            emo.append(e.cpu().numpy())
-            exp.append(x.cpu().numpy())
-    return np.concatenate(emo), np.concatenate(exp)
+            out.append(embed(**to_device(run.builder._stack(seqs), run.model.device)).cpu().numpy())  # (b, E)
+    return np.concatenate(out)
 
 
 def embed_emotions(run) -> np.ndarray:
     """[9, E] emotion embeddings in EMOTIONS order."""
-    emo, _ = _embed_sequences(run, [(e, FILLER) for e in EMOTIONS], len(EMOTIONS), "emotions", progress=False)
-    return emo
+    return _embed_sequences(run, [(e, FILLER) for e in EMOTIONS], len(EMOTIONS), "emotions", False, side="emotions")
 
 
 def embed_query_text(run, text: str) -> np.ndarray:
@@ -72,7 +73,7 @@ def embed_query_text(run, text: str) -> np.ndarray:
         pairs = [(emotion, explanation)]
     else:
         pairs = [(e, text.strip()) for e in EMOTIONS]
-    _, exp = _embed_sequences(run, pairs, len(pairs), "query", progress=False)
+    exp = _embed_sequences(run, pairs, len(pairs), "query", progress=False)
     q = exp.mean(axis=0, keepdims=True)
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
@@ -131,7 +132,7 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     pairs = [(EMOTIONS[e], t) for e, t in zip(text_emotion, all_texts)] if texts else []
     text_emb = image_emb[0][:0]
     if pairs:
-        _, text_emb = _embed_sequences(run, pairs, batch_size, "embed explanations", progress)
+        text_emb = _embed_sequences(run, pairs, batch_size, "embed explanations", progress)
     return SplitEmbeddings(
         image_ids=image_ids,
         image_emb=np.concatenate(image_emb),

@@ -61,6 +61,9 @@ class SEVLMConfig:
     temperature: float = 0.1
     w_cl: float = 1.0
     w_vad: float = 1.0
+    # The CLIP-style alignment loss of the contrastive head (model/contrastive.py): image ->
+    # 9 emotions and image <-> explanation over the batch. 0 = the authors' ternary loss alone.
+    w_align: float = 1.0
     max_len: int = 30
     bos_prompt: bool = False  # a BOS token before the prompt (the authors' layout)
     # Tokenizer-derived ids (filled by `with_token_ids`; 0 means "not set").

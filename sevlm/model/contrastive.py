@@ -16,6 +16,26 @@ The scorer reads the normalised projections that retrieval indexes, or, with the
 and `raw_inputs` (the authors'), the unprojected features: the mean visual token and the
 emotion / explanation hidden-state means. The projections are then not trained by this
 loss, so retrieval embeddings from such a model are untrained.
+
+Alignment head (ours, weight `w_align`; 0 = none, the authors' ternary loss alone): the
+retrieval space. A projection of the mean visual token, a projection of the explanation's
+text-only feature, and a table of 9 emotion vectors, trained CLIP-style over the batch:
+- image -> emotion: cross-entropy of each image's cosines to the 9 emotion vectors against
+  the image's vote shares over the 9 emotions;
+- image <-> explanation: a symmetric InfoNCE between the batch's images and its
+  explanations, an image's own explanations its positives, every other one a negative.
+The explanation features reach it detached and as retrieval computes them (eval mode): it
+trains nothing of the decoder, so the language model is not traded for retrieval.
+Why a head of its own: the ternary loss gives each image one visual negative and never
+compares it with the 9 emotions as retrieval does; on the demo its image embeddings collapsed
+(mean pairwise cosine ~0.9) and retrieved emotions at 0.20-0.69 by precision and seed. Trained
+on the ternary's projections, this loss fought the ternary loss (image->emotion 0.74-0.79) and
+the decoder's validation LM loss rose from 1.57 to 1.67-1.94. Emotion vectors of its own
+rather than a projection of the decoder's "the emotion is <label>" feature: that feature
+moves while the decoder trains, and a head chasing it retrieved at 0.62-0.66 where the same
+head fitted on the final features reached 0.87 (README, Retrieval).
+Scores are computed in float32 whatever the training precision (bf16 keeps 8 bits: a cosine
+over a temperature of 0.1 near 20 moves in steps of 0.125).
 """
 
 from __future__ import annotations
@@ -51,9 +71,49 @@ def ternary_candidates(seq_image: torch.Tensor, pair_valid: torch.Tensor, visual
     return anchors, partner, neg, image
 
 
+class AlignmentHead(nn.Module):
+    """The retrieval space of a model with `w_align` > 0 (module docstring)."""
+
+    def __init__(self, visual_dim: int, text_dim: int, dim: int, temperature: float = 0.1, n_emotions: int = 9):
+        super().__init__()
+        self.img_proj = nn.Linear(visual_dim, dim)
+        self.exp_proj = nn.Linear(text_dim, dim)
+        self.emotions = nn.Parameter(torch.randn(n_emotions, dim) * 0.02)  # (9, E), EMOTIONS order
+        self.temperature = temperature
+
+    def embed_image(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual tokens (B, N, D) -> normalised float32 (B, E), from the mean of the tokens."""
+        return F.normalize(self.img_proj(visual.mean(dim=1)).float(), dim=-1)
+
+    def embed_explanation(self, exp_feat: torch.Tensor) -> torch.Tensor:
+        """Explanation features (B, C) -> normalised float32 (B, E)."""
+        return F.normalize(self.exp_proj(exp_feat).float(), dim=-1)
+
+    def embed_emotions(self) -> torch.Tensor:
+        """The 9 emotion vectors, normalised float32 (9, E)."""
+        return F.normalize(self.emotions.float(), dim=-1)
+
+    def loss(
+        self,
+        img: torch.Tensor,  # (I, E) normalised image embeddings
+        exp: torch.Tensor,  # (B, E) normalised explanation embeddings
+        seq_image: torch.Tensor,  # (B,) image of each explanation
+        votes: torch.Tensor,  # (I, 9) each image's vote shares
+    ) -> torch.Tensor:
+        """Image -> emotion cross-entropy against the vote shares, plus the symmetric image <->
+        explanation InfoNCE (module docstring), in float32."""
+        img, exp = img.float(), exp.float()
+        i2e = -(F.log_softmax(img @ self.embed_emotions().T / self.temperature, dim=1) * votes.float()).sum(1).mean()
+        logits = img @ exp.T / self.temperature  # (I, B)
+        own = (seq_image[None, :] == torch.arange(len(img), device=img.device)[:, None]).float()  # (I, B)
+        i2x = -(F.log_softmax(logits, dim=1) * own / own.sum(1, keepdim=True).clamp(min=1.0)).sum(1).mean()
+        x2i = F.cross_entropy(logits.T, seq_image)
+        return i2e + (i2x + x2i) / 2
+
+
 class ContrastiveHead(nn.Module):
     def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1,
-                 raw_inputs: bool = False):
+                 raw_inputs: bool = False, align: bool = False):
         super().__init__()
         self.raw_inputs = raw_inputs  # MLP scorer only (SEVLMConfig checks)
         self.img_proj = nn.Linear(visual_dim, dim)
@@ -68,13 +128,16 @@ class ContrastiveHead(nn.Module):
                 nn.Linear(width, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                 nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1),
             )  # fmt: skip
+        self.align = AlignmentHead(visual_dim, text_dim, dim, temperature) if align else None
+
 
     def embed_image(self, visual: torch.Tensor) -> torch.Tensor:
-        """visual tokens (B, N, D) -> normalised (B, E), from the mean of the tokens."""
-        return F.normalize(self.img_proj(visual.mean(dim=1)), dim=-1)
+        """visual tokens (B, N, D) -> normalised float32 (B, E), from the mean of the tokens."""
+        return F.normalize(self.img_proj(visual.mean(dim=1)).float(), dim=-1)
 
     def embed_text(self, emo_feat: torch.Tensor, exp_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.normalize(self.emo_proj(emo_feat), dim=-1), F.normalize(self.exp_proj(exp_feat), dim=-1)
+        """Emotion and explanation features -> normalised float32 (B, E) each."""
+        return F.normalize(self.emo_proj(emo_feat).float(), dim=-1), F.normalize(self.exp_proj(exp_feat).float(), dim=-1)
 
     def scorer_inputs(self, visual: torch.Tensor, emo_feat: torch.Tensor, exp_feat: torch.Tensor):
         """(image (I, .), emotion (B, .), explanation (B, .)) as `loss` takes them."""
@@ -83,9 +146,11 @@ class ContrastiveHead(nn.Module):
         return (self.embed_image(visual), *self.embed_text(emo_feat, exp_feat))
 
     def score(self, img: torch.Tensor, emo: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
+        """Scores (...) in float32."""
         if self.scorer == "mlp":
-            return self.mlp(torch.cat([img, emo, exp], dim=-1)).squeeze(-1)
-        return cosine_score(img, emo, exp) / self.temperature
+            x = torch.cat([img, emo, exp], dim=-1)
+            return self.mlp(x.to(self.mlp[0].weight.dtype)).squeeze(-1).float()
+        return cosine_score(img.float(), emo.float(), exp.float()) / self.temperature
 
     def loss(
         self,
@@ -95,8 +160,13 @@ class ContrastiveHead(nn.Module):
         seq_image: torch.Tensor,  # (B,)
         pair_valid: torch.Tensor,  # (I,) bool
         visual_negative: torch.Tensor | None = None,  # (I,)
+        with_image: bool = True,
     ) -> torch.Tensor:
+        """The ternary loss; `with_image=False` (the no-image control) leaves the image out: its
+        terms are zero, so only the emotional negative remains and no image signal is trained."""
         anchors, partner, neg, image = ternary_candidates(seq_image, pair_valid, visual_negative)
+        if not with_image:
+            img, neg = torch.zeros_like(img), None
         if anchors.numel() == 0:
             return img.sum() * 0.0 + emo.sum() * 0.0 + exp.sum() * 0.0  # keeps the graph, no signal
         e, x = emo[anchors], exp[anchors]

@@ -6,6 +6,9 @@ Batches (from sevlm.text.SequenceBuilder), B sequences of length T over I images
   vad_mask, vad_target_mask (B, T); visual (I, N, D); seq_image (B,) image of each sequence;
   pair_valid, visual_negative (I,) for the contrastive loss.
 
+With `w_align` > 0 the alignment head (model/contrastive.py) is the retrieval space, trained
+with each image's vote shares (`image_votes`, (I, 9)); without it, the ternary head's projections.
+
 Contrastive text features are masked means of final hidden states: the emotion feature over
 the emotion segment (prompt + label), the explanation feature over the explanation's own
 tokens (after " because"). With `contrastive_features="text"` each comes from a text-only
@@ -41,6 +44,7 @@ class SEVLMOutput:
     lm_loss: torch.Tensor | None
     cl_loss: torch.Tensor | None
     vad_loss: torch.Tensor | None
+    align_loss: torch.Tensor | None = None
     hidden: torch.Tensor | None = field(default=None, repr=False)  # (B, T, E) final hidden states
     lm_head: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     _logits: torch.Tensor | None = field(default=None, repr=False)
@@ -173,7 +177,7 @@ class SEVLM(nn.Module):
         if config.use_contrastive:
             self.contrastive = ContrastiveHead(
                 config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature,
-                raw_inputs=config.mlp_scorer_inputs == "raw",
+                raw_inputs=config.mlp_scorer_inputs == "raw", align=config.w_align > 0 and config.mode != "none",
             )
 
     # ---- pieces -----------------------------------------------------------------------
@@ -277,6 +281,19 @@ class SEVLM(nn.Module):
         return (self._text_pass(emo_mask, input_ids, segment_ids, vad),
                 self._text_pass(exp_mask, input_ids, segment_ids, vad))
 
+    @torch.no_grad()
+    def _retrieval_features(self, input_ids, attention_mask, segment_ids, vad) -> torch.Tensor:
+        """Explanation features (B, E) as retrieval computes them: a text-only pass in eval mode
+        (no dropout), detached, so the alignment head trains no decoder weight and learns the
+        very features retrieval embeds."""
+        was_training = self.training
+        self.eval()
+        try:
+            _, exp_m = self.feature_masks(segment_ids, attention_mask)
+            return self._text_pass(exp_m, input_ids, segment_ids, vad)
+        finally:
+            self.train(was_training)
+
     # ---- training forward ---------------------------------------------------------------
     def forward(
         self,
@@ -292,6 +309,7 @@ class SEVLM(nn.Module):
         seq_image: torch.Tensor | None = None,
         pair_valid: torch.Tensor | None = None,
         visual_negative: torch.Tensor | None = None,
+        image_votes: torch.Tensor | None = None,  # (I, 9) vote shares, for the alignment loss
     ) -> SEVLMOutput:
         cfg = self.config
         context = self.visual_context(visual, seq_image)
@@ -299,7 +317,7 @@ class SEVLM(nn.Module):
         embeds, _ = self.embed_tokens(input_ids, segment_ids, vad, start=start)
         h, _ = self.run_decoder(embeds, attention_mask, context)  # (B, T, E)
 
-        lm_loss = cl_loss = vad_loss = None
+        lm_loss = cl_loss = vad_loss = align_loss = None
         if labels is not None:
             # The LM head (E x V, V ~ 50k) dominates a step: apply it only where the shifted
             # label is a target. Same mean as cross_entropy(ignore_index=-100) over all positions.
@@ -313,19 +331,24 @@ class SEVLM(nn.Module):
             se = ((pred.float() - vad_target[:, 1:].float()) ** 2).mean(-1)  # (B, T-1)
             vad_loss = (se * m).sum() / m.sum().clamp(min=1.0)
         if cfg.use_contrastive and pair_valid is not None and visual is not None and segment_ids is not None:
+            sees_image = cfg.mode != "none"  # the no-image control trains no image signal here either
             if cfg.contrastive_features == "image":
                 emo_m, exp_m = self.feature_masks(segment_ids, attention_mask)
                 emo_f, exp_f = masked_mean(h, emo_m), masked_mean(h, exp_m)
             else:
                 emo_f, exp_f = self.text_features(input_ids, attention_mask, segment_ids, vad)
             img, emo, exp = self.contrastive.scorer_inputs(visual.to(h.dtype), emo_f, exp_f)
-            cl_loss = self.contrastive.loss(img, emo, exp, seq_image, pair_valid, visual_negative)
+            cl_loss = self.contrastive.loss(img, emo, exp, seq_image, pair_valid, visual_negative, with_image=sees_image)
+            if self.contrastive.align is not None and image_votes is not None:
+                head = self.contrastive.align
+                explanations = head.embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
+                align_loss = head.loss(head.embed_image(visual.to(h.dtype)), explanations, seq_image, image_votes)
 
         loss = None
-        parts = [(lm_loss, 1.0), (cl_loss, cfg.w_cl), (vad_loss, cfg.w_vad)]
+        parts = [(lm_loss, 1.0), (cl_loss, cfg.w_cl), (vad_loss, cfg.w_vad), (align_loss, cfg.w_align)]
         if any(p is not None for p, _ in parts):
             loss = sum(w * p for p, w in parts if p is not None)
-        return SEVLMOutput(loss, lm_loss, cl_loss, vad_loss, hidden=h, lm_head=self.decoder.lm_head)
+        return SEVLMOutput(loss, lm_loss, cl_loss, vad_loss, align_loss=align_loss, hidden=h, lm_head=self.decoder.lm_head)
 
     # ---- inference ------------------------------------------------------------------------
     def decode_step(
@@ -350,7 +373,7 @@ class SEVLM(nn.Module):
         """visual tokens (B, N, D) -> normalised (B, E) retrieval embeddings."""
         if not self.config.use_contrastive:
             raise ValueError("this model has no contrastive head (use_contrastive=False)")
-        return self.contrastive.embed_image(visual.to(self.device, self.decoder.dtype)).float()
+        return self.retrieval_head().embed_image(visual.to(self.device, self.decoder.dtype)).float()
 
     @torch.no_grad()
     def embed_texts(
@@ -361,14 +384,38 @@ class SEVLM(nn.Module):
         vad: torch.Tensor | None = None,
         **_batch: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sequences (from SequenceBuilder) -> normalised (emotion (B, E), explanation (B, E)).
-
-        Text only: the result does not depend on any image, so it can be indexed.
-        """
+        """Sequences (from SequenceBuilder) -> the ternary head's normalised (emotion (B, E),
+        explanation (B, E)) projections: what its loss scores. Retrieval embeds with
+        `embed_explanations` and `embed_emotions`, which are these without an alignment head."""
         if not self.config.use_contrastive:
             raise ValueError("this model has no contrastive head (use_contrastive=False)")
         emo, exp = self.contrastive.embed_text(*self.text_features(input_ids, attention_mask, segment_ids, vad))
         return emo.float(), exp.float()
+
+    @torch.no_grad()
+    def embed_explanations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor,
+                           vad: torch.Tensor | None = None, **_batch: Any) -> torch.Tensor:
+        """Sequences -> normalised retrieval embeddings (B, E) of their explanations. Text only:
+        the result depends on no image (nor on the label), so it can be indexed."""
+        if self.retrieval_head() is self.contrastive:
+            return self.embed_texts(input_ids, attention_mask, segment_ids, vad)[1]
+        return self.contrastive.align.embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
+
+    @torch.no_grad()
+    def embed_emotions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor,
+                       vad: torch.Tensor | None = None, **_batch: Any) -> torch.Tensor:
+        """The 9 emotions' normalised retrieval embeddings (9, E), given their sequences "the
+        emotion is <label> because ..." in EMOTIONS order: the alignment head's emotion vectors,
+        or without one the ternary head's projection of each sequence's emotion segment."""
+        if self.retrieval_head() is self.contrastive:
+            return self.embed_texts(input_ids, attention_mask, segment_ids, vad)[0]
+        return self.contrastive.align.embed_emotions()
+
+    def retrieval_head(self):
+        """The head whose projections retrieval embeds with: the alignment head, else the ternary head."""
+        if not self.config.use_contrastive:
+            raise ValueError("this model has no contrastive head (use_contrastive=False)")
+        return self.contrastive.align if self.contrastive.align is not None else self.contrastive
 
     # ---- optimiser ----------------------------------------------------------------------------
     def param_groups(self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0,

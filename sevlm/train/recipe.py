@@ -268,7 +268,7 @@ class TrainRecipe:
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()  # at the boundary: skipped by DeepSpeed if the gradients are not finite
         self.state.position += 1
-        for name in ("loss", "lm_loss", "cl_loss", "vad_loss"):
+        for name in ("loss", "lm_loss", "cl_loss", "vad_loss", "align_loss"):
             if getattr(out, name) is not None:
                 self._parts.setdefault(name, []).append(getattr(out, name).detach())
         self._keys.extend(meta.get("image_ids", []))

@@ -113,14 +113,17 @@ def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_ru
     from sevlm.export import load_run
 
     run = load_run(tiny_run / "run")
-    a, _ = EM._embed_sequences(run, [("awe", EM.FILLER), ("awe", "a long and different explanation")], 2, "t", False)
-    np.testing.assert_allclose(a[0], a[1], atol=1e-5)  # the emotion segment precedes " because"
     emo = EM.embed_emotions(run)
+    # the tiny run has an alignment head: its emotion vectors, whatever the sequences' text
+    np.testing.assert_allclose(emo, run.model.contrastive.align.embed_emotions().numpy(), atol=1e-6)
+    a = run.model.embed_texts(**run.builder._stack([run.builder.encode("awe", EM.FILLER),
+                                                    run.builder.encode("awe", "a long and different explanation")]))[0]
+    np.testing.assert_allclose(a[0], a[1], atol=1e-5)  # the emotion segment precedes " because"
     assert emo.shape == (9, 16) and np.allclose(np.linalg.norm(emo, axis=1), 1, atol=1e-5)
     q = EM.embed_query_text(run, "a calm sky")
     assert q.shape == (1, 16) and np.linalg.norm(q) == pytest.approx(1, abs=1e-5)
     labelled = EM.embed_query_text(run, "the emotion is fear because a calm sky")
-    _, direct = EM._embed_sequences(run, [("fear", "a calm sky")], 1, "t", False)
+    direct = EM._embed_sequences(run, [("fear", "a calm sky")], 1, "t", False)
     np.testing.assert_allclose(labelled, direct, atol=1e-5)
 
 

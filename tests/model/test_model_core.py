@@ -144,7 +144,7 @@ def _scored_text(m, batch):
     """The (emotion, explanation) inputs the training forward hands the contrastive scorer."""
     seen = []
     real = m.contrastive.loss
-    m.contrastive.loss = lambda img, emo, exp, *a: seen.append((emo, exp)) or real(img, emo, exp, *a)
+    m.contrastive.loss = lambda img, emo, exp, *a, **kw: seen.append((emo, exp)) or real(img, emo, exp, *a, **kw)
     with torch.no_grad():
         m(**model_inputs(batch))
     del m.contrastive.loss
