@@ -3,11 +3,19 @@
 An export folder holds
   model.safetensors   the SEVLM weights (tied weights stored once)
   decoder_config.json the GPT-2 architecture (so a hub decoder reloads offline)
+  decoder/            the GPT-2 decoder alone as transformers saves it (config.json +
+                      model.safetensors, a copy of the decoder's weights): stock
+                      `GPT2LMHeadModel.from_pretrained("export/decoder")` loads it. Its token
+                      ids are the model's: vocab.json's compact ids when there is one. SEVLM feeds
+                      it `inputs_embeds` (SEVLM.embed_tokens: word + segment embedding fused with
+                      the causal VAD) and `encoder_hidden_states` (SEVLM.visual_context: the
+                      projected visual tokens), both computed by weights in model.safetensors
   config.json         {"format", "sevlm_version", "model": SEVLMConfig fields,
                        "lexicon": path or "demo", "encoder": {"name", "settings"} or null
                        (the features' own record: it rebuilds the very encoder),
-                       "weights_sha256": checked on load, "train": the trainer's resolved config}
-  tokenizer/          the tokenizer files, special tokens included
+                       "hf_decoder": "decoder", "weights_sha256": checked on load,
+                       "train": the trainer's resolved config}
+  tokenizer/          the tokenizer files, special tokens included (AutoTokenizer loads them)
   vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
                       GPT-2 ids of its compact id space; config.json's "vocab" names it
 `load_run` takes an export folder or a run folder with `export/` inside; generation,
@@ -26,6 +34,7 @@ from sevlm.errors import DataError
 FORMAT = "sevlm-export-1"
 RUN_EXPORT = "export"  # the export folder inside a training run folder
 WEIGHTS = "model.safetensors"
+HF_DECODER = "decoder"  # the decoder as a transformers model folder
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         write_json(tmp / "decoder_config.json", model.decoder.config.to_dict())
+        _save_hf_decoder(model.decoder, tmp / HF_DECODER)
         if vocab is not None:
             vocab.save(tmp / VOCAB_FILE)
         write_json(
@@ -169,11 +179,26 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
                 "lexicon": _lexicon_spec(config_dict),
                 "encoder": _encoder_spec(config_dict),
                 "vocab": VOCAB_FILE if vocab is not None else None,
+                "hf_decoder": HF_DECODER,
                 "weights_sha256": sha256_file(tmp / WEIGHTS),
                 "train": config_dict,
             },
         )
     return out_dir
+
+
+def _save_hf_decoder(decoder, out_dir: Path) -> None:
+    """The GPT2LMHeadModel as `save_pretrained` writes it, so transformers' own loader reads it
+    (its key names, the tied lm_head stored once, safetensors metadata "pt")."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one file: no "Writing model shards" bar at every export
+    try:
+        decoder.save_pretrained(str(out_dir))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def find_export(path: str | Path) -> Path:

@@ -23,7 +23,7 @@ def test_export_follows_umask(tmp_path, make_model, tok):
     finally:
         os.umask(old)
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
-    assert modes.pop(".") == modes.pop("tokenizer") == 0o775
+    assert modes.pop(".") == modes.pop("tokenizer") == modes.pop("decoder") == 0o775
     assert set(modes.values()) == {0o664}, modes
     assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o775  # parents created too
 

@@ -30,7 +30,8 @@ def tiny_run(tmp_path, make_model, tok, lexicon):
 def test_round_trip(tiny_run, builder, make_samples):
     run_dir, m = tiny_run
     export = run_dir / "export"
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder_config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder", "decoder_config.json", "model.safetensors",
+                                                        "tokenizer"]
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["model"]["visual_dim"] == 32 and cfg["encoder"] == {"name": "tiny-random", "settings": {}}
     assert cfg["lexicon"].endswith("vad.tsv")
