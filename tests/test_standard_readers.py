@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -67,10 +68,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 # ---- export/decoder: transformers' GPT2LMHeadModel ------------------------------------------------
-def check_hf_decoder(export: Path):
-    """Load export/decoder with stock transformers; its weights must be sevlm's decoder weights
-    as export/model.safetensors holds them (read with safetensors). -> the stock model."""
-    from safetensors.torch import load_file
+def check_hf_decoder(export: Path, reference: dict):
+    """Load export/decoder with stock transformers; its weights must be `reference`, sevlm's
+    decoder state dict (lm_head tied to wte). -> the stock model."""
     from transformers import GPT2LMHeadModel
 
     stock, info = GPT2LMHeadModel.from_pretrained(str(export / "decoder"), output_loading_info=True)
@@ -79,13 +79,10 @@ def check_hf_decoder(export: Path):
     assert not problems, f"{export / 'decoder'}: GPT2LMHeadModel.from_pretrained reports {problems}"
     assert stock.config.add_cross_attention and not stock.training
     assert stock.lm_head.weight.data_ptr() == stock.transformer.wte.weight.data_ptr()  # tied, as in sevlm
-    weights = load_file(str(export / "model.safetensors"))
-    sevlm_decoder = {k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")}
-    sevlm_decoder["lm_head.weight"] = sevlm_decoder["transformer.wte.weight"]  # stored once by both
     state = stock.state_dict()
-    assert sorted(state) == sorted(sevlm_decoder), f"{export / 'decoder'}: other keys than sevlm's decoder"
+    assert sorted(state) == sorted(reference), f"{export / 'decoder'}: other keys than sevlm's decoder"
     for k, v in state.items():
-        assert torch.equal(v, sevlm_decoder[k]), f"{export / 'decoder'}: {k} differs from sevlm's decoder.{k}"
+        assert torch.equal(v, reference[k]), f"{export / 'decoder'}: {k} differs from sevlm's decoder.{k}"
     vocab = export / "vocab.json"
     if vocab.exists():  # a corpus-vocabulary model: its rows are vocab.json's compact ids
         assert stock.config.vocab_size == len(_json(vocab)["gpt2_ids"]) + 1
@@ -107,8 +104,8 @@ def _batch(run, built, n: int = 3) -> dict:
 def test_hf_decoder_loads_into_stock_gpt2_with_sevlms_logits(built, sevlm_run):
     from sevlm.text import model_inputs
 
-    stock = check_hf_decoder(built["run"] / "export")
     model = sevlm_run.model
+    stock = check_hf_decoder(built["run"] / "export", model.decoder.state_dict())
     batch = _batch(sevlm_run, built)
     with torch.no_grad():
         expected = model(**model_inputs(batch)).logits  # (B, T, V)
@@ -123,7 +120,7 @@ def test_hf_decoder_loads_into_stock_gpt2_with_sevlms_logits(built, sevlm_run):
                                    model.decoder(input_ids=ids, encoder_hidden_states=enc).logits)
 
 
-def test_broken_hf_decoder_fails_the_check(built, tmp_path):
+def test_broken_hf_decoder_fails_the_check(built, sevlm_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
     export = _copy(built["run"] / "export", tmp_path / "export")
@@ -132,7 +129,7 @@ def test_broken_hf_decoder_fails_the_check(built, tmp_path):
     state["transformer.h.0.attn.c_proj.weight_renamed"] = state.pop("transformer.h.0.attn.c_proj.weight")
     save_file(state, str(path), metadata={"format": "pt"})
     with pytest.raises(AssertionError, match="missing_keys.*transformer.h.0.attn.c_proj.weight"):
-        check_hf_decoder(export)
+        check_hf_decoder(export, sevlm_run.model.decoder.state_dict())
 
 
 # ---- export/tokenizer: AutoTokenizer ---------------------------------------------------------------
@@ -161,17 +158,30 @@ def test_tokenizer_loads_with_autotokenizer_and_tokenizes_like_sevlm(built, sevl
 
 
 # ---- checkpoints/: DeepSpeed's zero_to_fp32 ---------------------------------------------------------
-def _same_weights(consolidated: dict, export_file: Path, where: str) -> None:
+def _exported_weights(export: Path) -> dict[str, tuple]:
+    """{SEVLM key: (tensor, file)}: the union of the export's weights files, as config.json lists
+    them with the prefix each file's keys take (decoder/model.safetensors: "decoder.")."""
     from safetensors.torch import load_file
 
-    exported = load_file(str(export_file))
+    files = _json(export / "config.json")["weights"]
+    assert files == {"model.safetensors": "", "decoder/model.safetensors": "decoder."}, f"{export}: weights {files}"
+    out: dict[str, tuple] = {}
+    for name, prefix in files.items():
+        for k, v in load_file(str(export / name)).items():
+            assert prefix + k not in out, f"{export / name}: {prefix + k} stored twice"
+            out[prefix + k] = (v, export / name)
+    return out
+
+
+def _same_weights(consolidated: dict, export: Path, where: str) -> None:
+    exported = _exported_weights(export)
     consolidated = dict(consolidated)
     tied = consolidated.pop("decoder.lm_head.weight")  # tied to wte; the export stores it once
     assert torch.equal(tied, consolidated["decoder.transformer.wte.weight"])
     assert sorted(consolidated) == sorted(exported), (
-        f"{where}: keys differ from {export_file}: {sorted(set(consolidated) ^ set(exported))[:5]}")
-    for k, v in exported.items():
-        assert torch.equal(consolidated[k].float(), v), f"{where}: {k} differs from {export_file}"
+        f"{where}: keys differ from {export}'s weights: {sorted(set(consolidated) ^ set(exported))[:5]}")
+    for k, (v, file) in exported.items():
+        assert torch.equal(consolidated[k].float(), v), f"{where}: {k} differs from {file}"
 
 
 def check_checkpoint(run_dir: Path, export: Path) -> None:
@@ -181,8 +191,7 @@ def check_checkpoint(run_dir: Path, export: Path) -> None:
     ckpt = run_dir / "checkpoints"
     tag = _json(ckpt / "pointers.json")["best_accuracy"]  # export/ is the best-accuracy model
     assert int(tag.removeprefix("step")) == _json(export / "config.json")["train"]["step"]
-    _same_weights(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag), export / "model.safetensors",
-                  f"{ckpt / tag}")
+    _same_weights(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag), export, f"{ckpt / tag}")
 
 
 def test_zero_to_fp32_gives_the_exported_weights(built):
@@ -193,8 +202,7 @@ def test_zero_to_fp32_gives_the_exported_weights(built):
     # DeepSpeed's own `latest` file names the last tag (here the same step)
     ckpt = run_dir / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == _json(ckpt / "pointers.json")["last"]
-    _same_weights(get_fp32_state_dict_from_zero_checkpoint(str(ckpt)), run_dir / "export" / "model.safetensors",
-                  f"{ckpt} (latest)")
+    _same_weights(get_fp32_state_dict_from_zero_checkpoint(str(ckpt)), run_dir / "export", f"{ckpt} (latest)")
 
 
 def test_zero_to_fp32_script_gives_the_exported_weights(built, tmp_path):
@@ -207,18 +215,21 @@ def test_zero_to_fp32_script_gives_the_exported_weights(built, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     state = torch.load(tmp_path / "fp32" / "pytorch_model.bin", weights_only=True)
-    _same_weights(state, built["run"] / "export" / "model.safetensors", "zero_to_fp32.py")
+    _same_weights(state, built["run"] / "export", "zero_to_fp32.py")
 
 
-def test_checkpoint_check_fails_on_other_weights(built, tmp_path):
+@pytest.mark.parametrize("name, key", [("model.safetensors", "visual_proj.0.bias"),
+                                       ("decoder/model.safetensors", "transformer.h.0.attn.c_proj.bias")])
+def test_checkpoint_check_fails_on_other_weights(built, tmp_path, name, key):
     from safetensors.torch import load_file, save_file
 
     run_dir = _copy(built["run"], tmp_path / "run")
-    path = run_dir / "export" / "model.safetensors"
+    path = run_dir / "export" / name
     state = load_file(str(path))
-    state["visual_proj.0.bias"] = state["visual_proj.0.bias"] + 1e-3  # an export of other weights
+    state[key] = state[key] + 1e-3  # an export of other weights
     save_file(state, str(path))
-    with pytest.raises(AssertionError, match="visual_proj.0.bias differs"):
+    prefix = _json(run_dir / "export" / "config.json")["weights"][name]
+    with pytest.raises(AssertionError, match=re.escape(f"{prefix + key} differs from {path}")):
         check_checkpoint(run_dir, run_dir / "export")
 
 
