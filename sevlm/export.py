@@ -1,15 +1,30 @@
 """Exported models: safetensors weights + resolved config + tokenizer, and THE load function.
 
 An export folder holds
-  model.safetensors   the SEVLM weights (tied weights stored once)
+  model.safetensors   SEVLM's weights except the decoder's (visual projection, emotion
+                      encoder, fusion, heads)
+  decoder/            the GPT-2 decoder as transformers saves it (config.json +
+                      model.safetensors, the only copy of the decoder's weights, the tied
+                      lm_head stored once): stock `GPT2LMHeadModel.from_pretrained("export/decoder")`
+                      loads it. Its token ids are the model's: vocab.json's compact ids when there
+                      is one. SEVLM feeds it `inputs_embeds` (SEVLM.embed_tokens: word + segment
+                      embedding fused with the causal VAD) and `encoder_hidden_states`
+                      (SEVLM.visual_context: the projected visual tokens), both computed by
+                      weights in model.safetensors
   decoder_config.json the GPT-2 architecture (so a hub decoder reloads offline)
   config.json         {"format", "sevlm_version", "model": SEVLMConfig fields,
                        "lexicon": path or "demo", "encoder": {"name", "settings"} or null
                        (the features' own record: it rebuilds the very encoder),
-                       "weights_sha256": checked on load, "train": the trainer's resolved config}
-  tokenizer/          the tokenizer files, special tokens included
+                       "hf_decoder": "decoder",
+                       "weights": {file: the prefix its keys take in SEVLM's state dict}
+                       ({"model.safetensors": "", "decoder/model.safetensors": "decoder."}),
+                       "weights_sha256": {file: sha256}, checked on load,
+                       "train": the trainer's resolved config}
+  tokenizer/          the tokenizer files, special tokens included (AutoTokenizer loads them)
   vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
                       GPT-2 ids of its compact id space; config.json's "vocab" names it
+An older export (FORMAT_1) holds every weight, the decoder's as `decoder.*`, in
+model.safetensors, and records that file's sha256 as a string; it still loads.
 `load_run` takes an export folder or a run folder with `export/` inside; generation,
 evaluation, retrieval and `sevlm predict` all load through it.
 """
@@ -23,9 +38,12 @@ from typing import Any
 
 from sevlm.errors import DataError
 
-FORMAT = "sevlm-export-1"
+FORMAT = "sevlm-export-2"  # the decoder's weights only in decoder/
+FORMAT_1 = "sevlm-export-1"  # every weight in model.safetensors
 RUN_EXPORT = "export"  # the export folder inside a training run folder
 WEIGHTS = "model.safetensors"
+HF_DECODER = "decoder"  # the decoder as a transformers model folder
+DECODER_PREFIX = "decoder."  # the decoder's keys in SEVLM's state dict
 
 
 @dataclass(frozen=True)
@@ -152,10 +170,16 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     check_id_space(vocab, model.config.vocab_size, tokenizer, str(out_dir))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        # lm_head.weight is tied to wte: store it once (safetensors refuses shared memory).
-        state.pop("decoder.lm_head.weight", None)
+        # The decoder's weights go to decoder/ only, as transformers writes them; the rest here.
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                 if not k.startswith(DECODER_PREFIX)}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        _save_hf_decoder(model.decoder, tmp / HF_DECODER)
+        # every file transformers wrote (one, unless it shards a large decoder)
+        decoder_files = sorted(p.relative_to(tmp).as_posix() for p in (tmp / HF_DECODER).glob("*.safetensors"))
+        if not decoder_files:
+            raise DataError(f"{out_dir}: transformers' save_pretrained wrote no safetensors file for the decoder")
+        weights = {WEIGHTS: "", **{f: DECODER_PREFIX for f in decoder_files}}
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         write_json(tmp / "decoder_config.json", model.decoder.config.to_dict())
         if vocab is not None:
@@ -169,11 +193,27 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
                 "lexicon": _lexicon_spec(config_dict),
                 "encoder": _encoder_spec(config_dict),
                 "vocab": VOCAB_FILE if vocab is not None else None,
-                "weights_sha256": sha256_file(tmp / WEIGHTS),
+                "hf_decoder": HF_DECODER,
+                "weights": weights,
+                "weights_sha256": {f: sha256_file(tmp / f) for f in weights},
                 "train": config_dict,
             },
         )
     return out_dir
+
+
+def _save_hf_decoder(decoder, out_dir: Path) -> None:
+    """The GPT2LMHeadModel as `save_pretrained` writes it, so transformers' own loader reads it
+    (its key names, the tied lm_head stored once, safetensors metadata "pt")."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one file: no "Writing model shards" bar at every export
+    try:
+        decoder.save_pretrained(str(out_dir))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def find_export(path: str | Path) -> Path:
@@ -192,12 +232,38 @@ def _load_weights(path: Path, sha256: str | None) -> dict:
 
     from sevlm.io import sha256_file
 
+    if not path.is_file():
+        raise DataError(f"{path}: missing weights (the export lists it); copy or export it again")
     if sha256 is not None and sha256_file(path) != sha256:
         raise DataError(f"{path}: damaged weights (sha256 differs from the one recorded at export); copy or export it again")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise DataError(f"{path}: unreadable weights ({e}); copy or export it again") from None
+
+
+def weight_files(config: dict) -> dict[str, str]:
+    """{file in the export: the prefix its keys take in SEVLM's state dict}, as config.json records it."""
+    if config.get("format") == FORMAT_1:
+        return {WEIGHTS: ""}
+    return dict(config.get("weights") or {})
+
+
+def _load_state(export: Path, config: dict) -> dict:
+    """SEVLM's state dict rebuilt from every weights file of the export, each checked against
+    its recorded sha256 (FORMAT_1 records one string, for model.safetensors)."""
+    files, sums = weight_files(config), config.get("weights_sha256")
+    if not isinstance(sums, dict):
+        sums = {WEIGHTS: sums}
+    if WEIGHTS not in files:
+        raise DataError(f"{export / 'config.json'}: lists no {WEIGHTS} under \"weights\"; the export is damaged, export the run again")
+    state: dict = {}
+    for name, prefix in files.items():
+        for k, v in _load_weights(export / name, sums.get(name)).items():
+            if prefix + k in state:
+                raise DataError(f"{export / name}: {prefix + k} is also in another weights file of {export}; export the run again")
+            state[prefix + k] = v
+    return state
 
 
 def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) -> LoadedRun:
@@ -216,8 +282,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
 
     export = find_export(path)
     config = read_json(export / "config.json")
-    if config.get("format") != FORMAT:
-        raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT})")
+    if config.get("format") not in (FORMAT, FORMAT_1):
+        raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT} or {FORMAT_1})")
     from transformers import GPT2Config
 
     if not isinstance(config.get("model"), dict):
@@ -239,11 +305,12 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     except DataError as e:
         raise DataError(f"{export}: the run's VAD lexicon cannot be loaded ({e}); pass another with lexicon=") from None
     model = SEVLM(mcfg, decoder_config=decoder_config)
-    state = _load_weights(export / WEIGHTS, config.get("weights_sha256"))
+    state = _load_state(export, config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "decoder.lm_head.weight"]
+    missing = [k for k in missing if k != "decoder.lm_head.weight"]  # tied to wte, stored once
     if missing or unexpected:
-        raise DataError(f"{export / WEIGHTS}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        where = ", ".join(str(export / f) for f in weight_files(config))
+        raise DataError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
     builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt)

@@ -73,7 +73,8 @@ def test_run_artifacts(demo_run, run):
     config = _json(export / "config.json")
     assert config["model"]["mode"] == ("none" if run == "run_no_image" else "cross")
     assert config["encoder"] == {"name": "tiny-random", "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32}}
-    assert config["weights_sha256"] == sha256_file(export / "model.safetensors")
+    assert config["weights"] == {"model.safetensors": "", "decoder/model.safetensors": "decoder."}
+    assert config["weights_sha256"] == {f: sha256_file(export / f) for f in config["weights"]}
     assert RunDataPaths.of(run_dir) == RunDataPaths(str(dataset), str(out / "features.h5"), str(out / "shards" / "train"), "demo")
 
     preds = [json.loads(line) for line in (run_dir / "predictions_test.jsonl").read_text().splitlines()]

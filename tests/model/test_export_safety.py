@@ -23,7 +23,7 @@ def test_export_follows_umask(tmp_path, make_model, tok):
     finally:
         os.umask(old)
     modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
-    assert modes.pop(".") == modes.pop("tokenizer") == 0o775
+    assert modes.pop(".") == modes.pop("tokenizer") == modes.pop("decoder") == 0o775
     assert set(modes.values()) == {0o664}, modes
     assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o775  # parents created too
 
@@ -83,9 +83,11 @@ def test_features_of_another_width_are_one_line(tmp_path, make_model, tok, capsy
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_damaged_weights_name_the_file(tmp_path, make_model, tok, damage):
+@pytest.mark.parametrize("name", ["model.safetensors", "decoder/model.safetensors"])
+def test_damaged_weights_name_the_file(tmp_path, make_model, tok, damage, name):
     out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
-    weights = out / "model.safetensors"
+    assert sorted(json.loads((out / "config.json").read_text())["weights_sha256"]) == ["decoder/model.safetensors", "model.safetensors"]
+    weights = out / name
     data = bytearray(weights.read_bytes())
     if damage == "truncate":
         data = data[: len(data) - 100]
@@ -96,13 +98,61 @@ def test_damaged_weights_name_the_file(tmp_path, make_model, tok, damage):
         load_run(out)
 
 
-def test_unreadable_weights_without_a_recorded_checksum(tmp_path, make_model, tok):
+def test_missing_decoder_weights_name_the_file(tmp_path, make_model, tok):
+    out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    (out / "decoder" / "model.safetensors").unlink()
+    with pytest.raises(DataError, match=f"{out / 'decoder' / 'model.safetensors'}: missing weights"):
+        load_run(out)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "decoder/model.safetensors"])
+def test_unreadable_weights_without_a_recorded_checksum(tmp_path, make_model, tok, name):
     out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
     cfg = json.loads((out / "config.json").read_text())
     del cfg["weights_sha256"]  # an export from before checksums
     write_json(out / "config.json", cfg)
-    (out / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:50])
-    with pytest.raises(DataError, match="model.safetensors: unreadable weights"):
+    (out / name).write_bytes((out / name).read_bytes()[:50])
+    with pytest.raises(DataError, match=f"{out / name}: unreadable weights"):
+        load_run(out)
+
+
+def _as_format_1(out, model) -> None:
+    """Rewrite export `out` as sevlm-export-1 wrote it, before decoder/: every weight in
+    model.safetensors (lm_head stored once, as wte), its sha256 a string."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from sevlm.io import sha256_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "decoder.lm_head.weight"}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "sevlm-export-1"})
+    shutil.rmtree(out / "decoder")
+    cfg = json.loads((out / "config.json").read_text())
+    for key in ("weights", "hf_decoder"):
+        del cfg[key]
+    cfg.update(format="sevlm-export-1", weights_sha256=sha256_file(out / "model.safetensors"))
+    write_json(out / "config.json", cfg)
+
+
+def test_format_1_export_still_loads(tmp_path, make_model, tok, builder, make_samples):
+    import torch
+
+    from sevlm.text import model_inputs
+
+    m = make_model(seed=3).eval()
+    out = save_export(tmp_path / "export", m, tok, {"data": {"lexicon": "demo"}})
+    _as_format_1(out, m)
+    run = load_run(out)
+    assert run.config["format"] == "sevlm-export-1"
+    assert run.model.decoder.lm_head.weight.data_ptr() == run.model.decoder.transformer.wte.weight.data_ptr()
+    batch = builder.collate_eval(make_samples(2))
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-10] ^= 0x01  # its one string checksum still guards the one file
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{out / 'model.safetensors'}: damaged weights"):
         load_run(out)
 
 

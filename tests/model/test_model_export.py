@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sevlm.cli import main
 from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
-from sevlm.io import write_json
+from sevlm.io import sha256_file, write_json
 from sevlm.text import model_inputs
 
 
@@ -30,8 +31,19 @@ def tiny_run(tmp_path, make_model, tok, lexicon):
 def test_round_trip(tiny_run, builder, make_samples):
     run_dir, m = tiny_run
     export = run_dir / "export"
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder_config.json", "model.safetensors", "tokenizer"]
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder", "decoder_config.json", "model.safetensors",
+                                                        "tokenizer"]
+    assert sorted(p.name for p in (export / "decoder").iterdir()) == ["config.json", "generation_config.json",
+                                                                      "model.safetensors"]
     cfg = json.loads((export / "config.json").read_text())
+    # the decoder's weights are stored once, in decoder/; model.safetensors holds the rest
+    assert cfg["format"] == "sevlm-export-2"
+    assert cfg["weights"] == {"model.safetensors": "", "decoder/model.safetensors": "decoder."}
+    assert cfg["weights_sha256"] == {f: sha256_file(export / f) for f in cfg["weights"]}
+    own, dec = (load_file(str(export / f)) for f in cfg["weights"])
+    assert own and not any(k.startswith("decoder.") for k in own)
+    state = m.state_dict()
+    assert sorted([*own, *("decoder." + k for k in dec)]) == sorted(state.keys() - {"decoder.lm_head.weight"})
     assert cfg["model"]["visual_dim"] == 32 and cfg["encoder"] == {"name": "tiny-random", "settings": {}}
     assert cfg["lexicon"].endswith("vad.tsv")
     run = load_run(run_dir)  # a run folder or its export/ both work
@@ -43,6 +55,26 @@ def test_round_trip(tiny_run, builder, make_samples):
     # save again over the existing export: replaced atomically, still loadable
     save_export(export, run.model, run.tokenizer, cfg["train"])
     assert load_run(run_dir).config["encoder"]["name"] == "tiny-random"
+
+
+def test_sharded_decoder_round_trip(tmp_path, make_model, tok, builder, make_samples, monkeypatch):
+    """A decoder that transformers writes in shards (a large one) is recorded file by file."""
+    from transformers import GPT2LMHeadModel
+
+    import sevlm.export
+
+    monkeypatch.setattr(sevlm.export, "_save_hf_decoder", lambda dec, out: dec.save_pretrained(str(out), max_shard_size="100KB"))
+    m = make_model(seed=2).eval()
+    export = save_export(tmp_path / "export", m, tok, {"data": {"lexicon": "demo"}})
+    weights = json.loads((export / "config.json").read_text())["weights"]
+    shards = [f for f in weights if f.startswith("decoder/")]
+    assert len(shards) > 1 and all(weights[f] == "decoder." for f in shards)
+    batch = builder.collate_eval(make_samples(2))
+    with torch.no_grad():
+        torch.testing.assert_close(load_run(export).model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits,
+                                   atol=0, rtol=0)
+    stock = GPT2LMHeadModel.from_pretrained(str(export / "decoder"))
+    assert all(torch.equal(v, m.decoder.state_dict()[k]) for k, v in stock.state_dict().items())
 
 
 def test_load_errors(tmp_path, tiny_run):
