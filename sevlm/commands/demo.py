@@ -163,3 +163,6 @@ def _print_table(summary: dict) -> None:
         print("{:<28}{:>10}{:>14}{:>10}".format(
             label, _fmt(_retrieval_figure(summary, *path)), _fmt(_retrieval_figure(control, *path)),
             _fmt(_retrieval_figure(summary, *path, which="chance"))))
+    space = (control.get("retrieval") or {}).get("embedding_space") or {}
+    if space.get("image_side_trained") is False:
+        print("(no-image control: no loss reads its image, so its image-side retrieval is an untrained projection)")

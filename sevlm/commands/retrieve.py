@@ -85,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if m[d]["accuracy"] is not None:
             print(f"{d} accuracy {m[d]['accuracy']:.3f} (chance {c[d]['accuracy']:.3f}, "
                   f"majority class {c[d]['majority_class']:.3f}, n={m[d]['n']})")
+    if not result["embedding_space"]["image_side_trained"]:
+        print(f"note: {result['embedding_space']['note']}")
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
     return 0

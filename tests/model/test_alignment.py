@@ -105,6 +105,15 @@ def test_the_no_image_control_trains_no_image_signal(make_model, builder, make_s
     torch.testing.assert_close(m.contrastive.img_proj.weight, before)
 
 
+def test_each_model_says_which_space_it_retrieves_in(make_model):
+    from sevlm.evaluation.retrieval import retrieval_space
+
+    assert retrieval_space(make_model().config) == {"head": "alignment", "image_side_trained": True}
+    assert retrieval_space(make_model(w_align=0.0).config) == {"head": "ternary", "image_side_trained": True}
+    control = retrieval_space(make_model(mode="none").config)
+    assert control["image_side_trained"] is False and "untrained" in control["note"]
+
+
 def _emotion_data(n_per_emotion: int, seed: int, prototypes: torch.Tensor) -> list[dict]:
     """Images whose 5 visual tokens are their emotion's prototype plus noise, 3 annotations each,
     the explanations giving the emotion away with cue words."""
