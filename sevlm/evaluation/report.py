@@ -296,6 +296,15 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
         if d in result["model"]:
             c = result["chance"][d]
             lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(c['accuracy'])} | {_fmt(c['majority_class'])} | {result['model'][d]['n']} |")
+    stats = result.get("embedding_stats")
+    if stats:
+        lines += ["", "| embeddings | n | effective rank | total variance | mean pairwise cosine |", "|---|---|---|---|---|"]
+        lines += [f"| {side} | {st['n']} | {_fmt(st['effective_rank'])} | {_fmt(st['variance'])} | {_fmt(st['mean_cosine'])} |"
+                  for side, st in stats.items()]
+        lines.append("(a collapsed side: mean cosine near 1, variance and effective rank near their minimum)")
+    space = result.get("embedding_space")
+    if space:
+        lines += ["", f"- retrieval space: the {space['head']} head" + (f"; {space['note']}" if space.get("note") else "")]
     lines += ["", f"![recall@K]({written['recall_curves'].relative_to(out.parent)})"]
     md = out.with_suffix(".md")
     write_text(md, "\n".join(lines) + "\n")

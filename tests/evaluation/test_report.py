@@ -81,6 +81,8 @@ def test_retrieval_report_files(tmp_path):
     assert saved["model"]["image_to_explanation"]["R@1"] == 1.0
     md = (tmp_path / "R.md").read_text()
     assert "| image to explanation | model | 1.0000 |" in md and "flat on cpu" in md.replace("gpu", "cpu")
+    assert set(saved["embedding_stats"]) == {"image", "explanation", "emotion"}
+    assert "| image | 20 |" in md and "| emotion | 9 |" in md
 
 
 def test_cli_prints_one_line_error_and_exits_1(tmp_path, dataset_dir, capsys, jsonl):

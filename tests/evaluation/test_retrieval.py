@@ -220,3 +220,23 @@ def test_importing_sevlm_sets_passive_openmp_wait_unless_the_user_did(preset, ex
     code = "import os, sevlm.evaluation.retrieval; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_embedding_stats_tell_a_collapsed_side_from_a_spread_one():
+    from sevlm.evaluation.retrieval import embedding_stats
+
+    rng = np.random.default_rng(0)
+    spread = embedding_stats(rng.standard_normal((400, 16)))
+    assert spread["n"] == 400 and spread["effective_rank"] > 14 and abs(spread["mean_cosine"]) < 0.02
+    assert spread["variance"] == pytest.approx(1.0, abs=0.01)  # unit vectors around a mean near 0
+    # every point near one direction: mean cosine near 1, almost no variance
+    collapsed = embedding_stats(np.ones((50, 16)) + 0.01 * rng.standard_normal((50, 16)))
+    assert collapsed["mean_cosine"] > 0.99 and collapsed["variance"] < 1e-3
+    # two directions, half the points each: the centred spectrum has one axis
+    x = np.zeros((10, 4))
+    x[:5, 0], x[5:, 1] = 1.0, 1.0
+    two = embedding_stats(x)
+    assert two["effective_rank"] == pytest.approx(1.0) and two["mean_cosine"] == pytest.approx(20 / 45)  # 20 of the 45 pairs share a direction
+    assert two["variance"] == pytest.approx(0.5)
+    assert embedding_stats(np.zeros((0, 4)))["effective_rank"] is None
+
