@@ -115,7 +115,7 @@ def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_ru
     run = load_run(tiny_run / "run")
     emo = EM.embed_emotions(run)
     # the tiny run has an alignment head: its emotion vectors, whatever the sequences' text
-    np.testing.assert_allclose(emo, run.model.contrastive.align.embed_emotions().numpy(), atol=1e-6)
+    np.testing.assert_allclose(emo, run.model.contrastive.align.embed_emotions().detach().numpy(), atol=1e-6)
     a = run.model.embed_texts(**run.builder._stack([run.builder.encode("awe", EM.FILLER),
                                                     run.builder.encode("awe", "a long and different explanation")]))[0]
     np.testing.assert_allclose(a[0], a[1], atol=1e-5)  # the emotion segment precedes " because"
