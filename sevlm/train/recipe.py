@@ -28,8 +28,10 @@ import contextlib
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,11 +523,41 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
 def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | None = None,
           out_dir: str | os.PathLike | None = None) -> Path:
     """Train (or continue with `resume=RUN_DIR`) and return the run folder."""
-    with claim_run_folder(run_folder(config, resume, out_dir)):
+    run_dir = run_folder(config, resume, out_dir)
+    with sigterm_exits(run_dir), claim_run_folder(run_dir):
         cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
         recipe = TrainRecipe(cfg, run_dir, resuming)
         recipe.setup()
         return recipe.train()
+
+
+@contextlib.contextmanager
+def sigterm_exits(run_dir: Path):
+    """SIGTERM (a scheduler's stop, torchrun stopping its ranks, `kill`) ends training as
+    SystemExit(143) raised in the main thread, so that the way out stops the DataLoader workers and
+    releases the run folder (log.jsonl is written row by row). It leaves what a kill leaves (the last
+    finished checkpoint; a save cut short is never named), so `--resume` continues as after a kill.
+    A second SIGTERM ends the process at once. Python runs the handler between bytecodes: a
+    process blocked in C code (a collective whose peer hangs) takes it when the call returns."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    pid = os.getpid()
+
+    def stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() != pid:  # a process forked before it could reset the handler: the default action
+            os.kill(os.getpid(), signum)
+            return
+        print(f"sevlm train: terminated (SIGTERM); continue with: sevlm train --resume {run_dir}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
