@@ -17,7 +17,7 @@ from sevlm.errors import ConfigError, DataError
 from sevlm.train import TrainingError, train
 from sevlm.train import recipe as train_recipe
 from sevlm.train.checkpoint import CKPT_DIR, pointers
-from tests.train.runkit import log_rows
+from tests.train.runkit import log_rows, tb_scalars
 
 STEPS = 5
 # The first losses of the tiny config on the tiny data (seed 0, fp32, one CPU rank), as computed
@@ -271,8 +271,42 @@ def test_kill_during_a_checkpoint_save_then_resume_matches(point, full_run, tiny
 
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert losses(run_dir) == losses(full_run)
+    assert tb_scalars(run_dir) == tb_scalars(full_run)  # resumed from step 0 too: the killed run's events purged
     assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == resumed_at
     assert [p.name for p in (run_dir / CKPT_DIR).iterdir() if p.is_dir()] == ["step00000005"]
+
+
+def test_kill_after_the_done_row_then_resume_logs_done_once(full_run, tiny_config, tmp_path, monkeypatch, capsys):
+    """A kill after the last checkpoint, before done.json: the resumed run finishes again without
+    a second `done` row; a finished run resumed again changes nothing. Temporaries of atomic
+    writes that kills cut short are swept."""
+    from sevlm.cli import main
+    from sevlm.train.runlog import RunLog
+
+    run_dir = tmp_path / "run"
+
+    def die(self):
+        raise Killed
+
+    monkeypatch.setattr(RunLog, "close", die)  # the done row is written, done.json is not
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+    assert log_rows(run_dir)[-1]["event"] == "done" and not (run_dir / "done.json").exists()
+    leftovers = [run_dir / ".run.json.x1y2.tmp", run_dir / CKPT_DIR / ".pointers.json.x1y2.tmp",
+                 run_dir / ".export.x1y2.tmp"]  # what a kill inside atomic_path / atomic_dir leaves
+    for path in leftovers[:2]:
+        path.write_text("{")
+    leftovers[2].mkdir()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert log_rows(run_dir) == log_rows(full_run)
+    assert tb_scalars(run_dir) == tb_scalars(full_run)
+    assert not [p for p in leftovers if p.exists()]
+    log = (run_dir / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "finished already" in capsys.readouterr().err and (run_dir / "log.jsonl").read_text() == log
 
 
 def test_sigterm_mid_training_exits_143_and_the_resumed_run_matches(full_run, tiny_config, tmp_path, monkeypatch,
