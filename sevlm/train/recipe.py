@@ -28,8 +28,10 @@ import contextlib
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,11 +245,12 @@ class TrainRecipe:
         }
         if rt.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if not self.resuming:
-                write_json(self.run_dir / CONFIG_FILE, resolved)
+            sweep_temporaries(self.run_dir)
+            if not self.resuming:  # config.json last: a folder without one is started afresh
                 write_json(self.run_dir / "ds_config.json", rt.ds_config)
                 if self.vocab is not None:
                     self.vocab.save(self.run_dir / VOCAB_FILE)
+                write_json(self.run_dir / CONFIG_FILE, resolved)
             write_json(self.run_dir / "run.json", {
                 **derived, "model_config": mc.__dict__, "git": _git_hash(),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
@@ -350,6 +353,7 @@ class TrainRecipe:
     def save(self, *names: str) -> None:
         """Checkpoint the current step and point `names` (LAST, BEST_ACC, BEST_BLEU) at it."""
         fingerprint = self.fingerprint() if self.rt.main else {}  # rank 0 writes it
+        self.log.flush()  # what was logged up to this step is on disk before a checkpoint names the step
         checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, fingerprint,
                         self.rt.main)
 
@@ -462,7 +466,8 @@ class TrainRecipe:
             self.export(EXPORT, {})
         summary = {"step": st.step, "event": "done", "reason": stop, "best_acc": st.best_acc,
                    "best_bleu4": st.best_bleu}
-        self.log.write(summary)
+        # not a time series: in TensorBoard a run resumed after this row would show its figures twice
+        self.log.write(summary, tensorboard=False)
         self.log.close()
         if self.rt.main:  # written last: its presence means training finished
             write_json(self.run_dir / DONE_FILE, summary)
@@ -521,11 +526,63 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
 def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | None = None,
           out_dir: str | os.PathLike | None = None) -> Path:
     """Train (or continue with `resume=RUN_DIR`) and return the run folder."""
-    with claim_run_folder(run_folder(config, resume, out_dir)):
+    run_dir = run_folder(config, resume, out_dir)
+    with sigterm_exits(run_dir), claim_run_folder(run_dir):
         cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
+        if resuming and (run_dir / DONE_FILE).exists():  # written last: nothing is left to do
+            _say(f"sevlm train: {run_dir}: finished already ({run_dir / DONE_FILE}); nothing to resume",
+                 os.environ.get("RANK", "0") == "0")
+            return run_dir
         recipe = TrainRecipe(cfg, run_dir, resuming)
         recipe.setup()
         return recipe.train()
+
+
+@contextlib.contextmanager
+def sigterm_exits(run_dir: Path):
+    """SIGTERM (a scheduler's stop, torchrun stopping its ranks, `kill`) ends training as
+    SystemExit(143) raised in the main thread, so that the way out stops the DataLoader workers and
+    releases the run folder (log.jsonl is written row by row). It leaves what a kill leaves (the last
+    finished checkpoint; a save cut short is never named), so `--resume` continues as after a kill.
+    A second SIGTERM ends the process at once. Python runs the handler between bytecodes: a
+    process blocked in C code (a collective whose peer hangs) takes it when the call returns."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    pid = os.getpid()
+
+    def stop(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() != pid:  # a process forked before it could reset the handler: the default action
+            os.kill(os.getpid(), signum)
+            return
+        print(f"sevlm train: terminated (SIGTERM); continue with: sevlm train --resume {run_dir}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sweep_temporaries(run_dir: Path) -> None:
+    """Remove what atomic writes that a kill cut short left in the run folder (`.NAME.XXXX.tmp`
+    files and folders beside log.jsonl, run.json, the pointers, the exports...). Rank 0 calls it
+    while it holds the run folder, before it writes anything, and while no other rank writes.
+    `.NAME.old.XXXX.tmp` holds the last complete copy of a folder killed mid-swap: `atomic_dir`
+    puts it back on its next write, so it stays."""
+    import shutil
+
+    for folder in (run_dir, run_dir / CKPT_DIR, run_dir / "ranks"):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if ".old." in path.name:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # ---- small helpers ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from sevlm.errors import ConfigError, DataError
 from sevlm.train import TrainingError, train
 from sevlm.train import recipe as train_recipe
 from sevlm.train.checkpoint import CKPT_DIR, pointers
+from tests.train.runkit import log_rows, tb_scalars
 
 STEPS = 5
 # The first losses of the tiny config on the tiny data (seed 0, fp32, one CPU rank), as computed
@@ -287,8 +288,68 @@ def test_kill_during_a_checkpoint_save_then_resume_matches(point, full_run, tiny
 
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert losses(run_dir) == losses(full_run)
+    assert tb_scalars(run_dir) == tb_scalars(full_run)  # resumed from step 0 too: the killed run's events purged
     assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == resumed_at
     assert [p.name for p in (run_dir / CKPT_DIR).iterdir() if p.is_dir()] == ["step00000005"]
+
+
+def test_kill_after_the_done_row_then_resume_logs_done_once(full_run, tiny_config, tmp_path, monkeypatch, capsys):
+    """A kill after the last checkpoint, before done.json: the resumed run finishes again without
+    a second `done` row; a finished run resumed again changes nothing. Temporaries of atomic
+    writes that kills cut short are swept."""
+    from sevlm.cli import main
+    from sevlm.train.runlog import RunLog
+
+    run_dir = tmp_path / "run"
+
+    def die(self):
+        raise Killed
+
+    monkeypatch.setattr(RunLog, "close", die)  # the done row is written, done.json is not
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+    assert log_rows(run_dir)[-1]["event"] == "done" and not (run_dir / "done.json").exists()
+    leftovers = [run_dir / ".run.json.x1y2.tmp", run_dir / CKPT_DIR / ".pointers.json.x1y2.tmp",
+                 run_dir / ".export.x1y2.tmp"]  # what a kill inside atomic_path / atomic_dir leaves
+    for path in leftovers[:2]:
+        path.write_text("{")
+    leftovers[2].mkdir()
+
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert log_rows(run_dir) == log_rows(full_run)
+    assert tb_scalars(run_dir) == tb_scalars(full_run)
+    assert not [p for p in leftovers if p.exists()]
+    log = (run_dir / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "finished already" in capsys.readouterr().err and (run_dir / "log.jsonl").read_text() == log
+
+
+def test_sigterm_mid_training_exits_143_and_the_resumed_run_matches(full_run, tiny_config, tmp_path, monkeypatch,
+                                                                    capsys):
+    import os
+    import signal
+
+    from sevlm.cli import main
+
+    run_dir = tmp_path / "run"
+
+    def terminate(state):
+        if state.step == 3:
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, before), "SIGTERM would end pytest"
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises as soon as this returns
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(train_recipe, "_after_step", terminate)
+    with pytest.raises(SystemExit) as stopped:
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
+    monkeypatch.undo()
+    assert stopped.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+    assert f"terminated (SIGTERM); continue with: sevlm train --resume {run_dir}" in capsys.readouterr().err
+    assert not (run_dir.parent / f".{run_dir.name}.train.lock").exists()  # released on the way out
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert losses(run_dir) == losses(full_run) and log_rows(run_dir) == log_rows(full_run)
 
 
 def test_resume_refuses_an_edited_config_or_changed_features(tiny_data, tiny_config, tmp_path, monkeypatch):
