@@ -9,6 +9,26 @@ from pathlib import Path
 from sevlm.io import write_text
 
 
+def _after_last_event_file(tb_dir: Path) -> None:
+    """Wait (under a second) until a new event file's name sorts after every one in `tb_dir`.
+
+    TensorBoard reads a folder's event files in name order, and the purge that hides what a
+    resumed run redoes only works when the resumed run's file comes last. A name is
+    `events.out.tfevents.<unix seconds>.<host>.<pid>.<counter>`: within one second, a resume in
+    the same process can sort first (counter "10" < "9"), so a resume starts its file in a
+    later second than any existing one."""
+    import time
+
+    stamps = []
+    for f in tb_dir.glob("events.out.tfevents.*"):
+        try:
+            stamps.append(int(f.name.split(".")[3]))
+        except (IndexError, ValueError):
+            continue
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 class RunLog:
     """JSONL + TensorBoard on rank 0; silent elsewhere."""
 
@@ -29,6 +49,8 @@ class RunLog:
                 if row.get("step", 0) <= resume_step and row.get("event") != "done":  # resumed: not done
                     kept.append(line)
             write_text(self.path, "".join(k + "\n" for k in kept))
+        if resume_step is not None:
+            _after_last_event_file(run_dir / "tb")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

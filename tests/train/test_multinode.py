@@ -92,7 +92,7 @@ def interrupt(run_dir: Path, nodes: list, logs: list[Path], at_step: int, how: s
         wait_for(lambda: not alive(watched[k]), 10, what=f"node {k}'s rank and DataLoader worker ending")
         assert len(watched[k]) >= 2, watched  # a rank and its DataLoader worker were watched
     return dict(how=how, node0_exit_s=round(time.monotonic() - stopped_at, 1), rc0=rc0, rc1=rc1,
-                rank1_said=[line for line in _tail(logs[1]).splitlines() if "terminated (SIGTERM)" in line])
+                rank1_said=[line for line in logs[1].read_text(errors="replace").splitlines() if "terminated (SIGTERM)" in line])
 
 
 @pytest.mark.slow
