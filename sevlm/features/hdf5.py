@@ -29,6 +29,7 @@ last merges the parts, in rank order, into F.h5, equal to a single-process file.
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.metadata
 import json
@@ -59,6 +60,7 @@ from sevlm.features.common import (
     resolve_image,
 )
 from sevlm.io import ensure_parent
+from sevlm.workers import end_with_parent
 from sevlm.locks import InUseError, claim
 
 FORMAT = "sevlm-features"
@@ -238,6 +240,8 @@ def _encode_into(path: Path, attrs: dict, encoder, names: list[str], images_dir:
         shuffle=False,  # the stored order is the sorted name list, batch boundaries included
         num_workers=num_workers,
         collate_fn=_collate,
+        # a killed extract takes its decoding workers with it (a rerun resumes beside no leftovers)
+        worker_init_fn=functools.partial(end_with_parent, os.getpid()) if num_workers else None,
     )
     batches = iter(loader)  # workers fork here, before the HDF5 file is opened: they never hold it
     n_encoded = 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import signal
-import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sevlm.train.config import ASSIST_MODES
+from sevlm.workers import end_with_parent
 
 # Streams kept apart so the training order never shifts when validation sampling changes.
 _TRAIN, _VAL = 0, 1
@@ -296,23 +295,6 @@ def _batches(dataset, num_workers: int, seed: int, epoch: int, collate, assist: 
     if not num_workers:
         return iter(loader)
     return _take(loader, collate, assist)
-
-
-def end_with_parent(parent: int, worker_id: int) -> None:
-    """A DataLoader worker's first act: die the moment the main process dies (Linux's parent-death
-    signal) instead of living on until torch's watchdog notices, about 5 s later, keeping its
-    memory, its open files and its share of the cores while a restarted run starts beside it.
-    SIGTERM gets its default action back: the main process's handler (`sevlm train`'s clean
-    exit) is inherited by the fork but is not the worker's; the main process stops its workers.
-    (The signal follows the thread that started the worker: the recipe iterates in its main thread.)"""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the main process died before the signal was armed
-        os._exit(1)
 
 
 def _take(loader: DataLoader, collate, assist: Assist) -> Iterator[dict]:

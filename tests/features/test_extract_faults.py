@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featurekit import assert_same_feature_files, kill_9_after, make_image_dataset, start_extract, wait_for_progress
+from featurekit import (assert_same_feature_files, kill_9_after, make_image_dataset, start_extract,
+                        wait_for_progress, wait_gone)
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import FeatureStore, extract_features, partial_path
@@ -23,7 +24,8 @@ def _sha(path: Path) -> str:
 def test_sigkill_with_workers_then_immediate_restart_completes_equal_to_an_uninterrupted_run(tmp_path):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 24, empty=(3,))
     out = tmp_path / "resumed.h5"
-    kill_9_after(start_extract(images_dir, dataset_dir, out, workers=2), partial_path(out), 6)
+    workers = kill_9_after(start_extract(images_dir, dataset_dir, out, workers=2), partial_path(out), 6)
+    assert len(workers) == 2 and wait_gone(workers, 1.0) == []  # the workers die with it, not ~5 s later
     assert partial_path(out).stat().st_size > 0
 
     summary = extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=2, num_workers=2, progress=False)
