@@ -278,6 +278,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     from sevlm.data.vad import VADLexicon
     from sevlm.io import read_json
     from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.model.config import saved_model_config
     from sevlm.text import VOCAB_FILE, SequenceBuilder, VocabMap, check_id_space, load_tokenizer
 
     export = find_export(path)
@@ -288,8 +289,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
 
     if not isinstance(config.get("model"), dict):
         raise DataError(f"{export / 'config.json'}: no \"model\" section; the export is damaged, export the run again")
-    # an export from before the alignment head had none: w_align 0 rebuilds its layout
-    mcfg = from_dict(SEVLMConfig, {"w_align": 0.0, **config["model"]}, where=str(export / "config.json") + ":model")
+    mcfg = from_dict(SEVLMConfig, saved_model_config(config["model"]), where=str(export / "config.json") + ":model")
     # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
     decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
     tokenizer = load_tokenizer(export / "tokenizer")

@@ -16,6 +16,17 @@ CHOICES = {
 }
 
 
+# What a model config saved by an older sevlm meant for keys it lacks: the behaviour it was trained
+# with, where that differs from today's default (an export or a run folder from before the
+# alignment head has none, and loads with `w_align` 0).
+SAVED_DEFAULTS = {"w_align": 0.0}
+
+
+def saved_model_config(model: dict) -> dict:
+    """A saved config's `model` section with SAVED_DEFAULTS filled in where it lacks them."""
+    return {**SAVED_DEFAULTS, **model}
+
+
 @dataclass
 class SEVLMConfig:
     # Decoder: a GPT-2-family hub name or local directory, or None for a random GPT-2 of

@@ -506,7 +506,12 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
         cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.exists():
             raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
-        return as_train_config(read_json(cfg_path)), run_dir, True
+        saved = read_json(cfg_path)
+        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+            from sevlm.model.config import saved_model_config
+
+            saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
+        return as_train_config(saved), run_dir, True
     cfg = as_train_config(config)
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(

@@ -57,6 +57,21 @@ def test_round_trip(tiny_run, builder, make_samples):
     assert load_run(run_dir).config["encoder"]["name"] == "tiny-random"
 
 
+def test_an_export_from_before_the_alignment_head_loads_without_one(tmp_path, make_model, tok, lexicon, builder,
+                                                                    make_samples):
+    """config.json of an older sevlm has no `w_align`: such a model had no alignment head, and
+    loads as it was trained (today's default would build one, and find no weights for it)."""
+    m = make_model(visual_dim=32, seed=5, w_align=0.0).eval()
+    export = save_export(tmp_path / "export", m, tok, {"data": {"lexicon": str(lexicon.source)}})
+    cfg = json.loads((export / "config.json").read_text())
+    del cfg["model"]["w_align"]
+    write_json(export / "config.json", cfg)
+    run = load_run(export)
+    assert run.model.config.w_align == 0.0 and run.model.contrastive.align is None
+    batch = builder.collate_eval(make_samples(2, dim=32))
+    torch.testing.assert_close(run.model.embed_images(batch["visual"]), m.embed_images(batch["visual"]))
+
+
 def test_sharded_decoder_round_trip(tmp_path, make_model, tok, builder, make_samples, monkeypatch):
     """A decoder that transformers writes in shards (a large one) is recorded file by file."""
     from transformers import GPT2LMHeadModel

@@ -10,6 +10,7 @@ from sevlm.config import named_configs
 from sevlm.errors import ConfigError
 from sevlm.train.checks import check_memory, estimate_memory_bytes
 from sevlm.train.config import (
+    config_to_dict,
     DS_CONFIG_DIR,
     ScheduleConfig,
     TrainConfig,
@@ -125,3 +126,19 @@ def test_memory_estimate_grows_with_batch_and_refuses_what_cannot_fit():
     check_memory(estimate_memory_bytes(micro_batch=32, **args), "cpu", 11, 32)
     with pytest.raises(ConfigError, match="schedule.micro_batch=1024 needs about .* GiB per process but max_memory_gb is 11.0 GiB"):
         check_memory(estimate_memory_bytes(micro_batch=1024, **args), "cpu", 11, 1024)
+
+
+def test_a_run_from_before_the_alignment_head_resumes_without_one(tmp_path):
+    """--resume reads the run's saved config.json; one written before `w_align` existed trained
+    no alignment head, so it resumes with none (not with today's default of 1)."""
+    from sevlm.train import load_train_config
+    from sevlm.train.recipe import prepare_run
+
+    saved = config_to_dict(load_train_config("tiny", ["data.dataset_dir=/d", "data.features=/f.h5"]))
+    del saved["model"]["w_align"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    cfg, run_dir, resuming = prepare_run(None, tmp_path, None)
+    assert resuming and run_dir == tmp_path and cfg.model.w_align == 0.0
+    saved["model"]["w_align"] = 0.5  # a saved value is kept
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert prepare_run(None, tmp_path, None)[0].model.w_align == 0.5
