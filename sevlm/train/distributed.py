@@ -17,6 +17,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_OWN_PORT = "SEVLM_OWN_MASTER_PORT"  # set when the single-process default picked MASTER_PORT
+
+
 def set_env_defaults(device: str) -> None:
     """Single-process defaults for what the launchers would set. Call before importing deepspeed."""
     if "WORLD_SIZE" not in os.environ:
@@ -24,13 +27,29 @@ def set_env_defaults(device: str) -> None:
         os.environ["WORLD_SIZE"] = "1"
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = os.environ[_OWN_PORT] = str(free_port())
     else:
         os.environ.setdefault("LOCAL_RANK", os.environ.get("RANK", "0"))
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
     if device == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _init_process_group(deepspeed, backend: str, attempts: int = 5) -> None:
+    """deepspeed.init_distributed; a single process whose port sevlm picked itself takes another
+    when that one was taken in the meantime (a free port is only free until someone binds it:
+    two runs started together can draw the same one, and the second failed with EADDRINUSE)."""
+    for attempt in range(attempts):
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+            return
+        except Exception as e:  # torch's DistNetworkError, by message: its class moved between versions
+            own = os.environ.get(_OWN_PORT) == os.environ.get("MASTER_PORT")
+            if not (own and "EADDRINUSE" in str(e)) or attempt == attempts - 1:
+                raise
+            os.environ["MASTER_PORT"] = os.environ[_OWN_PORT] = str(free_port())
 
 
 def pick_device(requested: str) -> str:
@@ -49,7 +68,7 @@ def init_distributed(device: str) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+        _init_process_group(deepspeed, "nccl" if device == "cuda" else "gloo")
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()

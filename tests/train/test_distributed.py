@@ -55,3 +55,31 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
 
     loaded = load_run(run_dir)
     assert loaded.model.config.n_layer == 2 and loaded.model.config.vocab_size == len(loaded.tokenizer)
+
+
+def test_a_single_process_takes_another_port_when_its_own_was_taken(monkeypatch):
+    """The port a plain `sevlm train` picks is free only until someone binds it: two runs started
+    together could draw the same one (the kill soak met it as EADDRINUSE)."""
+    from sevlm.train import distributed as D
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", D._OWN_PORT):
+        monkeypatch.delenv(k, raising=False)
+    D.set_env_defaults("cpu")
+    ports = []
+
+    class FakeDeepSpeed:
+        @staticmethod
+        def init_distributed(dist_backend):
+            ports.append(os.environ["MASTER_PORT"])
+            if len(ports) < 3:
+                raise RuntimeError(f"port: {ports[-1]}, code: -98, name: EADDRINUSE, message: address already in use")
+
+    D._init_process_group(FakeDeepSpeed, "gloo")
+    assert len(ports) == 3 and len(set(ports)) == 3  # a new port each time
+
+    # a port the user (or a launcher) chose is theirs: no silent change
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    ports.clear()
+    with pytest.raises(RuntimeError, match="EADDRINUSE"):
+        D._init_process_group(FakeDeepSpeed, "gloo")
+    assert ports == ["29555"]
