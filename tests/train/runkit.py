@@ -58,12 +58,14 @@ def stopped_afterwards(procs: list[subprocess.Popen]):
             stop_group(p)
 
 
-def wait_for(cond, timeout: float, interval: float = 0.01, procs=(), what: str = "") -> None:
-    """Poll `cond()` until true; fail after `timeout` s, or as soon as one of `procs` has exited."""
+def wait_for(cond, timeout: float, interval: float = 0.01, procs=(), what: str = "", logs=()) -> None:
+    """Poll `cond()` until true; fail after `timeout` s, or as soon as one of `procs` has exited
+    (the failure quotes the end of each of `logs`, the children's output)."""
     deadline = time.monotonic() + timeout
     while not cond():
         if any(p.poll() is not None for p in procs):
-            raise AssertionError(f"{what}: a child exited first (rc {[p.poll() for p in procs]})")
+            tails = "".join(f"\n--- {log}:\n" + Path(log).read_text(errors="replace")[-3000:] for log in logs)
+            raise AssertionError(f"{what}: a child exited first (rc {[p.poll() for p in procs]}){tails}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
         time.sleep(interval)

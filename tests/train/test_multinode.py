@@ -72,7 +72,7 @@ def interrupt(run_dir: Path, nodes: list, logs: list[Path], at_step: int, how: s
     which passes it on to its rank; "lost", a SIGKILL to its torchrun, its rank and the rank's
     workers: torchrun starts a rank in a session of its own, so a kill of torchrun alone leaves
     the rank training). Node 0 must then exit by itself, with an error, within EXIT_TIMEOUT_S."""
-    wait_for(lambda: any(r.get("step", 0) >= at_step for r in log_rows(run_dir)), RUN_TIMEOUT_S, procs=nodes,
+    wait_for(lambda: any(r.get("step", 0) >= at_step for r in log_rows(run_dir)), RUN_TIMEOUT_S, procs=nodes, logs=logs,
              what=f"step {at_step} on two nodes")
     watched = [descendants(p.pid) for p in nodes]
     if how == "sigterm":

@@ -118,7 +118,7 @@ def test_ten_kills_then_resume_equal_an_uninterrupted_run_bit_for_bit(tiny_data,
     (tmp_path / "ref").mkdir()
     reference = launch(tmp_path / "ref" / "run", tiny_data, 0)
     with stopped_afterwards([reference.proc]):
-        wait_for(lambda: STARTED in reference.output.read_text(errors="replace"), LAUNCH_TIMEOUT_S,
+        wait_for(lambda: STARTED in reference.output.read_text(errors="replace"), LAUNCH_TIMEOUT_S, logs=[reference.output],
                  procs=[reference.proc], what="reference start-up")
         startup_s = time.monotonic() - reference.t0
         assert reference.proc.wait(timeout=LAUNCH_TIMEOUT_S) == 0, reference.tail()
@@ -146,7 +146,8 @@ def test_ten_kills_then_resume_equal_an_uninterrupted_run_bit_for_bit(tiny_data,
                 aim = f"save {skip + 1}, {name or 'its folder'}"
                 reached = lambda: len(tags := new_tags(run_dir, run)) > skip and (
                     name is None or (run_dir / "checkpoints" / tags[skip] / name).exists())
-            wait_for(reached, LAUNCH_TIMEOUT_S, interval=0.002, procs=[run.proc], what=f"kill {n} ({phase}, {aim})")
+            wait_for(reached, LAUNCH_TIMEOUT_S, interval=0.002, procs=[run.proc], what=f"kill {n} ({phase}, {aim})",
+                     logs=[run.output])
             workers = descendants(run.proc.pid)
             pids += [w.pid for w in workers]
             run.proc.send_signal(sig)
