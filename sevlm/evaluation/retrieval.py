@@ -515,17 +515,16 @@ def score_split(run, dataset_dir, split: str, features, options: IndexOptions = 
     result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
                               options=options, random_runs=random_runs, seed=seed)
     result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
-    result["embedding_space"] = retrieval_space(run.model.config)
+    result["embedding_space"] = retrieval_space(run.model)
     return result
 
 
-def retrieval_space(config) -> dict:
-    """Which projections a model retrieves with, and whether its image side was trained."""
-    if config.mode == "none":
-        return {"head": "ternary", "image_side_trained": False,
+def retrieval_space(model) -> dict:
+    """Which projections a model (SEVLM) retrieves with, and whether its image side was trained."""
+    head = "alignment" if model.retrieval_head() is model.contrastive.align else "ternary"
+    if model.config.mode == "none":
+        return {"head": head, "image_side_trained": False,
                 "note": "model.mode=none (the no-image control): no loss reads the image, so its image "
                         "embeddings are the untrained initial projection of the features; image-side figures "
                         "show what an untrained projection gives, and only its text-side figures are trained"}
-    if config.w_align > 0:
-        return {"head": "alignment", "image_side_trained": True}
-    return {"head": "ternary", "image_side_trained": True}
+    return {"head": head, "image_side_trained": True}

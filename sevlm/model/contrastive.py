@@ -71,15 +71,8 @@ def ternary_candidates(seq_image: torch.Tensor, pair_valid: torch.Tensor, visual
     return anchors, partner, neg, image
 
 
-class AlignmentHead(nn.Module):
-    """The retrieval space of a model with `w_align` > 0 (module docstring)."""
-
-    def __init__(self, visual_dim: int, text_dim: int, dim: int, temperature: float = 0.1, n_emotions: int = 9):
-        super().__init__()
-        self.img_proj = nn.Linear(visual_dim, dim)
-        self.exp_proj = nn.Linear(text_dim, dim)
-        self.emotions = nn.Parameter(torch.randn(n_emotions, dim) * 0.02)  # (9, E), EMOTIONS order
-        self.temperature = temperature
+class _Embeddings(nn.Module):
+    """What both heads embed alike, given their `img_proj` and `exp_proj`."""
 
     def embed_image(self, visual: torch.Tensor) -> torch.Tensor:
         """visual tokens (B, N, D) -> normalised float32 (B, E), from the mean of the tokens."""
@@ -88,6 +81,17 @@ class AlignmentHead(nn.Module):
     def embed_explanation(self, exp_feat: torch.Tensor) -> torch.Tensor:
         """Explanation features (B, C) -> normalised float32 (B, E)."""
         return F.normalize(self.exp_proj(exp_feat).float(), dim=-1)
+
+
+class AlignmentHead(_Embeddings):
+    """The retrieval space of a model with `w_align` > 0 (module docstring)."""
+
+    def __init__(self, visual_dim: int, text_dim: int, dim: int, temperature: float = 0.1, n_emotions: int = 9):
+        super().__init__()
+        self.img_proj = nn.Linear(visual_dim, dim)
+        self.exp_proj = nn.Linear(text_dim, dim)
+        self.emotions = nn.Parameter(torch.randn(n_emotions, dim) * 0.02)  # (9, E), EMOTIONS order
+        self.temperature = temperature
 
     def embed_emotions(self) -> torch.Tensor:
         """The 9 emotion vectors, normalised float32 (9, E)."""
@@ -111,7 +115,7 @@ class AlignmentHead(nn.Module):
         return i2e + (i2x + x2i) / 2
 
 
-class ContrastiveHead(nn.Module):
+class ContrastiveHead(_Embeddings):
     def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1,
                  raw_inputs: bool = False, align: bool = False):
         super().__init__()
@@ -131,13 +135,9 @@ class ContrastiveHead(nn.Module):
         self.align = AlignmentHead(visual_dim, text_dim, dim, temperature) if align else None
 
 
-    def embed_image(self, visual: torch.Tensor) -> torch.Tensor:
-        """visual tokens (B, N, D) -> normalised float32 (B, E), from the mean of the tokens."""
-        return F.normalize(self.img_proj(visual.mean(dim=1)).float(), dim=-1)
-
     def embed_text(self, emo_feat: torch.Tensor, exp_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Emotion and explanation features -> normalised float32 (B, E) each."""
-        return F.normalize(self.emo_proj(emo_feat).float(), dim=-1), F.normalize(self.exp_proj(exp_feat).float(), dim=-1)
+        return F.normalize(self.emo_proj(emo_feat).float(), dim=-1), self.embed_explanation(exp_feat)
 
     def scorer_inputs(self, visual: torch.Tensor, emo_feat: torch.Tensor, exp_feat: torch.Tensor):
         """(image (I, .), emotion (B, .), explanation (B, .)) as `loss` takes them."""

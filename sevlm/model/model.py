@@ -397,9 +397,7 @@ class SEVLM(nn.Module):
                            vad: torch.Tensor | None = None, **_batch: Any) -> torch.Tensor:
         """Sequences -> normalised retrieval embeddings (B, E) of their explanations. Text only:
         the result depends on no image (nor on the label), so it can be indexed."""
-        if self.retrieval_head() is self.contrastive:
-            return self.embed_texts(input_ids, attention_mask, segment_ids, vad)[1]
-        return self.contrastive.align.embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
+        return self.retrieval_head().embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
 
     @torch.no_grad()
     def embed_emotions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor,

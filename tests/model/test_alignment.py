@@ -108,10 +108,10 @@ def test_the_no_image_control_trains_no_image_signal(make_model, builder, make_s
 def test_each_model_says_which_space_it_retrieves_in(make_model):
     from sevlm.evaluation.retrieval import retrieval_space
 
-    assert retrieval_space(make_model().config) == {"head": "alignment", "image_side_trained": True}
-    assert retrieval_space(make_model(w_align=0.0).config) == {"head": "ternary", "image_side_trained": True}
-    control = retrieval_space(make_model(mode="none").config)
-    assert control["image_side_trained"] is False and "untrained" in control["note"]
+    assert retrieval_space(make_model()) == {"head": "alignment", "image_side_trained": True}
+    assert retrieval_space(make_model(w_align=0.0)) == {"head": "ternary", "image_side_trained": True}
+    control = retrieval_space(make_model(mode="none"))
+    assert control["head"] == "ternary" and control["image_side_trained"] is False and "untrained" in control["note"]
 
 
 def _emotion_data(n_per_emotion: int, seed: int, prototypes: torch.Tensor) -> list[dict]:
