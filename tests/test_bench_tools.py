@@ -45,3 +45,29 @@ def test_bench_data_times_every_case_with_and_without_the_main_process_assist(tm
     for cell in rates.values():
         assert set(cell) == {"0", "1 auto", "1 never"} and all(v > 0 for v in cell.values())
     assert out.count("x (slowest worker count, auto)") == 4
+
+
+@pytest.mark.slow
+def test_retrieval_study_scores_two_checkouts_and_the_reference_points(tmp_path):
+    """The study end to end on a small demo: both "checkouts" (this one twice) train the model and
+    its control, are scored by one scorer, and get the targets checked; the reference tool then
+    prints the probe and the linear CLIP-style model beside a run's own figures."""
+    out, study = _run_tool(["tools/retrieval_study.py", "--out", str(tmp_path), "--n-images", "90", "--seeds", "0",
+                            "--precisions", "fp32", "--code", f"a={ROOT}", "--code", f"b={ROOT}",
+                            "schedule.max_steps=3"])
+    rows = study["rows"]
+    assert [(r["code"], r["precision"], r["seed"]) for r in rows] == [("a", "fp32", 0), ("b", "fp32", 0)]
+    assert rows[0]["model"]["image_to_emotion"] == rows[1]["model"]["image_to_emotion"]  # same code, same seed
+    for r in rows:
+        assert set(r["checks"]) == {"control+0.25", "majority+0.25", "R@10>=2x chance", "probe-0.1"}
+        assert set(r["model"]["stats"]) == {"image", "explanation", "emotion"}
+        assert 0.0 <= r["control"]["image_to_emotion"] <= 1.0
+    probe = study["reference"]["logistic_probe"]
+    assert 0.0 <= probe["accuracy"] <= 1.0 and probe["n"] > 0
+    assert set(study["summary"]) == {"a/fp32", "b/fp32"} and "| a | fp32 | 0 |" in out
+
+    run = tmp_path / "runs" / "a" / "fp32-seed0-model"
+    out, ref = _run_tool(["tools/retrieval_reference.py", "--dataset", str(tmp_path / "dataset"), "--features",
+                          str(tmp_path / "features.h5"), "--run", str(run)])
+    assert ref["reference"]["logistic_probe"] == probe  # the same probe on the same data
+    assert set(ref["runs"]) == {str(run)} and "logistic-regression probe" in out and "exact chance" in out
