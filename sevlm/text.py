@@ -31,7 +31,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS
+from sevlm.constants import EMOTIONS
+from sevlm.data.artemis import emotion_distribution
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
 
@@ -393,20 +394,17 @@ class SequenceBuilder:
         batch["seq_image"] = torch.arange(n_img).repeat_interleave(2)  # (2I,)
         batch["pair_valid"] = torch.tensor(valid, dtype=torch.bool)  # (I,)
         batch["visual_negative"] = torch.from_numpy(derangement(n_img, rng))  # (I,)
-        votes = np.zeros((n_img, len(EMOTIONS)), dtype=np.float32)
-        for k, s in enumerate(samples):  # every annotation of the image, not only the sampled pair
-            for e in s["emotions"]:
-                votes[k, self._emotion_index(e, s)] += 1.0
-        batch["image_votes"] = torch.from_numpy(votes / votes.sum(1, keepdims=True))  # (I, 9)
+        # every annotation of the image, not only the sampled pair
+        batch["image_votes"] = torch.tensor([self._votes(s) for s in samples], dtype=torch.float32)  # (I, 9)
         batch["image_ids"] = [s["image_id"] for s in samples]
         return batch
 
     @staticmethod
-    def _emotion_index(emotion: str, sample: dict) -> int:
+    def _votes(sample: dict) -> list[float]:
         try:
-            return EMOTION_TO_INDEX[emotion]
-        except KeyError:
-            raise DataError(f"sample {sample.get('__key__', sample.get('image_id'))!r}: emotion {emotion!r} is not "
+            return emotion_distribution(sample["emotions"])
+        except KeyError as e:
+            raise DataError(f"sample {sample.get('__key__', sample.get('image_id'))!r}: emotion {e.args[0]!r} is not "
                             f"one of the 9 ({', '.join(EMOTIONS)})") from None
 
     def collate_eval(self, samples: Sequence[dict], annotation: int | None = 0) -> dict[str, Any]:

@@ -46,7 +46,8 @@ class SplitData:
 
 def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
-    from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS
+    from sevlm.constants import EMOTION_TO_INDEX
+    from sevlm.data.artemis import emotion_distribution
     from sevlm.evaluation.metrics import entry_dominant
     from sevlm.features.common import load_split_records
     from sevlm.features.hdf5 import FeatureStore
@@ -61,8 +62,7 @@ def load_split_data(dataset_dir, features, split: str) -> SplitData:
     for k, (image_id, rec) in enumerate(records.items()):
         d = entry_dominant(rec, f"{dataset_dir}/{split}.json: image {image_id!r}")
         dominant.append(EMOTION_TO_INDEX[d] if d is not None else -1)
-        counts = np.bincount([EMOTION_TO_INDEX[e] for e in rec["emotions"]], minlength=len(EMOTIONS))
-        votes.append(counts / counts.sum())
+        votes.append(emotion_distribution(rec["emotions"]))
         texts += rec["explanations"]
         text_image += [k] * len(rec["explanations"])
         text_emotion += [EMOTION_TO_INDEX[e] for e in rec["emotions"]]

@@ -118,22 +118,14 @@ def wait_for_progress(child: subprocess.Popen, partial: Path, images: int, timeo
     raise AssertionError(f"the child never reached {images} images (rc {child.wait()}): {child.stderr.read().decode()[-2000:]}")
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
+def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> list:
+    """SIGKILL `child` once it has recorded `images` images; returns its descendants (its
+    DataLoader workers, as psutil processes) at that moment."""
+    from tests.train.runkit import descendants
 
-
-def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> list[int]:
-    """SIGKILL `child` once it has recorded `images` images; returns the pids of its child
-    processes (its DataLoader workers) at that moment."""
     try:
         wait_for_progress(child, partial, images)
-        workers = _children(child.pid)
+        workers = descendants(child.pid)
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     finally:
@@ -141,19 +133,3 @@ def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> list[in
             child.kill()
     assert child.returncode == -signal.SIGKILL
     return workers
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """The pids still alive (not zombies) after waiting up to `timeout` s for them to end."""
-    deadline = time.time() + timeout
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z":
-                    alive.append(pid)
-            except OSError:
-                pass
-        if not alive or time.time() > deadline:
-            return alive
-        time.sleep(0.05)
