@@ -15,7 +15,7 @@ def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     assert cli.main(["demo-data", "--out", str(tmp / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
     assert cli.main(["prepare", "--artemis-csv", str(tmp / "raw" / "artemis_dataset_release_v0.csv"),
-                     "--out", str(tmp / "ds")]) == 0
+                     "--protocol", "sevlm", "--out", str(tmp / "ds")]) == 0
     return tmp / "raw" / "images", tmp / "ds"
 
 

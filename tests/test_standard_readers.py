@@ -37,7 +37,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
     raw, ds, feats, shards, run = root / "raw", root / "dataset", root / "features.h5", root / "shards", root / "run"
     steps = [
         ["demo-data", "--out", raw, "--n-images", 30, "--image-size", 32],
-        ["prepare", "--artemis-csv", raw / "artemis_dataset_release_v0.csv", "--images", raw / "images", "--out", ds],
+        ["prepare", "--artemis-csv", raw / "artemis_dataset_release_v0.csv", "--protocol", "sevlm", "--images", raw / "images", "--out", ds],
         ["extract", "--dataset", ds, "--encoder", "tiny-random", "--out", feats, "--workers", 0],
         *(["shard", "--features", feats, "--dataset", ds, "--split", s, "--out", shards, "--samples-per-shard", 5]
           for s in ("train", "val")),

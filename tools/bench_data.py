@@ -133,7 +133,7 @@ def build_features(work: Path, n_images: int, shape: str) -> dict[str, Path]:
     raw, dataset = work / "raw", work / "dataset"
     if not (dataset / "train.json").exists():
         make_demo_data(raw, n_images=n_images, seed=0, image_size=32, progress=False)
-        prepare_dataset(raw / "artemis_dataset_release_v0.csv", dataset, images_dir=raw / "images")
+        prepare_dataset(raw / "artemis_dataset_release_v0.csv", dataset, images_dir=raw / "images", protocol="sevlm")
     h5, shards = work / f"features-{shape}.h5", work / f"shards-{shape}"
     if not h5.exists():
         extract_features(None, dataset, "tiny-random", h5, batch_size=64, progress=False,

@@ -85,7 +85,7 @@ def _dataset(work: Path, size: dict, device: str) -> tuple[Path, Path]:
     if not (ds / "manifest.json").exists():
         assert main(["demo-data", "--out", str(raw), "--n-images", str(size["n_images"]),
                      "--image-size", str(size["image_px"])]) == 0
-        assert main(["prepare", "--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"),
+        assert main(["prepare", "--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"), "--protocol", "sevlm",
                      "--images", str(raw / "images"), "--out", str(ds)]) == 0
     if not feats.exists():
         extract_features(raw / "images", ds, "tiny-random", feats, batch_size=64, num_workers=size["workers"],

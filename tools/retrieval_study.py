@@ -70,7 +70,7 @@ def build_data(out: Path, n_images: int, seed: int) -> dict:
         (d["raw"] / "artemis_dataset_release_v0.csv",
          ["demo-data", "--out", str(d["raw"]), "--n-images", str(n_images), "--seed", str(seed)]),
         (d["dataset"] / "manifest.json",
-         ["prepare", "--artemis-csv", str(d["raw"] / "artemis_dataset_release_v0.csv"), "--images",
+         ["prepare", "--artemis-csv", str(d["raw"] / "artemis_dataset_release_v0.csv"), "--protocol", "sevlm", "--images",
           str(d["raw"] / "images"), "--out", str(d["dataset"])]),
         (d["features"], ["extract", "--images", str(d["raw"] / "images"), "--dataset", str(d["dataset"]),
                          "--encoder", "efficientnet-lite0", "--out", str(d["features"])]),

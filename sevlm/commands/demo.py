@@ -65,7 +65,8 @@ def run(args) -> int:
     _stage(
         "prepare",
         dataset / "manifest.json",
-        ["prepare", "--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"),
+        # the synthetic demo keeps sevlm's own text protocol (its utterances need no spelling)
+        ["prepare", "--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"), "--protocol", "sevlm",
          "--images", str(raw / "images"), "--out", str(dataset)],
         timings,
     )

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 HELP = "turn ArtEmis v1 (+ v2 Contrastive) CSVs, or any affective dataset's files, into a split dataset folder"
 EXAMPLES = """\
-  sevlm prepare --artemis-csv artemis_dataset_release_v0.csv --out data/artemis
+  sevlm prepare --artemis-csv artemis_dataset_release_v0.csv --images wikiart --out data/artemis
+  sevlm prepare --artemis-csv artemis_preprocessed.csv --images wikiart --out data/artemis   # ArtEmis's own output
+  sevlm prepare --artemis-csv combined/train/artemis_preprocessed.csv --test-csv test_all/test_all.csv \\
+      --images wikiart --out data/artemis_v2_combined
   sevlm prepare --artemis-csv artemis_dataset_release_v0.csv --contrastive-csv Contrastive.csv \\
       --images wikiart --out data/artemis_v2
   sevlm prepare --artemis-csv demo_out/demo_data/artemis_dataset_release_v0.csv --skip-bad-rows --out d
   sevlm prepare --format generic --input affection.jsonl --input ours.csv --images wikiart --out data/mixed
 """
 
-ARTEMIS_ONLY = ("artemis_csv", "contrastive_csv", "train_subset", "max_repetition")
+ARTEMIS_ONLY = ("artemis_csv", "contrastive_csv", "train_subset", "max_repetition", "protocol", "test_csv",
+                "too_long_percentile")
 
 
 def add_arguments(p) -> None:
@@ -27,6 +31,17 @@ def add_arguments(p) -> None:
     p.add_argument("--train-subset", choices=("combined", "all"), default=None,
                    help="with --contrastive-csv: 'combined' (default, the authors' training set: every v2 "
                         "training annotation plus an equal-size sample of v1's) or 'all' (every v1 and v2 one)")
+    p.add_argument("--protocol", choices=("artemis", "sevlm"), default=None,
+                   help="ArtEmis input: 'artemis' (default) reproduces ArtEmis's own preprocessing for deep nets "
+                        "(its split, spell-checked text, length rules, a 'rest' split for paintings annotated 41+ "
+                        "times), so results compare with published numbers; 'sevlm' is sevlm's earlier protocol "
+                        "(for datasets built with it). A CSV with split and utterance_spelled columns is taken as is")
+    p.add_argument("--test-csv", metavar="CSV", default=None,
+                   help="with a preprocessed CSV (e.g. ArtEmis v2's released combined/train/artemis_preprocessed.csv): "
+                        "a test CSV (e.g. test_all.csv) that replaces its test split")
+    p.add_argument("--too-long-percentile", type=float, default=None,
+                   help="(--protocol artemis) drop utterances longer than this percentile of the train split's "
+                        "token counts (default: 95, as ArtEmis; 100 keeps all)")
     p.add_argument("--input", action="append", metavar="FILE", default=None,
                    help="(--format generic) an annotation file; repeat to combine several into one dataset")
     p.add_argument("--images", metavar="DIR", default=None,
@@ -65,12 +80,26 @@ def run(args) -> int:
             raise ConfigError("--format artemis reads --artemis-csv CSV (--input is for --format generic)")
         m = prepare_dataset(args.artemis_csv, contrastive_csv=args.contrastive_csv, images_dir=args.images,
                             max_repetition=41 if args.max_repetition is None else args.max_repetition,
-                            train_subset=args.train_subset, **common)
+                            train_subset=args.train_subset, protocol=args.protocol or "artemis",
+                            test_csv=args.test_csv,
+                            too_long_percentile=95 if args.too_long_percentile is None else args.too_long_percentile,
+                            **common)
     print(f"wrote {args.out} (training set: {m['training_set']}; seed {m['seed']})")
+    if "protocol" in m:
+        print(f"  protocol: {m['protocol']}")
     for split, n in m["counts"].items():
         print(f"  {split:5s}: {n['images']:6d} images {n['annotations']:7d} annotations "
               f"({n['images_with_dominant_emotion']} with a dominant emotion; "
               + ", ".join(f"{k} {v}" for k, v in n["annotations_by_source"].items()) + ")")
+    report = m.get(m.get("protocol"), {})
+    if "text" in report:
+        t = report["text"]
+        print(f"  ArtEmis text: {t['explanations_changed']} explanations changed ({t['contractions_expanded']} "
+              f"contractions expanded, {t['tokens_spelled_manually']} tokens spelled by ArtEmis's table, "
+              f"{t['tokens_corrected']} corrected by SymSpell)")
+        print(f"  too long ({report['too_long']['rule']}, > {report['too_long']['threshold']:g} tokens): "
+              f"{report['too_long']['dropped']} dropped; rest split (repetition >= "
+              f"{args.max_repetition or 41}): {report['rest']['annotations']} annotations")
     if "set_aside" in m:
         print(f"  set aside ({m['set_aside']['rule']}): {m['set_aside']['paintings']} paintings, "
               f"{m['set_aside']['annotations']} annotations")

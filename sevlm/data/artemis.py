@@ -51,7 +51,10 @@ TRAIN_SUBSETS = {  # with v2: name -> the manifest's description of the training
 # Above this share of absent images `prepare` stops (a wrong --images folder, a partial download)
 # unless told to leave them out.
 MAX_MISSING_IMAGES = 0.05
-DATASET_FILES = (*(f"{s}.json" for s in SPLITS), *(f"{s}_coco.json" for s in SPLITS), "manifest.json")
+# "rest": ArtEmis's protocol sets its heavily re-annotated paintings aside in a split of their own.
+EXTRA_SPLITS = ("rest",)
+DATASET_FILES = (*(f"{s}.json" for s in SPLITS + EXTRA_SPLITS), *(f"{s}_coco.json" for s in SPLITS + EXTRA_SPLITS),
+                 "manifest.json")
 # What later stages derive from a dataset inside its folder (`sevlm evaluate`'s Emo-Align
 # classifier): stale once the dataset is rebuilt, so a re-prepare drops it.
 DERIVED = ("emo_classifier",)
@@ -515,7 +518,7 @@ def find_images(
 ) -> tuple[dict[str, str], list[str]]:
     """Each needed image's on-disk name, and the ids of the absent ones, whose annotations are
     removed from `per_split`. More than MAX_MISSING_IMAGES absent raises unless `allow_missing`."""
-    needed = {a.image_id: a.image_name for s in SPLITS for a in per_split[s]}
+    needed = {a.image_id: a.image_name for items in per_split.values() for a in items}
     names, missing = {}, []
     for image_id in sorted(needed):
         found = index.resolve(needed[image_id])
@@ -530,7 +533,7 @@ def find_images(
             f"or pass --allow-missing-images to leave their annotations out"
         )
     gone = set(missing)
-    for s in SPLITS:
+    for s in per_split:
         per_split[s] = [a for a in per_split[s] if a.image_id not in gone]
     return names, missing
 
@@ -625,7 +628,7 @@ def write_dataset(
     The folder is built beside `out_dir` and swapped in whole, so an interrupted run leaves the
     previous dataset as it was, never a mix of old and new split files.
     """
-    grouped = {s: _group(per_split[s], pool, image_names) for s in SPLITS}
+    grouped = {s: _group(per_split[s], pool, image_names) for s in per_split}  # SPLITS, then any EXTRA_SPLITS
     counts = {}
     for s, data in grouped.items():
         counts[s] = {
@@ -635,7 +638,8 @@ def write_dataset(
             "images_with_dominant_emotion": sum(v["dominant_emotion"] is not None for v in data.values()),
             "annotations_by_source": dict(sorted(Counter(a.source for a in per_split[s]).items())),
         }
-    manifest = {**manifest, "counts": counts, "files": list(DATASET_FILES[:-1])}
+    files = [f"{s}.json" for s in grouped] + [f"{s}_coco.json" for s in grouped]
+    manifest = {**manifest, "counts": counts, "files": files}
     with atomic_dir(out_dir) as tmp:
         for s, data in grouped.items():
             write_json(tmp / f"{s}.json", data, indent=None)  # compact: ArtEmis-size splits run to 100s of MB
@@ -693,17 +697,38 @@ def prepare_dataset(
     allow_missing_images: bool = False,
     train_subset: str | None = None,
     progress: bool = True,
+    protocol: str = "artemis",
+    test_csv: str | os.PathLike | None = None,
+    too_long_percentile: float = 95,
 ) -> dict:
     """Turn ArtEmis CSV(s) into the dataset folder described in docs/DESIGN.md; returns the manifest.
 
-    `max_repetition`: paintings whose repetition is >= this are set aside.
+    `protocol`: "artemis" (default) reproduces ArtEmis's deep-net preprocessing (its split, its
+    spell-checked text, its length rules, a `rest` split for heavily re-annotated paintings:
+    `sevlm.data.artemis_protocol`); "sevlm" is sevlm's own (test set first, our tokens, no spelling).
+    A CSV that already has `split` and `utterance_spelled` columns (ArtEmis's own output, ArtEmis
+    v2's released CSVs) is taken as it is, with `test_csv` as its test split if given.
+    `max_repetition`: paintings whose repetition is >= this are set aside (ArtEmis: into `rest`).
     `min_tokens`: utterances with fewer tokens are not used as explanations.
+    `too_long_percentile` (artemis protocol): utterances longer than this percentile of the
+    train split's lengths are dropped (100: none).
     `allow_missing_images`: leave out the annotations of absent images even when they are more
     than MAX_MISSING_IMAGES of all images (below that they are always left out, and counted).
     `train_subset` (with `contrastive_csv`): "combined" (default: the authors' training set,
     every v2 training annotation plus an equal-size random sample of the v1 ones) or "all".
     """
+    from sevlm.data import artemis_protocol as ap
+
     artemis_csv, out_dir = Path(artemis_csv), Path(out_dir)
+    if protocol not in ap.PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r} (expected one of: {', '.join(ap.PROTOCOLS)})")
+    preprocessed = ap.is_preprocessed(artemis_csv)
+    if preprocessed and contrastive_csv is not None:
+        raise ConfigError(f"{artemis_csv} is already preprocessed (it has split and utterance_spelled columns): "
+                          "it holds its own v2 rows; --contrastive-csv is for raw ArtEmis input")
+    if test_csv is not None and not preprocessed:
+        raise ConfigError("--test-csv goes with a preprocessed CSV (one with split and utterance_spelled columns, "
+                          f"e.g. ArtEmis v2's released training CSV); {artemis_csv} has neither")
     if train_subset is not None and contrastive_csv is None:
         raise ConfigError("a training subset (--train-subset) needs ArtEmis v2 (--contrastive-csv)")
     if contrastive_csv is not None:
@@ -712,30 +737,37 @@ def prepare_dataset(
             raise ConfigError(f"unknown training subset {train_subset!r} (expected one of: {', '.join(TRAIN_SUBSETS)})")
     check_out_dir(out_dir)
     index = ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
-    v1 = read_annotations(artemis_csv, "v1", skip_bad_rows, progress)
-    v2 = read_annotations(contrastive_csv, "v2", skip_bad_rows, progress) if contrastive_csv else None
-    results = [v1] + ([v2] if v2 else [])
-    every = [a for r in results for a in r.annotations]
 
-    # Paintings re-annotated many times are set aside entirely (v1 and v2 rows alike).
-    heavy = {a.image_id for a in every if a.repetition is not None and a.repetition >= max_repetition}
-    set_aside_rows = sum(a.image_id in heavy for a in every)
-    every = [a for a in every if a.image_id not in heavy]
+    if preprocessed:
+        v1 = ap.read_preprocessed(artemis_csv, skip_bad_rows, progress)
+        test = ap.read_preprocessed(test_csv, skip_bad_rows, progress) if test_csv is not None else None
+        results = [v1] + ([test] if test else [])
+        per_split, protocol_report = ap.assign_preprocessed(v1, test)
+        protocol, short = "artemis-preprocessed", drop_short(per_split, min_tokens)
+        every = [a for items in per_split.values() for a in items]
+        sources = {"artemis_csv": v1.manifest_entry(), **({"test_csv": test.manifest_entry()} if test else {})}
+    else:
+        v1 = read_annotations(artemis_csv, "v1", skip_bad_rows, progress)
+        v2 = read_annotations(contrastive_csv, "v2", skip_bad_rows, progress) if contrastive_csv else None
+        results = [v1] + ([v2] if v2 else [])
+        every = [a for r in results for a in r.annotations]
+        sources = {"artemis_csv": v1.manifest_entry(), **({"contrastive_csv": v2.manifest_entry()} if v2 else {})}
+        if protocol == "artemis":
+            per_split, protocol_report = ap.assign_artemis(every, seed, max_repetition, min_tokens,
+                                                           too_long_percentile, progress)
+            short = Counter({k[len("short_"):]: v for k, v in protocol_report["dropped"].items()
+                             if k.startswith("short_")})
+        else:
+            per_split, protocol_report, short = _assign_sevlm(every, seed, max_repetition, min_tokens)
 
-    # The split is v1's, so v1-only and v1+v2 datasets test on the same paintings; v2 rows
-    # follow their painting, and paintings new in v2 train.
-    splits = split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
-    split_of = {pid: s for s, ids in splits.items() for pid in ids}
-    per_split: dict[str, list[Annotation]] = {s: [] for s in SPLITS}
-    # Each image's emotion distribution counts every valid annotation, short ones included.
+    # Each image's emotion distribution: sevlm counts every valid annotation, short ones
+    # included; ArtEmis's evaluation counts the annotations its preprocessing keeps.
     pool: dict[str, list[str]] = defaultdict(list)
-    for a in every:
-        per_split[split_of.get(a.image_id, "train")].append(a)
+    for a in every if protocol == "sevlm" else (a for items in per_split.values() for a in items):
         pool[a.image_id].append(a.emotion)
-    short = drop_short(per_split, min_tokens)
 
     combined = None
-    if v2 is not None:
+    if contrastive_csv is not None:
         old = [a for a in per_split["train"] if a.source == "v1"]
         new = [a for a in per_split["train"] if a.source == "v2"]
         n_old = len(old)
@@ -744,33 +776,55 @@ def prepare_dataset(
             n_old = min(len(new), len(old))
             picked = np.sort(rng.choice(len(old), size=n_old, replace=False)) if n_old else []
             per_split["train"] = [old[i] for i in picked] + new
+        in_v1 = {a.image_id for a in every if a.source == "v1"}
         combined = {
             "v1_train_annotations_available": len(old),
             "v1_train_annotations_used": int(n_old),
-            "v2_new_paintings": len({a.image_id for a in new} - set(split_of)),
+            "v2_new_paintings": len({a.image_id for a in new} - in_v1),
         }
 
     image_names, missing = find_images(index, per_split, allow_missing_images) if index else ({}, [])
     if not per_split["train"]:
         raise no_training_data(str(artemis_csv), results, short, missing, min_tokens)
 
-    sources = {"artemis_csv": v1.manifest_entry()}
-    if v2 is not None:
-        sources["contrastive_csv"] = v2.manifest_entry()
     manifest = {
         **manifest_base("artemis", results, seed, images_dir, short, min_tokens, missing),
-        "training_set": TRAIN_SUBSETS[train_subset] if v2 is not None else "v1",
+        "protocol": protocol,
+        **(protocol_report if protocol == "sevlm" else {protocol: protocol_report}),
+        "training_set": TRAIN_SUBSETS[train_subset] if contrastive_csv is not None else "v1",
         "train_subset": train_subset,
         "sources": sources,
-        "set_aside": {
-            "rule": f"repetition >= {max_repetition}",
-            "paintings": len(heavy),
-            "annotations": set_aside_rows,
-        },
         "combined": combined,
     }
-    paintings = {s: {"paintings_in_split": len(splits[s])} for s in SPLITS}
-    return write_dataset(out_dir, per_split, pool, image_names, manifest, paintings)
+    if protocol != "sevlm":
+        manifest["split_fractions"] = dict(zip(ap.ARTEMIS_SPLITS, ap.ARTEMIS_LOADS))
+    if not per_split.get("rest"):
+        per_split.pop("rest", None)
+    counts = {s: {"paintings_in_split": n} for s, n in manifest[protocol].pop("paintings_in_split", {}).items()} \
+        if protocol != "sevlm" else {s: {"paintings_in_split": n} for s, n in manifest.pop("paintings_in_split").items()}
+    return write_dataset(out_dir, per_split, pool, image_names, manifest, counts)
+
+
+def _assign_sevlm(every: list[Annotation], seed: int, max_repetition: int, min_tokens: int):
+    """sevlm's own protocol: heavily re-annotated paintings set aside, test then val drawn from
+    v1's paintings, our tokens, short utterances dropped. Returns (per split, report, short)."""
+    heavy = {a.image_id for a in every if a.repetition is not None and a.repetition >= max_repetition}
+    set_aside_rows = sum(a.image_id in heavy for a in every)
+    every = [a for a in every if a.image_id not in heavy]
+    # The split is v1's, so v1-only and v1+v2 datasets test on the same paintings; v2 rows
+    # follow their painting, and paintings new in v2 train.
+    splits = split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
+    split_of = {pid: s for s, ids in splits.items() for pid in ids}
+    per_split: dict[str, list[Annotation]] = {s: [] for s in SPLITS}
+    for a in every:
+        per_split[split_of.get(a.image_id, "train")].append(a)
+    short = drop_short(per_split, min_tokens)
+    report = {
+        "set_aside": {"rule": f"repetition >= {max_repetition}", "paintings": len(heavy),
+                      "annotations": set_aside_rows},
+        "paintings_in_split": {s: len(splits[s]) for s in SPLITS},
+    }
+    return per_split, report, short
 
 
 def load_split(dataset_dir: str | os.PathLike, split: str) -> dict:

@@ -50,6 +50,7 @@ def v1_rows(n_paintings=200, per=5, seed=0, style="Impressionism"):
 
 def prepare(tmp_path, rows, name="out", **kw):
     csv_path = write_csv(tmp_path / f"{name}.csv", rows)
+    kw.setdefault("protocol", "sevlm")  # these tests pin sevlm's own protocol; ArtEmis's: test_artemis_protocol.py
     return prepare_dataset(csv_path, tmp_path / name, progress=False, **kw), tmp_path / name
 
 
@@ -190,7 +191,7 @@ def test_coco_references(tmp_path):
 def test_manifest_contents(tmp_path):
     rows = v1_rows(100) + [["Impressionism", "bad", "joy", LONG.format(0), 5]]
     csv_path = write_csv(tmp_path / "v1.csv", rows)
-    m = prepare_dataset(csv_path, tmp_path / "d", skip_bad_rows=True, seed=5, progress=False)
+    m = prepare_dataset(csv_path, tmp_path / "d", skip_bad_rows=True, seed=5, protocol="sevlm", progress=False)
     on_disk = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert on_disk == m
     src = m["sources"]["artemis_csv"]
@@ -212,7 +213,7 @@ def _v1_and_v2(tmp_path):
     """A v1 CSV of 200 paintings and a Contrastive.csv (no repetition column, an extra column)
     with rows on training, validation and test paintings, new paintings and one short row."""
     v1_csv = write_csv(tmp_path / "v1.csv", v1_rows(200))
-    prepare_dataset(v1_csv, tmp_path / "v1only", progress=False)
+    prepare_dataset(v1_csv, tmp_path / "v1only", protocol="sevlm", progress=False)
     ids = {s: sorted(load_split(tmp_path / "v1only", s)) for s in SPLITS}
     header = ["art_style", "painting", "emotion", "utterance", "anchor_painting"]
     v2 = [[*ids["train"][i].split("/"), "sadness", LONG.format(f"sad {i}"), "x"] for i in range(30)]
@@ -226,7 +227,7 @@ def _v1_and_v2(tmp_path):
 def test_v2_combined_test_set_and_training_subsets(tmp_path):
     v1_csv, v2_csv, ids = _v1_and_v2(tmp_path)
     base = json.loads((tmp_path / "v1only" / "manifest.json").read_text())
-    m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, progress=False)
+    m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, protocol="sevlm", progress=False)
     assert m["train_subset"] == "combined" and m["training_set"].startswith("combined")
     assert m["combined"] == {"v1_train_annotations_available": 850, "v1_train_annotations_used": 40,
                              "v2_new_paintings": 10}
@@ -247,16 +248,16 @@ def test_v2_combined_test_set_and_training_subsets(tmp_path):
     assert "Impressionism/new-3" in splits["train"]
     assert splits["train"]["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
 
-    every = prepare_dataset(v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", progress=False)
+    every = prepare_dataset(v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", protocol="sevlm", progress=False)
     assert every["train_subset"] == "all" and every["training_set"].startswith("all")
     assert every["counts"]["train"]["annotations_by_source"] == {"v1": 850, "v2": 40}
     assert every["combined"]["v1_train_annotations_used"] == 850
     for s in ("val", "test"):  # the subset changes training only
         assert (tmp_path / "all" / f"{s}.json").read_bytes() == (tmp_path / "comb" / f"{s}.json").read_bytes()
     with pytest.raises(ConfigError, match="unknown training subset 'most'"):
-        prepare_dataset(v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", progress=False)
+        prepare_dataset(v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", protocol="sevlm", progress=False)
     with pytest.raises(ConfigError, match="needs ArtEmis v2"):
-        prepare_dataset(v1_csv, tmp_path / "x", train_subset="all", progress=False)
+        prepare_dataset(v1_csv, tmp_path / "x", train_subset="all", protocol="sevlm", progress=False)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -276,7 +277,7 @@ BAD_ROWS = [
 def test_bad_row_raises_naming_file_and_line(tmp_path, reason, bad, words):
     path = write_csv(tmp_path / "bad.csv", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(DataError) as err:
-        prepare_dataset(path, tmp_path / "out", progress=False)
+        prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
     msg = str(err.value)
     assert str(path) in msg and "line 4" in msg and words in msg
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -285,7 +286,7 @@ def test_bad_row_raises_naming_file_and_line(tmp_path, reason, bad, words):
 @pytest.mark.parametrize("reason, bad, words", BAD_ROWS, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD_ROWS)])
 def test_bad_row_skipped_and_counted(tmp_path, reason, bad, words):
     path = write_csv(tmp_path / "bad.csv", [GOOD, bad, GOOD, bad])
-    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
     assert m["skipped_rows"] == {reason: 2}
     assert m["sources"]["artemis_csv"]["rows"] == 4 and m["sources"]["artemis_csv"]["rows_read"] == 2
     assert len(m["skipped_examples"]) == 2 and "line 3" in m["skipped_examples"][0]
@@ -297,8 +298,8 @@ def test_undecodable_row_is_a_row_error(tmp_path):
                      b"Cubism,p1,awe,the colours in this painting are nice,5\n"
                      b"Cubism,p2,awe,the caf\xe9 in this painting is nice,5\n")
     with pytest.raises(DataError, match=r"latin1\.csv: line 3: text is not valid UTF-8"):
-        prepare_dataset(path, tmp_path / "out", progress=False)
-    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+        prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
     assert m["skipped_rows"] == {"not_utf8": 1}
 
 
@@ -324,7 +325,7 @@ def test_not_an_artemis_csv(tmp_path, content, words, skip):
     path.write_bytes(content)
     # File-level problems cannot be skipped row by row.
     with pytest.raises(DataError) as err:
-        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, progress=False)
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, protocol="sevlm", progress=False)
     assert str(path) in str(err.value) and words in str(err.value)
 
 
@@ -334,18 +335,18 @@ def test_bad_rows_in_contrastive_csv_named_and_counted(tmp_path):
                        [["Impressionism", "new", "joy", LONG.format(0)], ["Impressionism", "new", "awe", LONG.format(1)]],
                        HEADER[:4])
     with pytest.raises(DataError, match=r"Contrastive\.csv: line 2: unknown emotion 'joy'"):
-        prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, progress=False)
-    m = prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, skip_bad_rows=True, progress=False)
+        prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, protocol="sevlm", progress=False)
+    m = prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, skip_bad_rows=True, protocol="sevlm", progress=False)
     assert m["sources"]["contrastive_csv"]["skipped_rows"] == {"unknown_emotion": 1}
     assert m["skipped_rows"] == {"unknown_emotion": 1}
 
 
 def test_missing_csv_and_images_dir(tmp_path):
     with pytest.raises(DataError, match="nope.csv: file not found"):
-        prepare_dataset(tmp_path / "nope.csv", tmp_path / "o", progress=False)
+        prepare_dataset(tmp_path / "nope.csv", tmp_path / "o", protocol="sevlm", progress=False)
     path = write_csv(tmp_path / "v1.csv", v1_rows(3))
     with pytest.raises(DataError, match="no-images: images folder not found"):
-        prepare_dataset(path, tmp_path / "o", images_dir=tmp_path / "no-images", progress=False)
+        prepare_dataset(path, tmp_path / "o", images_dir=tmp_path / "no-images", protocol="sevlm", progress=False)
 
 
 def test_load_split_errors(tmp_path):
@@ -410,8 +411,8 @@ def test_stray_quote_is_one_bad_line(tmp_path, close_at):
     runs_to = close_at or 731
     with pytest.raises(DataError, match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
                                         rf"field opened on this line runs on to line {runs_to}\)"):
-        prepare_dataset(path, tmp_path / "out", progress=False)
-    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+        prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
     assert m["skipped_rows"] == {"malformed_row": 1}
     assert m["sources"]["artemis_csv"]["rows"] == 730 and m["sources"]["artemis_csv"]["rows_read"] == 729
     explanations = [x for s in SPLITS for v in load_split(tmp_path / "out", s).values() for x in v["explanations"]]
@@ -421,14 +422,14 @@ def test_stray_quote_is_one_bad_line(tmp_path, close_at):
 def test_well_formed_multiline_utterance_is_kept(tmp_path):
     rows = [GOOD, ["Cubism", "p2", "awe", 'so "calm",\nlike a lake at dawn, i said', "5"], GOOD]
     path = write_csv(tmp_path / "multi.csv", rows)
-    m = prepare_dataset(path, tmp_path / "out", progress=False)
+    m = prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
     assert m["sources"]["artemis_csv"]["rows"] == 3 and m["skipped_rows"] == {}
     entry = load_split(tmp_path / "out", "train")["Cubism/p2"]
     assert entry["explanations_raw"] == ['so "calm",\nlike a lake at dawn, i said']
     # The row after it is numbered by its physical line.
     bad = write_csv(tmp_path / "multi_bad.csv", rows + [["Cubism", "p3", "joy", LONG.format(3), "5"]])
     with pytest.raises(DataError, match=r"multi_bad\.csv: line 6: unknown emotion 'joy'"):
-        prepare_dataset(bad, tmp_path / "out2", progress=False)
+        prepare_dataset(bad, tmp_path / "out2", protocol="sevlm", progress=False)
 
 
 # --------------------------------------------------------------------------- empty input, missing images
@@ -438,7 +439,7 @@ def test_well_formed_multiline_utterance_is_kept(tmp_path):
 def test_header_only_csv_is_an_error(tmp_path, skip):
     path = write_csv(tmp_path / "empty.csv", [])
     with pytest.raises(DataError, match=r"empty\.csv: no data rows \(the file has only a header\)"):
-        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, progress=False)
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=skip, protocol="sevlm", progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -446,7 +447,7 @@ def test_no_usable_rows_is_an_error(tmp_path):
     path = write_csv(tmp_path / "bad.csv", [["Cubism", "p", "joy", LONG.format(1), 5], ["Cubism", "q", "awe", "short", 5]])
     with pytest.raises(DataError, match=r"bad\.csv: no training annotations left \(of 2 rows: 1 bad, 1 utterances "
                                         r"under 5 tokens, 0 images not found\)"):
-        prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, progress=False)
+        prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
 
 
 def _images_for(root: Path, rows, skip: int = 0) -> Path:
@@ -463,18 +464,18 @@ def test_missing_images_threshold(tmp_path):
     csv_path = write_csv(tmp_path / "v1.csv", rows)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty: 40 of 40 images not found \(100%"):
-        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", progress=False)
+        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", protocol="sevlm", progress=False)
     with pytest.raises(DataError, match="no training annotations left .* 40 images not found"):
         prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", allow_missing_images=True,
-                        progress=False)
+                        protocol="sevlm", progress=False)
     # 2 of 40 (5%) is at the threshold: left out and counted without the flag.
-    m = prepare_dataset(csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), progress=False)
+    m = prepare_dataset(csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), protocol="sevlm", progress=False)
     assert m["missing_images"]["count"] == 2 and sum(c["images"] for c in m["counts"].values()) == 38
     # 3 of 40 is above it.
     images3 = _images_for(tmp_path / "img3", rows, 3)
     with pytest.raises(DataError, match=r"3 of 40 images not found \(8%.*--allow-missing-images"):
-        prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, progress=False)
-    m = prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, progress=False)
+        prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, protocol="sevlm", progress=False)
+    m = prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, protocol="sevlm", progress=False)
     assert m["missing_images"]["count"] == 3 and sum(c["images"] for c in m["counts"].values()) == 37
 
 
@@ -487,7 +488,7 @@ def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatc
     old_csv = write_csv(tmp_path / "old.csv", v1_rows(60, seed=0))
     new_csv = write_csv(tmp_path / "new.csv", v1_rows(80, seed=1))
     out = tmp_path / "ds"
-    prepare_dataset(old_csv, out, progress=False)
+    prepare_dataset(old_csv, out, protocol="sevlm", progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     real_write, calls = artemis.write_json, []
@@ -500,7 +501,7 @@ def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatc
 
     monkeypatch.setattr(artemis, "write_json", dies_on_the_fourth_file)
     with pytest.raises(KeyboardInterrupt):
-        prepare_dataset(new_csv, out, progress=False)
+        prepare_dataset(new_csv, out, protocol="sevlm", progress=False)
     monkeypatch.setattr(artemis, "write_json", real_write)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "new.csv", "old.csv"]  # no temporary left
@@ -511,7 +512,7 @@ def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatc
     (tmp_path / ".ds.mine.tmp").mkdir()
     (tmp_path / ".ds.mine.tmp" / "notes.txt").write_text("keep")
     # An uninterrupted rerun replaces it whole.
-    m = prepare_dataset(new_csv, out, progress=False)
+    m = prepare_dataset(new_csv, out, protocol="sevlm", progress=False)
     assert sum(c["images"] for c in m["counts"].values()) == 80
     assert sum(len(load_split(out, s)) for s in SPLITS) == 80
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.mine.tmp", "ds", "new.csv", "old.csv"]
@@ -522,17 +523,17 @@ def test_out_folder_must_be_a_dataset_folder(tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "features.h5").write_bytes(b"precious")
     with pytest.raises(DataError, match=r"busy: not a dataset folder \(it holds features\.h5\)"):
-        prepare_dataset(csv_path, tmp_path / "busy", progress=False)
+        prepare_dataset(csv_path, tmp_path / "busy", protocol="sevlm", progress=False)
     assert (tmp_path / "busy" / "features.h5").read_bytes() == b"precious"
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="file: exists and is not a folder"):
-        prepare_dataset(csv_path, tmp_path / "file", progress=False)
+        prepare_dataset(csv_path, tmp_path / "file", protocol="sevlm", progress=False)
     (tmp_path / "emptydir").mkdir()
-    prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
+    prepare_dataset(csv_path, tmp_path / "emptydir", protocol="sevlm", progress=False)
     assert (tmp_path / "emptydir" / "manifest.json").is_file()
     # What `evaluate` derives from the old dataset is dropped with it.
     (tmp_path / "emptydir" / "emo_classifier").mkdir()
-    prepare_dataset(csv_path, tmp_path / "emptydir", progress=False)
+    prepare_dataset(csv_path, tmp_path / "emptydir", protocol="sevlm", progress=False)
     assert sorted(p.name for p in (tmp_path / "emptydir").iterdir()) == sorted(
         [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS] + ["manifest.json"])
 
@@ -543,8 +544,8 @@ def test_outputs_follow_the_umask(tmp_path):
     csv_path = write_csv(tmp_path / "v1.csv", v1_rows(10))
     old = os.umask(0o027)
     try:
-        prepare_dataset(csv_path, tmp_path / "ds", progress=False)
-        prepare_dataset(csv_path, tmp_path / "ds", progress=False)  # the replacing path too
+        prepare_dataset(csv_path, tmp_path / "ds", protocol="sevlm", progress=False)
+        prepare_dataset(csv_path, tmp_path / "ds", protocol="sevlm", progress=False)  # the replacing path too
     finally:
         os.umask(old)
     assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o750

@@ -41,8 +41,8 @@ def test_prepare_flags_reach_the_library(tmp_path):
         encoding="utf-8",
     )
     with pytest.raises(DataError, match=r"a\.csv: line 3: unknown emotion 'joy'"):
-        run(prepare, ["--artemis-csv", str(csv_path), "--out", str(tmp_path / "d")])
-    run(prepare, ["--artemis-csv", str(csv_path), "--out", str(tmp_path / "d"), "--skip-bad-rows",
+        run(prepare, ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--out", str(tmp_path / "d")])
+    run(prepare, ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--out", str(tmp_path / "d"), "--skip-bad-rows",
                   "--min-tokens", "4", "--max-repetition", "60"])
     m = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert m["skipped_rows"] == {"unknown_emotion": 1}
@@ -71,7 +71,7 @@ def test_allow_missing_images_flag(tmp_path):
     )
     (tmp_path / "img" / "Cubism").mkdir(parents=True)
     (tmp_path / "img" / "Cubism" / "p.jpg").write_bytes(b"jpg")
-    argv = ["--artemis-csv", str(csv_path), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "d")]
+    argv = ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "d")]
     with pytest.raises(DataError, match="1 of 2 images not found"):
         run(prepare, argv)
     assert run(prepare, argv + ["--allow-missing-images"]) == 0
@@ -85,7 +85,7 @@ def test_train_subset_flag(tmp_path, capsys):
                   + "".join(f"Cubism,p{i},awe,one two three four five {i},2\n" for i in range(20)), encoding="utf-8")
     v2 = tmp_path / "Contrastive.csv"
     v2.write_text("art_style,painting,emotion,utterance\nCubism,new,fear,six seven eight nine ten\n", encoding="utf-8")
-    base = ["--artemis-csv", str(v1), "--contrastive-csv", str(v2)]
+    base = ["--artemis-csv", str(v1), "--contrastive-csv", str(v2), "--protocol", "sevlm"]
     assert run(prepare, base + ["--out", str(tmp_path / "c")]) == 0
     assert "train:      2 images       2 annotations (2 with a dominant emotion; v1 1, v2 1)" in capsys.readouterr().out
     assert run(prepare, base + ["--train-subset", "all", "--out", str(tmp_path / "a")]) == 0

@@ -131,7 +131,7 @@ def test_explanations_name_what_is_visible(demo_dir):
 
 
 def test_round_trip_through_prepare(demo_dir, tmp_path):
-    m = prepare_dataset(demo_dir / "artemis_dataset_release_v0.csv", tmp_path / "ds",
+    m = prepare_dataset(demo_dir / "artemis_dataset_release_v0.csv", tmp_path / "ds", protocol="sevlm",
                         images_dir=demo_dir / "images", progress=False)
     assert m["skipped_rows"] == {} and m["missing_images"]["count"] == 0
     assert m["dropped_short_utterances"]["total"] > 0
