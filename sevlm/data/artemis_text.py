@@ -25,6 +25,7 @@ The tables (GloVe word list, SymSpell dictionary, spelling and contraction table
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -71,6 +72,27 @@ def word_tokenize(text: str) -> list[str]:
     return nltk_tokenize(text, preserve_line=True)
 
 
+@functools.lru_cache(maxsize=2)  # the tables take seconds to load: once per process
+def _glove_words(path: Path) -> frozenset[str]:
+    words = set()
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()  # as ArtEmis reads it: the first white-space-separated field
+            if fields:
+                words.add(fields[0])
+    return frozenset(words)
+
+
+@functools.lru_cache(maxsize=2)
+def _symspell(path: Path):
+    from symspellpy import SymSpell
+
+    speller = SymSpell(max_dictionary_edit_distance=_SPELL_DISTANCE)  # SymSpell()'s default, as ArtEmis
+    if not speller.load_dictionary(str(path), term_index=0, count_index=1):
+        raise FileNotFoundError(path)
+    return speller
+
+
 class ArtemisText:
     """ArtEmis's deep-net text preprocessing; see the module docstring.
 
@@ -90,7 +112,7 @@ class ArtemisText:
         self.spell_check = spell_check
         self._assets = assets
         self._speller = None
-        self._vocabulary: set[str] | None = None
+        self._vocabulary: frozenset[str] | None = None
         self._extra_words = frozenset(spelling["missing_from_glove_but_are_actual_words"])
         self._spelled: dict[str, str | None] = {}  # token -> SymSpell's correction (None: none found)
         self.stats = {
@@ -105,27 +127,16 @@ class ArtemisText:
     # ----------------------------------------------------------------- the tables
 
     @property
-    def vocabulary(self) -> set[str]:
+    def vocabulary(self) -> frozenset[str]:
         """GloVe 6B's words plus ArtEmis's list of real words GloVe lacks."""
         if self._vocabulary is None:
-            words = set()
-            with open(self._assets / GLOVE_WORDS, encoding="utf-8") as f:
-                for line in f:
-                    fields = line.split()
-                    if fields:
-                        words.add(fields[0])
-            self._vocabulary = words | self._extra_words
+            self._vocabulary = _glove_words(self._assets / GLOVE_WORDS) | self._extra_words
         return self._vocabulary
 
     @property
     def speller(self):
         if self._speller is None:
-            from symspellpy import SymSpell
-
-            speller = SymSpell(max_dictionary_edit_distance=_SPELL_DISTANCE)
-            if not speller.load_dictionary(str(self._assets / SYMSPELL_DICTIONARY), term_index=0, count_index=1):
-                raise FileNotFoundError(self._assets / SYMSPELL_DICTIONARY)
-            self._speller = speller
+            self._speller = _symspell(self._assets / SYMSPELL_DICTIONARY)
         return self._speller
 
     # ----------------------------------------------------------------- the rules

@@ -22,7 +22,7 @@ PIECES = (
     "rock & roll", "she'd've gone", "it isn't", "it ain't pretty", "we'll see", "gonna cry", "wanna run",
     "the colours are beautifull", "paintng of a tre", "grey skyes", "im so happy", "thecountry side",
     "the ’curly’ quote’s here", "Café au lait", "naïve art", "won't", "o'clock", "the sea—so blue", "tree–house",
-    "  leading space", "the [bracketed] word", "cost $5", "e-mail me", "#blessed", "10:30 pm", "a_b",
+    "  leading space", "a zxqvw blob", "the [bracketed] word", "cost $5", "e-mail me", "#blessed", "10:30 pm", "a_b",
 )
 SENTENCES = ("thewaytheshapeschangethespace", "brightcolorsandanimals", "Iliketoplayinthesnow")
 
