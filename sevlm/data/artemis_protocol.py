@@ -70,21 +70,25 @@ def artemis_split(keys: Iterable[str], seed: int = 2021, loads=ARTEMIS_LOADS) ->
 
 def spell(annotations: list[Annotation], progress: bool = True, workers: int | None = None) -> tuple[list[Annotation], dict]:
     """Every annotation's explanation made ArtEmis's `utterance_spelled`, with its token count;
-    returns them and what each text rule changed."""
+    returns them and what each text rule changed.
+
+    Steps 1-7 (`ArtemisText.pretokens`) run in `workers` processes for large inputs; SymSpell
+    (step 8) runs here, once per distinct unknown token, so only this process loads its tables.
+    """
     from tqdm import tqdm
 
     from sevlm.data.artemis_text import ArtemisText
 
     texts = [a.utterance for a in annotations]
     workers = _spell_workers(len(texts)) if workers is None else workers
+    speller = ArtemisText()
     if workers > 1:
-        tokens, stats = _spell_parallel(texts, workers, progress)
+        tokens, stats = _pretokens_parallel(texts, workers, progress)
     else:
-        speller = ArtemisText()
-        speller.vocabulary, speller.speller  # noqa: B018  load the tables before the bar starts
-        tokens = [speller.tokens(t) for t in tqdm(texts, desc="ArtEmis text", unit=" utterances", file=sys.stderr,
-                                                  disable=not progress, mininterval=1)]
-        stats = speller.stats
+        bar = tqdm(texts, desc="ArtEmis text", unit=" utterances", file=sys.stderr, disable=not progress, mininterval=1)
+        tokens, stats = [speller.pretokens(t) for t in bar], Counter()
+    tokens = [speller.spell(t) for t in tokens]
+    stats.update(speller.stats)
     out = [replace(a, explanation=" ".join(t), num_tokens=len(t)) for a, t in zip(annotations, tokens)]
     stats = dict(stats)
     stats["explanations_changed"] = sum(a.explanation != b.explanation for a, b in zip(annotations, out))
@@ -92,39 +96,38 @@ def spell(annotations: list[Annotation], progress: bool = True, workers: int | N
 
 
 def _spell_workers(n: int) -> int:
-    """Processes for `spell`: one per core for ArtEmis-size inputs (the tables take ~5 s to load
-    in each), one for small ones."""
-    return min(os.cpu_count() or 1, 8) if n >= 50_000 else 1
+    """Processes for `spell`'s steps 1-7: one per core (at most 4) for ArtEmis-size inputs."""
+    return min(os.cpu_count() or 1, 4) if n >= 50_000 else 1
 
 
 _WORKER_SPELLER = None
 
 
-def _spell_chunk(texts: list[str]) -> tuple[list[list[str]], dict]:
+def _pretokens_chunk(texts: list[str]) -> tuple[list[list[str]], dict]:
     global _WORKER_SPELLER
     from sevlm.data.artemis_text import ArtemisText
 
     if _WORKER_SPELLER is None:
         _WORKER_SPELLER = ArtemisText()
     before = dict(_WORKER_SPELLER.stats)
-    tokens = [_WORKER_SPELLER.tokens(t) for t in texts]
+    tokens = [_WORKER_SPELLER.pretokens(t) for t in texts]
     return tokens, {k: v - before[k] for k, v in _WORKER_SPELLER.stats.items()}
 
 
-def _spell_parallel(texts: list[str], workers: int, progress: bool) -> tuple[list[list[str]], Counter]:
+def _pretokens_parallel(texts: list[str], workers: int, progress: bool) -> tuple[list[list[str]], Counter]:
     import multiprocessing as mp
 
+    import nltk.tokenize  # noqa: F401  imported once here, inherited by the forked workers
     from tqdm import tqdm
 
     chunk = 5000
     chunks = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
     tokens: list[list[str]] = []
     stats: Counter = Counter()
-    # fork: the workers need nothing from the parent but this module; spawn would re-import torch.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers) as pool, tqdm(total=len(texts), desc="ArtEmis text", unit=" utterances",
                                          file=sys.stderr, disable=not progress, mininterval=1) as bar:
-        for part, part_stats in pool.imap(_spell_chunk, chunks):  # imap keeps the order
+        for part, part_stats in pool.imap(_pretokens_chunk, chunks):  # imap keeps the order
             tokens.extend(part)
             stats.update(part_stats)
             bar.update(len(part))

@@ -269,3 +269,24 @@ def test_cli_protocols(tmp_path, capsys):
     assert cli.main(["prepare", "--format", "generic", "--input", str(raw), "--images", str(tmp_path),
                      "--protocol", "artemis", "--out", str(tmp_path / "g")]) == 1
     assert "--protocol: ArtEmis options" in capsys.readouterr().err
+
+
+def test_v2_rows_follow_their_painting_under_artemis_protocol(tmp_path):
+    v1 = [["Impressionism", f"p-{i:03d}", "awe", "a calm and lonley sea at night", 5]
+          for i in range(40) for _ in range(5)]
+    v2 = [["Impressionism", "p-000", "fear", "the sea isn't calm at all"],  # 7 tokens: the 95th percentile
+          ["Impressionism", "new-1", "awe", "a brand new painting of the sea"]]
+    v1_csv = artemis_like.write(tmp_path / "v1.csv", v1)
+    v2_csv = tmp_path / "v2.csv"
+    with open(v2_csv, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["art_style", "painting", "emotion", "utterance"], *v2])
+    m = prepare_dataset(v1_csv, tmp_path / "ds", contrastive_csv=v2_csv, train_subset="all", progress=False)
+    split_of = artemis_split([f"Impressionismp-{i:03d}" for i in range(40)])
+    data = {s: json.loads((tmp_path / "ds" / f"{s}.json").read_text()) for s in ("train", "val", "test")}
+    home = split_of["Impressionismp-000"]
+    assert "the sea is not calm at all" in data[home]["Impressionism/p-000"]["explanations"]
+    assert data["train"]["Impressionism/new-1"]["sources"] == ["v2"]  # new in v2: it trains
+    assert data["train"]["Impressionism/new-1"]["explanations"] == ["a brand new painting of the sea"]
+    v1_train = [v for k, v in data["train"].items() if k != "Impressionism/new-1"]
+    assert v1_train and all(v["explanations"][0] == "a calm and lonely sea at night" for v in v1_train)
+    assert m["combined"]["v2_new_paintings"] == 1
