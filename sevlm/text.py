@@ -284,11 +284,21 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+# Which annotation of an image anchors its training pair (data.anchor): "uniform" (ours) or "last"
+# (the authors' code as it ran: its per-image index_tracker was decremented inside DataLoader
+# workers, on copies that were thrown away after each epoch, so it always read its start value,
+# the last annotation).
+ANCHORS = ("uniform", "last")
+
+
 class SequenceBuilder:
     """Turns (emotion, explanation) annotations and feature samples into model batches."""
 
     def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None,
-                 bos_prompt: bool = False):
+                 bos_prompt: bool = False, anchor: str = "uniform"):
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
+        self.anchor = anchor
         self.tok = tokenizer
         self.lexicon = lexicon
         self.max_len = max_len
@@ -372,14 +382,16 @@ class SequenceBuilder:
 
         Per image, the pair is two annotations with different emotions when the image has
         them (`pair_valid` True: the contrastive loss uses it); otherwise two annotations
-        (or the same one twice), and `pair_valid` is False.
+        (or the same one twice), and `pair_valid` is False. The first (the anchor) is drawn
+        uniformly, or with `anchor="last"` is always the image's last annotation (what the
+        authors' code ran); the second is drawn uniformly either way.
         """
         pairs, valid = [], []
         for s in samples:
             emos, exps = list(s["emotions"]), list(s["explanations"])
             if not emos or len(emos) != len(exps):
                 raise DataError(f"sample {s.get('__key__', s.get('image_id'))!r}: emotions/explanations missing or of unequal length")
-            i = int(rng.integers(len(emos)))
+            i = len(emos) - 1 if self.anchor == "last" else int(rng.integers(len(emos)))
             others = [j for j in range(len(emos)) if emos[j] != emos[i]]
             if others:
                 j = others[int(rng.integers(len(others)))]

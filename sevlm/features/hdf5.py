@@ -600,16 +600,23 @@ class H5FeatureDataset(Dataset):
 
     Images of the split without features (failed extraction) are left out and listed in `.missing`.
     Features come as float32 tensors, or as stored (float16) with `dtype=np.float16` (training).
+    With `min_emotions` > 1 only images whose annotations hold that many distinct emotions are
+    kept (the authors' training set); `.n_few_emotions` counts those left out.
     """
 
-    def __init__(self, features_path: str | Path, dataset_dir: str | Path, split: str, dtype=np.float32):
+    def __init__(self, features_path: str | Path, dataset_dir: str | Path, split: str, dtype=np.float32,
+                 min_emotions: int = 1):
         self.store = FeatureStore(features_path)
         self.split, self.dtype = split, dtype
         records = load_split_records(dataset_dir, split)
         self.items: list[tuple[str, dict, int]] = []
         self.missing: dict[str, str] = {}
+        self.n_few_emotions = 0
         for image_id in sorted(records):
             rec = records[image_id]
+            if min_emotions > 1 and len(set(rec.get("emotions") or ())) < min_emotions:
+                self.n_few_emotions += 1
+                continue
             if rec["image_name"] in self.store:
                 self.items.append((image_id, rec, self.store.index_of(rec["image_name"])))
             else:

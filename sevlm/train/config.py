@@ -62,6 +62,11 @@ class DataConfig:
     # with workers, the main process collates a batch whenever none is ready as it comes to take
     # one (auto), never, or always (tests); see sevlm.train.data.Assist
     main_assist: str = "auto"
+    # The authors' training data (docs/METHOD.md): only training images whose annotations hold at
+    # least this many distinct emotions (2 = their artEmisX_cl_train.json; 1 = every image), and
+    # the annotation that anchors each image's pair: "uniform" or "last" (their code as it ran).
+    min_train_emotions: int = 1
+    anchor: str = "uniform"
 
 
 @dataclass
@@ -138,6 +143,13 @@ class TrainConfig:
             raise ConfigError(f"data.main_assist: expected one of {', '.join(ASSIST_MODES)}, got {self.data.main_assist!r}")
         if self.data.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
+        from sevlm.text import ANCHORS
+
+        if self.data.anchor not in ANCHORS:
+            raise ConfigError(f"data.anchor: expected one of {', '.join(ANCHORS)}, got {self.data.anchor!r}")
+        if not 1 <= self.data.min_train_emotions <= 9:
+            raise ConfigError(f"data.min_train_emotions: must be 1..9 (distinct emotions of an image), "
+                              f"got {self.data.min_train_emotions}")
         if self.data.vocab_min_count < 1:
             raise ConfigError(f"data.vocab_min_count: must be >= 1, got {self.data.vocab_min_count}")
 

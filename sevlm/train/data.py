@@ -319,11 +319,17 @@ class H5Source:
     """
 
     def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
-                 world_size: int, seed: int, num_workers: int = 0, assist: str = "auto"):
+                 world_size: int, seed: int, num_workers: int = 0, assist: str = "auto", min_emotions: int = 1):
         from sevlm.features.hdf5 import H5FeatureDataset
         from sevlm.train.checks import check_split_features
 
-        self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split, dtype=np.float16)  # fp16 to the device
+        self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split, dtype=np.float16,  # fp16 to the device
+                                          min_emotions=min_emotions)
+        if min_emotions > 1 and not len(self.train_set):
+            from sevlm.errors import DataError
+
+            raise DataError(f"{path}: no image of split {train_split!r} has {min_emotions} distinct emotions "
+                            f"(data.min_train_emotions); {self.train_set.n_few_emotions} left out")
         self.val_set = H5FeatureDataset(str(path), dataset_dir, val_split)
         for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
             check_split_features(ds, split, str(path))
@@ -394,5 +400,12 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
     common = dict(collate=collate, micro=micro, rank=rank, world_size=world_size, seed=seed,
                   num_workers=data.num_workers, assist=data.main_assist)
     if info.source == "features":
-        return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common)
+        return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common,
+                        min_emotions=data.min_train_emotions)
+    if data.min_train_emotions > 1:
+        from sevlm.errors import ConfigError
+
+        # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
+        raise ConfigError(f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
+                          f"(data.features); {info.path} is a shard set, which trains on every image it holds")
     return ShardSource(info.path, data.train_split, data.val_split, **common)

@@ -16,6 +16,14 @@ def test_paper_config_takes_the_authors_choices():
     assert cfg.optim.heads_lr is None  # fusion and heads at the decoder's learning rate
     assert cfg.schedule.val_gen_images is None  # checkpoint selection on the full validation split
     assert cfg.schedule.val_dominance == "strict-majority"  # more than half the votes
+    assert cfg.data.min_train_emotions == 2  # artEmisX_cl_train.json: images with >= 2 distinct emotions
+    assert cfg.data.anchor == "last"  # their index_tracker, as it ran in DataLoader workers
+
+
+def test_configs_without_the_authors_data_keys_keep_ours():
+    for name in ("demo", "tiny"):
+        cfg = load_train_config(name)
+        assert (cfg.data.min_train_emotions, cfg.data.anchor) == (1, "uniform")
 
 
 def test_clip_grad_is_the_engine_clipping(tmp_path):
@@ -123,3 +131,86 @@ def test_decoding_section_reaches_validation(val_setup, monkeypatch):
 def test_bad_values_are_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_train_config("tiny", [override])
+
+
+# ---- the authors' training data: anchor annotation and images with >= 2 emotions -------------------
+def _pair_builder(anchor):
+    from sevlm.data.vad import VADLexicon
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    return SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=24, anchor=anchor)
+
+
+def _anchors(builder, sample, n=40):
+    """The anchor (first) sequence's input ids of each image's pair, over `n` batch seeds."""
+    import numpy as np
+
+    out = []
+    for seed in range(n):
+        batch = builder.collate([sample, sample], np.random.default_rng(seed))
+        out.append(tuple(batch["input_ids"][0].tolist()))
+    return out
+
+
+def _sample(emotions, explanations):
+    import torch
+
+    return {"image_id": "img", "emotions": emotions, "explanations": explanations, "tokens": torch.zeros(2, 4)}
+
+
+def test_anchor_last_is_always_the_last_annotation_and_uniform_varies():
+    sample = _sample(["awe", "fear", "awe", "sadness"], ["the sky is vast", "a dark shape", "gold light", "she cries"])
+    last = _pair_builder("last")
+    want = tuple(last.encode("sadness", "she cries")["input_ids"].tolist())
+    assert set(_anchors(last, sample)) == {want}
+    assert len(set(_anchors(_pair_builder("uniform"), sample))) >= 3  # ours: every annotation gets its turn
+    # the partner is still drawn among the other emotions' annotations, and the pair is valid
+    import numpy as np
+
+    partners = set()
+    for seed in range(40):
+        batch = last.collate([sample], np.random.default_rng(seed))
+        assert bool(batch["pair_valid"][0])
+        partners.add(tuple(batch["input_ids"][1].tolist()))
+    assert partners == {tuple(last.encode(e, x)["input_ids"].tolist())
+                        for e, x in (("awe", "the sky is vast"), ("fear", "a dark shape"), ("awe", "gold light"))}
+
+
+def test_anchor_is_checked():
+    with pytest.raises(ValueError, match="anchor must be one of uniform, last"):
+        _pair_builder("first")
+    with pytest.raises(ConfigError, match="data.anchor: expected one of uniform, last"):
+        load_train_config("tiny", ["data.anchor=first"])
+    with pytest.raises(ConfigError, match="data.min_train_emotions: must be 1..9"):
+        load_train_config("tiny", ["data.min_train_emotions=0"])
+
+
+def test_min_train_emotions_keeps_images_with_two_emotions(tiny_data):
+    from sevlm.features.common import load_split_records
+    from sevlm.train.checks import feature_info
+    from sevlm.train.config import DataConfig
+    from sevlm.train.data import open_source
+
+    records = load_split_records(tiny_data["dataset"], "train")
+    multi = {k for k, r in records.items() if len(set(r["emotions"])) >= 2}
+    assert 0 < len(multi) < len(records)  # the fixture has both kinds, so the filter shows
+    kw = dict(collate=None, micro=2, rank=0, world_size=1, seed=0)
+    data = DataConfig(dataset_dir=str(tiny_data["dataset"]), features=str(tiny_data["features"]))
+    everything = open_source(feature_info(data.features, None), data, **kw)
+    assert {s["image_id"] for s in everything.train_set} == set(records)
+    data.min_train_emotions = 2
+    authors = open_source(feature_info(data.features, None), data, **kw)
+    assert {s["image_id"] for s in authors.train_set} == multi
+    assert authors.train_set.n_few_emotions == len(records) - len(multi)
+    assert authors.num_images == len(multi)
+    assert len(authors.val_samples()) == len(everything.val_samples())  # validation keeps every image
+
+
+def test_min_train_emotions_refuses_shards(shard_dir):
+    from sevlm.train.checks import feature_info
+    from sevlm.train.config import DataConfig
+    from sevlm.train.data import open_source
+
+    data = DataConfig(shards=str(shard_dir), min_train_emotions=2)
+    with pytest.raises(ConfigError, match="min_train_emotions=2 needs an HDF5 feature cache"):
+        open_source(feature_info(None, data.shards), data, collate=None, micro=2, rank=0, world_size=1, seed=0)
