@@ -19,6 +19,7 @@ EXAMPLES = """\
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from sevlm.data.artemis import DOMINANCE_RULES
     from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
+    from sevlm.evaluation.metrics import BECAUSE_RULES
 
     src = p.add_argument_group("what to score (predictions + references, or a run to generate from)")
     src.add_argument("--predictions", help="JSON lines {image_id, emotion, explanation}")
@@ -41,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the text classifier behind Emo-Align: 'tfidf' (TF-IDF + logistic regression, default) or "
                         "'lstm' (ArtEmis's kind of classifier, for numbers comparable with ArtEmis); trained once on "
                         "the training split and cached in DATASET/emo_classifier/<kind>/")
+    p.add_argument("--because", choices=BECAUSE_RULES, default="first",
+                   help="where the scored explanation starts: after the first 'because' (default) or after the last "
+                        "one (the SEVLM authors' scoring: a second 'because' cuts the explanation there)")
     p.add_argument("--retrain-classifier", action="store_true", help="retrain the Emo-Align classifier even if cached")
 
 
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_and_report(
         predictions, references, args.out, dataset_dir=args.dataset, vad_lexicon=args.vad_lexicon,
         strict=not args.lenient, retrain_classifier=args.retrain_classifier, dominance=args.dominance,
-        emo_classifier=args.emo_classifier,
+        emo_classifier=args.emo_classifier, because=args.because,
     )
     keys = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy", "emo_align")
     print("  ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)))

@@ -424,6 +424,21 @@ class Evaluation:
     emo_labels: list[str] | None = None  # classifier label per kept prediction
 
 
+# Where the scored explanation starts (`sevlm evaluate --because`): after the first "because" (ours,
+# as sevlm.generate.parse_output) or after the last one (the SEVLM authors' scoring: `split("because")[-1]`).
+BECAUSE_RULES = ("first", "last")
+
+
+def explanation_after(explanation: str, rule: str) -> str:
+    """The explanation sevlm.generate.parse_output gave (text after the first "because"), cut after its last
+    "because" with rule "last": "it is dark because she lost him" -> "she lost him"."""
+    if rule not in BECAUSE_RULES:
+        raise ValueError(f"because rule must be one of {', '.join(BECAUSE_RULES)}, got {rule!r}")
+    if rule == "last":
+        explanation = re.split(r"\bbecause\b", explanation, flags=re.IGNORECASE)[-1]
+    return explanation.strip()
+
+
 def evaluate(
     predictions_path: str | Path,
     references_path: str | Path,
@@ -431,13 +446,20 @@ def evaluate(
     strict: bool = True,
     dominance: str = "artemis",
     training_texts: list[str] | None = None,
+    because: str = "first",
 ) -> Evaluation:
     """Score a predictions file against the references; `classifier` (an EmotionClassifier) adds
     emo_align; `dominance` is the rule for each image's dominant emotion (see DOMINANCE_RULES
     in sevlm.data.artemis); `training_texts` (the training split's utterances) adds the share of
-    generated explanations that copy one verbatim."""
+    generated explanations that copy one verbatim. With `because="last"` each explanation is
+    scored from after its last "because" (the SEVLM authors' scoring; see BECAUSE_RULES)."""
+    from dataclasses import replace
+
     references = load_references(references_path, dominance)
     preds, warnings = align(load_predictions(predictions_path), references, predictions_path, strict)
+    cut = [replace(p, explanation=explanation_after(p.explanation, because)) for p in preds]
+    n_cut = sum(a.explanation != b.explanation.strip() for a, b in zip(cut, preds))
+    preds = cut
     refs = {p.image_id: references[p.image_id] for p in preds}
     caps = caption_metrics({p.image_id: p.explanation for p in preds}, {i: list(r.explanations) for i, r in refs.items()})
     dominant = [refs[p.image_id].dominant for p in preds]
@@ -454,6 +476,8 @@ def evaluate(
         **caps.corpus,
         "unavailable": dict(UNAVAILABLE_METRICS),
         "dominance": dominance,
+        "because": because,
+        "explanations_cut_at_a_later_because": n_cut,
         "emotion_accuracy": emo["emotion_accuracy"],
         "emotion_accuracy_n": emo["emotion_accuracy_n"],
         "emotion_not_one_of_9_share": sum(p.emotion not in EMOTION_TO_INDEX for p in preds) / len(preds),

@@ -237,6 +237,9 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     lines += ["", "## Language (coco-caption)", "", "| " + " | ".join(LANGUAGE_METRICS) + " |",
               "|" + "---|" * len(LANGUAGE_METRICS), "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |", ""]
     lines += [f"- {k}: unavailable ({v})" for k, v in full.get("unavailable", {}).items()]
+    if full.get("because") == "last":
+        lines.append(f"- explanations scored after their last \"because\" (the SEVLM authors' scoring): "
+                     f"{full.get('explanations_cut_at_a_later_because', 0)} cut at a later one")
     lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion"
               f" (dominance rule: {full.get('dominance', 'artemis')})",
               f"- macro F1: {_fmt(emo.get('macro_f1'))}",
@@ -313,7 +316,8 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
-                        retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf") -> dict:
+                        retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf",
+                        because: str = "first") -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict. With `dataset_dir`:
     Emo-Align, copies of training utterances, and a picture of example paintings."""
     from sevlm.evaluation.metrics import evaluate
@@ -326,7 +330,7 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
         training = training_texts(dataset_dir)
         images_dir = _recorded_images_dir(dataset_dir)
     ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance,
-                  training_texts=training)
+                  training_texts=training, because=because)
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon

@@ -294,3 +294,26 @@ def test_coco_caption_file_as_references_is_named(tmp_path, test_refs, capsys):
     assert main(["evaluate", "--predictions", str(pred), "--references", str(path), "--out", str(tmp_path / "R.json")]) == 1
     err = capsys.readouterr().err
     assert "this is a COCO caption file" in err and str(path) in err and "Traceback" not in err
+
+
+def test_because_last_scores_after_the_last_because(tmp_path, jsonl):
+    assert M.explanation_after("it is dark because she lost him ", "first") == "it is dark because she lost him"
+    assert M.explanation_after("it is dark because she lost him", "last") == "she lost him"
+    assert M.explanation_after("it is dark BECAUSE the night", "last") == "the night"
+    assert M.explanation_after("the becauses of life", "last") == "the becauses of life"  # whole words only
+    with pytest.raises(ValueError, match="because rule must be one of first, last"):
+        M.explanation_after("x", "middle")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"a": {"emotions": ["fear"], "explanations": ["she lost him"]},
+                                "b": {"emotions": ["awe"], "explanations": ["the sky is vast"]}}))
+    preds = jsonl(tmp_path / "p.jsonl", [
+        {"image_id": "a", "emotion": "fear", "explanation": "it is dark because she lost him"},
+        {"image_id": "b", "emotion": "awe", "explanation": "the sky is vast"},
+    ])
+    first = M.evaluate(preds, refs)
+    last = M.evaluate(preds, refs, because="last")
+    assert [p.explanation for p in last.predictions] == ["she lost him", "the sky is vast"]
+    assert (first.report["because"], last.report["because"]) == ("first", "last")
+    assert last.report["explanations_cut_at_a_later_because"] == 1
+    assert first.report["explanations_cut_at_a_later_because"] == 0
+    assert last.report["BLEU-1"] == pytest.approx(1.0) and first.report["BLEU-1"] < 0.9
