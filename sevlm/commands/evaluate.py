@@ -11,6 +11,9 @@ EXAMPLES = """\
   sevlm evaluate --run runs/demo --split test --out runs/demo/report/REPORT.json
   sevlm evaluate --run runs/paper --dominance strict-majority --emo-classifier lstm \
                  --out runs/paper/report/REPORT.json          # the SEVLM authors' rule, ArtEmis's classifier
+  sevlm evaluate --run runs/paper --dominance strict-majority --because last --emo-classifier artemis \\
+                 --artemis-checkpoint txt_to_emotion/best_model.pt --artemis-vocabulary vocabulary.pkl \\
+                 --out runs/paper/report/REPORT.json          # as the SEVLM authors scored
   sevlm evaluate --predictions pred.jsonl --references test.json --out R.json \\
                  --vad-lexicon /path/to/NRC-VAD-Lexicon.txt --lenient
 """
@@ -38,10 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="when an image has a dominant emotion, recomputed from its votes: 'artemis' = at least half "
                         "with a unique maximum (ArtEmis's code, default), 'strict-majority' = more than half (the "
                         "SEVLM authors' evaluation)")
-    p.add_argument("--emo-classifier", choices=CLASSIFIER_KINDS, default="tfidf",
+    p.add_argument("--emo-classifier", choices=CLASSIFIER_KINDS + ("artemis",), default="tfidf",
                    help="the text classifier behind Emo-Align: 'tfidf' (TF-IDF + logistic regression, default) or "
-                        "'lstm' (ArtEmis's kind of classifier, for numbers comparable with ArtEmis); trained once on "
-                        "the training split and cached in DATASET/emo_classifier/<kind>/")
+                        "'lstm' (ArtEmis's kind of classifier, for numbers comparable with ArtEmis), trained once on "
+                        "the training split and cached in DATASET/emo_classifier/<kind>/; or 'artemis': ArtEmis's "
+                        "released classifier (--artemis-checkpoint, --artemis-vocabulary), as the SEVLM authors scored")
+    p.add_argument("--artemis-checkpoint", help="with --emo-classifier artemis: ArtEmis's text-to-emotion "
+                                                "best_model.pt (read without running pickle code)")
+    p.add_argument("--artemis-vocabulary", help="with --emo-classifier artemis: the vocabulary.pkl of ArtEmis's "
+                                                "preprocessing that the classifier was trained with")
     p.add_argument("--because", choices=BECAUSE_RULES, default="first",
                    help="where the scored explanation starts: after the first 'because' (default) or after the last "
                         "one (the SEVLM authors' scoring: a second 'because' cuts the explanation there)")
@@ -66,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
         if not (args.predictions and args.references):
             raise ConfigError("give --predictions and --references, or --run with --dataset")
         predictions, references = Path(args.predictions), Path(args.references)
-    if args.emo_classifier != "tfidf" and not args.dataset:
+    artemis = (args.artemis_checkpoint, args.artemis_vocabulary)
+    if args.emo_classifier == "artemis" and not all(artemis):
+        raise ConfigError("--emo-classifier artemis needs --artemis-checkpoint and --artemis-vocabulary")
+    if args.emo_classifier != "artemis" and any(artemis):
+        raise ConfigError("--artemis-checkpoint/--artemis-vocabulary go with --emo-classifier artemis")
+    if args.emo_classifier == "lstm" and not args.dataset:
         raise ConfigError(f"--emo-classifier {args.emo_classifier} needs --dataset (it trains on the training split)")
     summary = evaluate_and_report(
         predictions, references, args.out, dataset_dir=args.dataset, vad_lexicon=args.vad_lexicon,
         strict=not args.lenient, retrain_classifier=args.retrain_classifier, dominance=args.dominance,
-        emo_classifier=args.emo_classifier, because=args.because,
+        emo_classifier=args.emo_classifier, because=args.because, artemis_classifier=artemis,
     )
     keys = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy", "emo_align")
     print("  ".join(f"{k} {summary[k]:.4f}" for k in keys if isinstance(summary.get(k), float)))

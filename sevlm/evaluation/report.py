@@ -317,16 +317,27 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
 
 def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
                         retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf",
-                        because: str = "first") -> dict:
+                        because: str = "first", artemis_classifier: tuple | None = None) -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict. With `dataset_dir`:
-    Emo-Align, copies of training utterances, and a picture of example paintings."""
+    Emo-Align, copies of training utterances, and a picture of example paintings. With
+    `emo_classifier="artemis"`, Emo-Align uses ArtEmis's released classifier,
+    `artemis_classifier` = (checkpoint, vocabulary), with or without `dataset_dir`."""
     from sevlm.evaluation.metrics import evaluate
 
     classifier = training = images_dir = None
+    if emo_classifier == "artemis":
+        from sevlm.evaluation.artemis_checkpoint import ArtEmisTextClassifier
+
+        if not artemis_classifier or not all(artemis_classifier):
+            from sevlm.errors import ConfigError
+
+            raise ConfigError("the 'artemis' Emo-Align classifier needs ArtEmis's checkpoint and vocabulary files")
+        classifier = ArtEmisTextClassifier(*artemis_classifier)
     if dataset_dir:
         from sevlm.evaluation.emo_classifier import load_or_train, training_texts
 
-        classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
+        if classifier is None:
+            classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
         training = training_texts(dataset_dir)
         images_dir = _recorded_images_dir(dataset_dir)
     ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance,
