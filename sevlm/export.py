@@ -313,6 +313,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
         raise DataError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
-    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt)
+    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt,
+                              vad_input=mcfg.vad_input)
     return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export,
                      vocab=vocab)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from sevlm.constants import EMOTIONS
-from sevlm.data.vad import VADLexicon, vad_for_tokens
+from sevlm.data.vad import VADLexicon, vad_for_pieces, vad_for_tokens
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
@@ -108,14 +108,17 @@ def _utf8_decoder():
     return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
-def _causal_vad(text: str, start: int, end: int, lexicon: VADLexicon) -> np.ndarray:
-    """VAD (3,) of the token spanning text[start:end], seeing only the text up to its end.
+def _causal_vad(text: str, start: int, end: int, lexicon: VADLexicon, pieces: bool = False) -> np.ndarray:
+    """VAD (3,) of the token spanning text[start:end], seeing only the text up to its end
+    (with `pieces`, the model's `vad_input="piece"`: the token's own text, lemmatised).
 
     A token's span covers the characters it completes: one that ends inside a character has
     an empty span (zero VAD) until the next token completes it. Training's offsets see the
     whole sequence, so they differ only there and at an apostrophe that a later letter makes
     part of a word ("woman’" + "s").
     """
+    if pieces:
+        return vad_for_pieces(text, [(start, end)], lexicon)[0][0]
     vad, _ = vad_for_tokens(text[:end], [(start, end)], lexicon, causal=True)
     return vad[0]
 
@@ -123,8 +126,9 @@ def _causal_vad(text: str, start: int, end: int, lexicon: VADLexicon) -> np.ndar
 class _TextState:
     """Per-sequence text so far, for the causal VAD and segment of each new token."""
 
-    def __init__(self, pieces: _Pieces, lexicon: VADLexicon, prompt: Sequence[int], because: int):
-        self.lexicon, self.because = lexicon, because
+    def __init__(self, pieces: _Pieces, lexicon: VADLexicon, prompt: Sequence[int], because: int,
+                 vad_pieces: bool = False):
+        self.lexicon, self.because, self.vad_pieces = lexicon, because, vad_pieces
         self.n_prompt = len(prompt)
         self.piece = pieces  # shared by copies: a cache of pure values
         self.decoder = _utf8_decoder()
@@ -140,7 +144,8 @@ class _TextState:
         s = len(self.text)
         self.text += self.decoder.decode(self.piece(token))
         self.ids.append(token)
-        return _causal_vad(self.text, s, len(self.text), self.lexicon), self.explanation_start is not None
+        vad = _causal_vad(self.text, s, len(self.text), self.lexicon, self.vad_pieces)
+        return vad, self.explanation_start is not None
 
     def copy(self) -> "_TextState":
         new = object.__new__(_TextState)
@@ -152,14 +157,14 @@ class _TextState:
 
 
 def _full_features(pieces: _Pieces, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int,
-                   emotion_id: int):
+                   emotion_id: int, vad_pieces: bool = False):
     """Segments and causal VAD of a whole sequence from scratch (the uncached path)."""
     decoder, text, offsets = _utf8_decoder(), "", []
     for i in ids:
         s = len(text)
         text += decoder.decode(pieces(i))
         offsets.append((s, len(text)))
-    vad = np.stack([_causal_vad(text, s, e, lexicon) for s, e in offsets])  # (T, 3)
+    vad = np.stack([_causal_vad(text, s, e, lexicon, vad_pieces) for s, e in offsets])  # (T, 3)
     try:
         b = ids.index(because, n_prompt)
     except ValueError:
@@ -223,6 +228,9 @@ def generate(
     cfg = model.config
     device = model.device
     decoding = decoding or DecodingConfig()
+    if cfg.use_vad_input and cfg.vad_bidirectional:
+        use_cache = False  # every position's VAD encoding changes with each new token: recompute all
+    vad_pieces = cfg.vad_input == "piece"
     check_id_space(vocab, cfg.vocab_size, tokenizer, "generate")
     pieces = _Pieces(tokenizer, vocab)
     prompt = prompt_ids(tokenizer, vocab, cfg.bos_prompt)
@@ -241,7 +249,7 @@ def generate(
     rows = torch.arange(I, device=device).repeat_interleave(K)  # (B,) image of each beam
     context = model.visual_context(visual, rows) if visual is not None else {}
 
-    states = [_TextState(pieces, lexicon, prompt, cfg.because_id) for _ in range(B)]
+    states = [_TextState(pieces, lexicon, prompt, cfg.because_id, vad_pieces) for _ in range(B)]
     ids = torch.tensor([prompt] * B, device=device)  # (B, P)
     seg = torch.full_like(ids, cfg.emotion_id)
     vad = torch.from_numpy(np.stack([np.stack(states[0].prompt_vad)] * B)).to(device)  # (B, P, 3)
@@ -249,8 +257,8 @@ def generate(
     def full_logits(all_ids: torch.Tensor) -> torch.Tensor:
         """Uncached, the authors' style: VAD and segments recomputed from the full text, then the
         whole training forward (image projection, all positions' logits) re-run."""
-        feats = [_full_features(pieces, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id)
-                 for row in all_ids.tolist()]
+        feats = [_full_features(pieces, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id,
+                                vad_pieces) for row in all_ids.tolist()]
         v = torch.from_numpy(np.stack([f[0] for f in feats])).to(device)  # (B, T, 3)
         s = torch.tensor([f[1] for f in feats], device=device)  # (B, T)
         out = model(input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None)

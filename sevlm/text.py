@@ -33,7 +33,7 @@ import torch
 
 from sevlm.constants import EMOTIONS
 from sevlm.data.artemis import emotion_distribution
-from sevlm.data.vad import VADLexicon, vad_for_tokens
+from sevlm.data.vad import VADLexicon, vad_for_pieces, vad_for_tokens
 from sevlm.errors import DataError
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"
@@ -295,10 +295,12 @@ class SequenceBuilder:
     """Turns (emotion, explanation) annotations and feature samples into model batches."""
 
     def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None,
-                 bos_prompt: bool = False, anchor: str = "uniform"):
+                 bos_prompt: bool = False, anchor: str = "uniform", vad_input: str = "word"):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
-        self.anchor = anchor
+        if vad_input not in ("word", "piece"):
+            raise ValueError(f"vad_input must be 'word' or 'piece', got {vad_input!r}")
+        self.anchor, self.vad_input = anchor, vad_input
         self.tok = tokenizer
         self.lexicon = lexicon
         self.max_len = max_len
@@ -338,8 +340,12 @@ class SequenceBuilder:
             b = ids.index(self.ids.because, n_prompt)
         except ValueError:
             raise DataError(f"no ' because' token found in {text[:80]!r}") from None
-        vad_in, m_in = vad_for_tokens(text, offsets, self.lexicon, causal=True)
-        vad_tg, m_tg = vad_for_tokens(text, offsets, self.lexicon, causal=False)
+        if self.vad_input == "piece":  # the authors': each piece on its own, input = target
+            vad_in, m_in = vad_for_pieces(text, offsets, self.lexicon)
+            vad_tg, m_tg = vad_in.copy(), m_in.copy()
+        else:
+            vad_in, m_in = vad_for_tokens(text, offsets, self.lexicon, causal=True)
+            vad_tg, m_tg = vad_for_tokens(text, offsets, self.lexicon, causal=False)
         m_tg[: b + 1] = False  # VAD targets: the explanation's own tokens, not prompt, label or " because"
         n = len(ids)
         T = self.max_len

@@ -9,7 +9,7 @@ few suffix rules for inflections), and every token whose character span overlaps
 word gets that word's vector. Tokens touching no word (punctuation, EOS) get zeros and
 mask False.
 
-Two alignments are offered:
+Three alignments are offered:
 - `causal=False` (default): every piece of a word gets the whole word's vector. Used as
   the VAD head's *target* (the lexicon VAD of the next token).
 - `causal=True`: a piece gets the vector of its word *as completed so far* (the text of
@@ -21,6 +21,10 @@ Two alignments are offered:
   vector of "aby". Generation cannot tell a finished word from one in progress, so whole
   words get the exact lookup too ("paintings" has no input vector; its *target* is
   "painting"'s).
+- `vad_for_pieces` (the authors', `model.vad_input="piece"`): every BPE piece is looked up on
+  its own, lemmatised, and serves as both input and target: "abys" + "mal" get the vectors of
+  "aby" and "mal", whatever the word. The authors lemmatise with WordNet and nltk's POS tags;
+  here the lexicon's own light lemmatisation stands in (WordNet's data is not shipped).
 """
 
 from __future__ import annotations
@@ -225,6 +229,24 @@ def vad_for_tokens(
             continue
         ws, we = words[wi]
         vec = lexicon.lookup(text[ws : min(we, e)], exact=True) if causal else lexicon.lookup(text[ws:we])
+        if vec is not None:
+            vad[t] = vec
+            mask[t] = True
+    return vad, mask
+
+
+def vad_for_pieces(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    lexicon: VADLexicon,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token VAD with each token's own text looked up as a word (lemmatised), the authors'
+    per-piece lookup: (vad float32 [T,3], in-lexicon mask bool [T]). Spans as `vad_for_tokens`."""
+    vad = np.zeros((len(offsets), 3), dtype=np.float32)
+    mask = np.zeros(len(offsets), dtype=bool)
+    for t, (s, e) in enumerate(offsets):
+        piece = text[s:e].strip() if e > s else ""
+        vec = lexicon.lookup(piece) if piece else None
         if vec is not None:
             vad[t] = vec
             mask[t] = True

@@ -13,6 +13,8 @@ CHOICES = {
     "fusion_init": ("identity", "normal"),
     "contrastive_features": ("text", "image"),
     "mlp_scorer_inputs": ("projected", "raw"),
+    "vad_input": ("word", "piece"),
+    "visual_negative": ("image", "explanation"),
 }
 
 
@@ -41,6 +43,10 @@ class SEVLMConfig:
     # "prefix" (ClipCap-style prefix embeddings), "none" (text only: the no-image control).
     mode: str = "cross"
     visual_dim: int = 768
+    # Visual tokens pass a linear + layer norm projection before cross-attention (ours); False
+    # feeds them as they are (the authors': CLIP's 768-wide tokens into distilgpt2's 768-wide
+    # cross-attention), which needs visual_dim == the decoder's width.
+    visual_projection: bool = True
     n_prefix: int = 4
     # Paper ablation switches (baseline = all False but use_segments).
     use_segments: bool = True
@@ -53,6 +59,14 @@ class SEVLMConfig:
     # The authors' VAD encoder adds each layer's input to its output again, around the
     # layer's own (post-norm) residuals; ours does not.
     vad_residual: bool = False
+    # The authors' VAD encoder is bidirectional: every position attends to every other one of the
+    # whole (padded) sequence, so position t sees the VAD of the token it predicts. Ours is causal.
+    # Generation with it recomputes every position at every step (no cache), as the authors' did.
+    vad_bidirectional: bool = False
+    # The VAD input of a token: "word" (ours: the word as far as it is written at that token,
+    # looked up exactly) or "piece" (the authors': each BPE piece looked up on its own,
+    # lemmatised; the same values are the VAD head's target).
+    vad_input: str = "word"
     # Where VAD is fused: "explanation" (explanation-segment token embeddings; the decoder adds
     # positions after), "all" (every position), "explanation+position" (the authors': the
     # explanation segment's token + position embedding goes through the fusion).
@@ -68,6 +82,10 @@ class SEVLMConfig:
     # What the MLP scorer reads: "projected" (the normalised projections retrieval uses) or
     # "raw" (the mean visual token and the mean hidden states, the authors').
     mlp_scorer_inputs: str = "projected"
+    # The ternary loss's visual negative: "image" (ours: the anchor's text with another image of the
+    # batch) or "explanation" (the authors': the anchor's image and emotion with the explanation in
+    # the same pair slot of another image).
+    visual_negative: str = "image"
     contrastive_dim: int = 256
     temperature: float = 0.1
     w_cl: float = 1.0
@@ -92,6 +110,11 @@ class SEVLMConfig:
                 raise ValueError(f"{key} must be {', '.join(names[:-1])} or {names[-1]}, got {getattr(self, key)!r}")
         if self.mlp_scorer_inputs == "raw" and self.contrastive_scorer != "mlp":
             raise ValueError("mlp_scorer_inputs='raw' needs contrastive_scorer='mlp' (cosines need one shared space)")
+        if not self.visual_projection and self.mode != "cross":
+            raise ValueError(f"visual_projection=False is for mode='cross' (got mode={self.mode!r})")
+        if not self.visual_projection and self.decoder is None and self.visual_dim != self.n_embd:
+            raise ValueError(f"visual_projection=False feeds the visual tokens to cross-attention as they are: "
+                             f"visual_dim ({self.visual_dim}) must equal n_embd ({self.n_embd})")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         extra = self.n_prefix if self.mode == "prefix" else 0

@@ -11,6 +11,9 @@ The visual negative swaps the image rather than the explanation so that, with th
 scorer (sum of the three pairwise cosines), the image-emotion term is trained too (with the
 explanation swapped it would be the same for all three candidates and cancel).
 Loss = -log softmax(scores)[positive], averaged over anchors of images with a valid pair.
+With `visual_negative="explanation"` (the authors') the visual negative is (i, e_s, x_j): the
+anchor's image and emotion with the explanation in the same pair slot (2i' or 2i'+1) of the
+derangement's image i'.
 
 The scorer reads the normalised projections that retrieval indexes, or, with the MLP scorer
 and `raw_inputs` (the authors'), the unprojected features: the mean visual token and the
@@ -117,8 +120,9 @@ class AlignmentHead(_Embeddings):
 
 class ContrastiveHead(_Embeddings):
     def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1,
-                 raw_inputs: bool = False, align: bool = False):
+                 raw_inputs: bool = False, align: bool = False, visual_negative: str = "image"):
         super().__init__()
+        self.visual_negative = visual_negative  # "image" (ours) or "explanation" (the authors')
         self.raw_inputs = raw_inputs  # MLP scorer only (SEVLMConfig checks)
         self.img_proj = nn.Linear(visual_dim, dim)
         self.emo_proj = nn.Linear(text_dim, dim)
@@ -171,7 +175,9 @@ class ContrastiveHead(_Embeddings):
             return img.sum() * 0.0 + emo.sum() * 0.0 + exp.sum() * 0.0  # keeps the graph, no signal
         e, x = emo[anchors], exp[anchors]
         cands = [self.score(img[image], e, x), self.score(img[image], e, exp[partner])]
-        if neg is not None:
+        if neg is not None and self.visual_negative == "explanation":
+            cands.append(self.score(img[image], e, exp[2 * neg + (anchors & 1)]))  # another image's text, same slot
+        elif neg is not None:
             cands.append(self.score(img[neg], e, x))
         scores = torch.stack(cands, dim=1)  # (A, 2 or 3), positive first
         return F.cross_entropy(scores, torch.zeros(len(anchors), dtype=torch.long, device=scores.device))

@@ -56,9 +56,12 @@ class CausalVADLayer(nn.Module):
 
 
 class EmotionEncoder(nn.Module):
-    def __init__(self, max_len: int, n_layers: int = 3, ffn: int = 128, dropout: float = 0.1, residual: bool = False):
+    def __init__(self, max_len: int, n_layers: int = 3, ffn: int = 128, dropout: float = 0.1, residual: bool = False,
+                 bidirectional: bool = False):
         super().__init__()
         self.residual = residual  # x + layer(x) around each layer, as the authors' encoder
+        # every position sees every other one (the authors'): no cache, the caller recomputes
+        self.bidirectional = bidirectional
         self.pos = nn.Embedding(max_len, 3)
         self.ln = nn.LayerNorm(3)
         self.layers = nn.ModuleList(CausalVADLayer(3, ffn, dropout) for _ in range(n_layers))
@@ -66,6 +69,8 @@ class EmotionEncoder(nn.Module):
 
     def forward(self, vad: torch.Tensor, cache: VADCache | None = None) -> tuple[torch.Tensor, VADCache]:
         """vad (B, t, 3) for positions start..start+t-1, where start comes from the cache."""
+        if self.bidirectional and cache is not None:
+            raise ValueError("a bidirectional VAD encoder keeps no cache: recompute the whole sequence")
         start = cache[0] if cache is not None else 0
         t = vad.shape[1]
         if start + t > self.max_len:
@@ -73,6 +78,8 @@ class EmotionEncoder(nn.Module):
         pos = torch.arange(start, start + t, device=vad.device)
         x = self.ln(vad + self.pos(pos))  # (B, t, 3)
         allowed = causal_mask(t, start + t, vad.device)  # every layer sees the same positions
+        if self.bidirectional:
+            allowed = torch.ones_like(allowed)  # (t, t): padding included, as the authors' (no mask)
         new = []
         for i, layer in enumerate(self.layers):
             y, kv = layer(x, cache[1][i] if cache is not None else None, allowed)

@@ -153,7 +153,12 @@ class SEVLM(nn.Module):
         self.decoder = build_decoder(config, decoder_config)
         E = self.decoder.config.n_embd
         self.n_embd = E
-        if config.mode == "cross":
+        if config.mode == "cross" and not config.visual_projection:
+            if config.visual_dim != E:
+                raise ValueError(f"visual_projection=False: the visual tokens ({config.visual_dim} wide) go to "
+                                 f"cross-attention as they are, which needs the decoder's width {E}")
+            self.visual_proj = nn.Identity()  # the authors': CLIP tokens as they are
+        elif config.mode == "cross":
             self.visual_proj = nn.Sequential(nn.Linear(config.visual_dim, E), nn.LayerNorm(E))
         elif config.mode == "prefix":
             # ClipCap: pooled visual feature -> n_prefix embeddings
@@ -164,7 +169,8 @@ class SEVLM(nn.Module):
             )
         if config.use_vad_input:
             self.emotion_encoder = EmotionEncoder(
-                config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout, config.vad_residual
+                config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout, config.vad_residual,
+                config.vad_bidirectional,
             )
             self.fusion = nn.Linear(E + 3, E)  # W_f [x_t ; v_t] + b
             with torch.no_grad():
@@ -178,6 +184,7 @@ class SEVLM(nn.Module):
             self.contrastive = ContrastiveHead(
                 config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature,
                 raw_inputs=config.mlp_scorer_inputs == "raw", align=config.w_align > 0 and config.mode != "none",
+                visual_negative=config.visual_negative,
             )
 
     # ---- pieces -----------------------------------------------------------------------

@@ -178,7 +178,8 @@ class TrainRecipe:
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
         self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
-                                       bos_prompt=cfg.model.bos_prompt, anchor=cfg.data.anchor)
+                                       bos_prompt=cfg.model.bos_prompt, anchor=cfg.data.anchor,
+                                       vad_input=cfg.model.vad_input)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
         if self.steps_per_epoch == 0:
