@@ -15,6 +15,8 @@ EXAMPLES = """\
 
 
 def add_arguments(p) -> None:
+    from sevlm.encoders.base import IMAGE_PREPROCESSING
+
     p.add_argument("--images", metavar="DIR", default=None,
                    help="image folder (<Style>/<painting>.jpg); default: images_dir in the dataset's manifest.json")
     p.add_argument("--dataset", required=True, metavar="DATASET_DIR", help="dataset folder written by `sevlm prepare`")
@@ -23,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="F.h5", help="feature file to write")
     p.add_argument("--weights", metavar="PATH_OR_HUB", default=None,
                    help="encoder weights: a hub name or local directory (clip), a .pth file (efficientnet)")
+    p.add_argument("--image-preprocess", choices=IMAGE_PREPROCESSING, default="encoder",
+                   help="how images become pixels: 'encoder' (its own: resize, centre crop, its mean/std; default) or "
+                        "'imagenet-squash' (the SEVLM authors': squashed to the encoder's size, ImageNet mean/std)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default: 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default: cpu)")
@@ -51,7 +56,9 @@ def run(args) -> int:
         out_path=args.out,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        encoder_kwargs={"weights": args.weights} if args.weights else None,
+        encoder_kwargs={**({"weights": args.weights} if args.weights else {}),
+                        **({"image_preprocess": args.image_preprocess} if args.image_preprocess != "encoder" else {})}
+        or None,
         device=device,
         overwrite=args.overwrite,
         rank=rank,

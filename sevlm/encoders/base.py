@@ -45,11 +45,24 @@ def list_encoders() -> list[str]:
     return sorted(ENCODERS)
 
 
-def build_encoder(name: str, **kwargs) -> "ImageEncoder":
-    """Build a registered encoder, frozen and in eval mode."""
+# How an image becomes pixels (`sevlm extract --image-preprocess`): "encoder" (the encoder's own:
+# shorter side resized, centre crop, its mean/std, e.g. CLIP's) or "imagenet-squash" (the SEVLM
+# authors': the whole image squashed to image_size x image_size, bilinear, ImageNet mean/std).
+IMAGE_PREPROCESSING = ("encoder", "imagenet-squash")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_encoder(name: str, image_preprocess: str = "encoder", **kwargs) -> "ImageEncoder":
+    """Build a registered encoder, frozen and in eval mode, preprocessing images as
+    `image_preprocess` says (IMAGE_PREPROCESSING)."""
     if name not in ENCODERS:
         raise ConfigError(f"unknown image encoder {name!r}; known: {', '.join(list_encoders())}")
+    if image_preprocess not in IMAGE_PREPROCESSING:
+        raise ConfigError(f"image preprocessing: expected one of {', '.join(IMAGE_PREPROCESSING)}, "
+                          f"got {image_preprocess!r}")
     enc = ENCODERS[name](**kwargs)
+    enc.image_preprocess = image_preprocess
     enc.eval()
     for p in enc.parameters():
         p.requires_grad_(False)
@@ -139,6 +152,7 @@ class ImageEncoder(nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resample = Image.BICUBIC
+    image_preprocess = "encoder"  # IMAGE_PREPROCESSING; set by build_encoder
 
     @property
     def name(self) -> str:
@@ -146,10 +160,22 @@ class ImageEncoder(nn.Module):
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """PIL image of any mode/size -> [3, image_size, image_size] normalised pixels."""
+        if self.image_preprocess == "imagenet-squash":  # the whole painting, aspect ratio lost
+            img = to_rgb(img).resize((self.image_size, self.image_size), resample=Image.BILINEAR)
+            return normalize(img, IMAGENET_MEAN, IMAGENET_STD)
         img = resize_center_crop(img, self.resize_size, self.image_size, self.resample)
         return normalize(img, self.mean, self.std)
 
     def preprocessing(self) -> dict:
+        if self.image_preprocess == "imagenet-squash":
+            return {
+                "mode": "imagenet-squash",
+                "resize": [self.image_size, self.image_size],
+                "resample": "bilinear",
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+                "color": "RGB; alpha composited on white; CMYK/grayscale converted; EXIF rotation applied",
+            }
         return {
             "resize_shorter_side": self.resize_size,
             "center_crop": self.image_size,
@@ -164,9 +190,10 @@ class ImageEncoder(nn.Module):
         return {}
 
     def describe(self) -> dict:
+        extra = {} if self.image_preprocess == "encoder" else {"image_preprocess": self.image_preprocess}
         return {
             "name": self.name,
-            "settings": self.settings(),
+            "settings": {**self.settings(), **extra},  # build_encoder(name, **settings) rebuilds it
             "num_tokens": self.num_tokens,
             "dim": self.dim,
             "preprocessing": self.preprocessing(),

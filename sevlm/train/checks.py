@@ -25,6 +25,20 @@ class FeatureInfo:
     encoder: str | None
     num_tokens: int | None
     dim: int | None
+    image_preprocess: str = "encoder"  # how the encoder's pixels were made (encoders.IMAGE_PREPROCESSING)
+
+
+def _image_preprocess(encoder_config) -> str:
+    """The image preprocessing an artifact's recorded encoder config names (older ones: the encoder's own)."""
+    import json
+
+    if isinstance(encoder_config, str):
+        try:
+            encoder_config = json.loads(encoder_config)
+        except ValueError:
+            encoder_config = None
+    settings = encoder_config.get("settings") if isinstance(encoder_config, dict) else None
+    return (settings or {}).get("image_preprocess", "encoder")
 
 
 def check_lexicon(lexicon: str | None) -> None:
@@ -98,13 +112,13 @@ def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
         attrs = dict(store.attrs)
         store.close()
         T, D = _token_shape(attrs.get("token_shape"))
-        return FeatureInfo("features", path, attrs.get("encoder"), T, D)
+        return FeatureInfo("features", path, attrs.get("encoder"), T, D, _image_preprocess(attrs.get("encoder_config")))
     if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
         from sevlm.features.shards import read_manifest
 
         feats = read_manifest(shards)[1].get("features") or {}
         T, D = _token_shape(feats.get("token_shape"))
-        return FeatureInfo("shards", shards, feats.get("encoder"), T, D)
+        return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
     raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
 
 
@@ -116,10 +130,20 @@ def check_encoder(info: FeatureInfo, expected: str | None) -> None:
         )
 
 
+def check_image_preprocess(info: FeatureInfo, expected: str | None) -> None:
+    if expected and info.image_preprocess != expected:
+        raise DataError(
+            f"{info.path}: {info.source} were extracted with image preprocessing {info.image_preprocess!r} but the "
+            f"config names {expected!r} (data.image_preprocess); re-extract with `sevlm extract --image-preprocess "
+            f"{expected}` or change data.image_preprocess"
+        )
+
+
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
     info = feature_info(data.features, data.shards)
     check_encoder(info, data.encoder)
+    check_image_preprocess(info, data.image_preprocess)
     if info.source == "shards":
         check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split])
     return info

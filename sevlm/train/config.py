@@ -67,6 +67,9 @@ class DataConfig:
     # the annotation that anchors each image's pair: "uniform" or "last" (their code as it ran).
     min_train_emotions: int = 1
     anchor: str = "uniform"
+    # The image preprocessing the features must have been extracted with (checked against the
+    # cache): "encoder" or "imagenet-squash" (the authors'); None = whatever the cache holds.
+    image_preprocess: str | None = None
 
 
 @dataclass
@@ -147,6 +150,11 @@ class TrainConfig:
 
         if self.data.anchor not in ANCHORS:
             raise ConfigError(f"data.anchor: expected one of {', '.join(ANCHORS)}, got {self.data.anchor!r}")
+        from sevlm.encoders.base import IMAGE_PREPROCESSING
+
+        if self.data.image_preprocess is not None and self.data.image_preprocess not in IMAGE_PREPROCESSING:
+            raise ConfigError(f"data.image_preprocess: expected one of {', '.join(IMAGE_PREPROCESSING)} or null, "
+                              f"got {self.data.image_preprocess!r}")
         if not 1 <= self.data.min_train_emotions <= 9:
             raise ConfigError(f"data.min_train_emotions: must be 1..9 (distinct emotions of an image), "
                               f"got {self.data.min_train_emotions}")

@@ -151,3 +151,18 @@ def test_model_configs_without_the_new_keys_load_as_ours():
     cfg = from_dict(SEVLMConfig, {"n_layer": 1})
     assert (cfg.vad_bidirectional, cfg.vad_input, cfg.visual_negative, cfg.visual_projection) == (
         False, "word", "image", True)
+
+
+def test_a_training_step_runs_with_every_authors_model_switch(make_model, tok, lexicon, make_samples):
+    import numpy as np
+
+    m = make_model(vad_bidirectional=True, vad_input="piece", visual_negative="explanation", visual_projection=False,
+                   visual_dim=32, n_embd=32, contrastive_scorer="mlp", mlp_scorer_inputs="raw", vad_residual=True,
+                   vad_fuse="explanation+position", bos_prompt=True)
+    builder = SequenceBuilder(tok, lexicon, max_len=20, bos_prompt=True, anchor="last", vad_input="piece")
+    batch = builder.collate(make_samples(4, dim=32), np.random.default_rng(0))
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    out = m(**batch)
+    assert torch.isfinite(out.loss) and out.cl_loss is not None and out.cl_loss > 0 and out.vad_loss is not None
+    out.loss.backward()
+    assert m.emotion_encoder.pos.weight.grad.abs().sum() > 0 and m.contrastive.mlp[0].weight.grad.abs().sum() > 0

@@ -18,12 +18,19 @@ def test_paper_config_takes_the_authors_choices():
     assert cfg.schedule.val_dominance == "strict-majority"  # more than half the votes
     assert cfg.data.min_train_emotions == 2  # artEmisX_cl_train.json: images with >= 2 distinct emotions
     assert cfg.data.anchor == "last"  # their index_tracker, as it ran in DataLoader workers
+    assert cfg.data.image_preprocess == "imagenet-squash"  # 224 x 224 squash, ImageNet mean/std
+    m = cfg.model
+    assert (m.vad_input, m.vad_bidirectional, m.visual_negative, m.visual_projection) == (
+        "piece", True, "explanation", False)
 
 
 def test_configs_without_the_authors_data_keys_keep_ours():
     for name in ("demo", "tiny"):
         cfg = load_train_config(name)
-        assert (cfg.data.min_train_emotions, cfg.data.anchor) == (1, "uniform")
+        assert (cfg.data.min_train_emotions, cfg.data.anchor, cfg.data.image_preprocess) == (1, "uniform", None)
+        m = cfg.model
+        assert (m.vad_input, m.vad_bidirectional, m.visual_negative, m.visual_projection) == (
+            "word", False, "image", True)
 
 
 def test_clip_grad_is_the_engine_clipping(tmp_path):
@@ -214,3 +221,54 @@ def test_min_train_emotions_refuses_shards(shard_dir):
     data = DataConfig(shards=str(shard_dir), min_train_emotions=2)
     with pytest.raises(ConfigError, match="min_train_emotions=2 needs an HDF5 feature cache"):
         open_source(feature_info(None, data.shards), data, collate=None, micro=2, rank=0, world_size=1, seed=0)
+
+
+# ---- the authors' image preprocessing (METHOD row 17) -------------------------------------------------
+def test_imagenet_squash_squashes_the_whole_image_with_imagenet_statistics():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sevlm.encoders import build_encoder
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (20, 64, 3), dtype=np.uint8))  # wide: a crop would lose the sides
+    ours = build_encoder("tiny-random")
+    authors = build_encoder("tiny-random", image_preprocess="imagenet-squash")
+    want = np.asarray(img.resize((32, 32), resample=Image.BILINEAR), dtype=np.float32) / 255.0
+    want = (want - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    got = authors.preprocess(img)
+    assert got.shape == (3, 32, 32)
+    torch.testing.assert_close(got, torch.from_numpy(want).permute(2, 0, 1))
+    assert not torch.allclose(ours.preprocess(img), got)
+    assert authors.describe()["settings"]["image_preprocess"] == "imagenet-squash"
+    assert "image_preprocess" not in ours.describe()["settings"]  # caches from before the switch read as ours
+    assert authors.describe()["preprocessing"]["mode"] == "imagenet-squash"
+    with pytest.raises(ConfigError, match="image preprocessing: expected one of encoder, imagenet-squash"):
+        build_encoder("tiny-random", image_preprocess="stretch")
+
+
+def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path):
+    from sevlm.errors import DataError
+    from sevlm.train.checks import check_features
+    from sevlm.train.config import DataConfig
+
+    data = DataConfig(dataset_dir=str(tiny_data["dataset"]), features=str(tiny_data["features"]))
+    assert check_features(data).image_preprocess == "encoder"
+    data.image_preprocess = "imagenet-squash"
+    with pytest.raises(DataError, match="extracted with image preprocessing 'encoder' but the config names "
+                                        "'imagenet-squash'.*--image-preprocess imagenet-squash"):
+        check_features(data)
+    squashed = tmp_path / "squashed.h5"
+    from sevlm.cli import main
+
+    assert main(["extract", "--images", str(tiny_data["root"] / "raw" / "images"), "--dataset",
+                 str(tiny_data["dataset"]), "--encoder", "tiny-random", "--out", str(squashed), "--workers", "0",
+                 "--image-preprocess", "imagenet-squash"]) == 0
+    data.features = str(squashed)
+    assert check_features(data).image_preprocess == "imagenet-squash"
+    from sevlm.features.hdf5 import FeatureStore
+
+    store = FeatureStore(squashed)
+    assert store.encoder_spec["settings"]["image_preprocess"] == "imagenet-squash"  # predict rebuilds it so
+    store.close()
