@@ -45,7 +45,8 @@ class SEVLMConfig:
     visual_dim: int = 768
     # Visual tokens pass a linear + layer norm projection before cross-attention (ours); False
     # feeds them as they are (the authors': CLIP's 768-wide tokens into distilgpt2's 768-wide
-    # cross-attention), which needs visual_dim == the decoder's width.
+    # cross-attention), which needs visual_dim == the decoder's width (checked where the width
+    # is known: train.checks.model_config and the SEVLM constructor).
     visual_projection: bool = True
     n_prefix: int = 4
     # Paper ablation switches (baseline = all False but use_segments).
@@ -112,9 +113,6 @@ class SEVLMConfig:
             raise ValueError("mlp_scorer_inputs='raw' needs contrastive_scorer='mlp' (cosines need one shared space)")
         if not self.visual_projection and self.mode != "cross":
             raise ValueError(f"visual_projection=False is for mode='cross' (got mode={self.mode!r})")
-        if not self.visual_projection and self.decoder is None and self.visual_dim != self.n_embd:
-            raise ValueError(f"visual_projection=False feeds the visual tokens to cross-attention as they are: "
-                             f"visual_dim ({self.visual_dim}) must equal n_embd ({self.n_embd})")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         extra = self.n_prefix if self.mode == "prefix" else 0

@@ -161,6 +161,11 @@ def model_config(model, info: FeatureInfo):
             f"model.visual_dim={model.visual_dim} but {info.path} holds {info.dim}-d visual tokens "
             f"(encoder {info.encoder}); drop model.visual_dim to take it from the features"
         )
+    if not model.visual_projection and model.decoder is None and info.dim != model.n_embd:
+        raise ConfigError(
+            f"model.visual_projection=false feeds the visual tokens to cross-attention as they are, but {info.path} "
+            f"holds {info.dim}-d tokens and the decoder is {model.n_embd} wide (model.n_embd)"
+        )
     return replace(model, visual_dim=info.dim)
 
 

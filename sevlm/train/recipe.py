@@ -244,6 +244,9 @@ class TrainRecipe:
             "encoder": self.info.encoder, "visual_tokens": [self.info.num_tokens, self.info.dim],
             "data_source": f"{self.info.source}: {self.info.path}",
         }
+        left_out = getattr(getattr(self.source, "train_set", None), "n_few_emotions", 0)
+        if left_out:  # data.min_train_emotions
+            derived["train_images_left_out_few_emotions"] = left_out
         if rt.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             sweep_temporaries(self.run_dir)

@@ -139,8 +139,9 @@ def test_no_visual_projection_feeds_the_tokens_as_they_are(make_model):
     torch.testing.assert_close(ctx["encoder_hidden_states"], visual[[1, 0, 1]])
     ours = make_model(visual_dim=32, n_embd=32).eval().visual_context(visual)["encoder_hidden_states"]
     assert not torch.allclose(ours, visual)  # ours projects (linear + layer norm)
-    with pytest.raises(ValueError, match=r"visual_dim \(16\) must equal n_embd \(32\)"):
-        SEVLMConfig(visual_projection=False, visual_dim=16, n_embd=32)
+    with pytest.raises(ValueError, match=r"visual tokens \(16 wide\) go to cross-attention as they are, which "
+                                         r"needs the decoder's width 32"):
+        make_model(visual_projection=False, visual_dim=16, n_embd=32)
     with pytest.raises(ValueError, match="visual_projection=False is for mode='cross'"):
         SEVLMConfig(visual_projection=False, mode="prefix", visual_dim=256)
 

@@ -272,3 +272,39 @@ def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path)
     store = FeatureStore(squashed)
     assert store.encoder_spec["settings"]["image_preprocess"] == "imagenet-squash"  # predict rebuilds it so
     store.close()
+
+
+@pytest.mark.slow
+def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data, tiny_config, tmp_path):
+    from sevlm.export import load_run
+    from sevlm.features.common import load_split_records
+    from sevlm.generate import generate_split
+    from sevlm.train import train
+
+    switches = ("data.min_train_emotions=2", "data.anchor=last", "data.image_preprocess=encoder",
+                "model.vad_input=piece", "model.vad_bidirectional=true", "model.visual_negative=explanation",
+                "model.visual_projection=false")
+    run_dir = train(tiny_config("schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2",
+                                *switches), out_dir=tmp_path / "run")
+    records = load_split_records(tiny_data["dataset"], "train")
+    multi = sum(len(set(r["emotions"])) >= 2 for r in records.values())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["train_images"] == multi
+    assert info["train_images_left_out_few_emotions"] == len(records) - multi
+    run = load_run(run_dir)
+    c = run.model.config
+    assert (c.vad_input, c.vad_bidirectional, c.visual_negative, c.visual_projection) == (
+        "piece", True, "explanation", False)
+    assert run.builder.vad_input == "piece"
+    preds = generate_split(run_dir, "val", tmp_path / "pred.jsonl")
+    assert len(preds) == len(load_split_records(tiny_data["dataset"], "val")) and all("explanation" in p for p in preds)
+
+
+def test_no_visual_projection_needs_features_as_wide_as_the_decoder(tiny_data):
+    from sevlm.train.checks import feature_info, model_config
+
+    cfg = load_train_config("tiny", ["model.visual_projection=false", "model.n_embd=64"])
+    with pytest.raises(ConfigError, match="holds 32-d tokens and the decoder is 64 wide"):
+        model_config(cfg.model, feature_info(str(tiny_data["features"]), None))
+    cfg = load_train_config("tiny", ["model.visual_projection=false"])
+    assert model_config(cfg.model, feature_info(str(tiny_data["features"]), None)).visual_dim == 32
