@@ -6,6 +6,8 @@ Two kinds, chosen with `sevlm evaluate --emo-classifier`:
   a test holds the two to the same probabilities.
 - "lstm": ArtEmis's kind of classifier (word embeddings -> LSTM -> max-pool -> MLP), for
   numbers comparable with ArtEmis's Emo-Align (sevlm.evaluation.emo_lstm).
+(A third, "artemis", is not trained here: ArtEmis's released checkpoint, read without running
+pickle code by sevlm.evaluation.artemis_checkpoint.)
 
 Each is trained once on the training split's human explanations (each labelled with its
 annotator's emotion) and saved beside the dataset in `DATASET_DIR/emo_classifier/<kind>/` as
