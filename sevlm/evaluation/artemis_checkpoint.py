@@ -375,6 +375,8 @@ class ArtEmisTextClassifier:
             self.embed = nn.Sequential(self.embed, _layer(emods["word_transformation"], where)).eval()
         self.rnn = _lstm(emods.get("rnn"), where)
         self.head = _layer(head, where).eval()
+        if not isinstance(self.head, nn.Sequential):
+            self.head = nn.Sequential(self.head)
         from torch import nn
 
         first = self.embed
@@ -387,7 +389,7 @@ class ArtEmisTextClassifier:
             raise DataError(f"{vocabulary}: ids reach {max(self.word2idx.values())}, but the checkpoint's word "
                             f"embedding has {n_words} rows: not the vocabulary it was trained with")
         self.eos = self.word2idx["<eos>"]
-        n_out = self.head[-1].out_features if len(self.head) else 0
+        n_out = getattr(self.head[-1], "out_features", 0) if len(self.head) else 0
         if n_out != len(self.classes):
             raise DataError(f"{where}: the classifier has {n_out} outputs, not the 9 ArtEmis emotions")
         self.meta: dict = {}
