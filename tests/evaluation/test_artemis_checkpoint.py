@@ -191,6 +191,7 @@ def test_wrong_files_are_named(tmp_path, artemis_names):
         ArtEmisTextClassifier(plain, vocab_file)
 
 
+@pytest.mark.slow  # the coco-caption metrics of a whole evaluation (~30 s here)
 def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(tmp_path, artemis_names, good_predictions, test_refs,
                                                                dataset_dir):
     import json

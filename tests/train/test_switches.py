@@ -274,7 +274,6 @@ def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path)
     store.close()
 
 
-@pytest.mark.slow
 def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data, tiny_config, tmp_path):
     from sevlm.export import load_run
     from sevlm.features.common import load_split_records
