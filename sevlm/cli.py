@@ -55,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands whose --out must not land on an input or in a folder another command owns
+# (`prepare` guards its own --out; `train` writes a run folder, `demo` its own tree)
+GUARDED = ("evaluate", "generate", "retrieve", "shard", "extract", "predict")
+INPUT_FLAGS = ("predictions", "references", "run", "features", "dataset", "images", "query_image", "lexicon",
+               "vad_lexicon", "weights", "cache_dir")
+
+
+def _check_outputs(args) -> None:
+    """Refuse an --out that is an input of the command or lies in an owned folder (sevlm.outputs)."""
+    from pathlib import Path
+
+    from sevlm.outputs import check_outputs
+
+    outputs = {"--out": args.out}
+    if args.command in ("evaluate", "retrieve"):  # REPORT.md is written beside REPORT.json
+        outputs["--out (its .md beside it)"] = str(Path(args.out).with_suffix(".md"))
+    inputs = {f"--{k.replace('_', '-')}": getattr(args, k) for k in INPUT_FLAGS
+              if isinstance(getattr(args, k, None), (str, os.PathLike))}
+    check_outputs(outputs, inputs)
+
+
 def _os_error_line(e: OSError) -> str:
     """An unwritable, missing or misplaced path as one line that names it (the traceback says
     nothing more to a user; --debug shows it)."""
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "out", None):
             from sevlm.io import ensure_parent
 
+            if args.command in GUARDED:
+                _check_outputs(args)
             ensure_parent(args.out)
         rc = args._run(args)
     except (SevlmError, OSError) as e:
