@@ -218,10 +218,16 @@ def data_fingerprint(data) -> dict[str, str]:
     return out
 
 
+RUN_CONFIG_KEY = "config.json (the run folder's)"
+
+
 def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], run_dir) -> None:
     """Refuse to resume a run whose config or data changed since its checkpoint, naming what changed."""
     if recorded is None:  # no finished checkpoint: the run starts over
         return
+    # older checkpoints keyed the run's config.json by its path as typed when the run started
+    recorded = {(RUN_CONFIG_KEY if k.endswith("config.json") and "(data." not in k else k): v
+                for k, v in recorded.items()}
     changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
     if changed:
         raise ConfigError(

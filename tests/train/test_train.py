@@ -405,3 +405,99 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path
         holder.kill()
         holder.wait()
     assert not run_dir.exists()
+
+
+def _killed_run(tiny_config, run_dir, monkeypatch, at: int = 3, *extra: str):
+    """A run killed after step `at` (checkpoints every 2 steps, so the last is at 2 or 4)."""
+
+    class Killed(Exception):
+        pass
+
+    def die(state):
+        if state.step == at:
+            raise Killed
+
+    monkeypatch.setattr(train_recipe, "_after_step", die)
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0", *extra), out_dir=run_dir)
+    monkeypatch.undo()
+
+
+def test_resume_by_identity_through_a_symlink_or_of_a_copied_folder(full_run, tiny_config, tmp_path, monkeypatch):
+    """A run started as a relative path resumes through an absolute path via a symlink, and a copy
+    of it elsewhere resumes too: both give the uninterrupted run's losses."""
+    import os
+
+    from sevlm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _killed_run(tiny_config, "runs/run", monkeypatch)
+    monkeypatch.chdir(tmp_path)  # undone with the rest
+    copy = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(tmp_path / "runs" / "run", copy)
+    os.symlink(tmp_path / "runs", tmp_path / "link")
+    assert main(["train", "--resume", str(tmp_path / "link" / "run")]) == 0
+    assert losses(tmp_path / "runs" / "run") == losses(full_run)
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert losses(copy) == losses(full_run)
+    assert json.loads((copy / "run.json").read_text())["resumed_at_step"] == 2
+
+
+def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
+    import os
+
+    from sevlm.locks import InUseError
+    from sevlm.train.recipe import claim_run_folder
+
+    (tmp_path / "runs" / "run").mkdir(parents=True)
+    os.symlink(tmp_path / "runs", tmp_path / "link")
+    with claim_run_folder(tmp_path / "link" / "run"):
+        with pytest.raises(InUseError, match=r"in use by another writer"):
+            with claim_run_folder(tmp_path / "runs" / ".." / "runs" / "run"):
+                pass
+    with claim_run_folder(tmp_path / "runs" / "run"):  # released
+        pass
+
+
+def test_resume_after_lost_pointers_continues_from_the_newest_finished_tag(full_run, tiny_config, tmp_path,
+                                                                           monkeypatch, capsys):
+    from sevlm.train.checkpoint import FINISHED
+
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch)
+    root = run_dir / CKPT_DIR
+    assert (root / "step00000002" / FINISHED).is_file()
+    (root / "pointers.json").unlink()
+    (root / "step00000003").mkdir()  # a save cut short: never finished, so never taken
+    train(resume=run_dir)
+    err = capsys.readouterr().err
+    assert "pointers.json is missing or unreadable; resuming from the newest finished checkpoint on disk" in err
+    assert f"{root / 'step00000002'}" in err and "starting from step 0" not in err
+    assert losses(run_dir) == losses(full_run)
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == 2
+
+
+def test_a_missing_last_tag_is_recovered_from_the_disk(tmp_path):
+    from sevlm.train.checkpoint import FINGERPRINT, FINISHED, has_checkpoint, recover_pointers
+
+    root = tmp_path / CKPT_DIR
+    for tag, finished in (("step00000002", True), ("step00000004", True), ("step00000006", False)):
+        (root / tag).mkdir(parents=True)
+        (root / tag / FINGERPRINT).write_text("{}")
+        if finished:
+            (root / tag / FINISHED).write_text("{}")
+    (root / "pointers.json").write_text(json.dumps({"last": "step00000008", "best_accuracy": "step00000002"}))
+    named, note = recover_pointers(root)
+    assert named == {"last": "step00000004", "best_accuracy": "step00000002"}
+    assert "names 'step00000008' as the last checkpoint, which is not on disk" in note
+    (root / "pointers.json").write_text(json.dumps({"last": "step00000004"}))
+    assert recover_pointers(root) == ({"last": "step00000004"}, None)
+    for tag in ("step00000002", "step00000004"):
+        (root / tag / FINISHED).unlink()
+    # an older sevlm's tags (no finished.json): those with fingerprint.json count as finished
+    (root / "pointers.json").unlink()
+    assert recover_pointers(root)[0] == {"last": "step00000006"}
+    shutil.rmtree(root)
+    root.mkdir()
+    (root / "step00000002").mkdir()  # nothing finished: the run starts over
+    assert recover_pointers(root) == ({}, None) and not has_checkpoint(tmp_path)
