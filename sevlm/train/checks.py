@@ -192,9 +192,26 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
             )
 
 
+CONTENT = "content-sha256:"  # a feature cache's fingerprint covers its content (older runs: attributes + size)
+
+
+def legacy_features_fingerprint(path) -> str:
+    """The fingerprint sevlm recorded for a feature cache before it covered the content."""
+    import hashlib
+    import json
+
+    from sevlm.features.hdf5 import FeatureStore
+
+    store = FeatureStore(path)
+    attrs = {k: str(v) for k, v in store.attrs.items()}
+    store.close()
+    return hashlib.sha256(json.dumps([attrs, Path(path).stat().st_size], sort_keys=True).encode()).hexdigest()
+
+
 def data_fingerprint(data) -> dict[str, str]:
     """What a run trains on, as hashes (recorded in each checkpoint, compared on --resume): the
-    split files, and the feature cache's attributes and size, or the shard manifest (which holds
+    split files, and the feature cache's content (`FeatureStore.content_sha256`: every row read
+    through its checksums, so a damaged image is named here), or the shard manifest (which holds
     every shard's sha256)."""
     import hashlib
     import json
@@ -206,10 +223,10 @@ def data_fingerprint(data) -> dict[str, str]:
         from sevlm.features.hdf5 import FeatureStore
 
         store = FeatureStore(data.features)
-        attrs = {k: str(v) for k, v in store.attrs.items()}
-        store.close()
-        blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
-        out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
+        try:
+            out[f"{data.features} (data.features)"] = CONTENT + store.content_sha256()
+        finally:
+            store.close()
     elif data.shards:
         from sevlm.features.shards import manifest_bytes
 
@@ -228,6 +245,9 @@ def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], ru
     # older checkpoints keyed the run's config.json by its path as typed when the run started
     recorded = {(RUN_CONFIG_KEY if k.endswith("config.json") and "(data." not in k else k): v
                 for k, v in recorded.items()}
+    for k, v in recorded.items():  # a run from before content fingerprints: compare as it was recorded
+        if k.endswith(" (data.features)") and not v.startswith(CONTENT) and str(current.get(k, "")).startswith(CONTENT):
+            current = {**current, k: legacy_features_fingerprint(k[: -len(" (data.features)")])}
     changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
     if changed:
         raise ConfigError(

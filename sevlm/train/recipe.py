@@ -160,6 +160,8 @@ class TrainRecipe:
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
             checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
                                    self.run_dir)
+        elif os.environ.get("RANK", "0") == "0":  # reads the whole cache through its checksums: damage is named now
+            self._data_fingerprint = checks.data_fingerprint(self.cfg.data)
         self.rt = start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
@@ -368,8 +370,8 @@ class TrainRecipe:
 
             # keyed by role, not by the run folder's path: a run resumed through another spelling of
             # its folder, or copied/moved elsewhere, is the same run
-            self._fingerprint = {checks.RUN_CONFIG_KEY: sha256_file(self.run_dir / CONFIG_FILE),
-                                 **checks.data_fingerprint(self.cfg.data)}
+            data = getattr(self, "_data_fingerprint", None) or checks.data_fingerprint(self.cfg.data)
+            self._fingerprint = {checks.RUN_CONFIG_KEY: sha256_file(self.run_dir / CONFIG_FILE), **data}
         return self._fingerprint
 
     def load(self) -> None:

@@ -501,3 +501,18 @@ def test_a_missing_last_tag_is_recovered_from_the_disk(tmp_path):
     root.mkdir()
     (root / "step00000002").mkdir()  # nothing finished: the run starts over
     assert recover_pointers(root) == ({}, None) and not has_checkpoint(tmp_path)
+
+
+def test_flipped_bytes_in_the_features_are_named_at_resume(tiny_data, tiny_config, tmp_path, monkeypatch):
+    from tests.features.featurekit import flip_token_bytes
+
+    features = tmp_path / "features.h5"
+    shutil.copy(tiny_data["features"], features)
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch, 3, f"data.features={features}")
+    name = flip_token_bytes(features, 5)  # same size, same attributes: only the content differs
+    with pytest.raises(DataError, match=rf"features\.h5: image '{name}' \(row 5\): its tokens fail their fletcher32 checksum"):
+        train(resume=run_dir)
+    # a new run on the damaged cache is refused up front, naming the image too
+    with pytest.raises(DataError, match=rf"image '{name}' \(row 5\)"):
+        train(tiny_config(f"data.features={features}", "schedule.max_steps=1"), out_dir=tmp_path / "new")
