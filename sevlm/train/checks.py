@@ -100,7 +100,7 @@ def _token_shape(value) -> tuple[int | None, int | None]:
         return None, None
 
 
-def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
+def feature_info(features: str | None, shards: str | None, read_timeout: float = 60.0) -> FeatureInfo:
     """Where the visual tokens come from and what encoder produced them (from the artifact)."""
     if features:
         path = Path(features)
@@ -116,7 +116,7 @@ def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
     if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
         from sevlm.features.shards import read_manifest
 
-        feats = read_manifest(shards)[1].get("features") or {}
+        feats = read_manifest(shards, read_timeout)[1].get("features") or {}
         T, D = _token_shape(feats.get("token_shape"))
         return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
     raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
@@ -141,11 +141,11 @@ def check_image_preprocess(info: FeatureInfo, expected: str | None) -> None:
 
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
-    info = feature_info(data.features, data.shards)
+    info = feature_info(data.features, data.shards, data.read_timeout)
     check_encoder(info, data.encoder)
     check_image_preprocess(info, data.image_preprocess)
     if info.source == "shards":
-        check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split])
+        check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split], data.read_timeout)
     return info
 
 
@@ -169,11 +169,11 @@ def model_config(model, info: FeatureInfo):
     return replace(model, visual_dim=info.dim)
 
 
-def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
+def check_shards(shards: str, dataset_dir: str, splits: list[str], read_timeout: float = 60.0) -> None:
     """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
     from sevlm.features.shards import read_manifest
 
-    manifest_path, m = read_manifest(shards)
+    manifest_path, m = read_manifest(shards, read_timeout)
     have = m.get("splits") or {}
     ours_path = Path(dataset_dir) / "manifest.json"
     ours = sha256_file(ours_path) if ours_path.exists() else None
@@ -230,7 +230,7 @@ def data_fingerprint(data) -> dict[str, str]:
     elif data.shards:
         from sevlm.features.shards import manifest_bytes
 
-        where, raw = manifest_bytes(data.shards)
+        where, raw = manifest_bytes(data.shards, data.read_timeout)
         out[f"{where} (data.shards)"] = hashlib.sha256(raw).hexdigest()
     return out
 
