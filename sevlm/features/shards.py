@@ -102,6 +102,8 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     ids = sorted(records)
+    if not ids:
+        raise DataError(f"{Path(dataset_dir) / f'{split}.json'}: split {split!r} has no images")
     missing = {i: store.failed.get(records[i]["image_name"], "not in the feature file") for i in ids if records[i]["image_name"] not in store}
     ids = [i for i in ids if i not in missing]
     if not ids:
@@ -232,11 +234,16 @@ def locate(where: str | os.PathLike) -> Location:
     name the shards (`https://host/s/train-{000000..000009}.tar`, `pipe:curl -s https://host/s/train-{000000..000009}.tar`).
     The manifest is `manifest.json` in the same place, read with the same opener."""
     where = str(where)
-    names = _PATTERN.findall(where)
+    local = _local_folder(where)
+    # a local folder or file that exists is taken literally, braces in its name or not (`sh_{a,b}`);
+    # in a local pattern only the file name may hold braces
+    literal = local is not None and local.exists()
+    start = 0 if local is None or urlparse(where).scheme else len(where) - len(Path(where).name)
+    names = [] if literal else _PATTERN.findall(where, start)
     if len(names) > 1:
         raise ConfigError(f"{where}: a shard URL pattern may have braces in one file name only")
     if names:
-        m = _PATTERN.search(where)
+        m = _PATTERN.search(where, start)
         head, tail = where[: m.start()], where[m.end() :]
         return Location(lambda name: head + name + tail, set(wds.shardlists.expand_urls(m.group(0))), _local_folder(head) if not tail else None)
     folder = _local_folder(where)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.io import sha256_file
+from sevlm.io import read_json, sha256_file
 
 
 @dataclass
@@ -90,6 +90,10 @@ def check_splits(dataset_dir: str, splits: list[str]) -> None:
                 f"{root / f'{split}.json'}: split {split!r} not found in the dataset folder "
                 f"(have: {', '.join(have) or 'none'})"
             )
+        path = root / f"{split}.json"
+        if path.stat().st_size <= 16 and not read_json(path):  # "{}": cheap to tell without reading a big split
+            raise DataError(f"{path}: split {split!r} has no images; prepare the dataset again, or train with "
+                            f"another data.{'val' if split != splits[0] else 'train'}_split")
 
 
 def _token_shape(value) -> tuple[int | None, int | None]:
@@ -259,6 +263,9 @@ def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], ru
 def check_split_features(dataset, split: str, features: str) -> None:
     """A split whose images are (nearly) all missing from the cache means a cache of another dataset."""
     missing = getattr(dataset, "missing", {}) or {}
+    if len(dataset) == 0 and not missing:
+        raise DataError(f"split {split!r} has no images (its split file is empty); prepare the dataset again "
+                        "or train with another data.val_split")
     if len(dataset) == 0:
         first = next(iter(missing), None)
         raise DataError(

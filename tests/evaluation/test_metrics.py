@@ -376,3 +376,11 @@ def test_meteor_scorer_equals_pycocoevalcaps_meteor():
         theirs.meteor_p.wait()
     got = M.get_meteor().compute_score(gts, res)
     assert got[0] == expected[0] and got[1] == expected[1]
+
+
+def test_a_key_given_twice_in_a_prediction_line_is_an_error(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    path.write_text('{"image_id": "a", "emotion": "awe", "explanation": "x"}\n'
+                    '{"image_id": "b", "emotion": "awe", "emotion": "fear", "explanation": "y"}\n')
+    with pytest.raises(DataError, match=r"pred\.jsonl:2: key 'emotion' appears twice"):
+        M.load_predictions(path)
