@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
 import re
 import shutil
@@ -159,6 +160,11 @@ def load(engine, root: Path, rank: int, main: bool, say=print) -> dict | None:
     try:
         with weights_only_loads():
             _, client = engine.load_checkpoint(str(root), tag=named[LAST])
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"{root / named[LAST]}: a checkpoint file holds pickled objects besides tensors and "
+                            f"DeepSpeed's own state, which sevlm never loads ({first[:160]}); resume from a copy "
+                            "of the run you trust, or start a new run") from None
     except RuntimeError as e:  # e.g. "size mismatch": the model is not the one that was saved
         raise TrainingError(f"{root / named[LAST]}: does not fit this model ({str(e).strip().splitlines()[-1]})") from None
     if client is None:

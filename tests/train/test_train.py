@@ -516,3 +516,25 @@ def test_flipped_bytes_in_the_features_are_named_at_resume(tiny_data, tiny_confi
     # a new run on the damaged cache is refused up front, naming the image too
     with pytest.raises(DataError, match=rf"image '{name}' \(row 5\)"):
         train(tiny_config(f"data.features={features}", "schedule.max_steps=1"), out_dir=tmp_path / "new")
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_run_it(tiny_config, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import torch
+
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch)
+    tag = run_dir / CKPT_DIR / "step00000002"
+    optim = sorted(tag.glob("*optim_states.pt"))
+    assert optim
+    torch.save({"optimizer_state_dict": _Planted()}, optim[0])
+    capsys.readouterr()
+    with pytest.raises(TrainingError, match=r"step00000002: a checkpoint file holds pickled objects besides tensors") as e:
+        train(resume=run_dir)
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
+    assert "payload ran" not in capsys.readouterr().out
