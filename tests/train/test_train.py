@@ -538,3 +538,16 @@ def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_ru
         train(resume=run_dir)
     assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
     assert "payload ran" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_fingerprinted_by_an_older_sevlm_still_resumes(tiny_data):
+    """Before this version the run's config.json was keyed by its path as typed and the features by
+    their attributes and size: such a record compares equal to an unchanged run."""
+    from sevlm.train import checks
+
+    feats = str(tiny_data["features"])
+    current = {checks.RUN_CONFIG_KEY: "abc", f"{feats} (data.features)": checks.CONTENT + "0" * 64}
+    legacy = {"runs/old/spelling/config.json": "abc", f"{feats} (data.features)": checks.legacy_features_fingerprint(feats)}
+    checks.check_unchanged(legacy, current, "run")
+    with pytest.raises(ConfigError, match=r"changed since the run started: config.json \(the run folder's\)"):
+        checks.check_unchanged({**legacy, "runs/old/spelling/config.json": "edited"}, current, "run")
