@@ -292,7 +292,7 @@ class TimedPipe(io.RawIOBase):
         self.url, self.timeout = url, float(timeout)
         self._err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
         self._fd = self.proc.stdout.fileno()
 
     def readable(self) -> bool:
@@ -321,6 +321,9 @@ class TimedPipe(io.RawIOBase):
         except subprocess.TimeoutExpired:  # output closed but the process lingers
             self._kill()
             status = self.proc.returncode
+        if status == 28 and isinstance(self.proc.args, list) and self.proc.args[0] == "curl":  # its own timeout
+            raise StalledRead(f"{self.url}: no data for about {self.timeout:g} s (data.read_timeout; curl gave up); "
+                              "the server stalled, or is too slow: check it, or raise data.read_timeout")
         if status not in (0, None):
             self._err.seek(0)
             lines = self._err.read().decode("utf-8", "replace").strip().splitlines()
@@ -345,6 +348,18 @@ class TimedPipe(io.RawIOBase):
         super().close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the reading process dies, so a killed
+    DataLoader worker leaves no curl behind waiting on a stalled server."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 _CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
 
 
@@ -359,7 +374,9 @@ def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
     if scheme in _CURL_SCHEMES:
         connect = str(max(1, min(30, int(read_timeout))))
         # no --retry: a retry after a stall would start the wait over; -S: curl's error on stderr
-        args = ["curl", "--connect-timeout", connect, "-f", "-s", "-S", "-L", url]
+        # --speed-limit/--speed-time: curl gives up by itself too, even if its reader is gone
+        args = ["curl", "--connect-timeout", connect, "--speed-limit", "1", "--speed-time", str(int(read_timeout) + 5),
+                "-f", "-s", "-S", "-L", url]
         return io.BufferedReader(TimedPipe(url, args, read_timeout), buffer_size=1 << 16)
     if scheme == "pipe":
         return io.BufferedReader(TimedPipe(url, url[len("pipe:"):], read_timeout, shell=True), buffer_size=1 << 16)
