@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands whose --out must not land on an input or in a folder another command owns
 # (`prepare` guards its own --out; `train` writes a run folder, `demo` its own tree)
-GUARDED = ("evaluate", "generate", "retrieve", "shard", "extract", "predict")
+GUARDED = ("evaluate", "generate", "retrieve", "shard", "extract")
 INPUT_FLAGS = ("predictions", "references", "run", "features", "dataset", "images", "query_image", "lexicon",
                "vad_lexicon", "weights", "cache_dir")
 

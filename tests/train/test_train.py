@@ -457,6 +457,22 @@ def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
                 pass
     with claim_run_folder(tmp_path / "runs" / "run"):  # released
         pass
+    # across processes: a holder through the symlink, a resume through the real path
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+         "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n", str(tmp_path / "link" / "run")],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InUseError, match=r"in use by another process \(pid"):
+            train(resume=tmp_path / "runs" / "run")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_resume_after_lost_pointers_continues_from_the_newest_finished_tag(full_run, tiny_config, tmp_path,
