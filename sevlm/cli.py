@@ -8,6 +8,7 @@ run(args) -> int | None. Modules import their heavy dependencies inside run(), s
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -55,6 +56,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands whose --out must not land on an input or in a folder another command owns
+# (`prepare` guards its own --out; `train` writes a run folder, `demo` its own tree)
+GUARDED = ("evaluate", "generate", "retrieve", "shard", "extract")
+INPUT_FLAGS = ("predictions", "references", "run", "features", "dataset", "images", "query_image", "lexicon",
+               "vad_lexicon", "weights", "cache_dir")
+
+
+def _check_outputs(args) -> None:
+    """Refuse an --out that is an input of the command or lies in an owned folder (sevlm.outputs)."""
+    from pathlib import Path
+
+    from sevlm.outputs import check_outputs
+
+    outputs = {"--out": args.out}
+    if args.command in ("evaluate", "retrieve"):  # REPORT.md is written beside REPORT.json
+        outputs["--out (its .md beside it)"] = str(Path(args.out).with_suffix(".md"))
+    inputs = {f"--{k.replace('_', '-')}": getattr(args, k) for k in INPUT_FLAGS
+              if isinstance(getattr(args, k, None), (str, os.PathLike))}
+    check_outputs(outputs, inputs)
+
+
+def _resource_error_line(e: BaseException) -> str | None:
+    """Out of memory or a full disk, as one line that says what to change; None for other errors
+    (those keep their traceback: they are bugs to report)."""
+    text = " ".join(str(e).split())
+    low = text.lower()
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or any(
+            s in low for s in ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")):
+        return (f"out of memory ({text[:200] or type(e).__name__}); use a smaller model (model.n_embd, model.n_layer), "
+                "a smaller schedule.micro_batch or --batch-size, fewer data.num_workers, or a machine with more memory")
+    if any(s in low for s in ("file write failed", "no space left", "disk quota exceeded", "enospc")):
+        return (f"could not write a file, the disk is probably full ({text[:200]}); free space on the output's disk "
+                "(or point --out elsewhere) and run again: finished checkpoints and exports are kept")
+    return None
+
+
 def _os_error_line(e: OSError) -> str:
     """An unwritable, missing or misplaced path as one line that names it (the traceback says
     nothing more to a user; --debug shows it)."""
@@ -78,13 +115,23 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "out", None):
             from sevlm.io import ensure_parent
 
+            if args.command in GUARDED:
+                _check_outputs(args)
             ensure_parent(args.out)
         rc = args._run(args)
     except (SevlmError, OSError) as e:
         if args.debug:
             raise
         message = _os_error_line(e) if isinstance(e, OSError) else str(e)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            message += "; free space on that disk (or write elsewhere) and run again"
         print(f"sevlm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        line = None if args.debug else _resource_error_line(e)
+        if line is None:
+            raise
+        print(f"sevlm {args.command}: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"sevlm {args.command}: interrupted", file=sys.stderr)

@@ -32,6 +32,7 @@ evaluation, retrieval and `sevlm predict` all load through it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,19 @@ def weight_files(config: dict) -> dict[str, str]:
     return dict(config.get("weights") or {})
 
 
+def inside_export(export: Path, name, what: str) -> Path:
+    """`export / name`, refused unless it stays inside the export folder (config.json names its
+    files; a copied or edited config must not point the loader at files elsewhere)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute():
+        raise DataError(f"{export / 'config.json'}: {what} {name!r} is not a file name inside the export folder")
+    path = export / name
+    root = Path(os.path.realpath(export))
+    if root != Path(os.path.realpath(path)) and root not in Path(os.path.realpath(path)).parents:
+        raise DataError(f"{export / 'config.json'}: {what} {name!r} lies outside the export folder {export}; "
+                        "an export only loads its own files")
+    return path
+
+
 def _load_state(export: Path, config: dict) -> dict:
     """SEVLM's state dict rebuilt from every weights file of the export, each checked against
     its recorded sha256 (FORMAT_1 records one string, for model.safetensors)."""
@@ -259,7 +273,7 @@ def _load_state(export: Path, config: dict) -> dict:
         raise DataError(f"{export / 'config.json'}: lists no {WEIGHTS} under \"weights\"; the export is damaged, export the run again")
     state: dict = {}
     for name, prefix in files.items():
-        for k, v in _load_weights(export / name, sums.get(name)).items():
+        for k, v in _load_weights(inside_export(export, name, "weights file"), sums.get(name)).items():
             if prefix + k in state:
                 raise DataError(f"{export / name}: {prefix + k} is also in another weights file of {export}; export the run again")
             state[prefix + k] = v
@@ -295,7 +309,7 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     tokenizer = load_tokenizer(export / "tokenizer")
     vocab = None
     if config.get("vocab"):
-        vocab_path = export / config["vocab"]
+        vocab_path = inside_export(export, config["vocab"], "vocab file")
         if not vocab_path.is_file():
             raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
         vocab = VocabMap.load(vocab_path)

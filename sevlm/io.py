@@ -5,6 +5,7 @@ place from it would be unreadable to a teammate; every temporary here gets the m
 plain `open()`/`mkdir()` would have given it (`follow_umask`) before it becomes visible.
 
   atomic_path(path)    a temporary file beside `path`, renamed over it if the block succeeds
+                       (named with the writer's pid: a later write sweeps those of dead writers)
   atomic_dir(path)     a temporary folder beside `path`, swapped into place if the block succeeds
   temp_dir_beside(p)   a temporary folder beside `p` (umask mode), for callers that move files out
   follow_umask(path)   give an existing file or folder the mode the umask implies
@@ -88,7 +89,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = ensure_parent(path)
     if path.is_dir():  # else os.replace's error would name the temporary file
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.p{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -98,6 +100,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that `atomic_path(path)` writers killed mid-write left beside `path`
+    (`.NAME.p<pid>.XXXX.tmp`, pid no longer running); returns what was removed."""
+    import re
+
+    path = Path(path)
+    gone = []
+    pattern = re.compile(re.escape(f".{path.name}.p") + r"(\d+)\..*\.tmp")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.p*.tmp"):
+        m = pattern.fullmatch(tmp.name)
+        if m and tmp.is_file() and not _alive(int(m.group(1))):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -99,3 +99,37 @@ def test_local_rank_from_the_launcher_reaches_the_env(monkeypatch, tmp_path, fla
     monkeypatch.setattr(demo_data, "run", record)
     assert cli.main([*flag, "demo-data", "--out", str(tmp_path / "o")]) == 0
     assert seen == {"rank": "2"}
+
+
+@pytest.mark.parametrize("error, expected", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                  "allocate 13203876864 bytes."), "out of memory (.*); use a smaller model \\(model.n_embd"),
+    (MemoryError(), "out of memory \\(MemoryError\\); use a smaller model"),
+    (RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/3: "
+                  "file write failed"), "could not write a file, the disk is probably full .*; free space"),
+    (OSError(28, "No space left on device", "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt"),
+     "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt: No space left on device; free space on that disk"),
+])
+def test_out_of_memory_and_disk_full_are_one_line_saying_what_to_change(monkeypatch, capsys, tmp_path, error, expected):
+    import re
+
+    from sevlm.commands import generate
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(generate, "run", fail)
+    assert cli.main(["generate", "--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and re.fullmatch(f"sevlm generate: error: {expected}.*", err), err
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path):
+    from sevlm.commands import generate
+
+    def fail(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(generate, "run", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["generate", "--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl")])

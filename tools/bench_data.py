@@ -1,6 +1,7 @@
 """Benchmark the feature cache (not a test): the training path, and extraction vs cached reads.
 
     .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--assist auto never] [--workdir DIR]
+    .venv/bin/python tools/bench_data.py --checksum [--images N] [--rounds R]
     .venv/bin/python tools/bench_data.py --extract [--wikiart ../shared/data/wikiart] [--limit N]
 
 Default: the training-path rate, in samples/s, through the train data source exactly as the
@@ -16,6 +17,12 @@ process waits `--gpu-step-ms` per batch with the CPU free, as it waits on a GPU,
 reading adds to the step while workers read during it. Cases
 alternate over `--rounds` rounds and the medians are reported, with the load average: on a
 shared machine the figures move with what else runs.
+
+`--checksum`: the read-speed cost of the feature cache's fletcher32 checksums: the same
+features written with and without them (shape 196x768 and 49x768), read side by side in
+alternating rounds, (a) row by row in random order (`FeatureStore.tokens` + `pooled`, what the
+H5 reader does per sample) and (b) through the training path (0 workers, no GPU step), plus the
+time of the training fingerprint (`FeatureStore.content_sha256`, one full read).
 
 `--extract`: extraction (decode + preprocess + EfficientNet-Lite0 on CPU) on real WikiArt
 paintings against reading the cached samples, and their ratio.
@@ -212,6 +219,74 @@ def training_path_benchmark(args, work: Path) -> dict:
     return figures
 
 
+def checksum_benchmark(args, work: Path) -> dict:
+    """Reads of one cache with and without fletcher32 checksums, side by side (see the docstring)."""
+    import numpy as np
+
+    from sevlm.features.hdf5 import _CHECKSUM_ENV, FeatureStore
+
+    paths = {}
+    for shape in SHAPES:
+        paths[(shape, True)] = build_features(work, args.images, shape)
+        plain = dict(paths[(shape, True)], features=work / f"features-{shape}-nochecksum.h5")
+        if not plain["features"].exists():
+            os.environ[_CHECKSUM_ENV] = "1"
+            try:
+                extract_features(None, plain["dataset"], "tiny-random", plain["features"], batch_size=64,
+                                 progress=False, encoder_kwargs={"image_size": SHAPES[shape], "dim": 768})
+            finally:
+                del os.environ[_CHECKSUM_ENV]
+        paths[(shape, False)] = plain
+    for (shape, check), p in paths.items():
+        assert FeatureStore(p["features"]).checksummed == check, p["features"]
+
+    def rows(path) -> float:
+        store = FeatureStore(path)
+        order = np.random.default_rng(0).permutation(len(store))
+        t0 = time.perf_counter()
+        for i in order:
+            store.tokens(int(i)), store.pooled(int(i))
+        rate = len(order) / (time.perf_counter() - t0)
+        store.close()
+        return rate
+
+    def fingerprint(path) -> float:
+        store = FeatureStore(path)
+        t0 = time.perf_counter()
+        store.content_sha256()
+        store.close()
+        return time.perf_counter() - t0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sources = {k: training_source(p, "hdf5", 0, args.micro) for k, p in paths.items()}
+    keys = list(paths)
+    got: dict = {(k, what): [] for k in keys for what in ("rows", "train", "fingerprint")}
+    loads = []
+    for r in range(args.rounds):
+        for k in keys[r % len(keys):] + keys[: r % len(keys)]:  # a different case first each round
+            got[(k, "rows")].append(rows(paths[k]["features"]))
+            got[(k, "train")].append(timed_epoch(sources[k], r, 0.0))
+            got[(k, "fingerprint")].append(fingerprint(paths[k]["features"]))
+        loads.append(round(os.getloadavg()[0], 2))
+        print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
+    med = {key: statistics.median(v) for key, v in got.items()}
+    n = sources[keys[0]].num_images
+    print(f"\n{n} train samples (rows: all {len(FeatureStore(paths[keys[0]]['features']))} images); "
+          f"medians of {args.rounds} rounds")
+    print("| features | reads | without checksum | with fletcher32 | cost |")
+    print("|---|---|---|---|---|")
+    figures = {"rounds": args.rounds, "load_average_per_round": loads, "cases": {}}
+    for shape in SHAPES:
+        for what, unit in (("rows", "rows/s"), ("train", "samples/s"), ("fingerprint", "s")):
+            off, on = med[((shape, False), what)], med[((shape, True), what)]
+            cost = (on / off - 1) if what == "fingerprint" else (1 - on / off)
+            print(f"| {shape} | {what} ({unit}) | {off:.4g} | {on:.4g} | {cost * 100:+.1f}% |")
+            figures["cases"][f"{shape} {what}"] = {"without": round(off, 4), "with": round(on, 4),
+                                                   "cost_percent": round(cost * 100, 1)}
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path, default=None, help="keep the datasets, features and shards here")
@@ -224,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gpu-step-ms", type=float, nargs="+", default=[0, 16],
                    help="time the main process waits per batch, as on a GPU step (16 ms: 32 images at 2,000/s)")
     p.add_argument("--extract", action="store_true", help="extraction vs cached reads on WikiArt instead")
+    p.add_argument("--checksum", action="store_true",
+                   help="the read cost of the cache's fletcher32 checksums instead (with vs without, side by side)")
     p.add_argument("--wikiart", type=Path, default=ROOT.parent / "shared" / "data" / "wikiart")
     p.add_argument("--limit", type=int, default=None, help="--extract: use only the first N paintings")
     p.add_argument("--batch-size", type=int, default=32, help="--extract: encoder batch")
@@ -235,7 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
     load0 = os.getloadavg()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {load0[0]:.2f} (shared machine: figures move with other jobs)")
-    figures = extraction_benchmark(args, work) if args.extract else training_path_benchmark(args, work)
+    if args.checksum:
+        figures = checksum_benchmark(args, work)
+    else:
+        figures = extraction_benchmark(args, work) if args.extract else training_path_benchmark(args, work)
     figures["load_average_start_end"] = [round(load0[0], 2), round(os.getloadavg()[0], 2)]
     figures["cpus"] = os.cpu_count()
     print(json.dumps(figures))

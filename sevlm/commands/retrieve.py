@@ -44,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from sevlm.evaluation.retrieval import IndexOptions, score_split, search_split
     from sevlm.export import load_run
 
+    if args.top < 1:
+        raise ConfigError(f"--top: must be >= 1, got {args.top}")
+    if args.query is not None and not args.query.strip():  # else "" would fall through to scoring the split
+        raise ConfigError("--query: empty text; give the words to search for")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
@@ -55,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
     source = {"run": str(run_.path), "dataset": str(dataset_dir), "features": str(features), "split": args.split}
 
-    if args.query or args.query_image:
+    if args.query is not None or args.query_image is not None:
         from sevlm.io import write_json
 
         run_folder = run_.path.parent if run_.path.name == "export" else run_.path

@@ -128,6 +128,7 @@ class VADLexicon:
         if not path.exists():
             raise DataError(f"{path}: VAD lexicon not found")
         table: dict[str, np.ndarray] = {}
+        first_line: dict[str, int] = {}
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
@@ -155,7 +156,11 @@ class VADLexicon:
             vec = np.asarray(values, dtype=np.float32)
             vec = 2.0 * vec - 1.0 if bipolar else vec
             vec.flags.writeable = False  # lookups hand out the table's own arrays
+            if word in table and not np.array_equal(table[word], vec):  # not a silent last-wins
+                raise DataError(f"{path}, line {lineno}: {word!r} is listed again with other values "
+                                f"(first at line {first_line[word]}); keep one of them")
             table[word] = vec
+            first_line.setdefault(word, lineno)
         if not table:
             raise DataError(f"{path}: no entries")
         return cls(table, source=str(path.resolve()), bipolar=bipolar)

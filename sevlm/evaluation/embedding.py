@@ -113,6 +113,12 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     with torch.no_grad():
         for s in tqdm(range(0, len(image_ids) if images else 0, batch_size), desc="embed images", unit="batch", disable=not progress):
             tok = np.stack([store.tokens(i) for i in rows[s : s + batch_size]])  # (b, T, D) float16
+            bad = [k for k in range(len(tok)) if not np.isfinite(tok[k]).all()]
+            if bad:  # else only "embeddings contain NaN or inf", naming nothing
+                name = records[image_ids[s + bad[0]]]["image_name"]
+                raise DataError(f"{features}: image {name!r} has NaN or inf features"
+                                + (f" ({len(bad)} such image(s) in this batch)" if len(bad) > 1 else "")
+                                + "; extract it again")
             visual = torch.from_numpy(tok.astype(np.float32))
             image_emb.append(run.model.embed_images(visual).cpu().numpy())
     if images:

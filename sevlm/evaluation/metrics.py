@@ -118,6 +118,20 @@ def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, R
     return refs
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object_pairs_hook: a key given twice is an error, not a silent last-wins."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def load_predictions(path: str | Path) -> list[Prediction]:
     """Read JSON lines {"image_id", "emotion", "explanation"} (extra keys are ignored)."""
     path = Path(path)
@@ -130,9 +144,11 @@ def load_predictions(path: str | Path) -> list[Prediction]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+            except _DuplicateKey as e:
+                raise DataError(f"{path}:{lineno}: key {e.args[0]!r} appears twice; which one is meant?") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             for key in ("image_id", "emotion", "explanation"):
@@ -198,19 +214,117 @@ def _check_java() -> None:
         raise ConfigError("`java` not found on PATH: coco-caption's PTB tokenizer and METEOR need Java 8+")
 
 
-_meteor = None
+# An explanation longer than this is cut to it before scoring (counted in the report's warnings as
+# explanation_truncated): ArtEmis explanations run to ~20 words, and METEOR's Java process dies
+# on a line of a few hundred thousand characters.
+MAX_EXPLANATION_CHARS = 2000
+METEOR_REPLY_TIMEOUT = 120.0  # seconds METEOR may take to answer one line before it counts as hung
+
+
+class MeteorScorer:
+    """coco-caption's METEOR 1.5 (pycocoevalcap's jar, its exact protocol and options), with the
+    failures bounded: pycocoevalcap's `Meteor` holds a lock without try/finally, so after the jar
+    dies (Broken pipe) its `__del__` waits on that lock at exit and the process never ends.
+
+    Here every reply is awaited at most METEOR_REPLY_TIMEOUT seconds; a dead or hung jar becomes a
+    DataError naming the prediction being scored, the process is killed, and the next call starts
+    a fresh one. `close()` runs at exit."""
+
+    def __init__(self):
+        import subprocess
+        import tempfile
+
+        import pycocoevalcap.meteor.meteor as m
+
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(["java", "-jar", "-Xmx2G", m.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"],
+                                     cwd=Path(m.__file__).parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._err, start_new_session=True)
+        self._buf = b""
+
+    def _failed(self, what: str, cause: str) -> DataError:
+        self._err.seek(0)
+        lines = self._err.read().decode("utf-8", "replace").strip().splitlines()
+        self.close()
+        said = next((ln for ln in lines if "Exception" in ln or "Error" in ln), lines[-1] if lines else "")
+        java = f"; Java said: {' '.join(said.split())[:200]}" if said else ""
+        return DataError(f"METEOR (Java) {cause} while scoring {what}{java}")
+
+    def _send(self, line: str, what: str) -> None:
+        try:
+            self.proc.stdin.write(f"{line}\n".encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._failed(what, "stopped") from None
+
+    def _reply(self, what: str) -> str:
+        import os
+        import select
+
+        while b"\n" not in self._buf:
+            ready, _, _ = select.select([self.proc.stdout], [], [], METEOR_REPLY_TIMEOUT)
+            if not ready:
+                raise self._failed(what, f"gave no answer in {METEOR_REPLY_TIMEOUT:g} s")
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise self._failed(what, "stopped")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace").strip()
+
+    def _number(self, what: str) -> float:
+        reply = self._reply(what)
+        try:
+            return float(reply)
+        except ValueError:
+            raise self._failed(what, f"answered {reply[:80]!r} instead of a score") from None
+
+    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
+        """(corpus METEOR, per-image scores), as pycocoevalcap's Meteor.compute_score."""
+        if gts.keys() != res.keys():
+            raise DataError("METEOR: hypotheses and references cover different images")
+        stats = []
+        for i in gts:
+            hyp = res[i][0].replace("|||", "").replace("  ", " ")
+            what = f"the prediction for image {i!r} ({len(hyp)} characters)"
+            self._send(" ||| ".join(("SCORE", " ||| ".join(gts[i]), hyp)), what)
+            stats.append(self._reply(what))
+        self._send("EVAL ||| " + " ||| ".join(stats), f"the {len(stats)} predictions together")
+        scores = [self._number(f"the prediction for image {i!r}") for i in gts]
+        return self._number("the corpus score"), scores
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            import os
+            import signal
+
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self._err.close()
+
+
+_meteor: MeteorScorer | None = None
 _meteor_lock = threading.Lock()
 
 
-def get_meteor():
-    """One METEOR Java process per Python process: starting it costs seconds, so reuse it."""
+def get_meteor() -> MeteorScorer:
+    """One METEOR Java process per Python process: starting it costs seconds, so reuse it
+    (a new one after a failure closed the last)."""
     global _meteor
     with _meteor_lock:
-        if _meteor is None:
+        if _meteor is None or _meteor.proc.poll() is not None:
             _check_java()
-            from pycocoevalcap.meteor.meteor import Meteor
+            _meteor = MeteorScorer()
+            import atexit
 
-            _meteor = Meteor()
+            atexit.register(_meteor.close)
     return _meteor
 
 
@@ -461,7 +575,11 @@ def evaluate(
     n_cut = sum(a.explanation != b.explanation.strip() for a, b in zip(cut, preds))
     preds = cut
     refs = {p.image_id: references[p.image_id] for p in preds}
-    caps = caption_metrics({p.image_id: p.explanation for p in preds}, {i: list(r.explanations) for i, r in refs.items()})
+    long = sum(len(p.explanation) > MAX_EXPLANATION_CHARS for p in preds)
+    if long:
+        warnings["explanation_truncated"] = long  # cut to MAX_EXPLANATION_CHARS for the language scores
+    caps = caption_metrics({p.image_id: p.explanation[:MAX_EXPLANATION_CHARS] for p in preds},
+                           {i: list(r.explanations) for i, r in refs.items()})
     dominant = [refs[p.image_id].dominant for p in preds]
     human = [t for r in refs.values() for t in r.explanations]
     emo = emotion_metrics([p.emotion for p in preds], dominant)

@@ -227,8 +227,7 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     elif examples_note:
         full["examples_note"] = examples_note
     full["figures"] = {k: str(p.relative_to(out.parent)) for k, p in written.items()}
-    write_json(out, full)
-    written["json"] = out
+    out.unlink(missing_ok=True)  # REPORT.json is written last (_write_pair): never beside another run's .md
 
     lines = [f"# Evaluation report", "", f"- predictions: `{full['predictions']}`", f"- references: `{full['references']}`",
              f"- scored images: {full['n_predictions']} of {full['n_reference_images']} (coverage {full['coverage']:.3f})"]
@@ -268,18 +267,27 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
         lines += ["", "## Examples", "", f"- no picture of examples: {examples_note}"]
     if written.keys() - {"json", "examples"}:
         lines += ["", "## Figures", ""] + [f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k not in ("json", "examples")]
+    written.update(_write_pair(out, full, lines))
+    return written
+
+
+def _write_pair(out: Path, report: dict, lines: list[str]) -> dict[str, Path]:
+    """REPORT.md, then REPORT.json (each atomic). The JSON comes last and the old one is removed
+    before anything is written, so a kill at any moment never leaves a JSON beside a Markdown of
+    another run: a JSON present means its Markdown is the one written with it."""
+    out.unlink(missing_ok=True)
     md = out.with_suffix(".md")
     write_text(md, "\n".join(lines) + "\n")
-    written["markdown"] = md
-    return written
+    write_json(out, report)
+    return {"json": out, "markdown": md}
 
 
 def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
     """Write the retrieval JSON, a Markdown table (model vs exact chance) and the recall@K plot."""
     out = Path(out)
+    out.unlink(missing_ok=True)  # written last (_write_pair)
     written = {"recall_curves": plot_recall_curves(result, _figures_dir(out) / "recall_at_k.png")}
-    write_json(out, {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}})
-    written["json"] = out
+    full = {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}}
     ks = result["ks"]
     idx = result["model"]["index"]
     rand = result.get("random_embeddings")
@@ -309,9 +317,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
     if space:
         lines += ["", f"- retrieval space: the {space['head']} head" + (f"; {space['note']}" if space.get("note") else "")]
     lines += ["", f"![recall@K]({written['recall_curves'].relative_to(out.parent)})"]
-    md = out.with_suffix(".md")
-    write_text(md, "\n".join(lines) + "\n")
-    written["markdown"] = md
+    written.update(_write_pair(out, full, lines))
     return written
 
 

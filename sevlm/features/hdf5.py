@@ -6,7 +6,14 @@ Layout of F.h5 (all attributes JSON-readable; see `FeatureStore.attrs`):
     names    [N]       UTF-8 image names as in the dataset JSON, sorted
     failed/names, failed/reasons   images that could not be used, and why
     attrs: format, encoder, encoder_config, preprocessing, dtype, token_shape, versions,
-           image_list_sha256, dataset manifest hash, complete, progress counters
+           image_list_sha256, dataset manifest hash, complete, progress counters, checksum
+
+Checksums: `tokens` and `pooled` are written with HDF5's fletcher32 filter (attribute checksum =
+"fletcher32"), a checksum per chunk, i.e. per image for `tokens`, that HDF5 checks on every
+read; a mismatch is a DataError naming the image (`FeatureStore.tokens/pooled`).
+`FeatureStore.content_sha256` reads every row through those checks (the training fingerprint, so
+a damaged or rewritten cache is named at the start of a run and refused at --resume). Files
+written before the checksum carry none; they still read, unchecked (`checksum` absent).
 
 Crash safety: extraction writes `F.h5.partial`, appends whole batches, then updates the
 progress counters and flushes. After a crash (kill -9 or a full disk included) the same command
@@ -139,17 +146,27 @@ def _open(path: Path, mode: str) -> h5py.File:
     return h5py.File(path, mode, locking=False)
 
 
+CHECKSUM = "fletcher32"
+_CHECKSUM_ENV = "SEVLM_FEATURES_NO_CHECKSUM"  # tools/bench_data.py only: write a file without checksums, to time both
+
+
 def _create_partial(path: Path, attrs: dict, T: int, D: int) -> None:
+    check = not os.environ.get(_CHECKSUM_ENV)
     with _open(path, "x") as f:  # "x": never truncate a file that is there
         str_dt = h5py.string_dtype("utf-8")
-        f.create_dataset("tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D))
-        f.create_dataset("pooled", shape=(0, D), maxshape=(None, D), dtype="float16", chunks=(max(1, min(1024, 65536 // D)), D))
+        f.create_dataset("tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D),
+                         fletcher32=check)
+        f.create_dataset("pooled", shape=(0, D), maxshape=(None, D), dtype="float16",
+                         chunks=(max(1, min(1024, 65536 // D)), D), fletcher32=check)
+        # (HDF5 filters cannot apply to variable-length strings: the names carry no checksum)
         f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
         g = f.create_group("failed")
         g.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
         g.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(256,))
         for k, v in attrs.items():
             f.attrs[k] = v
+        if check:
+            f.attrs["checksum"] = CHECKSUM
         f.attrs["complete"] = False
         f.attrs["n_done"] = 0
         f.attrs["n_rows"] = 0
@@ -516,6 +533,10 @@ class FeatureStore:
         except OSError as e:
             raise DataError(f"{self.path}: not a readable HDF5 file ({e})") from None
         with f:
+            self._check_open(f)
+
+    def _check_open(self, f: h5py.File) -> None:
+        try:
             if f.attrs.get("format") != FORMAT:
                 raise DataError(f"{self.path}: not a sevlm feature file (format attribute {f.attrs.get('format')!r})")
             if not bool(f.attrs.get("complete", False)):
@@ -526,6 +547,9 @@ class FeatureStore:
             self.attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
             self.names = _strings(f["names"])
             self.failed = dict(zip(_strings(f["failed/names"]), _strings(f["failed/reasons"])))
+        except OSError as e:  # a damaged list of names (its checksum) or metadata
+            raise DataError(f"{self.path}: damaged feature file, its image list cannot be read "
+                            f"({' '.join(str(e).split())}); extract it again") from None
         self._index = {n: i for i, n in enumerate(self.names)}
         self._file: h5py.File | None = None
         self._pid: int | None = None
@@ -563,11 +587,48 @@ class FeatureStore:
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._file
 
+    def _damaged(self, what: str, idx: int, e: OSError) -> DataError:
+        why = "fail their fletcher32 checksum" if self.checksummed else "cannot be read"
+        return DataError(
+            f"{self.path}: image {self.names[idx]!r} (row {idx}): its {what} {why} "
+            f"(HDF5: {' '.join(str(e).split()) or type(e).__name__}); the file is damaged: extract it again "
+            "(sevlm extract --overwrite) or restore it from a copy"
+        )
+
     def tokens(self, idx: int) -> np.ndarray:
-        return self._h5()["tokens"][idx]  # (T, D) float16
+        try:
+            return self._h5()["tokens"][idx]  # (T, D) float16; HDF5 checks the chunk's fletcher32
+        except OSError as e:
+            raise self._damaged("tokens", idx, e) from None
 
     def pooled(self, idx: int) -> np.ndarray:
-        return self._h5()["pooled"][idx]  # (D,) float16
+        try:
+            return self._h5()["pooled"][idx]  # (D,) float16
+        except OSError as e:
+            raise self._damaged("pooled features", idx, e) from None
+
+    @property
+    def checksummed(self) -> bool:
+        return self.attrs.get("checksum") == CHECKSUM
+
+    def content_sha256(self, block: int = 256) -> str:
+        """sha256 over the attributes, names and every row's features, read through HDF5's
+        checksums (a damaged image raises the DataError that names it)."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps([{k: str(v) for k, v in self.attrs.items()}, self.names], sort_keys=True).encode())
+        f = self._h5()
+        n = len(self.names)
+        for name, read in (("tokens", self.tokens), ("pooled", self.pooled)):
+            for i in range(0, n, block):
+                try:
+                    rows = f[name][i : i + block]
+                except OSError:  # find the image at fault
+                    for j in range(i, min(n, i + block)):
+                        read(j)
+                    raise
+                h.update(np.ascontiguousarray(rows).tobytes())
+        return h.hexdigest()
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():

@@ -102,6 +102,8 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     ids = sorted(records)
+    if not ids:
+        raise DataError(f"{Path(dataset_dir) / f'{split}.json'}: split {split!r} has no images")
     missing = {i: store.failed.get(records[i]["image_name"], "not in the feature file") for i in ids if records[i]["image_name"] not in store}
     ids = [i for i in ids if i not in missing]
     if not ids:
@@ -232,11 +234,16 @@ def locate(where: str | os.PathLike) -> Location:
     name the shards (`https://host/s/train-{000000..000009}.tar`, `pipe:curl -s https://host/s/train-{000000..000009}.tar`).
     The manifest is `manifest.json` in the same place, read with the same opener."""
     where = str(where)
-    names = _PATTERN.findall(where)
+    local = _local_folder(where)
+    # a local folder or file that exists is taken literally, braces in its name or not (`sh_{a,b}`);
+    # in a local pattern only the file name may hold braces
+    literal = local is not None and local.exists()
+    start = 0 if local is None or urlparse(where).scheme else len(where) - len(Path(where).name)
+    names = [] if literal else _PATTERN.findall(where, start)
     if len(names) > 1:
         raise ConfigError(f"{where}: a shard URL pattern may have braces in one file name only")
     if names:
-        m = _PATTERN.search(where)
+        m = _PATTERN.search(where, start)
         head, tail = where[: m.start()], where[m.end() :]
         return Location(lambda name: head + name + tail, set(wds.shardlists.expand_urls(m.group(0))), _local_folder(head) if not tail else None)
     folder = _local_folder(where)
@@ -261,7 +268,122 @@ def is_path(where: str | os.PathLike) -> bool:
     return urlparse(str(where)).scheme == ""
 
 
-def manifest_bytes(where: str | os.PathLike) -> tuple[str, bytes]:
+DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte before a network read fails (data.read_timeout)
+
+
+class StalledRead(DataError):
+    """A shard or manifest read that received no data for `read_timeout` seconds."""
+
+
+class TimedPipe(io.RawIOBase):
+    """The standard output of a process that must keep sending: `curl` for http(s)/ftp(s) URLs, the
+    user's shell command for `pipe:CMD`. A read that waits `timeout` seconds without a byte kills
+    the process (its whole process group: a pipeline's members too) and raises StalledRead naming
+    the URL; a process that ends with a failing status raises DataError with its last error line.
+
+    webdataset's own opener runs `curl --connect-timeout 30 --retry 30` with no bound on a
+    stalled transfer, so a server that accepts and never answers blocked training forever."""
+
+    def __init__(self, url: str, args: list[str] | str, timeout: float, shell: bool = False):
+        import subprocess
+        import tempfile
+
+        super().__init__()
+        self.url, self.timeout = url, float(timeout)
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stderr=self._err,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self._fd = self.proc.stdout.fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        import select
+
+        ready, _, _ = select.select([self._fd], [], [], self.timeout)
+        if not ready:
+            self._kill()
+            raise StalledRead(f"{self.url}: no data for {self.timeout:g} s (data.read_timeout); the server or "
+                              "command stalled, or is too slow: check it, or raise data.read_timeout")
+        data = os.read(self._fd, len(buffer))
+        if not data:
+            self._finish()
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _finish(self) -> None:
+        import subprocess
+
+        try:
+            status = self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:  # output closed but the process lingers
+            self._kill()
+            status = self.proc.returncode
+        if status == 28 and isinstance(self.proc.args, list) and self.proc.args[0] == "curl":  # its own timeout
+            raise StalledRead(f"{self.url}: no data for about {self.timeout:g} s (data.read_timeout; curl gave up); "
+                              "the server stalled, or is too slow: check it, or raise data.read_timeout")
+        if status not in (0, None):
+            self._err.seek(0)
+            lines = self._err.read().decode("utf-8", "replace").strip().splitlines()
+            what = f"`{self.proc.args if isinstance(self.proc.args, str) else self.proc.args[0]}` exited with status {status}"
+            raise DataError(f"{self.url}: {what}" + (f" ({lines[-1].strip()})" if lines else ""))
+
+    def _kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._kill()  # read to its end already, or abandoned: either way nothing more is wanted
+            self.proc.stdout.close()
+            self._err.close()
+        super().close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the reading process dies, so a killed
+    DataLoader worker leaves no curl behind waiting on a stalled server."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+_CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
+
+
+def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
+    """A byte stream of a shard location's file (what webdataset.gopen opens): local paths and
+    file:// directly; http(s)/ftp(s) through curl and `pipe:CMD` through the shell, each bounded
+    by `read_timeout` seconds without data (TimedPipe); other schemes through webdataset.gopen,
+    unbounded."""
+    if read_timeout is None or read_timeout <= 0:
+        raise ConfigError(f"data.read_timeout: must be > 0 seconds, got {read_timeout}")
+    scheme = urlparse(url).scheme
+    if scheme in _CURL_SCHEMES:
+        connect = str(max(1, min(30, int(read_timeout))))
+        # no --retry: a retry after a stall would start the wait over; -S: curl's error on stderr
+        # --speed-limit/--speed-time: curl gives up by itself too, even if its reader is gone
+        args = ["curl", "--connect-timeout", connect, "--speed-limit", "1", "--speed-time", str(int(read_timeout) + 5),
+                "-f", "-s", "-S", "-L", url]
+        return io.BufferedReader(TimedPipe(url, args, read_timeout), buffer_size=1 << 16)
+    if scheme == "pipe":
+        return io.BufferedReader(TimedPipe(url, url[len("pipe:"):], read_timeout, shell=True), buffer_size=1 << 16)
+    return wds.gopen(url)
+
+
+def manifest_bytes(where: str | os.PathLike, read_timeout: float = DEFAULT_READ_TIMEOUT) -> tuple[str, bytes]:
     """(where the manifest is, its bytes) for a shard location; DataError naming it otherwise."""
     url = locate(where).url_of(MANIFEST)
     local = _local_folder(url)
@@ -270,15 +392,19 @@ def manifest_bytes(where: str | os.PathLike) -> tuple[str, bytes]:
             raise DataError(f"{local}: shard manifest not found; build shards with `sevlm shard`")
         return url, local.read_bytes()
     try:
-        with wds.gopen(url) as f:
+        with open_url(url, read_timeout) as f:
             return url, f.read()
+    except StalledRead:
+        raise
     except Exception as e:  # curl's exit status, a failing command ...
-        raise DataError(f"{url}: cannot read the shard manifest ({type(e).__name__}: {e})") from None
+        detail = str(e)[len(url) + 2:] if isinstance(e, DataError) and str(e).startswith(f"{url}: ") else \
+            f"{type(e).__name__}: {e}"
+        raise DataError(f"{url}: cannot read the shard manifest ({detail})") from None
 
 
-def read_manifest(where: str | os.PathLike) -> tuple[str, dict]:
+def read_manifest(where: str | os.PathLike, read_timeout: float = DEFAULT_READ_TIMEOUT) -> tuple[str, dict]:
     """(where the manifest is, the manifest) of a shard location (see `locate`)."""
-    url, raw = manifest_bytes(where)
+    url, raw = manifest_bytes(where, read_timeout)
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -300,6 +426,7 @@ class ShardSet:
     entry: dict
     shards: list[dict]  # the manifest's shard records that are read, each with its "url"
     verified: torch.Tensor
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # seconds without data before a remote read fails
 
     @property
     def counts(self) -> dict[str, int]:
@@ -310,14 +437,15 @@ class ShardSet:
         return sum(self.counts.values())
 
 
-def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "raise") -> ShardSet:
+def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "raise",
+                read_timeout: float = DEFAULT_READ_TIMEOUT) -> ShardSet:
     """Read the manifest and check the shard files it lists: missing or resized local shards
     raise DataError naming them (handle_errors="warn": skipped with a warning). A partial split
     (shards missing or left out, shard files the manifest does not list, an unfinished `sevlm
     shard` run, images without features) warns once with the counts."""
     _check_policy(handle_errors)
     loc = locate(where)
-    manifest_url, manifest = read_manifest(where)
+    manifest_url, manifest = read_manifest(where, read_timeout)
     if split not in manifest.get("splits", {}):
         raise DataError(f"{manifest_url}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
     entry = manifest["splits"][split]
@@ -338,7 +466,8 @@ def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "rais
         notes.append(f"{len(entry['missing'])} image(s) of the split had no features and are not in the shards")
     if notes:
         warnings.warn(f"{manifest_url}: split {split!r} is partial: " + "; ".join(notes))
-    return ShardSet(str(where), split, manifest, entry, shards, torch.zeros(len(shards), dtype=torch.bool).share_memory_())
+    return ShardSet(str(where), split, manifest, entry, shards, torch.zeros(len(shards), dtype=torch.bool).share_memory_(),
+                    read_timeout)
 
 
 def _few(names: list[str], k: int = 3) -> str:
@@ -487,7 +616,7 @@ def _open_shard(shards: ShardSet, i: int):
     shard is opened it is read whole and its sha256 checked against the manifest before any of
     its samples is used; once verified, it streams."""
     sh = shards.shards[i]
-    stream = wds.gopen(sh["url"])
+    stream = open_url(sh["url"], shards.read_timeout)
     if shards.verified[i]:
         return stream
     with contextlib.closing(stream):

@@ -7,16 +7,24 @@ checkpoints/
     pointers.json    {"last": tag, "best_accuracy": tag, "best_bleu4": tag}
     latest           DeepSpeed's own pointer (for its tools, e.g. zero_to_fp32.py)
 
-A save writes its tag on every rank, waits for all of them, and only then rewrites
-pointers.json (atomically) and removes the tags no pointer names. A kill at any moment leaves
-the previous pointers valid: a half-written tag is never named, so it counts as absent.
+A save writes its tag on every rank, waits for all of them, marks the tag finished
+(`finished.json`, rank 0), and only then rewrites pointers.json (atomically) and removes the
+tags no pointer names. A kill at any moment leaves the previous pointers valid: a half-written
+tag is never named, so it counts as absent.
+
+A lost pointers.json, or a `last` pointer whose tag is gone, is recovered from the disk: the
+newest finished tag becomes `last` (`recover_pointers`, which says so); only a run without any
+finished tag starts over. Tags of older sevlm versions have no finished.json: a tag holding
+fingerprint.json (written after the engine's files) counts as finished for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +34,7 @@ from sevlm.io import read_json, write_json, write_text
 from sevlm.train.distributed import all_gather, barrier
 
 CKPT_DIR = "checkpoints"
-POINTERS, FINGERPRINT = "pointers.json", "fingerprint.json"
+POINTERS, FINGERPRINT, FINISHED = "pointers.json", "fingerprint.json", "finished.json"
 LAST, BEST_ACC, BEST_BLEU = "last", "best_accuracy", "best_bleu4"
 
 
@@ -63,9 +71,44 @@ def pointers(root: Path) -> dict[str, str]:
     return {name: tag for name, tag in read_json(path).items() if (Path(root) / tag).is_dir()}
 
 
+def finished_tags(root: Path) -> list[str]:
+    """The tags under `root` whose save finished on every rank, oldest first."""
+    if not Path(root).is_dir():
+        return []
+    tags = [p for p in Path(root).iterdir() if p.is_dir() and re.fullmatch(r"step\d{8}", p.name)]
+    marked = [p for p in tags if (p / FINISHED).is_file()]
+    if not marked:  # a run saved by an older sevlm: fingerprint.json follows the engine's files
+        marked = [p for p in tags if (p / FINGERPRINT).is_file()]
+    return sorted(p.name for p in marked)
+
+
+def recover_pointers(root: Path) -> tuple[dict[str, str], str | None]:
+    """(pointers, note): the pointers of `root`, with `last` recovered from the newest finished tag
+    on disk when pointers.json is lost or names a tag that is gone; `note` says what was done
+    (None when nothing needed recovering). Nothing is written."""
+    root = Path(root)
+    path = root / POINTERS
+    try:
+        recorded = read_json(path) if path.exists() else None
+    except SevlmError:
+        recorded = None  # unreadable: as if lost
+    named = {k: v for k, v in (recorded or {}).items() if isinstance(v, str) and (root / v).is_dir()}
+    if LAST in named:
+        return named, None
+    tags = finished_tags(root)
+    if not tags:
+        return named, None
+    named[LAST] = tags[-1]
+    if recorded is None:
+        why = f"{path} is missing or unreadable"
+    else:
+        why = f"{path} names {recorded.get(LAST)!r} as the last checkpoint, which is not on disk"
+    return named, f"{why}; resuming from the newest finished checkpoint on disk, {root / tags[-1]}"
+
+
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """True when `run_dir` holds a finished checkpoint to resume from."""
-    return LAST in pointers(Path(run_dir) / CKPT_DIR)
+    return LAST in recover_pointers(Path(run_dir) / CKPT_DIR)[0]
 
 
 def _prune(root: Path, keep: dict[str, str]) -> None:
@@ -86,7 +129,8 @@ def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainStat
     _saved(root / tag)
     barrier()  # every rank's files are complete before anything names them
     if main:
-        named = {**pointers(root), **{name: tag for name in names}}
+        write_json(root / tag / FINISHED, {"step": step})
+        named = {**recover_pointers(root)[0], **{name: tag for name in names}}
         write_json(root / POINTERS, named)
         write_text(root / "latest", tag)
         _prune(root, named)
@@ -95,22 +139,32 @@ def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainStat
 
 def recorded_fingerprint(root: Path) -> dict | None:
     """The fingerprint saved with the `last` checkpoint (None when no save has finished)."""
-    tag = pointers(root).get(LAST)
+    tag = recover_pointers(root)[0].get(LAST)
     return read_json(root / tag / FINGERPRINT) if tag else None
 
 
-def load(engine, root: Path, rank: int, main: bool) -> dict | None:
+def load(engine, root: Path, rank: int, main: bool, say=print) -> dict | None:
     """The client state of the `last` checkpoint, with the engine and this rank's RNG restored;
-    None when no save has finished (the run starts over)."""
-    named = pointers(root)
+    None when no save has finished (the run starts over). Lost pointers are recovered from the
+    disk first (see `recover_pointers`), and rewritten, so no finished tag is ever pruned."""
+    named, note = recover_pointers(root)
     if main and root.is_dir():
-        _prune(root, named)
+        if note:
+            say(f"sevlm train: {note}")
+            write_json(root / POINTERS, named)
+        # with pointers lost, the best_* tags are unknown: keep every finished tag until the next save
+        _prune(root, {**{t: t for t in finished_tags(root)}, **named} if note else named)
     barrier()
     if LAST not in named:
         return None
     try:
         with weights_only_loads():
             _, client = engine.load_checkpoint(str(root), tag=named[LAST])
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"{root / named[LAST]}: a checkpoint file holds pickled objects besides tensors and "
+                            f"DeepSpeed's own state, which sevlm never loads ({first[:160]}); resume from a copy "
+                            "of the run you trust, or start a new run") from None
     except RuntimeError as e:  # e.g. "size mismatch": the model is not the one that was saved
         raise TrainingError(f"{root / named[LAST]}: does not fit this model ({str(e).strip().splitlines()[-1]})") from None
     if client is None:

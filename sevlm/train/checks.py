@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.io import sha256_file
+from sevlm.io import read_json, sha256_file
 
 
 @dataclass
@@ -90,6 +90,10 @@ def check_splits(dataset_dir: str, splits: list[str]) -> None:
                 f"{root / f'{split}.json'}: split {split!r} not found in the dataset folder "
                 f"(have: {', '.join(have) or 'none'})"
             )
+        path = root / f"{split}.json"
+        if path.stat().st_size <= 16 and not read_json(path):  # "{}": cheap to tell without reading a big split
+            raise DataError(f"{path}: split {split!r} has no images; prepare the dataset again, or train with "
+                            f"another data.{'val' if split != splits[0] else 'train'}_split")
 
 
 def _token_shape(value) -> tuple[int | None, int | None]:
@@ -100,7 +104,7 @@ def _token_shape(value) -> tuple[int | None, int | None]:
         return None, None
 
 
-def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
+def feature_info(features: str | None, shards: str | None, read_timeout: float = 60.0) -> FeatureInfo:
     """Where the visual tokens come from and what encoder produced them (from the artifact)."""
     if features:
         path = Path(features)
@@ -116,7 +120,7 @@ def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
     if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
         from sevlm.features.shards import read_manifest
 
-        feats = read_manifest(shards)[1].get("features") or {}
+        feats = read_manifest(shards, read_timeout)[1].get("features") or {}
         T, D = _token_shape(feats.get("token_shape"))
         return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
     raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
@@ -141,11 +145,11 @@ def check_image_preprocess(info: FeatureInfo, expected: str | None) -> None:
 
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
-    info = feature_info(data.features, data.shards)
+    info = feature_info(data.features, data.shards, data.read_timeout)
     check_encoder(info, data.encoder)
     check_image_preprocess(info, data.image_preprocess)
     if info.source == "shards":
-        check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split])
+        check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split], data.read_timeout)
     return info
 
 
@@ -169,11 +173,11 @@ def model_config(model, info: FeatureInfo):
     return replace(model, visual_dim=info.dim)
 
 
-def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
+def check_shards(shards: str, dataset_dir: str, splits: list[str], read_timeout: float = 60.0) -> None:
     """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
     from sevlm.features.shards import read_manifest
 
-    manifest_path, m = read_manifest(shards)
+    manifest_path, m = read_manifest(shards, read_timeout)
     have = m.get("splits") or {}
     ours_path = Path(dataset_dir) / "manifest.json"
     ours = sha256_file(ours_path) if ours_path.exists() else None
@@ -192,9 +196,26 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
             )
 
 
+CONTENT = "content-sha256:"  # a feature cache's fingerprint covers its content (older runs: attributes + size)
+
+
+def legacy_features_fingerprint(path) -> str:
+    """The fingerprint sevlm recorded for a feature cache before it covered the content."""
+    import hashlib
+    import json
+
+    from sevlm.features.hdf5 import FeatureStore
+
+    store = FeatureStore(path)
+    attrs = {k: str(v) for k, v in store.attrs.items()}
+    store.close()
+    return hashlib.sha256(json.dumps([attrs, Path(path).stat().st_size], sort_keys=True).encode()).hexdigest()
+
+
 def data_fingerprint(data) -> dict[str, str]:
     """What a run trains on, as hashes (recorded in each checkpoint, compared on --resume): the
-    split files, and the feature cache's attributes and size, or the shard manifest (which holds
+    split files, and the feature cache's content (`FeatureStore.content_sha256`: every row read
+    through its checksums, so a damaged image is named here), or the shard manifest (which holds
     every shard's sha256)."""
     import hashlib
     import json
@@ -206,22 +227,31 @@ def data_fingerprint(data) -> dict[str, str]:
         from sevlm.features.hdf5 import FeatureStore
 
         store = FeatureStore(data.features)
-        attrs = {k: str(v) for k, v in store.attrs.items()}
-        store.close()
-        blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
-        out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
+        try:
+            out[f"{data.features} (data.features)"] = CONTENT + store.content_sha256()
+        finally:
+            store.close()
     elif data.shards:
         from sevlm.features.shards import manifest_bytes
 
-        where, raw = manifest_bytes(data.shards)
+        where, raw = manifest_bytes(data.shards, data.read_timeout)
         out[f"{where} (data.shards)"] = hashlib.sha256(raw).hexdigest()
     return out
+
+
+RUN_CONFIG_KEY = "config.json (the run folder's)"
 
 
 def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], run_dir) -> None:
     """Refuse to resume a run whose config or data changed since its checkpoint, naming what changed."""
     if recorded is None:  # no finished checkpoint: the run starts over
         return
+    # older checkpoints keyed the run's config.json by its path as typed when the run started
+    recorded = {(RUN_CONFIG_KEY if k.endswith("config.json") and "(data." not in k else k): v
+                for k, v in recorded.items()}
+    for k, v in recorded.items():  # a run from before content fingerprints: compare as it was recorded
+        if k.endswith(" (data.features)") and not v.startswith(CONTENT) and str(current.get(k, "")).startswith(CONTENT):
+            current = {**current, k: legacy_features_fingerprint(k[: -len(" (data.features)")])}
     changed = [k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
     if changed:
         raise ConfigError(
@@ -233,6 +263,9 @@ def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], ru
 def check_split_features(dataset, split: str, features: str) -> None:
     """A split whose images are (nearly) all missing from the cache means a cache of another dataset."""
     missing = getattr(dataset, "missing", {}) or {}
+    if len(dataset) == 0 and not missing:
+        raise DataError(f"split {split!r} has no images (its split file is empty); prepare the dataset again "
+                        "or train with another data.val_split")
     if len(dataset) == 0:
         first = next(iter(missing), None)
         raise DataError(

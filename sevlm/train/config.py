@@ -70,6 +70,9 @@ class DataConfig:
     # The image preprocessing the features must have been extracted with (checked against the
     # cache): "encoder" or "imagenet-squash" (the authors'); None = whatever the cache holds.
     image_preprocess: str | None = None
+    # seconds a shard or manifest read over the network (http(s), pipe:) may wait without a byte
+    # before it fails naming the URL (a stalled server would otherwise block training forever)
+    read_timeout: float = 60.0
 
 
 @dataclass
@@ -158,6 +161,8 @@ class TrainConfig:
         if not 1 <= self.data.min_train_emotions <= 9:
             raise ConfigError(f"data.min_train_emotions: must be 1..9 (distinct emotions of an image), "
                               f"got {self.data.min_train_emotions}")
+        if not self.data.read_timeout > 0:
+            raise ConfigError(f"data.read_timeout: must be > 0 seconds, got {self.data.read_timeout}")
         if self.data.vocab_min_count < 1:
             raise ConfigError(f"data.vocab_min_count: must be >= 1, got {self.data.vocab_min_count}")
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sevlm.errors import SevlmError
 from sevlm.train.config import ASSIST_MODES
 from sevlm.workers import end_with_parent
 
@@ -297,6 +298,18 @@ def _batches(dataset, num_workers: int, seed: int, epoch: int, collate, assist: 
     return _take(loader, collate, assist)
 
 
+def worker_error(e: Exception) -> Exception:
+    """A sevlm error raised in a DataLoader worker, as it was raised there: torch re-raises it in
+    the main process with "Caught X in DataLoader worker process N" and the worker's traceback
+    as its message, which the CLI would print whole."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return e
+    last = text.rstrip().splitlines()[-1]  # "package.module.Class: the original message"
+    name = f"{type(e).__module__}.{type(e).__qualname__}: "
+    return type(e)(last[len(name):] if last.startswith(name) else last.split(": ", 1)[-1])
+
+
 def _take(loader: DataLoader, collate, assist: Assist) -> Iterator[dict]:
     batches = iter(loader)
     taken, kept = 0, {}  # kept: the workers' buffers, mapped once each
@@ -306,6 +319,8 @@ def _take(loader: DataLoader, collate, assist: Assist) -> Iterator[dict]:
             packed = next(batches)
         except StopIteration:
             return
+        except SevlmError as e:  # a worker's DataError (a stalled read, a damaged image): its own line
+            raise worker_error(e) from None
         taken += 1
         yield collate_packed(packed, collate, kept) if "_samples" in packed else unpack(packed, kept)
 
@@ -359,14 +374,15 @@ class ShardSource:
     """
 
     def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
-                 seed: int, num_workers: int = 0, assist: str = "auto"):
+                 seed: int, num_workers: int = 0, assist: str = "auto", read_timeout: float = 60.0):
         from sevlm.features.shards import open_shards, shard_pipeline
 
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
         self.seed, self.num_workers, self.assist = seed, num_workers, assist
         # opened once: the manifest read, the files checked, each shard's sha256 verified on first read
-        self.train_shards = open_shards(self.path, train_split)
+        self.read_timeout = read_timeout
+        self.train_shards = open_shards(self.path, train_split, read_timeout=read_timeout)
         probe = shard_pipeline(self.train_shards, world_size=world_size, rank=rank)
         self.num_images = self.train_shards.num_samples
         # every rank yields samples_per_rank samples per epoch (the reader pads short ranks)
@@ -389,9 +405,10 @@ class ShardSource:
 
     def val_samples(self) -> Sequence[dict]:
         if self._val is None:  # small: read once, in file order, on every rank
-            from sevlm.features.shards import shard_pipeline
+            from sevlm.features.shards import open_shards, shard_pipeline
 
-            self._val = list(shard_pipeline(self.path, self.val_split, shuffle=False, world_size=1, rank=0))
+            val = open_shards(self.path, self.val_split, read_timeout=self.read_timeout)
+            self._val = list(shard_pipeline(val, shuffle=False, world_size=1, rank=0))
         return self._val
 
 
@@ -408,4 +425,4 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
         # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
         raise ConfigError(f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
                           f"(data.features); {info.path} is a shard set, which trains on every image it holds")
-    return ShardSource(info.path, data.train_split, data.val_split, **common)
+    return ShardSource(info.path, data.train_split, data.val_split, read_timeout=data.read_timeout, **common)

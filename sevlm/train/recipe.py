@@ -160,6 +160,8 @@ class TrainRecipe:
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
             checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
                                    self.run_dir)
+        elif os.environ.get("RANK", "0") == "0":  # reads the whole cache through its checksums: damage is named now
+            self._data_fingerprint = checks.data_fingerprint(self.cfg.data)
         self.rt = start_runtime(self.cfg)
         self.setup_data()
         self.setup_model()
@@ -366,13 +368,16 @@ class TrainRecipe:
         if not hasattr(self, "_fingerprint"):
             from sevlm.io import sha256_file
 
-            self._fingerprint = {f"{self.run_dir / CONFIG_FILE}": sha256_file(self.run_dir / CONFIG_FILE),
-                                 **checks.data_fingerprint(self.cfg.data)}
+            # keyed by role, not by the run folder's path: a run resumed through another spelling of
+            # its folder, or copied/moved elsewhere, is the same run
+            data = getattr(self, "_data_fingerprint", None) or checks.data_fingerprint(self.cfg.data)
+            self._fingerprint = {checks.RUN_CONFIG_KEY: sha256_file(self.run_dir / CONFIG_FILE), **data}
         return self._fingerprint
 
     def load(self) -> None:
         """Continue from the last finished checkpoint (none finished: start over)."""
-        client = checkpoint.load(self.engine, self.run_dir / CKPT_DIR, self.rt.rank, self.rt.main)
+        client = checkpoint.load(self.engine, self.run_dir / CKPT_DIR, self.rt.rank, self.rt.main,
+                                 say=lambda msg: _say(msg, self.rt.main))
         if client is None:
             _say(f"sevlm train: {self.run_dir}: no finished checkpoint; starting from step 0", self.rt.main)
             return
@@ -496,8 +501,10 @@ def claim_run_folder(run_dir: Path):
 
     if os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
-    # beside the folder, so a run refused before it starts leaves nothing behind
-    return claim(run_dir.parent / f".{run_dir.name}.train.lock", f"{run_dir} (a training run)")
+    # beside the folder, so a run refused before it starts leaves nothing behind; beside its real
+    # path, so two spellings of one folder (a symlink, ../, relative vs absolute) take one lock
+    real = Path(os.path.realpath(run_dir))
+    return claim(real.parent / f".{real.name}.train.lock", f"{run_dir} (a training run)")
 
 
 def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | None,

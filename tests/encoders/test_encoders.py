@@ -180,3 +180,23 @@ def test_load_pixels_names_the_file_for_every_unusable_image(tmp_path):
         assert "\n" not in str(e.value) and e.value.reason.startswith(reason)
     Image.new("RGB", (40, 30), (10, 20, 30)).save(tmp_path / "ok.png")
     assert load_pixels(tmp_path / "ok.png", enc.preprocess).shape == (3, 32, 32)
+
+
+class Planted:
+    """Not a tensor: torch.load(weights_only=True) refuses to build it."""
+
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_a_planted_pickle_in_an_encoder_weights_file_is_refused_without_advice_to_run_it(tmp_path, capsys):
+    import torch
+
+    from sevlm.errors import ConfigError
+
+    path = tmp_path / "lite0.pt"
+    torch.save({"stem.weight": torch.zeros(1), "extra": Planted()}, path)
+    with pytest.raises(ConfigError, match=r"lite0\.pt holds pickled objects besides tensors, which sevlm never loads") as e:
+        build_encoder("efficientnet-lite0", weights=str(path))
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
+    assert "payload ran" not in capsys.readouterr().out

@@ -317,3 +317,70 @@ def test_because_last_scores_after_the_last_because(tmp_path, jsonl):
     assert last.report["explanations_cut_at_a_later_because"] == 1
     assert first.report["explanations_cut_at_a_later_because"] == 0
     assert last.report["BLEU-1"] == pytest.approx(1.0) and first.report["BLEU-1"] < 0.9
+
+
+def test_a_200000_character_explanation_is_cut_and_evaluate_exits(dataset_dir, test_refs, jsonl, tmp_path):
+    """The issue's case: one 200,000-character explanation hung `sevlm evaluate` (METEOR's jar died,
+    pycocoevalcap's Meteor.__del__ then waited forever on its lock). It is cut to
+    MAX_EXPLANATION_CHARS before scoring, counted in the report, and the process exits."""
+    import subprocess
+    import sys
+
+    rows = [{"image_id": i, "emotion": r["emotions"][0], "explanation": r["explanations"][0]} for i, r in test_refs.items()]
+    rows[0]["explanation"] = "the sky is calm and blue " * 8000  # 200,000 characters
+    pred = jsonl(tmp_path / "pred.jsonl", rows)
+    out = tmp_path / "report" / "R.json"
+    proc = subprocess.run([sys.executable, "-m", "sevlm.cli", "evaluate", "--predictions", str(pred),
+                           "--references", str(dataset_dir / "test.json"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["warnings"]["explanation_truncated"] == 1 and 0 <= report["METEOR"] <= 1
+    assert M.MAX_EXPLANATION_CHARS == 2000
+
+
+def test_a_dead_meteor_process_is_one_error_naming_the_prediction():
+    import os
+    import signal
+
+    meteor = M.get_meteor()
+    assert meteor.compute_score({"a": ["the sky is calm"]}, {"a": ["the sky is calm"]})[0] == pytest.approx(1.0)
+    os.killpg(meteor.proc.pid, signal.SIGKILL)  # as when the jar dies on a line
+    meteor.proc.wait()
+    with pytest.raises(DataError, match=r"^METEOR \(Java\) stopped while scoring the prediction for image 'b' "
+                                        r"\(11 characters\)"):
+        meteor.compute_score({"b": ["a red house"]}, {"b": ["a red house"]})
+    assert meteor.proc.poll() is not None
+    fresh = M.get_meteor()  # the next call starts a new process
+    assert fresh is not meteor and fresh.compute_score({"c": ["a dog"]}, {"c": ["a dog"]})[0] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_meteor_dying_on_a_200000_character_line_names_the_prediction():
+    """Without the cut: the jar dies on the line; the error names the prediction and nothing hangs."""
+    with pytest.raises(DataError, match=r"METEOR \(Java\) .* the prediction for image 'long' \(200000 characters\)"):
+        M.get_meteor().compute_score({"ok": ["a red house"], "long": ["the sky is calm"]},
+                                     {"ok": ["a red house"], "long": ["the sky is blue " * 12500]})
+
+
+def test_meteor_scorer_equals_pycocoevalcaps_meteor():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {"a": ["the sky is calm", "a quiet blue sky"], "b": ["a red house by the sea"], "c": ["dark scary woods"]}
+    res = {"a": ["the calm sky"], "b": ["a house near the sea"], "c": ["a bright sunny field"]}
+    theirs = Meteor()
+    try:
+        expected = theirs.compute_score(gts, res)
+    finally:
+        theirs.meteor_p.kill()
+        theirs.meteor_p.wait()
+    got = M.get_meteor().compute_score(gts, res)
+    assert got[0] == expected[0] and got[1] == expected[1]
+
+
+def test_a_key_given_twice_in_a_prediction_line_is_an_error(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    path.write_text('{"image_id": "a", "emotion": "awe", "explanation": "x"}\n'
+                    '{"image_id": "b", "emotion": "awe", "emotion": "fear", "explanation": "y"}\n')
+    with pytest.raises(DataError, match=r"pred\.jsonl:2: key 'emotion' appears twice"):
+        M.load_predictions(path)

@@ -191,3 +191,49 @@ def test_example_paintings_picture(tmp_path, dataset_dir, good_predictions, test
     rep = json.loads(out.read_text())
     assert "examples" not in rep["figures"] and rep["examples_note"] == note
     assert f"no picture of examples: {note}" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("kill_at", ["markdown", "json"])
+def test_a_kill_while_writing_a_report_never_leaves_the_pair_out_of_step(tmp_path, monkeypatch, kill_at):
+    """N27a/N28a: a kill between REPORT.json and REPORT.md left a new JSON beside an old Markdown,
+    and a 0-byte temporary that no later run removed."""
+    import os
+
+    from sevlm import io as sio
+    from sevlm.evaluation.retrieval import retrieval_report
+
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((20, 8))
+    result = retrieval_report(img, np.repeat(img, 2, axis=0), np.repeat(np.arange(20), 2), rng.standard_normal((9, 8)),
+                              np.arange(20) % 9)
+    out = tmp_path / "R.json"
+    RP.write_retrieval_report({**result, "run": "old"}, out)
+    result = retrieval_report(img, np.repeat(img, 2, axis=0)[::-1].copy(), np.repeat(np.arange(20), 2),
+                              rng.standard_normal((9, 8)), np.arange(20) % 9)  # other figures: another .md
+    old_md = out.with_suffix(".md").read_bytes()
+
+    class Killed(BaseException):
+        pass
+
+    real_replace = os.replace
+
+    def die(src, dst):  # the process dies with the temporary written, before its rename
+        if str(dst).endswith(".md" if kill_at == "markdown" else ".json"):
+            raise Killed
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(sio.os, "replace", die)
+    with pytest.raises(Killed):
+        RP.write_retrieval_report({**result, "run": "new"}, out)
+    monkeypatch.undo()
+    # a JSON, when present, is the one its Markdown was written with; the old pair is not mixed
+    assert not out.exists()  # the old JSON went first: no JSON beside a Markdown of another write
+    assert (out.with_suffix(".md").read_bytes() == old_md) == (kill_at == "markdown")
+    # the killed writer's temporary: a dead pid, swept by the next write of the report
+    stale = tmp_path / ".R.json.p999999999.abc.tmp"  # as a writer whose process is gone leaves it
+    stale.touch()
+    mine = tmp_path / f".R.json.p{os.getpid()}.live.tmp"  # a live writer's: kept
+    mine.touch()
+    RP.write_retrieval_report({**result, "run": "new"}, out)
+    assert json.loads(out.read_text())["run"] == "new" and out.with_suffix(".md").exists()
+    assert not stale.exists() and mine.exists()

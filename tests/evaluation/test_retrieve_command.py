@@ -186,3 +186,38 @@ def test_query_image_caches_the_explanation_gallery(tiny_run, tmp_path):
         assert r["gallery_cache"] == {"path": str(cache / "test-explanations"), "reused": reused}
     names = json.loads((cache / "test-explanations" / "names.json").read_text())
     assert len(names) == 18 and names[0] == {"image_id": "Style/test-0", "explanation": "the blue sky looks calm"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top", "0", "--query", "calm sky"], "--top: must be >= 1, got 0"),
+    (["--query", ""], "--query: empty text"),
+    (["--query", "   "], "--query: empty text"),
+])
+def test_retrieve_bad_arguments_are_one_line_errors(tiny_run, tmp_path, capsys, argv, message):
+    from sevlm.cli import main
+
+    out = tmp_path / "q.json"
+    assert main(["retrieve", "--run", str(tiny_run / "run"), "--split", "test", "--out", str(out), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"sevlm retrieve: error: {message}" or (err.startswith(f"sevlm retrieve: error: {message}") and "\n" not in err)
+    assert not out.exists()  # "" no longer falls through to scoring the whole split
+
+
+def test_nan_features_name_the_image(tiny_run, tmp_path):
+    import shutil
+
+    import h5py
+
+    from sevlm.errors import DataError
+
+    features = tmp_path / "f.h5"
+    shutil.copy(tiny_run / "f.h5", features)
+    with h5py.File(features, "r+") as f:
+        names = [n.decode() for n in f["names"][()]]
+        row = names.index("Style/test-2.jpg")
+        tok = f["tokens"][row]
+        tok[0, 0] = np.nan
+        f["tokens"][row] = tok
+    with pytest.raises(DataError, match=r"f\.h5: image 'Style/test-2.jpg' has NaN or inf features"):
+        retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--features", str(features),
+                      "--out", str(tmp_path / "R.json")])

@@ -133,3 +133,18 @@ def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> list:
             child.kill()
     assert child.returncode == -signal.SIGKILL
     return workers
+
+
+def flip_token_bytes(path, row: int, n: int = 200) -> str:
+    """XOR `n` bytes inside the tokens chunk of `row` (in place, same size); returns its image name."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f["tokens"].id.get_chunk_info(row).byte_offset
+        name = f["names"][row]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 64)
+        data = bytearray(fh.read(n))
+        fh.seek(offset + 64)
+        fh.write(bytes(b ^ 0xFF for b in data))
+    return name.decode() if isinstance(name, bytes) else name

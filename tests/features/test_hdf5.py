@@ -6,6 +6,7 @@ import os
 import random
 import struct
 import unicodedata
+import warnings
 import zlib
 from pathlib import Path
 
@@ -194,3 +195,35 @@ def test_h5_dataset_works_in_dataloader_workers(small_dataset, tmp_path):
     assert sorted(s["image_id"] for s in via_workers) == sorted(direct)
     for s in via_workers:
         assert torch.equal(s["tokens"], direct[s["image_id"]])
+
+
+def test_flipped_bytes_in_a_tokens_chunk_are_reported_naming_the_image(small_dataset, tmp_path):
+    from featurekit import flip_token_bytes
+
+    images_dir, dataset_dir, names = small_dataset
+    out = tmp_path / "f.h5"
+    extract_features(None, dataset_dir, "tiny-random", out, batch_size=5, progress=False)
+    store = FeatureStore(out)
+    assert store.checksummed and store.attrs["checksum"] == "fletcher32"
+    good = store.content_sha256()
+    before = [store.tokens(i).copy() for i in range(len(store))]
+    store.close()
+    with h5py.File(out, "r") as f:
+        assert f["tokens"].fletcher32 and f["pooled"].fletcher32
+    name = flip_token_bytes(out, 7)
+    assert name == names[7]
+    store = FeatureStore(out)
+    with pytest.raises(DataError, match=rf"f\.h5: image '{names[7]}' \(row 7\): its tokens fail their fletcher32 "
+                                        r"checksum \(HDF5: .*\); the file is damaged: extract it again"):
+        store.tokens(7)
+    for i in (6, 8):  # the other images read as before
+        assert np.array_equal(store.tokens(i), before[i])
+    with pytest.raises(DataError, match=rf"image '{names[7]}' \(row 7\)"):
+        store.content_sha256()  # the training fingerprint reads every row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sets = [H5FeatureDataset(out, dataset_dir, split) for split in ("train", "val", "test")]
+    ds, bad = next((ds, i) for ds in sets for i, (_, rec, row) in enumerate(ds.items) if row == 7)
+    with pytest.raises(DataError, match=rf"image '{names[7]}'"):
+        ds[bad]  # what generation, evaluation and training read through
+    assert len(good) == 64

@@ -182,3 +182,20 @@ def test_damaged_config_is_one_line(tmp_path, make_model, tok):
     write_json(out / "config.json", cfg)
     with pytest.raises(DataError, match=r"config\.json: no \"model\" section"):
         load_run(out)
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/model.safetensors", "/tmp/model.safetensors", "link/model.safetensors"])
+def test_weights_files_outside_the_export_are_refused(tmp_path, make_model, tok, name):
+    import shutil
+
+    out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(out / "decoder" / "model.safetensors", tmp_path / "elsewhere" / "model.safetensors")
+    os.symlink(tmp_path / "elsewhere", out / "link")  # a symlink out of the folder counts as outside
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["weights"] = {"model.safetensors": "", name: "decoder."}
+    cfg["weights_sha256"].pop("decoder/model.safetensors")
+    write_json(out / "config.json", cfg)
+    with pytest.raises(DataError, match=rf"config\.json: weights file '{name}' (lies outside the export folder|is not a file name inside)"):
+        load_run(out)
+    assert main(["generate", "--run", str(out), "--out", str(tmp_path / "p.jsonl")]) == 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sevlm.features.shards import shard_pipeline
 from sevlm.train.data import ShardSource
 
 
@@ -154,3 +155,28 @@ def test_a_served_shard_with_other_content_is_refused_naming_its_url(served, sha
     with pytest.raises(DataError, match=r"pipe:cat .*/copy/train-000001\.tar: shard content differs from the manifest"):
         with pytest.warns(UserWarning, match="reading 4 of its 9 shards"):
             list(shard_pipeline(f"pipe:cat {copy}/train-{{000000..000003}}.tar", "train", shuffle=False))
+
+
+def test_a_folder_named_like_a_brace_pattern_is_read_literally(shard_dir, tmp_path):
+    import shutil
+
+    from sevlm.features.shards import open_shards
+
+    literal = tmp_path / "sh_{a,b}"
+    shutil.copytree(shard_dir, literal)
+    whole = open_shards(shard_dir, "train")
+    assert open_shards(literal, "train").num_samples == whole.num_samples
+    assert len(list(shard_pipeline(str(literal) + "/", "train", shuffle=False))) == whole.num_samples
+    # a pattern in the file name still selects shards, under a folder with braces too
+    with pytest.warns(UserWarning, match="reading 2 of its 9 shards"):
+        assert open_shards(f"{literal}/train-{{000000..000001}}.tar", "train").num_samples == 10
+
+
+def test_an_empty_split_is_named_as_empty(tmp_path):
+    from sevlm.errors import DataError
+    from sevlm.train.checks import check_splits
+
+    for split, body in (("train", '{"a": {}}'), ("val", "{}")):
+        (tmp_path / f"{split}.json").write_text(body)
+    with pytest.raises(DataError, match=r"val\.json: split 'val' has no images; .* another data\.val_split"):
+        check_splits(str(tmp_path), ["train", "val"])

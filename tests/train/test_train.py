@@ -405,3 +405,165 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path
         holder.kill()
         holder.wait()
     assert not run_dir.exists()
+
+
+def _killed_run(tiny_config, run_dir, monkeypatch, at: int = 3, *extra: str):
+    """A run killed after step `at` (checkpoints every 2 steps, so the last is at 2 or 4)."""
+
+    class Killed(Exception):
+        pass
+
+    def die(state):
+        if state.step == at:
+            raise Killed
+
+    monkeypatch.setattr(train_recipe, "_after_step", die)
+    with pytest.raises(Killed):
+        train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0", *extra), out_dir=run_dir)
+    monkeypatch.undo()
+
+
+def test_resume_by_identity_through_a_symlink_or_of_a_copied_folder(full_run, tiny_config, tmp_path, monkeypatch):
+    """A run started as a relative path resumes through an absolute path via a symlink, and a copy
+    of it elsewhere resumes too: both give the uninterrupted run's losses."""
+    import os
+
+    from sevlm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _killed_run(tiny_config, "runs/run", monkeypatch)
+    monkeypatch.chdir(tmp_path)  # undone with the rest
+    copy = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(tmp_path / "runs" / "run", copy)
+    os.symlink(tmp_path / "runs", tmp_path / "link")
+    assert main(["train", "--resume", str(tmp_path / "link" / "run")]) == 0
+    assert losses(tmp_path / "runs" / "run") == losses(full_run)
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert losses(copy) == losses(full_run)
+    assert json.loads((copy / "run.json").read_text())["resumed_at_step"] == 2
+
+
+def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
+    import os
+
+    from sevlm.locks import InUseError
+    from sevlm.train.recipe import claim_run_folder
+
+    (tmp_path / "runs" / "run").mkdir(parents=True)
+    os.symlink(tmp_path / "runs", tmp_path / "link")
+    with claim_run_folder(tmp_path / "link" / "run"):
+        with pytest.raises(InUseError, match=r"in use by another writer"):
+            with claim_run_folder(tmp_path / "runs" / ".." / "runs" / "run"):
+                pass
+    with claim_run_folder(tmp_path / "runs" / "run"):  # released
+        pass
+    # across processes: a holder through the symlink, a resume through the real path
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+         "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n", str(tmp_path / "link" / "run")],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InUseError, match=r"in use by another process \(pid"):
+            train(resume=tmp_path / "runs" / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_after_lost_pointers_continues_from_the_newest_finished_tag(full_run, tiny_config, tmp_path,
+                                                                           monkeypatch, capsys):
+    from sevlm.train.checkpoint import FINISHED
+
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch)
+    root = run_dir / CKPT_DIR
+    assert (root / "step00000002" / FINISHED).is_file()
+    (root / "pointers.json").unlink()
+    (root / "step00000003").mkdir()  # a save cut short: never finished, so never taken
+    train(resume=run_dir)
+    err = capsys.readouterr().err
+    assert "pointers.json is missing or unreadable; resuming from the newest finished checkpoint on disk" in err
+    assert f"{root / 'step00000002'}" in err and "starting from step 0" not in err
+    assert losses(run_dir) == losses(full_run)
+    assert json.loads((run_dir / "run.json").read_text())["resumed_at_step"] == 2
+
+
+def test_a_missing_last_tag_is_recovered_from_the_disk(tmp_path):
+    from sevlm.train.checkpoint import FINGERPRINT, FINISHED, has_checkpoint, recover_pointers
+
+    root = tmp_path / CKPT_DIR
+    for tag, finished in (("step00000002", True), ("step00000004", True), ("step00000006", False)):
+        (root / tag).mkdir(parents=True)
+        (root / tag / FINGERPRINT).write_text("{}")
+        if finished:
+            (root / tag / FINISHED).write_text("{}")
+    (root / "pointers.json").write_text(json.dumps({"last": "step00000008", "best_accuracy": "step00000002"}))
+    named, note = recover_pointers(root)
+    assert named == {"last": "step00000004", "best_accuracy": "step00000002"}
+    assert "names 'step00000008' as the last checkpoint, which is not on disk" in note
+    (root / "pointers.json").write_text(json.dumps({"last": "step00000004"}))
+    assert recover_pointers(root) == ({"last": "step00000004"}, None)
+    for tag in ("step00000002", "step00000004"):
+        (root / tag / FINISHED).unlink()
+    # an older sevlm's tags (no finished.json): those with fingerprint.json count as finished
+    (root / "pointers.json").unlink()
+    assert recover_pointers(root)[0] == {"last": "step00000006"}
+    shutil.rmtree(root)
+    root.mkdir()
+    (root / "step00000002").mkdir()  # nothing finished: the run starts over
+    assert recover_pointers(root) == ({}, None) and not has_checkpoint(tmp_path)
+
+
+def test_flipped_bytes_in_the_features_are_named_at_resume(tiny_data, tiny_config, tmp_path, monkeypatch):
+    from tests.features.featurekit import flip_token_bytes
+
+    features = tmp_path / "features.h5"
+    shutil.copy(tiny_data["features"], features)
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch, 3, f"data.features={features}")
+    name = flip_token_bytes(features, 5)  # same size, same attributes: only the content differs
+    with pytest.raises(DataError, match=rf"features\.h5: image '{name}' \(row 5\): its tokens fail their fletcher32 checksum"):
+        train(resume=run_dir)
+    # a new run on the damaged cache is refused up front, naming the image too
+    with pytest.raises(DataError, match=rf"image '{name}' \(row 5\)"):
+        train(tiny_config(f"data.features={features}", "schedule.max_steps=1"), out_dir=tmp_path / "new")
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_run_it(tiny_config, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import torch
+
+    run_dir = tmp_path / "run"
+    _killed_run(tiny_config, run_dir, monkeypatch)
+    tag = run_dir / CKPT_DIR / "step00000002"
+    optim = sorted(tag.glob("*optim_states.pt"))
+    assert optim
+    torch.save({"optimizer_state_dict": _Planted()}, optim[0])
+    capsys.readouterr()
+    with pytest.raises(TrainingError, match=r"step00000002: a checkpoint file holds pickled objects besides tensors") as e:
+        train(resume=run_dir)
+    assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
+    assert "payload ran" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_fingerprinted_by_an_older_sevlm_still_resumes(tiny_data):
+    """Before this version the run's config.json was keyed by its path as typed and the features by
+    their attributes and size: such a record compares equal to an unchanged run."""
+    from sevlm.train import checks
+
+    feats = str(tiny_data["features"])
+    current = {checks.RUN_CONFIG_KEY: "abc", f"{feats} (data.features)": checks.CONTENT + "0" * 64}
+    legacy = {"runs/old/spelling/config.json": "abc", f"{feats} (data.features)": checks.legacy_features_fingerprint(feats)}
+    checks.check_unchanged(legacy, current, "run")
+    with pytest.raises(ConfigError, match=r"changed since the run started: config.json \(the run folder's\)"):
+        checks.check_unchanged({**legacy, "runs/old/spelling/config.json": "edited"}, current, "run")
