@@ -41,7 +41,8 @@ class DecodingConfig:
     length_penalty: beams are ranked by summed log-probability / length**length_penalty
         (0 = no normalisation, which favours short outputs).
     top_k, top_p, temperature: sampling filters (0 / 1.0 / 1.0 = off); "sample" only.
-    seed: the sampling generator's seed (same seed, batch and model: same output).
+    seed: the sampling seed; each image draws from its own stream seeded by (seed, image id), so
+        an image gets the same explanation at any batch size and beside any batch-mates.
     """
 
     strategy: str = "greedy"

@@ -25,6 +25,7 @@ builder and `LoadedRun.vocab` hold it, and callers pass it as `vocab`.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import math
 import re
@@ -203,6 +204,29 @@ def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_
     return all_ids.masked_fill(before, vocab_size)
 
 
+def image_seed(seed: int, key: str) -> int:
+    """The sampling seed of one image: a hash of (decoding seed, image key), 63 bits."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def image_samplers(seed: int, keys: Sequence[str]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by (seed, key): a stream of its own."""
+    return [torch.Generator().manual_seed(image_seed(seed, str(k))) for k in keys]
+
+
+def draw(probs: torch.Tensor, samplers: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V), row b by inverse-CDF sampling with one uniform from
+    samplers[b]. Every row takes exactly one draw per step, whatever the others do, so a row's
+    tokens depend on its own stream only."""
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in samplers]).to(probs.device)  # (B,)
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
+    # never a zero-probability token (u * total can reach the last plateau through rounding)
+    last = (probs > 0).long().cumsum(-1).argmax(-1)  # (B,) the last token with probability > 0
+    return torch.minimum(idx, last)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -213,12 +237,16 @@ def generate(
     use_cache: bool = True,
     n_images: int | None = None,
     vocab=None,
+    image_keys: Sequence[str] | None = None,
 ) -> list[Hypothesis]:
     """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images).
 
     `decoding`: strategy and options (default `DecodingConfig()`). `vocab`: the model's corpus
     VocabMap (None = GPT-2 ids). Hypothesis.tokens are model ids (compact ids under a corpus
-    vocabulary).
+    vocabulary). `image_keys`: one id per image (the image id, or a file's name); under
+    "sample" each image draws from its own stream seeded by (decoding.seed, its key), so its
+    explanation does not depend on the batch size or its batch-mates (None: the position in
+    this batch, which does).
     """
     cfg = model.config
     device = model.device
@@ -234,7 +262,10 @@ def generate(
     eos = cfg.eos_id
     controls = _repetition_controls(decoding)
     warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
-    sampler = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.strategy == "sample" else None
+    if image_keys is not None and len(image_keys) != I:
+        raise ValueError(f"generate: {len(image_keys)} image keys for {I} images")
+    samplers = (image_samplers(decoding.seed, image_keys if image_keys is not None else [str(i) for i in range(I)])
+                if decoding.strategy == "sample" else None)
 
     if visual is not None:
         visual = visual.to(device)
@@ -292,11 +323,11 @@ def generate(
             nxt = (idx % V).view(-1)
         else:
             src = torch.arange(B, device=device)
-            if sampler is not None:
+            if samplers is not None:
                 warped = logp
                 for w in warpers:
                     warped = w(all_ids, warped)
-                drawn = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                drawn = draw(torch.softmax(warped, dim=-1), samplers)  # (B,)
                 # the label is a classification, decided greedily: only the explanation is sampled
                 in_label = torch.tensor([st.explanation_start is None for st in states], device=device)  # (B,)
                 nxt = torch.where(in_label, logp.argmax(-1), drawn)
@@ -365,8 +396,9 @@ def generate_for_features(
     out = []
     for start in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
         chunk = torch.as_tensor(np.asarray(visual_tokens[start : start + batch_size]), dtype=torch.float32)
-        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding, vocab=run.vocab)
-        for image_id, h in zip(ids[start : start + batch_size], hyps):
+        keys = ids[start : start + batch_size]
+        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding, vocab=run.vocab, image_keys=keys)
+        for image_id, h in zip(keys, hyps):
             out.append(prediction_record(image_id, h))
     return out
 
@@ -443,7 +475,7 @@ def generate_split(
     run.check_visual_dim(tokens.shape[-1], features)
     preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, decoding=decoding)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    # batch_size is recorded because sampling draws depend on how images are batched
+    # batch_size is recorded for the record only: each image samples from its own stream (seed, image id)
     write_json(predictions_meta_path(out), {
         "format": PREDICTIONS_META_FORMAT, "run": str(run.path), "split": split, "count": len(preds),
         "batch_size": batch_size, "decoding": decoding.to_dict(),
@@ -463,5 +495,6 @@ def predict_images(
     run = load_run(run_dir, device=device, lexicon=lexicon)
     decoding = run_decoding(run, decoding)
     tokens = run.encode_images(image_paths, device)  # (N, T, D)
-    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab)
-    return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]
+    keys = [Path(p).stem for p in image_paths]  # an image's sampling stream: its name, whatever its batch-mates
+    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab, image_keys=keys)
+    return [{"image": str(p), **prediction_record(k, h)} for p, k, h in zip(image_paths, keys, hyps)]
