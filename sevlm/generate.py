@@ -495,6 +495,8 @@ def predict_images(
     run = load_run(run_dir, device=device, lexicon=lexicon)
     decoding = run_decoding(run, decoding)
     tokens = run.encode_images(image_paths, device)  # (N, T, D)
-    keys = [Path(p).stem for p in image_paths]  # an image's sampling stream: its name, whatever its batch-mates
+    # an image's sampling stream, whatever its batch-mates: "<folder>/<name>", the image id `prepare` gives
+    # a painting stored as <Style>/<painting>.jpg, so predict and generate sample it alike
+    keys = [f"{Path(p).parent.name}/{Path(p).stem}" for p in image_paths]
     hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab, image_keys=keys)
-    return [{"image": str(p), **prediction_record(k, h)} for p, k, h in zip(image_paths, keys, hyps)]
+    return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

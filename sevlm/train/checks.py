@@ -86,9 +86,30 @@ def _token_shape(value) -> tuple[int | None, int | None]:
         return None, None
 
 
-def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
+def data_source(features: str | None, shards: str | None, source: str | None = None) -> str:
+    """The one source a run reads, training and validation alike: "features" or "shards"."""
+    if source is None:
+        if features and shards:
+            raise ConfigError(
+                f"data.features={features} and data.shards={shards} are both set, but a run reads one source "
+                "(training and validation alike): drop one, or say which with data.source=shards or "
+                "data.source=features"
+            )
+        if not features and not shards:
+            raise ConfigError("set data.features (an HDF5 feature cache, `sevlm extract`) or data.shards "
+                              "(a shard folder, `sevlm shard --split train val`)")
+        return "features" if features else "shards"
+    if source == "features" and not features:
+        raise ConfigError("data.source=features but data.features is not set (the HDF5 cache of `sevlm extract`)")
+    if source == "shards" and not shards:
+        raise ConfigError("data.source=shards but data.shards is not set (the folder of `sevlm shard`)")
+    return source
+
+
+def feature_info(features: str | None, shards: str | None, source: str | None = None) -> FeatureInfo:
     """Where the visual tokens come from and what encoder produced them (from the artifact)."""
-    if features:
+    source = data_source(features, shards, source)
+    if source == "features":
         path = Path(features)
         if not path.exists():
             raise DataError(f"{path}: feature cache not found (data.features); build it with `sevlm extract`")
@@ -99,13 +120,12 @@ def feature_info(features: str | None, shards: str | None) -> FeatureInfo:
         store.close()
         T, D = _token_shape(attrs.get("token_shape"))
         return FeatureInfo("features", path, attrs.get("encoder"), T, D)
-    if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
-        from sevlm.features.shards import read_manifest
+    # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
+    from sevlm.features.shards import read_manifest
 
-        feats = read_manifest(shards)[1].get("features") or {}
-        T, D = _token_shape(feats.get("token_shape"))
-        return FeatureInfo("shards", shards, feats.get("encoder"), T, D)
-    raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
+    feats = read_manifest(shards)[1].get("features") or {}
+    T, D = _token_shape(feats.get("token_shape"))
+    return FeatureInfo("shards", shards, feats.get("encoder"), T, D)
 
 
 def check_encoder(info: FeatureInfo, expected: str | None) -> None:
@@ -118,7 +138,7 @@ def check_encoder(info: FeatureInfo, expected: str | None) -> None:
 
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
-    info = feature_info(data.features, data.shards)
+    info = feature_info(data.features, data.shards, data.source)
     check_encoder(info, data.encoder)
     if info.source == "shards":
         check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split])
@@ -151,8 +171,9 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str]) -> None:
     for split in splits:
         if split not in have:
             raise DataError(
-                f"{manifest_path}: no shards for split {split!r} (have: {', '.join(have) or 'none'}); "
-                f"write them with `sevlm shard --split {split}`"
+                f"{manifest_path}: no shards for split {split!r} (have: {', '.join(have) or 'none'}); a run "
+                f"from shards reads its validation split from them too: write it with "
+                f"`sevlm shard --features F.h5 --dataset {dataset_dir} --split {split} --out {shards}`"
             )
         recorded = (have[split].get("dataset") or {}).get("manifest_sha256")
         if recorded and ours and recorded != ours:
@@ -173,7 +194,7 @@ def data_fingerprint(data) -> dict[str, str]:
     root = Path(data.dataset_dir)
     out = {f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
            for s in (data.train_split, data.val_split)}
-    if data.features:
+    if data_source(data.features, data.shards, data.source) == "features":
         from sevlm.features.hdf5 import FeatureStore
 
         store = FeatureStore(data.features)
@@ -181,7 +202,7 @@ def data_fingerprint(data) -> dict[str, str]:
         store.close()
         blob = json.dumps([attrs, Path(data.features).stat().st_size], sort_keys=True).encode()
         out[f"{data.features} (data.features)"] = hashlib.sha256(blob).hexdigest()
-    elif data.shards:
+    else:
         from sevlm.features.shards import manifest_bytes
 
         where, raw = manifest_bytes(data.shards)

@@ -511,6 +511,9 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
             from sevlm.model.config import saved_model_config
 
             saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
+        data = saved.get("data") if isinstance(saved, dict) else None
+        if isinstance(data, dict) and data.get("features") and data.get("shards") and not data.get("source"):
+            data["source"] = "features"  # an older sevlm read the feature cache when both were set
         return as_train_config(saved), run_dir, True
     cfg = as_train_config(config)
     if (run_dir / CONFIG_FILE).exists():

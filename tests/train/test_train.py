@@ -216,6 +216,37 @@ def test_upfront_errors(tiny_data, tiny_config, tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was started
 
 
+def test_one_data_source_per_run(tiny_data, tiny_config, shard_dir, tmp_path):
+    """A run reads the shards or the feature cache, validation included; both set is refused
+    naming both unless data.source picks one; run.json names the source."""
+    from sevlm.features.shards import write_shards
+
+    both = (f"data.shards={shard_dir}",)  # tiny_config sets data.features
+    with pytest.raises(ConfigError, match=r"data.features=.*features.h5 and data.shards=.* are both set.*data.source="):
+        train(tiny_config(*both), out_dir=tmp_path / "both")
+    with pytest.raises(ConfigError, match="data.source: expected one of features, shards"):
+        tiny_config(*both, "data.source=hdf5")
+    with pytest.raises(ConfigError, match="data.source=shards but data.shards is not set"):
+        train(tiny_config("data.source=shards"), out_dir=tmp_path / "none")
+    only_train = tmp_path / "only_train"
+    write_shards(tiny_data["features"], tiny_data["dataset"], "train", only_train, progress=False)
+    with pytest.raises(DataError, match=r"no shards for split 'val' \(have: train\); a run from shards reads its "
+                                        r"validation split from them too: write it with `sevlm shard .*--split val"):
+        train(tiny_config("data.features=null", f"data.shards={only_train}"), out_dir=tmp_path / "train_only")
+    assert not any((tmp_path / n).exists() for n in ("both", "none", "train_only"))
+
+    short = ("schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2")
+    alone = train(tiny_config(*short, "data.features=null", f"data.shards={shard_dir}"), out_dir=tmp_path / "alone")
+    picked = train(tiny_config(*short, *both, "data.source=shards"), out_dir=tmp_path / "picked")
+    val = json.loads((tiny_data["dataset"] / "val.json").read_text())
+    for run_dir in (alone, picked):
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["data_source"] == f"shards: {shard_dir}" and run["val_images"] == len(val)
+    assert losses(alone) == losses(picked)
+    rows = [json.loads(line) for line in (alone / "log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in rows)  # validated from the val shards
+
+
 def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, tiny_config, tmp_path):
     from sevlm.train import load_train_config
     from tests.train.conftest import tiny_overrides
