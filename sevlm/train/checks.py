@@ -28,16 +28,55 @@ class FeatureInfo:
 
 
 def check_lexicon(lexicon: str | None) -> None:
-    """A VAD lexicon is named: the demo table only where a config says so."""
-    from sevlm.data.vad import DEMO
+    """A VAD lexicon is named: the demo table only where a config or the user says so."""
+    from sevlm.data.vad import DEMO, DEMO_DATA
 
     if not lexicon:
         raise ConfigError(
-            "data.lexicon is not set: give the NRC-VAD lexicon file (NRC-VAD-Lexicon.txt), or \"demo\" for the "
-            "small table shipped for the synthetic demo data (only the demo/tiny configs use it)"
+            "data.lexicon is not set: give the NRC-VAD lexicon file, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, "
+            "or data.lexicon=demo for the small table shipped for the synthetic demo data"
         )
-    if lexicon != DEMO and not Path(lexicon).is_file():
+    if lexicon not in (DEMO, DEMO_DATA) and not Path(lexicon).is_file():
         raise DataError(f"{lexicon}: VAD lexicon file not found (data.lexicon)")
+
+
+def is_demo_dataset(dataset_dir: str) -> bool:
+    """Whether a dataset folder was prepared from `sevlm demo-data` output (its CSV sits beside a
+    demo_info.json that says it is synthetic)."""
+    import json
+
+    try:
+        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text(encoding="utf-8"))
+        csv = Path(manifest["sources"]["artemis_csv"]["path"])
+        return json.loads((csv.parent / "demo_info.json").read_text(encoding="utf-8")).get("synthetic") is True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def train_texts(dataset_dir: str, split: str) -> list[str]:
+    """The explanations of a split: the text the lexicon's coverage is measured on."""
+    from sevlm.features.common import load_split_records
+
+    return [x for r in load_split_records(dataset_dir, split).values() for x in r.get("explanations", [])]
+
+
+def resolve_lexicon(lexicon: str | None, dataset_dir: str, split: str) -> str | None:
+    """The lexicon a new run records. DEMO_DATA (the demo and tiny configs) becomes the demo table
+    on the synthetic demo data; on another dataset it is refused, naming the fix and how little
+    of the data's words the demo table knows."""
+    from sevlm.data.vad import DEMO, DEMO_DATA, VADLexicon
+
+    if lexicon != DEMO_DATA:
+        return lexicon
+    if is_demo_dataset(dataset_dir):
+        return DEMO
+    known, total = VADLexicon.demo().coverage(train_texts(dataset_dir, split))
+    raise ConfigError(
+        f"{dataset_dir} is not the synthetic demo data, and this config's lexicon is the {len(VADLexicon.demo())}-word "
+        f"demo table made for it (it knows {known} of the {total} distinct words of the {split} split's text): give "
+        "the NRC-VAD lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo to train with the "
+        "demo table anyway"
+    )
 
 
 def check_decoder(decoder: str | None) -> None:

@@ -57,7 +57,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     encoder: str | None = None  # encoder the features must come from (checked against the cache)
-    lexicon: str | None = None  # NRC-VAD lexicon file, or "demo" (the shipped demo table); required
+    # NRC-VAD lexicon file, or "demo" (the shipped demo table), or "demo-data" (the demo table on the
+    # synthetic demo data only: the demo and tiny configs); required
+    lexicon: str | None = None
     tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
     # Decoders trained from scratch: keep only the GPT-2 ids of the training annotations
     # (text.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.

@@ -155,6 +155,7 @@ class TrainRecipe:
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
+        d.lexicon = checks.resolve_lexicon(d.lexicon, d.dataset_dir, d.train_split)  # recorded as resolved
         self.info = checks.check_features(d)  # before any model, process group or data loading work
         checks.check_decoder(self.cfg.model.decoder)
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
@@ -177,6 +178,9 @@ class TrainRecipe:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
+        known, total = lexicon.coverage(checks.train_texts(cfg.data.dataset_dir, cfg.data.train_split))
+        self.lexicon_info = {"lexicon": cfg.data.lexicon, "entries": len(lexicon), "train_words": total,
+                             "train_words_known": known, "coverage": round(known / max(total, 1), 4)}
         self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
                                        bos_prompt=cfg.model.bos_prompt)
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
@@ -242,6 +246,9 @@ class TrainRecipe:
             "vocab_size": mc.vocab_size, "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
             "encoder": self.info.encoder, "visual_tokens": [self.info.num_tokens, self.info.dim],
             "data_source": f"{self.info.source}: {self.info.path}",
+            "lexicon": (f"{self.lexicon_info['lexicon']} ({self.lexicon_info['entries']} words; knows "
+                        f"{self.lexicon_info['train_words_known']} of the {self.lexicon_info['train_words']} distinct "
+                        f"words of the training text, {100 * self.lexicon_info['coverage']:.0f}%)"),
         }
         if rt.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +259,7 @@ class TrainRecipe:
                     self.vocab.save(self.run_dir / VOCAB_FILE)
                 write_json(self.run_dir / CONFIG_FILE, resolved)
             write_json(self.run_dir / "run.json", {
-                **derived, "model_config": mc.__dict__, "git": _git_hash(),
+                **derived, "lexicon_coverage": self.lexicon_info, "model_config": mc.__dict__, "git": _git_hash(),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
                 "resumed_at_step": self.state.step if self.resuming else None,
             })

@@ -259,8 +259,60 @@ def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, t
         train(tiny_config("data.lexicon=null"), out_dir=tmp_path / "unset")
     with pytest.raises(DataError, match="nope.txt: VAD lexicon file not found \\(data.lexicon\\)"):
         train(tiny_config(f"data.lexicon={tmp_path / 'nope.txt'}"), out_dir=tmp_path / "missing")
-    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo"
+    # the demo and tiny configs name the demo table for the synthetic demo data only
+    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo-data"
     assert not any((tmp_path / n).exists() for n in ("paper", "unset", "missing"))
+
+
+@pytest.fixture(scope="module")
+def generic_data(tiny_data, tmp_path_factory):
+    """The tiny data's annotations as a generic-format dataset (not the synthetic demo data any
+    more, as far as training can tell), with its tiny-random features."""
+    import csv
+
+    from sevlm.cli import main
+    from sevlm.features.hdf5 import extract_features
+
+    root = tmp_path_factory.mktemp("generic")
+    raw = tiny_data["root"] / "raw"
+    with open(raw / "artemis_dataset_release_v0.csv", encoding="utf-8") as f:
+        rows = [{"image": f"{r['art_style']}/{r['painting']}.jpg", "emotion": r["emotion"], "utterance": r["utterance"]}
+                for r in csv.DictReader(f)]
+    with open(root / "mine.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "emotion", "utterance"])
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["prepare", "--format", "generic", "--input", str(root / "mine.csv"), "--images", str(raw / "images"),
+                 "--out", str(root / "dataset")]) == 0
+    extract_features(None, root / "dataset", "tiny-random", root / "features.h5", progress=False)
+    return {"dataset": root / "dataset", "features": root / "features.h5"}
+
+
+def test_the_demo_table_on_other_data_only_when_asked_for(generic_data, tiny_config, tmp_path, capsys):
+    """The demo config's lexicon on a generic dataset is refused, naming the fix; data.lexicon=demo
+    trains with it; the start-up line and run.json name the lexicon and its coverage."""
+    data = (f"data.dataset_dir={generic_data['dataset']}", f"data.features={generic_data['features']}")
+    with pytest.raises(ConfigError, match=r"is not the synthetic demo data, and this config's lexicon is the \d+-word "
+                                          r"demo table .*knows \d+ of the \d+ distinct words.*: give the NRC-VAD "
+                                          r"lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+        train(tiny_config(*data), out_dir=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    short = ("schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=0")
+    run_dir = train(tiny_config(*data, *short, "data.lexicon=demo"), out_dir=tmp_path / "asked")
+    run = json.loads((run_dir / "run.json").read_text())
+    cov = run["lexicon_coverage"]
+    assert cov["lexicon"] == "demo" and 0 < cov["train_words_known"] <= cov["train_words"]
+    assert run["lexicon"].startswith(f"demo ({cov['entries']} words; knows {cov['train_words_known']} of the "
+                                     f"{cov['train_words']} distinct words of the training text")
+    assert f"lexicon={run['lexicon']}" in capsys.readouterr().err
+    assert json.loads((run_dir / "config.json").read_text())["data"]["lexicon"] == "demo"
+
+
+def test_the_demo_configs_resolve_to_the_demo_table_on_demo_data(full_run):
+    config = json.loads((full_run / "config.json").read_text())
+    run = json.loads((full_run / "run.json").read_text())
+    assert config["data"]["lexicon"] == "demo" and run["lexicon_coverage"]["lexicon"] == "demo"
+    assert run["lexicon_coverage"]["coverage"] > 0.5  # the demo data's words come from the demo tables
 
 
 def test_unloadable_decoder_is_one_config_error(tiny_config, tmp_path):
