@@ -41,6 +41,9 @@ class DecodingConfig:
     length_penalty: beams are ranked by summed log-probability / length**length_penalty
         (0 = no normalisation, which favours short outputs).
     top_k, top_p, temperature: sampling filters (0 / 1.0 / 1.0 = off); "sample" only.
+    corpus_words: the explanation spells only words of the training explanations, piece by
+        piece as training saw them (needs a run trained on a corpus vocabulary); the label and
+        prompt are untouched.
     seed: the sampling seed; each image draws from its own stream seeded by (seed, image id), so
         an image gets the same explanation at any batch size and beside any batch-mates.
     """
@@ -55,6 +58,7 @@ class DecodingConfig:
     top_p: float = 1.0
     temperature: float = 1.0
     seed: int = 0
+    corpus_words: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ConfigError:
@@ -112,4 +116,6 @@ class DecodingConfig:
             parts.append(f"repetition_penalty={self.repetition_penalty:g}")
         if self.strategy == "sample":
             parts.append(f"top_k={self.top_k} top_p={self.top_p:g} temperature={self.temperature:g} seed={self.seed}")
+        if self.corpus_words:
+            parts.append("corpus_words")
         return " ".join(parts)

@@ -194,6 +194,22 @@ def _sampling_warpers(decoding: DecodingConfig) -> list:
     return out
 
 
+def _corpus_words(logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie, finished) -> torch.Tensor:
+    """logits (B, V) with every piece that would spell a word outside the training explanations
+    at -inf, in the rows that are writing their explanation (`decoding.corpus_words`)."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)  # (B, V) True: banned
+    rows = all_ids.tolist()
+    for j, st in enumerate(states):
+        if st.explanation_start is None or bool(finished[j]):
+            continue
+        allowed = trie.allowed(rows[j][st.explanation_start :])
+        if allowed is None:
+            continue
+        mask[j] = True
+        mask[j, allowed] = False
+    return logits.masked_fill(mask, -math.inf)
+
+
 def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_size: int) -> torch.Tensor:
     """all_ids (B, T) with every position before each row's explanation set to `vocab_size`, an
     id no logit has: the processors then neither count nor ban prompt and label tokens."""
@@ -261,6 +277,13 @@ def generate(
     B = I * K
     eos = cfg.eos_id
     controls = _repetition_controls(decoding)
+    trie = None
+    if decoding.corpus_words:
+        if vocab is None:
+            raise DataError("decoding.corpus_words needs a model trained on a corpus vocabulary (data.corpus_vocab=true)")
+        from sevlm.text import WordTrie
+
+        trie = WordTrie(vocab, tokenizer, eos)
     warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
     if image_keys is not None and len(image_keys) != I:
         raise ValueError(f"generate: {len(image_keys)} image keys for {I} images")
@@ -303,10 +326,18 @@ def generate(
     for step in range(max_new):
         model_logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
         controlled = logits.float()
+        if trie is not None:
+            controlled = _corpus_words(controlled, all_ids, states, trie, finished)
         if controls:
+            words_only = controlled
             history = _explanation_history(all_ids, states, controlled.shape[-1])  # (B, T)
             for c in controls:
                 controlled = c(history, controlled)
+            # a word begun must be finished: where the repetition controls ban every piece that
+            # could finish it, the word constraint wins
+            stuck = torch.isinf(controlled).all(-1) & ~torch.isinf(words_only).all(-1)  # (B,)
+            if stuck.any():
+                controlled[stuck] = words_only[stuck]
         logp = torch.log_softmax(controlled, dim=-1)  # (B, V)
         if finished.any():
             # a finished sequence only extends with EOS at no cost, keeping its score
