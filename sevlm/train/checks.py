@@ -293,6 +293,34 @@ def available_memory_bytes(device: str) -> int | None:
         return None
 
 
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """The measured peak of this process: the GPU's peak allocation, else the largest resident set."""
+    if device == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return round(peak * (1 if sys.platform == "darwin" else 1024) / 2**30, 2)
+    except (ImportError, OSError):
+        return None
+
+
 def estimate_memory_bytes(
     n_params: int,
     micro_batch: int,

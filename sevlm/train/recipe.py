@@ -224,8 +224,11 @@ class TrainRecipe:
         _seed_everything(cfg.seed + rt.rank)  # dropout differs per rank
         if info.num_tokens is None:
             info.num_tokens = int(torch.as_tensor(self.source.val_samples()[0]["tokens"]).shape[0])
-        self.memory_estimate = checks.estimate_model_memory(model, rt, info)
-        checks.check_memory(self.memory_estimate, rt.device, cfg.max_memory_gb, rt.micro)
+        added = checks.estimate_model_memory(model, rt, info)  # what training adds to this process
+        checks.check_memory(added, rt.device, cfg.max_memory_gb, rt.micro)
+        # the process's expected peak: on a CPU what it holds already (torch, the data, the model) plus
+        # what training adds; on a GPU the device memory training takes
+        self.memory_estimate = added + (checks.resident_bytes() if rt.device == "cpu" else 0)
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg.optim, self.total_steps, rt.ds_config)
 
     def setup_logging(self) -> None:
@@ -472,7 +475,8 @@ class TrainRecipe:
         if st.best_acc is None:  # never validated: the last weights are the export
             self.export(EXPORT, {})
         summary = {"step": st.step, "event": "done", "reason": stop, "best_acc": st.best_acc,
-                   "best_bleu4": st.best_bleu}
+                   "best_bleu4": st.best_bleu, "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+                   "memory_peak_gib": checks.peak_memory_gib(self.rt.device)}
         # not a time series: in TensorBoard a run resumed after this row would show its figures twice
         self.log.write(summary, tensorboard=False)
         self.log.close()

@@ -488,3 +488,23 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path
         holder.kill()
         holder.wait()
     assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_memory_estimate_is_within_2x_of_the_measured_peak(tiny_data, tmp_path):
+    """run.json's memory_estimate_gib is the process's expected peak (what it holds at start-up plus
+    what training adds), not the model's share alone; done.json puts the measured peak beside it.
+    Its own process, so the peak is this run's."""
+    import subprocess
+    import sys
+
+    from tests.train.conftest import tiny_overrides
+
+    run_dir = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "sevlm.cli", "train", "--config", "tiny", "--out", str(run_dir),
+                    *tiny_overrides(tiny_data, "schedule.max_steps=3", "schedule.val_every=0", "device=cpu")],
+                   check=True, capture_output=True, timeout=600)
+    done = json.loads((run_dir / "done.json").read_text())
+    estimate, peak = done["memory_estimate_gib"], done["memory_peak_gib"]
+    assert json.loads((run_dir / "run.json").read_text())["memory_estimate_gib"] == estimate
+    assert peak > 0.1 and peak / 2 <= estimate <= 2 * peak, (estimate, peak)
