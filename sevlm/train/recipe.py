@@ -16,7 +16,8 @@ Run folder:
     done.json          written when training has finished (stop reason, step, best metrics)
     checkpoints/       DeepSpeed checkpoints and their pointers (see checkpoint.py)
     ranks/             per-rank facts (optimizer state elements: ZeRO partitioning at a glance)
-    export/            safetensors + config + tokenizer of the best-accuracy model (or the last)
+    export/            safetensors + config + tokenizer of the best-accuracy model (ties: the lower
+                       validation loss; never validated: the last)
     export_best_bleu/  the same for the best-BLEU-4 model
     log.jsonl          every metric, one JSON object per line
     tb/                TensorBoard event files
@@ -396,8 +397,14 @@ class TrainRecipe:
         st, s = self.state, self.cfg.schedule
         metrics = self.validate()
         acc, bleu, names = metrics.get("accuracy"), metrics.get("bleu4"), [LAST]
-        if acc is not None and (st.best_acc is None or acc > st.best_acc):
-            st.best_acc, st.best_acc_step = acc, st.step
+        loss = metrics.get("loss")
+        # accuracy on a small validation split saturates (the demo's: 1.0 from mid-training on), so a
+        # tie goes to the lower validation loss: the export is then the better-trained model, not the
+        # first to reach the top accuracy
+        tie_better = (acc == st.best_acc and loss is not None and st.best_acc_loss is not None
+                      and loss < st.best_acc_loss)
+        if acc is not None and (st.best_acc is None or acc > st.best_acc or tie_better):
+            st.best_acc, st.best_acc_step, st.best_acc_loss = acc, st.step, loss
             names.append(BEST_ACC)
             self.export(EXPORT, metrics)
         if bleu is not None and (st.best_bleu is None or bleu > st.best_bleu):

@@ -508,3 +508,25 @@ def test_memory_estimate_is_within_2x_of_the_measured_peak(tiny_data, tmp_path):
     estimate, peak = done["memory_estimate_gib"], done["memory_peak_gib"]
     assert json.loads((run_dir / "run.json").read_text())["memory_estimate_gib"] == estimate
     assert peak > 0.1 and peak / 2 <= estimate <= 2 * peak, (estimate, peak)
+
+
+def test_accuracy_ties_export_the_lower_validation_loss():
+    """export/ is the best-accuracy model; when accuracy ties (a small validation split saturates),
+    the one with the lower validation loss, so a later, better-trained model wins."""
+    from types import SimpleNamespace
+
+    from sevlm.train import load_train_config
+    from sevlm.train.checkpoint import TrainState
+
+    r = object.__new__(train_recipe.TrainRecipe)
+    r.state, r.cfg, r.rt = TrainState(), load_train_config("tiny"), SimpleNamespace(main=False)
+    exported = []
+    r.export = lambda name, metrics: exported.append((name, r.state.step))
+    r.log = SimpleNamespace(write=lambda *a, **k: None)
+    seq = iter([(0.5, 3.0), (1.0, 2.0), (1.0, 1.5), (1.0, 1.8), (0.9, 1.0)])
+    r.validate = lambda: dict(zip(("accuracy", "loss"), next(seq)), bleu4=0.1)
+    for step in range(1, 6):
+        r.state.step = step
+        r._validate_and_keep()
+    assert [s for name, s in exported if name == train_recipe.EXPORT] == [1, 2, 3]
+    assert (r.state.best_acc, r.state.best_acc_step, r.state.best_acc_loss) == (1.0, 3, 1.5)
