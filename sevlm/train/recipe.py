@@ -482,13 +482,16 @@ class TrainRecipe:
         if st.best_acc is None:  # never validated: the last weights are the export
             self.export(EXPORT, {})
         summary = {"step": st.step, "event": "done", "reason": stop, "best_acc": st.best_acc,
-                   "best_bleu4": st.best_bleu, "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
-                   "memory_peak_gib": checks.peak_memory_gib(self.rt.device)}
+                   "best_bleu4": st.best_bleu}
         # not a time series: in TensorBoard a run resumed after this row would show its figures twice
         self.log.write(summary, tensorboard=False)
         self.log.close()
         if self.rt.main:  # written last: its presence means training finished
-            write_json(self.run_dir / DONE_FILE, summary)
+            # the measured peak beside the estimate (not in log.jsonl: a resumed run's log equals an
+            # uninterrupted one's, and this process's peak is not the run's)
+            memory = {"memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+                      "memory_peak_gib": checks.peak_memory_gib(self.rt.device)}
+            write_json(self.run_dir / DONE_FILE, {**summary, **memory})
         _say(f"sevlm train: done ({stop}) at step {st.step}; best accuracy {st.best_acc} (step {st.best_acc_step}), "
              f"best BLEU-4 {st.best_bleu} (step {st.best_bleu_step}); run folder {self.run_dir}", self.rt.main)
         return self.run_dir
