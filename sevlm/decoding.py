@@ -16,8 +16,8 @@ one emotion near-identical explanations (60-75% distinct), so the demo config sa
 explanation (top_p 0.9, temperature 0.4, seeded): 100% distinct at greedy's accuracy and the
 best validation CIDEr of the sampled settings, and spells only the training explanations'
 words (`corpus_words`: a small corpus-vocabulary model otherwise glues BPE pieces into
-non-words such as "turqu" or "flatige"; docs/PIPELINE_NOTES.md has the measurements). Sampling never touches the label: it is a
-classification and is decoded greedily; only tokens after " because" are drawn. Beam search ranks whole sequences, so it
+non-words such as "turqu" or "flatige"; docs/PIPELINE_NOTES.md has the measurements).
+Sampling never touches the label: it is a classification and is decoded greedily; only tokens after " because" are drawn. Beam search ranks whole sequences, so it
 may trade the label for a likelier explanation: there it cost 18-36 points of validation emotion accuracy.
 """
 

@@ -194,7 +194,8 @@ def _sampling_warpers(decoding: DecodingConfig) -> list:
     return out
 
 
-def _corpus_words(logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie, finished) -> torch.Tensor:
+def _corpus_words(logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie,
+                  finished: torch.Tensor) -> torch.Tensor:
     """logits (B, V) with every piece that would spell a word outside the training explanations
     at -inf, in the rows that are writing their explanation (`decoding.corpus_words`)."""
     mask = torch.zeros_like(logits, dtype=torch.bool)  # (B, V) True: banned
@@ -280,7 +281,8 @@ def generate(
     trie = None
     if decoding.corpus_words:
         if vocab is None:
-            raise DataError("decoding.corpus_words needs a model trained on a corpus vocabulary (data.corpus_vocab=true)")
+            raise DataError("decoding.corpus_words needs a model trained on a corpus vocabulary "
+                            "(data.corpus_vocab=true)")
         from sevlm.text import WordTrie
 
         trie = WordTrie(vocab, tokenizer, eos)

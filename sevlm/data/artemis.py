@@ -556,7 +556,8 @@ def find_images(
     if len(missing) > MAX_MISSING_IMAGES * len(needed) and not allow_missing:
         raise DataError(
             f"{index.root}: {len(missing)} of {len(needed)} images not found "
-            f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])}){_name_hint(index, needed, missing)}; "
+            f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])})"
+            f"{_name_hint(index, needed, missing)}; "
             f"check --images, or pass --allow-missing-images to leave their annotations out"
         )
     gone = set(missing)
