@@ -296,6 +296,11 @@ def test_the_demo_table_on_other_data_only_when_asked_for(generic_data, tiny_con
                                           r"demo table .*knows \d+ of the \d+ distinct words.*: give the NRC-VAD "
                                           r"lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
         train(tiny_config(*data), out_dir=tmp_path / "refused")
+    from sevlm.train import load_train_config
+
+    with pytest.raises(ConfigError, match=r"is not the synthetic demo data.*give the NRC-VAD lexicon, "
+                                          r"data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+        train(load_train_config("demo", list(data)), out_dir=tmp_path / "refused")  # the demo config alike
     assert not (tmp_path / "refused").exists()
     short = ("schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=0")
     run_dir = train(tiny_config(*data, *short, "data.lexicon=demo"), out_dir=tmp_path / "asked")
