@@ -112,7 +112,7 @@ def test_predict_takes_folders_and_globs_and_names_a_file_that_exists(tmp_path, 
     t = str(tmp_path)
     assert image_files([f"{t}/a"]) == [f"{t}/a/b/y.png", f"{t}/a/x.jpg"]  # every image under it, sorted
     assert image_files([f"{t}/*.JPG", f"{t}/a/x.jpg", f"{t}/a/**/*.jpg"]) == [f"{t}/z.JPG", f"{t}/a/x.jpg"]
-    with pytest.raises(DataError, match=r"a/x: image file not found; did you mean .*a/x\.jpg\?"):
+    with pytest.raises(DataError, match=r"a/x: file not found; did you mean .*a/x\.jpg\?"):
         image_files([f"{t}/a/x"])
     with pytest.raises(DataError, match=r"no file matches this pattern"):
         image_files([f"{t}/*.gif"])

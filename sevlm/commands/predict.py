@@ -68,5 +68,5 @@ def image_files(items: list[str]) -> list[str]:
             out += found
         else:
             near = [str(path) + s for s in IMAGE_SUFFIXES if Path(str(path) + s).is_file()]
-            raise DataError(f"{item}: image file not found" + (f"; did you mean {near[0]}?" if near else ""))
+            raise DataError(f"{item}: file not found" + (f"; did you mean {near[0]}?" if near else ""))
     return list(dict.fromkeys(out))  # each once, in order
