@@ -91,19 +91,51 @@ def _check_type(value: Any, tp: Any) -> bool:
     return True
 
 
-def from_dict(cls: type, data: dict | None, where: str = "config") -> Any:
-    """Build dataclass `cls` from `data`, refusing unknown keys and values of the wrong type."""
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every setting of dataclass `cls` as a dotted key (`schedule.micro_batch`)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        out.extend(dotted_keys(tp, f"{key}.") if dataclasses.is_dataclass(tp) else [key])
+    return out
+
+
+def suggest_keys(key: str, known: list[str]) -> list[str]:
+    """Dotted keys a mistyped or unqualified `key` may mean: those that end in it (`micro_batch`
+    -> `schedule.micro_batch`), else the closest spellings."""
+    import difflib
+
+    tail = key.rsplit(".", 1)[-1]
+    same_tail = [k for k in known if k.rsplit(".", 1)[-1] == tail]
+    if same_tail:
+        return same_tail[:3]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    by_tail = {k.rsplit(".", 1)[-1]: k for k in known}
+    return close or [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=3, cutoff=0.75)]
+
+
+def from_dict(cls: type, data: dict | None, where: str = "config", _root: type | None = None,
+              _path: str = "") -> Any:
+    """Build dataclass `cls` from `data`, refusing unknown keys (with the keys they may mean) and
+    values of the wrong type."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        known = dotted_keys(_root or cls)
+        hints_ = []
+        for k in unknown:
+            means = suggest_keys(_path + k, known)
+            hints_.append(f"{k} (did you mean {' or '.join(means)}?)" if means else k)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(hints_)}; known: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}")
+            value = from_dict(tp, value, f"{where}.{name}", _root or cls, f"{_path}{name}.")
         elif not _check_type(value, tp):
             raise ConfigError(f"{where}.{name}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
         elif tp is float and isinstance(value, int):

@@ -14,8 +14,10 @@ validation split (README, "Decoding"): among the settings with no repeated bigra
 emotion accuracy of greedy decoding, the best CIDEr. Greedy decoding still gives paintings of
 one emotion near-identical explanations (60-75% distinct), so the demo config samples the
 explanation (top_p 0.9, temperature 0.4, seeded): 100% distinct at greedy's accuracy and the
-best validation CIDEr of the sampled settings. Sampling never touches the label: it is a
-classification and is decoded greedily; only tokens after " because" are drawn. Beam search ranks whole sequences, so it
+best validation CIDEr of the sampled settings, and spells only the training explanations'
+words (`corpus_words`: a small corpus-vocabulary model otherwise glues BPE pieces into
+non-words such as "turqu" or "flatige"; docs/PIPELINE_NOTES.md has the measurements).
+Sampling never touches the label: it is a classification and is decoded greedily; only tokens after " because" are drawn. Beam search ranks whole sequences, so it
 may trade the label for a likelier explanation: there it cost 18-36 points of validation emotion accuracy.
 """
 
@@ -41,7 +43,11 @@ class DecodingConfig:
     length_penalty: beams are ranked by summed log-probability / length**length_penalty
         (0 = no normalisation, which favours short outputs).
     top_k, top_p, temperature: sampling filters (0 / 1.0 / 1.0 = off); "sample" only.
-    seed: the sampling generator's seed (same seed, batch and model: same output).
+    corpus_words: the explanation spells only words of the training explanations, piece by
+        piece as training saw them (needs a run trained on a corpus vocabulary); the label and
+        prompt are untouched.
+    seed: the sampling seed; each image draws from its own stream seeded by (seed, image id), so
+        an image gets the same explanation at any batch size and beside any batch-mates.
     """
 
     strategy: str = "greedy"
@@ -54,6 +60,7 @@ class DecodingConfig:
     top_p: float = 1.0
     temperature: float = 1.0
     seed: int = 0
+    corpus_words: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ConfigError:
@@ -111,4 +118,6 @@ class DecodingConfig:
             parts.append(f"repetition_penalty={self.repetition_penalty:g}")
         if self.strategy == "sample":
             parts.append(f"top_k={self.top_k} top_p={self.top_p:g} temperature={self.temperature:g} seed={self.seed}")
+        if self.corpus_words:
+            parts.append("corpus_words")
         return " ".join(parts)

@@ -32,6 +32,7 @@ evaluation, retrieval and `sevlm predict` all load through it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ class RunDataPaths:
     @classmethod
     def from_config(cls, config: dict) -> "RunDataPaths":
         data = (config.get("train") or {}).get("data") or {}
-        return cls(data.get("dataset_dir"), data.get("features"), data.get("shards"), config.get("lexicon") or data.get("lexicon"))
+        features = data.get("features") or _shard_features(data.get("shards"))
+        return cls(data.get("dataset_dir"), features, data.get("shards"), config.get("lexicon") or data.get("lexicon"))
 
     @classmethod
     def of(cls, path: str | Path) -> "RunDataPaths":
@@ -67,6 +69,23 @@ class RunDataPaths:
         from sevlm.io import read_json
 
         return cls.from_config(read_json(find_export(path) / "config.json"))
+
+
+def _shard_features(shards: str | None) -> str | None:
+    """The feature cache a local shard folder was written from (its manifest records it), when
+    that file is still there: a run trained from shards alone generates and retrieves from it."""
+    if not shards:
+        return None
+    from urllib.parse import urlparse
+
+    manifest = Path(shards) / "manifest.json" if urlparse(str(shards)).scheme == "" else None  # a local folder
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        path = (json.loads(manifest.read_text(encoding="utf-8")).get("features") or {}).get("features_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return path if path and Path(path).is_file() else None
 
 
 @dataclass

@@ -25,6 +25,7 @@ builder and `LoadedRun.vocab` hold it, and callers pass it as `vocab`.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import math
 import re
@@ -198,6 +199,23 @@ def _sampling_warpers(decoding: DecodingConfig) -> list:
     return out
 
 
+def _corpus_words(logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie,
+                  finished: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) with every piece that would spell a word outside the training explanations
+    at -inf, in the rows that are writing their explanation (`decoding.corpus_words`)."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)  # (B, V) True: banned
+    rows = all_ids.tolist()
+    for j, st in enumerate(states):
+        if st.explanation_start is None or bool(finished[j]):
+            continue
+        allowed = trie.allowed(rows[j][st.explanation_start :])
+        if allowed is None:
+            continue
+        mask[j] = True
+        mask[j, allowed] = False
+    return logits.masked_fill(mask, -math.inf)
+
+
 def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_size: int) -> torch.Tensor:
     """all_ids (B, T) with every position before each row's explanation set to `vocab_size`, an
     id no logit has: the processors then neither count nor ban prompt and label tokens."""
@@ -206,6 +224,29 @@ def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_
                          device=all_ids.device)  # (B,)
     before = torch.arange(T, device=all_ids.device)[None, :] < start[:, None]  # (B, T)
     return all_ids.masked_fill(before, vocab_size)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """The sampling seed of one image: a hash of (decoding seed, image key), 63 bits."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def image_samplers(seed: int, keys: Sequence[str]) -> list[torch.Generator]:
+    """One CPU generator per image, seeded by (seed, key): a stream of its own."""
+    return [torch.Generator().manual_seed(image_seed(seed, str(k))) for k in keys]
+
+
+def draw(probs: torch.Tensor, samplers: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of probs (B, V), row b by inverse-CDF sampling with one uniform from
+    samplers[b]. Every row takes exactly one draw per step, whatever the others do, so a row's
+    tokens depend on its own stream only."""
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in samplers]).to(probs.device)  # (B,)
+    cdf = probs.double().cumsum(-1)  # (B, V)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]  # (B,)
+    # never a zero-probability token (u * total can reach the last plateau through rounding)
+    last = (probs > 0).long().cumsum(-1).argmax(-1)  # (B,) the last token with probability > 0
+    return torch.minimum(idx, last)
 
 
 @torch.no_grad()
@@ -218,12 +259,16 @@ def generate(
     use_cache: bool = True,
     n_images: int | None = None,
     vocab=None,
+    image_keys: Sequence[str] | None = None,
 ) -> list[Hypothesis]:
     """Decode one output per image. visual (I, N, D) or None (text-only model; give n_images).
 
     `decoding`: strategy and options (default `DecodingConfig()`). `vocab`: the model's corpus
     VocabMap (None = GPT-2 ids). Hypothesis.tokens are model ids (compact ids under a corpus
-    vocabulary).
+    vocabulary). `image_keys`: one id per image (the image id, or a file's name); under
+    "sample" each image draws from its own stream seeded by (decoding.seed, its key), so its
+    explanation does not depend on the batch size or its batch-mates (None: the position in
+    this batch, which does).
     """
     cfg = model.config
     device = model.device
@@ -241,8 +286,19 @@ def generate(
     B = I * K
     eos = cfg.eos_id
     controls = _repetition_controls(decoding)
+    trie = None
+    if decoding.corpus_words:
+        if vocab is None:
+            raise DataError("decoding.corpus_words needs a model trained on a corpus vocabulary "
+                            "(data.corpus_vocab=true)")
+        from sevlm.text import WordTrie
+
+        trie = WordTrie(vocab, tokenizer, eos)
     warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
-    sampler = torch.Generator(device=device).manual_seed(decoding.seed) if decoding.strategy == "sample" else None
+    if image_keys is not None and len(image_keys) != I:
+        raise ValueError(f"generate: {len(image_keys)} image keys for {I} images")
+    samplers = (image_samplers(decoding.seed, image_keys if image_keys is not None else [str(i) for i in range(I)])
+                if decoding.strategy == "sample" else None)
 
     if visual is not None:
         visual = visual.to(device)
@@ -280,10 +336,18 @@ def generate(
     for step in range(max_new):
         model_logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
         controlled = logits.float()
+        if trie is not None:
+            controlled = _corpus_words(controlled, all_ids, states, trie, finished)
         if controls:
+            words_only = controlled
             history = _explanation_history(all_ids, states, controlled.shape[-1])  # (B, T)
             for c in controls:
                 controlled = c(history, controlled)
+            # a word begun must be finished: where the repetition controls ban every piece that
+            # could finish it, the word constraint wins
+            stuck = torch.isinf(controlled).all(-1) & ~torch.isinf(words_only).all(-1)  # (B,)
+            if stuck.any():
+                controlled[stuck] = words_only[stuck]
         logp = torch.log_softmax(controlled, dim=-1)  # (B, V)
         if finished.any():
             # a finished sequence only extends with EOS at no cost, keeping its score
@@ -300,11 +364,11 @@ def generate(
             nxt = (idx % V).view(-1)
         else:
             src = torch.arange(B, device=device)
-            if sampler is not None:
+            if samplers is not None:
                 warped = logp
                 for w in warpers:
                     warped = w(all_ids, warped)
-                drawn = torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=sampler)[:, 0]  # (B,)
+                drawn = draw(torch.softmax(warped, dim=-1), samplers)  # (B,)
                 # the label is a classification, decided greedily: only the explanation is sampled
                 in_label = torch.tensor([st.explanation_start is None for st in states], device=device)  # (B,)
                 nxt = torch.where(in_label, logp.argmax(-1), drawn)
@@ -373,8 +437,9 @@ def generate_for_features(
     out = []
     for start in tqdm(range(0, n, batch_size), desc="generate", unit="batch", disable=not progress):
         chunk = torch.as_tensor(np.asarray(visual_tokens[start : start + batch_size]), dtype=torch.float32)
-        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding, vocab=run.vocab)
-        for image_id, h in zip(ids[start : start + batch_size], hyps):
+        keys = ids[start : start + batch_size]
+        hyps = generate(model, run.tokenizer, run.lexicon, chunk, decoding, vocab=run.vocab, image_keys=keys)
+        for image_id, h in zip(keys, hyps):
             out.append(prediction_record(image_id, h))
     return out
 
@@ -451,7 +516,7 @@ def generate_split(
     run.check_visual_dim(tokens.shape[-1], features)
     preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, decoding=decoding)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    # batch_size is recorded because sampling draws depend on how images are batched
+    # batch_size is recorded for the record only: each image samples from its own stream (seed, image id)
     write_json(predictions_meta_path(out), {
         "format": PREDICTIONS_META_FORMAT, "run": str(run.path), "split": split, "count": len(preds),
         "batch_size": batch_size, "decoding": decoding.to_dict(),
@@ -471,5 +536,8 @@ def predict_images(
     run = load_run(run_dir, device=device, lexicon=lexicon)
     decoding = run_decoding(run, decoding)
     tokens = run.encode_images(image_paths, device)  # (N, T, D)
-    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab)
+    # an image's sampling stream, whatever its batch-mates: "<folder>/<name>", the image id `prepare` gives
+    # a painting stored as <Style>/<painting>.jpg, so predict and generate sample it alike
+    keys = [f"{Path(p).parent.name}/{Path(p).stem}" for p in image_paths]
+    hyps = generate(run.model, run.tokenizer, run.lexicon, tokens, decoding, vocab=run.vocab, image_keys=keys)
     return [{"image": str(p), **prediction_record(Path(p).stem, h)} for p, h in zip(image_paths, hyps)]

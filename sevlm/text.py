@@ -131,12 +131,18 @@ class VocabMap:
 
     Compact id 0 is `<unk>` (every GPT-2 id outside the corpus); compact ids 1..n are the kept
     GPT-2 ids in increasing order, so a map is a pure function of its id set. Stored as JSON
-    `{"format", "unk_id": 0, "tokenizer_size", "gpt2_ids": [sorted ids]}`.
+    `{"format", "unk_id": 0, "tokenizer_size", "gpt2_ids": [sorted ids], "words": [[GPT-2 ids]]}`.
+
+    `words` (optional) are the training explanations' words, each as the BPE pieces training
+    saw (" tur" "qu" "oise"): what `decoding.corpus_words` lets generation spell, so that a
+    small model cannot glue pieces into a word no one wrote ("turqu", "flatige").
     """
 
     unk_id = 0
 
-    def __init__(self, gpt2_ids: Iterable[int], tokenizer_size: int | None = None):
+    def __init__(self, gpt2_ids: Iterable[int], tokenizer_size: int | None = None,
+                 words: Iterable[Sequence[int]] | None = None):
+        self.words = None if words is None else sorted({tuple(int(t) for t in w) for w in words if len(w)})
         ids = sorted({int(i) for i in gpt2_ids})
         if ids and ids[0] < 0:
             raise DataError(f"corpus vocabulary: negative GPT-2 id {ids[0]}")
@@ -225,22 +231,30 @@ class VocabMap:
         labels = [f"{PROMPT} {label} because" for label in EMOTIONS]
         vocab = cls.from_texts(tokenizer, texts, min_count)
         label_ids = {t for row in tokenizer(labels, add_special_tokens=False)["input_ids"] for t in row}
-        return cls(set(vocab.gpt2_ids.tolist()) | label_ids, tokenizer_size=vocab.tokenizer_size)
+        ids = set(vocab.gpt2_ids.tolist()) | label_ids
+        return cls(ids, tokenizer_size=vocab.tokenizer_size, words=explanation_words(tokenizer, texts, ids))
 
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {"format": VOCAB_FORMAT, "unk_id": self.unk_id, "tokenizer_size": self.tokenizer_size,
-                "size": len(self), "gpt2_ids": self.gpt2_ids.tolist()}
+        out = {"format": VOCAB_FORMAT, "unk_id": self.unk_id, "tokenizer_size": self.tokenizer_size,
+               "size": len(self), "gpt2_ids": self.gpt2_ids.tolist()}
+        if self.words is not None:
+            out["words"] = [list(w) for w in self.words]
+        return out
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "vocab") -> "VocabMap":
         """From `to_json`'s dict, or a bare list of GPT-2 ids."""
+        words = None
         if isinstance(obj, list):
             ids, size = obj, None
         elif isinstance(obj, dict) and obj.get("format") == VOCAB_FORMAT and isinstance(obj.get("gpt2_ids"), list):
             if obj.get("unk_id", 0) != cls.unk_id:
                 raise DataError(f"{where}: unk_id {obj.get('unk_id')!r} is not supported (expected {cls.unk_id})")
-            ids, size = obj["gpt2_ids"], obj.get("tokenizer_size")
+            ids, size, words = obj["gpt2_ids"], obj.get("tokenizer_size"), obj.get("words")
+            if words is not None and not (isinstance(words, list) and all(
+                    isinstance(w, list) and all(isinstance(t, int) and t in set(ids) for t in w) for w in words)):
+                raise DataError(f"{where}: words must be lists of the vocabulary's GPT-2 ids")
         else:
             raise DataError(f"{where}: not a corpus vocabulary (expected format {VOCAB_FORMAT!r} with a gpt2_ids list)")
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -248,7 +262,7 @@ class VocabMap:
         if list(ids) != sorted(set(ids)):
             raise DataError(f"{where}: gpt2_ids must be sorted and unique")
         try:
-            return cls(ids, tokenizer_size=size)
+            return cls(ids, tokenizer_size=size, words=words)
         except DataError as e:
             raise DataError(f"{where}: {e}") from None
 
@@ -262,6 +276,75 @@ class VocabMap:
         from sevlm.io import read_json
 
         return cls.from_json(read_json(path), where=str(path))
+
+
+def explanation_words(tokenizer, texts: Sequence[str], keep: set[int] | None = None) -> list[tuple[int, ...]]:
+    """The words of the explanations of sequence texts ("the emotion is X because ..."), each as
+    its GPT-2 pieces in context: a piece whose BPE string starts with a space ("Ġ") starts a word,
+    the others continue it. Words with a piece outside `keep` are left out."""
+    because = tokenizer.encode(" because")[0]
+    n_prompt = len(tokenizer.encode(PROMPT))
+    starts = word_start_ids(tokenizer)
+    words: set[tuple[int, ...]] = set()
+    for start in range(0, len(texts), 4096):
+        for row in tokenizer(list(texts[start : start + 4096]), add_special_tokens=False)["input_ids"]:
+            try:
+                row = row[row.index(because, n_prompt) + 1 :]
+            except ValueError:
+                continue
+            word: list[int] = []
+            for t in row + [None]:
+                if t is None or t in starts:
+                    if word and (keep is None or all(i in keep for i in word)):
+                        words.add(tuple(word))
+                    word = []
+                if t is not None:
+                    word.append(t)
+    return sorted(words)
+
+
+def word_start_ids(tokenizer) -> set[int]:
+    """GPT-2 ids whose piece starts a word: the BPE strings that begin with a space ("Ġ")."""
+    return {i for tok, i in tokenizer.get_vocab().items() if tok.startswith("Ġ")}
+
+
+class WordTrie:
+    """The explanation words a corpus vocabulary knows, as a prefix tree over compact ids: which
+    pieces may follow a word begun so far (`decoding.corpus_words`)."""
+
+    def __init__(self, vocab: VocabMap, tokenizer, eos: int):
+        if vocab.words is None:
+            raise DataError("the corpus vocabulary records no words (trained before decoding.corpus_words existed); "
+                            "retrain, or decode without decoding.corpus_words")
+        self.starts = {vocab.compact(i) for i in word_start_ids(tokenizer) if i in vocab}
+        self.children: dict[tuple[int, ...], set[int]] = {}
+        self.complete: set[tuple[int, ...]] = set()
+        for w in vocab.words:
+            c = tuple(vocab.compact(t) for t in w)
+            for k in range(len(c)):
+                self.children.setdefault(c[:k], set()).add(c[k])
+            self.complete.add(c)
+        self.first = self.children.get((), set())
+        self.eos = eos
+        self._cache: dict[tuple[int, ...], list[int] | None] = {}
+
+    def allowed(self, explanation: Sequence[int]) -> list[int] | None:
+        """Ids that may come next after the explanation tokens so far (None: no constraint, the
+        text so far is off the tree): pieces that continue the current word, and once it is a
+        whole word, the first piece of any word or the end of text."""
+        last = max((i for i, t in enumerate(explanation) if t in self.starts), default=None)
+        prefix = tuple(explanation[last:]) if last is not None else tuple(explanation)
+        if prefix not in self._cache:
+            if not prefix:
+                out = self.first
+            elif prefix in self.children or prefix in self.complete:
+                out = set(self.children.get(prefix, ()))
+                if prefix in self.complete:
+                    out |= self.first | {self.eos}
+            else:
+                out = None
+            self._cache[prefix] = None if out is None else sorted(out)
+        return self._cache[prefix]
 
 
 def check_id_space(vocab: VocabMap | None, vocab_size: int, tokenizer, where: str) -> None:

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from sevlm import cli
+from sevlm.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +134,26 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(generate, "run", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["generate", "--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl")])
+
+
+def test_predict_takes_folders_and_globs_and_names_a_file_that_exists(tmp_path, capsys):
+    from sevlm.cli import main
+    from sevlm.commands.predict import image_files
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.jpg", "a/b/y.png", "a/notes.txt", "z.JPG"):
+        (tmp_path / name).write_bytes(b"x")
+    t = str(tmp_path)
+    assert image_files([f"{t}/a"]) == [f"{t}/a/b/y.png", f"{t}/a/x.jpg"]  # every image under it, sorted
+    assert image_files([f"{t}/*.JPG", f"{t}/a/x.jpg", f"{t}/a/**/*.jpg"]) == [f"{t}/z.JPG", f"{t}/a/x.jpg"]
+    with pytest.raises(DataError, match=r"a/x: file not found; did you mean .*a/x\.jpg\?"):
+        image_files([f"{t}/a/x"])
+    with pytest.raises(DataError, match=r"no file matches this pattern"):
+        image_files([f"{t}/*.gif"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: folder holds no image file"):
+        image_files([f"{t}/empty"])
+    # through the command line: one line naming the file, before any model is loaded
+    assert main(["predict", "--run", f"{t}/no-run", f"{t}/a/x"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean" in err[0]

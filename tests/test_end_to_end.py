@@ -51,15 +51,16 @@ def test_data_stages(demo_run):
         assert sorted(n.decode() if isinstance(n, bytes) else n for n in f["names"][()]) == names
         assert f.attrs["encoder"] == "tiny-random" and bool(f.attrs["complete"])
 
-    shards = out / "shards" / "train"
+    shards = out / "shards"
     sm = _json(shards / "manifest.json")
     assert (sm["features"]["encoder"], sm["features"]["token_shape"], sm["features"]["dtype"]) == ("tiny-random", [16, 32], "float16")
-    train = sm["splits"]["train"]
-    assert list(sm["splits"]) == ["train"] and train["missing"] == {}
-    assert train["num_samples"] == sum(sh["num_samples"] for sh in train["shards"]) == len(splits["train"])
-    for sh in train["shards"]:
-        assert (sh["sha256"], sh["bytes"]) == (sha256_file(shards / sh["name"]), (shards / sh["name"]).stat().st_size)
-    assert train["dataset"]["dir"] == str(dataset)
+    assert list(sm["splits"]) == ["train", "val"]  # training reads both: validation comes from the shards too
+    for split, entry in sm["splits"].items():
+        assert entry["missing"] == {}
+        assert entry["num_samples"] == sum(sh["num_samples"] for sh in entry["shards"]) == len(splits[split])
+        for sh in entry["shards"]:
+            assert (sh["sha256"], sh["bytes"]) == (sha256_file(shards / sh["name"]), (shards / sh["name"]).stat().st_size)
+        assert entry["dataset"]["dir"] == str(dataset)
 
 
 @pytest.mark.slow
@@ -75,7 +76,12 @@ def test_run_artifacts(demo_run, run):
     assert config["encoder"] == {"name": "tiny-random", "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32}}
     assert config["weights"] == {"model.safetensors": "", "decoder/model.safetensors": "decoder."}
     assert config["weights_sha256"] == {f: sha256_file(export / f) for f in config["weights"]}
-    assert RunDataPaths.of(run_dir) == RunDataPaths(str(dataset), str(out / "features.h5"), str(out / "shards" / "train"), "demo")
+    # trained from the shards alone (train and val); generate and retrieve read the cache the shards name
+    assert _json(export / "config.json")["train"]["data"]["features"] is None
+    run_json = _json(run_dir / "run.json")
+    assert run_json["data_source"] == f"shards: {out / 'shards'}"
+    assert run_json["val_images"] == len(_json(dataset / "val.json"))
+    assert RunDataPaths.of(run_dir) == RunDataPaths(str(dataset), str(out / "features.h5"), str(out / "shards"), "demo")
 
     preds = [json.loads(line) for line in (run_dir / "predictions_test.jsonl").read_text().splitlines()]
     assert sorted(p["image_id"] for p in preds) == sorted(test)

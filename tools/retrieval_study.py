@@ -65,7 +65,7 @@ def build_data(out: Path, n_images: int, seed: int) -> dict:
     from sevlm.cli import main
 
     d = {"raw": out / "demo_data", "dataset": out / "dataset", "features": out / "features.h5",
-         "shards": out / "shards" / "train"}
+         "shards": out / "shards"}
     steps = [
         (d["raw"] / "artemis_dataset_release_v0.csv",
          ["demo-data", "--out", str(d["raw"]), "--n-images", str(n_images), "--seed", str(seed)]),
@@ -75,7 +75,7 @@ def build_data(out: Path, n_images: int, seed: int) -> dict:
         (d["features"], ["extract", "--images", str(d["raw"] / "images"), "--dataset", str(d["dataset"]),
                          "--encoder", "efficientnet-lite0", "--out", str(d["features"])]),
         (d["shards"] / "manifest.json", ["shard", "--features", str(d["features"]), "--dataset", str(d["dataset"]),
-                                         "--split", "train", "--out", str(d["shards"])]),
+                                         "--split", "train", "val", "--out", str(d["shards"])]),
     ]
     for done, argv in steps:
         if not done.exists() and main(argv) != 0:
@@ -101,8 +101,7 @@ def study_run(code: Path, run_dir: Path, data: dict, overrides: list[str]) -> di
     if not (run_dir / "done.json").exists():
         argv = (["-m", "sevlm.cli", "train", "--resume", str(run_dir)] if (run_dir / "config.json").exists() else
                 ["-m", "sevlm.cli", "train", "--config", "demo", "--out", str(run_dir),
-                 f"data.dataset_dir={data['dataset']}", f"data.features={data['features']}",
-                 f"data.shards={data['shards']}", *overrides])
+                 f"data.dataset_dir={data['dataset']}", f"data.shards={data['shards']}", *overrides])
         _call(argv, code, log)
     emb = run_dir / "test_embeddings.npz"
     if not emb.exists():

@@ -56,7 +56,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     raw, dataset = out / "demo_data", out / "dataset"
-    features, shards = out / "features.h5", out / "shards" / "train"
+    features, shards = out / "features.h5", out / "shards"
 
     argv = ["demo-data", "--out", str(raw), "--n-images", str(args.n_images), "--seed", str(args.seed)]
     if args.images:
@@ -77,10 +77,11 @@ def run(args) -> int:
          "--encoder", args.encoder, "--out", str(features)],
         timings,
     )
+    # training reads one source, validation included: the shards of train and val
     _stage(
         "shard",
         shards / "manifest.json",
-        ["shard", "--features", str(features), "--dataset", str(dataset), "--split", "train",
+        ["shard", "--features", str(features), "--dataset", str(dataset), "--split", "train", "val",
          "--out", str(shards)],
         timings,
     )
@@ -92,8 +93,7 @@ def run(args) -> int:
     for key, (run_dir, extra) in runs.items():
         overrides = [
             f"data.dataset_dir={dataset}",
-            f"data.features={features}",
-            f"data.shards={shards}",
+            f"data.shards={shards}",  # generate and retrieve read the test split from the cache it names
             *args.overrides,
             *extra,
         ]

@@ -35,6 +35,8 @@ def add_decoding_arguments(p) -> None:
     g.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (default: 1.0)")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
     g.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="cap on generated tokens (default: 25)")
+    g.add_argument("--corpus-words", choices=("on", "off"), default=None,
+                   help="on: explanations spell only words of the training text (corpus-vocabulary runs)")
 
 
 DECODING_FLAGS = ("strategy", "num_beams", "no_repeat_ngram", "repetition_penalty", "length_penalty", "top_k",
@@ -43,7 +45,10 @@ DECODING_FLAGS = ("strategy", "num_beams", "no_repeat_ngram", "repetition_penalt
 
 def decoding_changes(args) -> dict:
     """The decoding settings given on the command line (for DecodingConfig.updated)."""
-    return {k: getattr(args, k) for k in DECODING_FLAGS if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in DECODING_FLAGS if getattr(args, k) is not None}
+    if getattr(args, "corpus_words", None) is not None:
+        changes["corpus_words"] = args.corpus_words == "on"
+    return changes
 
 
 def add_arguments(p) -> None:

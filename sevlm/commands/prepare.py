@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-missing-images", action="store_true",
                    help="leave out the annotations of images not found under --images even when they are "
                         "more than 5%% of all (below that they are always left out, and counted)")
+    p.add_argument("--split-fractions", metavar="TRAIN,VAL,TEST", default=None,
+                   help="(--format generic) shares of the images whose split no row fixes (default: 0.85,0.05,0.1); "
+                        "a small dataset may want more validation images, e.g. 0.7,0.15,0.15")
     p.add_argument("--seed", type=int, default=2021, help="split and sampling seed (default: 2021)")
     p.add_argument("--min-tokens", type=int, default=5, help="drop utterances with fewer tokens (default: 5)")
     p.add_argument("--max-repetition", type=int, default=None,
@@ -72,21 +75,29 @@ def run(args) -> int:
             raise ConfigError(f"{', '.join(given)}: ArtEmis options, not for --format generic")
         if not args.input or not args.images:
             raise ConfigError("--format generic needs --input FILE (one or more) and --images DIR")
-        m = prepare_generic(args.input, args.images, **common)
+        from sevlm.data.artemis import parse_split_fractions
+
+        fractions = parse_split_fractions(args.split_fractions) if args.split_fractions else None
+        m = prepare_generic(args.input, args.images, split_fractions=fractions, **common)
     else:
         from sevlm.data.artemis import prepare_dataset
 
         if args.input or not args.artemis_csv:
             raise ConfigError("--format artemis reads --artemis-csv CSV (--input is for --format generic)")
+        if args.split_fractions:
+            raise ConfigError("--split-fractions is for --format generic (ArtEmis keeps the paper's 85/5/10 split)")
         m = prepare_dataset(args.artemis_csv, contrastive_csv=args.contrastive_csv, images_dir=args.images,
                             max_repetition=41 if args.max_repetition is None else args.max_repetition,
                             train_subset=args.train_subset, protocol=args.protocol or "artemis",
                             test_csv=args.test_csv,
                             too_long_percentile=95 if args.too_long_percentile is None else args.too_long_percentile,
                             **common)
-    print(f"wrote {args.out} (training set: {m['training_set']}; seed {m['seed']})")
-    if "protocol" in m:
-        print(f"  protocol: {m['protocol']}")
+    if args.format == "generic":
+        shares = "/".join(f"{100 * m['split_fractions'][k]:g}" for k in ("train", "val", "test"))
+        print(f"wrote {args.out} ({len(m['sources'])} input file(s); images split {shares} train/val/test, "
+              f"{m['images_with_fixed_split']} fixed by a split column; seed {m['seed']})")
+    else:
+        print(f"wrote {args.out} (protocol: {m['protocol']}; training set: {m['training_set']}; seed {m['seed']})")
     for split, n in m["counts"].items():
         print(f"  {split:5s}: {n['images']:6d} images {n['annotations']:7d} annotations "
               f"({n['images_with_dominant_emotion']} with a dominant emotion; "

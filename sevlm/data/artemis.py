@@ -452,17 +452,20 @@ def _has_surrogates(text: str) -> bool:
 # --------------------------------------------------------------------------- splitting
 
 
-def split_paintings(image_ids: Iterable[str], seed: int = 2021) -> dict[str, list[str]]:
-    """Split painting ids 85/5/10 (train/val/test) with scikit-learn; deterministic in `seed`.
+def split_paintings(image_ids: Iterable[str], seed: int = 2021,
+                    fractions: dict[str, float] | None = None) -> dict[str, list[str]]:
+    """Split painting ids 85/5/10 (train/val/test; or `fractions`) with scikit-learn;
+    deterministic in `seed`.
 
     Ids are sorted first so the split does not depend on the order of rows in the CSV.
     """
     from sklearn.model_selection import train_test_split
 
+    fractions = fractions or SPLIT_FRACTIONS
     ids = sorted(set(image_ids))
     n = len(ids)
-    n_test = int(round(SPLIT_FRACTIONS["test"] * n))
-    n_val = int(round(SPLIT_FRACTIONS["val"] * n))
+    n_test = int(round(fractions["test"] * n))
+    n_val = int(round(fractions["val"] * n))
     if n - n_test - n_val < 1:  # tiny inputs: keep at least one training painting
         n_test = n_val = 0
     rest, test = (ids, []) if n_test == 0 else train_test_split(ids, test_size=n_test, random_state=seed)
@@ -513,6 +516,33 @@ class ImageIndex:
         return found if (self.root / found).is_file() else None
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".JPG", ".JPEG", ".PNG")
+
+
+def _name_hint(index: ImageIndex, needed: dict[str, str], missing: list[str]) -> str:
+    """What a missing image name may have meant: the same name with an image file's suffix."""
+    for image_id in missing[:20]:
+        name = needed[image_id]
+        for suffix in IMAGE_SUFFIXES:
+            found = index.resolve(name + suffix)
+            if found is not None:
+                return (f"; {name!r} is not a file under {index.root} but {found!r} is: did you mean {found!r}? "
+                        "(image paths need their file suffix)")
+    return ""
+
+
+def parse_split_fractions(text: str) -> dict[str, float]:
+    """"0.8,0.1,0.1" (train,val,test) -> {"train": 0.8, "val": 0.1, "test": 0.1}, checked."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
+        raise ConfigError(f"--split-fractions {text!r}: expected three shares train,val,test that sum to 1, "
+                          "e.g. 0.8,0.1,0.1")
+    return dict(zip(SPLITS, values))
+
+
 def find_images(
     index: ImageIndex, per_split: dict[str, list[Annotation]], allow_missing: bool
 ) -> tuple[dict[str, str], list[str]]:
@@ -529,8 +559,9 @@ def find_images(
     if len(missing) > MAX_MISSING_IMAGES * len(needed) and not allow_missing:
         raise DataError(
             f"{index.root}: {len(missing)} of {len(needed)} images not found "
-            f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])}); check --images, "
-            f"or pass --allow-missing-images to leave their annotations out"
+            f"({len(missing) / max(len(needed), 1):.0%}; e.g. {', '.join(missing[:3])})"
+            f"{_name_hint(index, needed, missing)}; "
+            f"check --images, or pass --allow-missing-images to leave their annotations out"
         )
     gone = set(missing)
     for s in per_split:

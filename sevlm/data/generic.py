@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from sevlm.constants import SPLITS
 from sevlm.data.artemis import (
+    SPLIT_FRACTIONS,
     Annotation,
     ImageIndex,
     ReadResult,
@@ -99,11 +100,13 @@ def prepare_generic(
     min_tokens: int = 5,
     allow_missing_images: bool = False,
     progress: bool = True,
+    split_fractions: dict[str, float] | None = None,
 ) -> dict:
     """Turn generic annotation files into a dataset folder like `prepare_dataset`'s; returns the manifest.
 
     Several inputs combine into one dataset; splits are disjoint by image. `min_tokens` and
-    `allow_missing_images` as for ArtEmis.
+    `allow_missing_images` as for ArtEmis. `split_fractions` ({"train", "val", "test"} shares,
+    default 0.85/0.05/0.10) split the images whose split no row fixes.
     """
     if not inputs:
         raise ConfigError("no input files (--input FILE, repeatable)")
@@ -114,7 +117,7 @@ def prepare_generic(
     split_of = _one_split_per_image(results, skip_bad_rows)
     every = [a for r in results for a in r.annotations]
     fixed = len(split_of)
-    random = split_paintings({a.image_id for a in every} - set(split_of), seed)
+    random = split_paintings({a.image_id for a in every} - set(split_of), seed, split_fractions)
     split_of.update({image_id: s for s, ids in random.items() for image_id in ids})
 
     per_split: dict[str, list[Annotation]] = {s: [] for s in SPLITS}
@@ -129,6 +132,7 @@ def prepare_generic(
 
     manifest = {
         **manifest_base("generic", results, seed, images_dir, short, min_tokens, missing),
+        "split_fractions": split_fractions or SPLIT_FRACTIONS,
         "training_set": "all",
         "sources": {str(r.path): r.manifest_entry() for r in results},
         "images_with_fixed_split": fixed,

@@ -38,14 +38,18 @@ import numpy as np
 from sevlm.errors import DataError
 
 DEMO = "demo"  # the lexicon setting that names the shipped demo table
+# The demo and tiny configs' setting: the demo table on the synthetic demo data only (its words
+# come from that table); on any other dataset training asks for a lexicon (data.lexicon=PATH, or
+# data.lexicon=demo to use the demo table anyway). A run records what it resolved to.
+DEMO_DATA = "demo-data"
 
 
 def lexicon_spec(spec: str | Path | None, default: str | None = None) -> str | None:
-    """A lexicon setting in its one recorded form: DEMO (the shipped demo table) or an absolute
-    path. Unset (None or "") gives `default`: never the demo table unless a caller says so."""
+    """A lexicon setting in its one recorded form: DEMO (the shipped demo table), DEMO_DATA or an
+    absolute path. Unset (None or "") gives `default`: never the demo table unless a caller says so."""
     if spec is None or str(spec) == "":
         return default
-    return DEMO if str(spec) == DEMO else str(Path(spec).resolve())
+    return str(spec) if str(spec) in (DEMO, DEMO_DATA) else str(Path(spec).resolve())
 
 DEMO_TABLE = Path(__file__).resolve().parents[1] / "assets" / "demo_vad.tsv"
 
@@ -175,7 +179,7 @@ class VADLexicon:
     @classmethod
     def load(cls, spec: str | Path) -> "VADLexicon":
         """`"demo"` for the shipped table, else a path to an NRC-VAD-format file."""
-        return cls.demo() if str(spec) == DEMO else cls.from_file(spec)
+        return cls.demo() if str(spec) in (DEMO, DEMO_DATA) else cls.from_file(spec)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -202,6 +206,12 @@ class VADLexicon:
                     break
         self._cache[word] = vec
         return vec
+
+    def coverage(self, texts) -> tuple[int, int]:
+        """(distinct words of `texts` the lexicon knows, distinct words), lower-cased, looked up
+        with the inflection rules the VAD targets use."""
+        words = {w.lower() for t in texts for w in WORD_RE.findall(t or "")}
+        return sum(self.lookup(w) is not None for w in words), len(words)
 
     def describe(self) -> dict:
         return {"source": self.source, "entries": len(self.table), "scale": "bipolar [-1,1]" if self.bipolar else "[0,1]"}

@@ -184,7 +184,7 @@ def align(
             p = unknown[0]
             raise DataError(
                 f"{predictions_path}:{p.line}: image {p.image_id!r} is not in the references "
-                f"({len(unknown)} such predictions; wrong split? pass strict=False / --lenient to skip them)"
+                f"({len(unknown)} such predictions; wrong split? rerun with --lenient to skip them)"
             )
         warnings["unknown_image_id"] = len(unknown)
     kept = [p for p in predictions if p.image_id in references]
@@ -196,7 +196,7 @@ def align(
         if strict:
             raise DataError(
                 f"{predictions_path}: {len(missing)} of {len(references)} reference images have no "
-                f"prediction, e.g. {missing[0]!r} (pass strict=False / --lenient to score the rest)"
+                f"prediction, e.g. {missing[0]!r} (rerun with --lenient to score the rest)"
             )
         warnings["missing_prediction"] = len(missing)
     n_empty = sum(1 for p in kept if not p.explanation.strip())

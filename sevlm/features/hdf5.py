@@ -363,7 +363,7 @@ def extract_features(
     if out_path.is_dir():
         raise DataError(f"{out_path}: is a folder; --out takes a file name")
     if out_path.exists() and not overwrite:
-        raise DataError(f"{out_path}: already exists; pass overwrite=True (--overwrite) to rebuild it")
+        raise DataError(f"{out_path}: already exists; rerun with --overwrite to rebuild it")
     ensure_parent(out_path)
 
     # everything is checked before any file is touched: an existing F.h5 is only ever replaced

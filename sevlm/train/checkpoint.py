@@ -52,6 +52,7 @@ class TrainState:
     best_acc: float | None = None
     best_bleu: float | None = None
     best_acc_step: int | None = None
+    best_acc_loss: float | None = None  # validation loss of the best-accuracy model (breaks accuracy ties)
     best_bleu_step: int | None = None
     bad_validations: int = 0
     nonfinite_run: int = 0

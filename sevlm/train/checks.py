@@ -42,16 +42,55 @@ def _image_preprocess(encoder_config) -> str:
 
 
 def check_lexicon(lexicon: str | None) -> None:
-    """A VAD lexicon is named: the demo table only where a config says so."""
-    from sevlm.data.vad import DEMO
+    """A VAD lexicon is named: the demo table only where a config or the user says so."""
+    from sevlm.data.vad import DEMO, DEMO_DATA
 
     if not lexicon:
         raise ConfigError(
-            "data.lexicon is not set: give the NRC-VAD lexicon file (NRC-VAD-Lexicon.txt), or \"demo\" for the "
-            "small table shipped for the synthetic demo data (only the demo/tiny configs use it)"
+            "data.lexicon is not set: give the NRC-VAD lexicon file, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, "
+            "or data.lexicon=demo for the small table shipped for the synthetic demo data"
         )
-    if lexicon != DEMO and not Path(lexicon).is_file():
+    if lexicon not in (DEMO, DEMO_DATA) and not Path(lexicon).is_file():
         raise DataError(f"{lexicon}: VAD lexicon file not found (data.lexicon)")
+
+
+def is_demo_dataset(dataset_dir: str) -> bool:
+    """Whether a dataset folder was prepared from `sevlm demo-data` output (its CSV sits beside a
+    demo_info.json that says it is synthetic)."""
+    import json
+
+    try:
+        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text(encoding="utf-8"))
+        csv = Path(manifest["sources"]["artemis_csv"]["path"])
+        return json.loads((csv.parent / "demo_info.json").read_text(encoding="utf-8")).get("synthetic") is True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def train_texts(dataset_dir: str, split: str) -> list[str]:
+    """The explanations of a split: the text the lexicon's coverage is measured on."""
+    from sevlm.features.common import load_split_records
+
+    return [x for r in load_split_records(dataset_dir, split).values() for x in r.get("explanations", [])]
+
+
+def resolve_lexicon(lexicon: str | None, dataset_dir: str, split: str) -> str | None:
+    """The lexicon a new run records. DEMO_DATA (the demo and tiny configs) becomes the demo table
+    on the synthetic demo data; on another dataset it is refused, naming the fix and how little
+    of the data's words the demo table knows."""
+    from sevlm.data.vad import DEMO, DEMO_DATA, VADLexicon
+
+    if lexicon != DEMO_DATA:
+        return lexicon
+    if is_demo_dataset(dataset_dir):
+        return DEMO
+    known, total = VADLexicon.demo().coverage(train_texts(dataset_dir, split))
+    raise ConfigError(
+        f"{dataset_dir} is not the synthetic demo data, and this config's lexicon is the {len(VADLexicon.demo())}-word "
+        f"demo table made for it (it knows {known} of the {total} distinct words of the {split} split's text): give "
+        "the NRC-VAD lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo to train with the "
+        "demo table anyway"
+    )
 
 
 def check_decoder(decoder: str | None) -> None:
@@ -104,9 +143,31 @@ def _token_shape(value) -> tuple[int | None, int | None]:
         return None, None
 
 
-def feature_info(features: str | None, shards: str | None, read_timeout: float = 60.0) -> FeatureInfo:
+def data_source(features: str | None, shards: str | None, source: str | None = None) -> str:
+    """The one source a run reads, training and validation alike: "features" or "shards"."""
+    if source is None:
+        if features and shards:
+            raise ConfigError(
+                f"data.features={features} and data.shards={shards} are both set, but a run reads one source "
+                "(training and validation alike): drop one, or say which with data.source=shards or "
+                "data.source=features"
+            )
+        if not features and not shards:
+            raise ConfigError("set data.features (an HDF5 feature cache, `sevlm extract`) or data.shards "
+                              "(a shard folder, `sevlm shard --split train val`)")
+        return "features" if features else "shards"
+    if source == "features" and not features:
+        raise ConfigError("data.source=features but data.features is not set (the HDF5 cache of `sevlm extract`)")
+    if source == "shards" and not shards:
+        raise ConfigError("data.source=shards but data.shards is not set (the folder of `sevlm shard`)")
+    return source
+
+
+def feature_info(features: str | None, shards: str | None, source: str | None = None,
+                 read_timeout: float = 60.0) -> FeatureInfo:
     """Where the visual tokens come from and what encoder produced them (from the artifact)."""
-    if features:
+    source = data_source(features, shards, source)
+    if source == "features":
         path = Path(features)
         if not path.exists():
             raise DataError(f"{path}: feature cache not found (data.features); build it with `sevlm extract`")
@@ -117,13 +178,12 @@ def feature_info(features: str | None, shards: str | None, read_timeout: float =
         store.close()
         T, D = _token_shape(attrs.get("token_shape"))
         return FeatureInfo("features", path, attrs.get("encoder"), T, D, _image_preprocess(attrs.get("encoder_config")))
-    if shards:  # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
-        from sevlm.features.shards import read_manifest
+    # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
+    from sevlm.features.shards import read_manifest
 
-        feats = read_manifest(shards, read_timeout)[1].get("features") or {}
-        T, D = _token_shape(feats.get("token_shape"))
-        return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
-    raise ConfigError("set data.features (an HDF5 feature cache) or data.shards (a shard folder)")
+    feats = read_manifest(shards, read_timeout)[1].get("features") or {}
+    T, D = _token_shape(feats.get("token_shape"))
+    return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
 
 
 def check_encoder(info: FeatureInfo, expected: str | None) -> None:
@@ -145,7 +205,7 @@ def check_image_preprocess(info: FeatureInfo, expected: str | None) -> None:
 
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
-    info = feature_info(data.features, data.shards, data.read_timeout)
+    info = feature_info(data.features, data.shards, data.source, data.read_timeout)
     check_encoder(info, data.encoder)
     check_image_preprocess(info, data.image_preprocess)
     if info.source == "shards":
@@ -184,8 +244,9 @@ def check_shards(shards: str, dataset_dir: str, splits: list[str], read_timeout:
     for split in splits:
         if split not in have:
             raise DataError(
-                f"{manifest_path}: no shards for split {split!r} (have: {', '.join(have) or 'none'}); "
-                f"write them with `sevlm shard --split {split}`"
+                f"{manifest_path}: no shards for split {split!r} (have: {', '.join(have) or 'none'}); a run "
+                f"from shards reads its validation split from them too: write it with "
+                f"`sevlm shard --features F.h5 --dataset {dataset_dir} --split {split} --out {shards}`"
             )
         recorded = (have[split].get("dataset") or {}).get("manifest_sha256")
         if recorded and ours and recorded != ours:
@@ -223,7 +284,7 @@ def data_fingerprint(data) -> dict[str, str]:
     root = Path(data.dataset_dir)
     out = {f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
            for s in (data.train_split, data.val_split)}
-    if data.features:
+    if data_source(data.features, data.shards, data.source) == "features":
         from sevlm.features.hdf5 import FeatureStore
 
         store = FeatureStore(data.features)
@@ -231,7 +292,7 @@ def data_fingerprint(data) -> dict[str, str]:
             out[f"{data.features} (data.features)"] = CONTENT + store.content_sha256()
         finally:
             store.close()
-    elif data.shards:
+    else:
         from sevlm.features.shards import manifest_bytes
 
         where, raw = manifest_bytes(data.shards, data.read_timeout)
@@ -292,6 +353,34 @@ def available_memory_bytes(device: str) -> int | None:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
+        return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """The measured peak of this process: the GPU's peak allocation, else the largest resident set."""
+    if device == "cuda":
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return round(peak * (1 if sys.platform == "darwin" else 1024) / 2**30, 2)
+    except (ImportError, OSError):
         return None
 
 

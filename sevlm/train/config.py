@@ -42,17 +42,24 @@ TRAINER_DS_KEYS = (
 
 
 ASSIST_MODES = ("auto", "never", "always")  # data.main_assist
+DATA_SOURCES = ("features", "shards")  # data.source
 
 
 @dataclass
 class DataConfig:
     dataset_dir: str = ""
-    features: str | None = None  # HDF5 feature cache (sevlm extract)
-    shards: str | None = None  # WebDataset shard folder (sevlm shard); used when features is unset
+    # One source per run, training and validation alike: the HDF5 feature cache (sevlm extract)
+    # or WebDataset shards of both splits (sevlm shard --split train val). Both set is an error
+    # unless `source` says which to read ("features" or "shards").
+    features: str | None = None
+    shards: str | None = None
+    source: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     encoder: str | None = None  # encoder the features must come from (checked against the cache)
-    lexicon: str | None = None  # NRC-VAD lexicon file, or "demo" (the shipped demo table); required
+    # NRC-VAD lexicon file, or "demo" (the shipped demo table), or "demo-data" (the demo table on the
+    # synthetic demo data only: the demo and tiny configs); required
+    lexicon: str | None = None
     tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
     # Decoders trained from scratch: keep only the GPT-2 ids of the training annotations
     # (text.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.
@@ -145,6 +152,8 @@ class TrainConfig:
         if s.val_dominance not in DOMINANCE_RULES:
             raise ConfigError(f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, "
                               f"got {s.val_dominance!r}")
+        if self.data.source not in (None, *DATA_SOURCES):
+            raise ConfigError(f"data.source: expected one of {', '.join(DATA_SOURCES)}, got {self.data.source!r}")
         if self.data.main_assist not in ASSIST_MODES:
             raise ConfigError(f"data.main_assist: expected one of {', '.join(ASSIST_MODES)}, got {self.data.main_assist!r}")
         if self.data.num_workers < 0:

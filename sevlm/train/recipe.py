@@ -16,7 +16,8 @@ Run folder:
     done.json          written when training has finished (stop reason, step, best metrics)
     checkpoints/       DeepSpeed checkpoints and their pointers (see checkpoint.py)
     ranks/             per-rank facts (optimizer state elements: ZeRO partitioning at a glance)
-    export/            safetensors + config + tokenizer of the best-accuracy model (or the last)
+    export/            safetensors + config + tokenizer of the best-accuracy model (ties: the lower
+                       validation loss; never validated: the last)
     export_best_bleu/  the same for the best-BLEU-4 model
     log.jsonl          every metric, one JSON object per line
     tb/                TensorBoard event files
@@ -155,6 +156,7 @@ class TrainRecipe:
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
+        d.lexicon = checks.resolve_lexicon(d.lexicon, d.dataset_dir, d.train_split)  # recorded as resolved
         self.info = checks.check_features(d)  # before any model, process group or data loading work
         checks.check_decoder(self.cfg.model.decoder)
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
@@ -179,6 +181,9 @@ class TrainRecipe:
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
+        known, total = lexicon.coverage(checks.train_texts(cfg.data.dataset_dir, cfg.data.train_split))
+        self.lexicon_info = {"lexicon": cfg.data.lexicon, "entries": len(lexicon), "train_words": total,
+                             "train_words_known": known, "coverage": round(known / max(total, 1), 4)}
         self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
                                        bos_prompt=cfg.model.bos_prompt, anchor=cfg.data.anchor,
                                        vad_input=cfg.model.vad_input)
@@ -223,8 +228,11 @@ class TrainRecipe:
         _seed_everything(cfg.seed + rt.rank)  # dropout differs per rank
         if info.num_tokens is None:
             info.num_tokens = int(torch.as_tensor(self.source.val_samples()[0]["tokens"]).shape[0])
-        self.memory_estimate = checks.estimate_model_memory(model, rt, info)
-        checks.check_memory(self.memory_estimate, rt.device, cfg.max_memory_gb, rt.micro)
+        added = checks.estimate_model_memory(model, rt, info)  # what training adds to this process
+        checks.check_memory(added, rt.device, cfg.max_memory_gb, rt.micro)
+        # the process's expected peak: on a CPU what it holds already (torch, the data, the model) plus
+        # what training adds; on a GPU the device memory training takes
+        self.memory_estimate = added + (checks.resident_bytes() if rt.device == "cpu" else 0)
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg.optim, self.total_steps, rt.ds_config)
 
     def setup_logging(self) -> None:
@@ -245,6 +253,9 @@ class TrainRecipe:
             "vocab_size": mc.vocab_size, "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
             "encoder": self.info.encoder, "visual_tokens": [self.info.num_tokens, self.info.dim],
             "data_source": f"{self.info.source}: {self.info.path}",
+            "lexicon": (f"{self.lexicon_info['lexicon']} ({self.lexicon_info['entries']} words; knows "
+                        f"{self.lexicon_info['train_words_known']} of the {self.lexicon_info['train_words']} distinct "
+                        f"words of the training text, {100 * self.lexicon_info['coverage']:.0f}%)"),
         }
         left_out = getattr(getattr(self.source, "train_set", None), "n_few_emotions", 0)
         if left_out:  # data.min_train_emotions
@@ -258,7 +269,7 @@ class TrainRecipe:
                     self.vocab.save(self.run_dir / VOCAB_FILE)
                 write_json(self.run_dir / CONFIG_FILE, resolved)
             write_json(self.run_dir / "run.json", {
-                **derived, "model_config": mc.__dict__, "git": _git_hash(),
+                **derived, "lexicon_coverage": self.lexicon_info, "model_config": mc.__dict__, "git": _git_hash(),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
                 "resumed_at_step": self.state.step if self.resuming else None,
             })
@@ -395,8 +406,14 @@ class TrainRecipe:
         st, s = self.state, self.cfg.schedule
         metrics = self.validate()
         acc, bleu, names = metrics.get("accuracy"), metrics.get("bleu4"), [LAST]
-        if acc is not None and (st.best_acc is None or acc > st.best_acc):
-            st.best_acc, st.best_acc_step = acc, st.step
+        loss = metrics.get("loss")
+        # accuracy on a small validation split saturates (the demo's: 1.0 from mid-training on), so a
+        # tie goes to the lower validation loss: the export is then the better-trained model, not the
+        # first to reach the top accuracy
+        tie_better = (acc == st.best_acc and loss is not None and st.best_acc_loss is not None
+                      and loss < st.best_acc_loss)
+        if acc is not None and (st.best_acc is None or acc > st.best_acc or tie_better):
+            st.best_acc, st.best_acc_step, st.best_acc_loss = acc, st.step, loss
             names.append(BEST_ACC)
             self.export(EXPORT, metrics)
         if bleu is not None and (st.best_bleu is None or bleu > st.best_bleu):
@@ -479,7 +496,11 @@ class TrainRecipe:
         self.log.write(summary, tensorboard=False)
         self.log.close()
         if self.rt.main:  # written last: its presence means training finished
-            write_json(self.run_dir / DONE_FILE, summary)
+            # the measured peak beside the estimate (not in log.jsonl: a resumed run's log equals an
+            # uninterrupted one's, and this process's peak is not the run's)
+            memory = {"memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+                      "memory_peak_gib": checks.peak_memory_gib(self.rt.device)}
+            write_json(self.run_dir / DONE_FILE, {**summary, **memory})
         _say(f"sevlm train: done ({stop}) at step {st.step}; best accuracy {st.best_acc} (step {st.best_acc_step}), "
              f"best BLEU-4 {st.best_bleu} (step {st.best_bleu_step}); run folder {self.run_dir}", self.rt.main)
         return self.run_dir
@@ -522,6 +543,9 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
             from sevlm.model.config import saved_model_config
 
             saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
+        data = saved.get("data") if isinstance(saved, dict) else None
+        if isinstance(data, dict) and data.get("features") and data.get("shards") and not data.get("source"):
+            data["source"] = "features"  # an older sevlm read the feature cache when both were set
         return as_train_config(saved), run_dir, True
     cfg = as_train_config(config)
     if (run_dir / CONFIG_FILE).exists():

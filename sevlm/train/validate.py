@@ -58,7 +58,7 @@ def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: 
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
         hyps = generate(model, builder.tok, builder.lexicon, visual, decoding=decoding, n_images=len(samples),
-                        vocab=builder.vocab)
+                        vocab=builder.vocab, image_keys=[s["image_id"] for s in samples])
         for s, h in zip(samples, hyps):
             key = s["image_id"]
             references[key] = list(s["explanations"])

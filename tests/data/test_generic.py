@@ -196,7 +196,8 @@ def test_prepare_command_generic(tmp_path, wikiart_dir, two_inputs, capsys):
     assert cli.main(["prepare", "--format", "generic", "--input", str(a), "--input", str(b),
                      "--images", str(wikiart_dir), "--out", str(out), "--seed", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "training set: all; seed 3" in printed and "affection" in printed and "ours" in printed
+    assert "2 input file(s); images split 85/5/10 train/val/test" in printed and "seed 3" in printed
+    assert "training set" not in printed and "affection" in printed and "ours" in printed  # ArtEmis v2 wording
     assert json.loads((out / "manifest.json").read_text())["seed"] == 3
     assert cli.main(["prepare", "--format", "generic", "--input", str(a), "--images", str(wikiart_dir),
                      "--contrastive-csv", "x.csv", "--out", str(out)]) == 1
@@ -224,8 +225,9 @@ def test_generic_dataset_through_the_whole_pipeline(tmp_path, wikiart_dir):
     for split in ("train", "val"):
         assert main(["shard", "--features", str(feats), "--dataset", str(ds), "--split", split,
                      "--out", str(shards)]) == 0
+    # not the demo data: the tiny config's demo table only when asked for (data.lexicon=demo)
     assert main(["train", "--config", "tiny", "--out", str(run), f"data.dataset_dir={ds}", f"data.shards={shards}",
-                 "schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=1"]) == 0
+                 "data.lexicon=demo", "schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=1"]) == 0
     preds = run / "pred.jsonl"
     assert main(["generate", "--run", str(run), "--split", "test", "--features", str(feats),
                  "--out", str(preds)]) == 0
@@ -243,3 +245,39 @@ def test_generic_dataset_through_the_whole_pipeline(tmp_path, wikiart_dir):
     retrieval = json.loads((run / "retrieval.json").read_text())
     assert retrieval["model"]["image_to_explanation"]["n_queries"] == 3
     assert retrieval["model"]["image_to_explanation"]["gallery_size"] == 9
+
+
+def _tiny_images(root: Path, n: int) -> list[str]:
+    (root / "S").mkdir(parents=True)
+    for i in range(n):
+        (root / "S" / f"p{i:02d}.jpg").write_bytes(b"x")
+    return [f"S/p{i:02d}.jpg" for i in range(n)]
+
+
+def test_image_paths_without_their_suffix_name_the_file_that_exists(tmp_path):
+    _tiny_images(tmp_path / "img", 13)
+    rows = [{"image": f"S/p{i:02d}", "emotion": "awe", "utterance": LONG.format(i)} for i in range(13)]
+    path = write_csv(tmp_path / "in.csv", rows)
+    with pytest.raises(DataError, match=r"13 of 13 images not found .*'S/p00' is not a file under .* but "
+                                        r"'S/p00\.jpg' is: did you mean 'S/p00\.jpg'\? \(image paths need their file suffix\)"):
+        prepare_generic([path], tmp_path / "img", tmp_path / "ds", progress=False)
+
+
+def test_split_fractions_and_generic_wording(tmp_path, capsys):
+    from sevlm.cli import main
+
+    images = _tiny_images(tmp_path / "img", 40)
+    rows = [{"image": im, "emotion": "awe", "utterance": LONG.format(i)} for i, im in enumerate(images)]
+    path = write_csv(tmp_path / "in.csv", rows)
+    argv = ["prepare", "--format", "generic", "--input", str(path), "--images", str(tmp_path / "img")]
+    assert main([*argv, "--out", str(tmp_path / "ds"), "--split-fractions", "0.5,0.25,0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "images split 50/25/25 train/val/test" in out and "training set" not in out
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert m["split_fractions"] == {"train": 0.5, "val": 0.25, "test": 0.25}
+    assert {s: m["counts"][s]["images"] for s in SPLITS} == {"train": 20, "val": 10, "test": 10}
+    assert main([*argv, "--out", str(tmp_path / "ds2")]) == 0  # the default 85/5/10
+    assert {s: json.loads((tmp_path / "ds2" / "manifest.json").read_text())["counts"][s]["images"]
+            for s in SPLITS} == {"train": 34, "val": 2, "test": 4}
+    assert main([*argv, "--out", str(tmp_path / "ds3"), "--split-fractions", "0.5,0.5"]) != 0
+    assert "--split-fractions '0.5,0.5': expected three shares train,val,test that sum to 1" in capsys.readouterr().err

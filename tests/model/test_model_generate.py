@@ -256,3 +256,46 @@ def test_overfits_a_handful(make_model, tok, lexicon, make_samples):
         for s, h in zip(samples, hyps):
             assert (h.emotion, h.explanation) == (s["emotions"][0], s["explanations"][0])
             assert 0.5 < h.emotion_prob <= 1.0
+
+
+def test_sampling_is_per_image(make_model, tok, lexicon):
+    """Each image samples from its own stream, seeded by (seed, image id): its explanation is the
+    same at batch sizes 1, 3 and 32 and beside any batch-mates (generate_for_features, as
+    `sevlm generate` and validation call it); another seed or another id changes it."""
+    from types import SimpleNamespace
+
+    from sevlm.generate import generate_for_features
+
+    m = chatty(make_model(seed=2).eval(), tok, strength=2.0)
+    visual = torch.randn(32, 5, 16)
+    ids = [f"Style/painting-{i:02d}" for i in range(32)]
+    run = SimpleNamespace(model=m, tokenizer=tok, lexicon=lexicon, vocab=None)
+    d = DecodingConfig(strategy="sample", seed=7, max_new_tokens=10, top_p=0.95, temperature=1.5)
+
+    def texts(batch_size, order=range(32)):
+        order = list(order)
+        out = generate_for_features(run, visual[order], [ids[i] for i in order], batch_size=batch_size, decoding=d,
+                                    progress=False)
+        return {p["image_id"]: p["raw"] for p in out}
+
+    by32 = texts(32)
+    assert len(set(by32.values())) > 4  # sampled: the images differ
+    assert texts(1) == by32
+    assert texts(3) == by32
+    assert texts(3, order=reversed(range(32))) == by32  # other batch-mates
+    other_seed = {p["image_id"]: p["raw"] for p in generate_for_features(
+        run, visual, ids, batch_size=32, decoding=d.updated(seed=8), progress=False)}
+    assert sum(other_seed[k] != by32[k] for k in ids) > 4
+    # the stream follows the id, not the position: image 0 under image 1's id draws image 1's stream
+    same_visual = torch.stack([visual[0], visual[0]])
+    a, b = generate(m, tok, lexicon, same_visual, d, image_keys=["x", "y"])
+    assert generate(m, tok, lexicon, same_visual[:1], d, image_keys=["y"])[0].tokens == b.tokens
+    assert a.tokens != b.tokens or a.tokens != generate(m, tok, lexicon, same_visual[:1], d, image_keys=["z"])[0].tokens
+
+
+def test_greedy_and_beam_ignore_image_keys(make_model, tok, lexicon):
+    m = chatty(make_model(seed=2).eval(), tok, strength=2.0)
+    visual = torch.randn(3, 5, 16)
+    for d in (DecodingConfig(max_new_tokens=8), DecodingConfig(strategy="beam", num_beams=3, max_new_tokens=8)):
+        plain = [h.tokens for h in generate(m, tok, lexicon, visual, d)]
+        assert [h.tokens for h in generate(m, tok, lexicon, visual, d, image_keys=["a", "b", "c"])] == plain

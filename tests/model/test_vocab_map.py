@@ -185,3 +185,59 @@ def test_trainer_refuses_corpus_vocab_with_pretrained_decoder():
     with pytest.raises(ConfigError, match="pretrained model.decoder='gpt2'"):
         as_train_config({"data": {"corpus_vocab": True}, "model": {"decoder": "gpt2"}})
     assert as_train_config({"model": {"decoder": "gpt2"}}).model.decoder == "gpt2"  # full vocabulary: fine
+
+
+def test_words_are_recorded_piece_by_piece_and_round_trip(tok, vocab):
+    from sevlm.text import WordTrie
+
+    words = {tok.decode(list(w)) for w in vocab.words}
+    expl = {" " + w for _, x in PAIRS for w in x.split()}
+    assert expl <= words and " emotion" not in words  # the explanations' words, not the prompt's
+    assert VocabMap.from_json(json.loads(json.dumps(vocab.to_json()))).words == vocab.words
+    assert VocabMap.from_json(vocab.gpt2_ids.tolist()).words is None  # an older map: no words
+    with pytest.raises(DataError, match="words must be lists of the vocabulary's GPT-2 ids"):
+        VocabMap.from_json({**vocab.to_json(), "words": [[10**6]]})
+    # the tree: a word's pieces in order, then (once whole) any word's first piece or the end
+    trie = WordTrie(vocab, tok, eos=vocab.compact(tok.eos_token_id))
+    c = [vocab.compact(t) for t in _ids(tok, " the bright")]
+    assert set(trie.allowed([])) == trie.first and c[0] in trie.first
+    after_the = set(trie.allowed(c[:1]))
+    assert trie.first <= after_the and trie.eos in after_the
+    assert trie.allowed(c + [vocab.compact(_ids(tok, " sky")[0])]) is not None
+    with pytest.raises(DataError, match="records no words"):
+        WordTrie(VocabMap(vocab.gpt2_ids.tolist()), tok, eos=1)
+
+
+@pytest.mark.parametrize("decoding", [
+    DecodingConfig(max_new_tokens=14, corpus_words=True),
+    DecodingConfig(strategy="beam", num_beams=2, max_new_tokens=14, corpus_words=True),
+    DecodingConfig(strategy="sample", temperature=3.0, max_new_tokens=14, corpus_words=True, seed=3),
+])
+def test_corpus_words_spell_only_training_words(tok, lexicon, cbuilder, vocab, make_model, decoding):
+    """An untrained corpus model glues pieces at random; with decoding.corpus_words every
+    explanation word is one the training explanations have (cached and uncached alike)."""
+    from sevlm.generate import parse_output
+
+    torch.manual_seed(0)
+    m = SEVLM(SEVLMConfig(n_layer=1, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20,
+                          n_positions=32).with_token_ids(cbuilder.ids)).eval()
+    bias = torch.zeros(len(vocab))
+    bias[cbuilder.ids.because] = 4.0  # reach the explanation within a few tokens
+    m.decoder.lm_head.bias = torch.nn.Parameter(bias)
+    visual = torch.randn(6, 5, 16)
+    corpus = {w for _, x in PAIRS for w in x.split()} | {"again"}
+    free = generate(m, tok, lexicon, visual, dataclasses_replace(decoding, corpus_words=False), vocab=vocab)
+    hyps = generate(m, tok, lexicon, visual, decoding, vocab=vocab)
+    assert [h.tokens for h in hyps] == [h.tokens for h in generate(m, tok, lexicon, visual, decoding, use_cache=False,
+                                                                    vocab=vocab)]
+    said = [w for h in hyps for w in parse_output(h.text)[1].split()]
+    assert len(said) >= 6 and set(said) <= corpus
+    assert not {w for h in free for w in parse_output(h.text)[1].split()} <= corpus  # it had work to do
+    with pytest.raises(DataError, match="corpus_words needs a model trained on a corpus vocabulary"):
+        generate(make_model().eval(), tok, lexicon, visual[:1], decoding)  # GPT-2 ids: no words to keep to
+
+
+def dataclasses_replace(d, **kw):
+    import dataclasses
+
+    return dataclasses.replace(d, **kw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 
 import pytest
@@ -99,6 +101,19 @@ def test_overrides_and_bad_values():
         load_train_config("tiny", ["schedule.batch=2"])
     with pytest.raises(ConfigError, match="precision"):
         load_train_config("tiny", ["precision=fp8"])
+
+
+@pytest.mark.parametrize("override, meant", [
+    ("micro_batch=8", "micro_batch (did you mean schedule.micro_batch?)"),  # unqualified
+    ("lexicon=x", "lexicon (did you mean data.lexicon?)"),
+    ("data.featurs=x", "featurs (did you mean data.features?)"),  # misspelt
+    ("schedule.epoch=3", "epoch (did you mean schedule.epochs?)"),
+])
+def test_unknown_keys_name_the_key_they_may_mean(override, meant):
+    with pytest.raises(ConfigError, match=re.escape(meant)):
+        load_train_config("tiny", [override])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) zzz; known"):  # no guess when nothing is close
+        load_train_config("tiny", ["zzz=1"])
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,37 @@ def test_upfront_errors(tiny_data, tiny_config, tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcde")  # nothing was started
 
 
+def test_one_data_source_per_run(tiny_data, tiny_config, shard_dir, tmp_path):
+    """A run reads the shards or the feature cache, validation included; both set is refused
+    naming both unless data.source picks one; run.json names the source."""
+    from sevlm.features.shards import write_shards
+
+    both = (f"data.shards={shard_dir}",)  # tiny_config sets data.features
+    with pytest.raises(ConfigError, match=r"data.features=.*features.h5 and data.shards=.* are both set.*data.source="):
+        train(tiny_config(*both), out_dir=tmp_path / "both")
+    with pytest.raises(ConfigError, match="data.source: expected one of features, shards"):
+        tiny_config(*both, "data.source=hdf5")
+    with pytest.raises(ConfigError, match="data.source=shards but data.shards is not set"):
+        train(tiny_config("data.source=shards"), out_dir=tmp_path / "none")
+    only_train = tmp_path / "only_train"
+    write_shards(tiny_data["features"], tiny_data["dataset"], "train", only_train, progress=False)
+    with pytest.raises(DataError, match=r"no shards for split 'val' \(have: train\); a run from shards reads its "
+                                        r"validation split from them too: write it with `sevlm shard .*--split val"):
+        train(tiny_config("data.features=null", f"data.shards={only_train}"), out_dir=tmp_path / "train_only")
+    assert not any((tmp_path / n).exists() for n in ("both", "none", "train_only"))
+
+    short = ("schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2")
+    alone = train(tiny_config(*short, "data.features=null", f"data.shards={shard_dir}"), out_dir=tmp_path / "alone")
+    picked = train(tiny_config(*short, *both, "data.source=shards"), out_dir=tmp_path / "picked")
+    val = json.loads((tiny_data["dataset"] / "val.json").read_text())
+    for run_dir in (alone, picked):
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["data_source"] == f"shards: {shard_dir}" and run["val_images"] == len(val)
+    assert losses(alone) == losses(picked)
+    rows = [json.loads(line) for line in (alone / "log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in rows)  # validated from the val shards
+
+
 def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, tiny_config, tmp_path):
     from sevlm.train import load_train_config
     from tests.train.conftest import tiny_overrides
@@ -228,8 +259,65 @@ def test_lexicon_must_be_named_and_demo_only_where_a_config_says_so(tiny_data, t
         train(tiny_config("data.lexicon=null"), out_dir=tmp_path / "unset")
     with pytest.raises(DataError, match="nope.txt: VAD lexicon file not found \\(data.lexicon\\)"):
         train(tiny_config(f"data.lexicon={tmp_path / 'nope.txt'}"), out_dir=tmp_path / "missing")
-    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo"
+    # the demo and tiny configs name the demo table for the synthetic demo data only
+    assert load_train_config("tiny").data.lexicon == load_train_config("demo").data.lexicon == "demo-data"
     assert not any((tmp_path / n).exists() for n in ("paper", "unset", "missing"))
+
+
+@pytest.fixture(scope="module")
+def generic_data(tiny_data, tmp_path_factory):
+    """The tiny data's annotations as a generic-format dataset (not the synthetic demo data any
+    more, as far as training can tell), with its tiny-random features."""
+    import csv
+
+    from sevlm.cli import main
+    from sevlm.features.hdf5 import extract_features
+
+    root = tmp_path_factory.mktemp("generic")
+    raw = tiny_data["root"] / "raw"
+    with open(raw / "artemis_dataset_release_v0.csv", encoding="utf-8") as f:
+        rows = [{"image": f"{r['art_style']}/{r['painting']}.jpg", "emotion": r["emotion"], "utterance": r["utterance"]}
+                for r in csv.DictReader(f)]
+    with open(root / "mine.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "emotion", "utterance"])
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["prepare", "--format", "generic", "--input", str(root / "mine.csv"), "--images", str(raw / "images"),
+                 "--out", str(root / "dataset")]) == 0
+    extract_features(None, root / "dataset", "tiny-random", root / "features.h5", progress=False)
+    return {"dataset": root / "dataset", "features": root / "features.h5"}
+
+
+def test_the_demo_table_on_other_data_only_when_asked_for(generic_data, tiny_config, tmp_path, capsys):
+    """The demo config's lexicon on a generic dataset is refused, naming the fix; data.lexicon=demo
+    trains with it; the start-up line and run.json name the lexicon and its coverage."""
+    data = (f"data.dataset_dir={generic_data['dataset']}", f"data.features={generic_data['features']}")
+    with pytest.raises(ConfigError, match=r"is not the synthetic demo data, and this config's lexicon is the \d+-word "
+                                          r"demo table .*knows \d+ of the \d+ distinct words.*: give the NRC-VAD "
+                                          r"lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+        train(tiny_config(*data), out_dir=tmp_path / "refused")
+    from sevlm.train import load_train_config
+
+    with pytest.raises(ConfigError, match=r"is not the synthetic demo data.*give the NRC-VAD lexicon, "
+                                          r"data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+        train(load_train_config("demo", list(data)), out_dir=tmp_path / "refused")  # the demo config alike
+    assert not (tmp_path / "refused").exists()
+    short = ("schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=0")
+    run_dir = train(tiny_config(*data, *short, "data.lexicon=demo"), out_dir=tmp_path / "asked")
+    run = json.loads((run_dir / "run.json").read_text())
+    cov = run["lexicon_coverage"]
+    assert cov["lexicon"] == "demo" and 0 < cov["train_words_known"] <= cov["train_words"]
+    assert run["lexicon"].startswith(f"demo ({cov['entries']} words; knows {cov['train_words_known']} of the "
+                                     f"{cov['train_words']} distinct words of the training text")
+    assert f"lexicon={run['lexicon']}" in capsys.readouterr().err
+    assert json.loads((run_dir / "config.json").read_text())["data"]["lexicon"] == "demo"
+
+
+def test_the_demo_configs_resolve_to_the_demo_table_on_demo_data(full_run):
+    config = json.loads((full_run / "config.json").read_text())
+    run = json.loads((full_run / "run.json").read_text())
+    assert config["data"]["lexicon"] == "demo" and run["lexicon_coverage"]["lexicon"] == "demo"
+    assert run["lexicon_coverage"]["coverage"] > 0.5  # the demo data's words come from the demo tables
 
 
 def test_unloadable_decoder_is_one_config_error(tiny_config, tmp_path):
@@ -567,3 +655,45 @@ def test_a_checkpoint_fingerprinted_by_an_older_sevlm_still_resumes(tiny_data):
     checks.check_unchanged(legacy, current, "run")
     with pytest.raises(ConfigError, match=r"changed since the run started: config.json \(the run folder's\)"):
         checks.check_unchanged({**legacy, "runs/old/spelling/config.json": "edited"}, current, "run")
+
+
+@pytest.mark.slow
+def test_memory_estimate_is_within_2x_of_the_measured_peak(tiny_data, tmp_path):
+    """run.json's memory_estimate_gib is the process's expected peak (what it holds at start-up plus
+    what training adds), not the model's share alone; done.json puts the measured peak beside it.
+    Its own process, so the peak is this run's."""
+    import subprocess
+    import sys
+
+    from tests.train.conftest import tiny_overrides
+
+    run_dir = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "sevlm.cli", "train", "--config", "tiny", "--out", str(run_dir),
+                    *tiny_overrides(tiny_data, "schedule.max_steps=3", "schedule.val_every=0", "device=cpu")],
+                   check=True, capture_output=True, timeout=600)
+    done = json.loads((run_dir / "done.json").read_text())
+    estimate, peak = done["memory_estimate_gib"], done["memory_peak_gib"]
+    assert json.loads((run_dir / "run.json").read_text())["memory_estimate_gib"] == estimate
+    assert peak > 0.1 and peak / 2 <= estimate <= 2 * peak, (estimate, peak)
+
+
+def test_accuracy_ties_export_the_lower_validation_loss():
+    """export/ is the best-accuracy model; when accuracy ties (a small validation split saturates),
+    the one with the lower validation loss, so a later, better-trained model wins."""
+    from types import SimpleNamespace
+
+    from sevlm.train import load_train_config
+    from sevlm.train.checkpoint import TrainState
+
+    r = object.__new__(train_recipe.TrainRecipe)
+    r.state, r.cfg, r.rt = TrainState(), load_train_config("tiny"), SimpleNamespace(main=False)
+    exported = []
+    r.export = lambda name, metrics: exported.append((name, r.state.step))
+    r.log = SimpleNamespace(write=lambda *a, **k: None)
+    seq = iter([(0.5, 3.0), (1.0, 2.0), (1.0, 1.5), (1.0, 1.8), (0.9, 1.0)])
+    r.validate = lambda: dict(zip(("accuracy", "loss"), next(seq)), bleu4=0.1)
+    for step in range(1, 6):
+        r.state.step = step
+        r._validate_and_keep()
+    assert [s for name, s in exported if name == train_recipe.EXPORT] == [1, 2, 3]
+    assert (r.state.best_acc, r.state.best_acc_step, r.state.best_acc_loss) == (1.0, 3, 1.5)
