@@ -25,6 +25,7 @@ COMMANDS = (
     "evaluate",
     "retrieve",
     "predict",
+    "export",
     "demo",
 )
 
