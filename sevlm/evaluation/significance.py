@@ -83,6 +83,54 @@ def _emotion_stats(preds: list[M.Prediction], refs: dict[str, M.Reference], labe
     return np.stack([hit * dom, dom], axis=1)  # [N, 2]
 
 
+def _bleu(n: int) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(s: np.ndarray) -> np.ndarray:
+        return M.bleu_from_stats(s)[..., n - 1]
+
+    fn.__name__ = f"_bleu{n}"
+    return fn
+
+
+# How each metric is computed from the column sums of its per-image statistics (module docstring).
+STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    **{f"BLEU-{n}": (_bleu4 if n == 4 else _bleu(n)) for n in range(1, 5)},
+    "METEOR": _ratio, "ROUGE-L": _ratio, "CIDEr": _ratio, "emotion_accuracy": _ratio, "emo_align": _ratio,
+}
+NOTES = {**{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
+         "METEOR": "statistic: mean per-image score"}
+
+
+def image_statistics(preds: list[M.Prediction], refs: dict[str, M.Reference], hypotheses: dict, references: dict,
+                     classifier=None) -> dict[str, np.ndarray]:
+    """One system's per-image statistics {metric: [N, m]}, rows in `preds` order; each metric is
+    STATISTIC_FNS[metric](stats.sum(0)). `hypotheses` / `references` map image_id to PTB-tokenized
+    text (one hypothesis, all references); emo_align needs the Emo-Align `classifier`."""
+    ids = [p.image_id for p in preds]
+    scores = M.caption_metrics({i: hypotheses[i] for i in ids}, {i: references[i] for i in ids}, tokenize=False)
+    ones = np.ones((len(ids), 1))
+    out = {f"BLEU-{n}": scores.bleu_stats for n in range(1, 5)}
+    out.update({k: np.hstack([scores.per_image[k][:, None], ones]) for k in ("METEOR", "ROUGE-L", "CIDEr")})
+    out["emotion_accuracy"] = _emotion_stats(preds, refs)
+    if classifier is not None:
+        out["emo_align"] = _emotion_stats(preds, refs, classifier.predict([p.explanation for p in preds]))
+    return out
+
+
+def score_predictions(predictions: str | Path, references_path: str | Path, classifier=None, strict: bool = True,
+                      dominance: str = "artemis") -> tuple[list[str], dict[str, np.ndarray]]:
+    """(image ids, image_statistics) of one prediction file: what paired tests between runs scored
+    one at a time need (sevlm.ablation keeps them beside each run)."""
+    refs = M.load_references(references_path, dominance)
+    preds, _ = M.align(M.load_predictions(predictions), refs, predictions, strict)
+    if not preds:
+        raise DataError(f"{predictions}: no prediction for an image of {references_path}")
+    ids = [p.image_id for p in preds]
+    toks = M.ptb_tokenize({**{("r", i): list(refs[i].explanations) for i in ids},
+                           **{("h", p.image_id): [p.explanation] for p in preds}})
+    return ids, image_statistics(preds, refs, {i: toks[("h", i)][0] for i in ids}, {i: toks[("r", i)] for i in ids},
+                                 classifier)
+
+
 def compare(
     predictions_a: str | Path,
     predictions_b: str | Path,
@@ -110,24 +158,10 @@ def compare(
         **{("b", p.image_id): [p.explanation] for p in pb},
     })
     gts = {i: toks[("r", i)] for i in common}
-    ca = M.caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
-    cb = M.caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
-    ones = np.ones((len(common), 1))
-    mean_stat = lambda name: Statistic(  # noqa: E731
-        name, np.hstack([ca.per_image[name][:, None], ones]), np.hstack([cb.per_image[name][:, None], ones]), _ratio,
-        "statistic: mean per-image score" if name == "METEOR" else "",
-    )
-    stats = [
-        Statistic("BLEU-4", ca.bleu_stats, cb.bleu_stats, _bleu4, "statistic: coco corpus BLEU-4 on each resample"),
-        mean_stat("METEOR"),
-        mean_stat("ROUGE-L"),
-        mean_stat("CIDEr"),
-        Statistic("emotion_accuracy", _emotion_stats(pa, refs), _emotion_stats(pb, refs), _ratio),
-    ]
-    if classifier is not None:
-        la = classifier.predict([p.explanation for p in pa])
-        lb = classifier.predict([p.explanation for p in pb])
-        stats.append(Statistic("emo_align", _emotion_stats(pa, refs, la), _emotion_stats(pb, refs, lb), _ratio))
+    sa = image_statistics(pa, refs, {i: toks[("a", i)][0] for i in common}, gts, classifier)
+    sb = image_statistics(pb, refs, {i: toks[("b", i)][0] for i in common}, gts, classifier)
+    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy"] + (["emo_align"] if classifier is not None else [])
+    stats = [Statistic(n, sa[n], sb[n], STATISTIC_FNS[n], NOTES.get(n, "")) for n in names]
     return {
         "a": str(predictions_a),
         "b": str(predictions_b),
