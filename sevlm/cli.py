@@ -24,6 +24,7 @@ COMMANDS = (
     "evaluate",
     "retrieve",
     "predict",
+    "ablate",
     "demo",
 )
 
