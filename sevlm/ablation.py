@@ -4,8 +4,8 @@ A study folder DIR holds
 - `study.json`: the base config and overrides, each variant's overrides, the seeds, the data;
 - `<variant>/seed<S>/`: a `sevlm train` run folder, then beside its checkpoints the outputs of
   `generate` (`predictions_test.jsonl`), `evaluate` (`report/REPORT.json`), `retrieve`
-  (`retrieval_test.json`, only for runs with a contrastive head and an image side) and the
-  per-image statistics the paired tests read (`paired_stats_test.npz`);
+  (`retrieval_test.json`, only for runs with a contrastive head and an image side); evaluate
+  also keeps the per-image statistics the paired tests read (`report/REPORT_stats.npz`);
 - `logs/<variant>-seed<S>.log` (and `.error.json` while the run's last attempt failed);
 - `ABLATION.md`, `ABLATION.json`, `ABLATION.png` (sevlm.evaluation.ablation).
 
@@ -33,7 +33,7 @@ SPLIT = "test"
 PREDICTIONS = f"predictions_{SPLIT}.jsonl"
 REPORT = Path("report") / "REPORT.json"
 RETRIEVAL = f"retrieval_{SPLIT}.json"
-STATS = f"paired_stats_{SPLIT}.npz"
+STATS = Path("report") / "REPORT_stats.npz"  # evaluate's per-image statistics (report.statistics_path)
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def run_outputs(folder: Path, retrieve: bool) -> list[Path]:
     """What a finished run folder holds, in the order the stages write it."""
     from sevlm.train.recipe import DONE_FILE
 
-    outs = [folder / DONE_FILE, folder / PREDICTIONS, folder / REPORT]
-    return outs + ([folder / RETRIEVAL] if retrieve else []) + [folder / STATS]
+    outs = [folder / DONE_FILE, folder / PREDICTIONS, folder / STATS, folder / REPORT]
+    return outs + ([folder / RETRIEVAL] if retrieve else [])
 
 
 def run_finished(study: Path, spec: dict, variant: str, seed: int) -> bool:
@@ -340,8 +340,8 @@ def run_one(study: Path, variant: str, seed: int) -> None:
     data_overrides = [f"data.{k}={val}" for k, val in data.items() if val]
     who = f"variant {variant} seed {seed}"
 
-    def stage(name: str, output: Path, argv: list[str]) -> bool:
-        if output.exists():
+    def stage(name: str, output: Path | list[Path], argv: list[str]) -> bool:
+        if all(o.exists() for o in (output if isinstance(output, list) else [output])):
             return False
         print(f"[ablate {variant} seed {seed}] {name}: sevlm {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
@@ -363,29 +363,13 @@ def run_one(study: Path, variant: str, seed: int) -> None:
     stage("generate", folder / PREDICTIONS, ["generate", "--run", str(folder), "--split", SPLIT,
                                              "--out", str(folder / PREDICTIONS)])
     lexicon = _recorded_lexicon(folder)
-    stage("evaluate", folder / REPORT, ["evaluate", "--predictions", str(folder / PREDICTIONS),
+    # a REPORT.json without its statistics (an older sevlm's) is evaluated again
+    stage("evaluate", [folder / STATS, folder / REPORT], ["evaluate", "--predictions", str(folder / PREDICTIONS),
                                         "--references", str(Path(dataset) / f"{SPLIT}.json"), "--dataset", str(dataset),
                                         *(["--vad-lexicon", lexicon] if lexicon else []), "--out", str(folder / REPORT)])
     if v["retrieve"]:
         stage("retrieve", folder / RETRIEVAL, ["retrieve", "--run", str(folder), "--split", SPLIT,
                                                "--out", str(folder / RETRIEVAL)])
-    if not (folder / STATS).exists():
-        write_stats(folder / STATS, folder / PREDICTIONS, Path(dataset) / f"{SPLIT}.json", dataset)
-
-
-def write_stats(out: Path, predictions: Path, references: Path, dataset) -> None:
-    """The run's per-image statistics for the paired tests (sevlm.evaluation.significance), and its
-    per-image image->emotion retrieval hits when it has them, as one .npz."""
-    import numpy as np
-
-    from sevlm.evaluation.emo_classifier import load_or_train
-    from sevlm.evaluation.significance import score_predictions
-    from sevlm.io import atomic_path
-
-    ids, stats = score_predictions(predictions, references, classifier=load_or_train(dataset))
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, image_ids=np.array(ids), **{f"stat:{k}": v for k, v in stats.items()})
 
 
 def _recorded_dataset(folder: Path) -> str:

@@ -2,8 +2,8 @@
 the baseline with paired bootstrap p-values, as ABLATION.json, ABLATION.md and ABLATION.png.
 
 Everything is rebuilt from the run folders (sevlm.ablation): a run's figures are its
-`report/REPORT.json` and `retrieval_test.json`; the paired tests read its `paired_stats_test.npz`
-(per-image statistics, sevlm.evaluation.significance).
+`report/REPORT.json` and `retrieval_test.json`; the paired tests read the per-image statistics
+`sevlm evaluate` kept beside the report (`report/REPORT_stats.npz`, sevlm.evaluation.significance).
 
 Pooling seeds: runs are paired by seed (seed s of variant B against seed s of variant A, only
 seeds both have finished), and by image. For each metric, an image's statistics are summed over
@@ -88,10 +88,10 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
 
 def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     from sevlm.ablation import STATS
+    from sevlm.evaluation.significance import read_statistics
 
-    with np.load(folder / STATS) as z:
-        ids = [str(i) for i in z["image_ids"]]
-        return ids, {k[5:]: z[k] for k in z.files if k.startswith("stat:")}
+    ids, stats, _ = read_statistics(folder / STATS)
+    return ids, stats
 
 
 def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 0) -> dict:

@@ -100,35 +100,52 @@ NOTES = {**{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for
          "METEOR": "statistic: mean per-image score"}
 
 
-def image_statistics(preds: list[M.Prediction], refs: dict[str, M.Reference], hypotheses: dict, references: dict,
-                     classifier=None) -> dict[str, np.ndarray]:
-    """One system's per-image statistics {metric: [N, m]}, rows in `preds` order; each metric is
-    STATISTIC_FNS[metric](stats.sum(0)). `hypotheses` / `references` map image_id to PTB-tokenized
-    text (one hypothesis, all references); emo_align needs the Emo-Align `classifier`."""
-    ids = [p.image_id for p in preds]
-    scores = M.caption_metrics({i: hypotheses[i] for i in ids}, {i: references[i] for i in ids}, tokenize=False)
-    ones = np.ones((len(ids), 1))
-    out = {f"BLEU-{n}": scores.bleu_stats for n in range(1, 5)}
-    out.update({k: np.hstack([scores.per_image[k][:, None], ones]) for k in ("METEOR", "ROUGE-L", "CIDEr")})
+def image_statistics(preds: list[M.Prediction], refs: dict[str, M.Reference], captions: M.CaptionScores,
+                     emo_labels: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One system's per-image statistics {metric: [N, m]}, rows in `preds` order, from its scores
+    (metrics.caption_metrics) and, for emo_align, the Emo-Align classifier's labels of its
+    explanations: each metric is STATISTIC_FNS[metric](stats.sum(0)) (module docstring)."""
+    pos = {i: k for k, i in enumerate(captions.image_ids)}
+    rows = [pos[p.image_id] for p in preds]
+    ones = np.ones((len(preds), 1))
+    out = {f"BLEU-{n}": captions.bleu_stats[rows] for n in range(1, 5)}
+    out.update({k: np.hstack([captions.per_image[k][rows][:, None], ones]) for k in ("METEOR", "ROUGE-L", "CIDEr")})
     out["emotion_accuracy"] = _emotion_stats(preds, refs)
-    if classifier is not None:
-        out["emo_align"] = _emotion_stats(preds, refs, classifier.predict([p.explanation for p in preds]))
+    if emo_labels is not None:
+        out["emo_align"] = _emotion_stats(preds, refs, emo_labels)
     return out
 
 
-def score_predictions(predictions: str | Path, references_path: str | Path, classifier=None, strict: bool = True,
-                      dominance: str = "artemis") -> tuple[list[str], dict[str, np.ndarray]]:
-    """(image ids, image_statistics) of one prediction file: what paired tests between runs scored
-    one at a time need (sevlm.ablation keeps them beside each run)."""
-    refs = M.load_references(references_path, dominance)
-    preds, _ = M.align(M.load_predictions(predictions), refs, predictions, strict)
-    if not preds:
-        raise DataError(f"{predictions}: no prediction for an image of {references_path}")
-    ids = [p.image_id for p in preds]
-    toks = M.ptb_tokenize({**{("r", i): list(refs[i].explanations) for i in ids},
-                           **{("h", p.image_id): [p.explanation] for p in preds}})
-    return ids, image_statistics(preds, refs, {i: toks[("h", i)][0] for i in ids}, {i: toks[("r", i)] for i in ids},
-                                 classifier)
+STATS_FORMAT = "sevlm-image-stats-1"
+
+
+def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np.ndarray], meta: dict) -> None:
+    """Per-image statistics as one .npz (`image_ids`, `stat:<metric>` arrays, `meta` JSON), written
+    atomically: what `sevlm evaluate` keeps beside REPORT.json for later paired tests."""
+    import json
+
+    from sevlm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, image_ids=np.array(image_ids, dtype=str), meta=np.array(json.dumps({"format": STATS_FORMAT, **meta})),
+                     **{f"stat:{k}": v for k, v in stats.items()})
+
+
+def read_statistics(path: str | Path) -> tuple[list[str], dict[str, np.ndarray], dict]:
+    """(image ids, {metric: [N, m]}, meta) of a write_statistics file."""
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            ids = [str(i) for i in z["image_ids"]]
+            stats = {k[5:]: z[k] for k in z.files if k.startswith("stat:")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a per-image statistics file ({e})") from e
+    if meta.get("format") != STATS_FORMAT:
+        raise DataError(f"{path}: format {meta.get('format')!r}, expected {STATS_FORMAT!r}")
+    return ids, stats, meta
 
 
 def compare(
@@ -158,8 +175,10 @@ def compare(
         **{("b", p.image_id): [p.explanation] for p in pb},
     })
     gts = {i: toks[("r", i)] for i in common}
-    sa = image_statistics(pa, refs, {i: toks[("a", i)][0] for i in common}, gts, classifier)
-    sb = image_statistics(pb, refs, {i: toks[("b", i)][0] for i in common}, gts, classifier)
+    ca = M.caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
+    cb = M.caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
+    labels = (lambda ps: classifier.predict([p.explanation for p in ps])) if classifier is not None else (lambda ps: None)
+    sa, sb = image_statistics(pa, refs, ca, labels(pa)), image_statistics(pb, refs, cb, labels(pb))
     names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy"] + (["emo_align"] if classifier is not None else [])
     stats = [Statistic(n, sa[n], sb[n], STATISTIC_FNS[n], NOTES.get(n, "")) for n in names]
     return {
