@@ -280,7 +280,7 @@ def _run_children(study: Path, spec: dict, names: list[str], seeds: list[int], p
                                          stdout=out, stderr=subprocess.STDOUT, env=child_env,
                                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
                 running[p] = (v, s, time.perf_counter())
-                print(f"[ablate] start {v} seed {s} (log {log})", flush=True)
+                print(f"[ablate] start {v} seed {s} (pid {p.pid}, log {log})", flush=True)
             time.sleep(0.2)
             for p in [p for p in running if p.poll() is not None]:
                 v, s, t = running.pop(p)
