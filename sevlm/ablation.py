@@ -4,8 +4,9 @@ A study folder DIR holds
 - `study.json`: the base config and overrides, each variant's overrides, the seeds, the data;
 - `<variant>/seed<S>/`: a `sevlm train` run folder, then beside its checkpoints the outputs of
   `generate` (`predictions_test.jsonl`), `evaluate` (`report/REPORT.json`), `retrieve`
-  (`retrieval_test.json`, only for runs with a contrastive head and an image side); evaluate
-  also keeps the per-image statistics the paired tests read (`report/REPORT_stats.npz`);
+  (`retrieval_test.json`, only for runs with a contrastive head and an image side); evaluate and
+  retrieve also keep the per-image statistics the paired tests read (`report/REPORT_stats.npz`,
+  `retrieval_test_stats.npz`);
 - `logs/<variant>-seed<S>.log` (and `.error.json` while the run's last attempt failed);
 - `ABLATION.md`, `ABLATION.json`, `ABLATION.png` (sevlm.evaluation.ablation).
 
@@ -34,6 +35,7 @@ PREDICTIONS = f"predictions_{SPLIT}.jsonl"
 REPORT = Path("report") / "REPORT.json"
 RETRIEVAL = f"retrieval_{SPLIT}.json"
 STATS = Path("report") / "REPORT_stats.npz"  # evaluate's per-image statistics (report.statistics_path)
+RETRIEVAL_STATS = f"retrieval_{SPLIT}_stats.npz"  # retrieve's per-image image -> emotion hits
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def run_outputs(folder: Path, retrieve: bool) -> list[Path]:
     from sevlm.train.recipe import DONE_FILE
 
     outs = [folder / DONE_FILE, folder / PREDICTIONS, folder / STATS, folder / REPORT]
-    return outs + ([folder / RETRIEVAL] if retrieve else [])
+    return outs + ([folder / RETRIEVAL_STATS, folder / RETRIEVAL] if retrieve else [])
 
 
 def run_finished(study: Path, spec: dict, variant: str, seed: int) -> bool:
@@ -368,7 +370,7 @@ def run_one(study: Path, variant: str, seed: int) -> None:
                                         "--references", str(Path(dataset) / f"{SPLIT}.json"), "--dataset", str(dataset),
                                         *(["--vad-lexicon", lexicon] if lexicon else []), "--out", str(folder / REPORT)])
     if v["retrieve"]:
-        stage("retrieve", folder / RETRIEVAL, ["retrieve", "--run", str(folder), "--split", SPLIT,
+        stage("retrieve", [folder / RETRIEVAL_STATS, folder / RETRIEVAL], ["retrieve", "--run", str(folder), "--split", SPLIT,
                                                "--out", str(folder / RETRIEVAL)])
 
 

@@ -87,10 +87,15 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
 
 
 def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    from sevlm.ablation import STATS
+    from sevlm.ablation import RETRIEVAL_STATS, STATS
     from sevlm.evaluation.significance import read_statistics
 
     ids, stats, _ = read_statistics(folder / STATS)
+    if (folder / RETRIEVAL_STATS).exists():  # image -> emotion hits, aligned to the report's images by id
+        r_ids, r_stats, _ = read_statistics(folder / RETRIEVAL_STATS)
+        pos = {i: k for k, i in enumerate(r_ids)}
+        if all(i in pos for i in ids):
+            stats["image_to_emotion"] = r_stats["image_to_emotion"][[pos[i] for i in ids]]
     return ids, stats
 
 
@@ -130,7 +135,7 @@ def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 
             entry.update(p_bootstrap=t["p_bootstrap"], stars=stars(t["p_bootstrap"]), ci95_pooled=t["ci95"],
                          delta_pooled=t["delta"])
         else:
-            entry["note"] = "no per-image statistics (retrieval): difference only"
+            entry["note"] = "no per-image statistics: difference only"
         out["metrics"][key] = entry
     return out
 
@@ -181,7 +186,7 @@ def markdown(table: dict) -> str:
         "from the previous rung (Δprev) and from the baseline (Δbase), with the paired bootstrap p-value "
         f"({table['n_resamples']} resamples) and stars: {table['stars']}. Seeds are paired (seed s against "
         "seed s) and pooled: each image's statistics are summed over the seeds both variants finished, "
-        "and the bootstrap resamples images. Retrieval figures have no per-image statistics: difference only. "
+        "and the bootstrap resamples images. "
         "— = not applicable (no retrieval without a contrastive head and an image side) or not finished.",
         "",
         "| variant | seeds | " + " | ".join(heads) + " |",

@@ -95,6 +95,7 @@ def _bleu(n: int) -> Callable[[np.ndarray], np.ndarray]:
 STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     **{f"BLEU-{n}": (_bleu4 if n == 4 else _bleu(n)) for n in range(1, 5)},
     "METEOR": _ratio, "ROUGE-L": _ratio, "CIDEr": _ratio, "emotion_accuracy": _ratio, "emo_align": _ratio,
+    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (retrieval.image_emotion_hits)
 }
 NOTES = {**{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
          "METEOR": "statistic: mean per-image score"}
