@@ -155,8 +155,8 @@ def reconcile(study: Path, spec: dict) -> dict:
     if not path.exists():
         return spec
     old = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("config", "overrides", "data"):
-        if old.get(key) != spec[key]:
+    for key in ("config", "overrides", "data", "demo_images"):
+        if old.get(key, spec.get(key)) != spec.get(key):  # (a key an older study.json lacks is not compared)
             raise ConfigError(f"{path}: this study was run with {key} {old.get(key)!r}, not {spec[key]!r}; "
                               f"use another --out, or give the same {key}")
     for name, v in spec["variants"].items():
@@ -209,8 +209,9 @@ def run_study(study: str | os.PathLike, config: str, overrides: list[str], varia
         from sevlm.train import load_train_config
 
         base_seed = load_train_config(config, overrides).seed
-        spec = reconcile(study, plan_study(study, config, overrides, variants, [base_seed + k for k in range(n_seeds)],
-                                           data))
+        spec = plan_study(study, config, overrides, variants, [base_seed + k for k in range(n_seeds)], data)
+        spec["demo_images"] = demo_images if data else None  # the size of the demo set built in DIR/data
+        spec = reconcile(study, spec)
         write_json(study / STUDY_FILE, spec)
         names, seeds = [v.name for v in variants], [base_seed + k for k in range(n_seeds)]
         _prepare_classifier(spec, config, overrides)

@@ -81,7 +81,8 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
             vals = [r["metrics"][key] for r in done if r["metrics"].get(key) is not None]
             mean[key] = float(np.mean(vals)) if vals else None
             sd[key] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        rows.append({"name": name, "label": v["label"], "overrides": v["overrides"], "runs": runs,
+        rows.append({"name": name, "label": v["label"], "overrides": v["overrides"], "image": v.get("image", True),
+                     "runs": runs,
                      "n_done": len(done), "mean": mean, "sd": sd})
     return rows
 
@@ -235,7 +236,10 @@ def plot(table: dict, out: Path) -> None:
             ax.scatter([i] * len(pts), pts, s=12, color="0.6", zorder=2)
         mean = np.array([np.nan if r["mean"][key] is None else r["mean"][key] for r in table["variants"]])
         sd = np.array([0.0 if r["sd"][key] is None else r["sd"][key] for r in table["variants"]])
-        ax.errorbar(x, mean, yerr=sd, fmt="o-", color="C0", capsize=4, zorder=3)
+        ladder = np.array([r.get("image", True) for r in table["variants"]])  # the no-image control stands apart
+        ax.errorbar(x[ladder], mean[ladder], yerr=sd[ladder], fmt="o-", color="C0", capsize=4, zorder=3)
+        if (~ladder).any():
+            ax.errorbar(x[~ladder], mean[~ladder], yerr=sd[~ladder], fmt="s", color="C3", capsize=4, zorder=3)
         for i, row in enumerate(table["variants"]):
             e = (row.get("vs_previous") or {}).get("metrics", {}).get(key)
             if e and e.get("stars") and not np.isnan(mean[i]):
@@ -245,8 +249,8 @@ def plot(table: dict, out: Path) -> None:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"ablation ({table['config']}, {len(table['seeds'])} seeds; mean ± sd, grey = seeds; "
-                 f"stars: against the rung before)")
+    fig.suptitle(f"ablation ({table['config']}, {len(table['seeds'])} seeds; mean ± sd, grey = seeds, red = no image; "
+                 f"stars: against the variant before)")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
