@@ -26,6 +26,7 @@ COMMANDS = (
     "retrieve",
     "predict",
     "export",
+    "ablate",
     "demo",
 )
 
