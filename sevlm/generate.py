@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from sevlm.constants import EMOTIONS
 from sevlm.data.vad import VADLexicon, vad_for_pieces, vad_for_tokens
 from sevlm.decoding import DecodingConfig
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
 from sevlm.text import PROMPT, check_id_space, prompt_ids

@@ -31,9 +31,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from sevlm.constants import EMOTIONS
-from sevlm.data.artemis import emotion_distribution
 from sevlm.data.vad import VADLexicon, vad_for_pieces, vad_for_tokens
+from sevlm.emotions import EMOTIONS, emotion_distribution
 from sevlm.errors import DataError
 
 TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sevlm.constants import EMOTIONS  # noqa: E402
+from sevlm.emotions import EMOTIONS  # noqa: E402
 from sevlm.features.hdf5 import H5FeatureDataset, extract_features  # noqa: E402
 from sevlm.features.shards import shard_pipeline, write_shards  # noqa: E402
 from sevlm.io import write_json  # noqa: E402

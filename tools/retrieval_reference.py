@@ -30,8 +30,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import sevlm  # noqa: F401  first: the passive OpenMP wait before torch loads OpenMP
 import numpy as np  # noqa: E402
+
+import sevlm  # noqa: F401  first: the passive OpenMP wait before torch loads OpenMP
 
 
 @dataclass
@@ -46,10 +47,9 @@ class SplitData:
 
 def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
-    from sevlm.constants import EMOTION_TO_INDEX
-    from sevlm.data.artemis import emotion_distribution
+    from sevlm.data.folder import load_split_records
+    from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
     from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.features.common import load_split_records
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)

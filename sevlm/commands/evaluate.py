@@ -20,7 +20,7 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sevlm.data.artemis import DOMINANCE_RULES
+    from sevlm.emotions import DOMINANCE_RULES
     from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
     from sevlm.evaluation.metrics import BECAUSE_RULES
 

@@ -47,7 +47,7 @@ def image_files(items: list[str]) -> list[str]:
     import glob
     from pathlib import Path
 
-    from sevlm.data.artemis import IMAGE_SUFFIXES
+    from sevlm.data.table import IMAGE_SUFFIXES
     from sevlm.errors import DataError
 
     suffixes = {s.lower() for s in IMAGE_SUFFIXES}

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 
 # ArtEmis's names (module, class), as pickle records them.

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
 CLASSIFIER_DIRNAME = "emo_classifier"

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 
 FORMAT = "sevlm-emo-classifier-lstm/1"
@@ -101,7 +101,7 @@ class LSTMEmotionClassifier:
         """Token ids [N, T] (0-padded); a text without words becomes one <unk>."""
         import torch
 
-        from sevlm.data.artemis import tokenize
+        from sevlm.data.table import tokenize
 
         rows = [[self._index.get(w, 1) for w in tokenize(t)][: self.params["max_tokens"]] or [1] for t in texts]
         out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
@@ -170,7 +170,7 @@ class LSTMEmotionClassifier:
         import torch
         from tqdm import tqdm
 
-        from sevlm.data.artemis import tokenize
+        from sevlm.data.table import tokenize
 
         params = {**DEFAULT_PARAMS, **(params or {})}
         if len(set(labels)) < 2:

@@ -54,21 +54,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sevlm.encoders.base import ImageError, load_pixels
-from sevlm.errors import ConfigError, DataError
-from sevlm.features.common import (
+from sevlm.data.folder import (
     dataset_image_names,
     dataset_images_dir,
     dataset_manifest_sha256,
     image_list_sha256,
-    launcher_rank,
     load_split_records,
-    make_sample,
     resolve_image,
 )
+from sevlm.encoders.base import ImageError, load_pixels
+from sevlm.errors import ConfigError, DataError
+from sevlm.features.common import launcher_rank, make_sample
 from sevlm.io import ensure_parent
-from sevlm.workers import end_with_parent
 from sevlm.locks import InUseError, claim
+from sevlm.workers import end_with_parent
 
 FORMAT = "sevlm-features"
 FORMAT_VERSION = 1

@@ -45,8 +45,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from sevlm.data.folder import dataset_manifest_sha256, load_split_records
 from sevlm.errors import ConfigError, DataError
-from sevlm.features.common import dataset_manifest_sha256, launcher_rank, load_split_records, make_sample
+from sevlm.features.common import launcher_rank, make_sample
 from sevlm.io import read_json, sha256_file, write_json
 from sevlm.locks import claim
 

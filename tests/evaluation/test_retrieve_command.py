@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 
 
 def retrieve_cli(argv: list[str]) -> int:
@@ -23,8 +23,8 @@ def retrieve_cli(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from sevlm.data.artemis import dominant_emotion
     from sevlm.data.vad import VADLexicon
+    from sevlm.emotions import dominant_emotion
     from sevlm.export import save_export
     from sevlm.features.hdf5 import extract_features
     from sevlm.model import SEVLM, SEVLMConfig

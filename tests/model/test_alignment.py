@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
+from sevlm.evaluation.embedding import FILLER
 from sevlm.evaluation.retrieval import chance_levels, retrieval_metrics
 from sevlm.model.contrastive import AlignmentHead
-from sevlm.evaluation.embedding import FILLER
 from sevlm.text import model_inputs
 
 # words that give each emotion's explanations away, so text features can carry the emotion

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
 from sevlm.generate import DecodingConfig, generate
