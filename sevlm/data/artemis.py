@@ -26,27 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.data import artemis_protocol as ap
+from sevlm.data import folder, table
 from sevlm.data.artemis_protocol import parse_painting
-from sevlm.data.folder import (
-    SPLITS,
-    check_out_dir,
-    drop_short,
-    manifest_base,
-    no_training_data,
-    split_paintings,
-    write_dataset,
-)
-from sevlm.data.table import (
-    Annotation,
-    ImageIndex,
-    ReadResult,
-    RowError,
-    find_images,
-    make_annotation,
-    parse_emotion,
-    parse_utterance,
-    read_table,
-)
+from sevlm.data.table import Annotation, ReadResult, RowError
 from sevlm.errors import ConfigError
 
 REQUIRED_V1 = ("art_style", "painting", "emotion", "utterance", "repetition")
@@ -79,17 +61,17 @@ def read_annotations(
     skip_bad_rows: bool = False,
     progress: bool = True,
 ) -> ReadResult:
-    """Read one ArtEmis-format CSV (v1, or v2's Contrastive.csv with `source="v2"`); see read_table."""
+    """Read one ArtEmis-format CSV (v1, or v2's Contrastive.csv with `source="v2"`); see table.read_table."""
 
     def parse(row: dict[str, str], line: int) -> Annotation:
         style, painting = parse_painting(row)
-        emotion, utterance = parse_emotion(row["emotion"]), parse_utterance(row["utterance"])
+        emotion, utterance = table.parse_emotion(row["emotion"]), table.parse_utterance(row["utterance"])
         repetition = _parse_repetition(row["repetition"]) if "repetition" in row else None
-        return make_annotation(style, painting, emotion, utterance, source, line, repetition=repetition)
+        return table.make_annotation(style, painting, emotion, utterance, source, line, repetition=repetition)
 
     if source == "v1":
-        return read_table(path, REQUIRED_V1, parse, skip_bad_rows, progress)
-    return read_table(path, REQUIRED_V2, parse, skip_bad_rows, progress, optional=("repetition",))
+        return table.read_table(path, REQUIRED_V1, parse, skip_bad_rows, progress)
+    return table.read_table(path, REQUIRED_V2, parse, skip_bad_rows, progress, optional=("repetition",))
 
 
 # --------------------------------------------------------------------------- ArtEmis
@@ -143,8 +125,8 @@ def prepare_dataset(
         train_subset = train_subset or "combined"
         if train_subset not in TRAIN_SUBSETS:
             raise ConfigError(f"unknown training subset {train_subset!r} (expected one of: {', '.join(TRAIN_SUBSETS)})")
-    check_out_dir(out_dir)
-    index = ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
+    folder.check_out_dir(out_dir)
+    index = table.ImageIndex(images_dir) if images_dir is not None else None  # fail early on a bad folder
 
     if preprocessed:
         v1 = ap.read_preprocessed(artemis_csv, skip_bad_rows, progress)
@@ -191,12 +173,12 @@ def prepare_dataset(
             "v2_new_paintings": len({a.image_id for a in new} - in_v1),
         }
 
-    image_names, missing = find_images(index, per_split, allow_missing_images) if index else ({}, [])
+    image_names, missing = table.find_images(index, per_split, allow_missing_images) if index else ({}, [])
     if not per_split["train"]:
-        raise no_training_data(str(artemis_csv), results, short, missing, min_tokens)
+        raise folder.no_training_data(str(artemis_csv), results, short, missing, min_tokens)
 
     manifest = {
-        **manifest_base("artemis", results, seed, images_dir, short, min_tokens, missing),
+        **folder.manifest_base("artemis", results, seed, images_dir, short, min_tokens, missing),
         "protocol": protocol,
         **(protocol_report if protocol == "sevlm" else {protocol: protocol_report}),
         "training_set": TRAIN_SUBSETS[train_subset] if contrastive_csv is not None else "v1",
@@ -210,7 +192,7 @@ def prepare_dataset(
         per_split.pop("rest", None)
     counts = {s: {"paintings_in_split": n} for s, n in manifest[protocol].pop("paintings_in_split", {}).items()} \
         if protocol != "sevlm" else {s: {"paintings_in_split": n} for s, n in manifest.pop("paintings_in_split").items()}
-    return write_dataset(out_dir, per_split, pool, image_names, manifest, counts)
+    return folder.write_dataset(out_dir, per_split, pool, image_names, manifest, counts)
 
 
 def _assign_sevlm(every: list[Annotation], seed: int, max_repetition: int, min_tokens: int):
@@ -221,15 +203,15 @@ def _assign_sevlm(every: list[Annotation], seed: int, max_repetition: int, min_t
     every = [a for a in every if a.image_id not in heavy]
     # The split is v1's, so v1-only and v1+v2 datasets test on the same paintings; v2 rows
     # follow their painting, and paintings new in v2 train.
-    splits = split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
+    splits = folder.split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
-    per_split: dict[str, list[Annotation]] = {s: [] for s in SPLITS}
+    per_split: dict[str, list[Annotation]] = {s: [] for s in folder.SPLITS}
     for a in every:
         per_split[split_of.get(a.image_id, "train")].append(a)
-    short = drop_short(per_split, min_tokens)
+    short = folder.drop_short(per_split, min_tokens)
     report = {
         "set_aside": {"rule": f"repetition >= {max_repetition}", "paintings": len(heavy),
                       "annotations": set_aside_rows},
-        "paintings_in_split": {s: len(splits[s]) for s in SPLITS},
+        "paintings_in_split": {s: len(splits[s]) for s in folder.SPLITS},
     }
     return per_split, report, short
