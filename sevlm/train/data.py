@@ -110,14 +110,11 @@ def _pin() -> bool:
 
 
 def pack(batch: dict) -> dict:
-    """A batch's tensors in one shared-memory buffer, in a DataLoader worker. A worker hands each
-    tensor over as its own shared-memory file (about 0.3 ms of CPU each side, 12 tensors a
-    batch); one buffer makes that one. Buffers are reused once `unpack` has released them: a
-    fresh one costs ~3 ms to create and ~5 ms of page faults to fill at 196x768 (9.6 MB), a
-    reused one 0.5 ms. A pooled buffer travels once; after that the batch names it by
-    (worker pid, slot) and the main process finds the mapping it kept (passing a buffer's file
-    descriptor again costs ~1.5 ms a batch, mostly in the worker, whose sharing thread answers
-    it). Byte 0 of a buffer says whether it is free."""
+    """A batch's tensors in one shared-memory buffer, in a DataLoader worker, rather than one
+    shared-memory file per tensor; buffers are reused once `unpack` has released them, because
+    creating and faulting in a fresh one costs more than the copy (docs/RESULTS.md, Benchmarks).
+    A pooled buffer travels once; after that the batch names it by (worker pid, slot) and the
+    main process finds the mapping it kept. Byte 0 of a buffer says whether it is free."""
     layout, size = [], _HEADER
     for k, v in batch.items():
         if torch.is_tensor(v):
