@@ -12,16 +12,14 @@ partial. Each shard's sha256 is checked against the manifest the first time it i
 shard is read whole and hashed before any of its samples is used, then marked verified in shared
 memory so that later epochs and DataLoader workers stream it without hashing again.
 `shard_pipeline` shuffles the shard list (seed, epoch; the same on every rank), deals it to the
-ranks round-robin and, within a rank, to the DataLoader workers (`worker_plan`); then each
-worker runs the webdataset stages
-    read its tar samples (to its quota) -> shuffle samples -> decode [-> collate micro-batches]
+ranks round-robin (`deal_shards`) and, within a rank, to the DataLoader workers (`sample_share`);
+then each worker runs the webdataset stages
+    read its tar samples (to its quota) -> shuffle samples -> decode
 Equal samples per rank per epoch: every rank yields exactly `samples_per_rank = max over ranks
 of its shard total` samples, a rank with fewer samples repeating its own first samples (so
-nothing is dropped, a few samples are seen twice per epoch). Training asks for whole
-micro-batches, built and collated inside the workers (one tensor per batch crosses the process
-boundary, fp16 as stored); a worker's share is cut to whole batches, so up to a batch's worth
-of its samples may sit out an epoch, a different few each epoch. Build one pipeline per epoch
-(`epoch=`), which reshuffles shards and samples.
+nothing is dropped, a few samples are seen twice per epoch). Build one pipeline per epoch
+(`epoch=`), which reshuffles shards and samples. Training reads the same stages in whole
+micro-batches, its order and resume position kept by `sevlm.train.order`.
 """
 
 from __future__ import annotations
@@ -523,42 +521,50 @@ def worker_info() -> tuple[int, int]:
 
 
 @dataclass
-class WorkerPlan:
-    """What one DataLoader worker of a rank reads and yields in an epoch (`worker_plan`)."""
+class SampleShare:
+    """What one DataLoader worker of a rank reads in an epoch (`sample_share`)."""
 
-    logical: int  # the worker whose shards, shuffle seed and batches this process takes
+    logical: int  # the worker whose shards and shuffle seed this process takes
     urls: list[str]  # its shards
     quota: int  # raw samples it reads (its own stream, cut or replayed from the start to fit)
-    skip: int  # leading micro-batches already consumed (resume), read but not decoded
-    batches: list[int]  # the epoch index of each micro-batch it yields, in order
 
 
-def worker_plan(counts: dict[str, int], rank_urls: list[str], units: int, micro: int = 1, start: int = 0) -> WorkerPlan:
-    """This process's share of the rank's `units` micro-batches (`micro=1`: samples) of an epoch.
+def deal_shards(shards: ShardSet, world_size: int, shuffle: bool, seed: int, epoch: int) -> tuple[list[list[str]], int]:
+    """(each rank's shards, samples per rank) of an epoch: the shard list shuffled by (seed, epoch),
+    the same on every rank, dealt round-robin. Every rank yields the largest rank's sample total."""
+    urls = [sh["url"] for sh in shards.shards]
+    if len(urls) < world_size:
+        raise DataError(
+            f"{shards.where}: split {shards.split!r} has {len(urls)} shard(s) for {world_size} ranks; "
+            f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
+        )
+    order = list(urls)
+    if shuffle:
+        random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
+    rank_urls = [order[r::world_size] for r in range(world_size)]
+    counts = shards.counts
+    return rank_urls, max(sum(counts[u] for u in urls) for urls in rank_urls)
 
-    Logical worker w reads the rank's shards w, w + W, ... and yields a number of micro-batches
-    in proportion to their samples (remainders go to the workers with the largest leftovers), so
-    each worker builds whole micro-batches from its own stream. A DataLoader yields its workers'
-    items round-robin, skipping exhausted ones, so the epoch's batch order is that cyclic scan:
-    a pure function of the counts. Resuming at batch `start`, DataLoader worker k plays logical
-    worker (j + k) mod W, where j owns batch `start`: the resumed scan is the rest of the old one.
-    """
+
+def worker_samples(counts: dict[str, int], rank_urls: list[str]) -> tuple[int, int, list[int]]:
+    """(num_workers, worker_id, samples in each worker's shards): worker w reads the rank's shards
+    w, w + W, ..."""
     num_workers, wid = worker_info()
-    own = [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
-    per = [o // micro for o in own]
-    with_data = sorted((w for w in range(num_workers) if own[w]), key=lambda w: (-(own[w] % micro), w))
-    for k in range(units - sum(per)):
+    return num_workers, wid, [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
+
+
+def sample_share(counts: dict[str, int], rank_urls: list[str], samples: int) -> SampleShare:
+    """This process's share of the rank's `samples` samples of an epoch: its own shards' samples,
+    the rank's shortfall (a rank with fewer samples pads to `samples`) dealt one at a time over the
+    workers that have data. Worker k plays logical worker (j + k) mod W, j the first with data."""
+    num_workers, wid, own = worker_samples(counts, rank_urls)
+    with_data = [w for w in range(num_workers) if own[w]]
+    per = list(own)
+    for k in range(samples - sum(per)):
         per[with_data[k % len(with_data)]] += 1
-    order, left = [], list(per)
-    while len(order) < units:
-        for w in range(num_workers):
-            if left[w]:
-                order.append(w)
-                left[w] -= 1
-    logical = ((order[start] if start < units else 0) + wid) % num_workers
-    batches = [g for g, w in enumerate(order) if w == logical]
-    skip = sum(g < start for g in batches)
-    return WorkerPlan(logical, rank_urls[logical::num_workers], per[logical] * micro, skip, batches[skip:])
+    first = next((w for w in range(num_workers) if per[w]), 0)
+    logical = (first + wid) % num_workers
+    return SampleShare(logical, rank_urls[logical::num_workers], per[logical])
 
 
 def _check_policy(handle_errors: str) -> None:
@@ -566,16 +572,16 @@ def _check_policy(handle_errors: str) -> None:
         raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
 
 
-def read_tar_samples(shards: ShardSet, plan: Callable[[], WorkerPlan], handle_errors: str, pooled: bool = True):
-    """Stage: -> this worker's raw tar samples, exactly its plan's quota (its own stream, replayed
-    from the start when short); `pooled=False` leaves the pooled vectors unread (training does not
+def read_tar_samples(shards: ShardSet, share: Callable[[], SampleShare], handle_errors: str, pooled: bool = True):
+    """Stage: -> this worker's raw tar samples, exactly its share's quota (its own stream, replayed
+    from the start when short; `share` is evaluated in the worker, which knows its id); `pooled=False` leaves the pooled vectors unread (training does not
     use them). A corrupt, truncated or altered shard raises DataError naming it,
     or with handle_errors="warn" is skipped from that point with a warning (the quota is then
     filled by replaying, so ranks stay in step).
     """
 
     def stage():
-        p = plan()
+        p = share()
         produced = 0
         while produced < p.quota:
             got = 0
@@ -662,23 +668,6 @@ def decode(handle_errors: str = "raise", dtype=np.float32, pooled: bool = True):
     return stage
 
 
-def batch(collate: Callable[[list[dict], int], dict], micro: int, plan: Callable[[], WorkerPlan], handle_errors: str):
-    """Stage: raw samples -> this worker's collated micro-batches, each built by
-    `collate(samples, index)` with its index in the epoch (which seeds its pair sampling). The
-    plan's skipped batches are read (the shuffle buffer must advance alike) but not decoded."""
-
-    def stage(src):
-        p = plan()
-        src = iter(src)
-        for _ in range(p.skip * micro):
-            next(src)
-        samples = decode(handle_errors, np.float16, pooled=False)(src)  # fp16 as stored, until the device
-        for index in p.batches:
-            yield collate([next(samples) for _ in range(micro)], index)
-
-    return stage
-
-
 def shard_pipeline(
     shards: ShardSet | str | os.PathLike,
     split: str | None = None,
@@ -689,60 +678,42 @@ def shard_pipeline(
     handle_errors: str = "raise",
     world_size: int | None = None,
     rank: int | None = None,
-    collate: Callable[[list[dict], int], dict] | None = None,
-    micro: int = 1,
-    start: int = 0,
 ) -> wds.DataPipeline:
-    """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
+    """An IterableDataset of one split's samples on this rank (hand it to a DataLoader,
+    batch_size=None).
 
     `shards` is an opened ShardSet (open it once and build a pipeline per epoch) or a location
     for `open_shards`. Every rank yields `pipeline.samples_per_rank` samples per epoch (see the
-    module docstring). With `collate`, each DataLoader worker yields whole micro-batches of
-    `micro` samples (float16 features) instead, `collate(samples, index)` building batch `index`
-    of the epoch; the rank yields batches `start`, `start + 1`, ... of `samples_per_rank // micro`,
-    in the same order whatever `start` (see `worker_plan`).
+    module docstring). Training reads micro-batches through `sevlm.train.order.shard_pipeline`.
     """
     _check_policy(handle_errors)
     if not isinstance(shards, ShardSet):
         shards = open_shards(shards, split, handle_errors)
     world_size, rank = dist_info(world_size, rank)
-    urls = [sh["url"] for sh in shards.shards]
+    rank_urls, samples_per_rank = deal_shards(shards, world_size, shuffle, seed, epoch)
     counts = shards.counts
-    if len(urls) < world_size:
-        raise DataError(
-            f"{shards.where}: split {shards.split!r} has {len(urls)} shard(s) for {world_size} ranks; "
-            f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
-        )
-    order = list(urls)
-    if shuffle:
-        random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
-    rank_urls = {r: order[r::world_size] for r in range(world_size)}
-    samples_per_rank = max(sum(counts[u] for u in rank_urls[r]) for r in range(world_size))
-    if collate is None:
-        micro, start = 1, 0
-    units = samples_per_rank // micro
 
-    def plan() -> WorkerPlan:  # evaluated in each worker process, which knows its id
-        return worker_plan(counts, rank_urls[rank], units, micro, start)
+    def share() -> SampleShare:  # evaluated in each worker process, which knows its id
+        return sample_share(counts, rank_urls[rank], samples_per_rank)
 
-    stages: list = [read_tar_samples(shards, plan, handle_errors, pooled=collate is None)]
+    stages: list = [read_tar_samples(shards, share, handle_errors)]
     if shuffle:
-        stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}", plan))
-    stages.append(decode(handle_errors) if collate is None else batch(collate, micro, plan, handle_errors))
+        stages.append(sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}", share))
+    stages.append(decode(handle_errors))
     pipeline = wds.DataPipeline(*stages)
     pipeline.samples_per_rank = samples_per_rank
-    pipeline.batches_per_rank = units if collate is not None else None
     pipeline.manifest = shards.manifest
     pipeline.entry = shards.entry
     pipeline.shards = shards
     return pipeline
 
 
-def _sample_shuffle(bufsize: int, seed: str, plan: Callable[[], WorkerPlan]):
-    """Buffered sample shuffle, seeded per (seed, epoch, rank, logical worker) so runs repeat exactly."""
+def sample_shuffle(bufsize: int, seed: str, share: Callable[[], SampleShare]):
+    """Stage: buffered sample shuffle, seeded per (seed, epoch, rank, logical worker) so runs repeat
+    exactly."""
 
     def stage(src):
-        rng = random.Random(f"{seed}-{plan().logical}")
+        rng = random.Random(f"{seed}-{share().logical}")
         return wds.shuffle(bufsize=bufsize, initial=bufsize, rng=rng)(src)
 
     return stage

@@ -126,7 +126,7 @@ def test_hdf5_and_shards_train_alike_through_one_recipe(tiny_data, tiny_config, 
     their own way, so the test turns shuffling off in both."""
     import numpy as np
 
-    from sevlm.features import shards as shards_module
+    from sevlm.train import order as shards_module
     from sevlm.features.shards import write_shards
 
     shards = tmp_path / "shards"
