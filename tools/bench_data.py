@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 from sevlm.emotions import EMOTIONS  # noqa: E402
 from sevlm.features.hdf5 import H5FeatureDataset, extract_features  # noqa: E402
-from sevlm.features.shards import shard_pipeline, write_shards  # noqa: E402
+from sevlm.features.shard_writer import write_shards  # noqa: E402
+from sevlm.features.shards import shard_pipeline  # noqa: E402
 from sevlm.io import write_json  # noqa: E402
 
 

@@ -24,7 +24,7 @@ def tiny_data(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def shard_dir(tiny_data, tmp_path_factory) -> Path:
     """The tiny features as shards, train and val."""
-    from sevlm.features.shards import write_shards
+    from sevlm.features.shard_writer import write_shards
 
     out = tmp_path_factory.mktemp("shards")
     for split in ("train", "val"):
