@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory):
     from sevlm.data.vad import VADLexicon
     from sevlm.emotions import dominant_emotion
     from sevlm.export import save_export
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.text import SequenceBuilder, load_tokenizer
 

@@ -272,7 +272,7 @@ def generic_data(tiny_data, tmp_path_factory):
     import csv
 
     from sevlm.cli import main
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     root = tmp_path_factory.mktemp("generic")
     raw = tiny_data["root"] / "raw"
