@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
-    from sevlm.generate import predict_images
+    from sevlm.predictions import predict_images
 
     results = predict_images(args.run, image_files(args.images), decoding=decoding_changes(args), device=args.device,
                              lexicon=args.lexicon)

@@ -15,7 +15,7 @@ from sevlm.config import from_dict
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import ConfigError
 from sevlm.export import load_run, save_export
-from sevlm.generate import predictions_meta_path, run_decoding
+from sevlm.predictions import predictions_meta_path, run_decoding
 from sevlm.io import write_json
 
 

@@ -277,7 +277,7 @@ def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path)
 def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data, tiny_config, tmp_path):
     from sevlm.data.folder import load_split_records
     from sevlm.export import load_run
-    from sevlm.generate import generate_split
+    from sevlm.predictions import generate_split
     from sevlm.train import train
 
     switches = ("data.min_train_emotions=2", "data.anchor=last", "data.image_preprocess=encoder",
