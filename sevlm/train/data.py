@@ -16,8 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sevlm.errors import SevlmError
+from sevlm.errors import ConfigError, DataError, SevlmError
+from sevlm.features.hdf5 import H5FeatureDataset
+from sevlm.features.shards import deal_shards, open_shards, shard_pipeline
 from sevlm.train import order
+from sevlm.train.checks import check_split_features
 from sevlm.train.config import ASSIST_MODES
 from sevlm.train.order import EpochBatches, batches_per_epoch, epoch_order
 from sevlm.workers import end_with_parent
@@ -271,14 +274,9 @@ class H5Source:
 
     def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
                  world_size: int, seed: int, num_workers: int = 0, assist: str = "auto", min_emotions: int = 1):
-        from sevlm.features.hdf5 import H5FeatureDataset
-        from sevlm.train.checks import check_split_features
-
         self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split, dtype=np.float16,  # fp16 to the device
                                           min_emotions=min_emotions)
         if min_emotions > 1 and not len(self.train_set):
-            from sevlm.errors import DataError
-
             raise DataError(f"{path}: no image of split {train_split!r} has {min_emotions} distinct emotions "
                             f"(data.min_train_emotions); {self.train_set.n_few_emotions} left out")
         self.val_set = H5FeatureDataset(str(path), dataset_dir, val_split)
@@ -312,8 +310,6 @@ class ShardSource:
 
     def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
                  seed: int, num_workers: int = 0, assist: str = "auto", read_timeout: float = 60.0):
-        from sevlm.features.shards import deal_shards, open_shards
-
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
         self.seed, self.num_workers, self.assist = seed, num_workers, assist
@@ -336,8 +332,6 @@ class ShardSource:
 
     def val_samples(self) -> Sequence[dict]:
         if self._val is None:  # small: read once, in file order, on every rank
-            from sevlm.features.shards import open_shards, shard_pipeline
-
             val = open_shards(self.path, self.val_split, read_timeout=self.read_timeout)
             self._val = list(shard_pipeline(val, shuffle=False, world_size=1, rank=0))
         return self._val
@@ -351,8 +345,6 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
         return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common,
                         min_emotions=data.min_train_emotions)
     if data.min_train_emotions > 1:
-        from sevlm.errors import ConfigError
-
         # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
         raise ConfigError(f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
                           f"(data.features); {info.path} is a shard set, which trains on every image it holds")
