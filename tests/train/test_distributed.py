@@ -39,6 +39,14 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
 
     run = json.loads((run_dir / "run.json").read_text())
     assert run["world_size"] == 2 and run["global_batch"] == 8  # micro 4 x 2 ranks x accum 1
+    # the step telemetry of two ranks: timings averaged over ranks, samples and tokens of both
+    from tests.train.test_telemetry import TIMINGS
+
+    step = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
+    assert all(step[k] >= 0 and step[k] == step[k] for k in TIMINGS), step
+    assert step["samples_per_s"] == pytest.approx(8 / step["step_time_s"], rel=1e-3)
+    assert step["tokens_per_s"] == pytest.approx(step["tokens"] / step["step_time_s"], rel=1e-3)
+    assert step["tokens"] > run["max_tokens_per_step"] / 2  # more than one rank could hold: both ranks counted
     ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     trainable = ranks[0]["trainable_parameters"]
     for info in ranks:
