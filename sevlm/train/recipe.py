@@ -149,10 +149,14 @@ class TrainRecipe:
         self._parts: dict[str, list] = {}  # this step's loss terms, kept on the device until its end
         self._keys: list = []  # this step's image ids (named when the step is not finite)
         self._rank_info_written = False
+        self._started = self._first_batch = False  # this process's first optimizer step / micro-batch
 
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
+        from sevlm.train.telemetry import StartupClock
+
+        self.startup = StartupClock()  # the time to the first step, by phase (run.json "startup")
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
@@ -164,13 +168,19 @@ class TrainRecipe:
                                    self.run_dir)
         elif os.environ.get("RANK", "0") == "0":  # reads the whole cache through its checksums: damage is named now
             self._data_fingerprint = checks.data_fingerprint(self.cfg.data)
+        self.startup.lap("checks")
         self.rt = start_runtime(self.cfg)
+        self.startup.lap("process_group")
         self.setup_data()
-        self.setup_model()
+        self.startup.lap("data_setup")
+        self.setup_model()  # laps model_build and engine_build
         self.setup_telemetry()
+        self.startup.lap("peak_flops")
         if self.resuming:
             self.load()
+            self.startup.lap("checkpoint_load")
         self.setup_logging()
+        self.startup.lap("run_folder")
 
     def setup_data(self) -> None:
         """Tokenizer, lexicon, corpus vocabulary, sequence builder and the data source."""
@@ -234,7 +244,13 @@ class TrainRecipe:
         # the process's expected peak: on a CPU what it holds already (torch, the data, the model) plus
         # what training adds; on a GPU the device memory training takes
         self.memory_estimate = added + (checks.resident_bytes() if rt.device == "cpu" else 0)
+        self._lap("model_build")
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg.optim, self.total_steps, rt.ds_config)
+        self._lap("engine_build")
+
+    def _lap(self, name: str) -> None:
+        if hasattr(self, "startup"):  # a benchmark may set up the parts without setup()
+            self.startup.lap(name)
 
     def setup_telemetry(self) -> None:
         """The step timer, with the peak FLOP/s MFU is taken against (on a CPU: measured now, once)."""
@@ -471,6 +487,9 @@ class TrainRecipe:
                 batch = next(batches, None)
                 if batch is None:
                     break
+                if not self._started and not self._first_batch:
+                    self._first_batch = True
+                    self._lap("first_batch")
                 row = self.train_step(batch)
                 if row is None:
                     continue
@@ -486,6 +505,8 @@ class TrainRecipe:
     def _after_optimizer_step(self, row: dict, end_of_epoch: bool) -> str | None:
         """Log the step, then validate and checkpoint on schedule."""
         st, s = self.state, self.cfg.schedule
+        if not self._started:
+            self._first_step_done()
         if st.step % s.log_every == 0 or st.step == self.total_steps:
             row.update(self.telemetry.report())
             norm = self.engine.get_global_grad_norm()  # computed by clipping at this step (None without)
@@ -507,6 +528,15 @@ class TrainRecipe:
                 self.save(LAST)
         _after_step(st)
         return stop
+
+    def _first_step_done(self) -> None:
+        """The start-up line and run.json's "startup": the time to the first step, by phase."""
+        self._started = True
+        self._lap("first_step")
+        if self.rt.main and hasattr(self, "startup"):
+            path = self.run_dir / "run.json"
+            write_json(path, {**read_json(path), "startup": self.startup.summary()})
+            self._bar.write("sevlm train: " + self.startup.line(), file=sys.stderr)  # above the progress bar
 
     def _finish(self, stop: str | None) -> Path:
         st, s = self.state, self.cfg.schedule

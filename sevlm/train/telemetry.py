@@ -97,6 +97,35 @@ def peak_memory(device: str) -> dict[str, float]:
     return {"mem_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 4)}
 
 
+def process_age() -> float:
+    """Seconds since this process started (the OS's start time: imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+class StartupClock:
+    """The time to the first step, in phases: `lap(name)` ends the phase `name` now."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {"before_setup_s": round(process_age(), 3)}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        key = f"{name}_s"
+        self.phases[key] = round(self.phases.get(key, 0.0) + now - self._t, 3)
+        self._t = now
+
+    def summary(self) -> dict[str, float]:
+        """{"time_to_first_step_s": since the process started, then each phase}."""
+        return {"time_to_first_step_s": round(process_age(), 3), **self.phases}
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in self.phases.items())
+        return f"first step {process_age():.1f} s after the process started ({parts}; seconds)"
+
+
 class _Clock:
     """Marks on the host clock (CPU) or CUDA events in the current stream."""
 

@@ -166,3 +166,38 @@ def test_gpu_peaks_come_from_the_table():
     assert gpu_peak_flops("NVIDIA H100 NVL", "bf16") == 835e12
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 156e12
     assert gpu_peak_flops("Some Future GPU", "bf16") is None and gpu_peak_flops("Tesla T4", "bf16") is None
+
+
+# ---- start-up ----------------------------------------------------------------------------------------
+STARTUP_PHASES = ("before_setup_s", "checks_s", "process_group_s", "data_setup_s", "model_build_s", "engine_build_s",
+                  "peak_flops_s", "run_folder_s", "first_batch_s", "first_step_s")
+
+
+def test_run_json_and_the_start_up_line_give_the_time_to_the_first_step(tiny_config, tmp_path, capsys):
+    run_dir = train(tiny_config("schedule.max_steps=1", "schedule.val_gen_images=0"), out_dir=tmp_path / "run")
+    startup = json.loads((run_dir / "run.json").read_text())["startup"]
+    assert list(startup) == ["time_to_first_step_s", *STARTUP_PHASES]
+    assert all(v >= 0 for v in startup.values()) and startup["model_build_s"] > 0 and startup["first_step_s"] > 0
+    # the phases follow one another from the process's start to the first step
+    assert sum(startup[k] for k in STARTUP_PHASES) == pytest.approx(startup["time_to_first_step_s"], abs=0.1)
+    err = capsys.readouterr().err
+    assert "sevlm train: first step " in err and "engine build" in err and "first batch" in err
+
+
+def test_a_single_cpu_process_neither_builds_nor_loads_the_shared_memory_op(tiny_data, tmp_path):
+    """With DeepSpeed's JIT cache empty, as on a fresh machine: a one-process CPU run builds
+    nothing into it (the two-rank test checks that several ranks still load the op)."""
+    import subprocess
+
+    from tests.train.conftest import tiny_overrides
+    from tests.train.runkit import ROOT, child_env, sevlm_argv
+
+    cache = tmp_path / "torch_extensions"
+    cache.mkdir()
+    argv = sevlm_argv("train", "--config", "tiny", "--out", str(tmp_path / "run"),
+                      *tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_gen_images=0"))
+    out = subprocess.run(argv, cwd=ROOT, env=child_env(TORCH_EXTENSIONS_DIR=str(cache)), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "shm_comm" not in out.stdout + out.stderr
+    assert not [p for p in cache.rglob("*") if "shm" in p.name], list(cache.rglob("*"))
