@@ -159,6 +159,30 @@ def test_validation_time_is_not_a_steps_time(telemetry_run):
     assert after["data_wait_s"] + after["fwd_bwd_s"] + after["optim_s"] == pytest.approx(after["step_time_s"], rel=0.05)
 
 
+def test_a_slow_reader_reads_as_data_bound(tiny_config, tmp_path, monkeypatch):
+    """Every sample read sleeps 50 ms (200 ms a micro-batch of 4, far above the tiny model's
+    step): the wait is the bulk of the step, and the parts still add up."""
+    import time
+
+    from sevlm.features.hdf5 import H5FeatureDataset
+
+    read = H5FeatureDataset.__getitem__
+
+    def slow(self, i):
+        time.sleep(0.05)
+        return read(self, i)
+
+    monkeypatch.setattr(H5FeatureDataset, "__getitem__", slow)
+    run_dir = train(tiny_config("schedule.max_steps=4", "schedule.log_every=2", "schedule.val_every=0",
+                                "schedule.val_gen_images=0", "schedule.checkpoint_every=100"), out_dir=tmp_path / "run")
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "step_time_s" in r]
+    assert [r["step"] for r in logged] == [2, 4]
+    for r in logged:
+        assert r["data_wait_s"] >= 0.2 and r["data_wait_frac"] > 0.5, r
+        assert r["data_wait_s"] + r["fwd_bwd_s"] + r["optim_s"] == pytest.approx(r["step_time_s"], rel=0.05)
+
+
 def test_gpu_peaks_come_from_the_table():
     from sevlm.train.telemetry import gpu_peak_flops
 
