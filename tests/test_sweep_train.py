@@ -75,10 +75,17 @@ def test_the_default_grid_holds_the_configs_own_precision_and_zero_stage(sweep):
     assert own["zero"] == 2 and own["precision"] in ("bf16", "fp32") and own["micro"] == 8
 
 
+def test_the_advice_names_a_shipped_ds_config_when_one_has_the_stage(sweep, tmp_path):
+    assert sweep.ds_config_for(0, "bf16", tmp_path) == "zero0_fp32"  # the trainer sets bf16 itself
+    assert sweep.ds_config_for(2, "bf16", tmp_path) == "zero2_bf16"
+    made = Path(sweep.ds_config_for(1, "fp16", tmp_path))
+    assert made.parent == tmp_path and json.loads(made.read_text())["zero_optimization"]["stage"] == 1
+
+
 def test_a_failed_case_says_why(sweep):
     oom = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
     assert sweep.error_line(oom, 1).startswith("out of memory: ")
-    assert sweep.error_line("x\nsevlm.errors.ConfigError: split has 60 images\n", 1) == \
+    assert sweep.error_line("x\n[rank0]: sevlm.errors.ConfigError: split has 60 images\n", 1) == \
         "sevlm.errors.ConfigError: split has 60 images"
     assert sweep.error_line("", -9) == "killed by signal 9 (out of memory?)"
 

@@ -54,6 +54,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def _run_subprocess(case: dict, timeout: float) -> dict:
 
 def error_line(stderr: str, returncode: int) -> str:
     """The line of a failed case's output that says why (out of memory named as such)."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()]
     for line in reversed(lines):
         if "out of memory" in line.lower() or "OutOfMemoryError" in line:
             return "out of memory: " + line[-300:]
@@ -249,12 +250,15 @@ def table(rows: list[dict]) -> str:
 
 # ---- the sweep ---------------------------------------------------------------------------------
 def ds_config_for(zero: int, precision: str, work: Path) -> str:
-    """A shipped ds_config name when one has this ZeRO stage and precision, else a file in `work`."""
+    """A shipped ds_config name with this ZeRO stage, else a file in `work`. The trainer sets the
+    precision switches itself (`precision=`), so a shipped fp32 file serves bf16 too; fp16 keeps
+    the loss-scale settings of an fp16 file."""
     from sevlm.train.config import DS_CONFIG_DIR
 
     name = f"zero{zero}_{precision}"
-    if (DS_CONFIG_DIR / f"{name}.json").exists():
-        return name
+    for shipped in (name, *([f"zero{zero}_fp32"] if precision != "fp16" else [])):
+        if (DS_CONFIG_DIR / f"{shipped}.json").exists():
+            return shipped
     base = json.loads((DS_CONFIG_DIR / f"zero2_{precision}.json").read_text())
     base["zero_optimization"]["stage"] = zero
     path = work / f"{name}.json"
