@@ -301,6 +301,9 @@ class TrainRecipe:
                 "resumed_at_step": self.state.step if self.resuming else None,
             })
             print("sevlm train: " + ", ".join(f"{k}={v}" for k, v in derived.items()), file=sys.stderr, flush=True)
+            peak = self.peak["flops_per_s"]
+            print(f"sevlm train: MFU is taken against {f'{peak / 1e12:.3g} TFLOP/s' if peak else 'no peak (no MFU)'} "
+                  f"({self.peak['source']})", file=sys.stderr, flush=True)
         self.log = RunLog(self.run_dir, rt.main, self.state.step if self.resuming else None)
 
     # -- one micro-batch ------------------------------------------------------------------------------

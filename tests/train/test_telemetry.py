@@ -206,6 +206,8 @@ def test_run_json_and_the_start_up_line_give_the_time_to_the_first_step(tiny_con
     assert sum(startup[k] for k in STARTUP_PHASES) == pytest.approx(startup["time_to_first_step_s"], abs=0.1)
     err = capsys.readouterr().err
     assert "sevlm train: first step " in err and "engine build" in err and "first batch" in err
+    peak = json.loads((run_dir / "run.json").read_text())["peak_flops_per_s"]
+    assert f"sevlm train: MFU is taken against {peak['flops_per_s'] / 1e12:.3g} TFLOP/s (measured: 512x512" in err
 
 
 def test_a_single_cpu_process_neither_builds_nor_loads_the_shared_memory_op(tiny_data, tmp_path):
