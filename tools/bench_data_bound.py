@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         for name, delay in (("normal", 0.0), ("slowed", args.delay_ms)):
             case = {"config": args.config, "delay_ms": delay, "dataset": str(paths["dataset"]),
                     "features": str(paths["features"]), "workers": args.workers, "steps": args.steps,
-                    "log_every": args.log_every, "overrides": args.overrides, "run_dir": str(work / f"{name}{r}")}
+                    "log_every": args.log_every, "overrides": args.overrides,
+                    "run_dir": tempfile.mkdtemp(prefix=f"run-{name}{r}-", dir=work)}
             results[name].append(_subprocess(case))
             print(f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[name][-1].items()),
                   file=sys.stderr, flush=True)
