@@ -9,7 +9,9 @@ features (tiny-random encoder over synthetic paintings, 49x768 tokens, built in 
 slowed case sleeps `--delay-ms` in every sample read of the HDF5 reader
 (`H5FeatureDataset.__getitem__`, in the DataLoader workers when there are any), as a slow disk
 or network file system would. Each case's figures are the telemetry rows of its `log.jsonl`
-after the first (warm-up) window, medians; with `--rounds` the cases alternate. The slowed case
+after the first (warm-up) window, averaged (every window has the same steps, so the parts still
+add up to the step time); with `--rounds` the cases alternate and the rounds' rows are pooled.
+The slowed case
 should read as data-bound (`data_wait_frac` above 0.5) and the normal one as not (below 0.2):
 docs/TUNING.md explains the figures.
 
@@ -34,7 +36,7 @@ FIGURES = ("step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac
 
 
 def run_case(case: dict) -> dict:
-    """Train the case's config (in this process) and return the medians of its telemetry rows."""
+    """Train the case's config (in this process) and return its telemetry rows after the first."""
     from sevlm.train import load_train_config, train
 
     if case["delay_ms"]:
@@ -57,8 +59,14 @@ def run_case(case: dict) -> dict:
     rows = [r for r in rows if "step_time_s" in r][1:]  # the first window holds the warm-up
     if not rows:
         raise SystemExit(f"{run_dir}: no telemetry row after the first; raise --steps")
-    return {k: statistics.median(r[k] for r in rows) for k in FIGURES if all(k in r for r in rows)} | {
-        "rows": len(rows)}
+    return [{k: r[k] for k in FIGURES if k in r} for r in rows]
+
+
+def mean_figures(rows: list[dict]) -> dict:
+    """The rows' mean figures; the data-wait share from the mean times (a mean of shares would not be)."""
+    mean = {k: statistics.fmean(r[k] for r in rows) for k in FIGURES if all(k in r for r in rows)}
+    mean["data_wait_frac"] = mean["data_wait_s"] / mean["step_time_s"]
+    return mean | {"rows": len(rows)}
 
 
 def main(argv=None) -> int:
@@ -93,24 +101,25 @@ def main(argv=None) -> int:
                     "log_every": args.log_every, "overrides": args.overrides,
                     "run_dir": tempfile.mkdtemp(prefix=f"run-{name}{r}-", dir=work)}
             results[name].append(_subprocess(case))
-            print(f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in results[name][-1].items()),
-                  file=sys.stderr, flush=True)
+            figures = mean_figures(results[name][-1])
+            print(f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), file=sys.stderr,
+                  flush=True)
     load.append(round(os.getloadavg()[0], 2))
-    medians = {name: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for name, runs in results.items()}
+    means = {name: mean_figures([row for run in runs for row in run]) for name, runs in results.items()}
     print(f"\n{args.config} config, {args.steps} steps per case, {args.workers} DataLoader workers, slowed reader "
-          f"+{args.delay_ms:g} ms per sample; {args.rounds} round(s), medians; {os.cpu_count()} CPU cores, "
+          f"+{args.delay_ms:g} ms per sample; {args.rounds} round(s), means; {os.cpu_count()} CPU cores, "
           f"load average {load[0]} -> {load[1]}\n")
     print("| case | step s | data wait s | fwd+bwd s | optim s | data-wait share | samples/s | tokens/s | MFU |\n"
           "|---|---|---|---|---|---|---|---|---|")
-    for name, m in medians.items():
+    for name, m in means.items():
         print(f"| {name} | {m['step_time_s']:.4f} | {m['data_wait_s']:.4f} | {m['fwd_bwd_s']:.4f} | "
               f"{m['optim_s']:.4f} | {m['data_wait_frac']:.2f} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | "
               f"{m.get('mfu', float('nan')):.4f} |")
-    verdict = {"slowed_data_bound": medians["slowed"]["data_wait_frac"] > 0.5,
-               "normal_not_data_bound": medians["normal"]["data_wait_frac"] < 0.2}
+    verdict = {"slowed_data_bound": means["slowed"]["data_wait_frac"] > 0.5,
+               "normal_not_data_bound": means["normal"]["data_wait_frac"] < 0.2}
     print(f"\nslowed case data-bound (share > 0.5): {verdict['slowed_data_bound']}; "
           f"normal case below 0.2: {verdict['normal_not_data_bound']}")
-    print(json.dumps({"medians": medians, "runs": results, **verdict, "load_avg_1min": load,
+    print(json.dumps({"means": means, "rows": results, **verdict, "load_avg_1min": load,
                       "machine": f"{os.cpu_count()} CPU cores", "delay_ms": args.delay_ms, "workers": args.workers}))
     return 0
 
