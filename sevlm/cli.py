@@ -25,6 +25,8 @@ COMMANDS = (
     "evaluate",
     "retrieve",
     "predict",
+    "export",
+    "ablate",
     "demo",
 )
 

@@ -237,9 +237,9 @@ def run_case(case: dict) -> dict:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        import resource
+        from sevlm.train.checks import peak_resident_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        peak = (peak_resident_bytes() or 0) / 2**20
     n_params = sum(p.numel() for p in model.parameters())
     return {**case, "device": device, "samples_per_s": micro * len(times) / sum(times),
             "s_per_step": sum(times) / len(times),

@@ -49,18 +49,15 @@ def _stage(name: str, done: Path | None, argv: list[str], timings: dict) -> bool
     return True
 
 
-def run(args) -> int:
-    from sevlm.train.recipe import CONFIG_FILE, DONE_FILE
-
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+def build_demo_data(out: Path, n_images: int, seed: int, images: str | None, encoder: str,
+                    timings: dict) -> tuple[Path, Path, Path]:
+    """The demo's data stages into `out` (each skipped when done): -> (dataset, features, train shards)."""
     raw, dataset = out / "demo_data", out / "dataset"
     features, shards = out / "features.h5", out / "shards"
 
-    argv = ["demo-data", "--out", str(raw), "--n-images", str(args.n_images), "--seed", str(args.seed)]
-    if args.images:
-        argv += ["--images", args.images]
+    argv = ["demo-data", "--out", str(raw), "--n-images", str(n_images), "--seed", str(seed)]
+    if images:
+        argv += ["--images", images]
     _stage("demo-data", raw / "artemis_dataset_release_v0.csv", argv, timings)
     _stage(
         "prepare",
@@ -74,7 +71,7 @@ def run(args) -> int:
         "extract",
         features,
         ["extract", "--images", str(raw / "images"), "--dataset", str(dataset),
-         "--encoder", args.encoder, "--out", str(features)],
+         "--encoder", encoder, "--out", str(features)],
         timings,
     )
     # training reads one source, validation included: the shards of train and val
@@ -85,6 +82,16 @@ def run(args) -> int:
          "--out", str(shards)],
         timings,
     )
+    return dataset, features, shards
+
+
+def run(args) -> int:
+    from sevlm.train.recipe import CONFIG_FILE, DONE_FILE
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    dataset, features, shards = build_demo_data(out, args.n_images, args.seed, args.images, args.encoder, timings)
 
     runs = {"model": (out / "run", [])}
     if not args.no_control:

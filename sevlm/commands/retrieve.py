@@ -78,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
 
-    from sevlm.evaluation.report import write_retrieval_report
+    from sevlm.evaluation.report import statistics_path, write_retrieval_report
 
+    # per-image image -> emotion hits beside the result (RESULT_stats.npz), for paired tests (sevlm ablate)
     result = {**score_split(run_, dataset_dir, args.split, features, options=options, batch_size=args.batch_size,
-                            random_runs=args.random_runs, seed=args.seed), **source}
+                            random_runs=args.random_runs, seed=args.seed, image_stats_out=statistics_path(args.out)),
+              **source}
     write_retrieval_report(result, args.out)
     m, c = result["model"], result["chance"]
     for d in ("image_to_explanation", "explanation_to_image"):

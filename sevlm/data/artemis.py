@@ -202,6 +202,16 @@ def parse_emotion(label: str) -> str:
     return emotion
 
 
+def parse_painting(row: dict[str, str]) -> tuple[str, str]:
+    """(art_style, painting) of an ArtEmis row, NFC, checked to be file names."""
+    style, painting = nfc(row["art_style"].strip()), nfc(row["painting"].strip())
+    if not style or not painting:
+        raise RowError("empty_name", "empty art_style or painting")
+    if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
+        raise RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
+    return style, painting
+
+
 def parse_utterance(text: str) -> str:
     if not text.strip():
         raise RowError("empty_utterance", "empty utterance")
@@ -431,11 +441,7 @@ def read_annotations(
     """Read one ArtEmis-format CSV (v1, or v2's Contrastive.csv with `source="v2"`); see read_table."""
 
     def parse(row: dict[str, str], line: int) -> Annotation:
-        style, painting = nfc(row["art_style"].strip()), nfc(row["painting"].strip())
-        if not style or not painting:
-            raise RowError("empty_name", "empty art_style or painting")
-        if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
-            raise RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
+        style, painting = parse_painting(row)
         emotion, utterance = parse_emotion(row["emotion"]), parse_utterance(row["utterance"])
         repetition = _parse_repetition(row["repetition"]) if "repetition" in row else None
         return make_annotation(style, painting, emotion, utterance, source, line, repetition=repetition)

@@ -24,7 +24,15 @@ from typing import Iterable
 
 import numpy as np
 
-from sevlm.data.artemis import Annotation, ReadResult, RowError, nfc, parse_emotion, parse_utterance, read_table
+from sevlm.data.artemis import (
+    Annotation,
+    ReadResult,
+    RowError,
+    parse_emotion,
+    parse_painting,
+    parse_utterance,
+    read_table,
+)
 from sevlm.errors import DataError
 
 PROTOCOLS = ("artemis", "sevlm")
@@ -205,11 +213,7 @@ def read_preprocessed(path: str | os.PathLike, skip_bad_rows: bool = False, prog
     (ArtEmis v2: "old"/"new") becomes the source ("v1"/"v2")."""
 
     def parse(row: dict[str, str], line: int) -> Annotation:
-        style, painting = nfc(row["art_style"].strip()), nfc(row["painting"].strip())
-        if not style or not painting:
-            raise RowError("empty_name", "empty art_style or painting")
-        if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
-            raise RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
+        style, painting = parse_painting(row)
         split = row["split"].strip().lower()
         if split not in ARTEMIS_SPLITS:
             raise RowError("bad_split", f"split {row['split']!r} is not one of: {', '.join(ARTEMIS_SPLITS)}")

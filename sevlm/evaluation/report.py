@@ -348,6 +348,14 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
         images_dir = _recorded_images_dir(dataset_dir)
     ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance,
                   training_texts=training, because=because)
+    # per-image statistics for later paired tests (sevlm ablate), written before REPORT.json: a
+    # REPORT.json that exists has them beside it
+    from sevlm.evaluation.significance import image_statistics, write_statistics
+
+    write_statistics(statistics_path(out), [p.image_id for p in ev.predictions],
+                     image_statistics(ev.predictions, ev.references, ev.captions, ev.emo_labels),
+                     {"predictions": str(predictions), "references": str(references), "dominance": dominance,
+                      "because": because, "emo_classifier": ev.report.get("emo_classifier", {}).get("kind")})
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon
@@ -363,6 +371,12 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
         examples, note = [], "no --dataset, whose manifest records the images folder"
     write_evaluation_report(ev.report, out, vad, examples, note)
     return ev.report
+
+
+def statistics_path(report_json) -> Path:
+    """Where `sevlm evaluate` keeps the per-image statistics of REPORT.json: REPORT_stats.npz beside it."""
+    report_json = Path(report_json)
+    return report_json.with_name(f"{report_json.stem}_stats.npz")
 
 
 def _recorded_images_dir(dataset_dir) -> Path | None:

@@ -506,12 +506,28 @@ def search_split(run, dataset_dir, split: str, features, query: str | None = Non
     }
 
 
+def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> np.ndarray:
+    """Per-image statistics [I, 2] of image -> emotion accuracy (hit, has a dominant emotion): the
+    accuracy of `_accuracy` is column 0's sum over column 1's (sevlm.evaluation.significance)."""
+    known = np.asarray(image_dominant) >= 0
+    pred = (normalize(image_emb) @ normalize(emotion_emb).T).argmax(axis=1)  # [I]
+    return np.stack([(known & (pred == image_dominant)).astype(np.float64), known.astype(np.float64)], axis=1)
+
+
 def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
-                random_runs: int = 0, seed: int = 0) -> dict:
-    """Embed a split's images, explanations and emotions and score retrieval between them."""
+                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None) -> dict:
+    """Embed a split's images, explanations and emotions and score retrieval between them; with
+    `image_stats_out`, also write the per-image image -> emotion hits there for paired tests
+    (significance.write_statistics)."""
     from sevlm.evaluation.embedding import embed_split
 
     emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
+    if image_stats_out is not None:
+        from sevlm.evaluation.significance import write_statistics
+
+        write_statistics(image_stats_out, list(emb.image_ids),
+                         {"image_to_emotion": image_emotion_hits(emb.image_emb, emb.emotion_emb, emb.image_dominant)},
+                         {"split": split, "dataset": str(dataset_dir)})
     result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
                               options=options, random_runs=random_runs, seed=seed)
     result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"

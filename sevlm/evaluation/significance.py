@@ -83,6 +83,72 @@ def _emotion_stats(preds: list[M.Prediction], refs: dict[str, M.Reference], labe
     return np.stack([hit * dom, dom], axis=1)  # [N, 2]
 
 
+def _bleu(n: int) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(s: np.ndarray) -> np.ndarray:
+        return M.bleu_from_stats(s)[..., n - 1]
+
+    fn.__name__ = f"_bleu{n}"
+    return fn
+
+
+# How each metric is computed from the column sums of its per-image statistics (module docstring).
+STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    **{f"BLEU-{n}": (_bleu4 if n == 4 else _bleu(n)) for n in range(1, 5)},
+    "METEOR": _ratio, "ROUGE-L": _ratio, "CIDEr": _ratio, "emotion_accuracy": _ratio, "emo_align": _ratio,
+    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (retrieval.image_emotion_hits)
+}
+NOTES = {**{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
+         "METEOR": "statistic: mean per-image score"}
+
+
+def image_statistics(preds: list[M.Prediction], refs: dict[str, M.Reference], captions: M.CaptionScores,
+                     emo_labels: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One system's per-image statistics {metric: [N, m]}, rows in `preds` order, from its scores
+    (metrics.caption_metrics) and, for emo_align, the Emo-Align classifier's labels of its
+    explanations: each metric is STATISTIC_FNS[metric](stats.sum(0)) (module docstring)."""
+    pos = {i: k for k, i in enumerate(captions.image_ids)}
+    rows = [pos[p.image_id] for p in preds]
+    ones = np.ones((len(preds), 1))
+    out = {f"BLEU-{n}": captions.bleu_stats[rows] for n in range(1, 5)}
+    out.update({k: np.hstack([captions.per_image[k][rows][:, None], ones]) for k in ("METEOR", "ROUGE-L", "CIDEr")})
+    out["emotion_accuracy"] = _emotion_stats(preds, refs)
+    if emo_labels is not None:
+        out["emo_align"] = _emotion_stats(preds, refs, emo_labels)
+    return out
+
+
+STATS_FORMAT = "sevlm-image-stats-1"
+
+
+def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np.ndarray], meta: dict) -> None:
+    """Per-image statistics as one .npz (`image_ids`, `stat:<metric>` arrays, `meta` JSON), written
+    atomically: what `sevlm evaluate` keeps beside REPORT.json for later paired tests."""
+    import json
+
+    from sevlm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, image_ids=np.array(image_ids, dtype=str), meta=np.array(json.dumps({"format": STATS_FORMAT, **meta})),
+                     **{f"stat:{k}": v for k, v in stats.items()})
+
+
+def read_statistics(path: str | Path) -> tuple[list[str], dict[str, np.ndarray], dict]:
+    """(image ids, {metric: [N, m]}, meta) of a write_statistics file."""
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            ids = [str(i) for i in z["image_ids"]]
+            stats = {k[5:]: z[k] for k in z.files if k.startswith("stat:")}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not a per-image statistics file ({e})") from e
+    if meta.get("format") != STATS_FORMAT:
+        raise DataError(f"{path}: format {meta.get('format')!r}, expected {STATS_FORMAT!r}")
+    return ids, stats, meta
+
+
 def compare(
     predictions_a: str | Path,
     predictions_b: str | Path,
@@ -112,22 +178,10 @@ def compare(
     gts = {i: toks[("r", i)] for i in common}
     ca = M.caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
     cb = M.caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
-    ones = np.ones((len(common), 1))
-    mean_stat = lambda name: Statistic(  # noqa: E731
-        name, np.hstack([ca.per_image[name][:, None], ones]), np.hstack([cb.per_image[name][:, None], ones]), _ratio,
-        "statistic: mean per-image score" if name == "METEOR" else "",
-    )
-    stats = [
-        Statistic("BLEU-4", ca.bleu_stats, cb.bleu_stats, _bleu4, "statistic: coco corpus BLEU-4 on each resample"),
-        mean_stat("METEOR"),
-        mean_stat("ROUGE-L"),
-        mean_stat("CIDEr"),
-        Statistic("emotion_accuracy", _emotion_stats(pa, refs), _emotion_stats(pb, refs), _ratio),
-    ]
-    if classifier is not None:
-        la = classifier.predict([p.explanation for p in pa])
-        lb = classifier.predict([p.explanation for p in pb])
-        stats.append(Statistic("emo_align", _emotion_stats(pa, refs, la), _emotion_stats(pb, refs, lb), _ratio))
+    labels = (lambda ps: classifier.predict([p.explanation for p in ps])) if classifier is not None else (lambda ps: None)
+    sa, sb = image_statistics(pa, refs, ca, labels(pa)), image_statistics(pb, refs, cb, labels(pb))
+    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy"] + (["emo_align"] if classifier is not None else [])
+    stats = [Statistic(n, sa[n], sb[n], STATISTIC_FNS[n], NOTES.get(n, "")) for n in names]
     return {
         "a": str(predictions_a),
         "b": str(predictions_b),

@@ -240,3 +240,16 @@ def test_embedding_stats_tell_a_collapsed_side_from_a_spread_one():
     assert two["variance"] == pytest.approx(0.5)
     assert embedding_stats(np.zeros((0, 4)))["effective_rank"] is None
 
+
+
+def test_image_emotion_hits_resum_to_the_reported_accuracy():
+    from sevlm.evaluation.significance import STATISTIC_FNS
+
+    rng = np.random.default_rng(5)
+    images, emotions = rng.standard_normal((40, 8)), rng.standard_normal((len(EMOTIONS), 8))
+    dominant = rng.integers(-1, len(EMOTIONS), 40)  # -1: no dominant emotion
+    hits = R.image_emotion_hits(images, emotions, dominant)
+    assert hits.shape == (40, 2) and hits[:, 1].sum() == (dominant >= 0).sum()
+    assert hits[dominant < 0, 0].sum() == 0
+    expected = R._accuracy(R.normalize(images), R.normalize(emotions), dominant)["accuracy"]
+    assert STATISTIC_FNS["image_to_emotion"](hits.sum(0)) == pytest.approx(expected)

@@ -12,6 +12,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from sevlm.errors import ConfigError, DataError
 from sevlm.train import TrainingError, train
@@ -697,3 +698,50 @@ def test_accuracy_ties_export_the_lower_validation_loss():
         r._validate_and_keep()
     assert [s for name, s in exported if name == train_recipe.EXPORT] == [1, 2, 3]
     assert (r.state.best_acc, r.state.best_acc_step, r.state.best_acc_loss) == (1.0, 3, 1.5)
+
+
+def test_export_any_finished_checkpoint(full_run, tmp_path, capsys):
+    """`sevlm export --tag` writes an export of any finished tag: the tag `export/` was written at
+    gives `export/`'s very weights; `last` gives the last step's; a tag that is not there is
+    named with the ones that are, and --out inside the run's export/ is refused."""
+    from safetensors.torch import load_file
+
+    from sevlm.cli import main
+
+    exported = json.loads((full_run / "export" / "config.json").read_text())
+    step = exported["train"]["step"]
+    tag = f"step{step:08d}"
+    assert main(["export", "--run", str(full_run), "--tag", tag, "--out", str(tmp_path / "same")]) == 0
+    assert f"checkpoints/{tag}" in capsys.readouterr().out
+    for name in ("model.safetensors", "decoder/model.safetensors"):
+        a, b = load_file(str(full_run / "export" / name)), load_file(str(tmp_path / "same" / name))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    assert main(["export", "--run", str(full_run), "--out", str(tmp_path / "last")]) == 0
+    last = json.loads((full_run / "checkpoints" / "pointers.json").read_text())["last"]
+    got = json.loads((tmp_path / "last" / "config.json").read_text())["train"]
+    assert got["step"] == int(last.removeprefix("step")) and got["exported_from"] == f"checkpoints/{last}"
+    if last != tag:  # other weights
+        a, b = load_file(str(full_run / "export" / "model.safetensors")), load_file(str(tmp_path / "last" / "model.safetensors"))
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    from sevlm.export import load_run
+
+    assert load_run(tmp_path / "last").model is not None  # loads like any export
+    assert main(["export", "--run", str(full_run), "--tag", "step99999999", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "no finished checkpoint 'step99999999'" in err and last in err and not (tmp_path / "x").exists()
+    assert main(["export", "--run", str(full_run), "--out", str(full_run / "export" / "again")]) == 1
+    assert "write the output elsewhere" in capsys.readouterr().err
+
+
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """getrusage's ru_maxrss survives execve: a small child of a large parent (pytest late in the suite,
+    a study running its runs) reported the parent's peak as its own, and the memory estimate looked 2.5x off."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(700 * 2**20 // 8)  # this process now holds 700 MiB more
+    code = "from sevlm.train.checks import peak_memory_gib; print(peak_memory_gib('cpu'))"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0 and 0.01 < child < 0.5, child
