@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
-import sys
 import time
 
 # Dense peak FLOP/s per GPU (vendor datasheets; tensor cores, without sparsity), by precision.
@@ -94,8 +92,9 @@ def peak_memory(device: str) -> dict[str, float]:
 
         return {"mem_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 4),
                 "mem_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 4)}
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return {"mem_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 4)}
+    from sevlm.train.checks import peak_resident_bytes  # VmHWM: ru_maxrss can hold a parent's peak
+
+    return {"mem_peak_rss_gib": round((peak_resident_bytes() or 0) / 2**30, 4)}
 
 
 def process_age() -> float:
