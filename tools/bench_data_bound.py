@@ -36,7 +36,7 @@ FIGURES = ("step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac
 
 
 def run_case(case: dict) -> dict:
-    """Train the case's config (in this process) and return its telemetry rows after the first."""
+    """Train the case's config (in this process): {"rows": its telemetry rows after the first}."""
     from sevlm.train import load_train_config, train
 
     if case["delay_ms"]:
@@ -59,7 +59,7 @@ def run_case(case: dict) -> dict:
     rows = [r for r in rows if "step_time_s" in r][1:]  # the first window holds the warm-up
     if not rows:
         raise SystemExit(f"{run_dir}: no telemetry row after the first; raise --steps")
-    return [{k: r[k] for k in FIGURES if k in r} for r in rows]
+    return {"rows": [{k: r[k] for k in FIGURES if k in r} for r in rows]}
 
 
 def mean_figures(rows: list[dict]) -> dict:
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                     "features": str(paths["features"]), "workers": args.workers, "steps": args.steps,
                     "log_every": args.log_every, "overrides": args.overrides,
                     "run_dir": tempfile.mkdtemp(prefix=f"run-{name}{r}-", dir=work)}
-            results[name].append(_subprocess(case))
+            results[name].append(_subprocess(case)["rows"])
             figures = mean_figures(results[name][-1])
             print(f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), file=sys.stderr,
                   flush=True)
