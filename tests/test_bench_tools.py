@@ -56,3 +56,14 @@ def test_retrieval_study_scores_two_checkouts_and_the_reference_points(tmp_path)
                           str(tmp_path / "features.h5"), "--run", str(run)])
     assert ref["reference"]["logistic_probe"] == probe  # the same probe on the same data
     assert set(ref["runs"]) == {str(run)} and "logistic-regression probe" in out and "exact chance" in out
+
+
+@pytest.mark.slow
+def test_bench_data_bound_reads_the_slowed_reader_as_data_bound(tmp_path):
+    out, figures = _run_tool(["tools/bench_data_bound.py", "--steps", "10", "--log-every", "5", "--images", "120",
+                              "--delay-ms", "60", "--workdir", str(tmp_path)])
+    slowed = figures["means"]["slowed"]
+    assert figures["slowed_data_bound"] and slowed["data_wait_frac"] > 0.5 and slowed["rows"] == 1
+    for m in figures["means"].values():
+        assert m["data_wait_s"] + m["fwd_bwd_s"] + m["optim_s"] == pytest.approx(m["step_time_s"], rel=0.05)
+    assert "| slowed | " in out and "| normal | " in out

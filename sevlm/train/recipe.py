@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -490,7 +489,7 @@ class TrainRecipe:
                 batch = next(batches, None)
                 if batch is None:
                     break
-                if not self._started and not self._first_batch:
+                if not self._first_batch:
                     self._first_batch = True
                     self._lap("first_batch")
                 row = self.train_step(batch)
