@@ -11,6 +11,9 @@ EXAMPLES = """\
   sevlm retrieve --run runs/demo --split test --out R.json --random-runs 20
   sevlm retrieve --run runs/demo --split test --out q.json --query "the dark sky feels threatening"
   sevlm retrieve --run runs/demo --split test --out q.json --query-image painting.jpg --top 5
+  sevlm retrieve --run runs/demo --out q.json --query "a calm sea" --query "a burning city" --gallery-image g.png
+  sevlm retrieve --run runs/demo --out q.json --queries q.txt --gallery-image g.png   # one text or image path a line
+  sevlm retrieve --run runs/demo --out q.json --query-image painting.jpg --target images   # image -> image
 """
 
 
@@ -25,9 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="require a FAISS GPU index")
     dev.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="search on the CPU even if a GPU is present")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--query", help="search the split's images and emotions with this text instead of scoring")
-    q.add_argument("--query-image", help="search the split's explanations and emotions with this image file")
+    q = p.add_argument_group("queries (instead of scoring; all answered in one process against one embedded gallery)")
+    q.add_argument("--query", action="append", default=[], metavar="TEXT",
+                   help="search the split's images and emotions with this text (repeatable)")
+    q.add_argument("--query-image", action="append", default=[], metavar="FILE",
+                   help="search the split's explanations and emotions with this image file (repeatable)")
+    q.add_argument("--queries", metavar="FILE", help="one query a line: a text, or an image path (docs/RETRIEVAL.md)")
+    q.add_argument("--target", choices=("images", "explanations"),
+                   help="gallery every query searches (default: text -> images, image -> explanations); "
+                        "--query-image ... --target images is image -> image search")
+    q.add_argument("--gallery-image", metavar="PNG",
+                   help="draw each query with its top results (at most 8) and their ground truth")
+    q.add_argument("--images", metavar="DIR",
+                   help="painting folder for --gallery-image (default: images_dir in the dataset's manifest.json)")
     p.add_argument("--cache-dir", help="where --query/--query-image keep the embedded gallery and its index "
                    "(default: retrieval_cache/ in the run folder); reused while model, split and features are unchanged")
     p.add_argument("--no-cache", action="store_true", help="embed the gallery afresh and keep nothing")
@@ -41,42 +54,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sevlm.errors import ConfigError, DataError
-    from sevlm.evaluation.retrieval import IndexOptions, score_split, search_split
+    from sevlm.evaluation.retrieval import IndexOptions, score_split
     from sevlm.export import load_run
 
     if args.top < 1:
         raise ConfigError(f"--top: must be >= 1, got {args.top}")
-    if args.query is not None and not args.query.strip():  # else "" would fall through to scoring the split
-        raise ConfigError("--query: empty text; give the words to search for")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    queries = _gather_queries(args)
+    if not queries and (args.target or args.gallery_image):
+        raise ConfigError("--target/--gallery-image: give queries (--query, --query-image or --queries FILE)")
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
     recorded = run_.data_paths
     dataset_dir = args.dataset or recorded.dataset_dir
     features = args.features or recorded.features
-    if not dataset_dir or (not features and not args.query_image):
+    needs_features = not queries or any((args.target or q.default_target) == "images" for q in queries)
+    if not dataset_dir or (not features and needs_features):
         raise DataError(f"{args.run}: no dataset_dir/features recorded in the run config; pass --dataset and --features")
     options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
     source = {"run": str(run_.path), "dataset": str(dataset_dir), "features": str(features), "split": args.split}
 
-    if args.query is not None or args.query_image is not None:
-        from sevlm.io import write_json
-
-        run_folder = run_.path.parent if run_.path.name == "export" else run_.path
-        cache_dir = None if args.no_cache else (args.cache_dir or run_folder / "retrieval_cache")
-        result = {**source, **search_split(run_, dataset_dir, args.split, features, query=args.query,
-                                           query_image=args.query_image, top=args.top, options=options,
-                                           batch_size=args.batch_size, cache_dir=cache_dir)}
-        write_json(args.out, result)
-        if result["gallery_cache"]:
-            print(f"gallery: {'reused' if result['gallery_cache']['reused'] else 'embedded and cached'} in {result['gallery_cache']['path']}")
-        print("nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in result["emotions"][:3]))
-        for r in result["results"]:
-            print(f"{r['rank']:3d}  {r['score']:.3f}  {r['image_id']}" + (f"  {r['explanation']}" if "explanation" in r else ""))
-        print(f"wrote {args.out}")
-        return 0
+    if queries:
+        return _answer_queries(args, run_, queries, dataset_dir, features, options, source)
 
     from sevlm.evaluation.report import statistics_path, write_retrieval_report
 
@@ -96,4 +97,57 @@ def run(args: argparse.Namespace) -> int:
     if not result["embedding_space"]["image_side_trained"]:
         print(f"note: {result['embedding_space']['note']}")
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
+    return 0
+
+
+def _gather_queries(args):
+    """--query, --query-image, then --queries FILE, in that order."""
+    from sevlm.errors import ConfigError
+    from sevlm.evaluation.queries import Query, read_queries
+
+    queries = []
+    for n, text in enumerate(args.query, 1):
+        if not text.strip():  # else "" would be a query of nothing
+            raise ConfigError(f"--query{f' {n}' if len(args.query) > 1 else ''}: empty text; give the words to search for")
+        queries.append(Query("text", text, f"--query {n}"))
+    queries += [Query("image", path, f"--query-image {n}") for n, path in enumerate(args.query_image, 1)]
+    if args.queries:
+        queries += read_queries(args.queries)
+    return queries
+
+
+def _answer_queries(args, run_, queries, dataset_dir, features, options, source) -> int:
+    import sys
+
+    from sevlm.evaluation.queries import search_queries
+    from sevlm.io import write_json
+
+    run_folder = run_.path.parent if run_.path.name == "export" else run_.path
+    cache_dir = None if args.no_cache else (args.cache_dir or run_folder / "retrieval_cache")
+    result = {**source, **search_queries(run_, dataset_dir, args.split, features, queries, target=args.target,
+                                         top=args.top, options=options, batch_size=args.batch_size, cache_dir=cache_dir)}
+    if result["image_side_untrained_warning"]:
+        print(f"warning: {run_.path}: {result['embedding_space']['note']}", file=sys.stderr)
+    if args.gallery_image:
+        from sevlm.evaluation.report import plot_query_gallery
+        from sevlm.features.common import dataset_images_dir
+
+        images_dir = args.images or dataset_images_dir(dataset_dir)
+        result["gallery_image"] = str(plot_query_gallery(result, images_dir, args.gallery_image))
+    write_json(args.out, result)
+    for side, cache in result["gallery_cache"].items():
+        if cache:
+            print(f"{side} gallery: {'reused' if cache['reused'] else 'embedded and cached'} in {cache['path']}")
+    for q in result["queries"]:
+        query = q["query"] if q["kind"] == "text" else q["query"]["image"]
+        truth = f"  [ground truth: {q['ground_truth']['dominant_emotion']}]" if "ground_truth" in q else ""
+        print(f"\n{q['source']}: {query!r} -> {q['target']}{truth}")
+        print("  nearest emotions: " + ", ".join(f"{e['emotion']} {e['score']:.3f}" for e in q["emotions"][:3]))
+        for r in q["results"]:
+            gt = r["ground_truth"]
+            text = f"[{r['explanation_emotion']}] {r['explanation']}" if "explanation" in r else gt["explanation"]
+            print(f"  {r['rank']:3d}  {r['score']:.3f}  {r['image_id']}  dominant {gt['dominant_emotion'] or 'none'}  {text}")
+    if args.gallery_image:
+        print(f"wrote {result['gallery_image']}")
+    print(f"wrote {args.out}")
     return 0

@@ -192,6 +192,93 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- query gallery
+GALLERY_COLUMNS = 8  # results drawn per query at most (the JSON keeps all --top)
+GALLERY_PANEL_INCHES = (2.4, 3.4)  # one painting with its caption
+GALLERY_DPI = 72
+
+
+def _draw_painting(ax, images_dir: Path, image_name: str | None) -> None:
+    import textwrap
+
+    from PIL import Image
+
+    from sevlm.features.common import resolve_image
+
+    path = resolve_image(images_dir, image_name) if image_name else None
+    try:
+        if path is None:
+            raise OSError(f"not in {images_dir}")
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((240, 240))
+            ax.imshow(np.asarray(im))
+    except (OSError, Image.DecompressionBombError) as e:  # one missing painting does not cost the picture
+        ax.set_facecolor("0.9")
+        ax.text(0.5, 0.5, textwrap.fill(f"no image: {e}", 28), ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _truth_caption(gt: dict) -> str:
+    from collections import Counter
+
+    import textwrap
+
+    votes = ", ".join(f"{e} {n}" for e, n in Counter(gt["emotions"]).most_common())
+    return f"dominant: {gt['dominant_emotion'] or 'none'}\n" + textwrap.fill(f"votes: {votes}", 34)
+
+
+def plot_query_gallery(result: dict, images_dir: str | Path, path: str | Path) -> Path:
+    """One row per query: the query (its image, or its text) then its top results, each painting
+    with its score, its ground truth (dominant emotion, votes) and its first human explanation
+    (or, for an explanation result, the matched explanation and its annotator's emotion). A
+    result's title is green when its dominant emotion is the query's nearest emotion."""
+    import textwrap
+
+    plt = _plt()
+    images_dir, path = Path(images_dir), Path(path)
+    queries = result["queries"]
+    cols = 1 + min(GALLERY_COLUMNS, max(len(q["results"]) for q in queries))
+    w, h = GALLERY_PANEL_INCHES
+    fig = plt.figure(figsize=(cols * w, len(queries) * h), dpi=GALLERY_DPI)
+    grid = fig.add_gridspec(2 * len(queries), cols, height_ratios=[3, 2] * len(queries), hspace=0.25, wspace=0.08,
+                            left=0.01, right=0.99, top=1 - 0.1 / len(queries), bottom=0.01)
+    wrap = lambda t, n=4: "\n".join(textwrap.wrap(t, 34)[:n])  # noqa: E731
+    for r, q in enumerate(queries):
+        top_emotion = q["emotions"][0]["emotion"]
+        ax, text = fig.add_subplot(grid[2 * r, 0]), fig.add_subplot(grid[2 * r + 1, 0])
+        text.axis("off")
+        if q["kind"] == "image":
+            _draw_painting(ax, Path(q["query"]["image"]).parent, Path(q["query"]["image"]).name)
+            caption = Path(q["query"]["image"]).name
+            if "ground_truth" in q:
+                caption += "\n" + _truth_caption(q["ground_truth"])
+        else:
+            ax.axis("off")
+            ax.text(0.5, 0.5, wrap(f"\u201c{q['query']}\u201d", 7), ha="center", va="center", fontsize=9, style="italic",
+                    transform=ax.transAxes, wrap=True)
+            caption = ""
+        ax.set_title(f"Q{r + 1} {q['kind']} -> {q['target']}", fontsize=9, fontweight="bold")
+        text.text(0, 1, f"{caption}\nnearest emotion: {top_emotion}".strip(), va="top", ha="left", fontsize=7,
+                  transform=text.transAxes)
+        for c, res in enumerate(q["results"][: cols - 1], 1):
+            gt = res["ground_truth"]
+            ax, text = fig.add_subplot(grid[2 * r, c]), fig.add_subplot(grid[2 * r + 1, c])
+            _draw_painting(ax, images_dir, res.get("image_name"))
+            ax.set_title(f"#{res['rank']}  {res['score']:.3f}  {gt['dominant_emotion'] or 'none'}", fontsize=8,
+                         color="green" if gt["dominant_emotion"] == top_emotion else "black")
+            text.axis("off")
+            explanation = (f"[{res['explanation_emotion']}] {res['explanation']}" if "explanation" in res
+                           else f"1st human: {gt['explanation']}")
+            text.text(0, 1, _truth_caption(gt) + "\n" + wrap(explanation), va="top", ha="left", fontsize=7,
+                      transform=text.transAxes)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=GALLERY_DPI)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- reports
 def _fmt(x) -> str:
     if x is None:

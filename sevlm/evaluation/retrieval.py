@@ -1,8 +1,8 @@
 """Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
 
-The scoring works on numpy arrays, so it is testable without a model; `search_split` and
-`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`) and
-build the results `sevlm retrieve` writes. Embeddings are L2-normalised, so inner product =
+The scoring works on numpy arrays, so it is testable without a model; `load_gallery` and
+`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`);
+`sevlm.evaluation.queries` answers queries against `load_gallery`'s galleries. Embeddings are L2-normalised, so inner product =
 cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
@@ -390,7 +390,7 @@ def retrieval_report(
     return out
 
 
-CACHE_FORMAT = "sevlm-retrieval-gallery-1"
+CACHE_FORMAT = "sevlm-retrieval-gallery-2"  # 2: explanations carry their annotator's emotion
 
 
 def _file_stamp(path) -> dict:
@@ -443,39 +443,35 @@ def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.nd
         write_json(tmp / "key.json", key)
 
 
-def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
-                 options: IndexOptions = IndexOptions(), batch_size: int = 64, cache_dir=None) -> dict:
-    """Search a split with a text (against its images) or an image file (against its explanations).
+def load_gallery(run, dataset_dir, split: str, features, side: str, options: IndexOptions = IndexOptions(),
+                 batch_size: int = 64, cache_dir=None, progress: bool = True):
+    """One side ("images" | "explanations") of a split, embedded, with its index.
 
-    With `cache_dir`, the embedded gallery and its index are kept in `<cache_dir>/<split>-<side>/`
-    under `gallery_key` and reused while the model, split and features are unchanged.
-    Returns {"query", "index", "gallery_cache", "results": [{"rank", "score", "image_id"[,
-    "explanation"]}], "emotions": the 9 emotions by score}.
+    With `cache_dir`, the embedded gallery and an approximate index are kept in
+    `<cache_dir>/<split>-<side>/` under `gallery_key` and reused while the model, split and
+    features are unchanged. Returns (gallery [N, E], emotions [9, E], names [N] ({"image_id"[,
+    "explanation", "explanation_emotion"]}), cache {"path", "reused"} or None, Index).
     """
     import hashlib
     import sys
 
     from sevlm.evaluation import embedding
 
-    if (query is None) == (query_image is None):
-        raise ConfigError("search_split: give exactly one of query and query_image")
-    # the query first: a bad query fails before the gallery is embedded
-    q = embedding.embed_query_text(run, query) if query is not None else embedding.embed_image_file(run, query_image)
-    side = "images" if query is not None else "explanations"
     folder = Path(cache_dir) / f"{split}-{side}" if cache_dir is not None else None
     key = gallery_key(run, dataset_dir, split, features, side) if folder else None
     cached = _read_gallery(folder, key) if folder else None
     if cached:
         gallery, emotions, names = cached
     else:
-        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size, progress=progress,
                                     images=side == "images", texts=side == "explanations")
         emotions = normalize(emb.emotion_emb)
         if side == "images":
             gallery, names = normalize(emb.image_emb), [{"image_id": i} for i in emb.image_ids]
         else:
             gallery = normalize(emb.text_emb)
-            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+            names = [{"image_id": emb.image_ids[i], "explanation": t, "explanation_emotion": EMOTIONS[e]}
+                     for t, i, e in zip(emb.texts, emb.text_image, emb.text_emotion)]
         if folder:
             try:
                 _write_gallery(folder, key, gallery, emotions, names)
@@ -494,16 +490,8 @@ def search_split(run, dataset_dir, split: str, features, query: str | None = Non
         index = Index(gallery, options)
         if index_file:
             index.save(index_file)
-    q = normalize(q)
-    scores, ids = index.search(q, top)
-    emo_scores = (q @ emotions.T)[0]  # [9]
-    return {
-        "query": query if query is not None else {"image": str(query_image)},
-        "index": index.describe(),
-        "gallery_cache": {"path": str(folder), "reused": bool(cached)} if folder else None,
-        "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
-        "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
-    }
+    cache = {"path": str(folder), "reused": bool(cached)} if folder else None
+    return gallery, emotions, names, cache, index
 
 
 def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> np.ndarray:

@@ -54,6 +54,10 @@ def tiny_run(tmp_path_factory):
     model = SEVLM(SEVLMConfig(**cfg).with_token_ids(builder.ids))
     save_export(root / "run" / "export", model, tok, {"data": {"dataset_dir": str(ds), "features": str(features),
                                                                 "encoder": "tiny-random", "lexicon": "demo"}})
+    # the no-image control: no loss reads the image, so its image side stays untrained
+    none = SEVLM(SEVLMConfig(**cfg, mode="none").with_token_ids(builder.ids))
+    save_export(root / "run_none" / "export", none, tok, {"data": {"dataset_dir": str(ds), "features": str(features),
+                                                                    "encoder": "tiny-random", "lexicon": "demo"}})
     return root
 
 
@@ -78,7 +82,7 @@ def test_retrieve_scores_model_and_chance(tiny_run):
 def test_retrieve_queries(tiny_run):
     out = tiny_run / "q.json"
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query", "a calm blue sky", "--top", "3"]) == 0
-    r = json.loads(out.read_text())
+    r = json.loads(out.read_text())["queries"][0]
     assert [x["rank"] for x in r["results"]] == [1, 2, 3] and r["results"][0]["image_id"].startswith("Style/test-")
     assert sorted(e["emotion"] for e in r["emotions"]) == sorted(EMOTIONS)
     scores = [x["score"] for x in r["results"]]
@@ -86,7 +90,9 @@ def test_retrieve_queries(tiny_run):
     img = tiny_run / "images" / "Style" / "test-2.jpg"
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img), "--index", "hnsw"]) == 0
     r = json.loads(out.read_text())
-    assert len(r["results"]) == 10 and "explanation" in r["results"][0] and r["index"]["kind"] == "hnsw"
+    assert r["index"]["explanations"]["kind"] == "hnsw"
+    r = r["queries"][0]
+    assert len(r["results"]) == 10 and "explanation" in r["results"][0]
 
 
 def test_retrieve_bad_image(tiny_run):
@@ -147,22 +153,22 @@ def test_query_reuses_the_cached_gallery_until_model_split_or_features_change(ti
         return json.loads(out.read_text())
 
     first, second = query(), query()
-    assert len(calls) == 1 and not first["gallery_cache"]["reused"] and second["gallery_cache"]["reused"]
-    assert second["results"] == first["results"] and second["emotions"] == first["emotions"]
-    assert second["gallery_cache"]["path"] == str(run_dir / "retrieval_cache" / "test-images")
+    assert len(calls) == 1 and not first["gallery_cache"]["images"]["reused"] and second["gallery_cache"]["images"]["reused"]
+    assert second["queries"] == first["queries"]
+    assert second["gallery_cache"]["images"]["path"] == str(run_dir / "retrieval_cache" / "test-images")
     query("--no-cache")
     assert len(calls) == 2
 
     # an approximate index is cached too and gives the same answer when loaded
     hnsw = [query("--index", "hnsw") for _ in range(2)]
-    assert len(calls) == 2 and hnsw[1]["results"] == hnsw[0]["results"]
+    assert len(calls) == 2 and hnsw[1]["queries"] == hnsw[0]["queries"]
     assert len(list((run_dir / "retrieval_cache" / "test-images").glob("index-*.faiss"))) == 1
 
     features = json.loads((run_dir / "export" / "config.json").read_text())["train"]["data"]["features"]
     st = os.stat(features)
     os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # features rewritten
     try:
-        assert not query()["gallery_cache"]["reused"] and len(calls) == 3
+        assert not query()["gallery_cache"]["images"]["reused"] and len(calls) == 3
     finally:
         os.utime(features, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -171,8 +177,8 @@ def test_query_reuses_the_cached_gallery_until_model_split_or_features_change(ti
         next(run.model.parameters()).add_(0.5)
     save_export(run_dir / "export", run.model, run.tokenizer, run.config["train"])
     changed = query()
-    assert not changed["gallery_cache"]["reused"] and len(calls) == 4
-    assert query()["gallery_cache"]["reused"] and len(calls) == 4
+    assert not changed["gallery_cache"]["images"]["reused"] and len(calls) == 4
+    assert query()["gallery_cache"]["images"]["reused"] and len(calls) == 4
 
 
 def test_query_image_caches_the_explanation_gallery(tiny_run, tmp_path):
@@ -183,9 +189,10 @@ def test_query_image_caches_the_explanation_gallery(tiny_run, tmp_path):
         assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img),
                              "--cache-dir", str(cache)]) == 0
         r = json.loads(out.read_text())
-        assert r["gallery_cache"] == {"path": str(cache / "test-explanations"), "reused": reused}
+        assert r["gallery_cache"] == {"explanations": {"path": str(cache / "test-explanations"), "reused": reused}}
     names = json.loads((cache / "test-explanations" / "names.json").read_text())
-    assert len(names) == 18 and names[0] == {"image_id": "Style/test-0", "explanation": "the blue sky looks calm"}
+    assert len(names) == 18 and names[0] == {"image_id": "Style/test-0", "explanation": "the blue sky looks calm",
+                                             "explanation_emotion": EMOTIONS[0]}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -221,3 +228,100 @@ def test_nan_features_name_the_image(tiny_run, tmp_path):
     with pytest.raises(DataError, match=r"f\.h5: image 'Style/test-2.jpg' has NaN or inf features"):
         retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--features", str(features),
                       "--out", str(tmp_path / "R.json")])
+
+
+def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_picture(tiny_run, tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from sevlm.evaluation import embedding as EM
+    from sevlm.evaluation.report import GALLERY_DPI, GALLERY_PANEL_INCHES
+
+    calls = []
+    real = EM.embed_split
+    monkeypatch.setattr(EM, "embed_split", lambda *a, **k: calls.append(k) or real(*a, **k))
+    (tmp_path / "img").mkdir()
+    Image.open(tiny_run / "images" / "Style" / "test-4.jpg").save(tmp_path / "img" / "copy.png")
+    qfile = tmp_path / "q.txt"
+    qfile.write_text("# probes\n\na calm blue sky\nimg/copy.png\ntext: a.jpg\n\n" + f"{tiny_run}/images/Style/test-2.jpg\n")
+    out, png = tmp_path / "q.json", tmp_path / "g.png"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--top", "4",
+                         "--query", "the red sky", "--queries", str(qfile), "--gallery-image", str(png),
+                         "--images", str(tiny_run / "images")]) == 0
+    r = json.loads(out.read_text())
+    assert [(q["source"], q["kind"], q["target"]) for q in r["queries"]] == [
+        ("--query 1", "text", "images"), (f"{qfile} line 3", "text", "images"), (f"{qfile} line 4", "image", "explanations"),
+        (f"{qfile} line 5", "text", "images"), (f"{qfile} line 7", "image", "explanations")]
+    assert r["queries"][3]["query"] == "a.jpg" and r["queries"][2]["query"] == {"image": str(tmp_path / "img" / "copy.png")}
+    assert len(calls) == 2  # one gallery per side, whatever the number of queries
+    test = json.loads((tiny_run / "ds" / "test.json").read_text())
+    for q in r["queries"]:
+        assert len(q["results"]) == 4
+        for res in q["results"]:
+            rec = test[res["image_id"]]
+            assert res["ground_truth"] == {"emotions": rec["emotions"], "dominant_emotion": rec["dominant_emotion"],
+                                           "explanation": rec["explanations"][0]}
+            if q["target"] == "explanations":
+                k = rec["explanations"].index(res["explanation"])
+                assert res["explanation_emotion"] == rec["emotions"][k]
+    # a query image from the split is recognised, with its own ground truth; a copy elsewhere is not
+    assert r["queries"][4]["image_id"] == "Style/test-2" and r["queries"][4]["ground_truth"]["dominant_emotion"] == EMOTIONS[2]
+    assert "image_id" not in r["queries"][2]
+    with PILImage.open(png) as im:  # one row per query, a column for the query and each of the 4 results
+        assert im.size == (round(5 * GALLERY_PANEL_INCHES[0] * GALLERY_DPI), round(5 * GALLERY_PANEL_INCHES[1] * GALLERY_DPI))
+    assert r["gallery_image"] == str(png)
+
+
+def test_image_to_image_search_finds_the_painting_itself(tiny_run, tmp_path):
+    out = tmp_path / "q.json"
+    img = tiny_run / "images" / "Style" / "test-3.jpg"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--query-image", str(img),
+                         "--target", "images", "--top", "6"]) == 0
+    q = json.loads(out.read_text())["queries"][0]
+    assert q["target"] == "images" and len(q["results"]) == 6 and "explanation" not in q["results"][0]
+    # the file is encoded as `extract` encoded it, so its gallery twin scores a cosine of 1
+    assert q["results"][0]["image_id"] == "Style/test-3" and q["results"][0]["score"] == pytest.approx(1, abs=1e-4)
+    assert q["results"][1]["score"] < 1 - 1e-3
+
+
+def test_queries_warn_when_the_image_side_is_untrained(tiny_run, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    base = ["--run", str(tiny_run / "run_none"), "--out", str(out), "--no-cache"]
+    assert retrieve_cli([*base, "--query", "a calm sky"]) == 0  # text -> images: image side involved
+    err = capsys.readouterr().err
+    assert "warning:" in err and "no-image control" in err and json.loads(out.read_text())["image_side_untrained_warning"]
+    assert retrieve_cli([*base, "--query", "a calm sky", "--target", "explanations"]) == 0  # text -> text only
+    assert "no-image control" not in capsys.readouterr().err
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--query", "a calm sky"]) == 0
+    assert "warning" not in capsys.readouterr().err and not json.loads(out.read_text())["image_side_untrained_warning"]
+
+
+def test_read_queries_kinds_and_errors(tmp_path):
+    from sevlm.errors import DataError
+    from sevlm.evaluation.queries import Query, read_queries
+
+    (tmp_path / "p.jpg").write_bytes(b"x")
+    f = tmp_path / "q.txt"
+    f.write_text("a sky\np.jpg\nimage: p.jpg\ntext: p.jpg\n# note\n")
+    assert read_queries(f) == [Query("text", "a sky", f"{f} line 1"), Query("image", str(tmp_path / "p.jpg"), f"{f} line 2"),
+                               Query("image", str(tmp_path / "p.jpg"), f"{f} line 3"), Query("text", "p.jpg", f"{f} line 4")]
+    f.write_text("a sky\nnope.png\n")
+    with pytest.raises(DataError, match=rf"^{f} line 2: image file not found: nope.png$"):
+        read_queries(f)
+    f.write_text("# only a comment\n\n")
+    with pytest.raises(DataError, match="no queries"):
+        read_queries(f)
+    with pytest.raises(DataError, match=r"missing.txt: queries file not found"):
+        read_queries(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "images"], "--target/--gallery-image: give queries"),
+    (["--query", "sky", "--query", " "], "--query 2: empty text"),
+])
+def test_query_argument_errors_are_one_line(tiny_run, tmp_path, capsys, argv, message):
+    from sevlm.cli import main
+
+    out = tmp_path / "q.json"
+    assert main(["retrieve", "--run", str(tiny_run / "run"), "--out", str(out), *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"sevlm retrieve: error: {message}") and "\n" not in err and not out.exists()
