@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-runs", type=int, default=0,
                    help="also score N >= 20 random-embedding draws (mean and spread), a check of the exact chance levels")
     p.add_argument("--seed", type=int, default=0, help="first seed of the random-embedding draws")
+    p.add_argument("--export-embeddings", metavar="DIR",
+                   help="scoring: also write the split's embeddings as .npy arrays with their ids (docs/RETRIEVAL.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     queries = _gather_queries(args)
     if not queries and (args.target or args.gallery_image):
         raise ConfigError("--target/--gallery-image: give queries (--query, --query-image or --queries FILE)")
+    if queries and args.export_embeddings:
+        raise ConfigError("--export-embeddings: only when scoring a split, not with queries")
     run_ = load_run(args.run, device=args.device)
     if not run_.model.config.use_contrastive:
         raise ConfigError(f"{run_.path}: the model has no contrastive head (use_contrastive=false): no retrieval embeddings")
@@ -79,13 +83,23 @@ def run(args: argparse.Namespace) -> int:
     if queries:
         return _answer_queries(args, run_, queries, dataset_dir, features, options, source)
 
+    from pathlib import Path
+
     from sevlm.evaluation.report import statistics_path, write_retrieval_report
+    from sevlm.evaluation.retrieval import export_embeddings, write_query_ranks
 
     # per-image image -> emotion hits beside the result (RESULT_stats.npz), for paired tests (sevlm ablate)
+    artifacts: dict = {}
     result = {**score_split(run_, dataset_dir, args.split, features, options=options, batch_size=args.batch_size,
-                            random_runs=args.random_runs, seed=args.seed, image_stats_out=statistics_path(args.out)),
+                            random_runs=args.random_runs, seed=args.seed, image_stats_out=statistics_path(args.out),
+                            artifacts=artifacts),
               **source}
-    write_retrieval_report(result, args.out)
+    out = Path(args.out)
+    ranks_path = write_query_ranks(out.with_name(f"{out.stem}_ranks.jsonl"), artifacts["embeddings"], artifacts["ranks"])
+    result["ranks_file"] = ranks_path.name
+    if args.export_embeddings:
+        result["embeddings_export"] = str(export_embeddings(args.export_embeddings, artifacts["embeddings"], source))
+    write_retrieval_report(result, args.out, embeddings=artifacts["embeddings"])
     m, c = result["model"], result["chance"]
     for d in ("image_to_explanation", "explanation_to_image"):
         print(f"{d}: " + " ".join(f"R@{k} {m[d][f'R@{k}']:.3f} (chance {c[d][f'R@{k}']:.3f})" for k in result["ks"])
@@ -96,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
                   f"majority class {c[d]['majority_class']:.3f}, n={m[d]['n']})")
     if not result["embedding_space"]["image_side_trained"]:
         print(f"note: {result['embedding_space']['note']}")
+    per = m["image_to_emotion"].get("per_emotion", {})
+    if per:
+        print("image_to_emotion per dominant emotion: " + ", ".join(
+            f"{e} {g['correct']}/{g['n']}" for e, g in per.items() if g["n"] and e != "none"))
+    print(f"per-query ranks: {ranks_path}" + (f"; embeddings: {result['embeddings_export']}" if args.export_embeddings else ""))
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
     return 0
 

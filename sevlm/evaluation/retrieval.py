@@ -183,8 +183,8 @@ def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
     }
 
 
-def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict]:
-    """(scores of one direction, the index description)."""
+def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict, np.ndarray]:
+    """(scores of one direction, the index description, each query's exact rank)."""
     ranks = exact_ranks(queries, query_label, gallery, gallery_label)
     if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
         res = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
@@ -194,7 +194,7 @@ def _direction(queries, query_label, gallery, gallery_label, options: IndexOptio
         _, ids = idx.search(queries, max(ks))
         res, index = hits_at_k(ids, query_label, gallery_label, ks), idx.describe()
     res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
-    return res, index
+    return res, index, ranks
 
 
 def _accuracy(queries, emotion_emb, targets: np.ndarray) -> dict:
@@ -215,8 +215,10 @@ def retrieval_metrics(
     text_emotion: np.ndarray | None = None,
     options: IndexOptions = IndexOptions(),
     ks=(1, 5, 10),
+    ranks: dict | None = None,
 ) -> dict:
-    """Retrieval scores for one set of embeddings.
+    """Retrieval scores for one set of embeddings; a `ranks` dict receives each query's exact
+    rank per direction ("image_to_explanation" [I], "explanation_to_image" [N]).
 
     image_emb [I, E]; text_emb [N, E] (explanations); text_image [N] index of each text's
     image; emotion_emb [9, E] in EMOTIONS order; image_dominant [I] emotion index of each
@@ -239,8 +241,10 @@ def retrieval_metrics(
     if options.use_gpu and not gpu_available():
         raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
     image_label = np.arange(n_img)
-    i2t, index = _direction(image_emb, image_label, text_emb, text_image, options, ks)
-    t2i, _ = _direction(text_emb, text_image, image_emb, image_label, options, ks)
+    i2t, index, i2t_ranks = _direction(image_emb, image_label, text_emb, text_image, options, ks)
+    t2i, _, t2i_ranks = _direction(text_emb, text_image, image_emb, image_label, options, ks)
+    if ranks is not None:
+        ranks.update(image_to_explanation=i2t_ranks, explanation_to_image=t2i_ranks)
     out = {
         "index": index,
         "image_to_explanation": i2t,
@@ -374,13 +378,59 @@ def embedding_stats(x: np.ndarray) -> dict:
     }
 
 
+def emotion_ranks(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest emotion [I], rank 1..9 of the dominant emotion [I], 0 where there is none)."""
+    scores = normalize(image_emb) @ normalize(emotion_emb).T  # [I, 9]
+    dominant = np.asarray(image_dominant, dtype=np.int64)
+    own = scores[np.arange(len(scores)), np.maximum(dominant, 0)]
+    rank = np.where(dominant >= 0, 1 + (scores > own[:, None]).sum(axis=1), 0)
+    return scores.argmax(axis=1), rank
+
+
+def per_emotion_breakdown(image_emb, emotion_emb, image_dominant, i2t_ranks, ks=(1, 5, 10)) -> dict:
+    """Image-side figures split by each image's dominant emotion, and the image -> emotion confusion.
+
+    Per emotion e (images whose dominant emotion is e): n, correct and accuracy of image ->
+    emotion (the recall of class e), its precision (of the images whose nearest emotion is e),
+    and image -> explanation R@K and median rank from the exact ranks. Images without a dominant
+    emotion form "none" (no emotion figures). Sum of n over groups = all images; correct sums to
+    the aggregate's; n-weighted R@K averages to the aggregate (flat index) R@K.
+    """
+    dominant = np.asarray(image_dominant, dtype=np.int64)
+    i2t_ranks = np.asarray(i2t_ranks)
+    pred, _ = emotion_ranks(image_emb, emotion_emb, dominant)
+    known = dominant >= 0
+    counts = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=np.int64)  # [true, predicted]
+    np.add.at(counts, (dominant[known], pred[known]), 1)
+    groups = {}
+    for k, name in [*enumerate(EMOTIONS), (-1, "none")]:
+        sel = dominant == k
+        n = int(sel.sum())
+        g = {"n": n, **{f"R@{kk}": float((i2t_ranks[sel] <= kk).mean()) if n else None for kk in ks},
+             "median_rank": float(np.median(i2t_ranks[sel])) if n else None}
+        if k >= 0:
+            correct, predicted = int(counts[k, k]), int(counts[:, k].sum())
+            g.update(correct=correct, accuracy=correct / n if n else None,
+                     precision=correct / predicted if predicted else None, predicted=predicted)
+        groups[name] = g
+    return {"per_emotion": groups,
+            "confusion": {"counts": counts.tolist(), "rows_true": list(EMOTIONS), "columns_predicted": list(EMOTIONS)}}
+
+
 def retrieval_report(
     image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
     options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
+    ranks: dict | None = None,
 ) -> dict:
     """The model's retrieval scores beside the exact chance level of each (and, with
-    `random_runs` > 0, the mean and spread of that many random-embedding draws)."""
-    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
+    `random_runs` > 0, the mean and spread of that many random-embedding draws), with the
+    image-side figures per dominant emotion and the image -> emotion confusion
+    (`per_emotion_breakdown`); a `ranks` dict receives each query's exact ranks."""
+    ranks = {} if ranks is None else ranks
+    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks,
+                              ranks=ranks)
+    model["image_to_emotion"].update(per_emotion_breakdown(image_emb, emotion_emb, image_dominant,
+                                                           ranks["image_to_explanation"], ks))
     out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks),
            "embedding_stats": {side: embedding_stats(x) for side, x in
                                (("image", image_emb), ("explanation", text_emb), ("emotion", emotion_emb))}}
@@ -503,10 +553,13 @@ def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dom
 
 
 def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
-                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None) -> dict:
+                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None,
+                artifacts: dict | None = None) -> dict:
     """Embed a split's images, explanations and emotions and score retrieval between them; with
     `image_stats_out`, also write the per-image image -> emotion hits there for paired tests
-    (significance.write_statistics)."""
+    (significance.write_statistics). An `artifacts` dict receives "embeddings" (SplitEmbeddings)
+    and "ranks" (each query's exact rank per direction), for `write_query_ranks` and
+    `export_embeddings`."""
     from sevlm.evaluation.embedding import embed_split
 
     emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
@@ -516,11 +569,66 @@ def score_split(run, dataset_dir, split: str, features, options: IndexOptions = 
         write_statistics(image_stats_out, list(emb.image_ids),
                          {"image_to_emotion": image_emotion_hits(emb.image_emb, emb.emotion_emb, emb.image_dominant)},
                          {"split": split, "dataset": str(dataset_dir)})
+    ranks: dict = {}
     result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
-                              options=options, random_runs=random_runs, seed=seed)
+                              options=options, random_runs=random_runs, seed=seed, ranks=ranks)
+    if artifacts is not None:
+        artifacts.update(embeddings=emb, ranks=ranks)
     result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
     result["embedding_space"] = retrieval_space(run.model)
     return result
+
+
+def write_query_ranks(path: str | Path, emb, ranks: dict) -> Path:
+    """Every query's exact rank, one JSON line each, images first: {"direction": "image_to_emotion",
+    "image_id", "dominant_emotion", "nearest_emotion", "rank" (of the dominant among the 9, null
+    without one)}, {"direction": "image_to_explanation", "image_id", "rank" (of the best
+    ranked of its own explanations)}, then {"direction": "explanation_to_image", "image_id", "explanation_index"
+    (in the split's order), "explanation", "rank" (of its painting)}."""
+    import json
+
+    from sevlm.io import atomic_path
+
+    dominant = np.asarray(emb.image_dominant)
+    nearest, emo_rank = emotion_ranks(emb.image_emb, emb.emotion_emb, dominant)
+    name = lambda k: EMOTIONS[k] if k >= 0 else None  # noqa: E731
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for i, image_id in enumerate(emb.image_ids):
+            f.write(json.dumps({"direction": "image_to_emotion", "image_id": image_id, "dominant_emotion": name(dominant[i]),
+                                "nearest_emotion": EMOTIONS[nearest[i]], "rank": int(emo_rank[i]) or None},
+                               ensure_ascii=False) + "\n")
+        for i, image_id in enumerate(emb.image_ids):
+            f.write(json.dumps({"direction": "image_to_explanation", "image_id": image_id,
+                                "rank": int(ranks["image_to_explanation"][i])}, ensure_ascii=False) + "\n")
+        for t, (i, text) in enumerate(zip(emb.text_image, emb.texts)):
+            f.write(json.dumps({"direction": "explanation_to_image", "image_id": emb.image_ids[i], "explanation_index": t,
+                                "explanation": text, "rank": int(ranks["explanation_to_image"][t])}, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+EXPORT_FORMAT = "sevlm-retrieval-embeddings-1"
+
+
+def export_embeddings(folder: str | Path, emb, meta: dict) -> Path:
+    """The split's L2-normalised embeddings as .npy arrays with their ids (docs/RETRIEVAL.md):
+    images.npy [I, E], explanations.npy [N, E], emotions.npy [9, E] (float32, row i of each is
+    id i of ids.json), explanation_image.npy [N] (int64 row of images.npy), image_dominant.npy
+    [I] (int64 index into EMOTIONS, -1 for none), and ids.json. Inner product = cosine, so a
+    faiss.IndexFlatIP over them reproduces `sevlm retrieve`'s ranks."""
+    from sevlm.io import atomic_dir, write_json
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:  # a reader sees the old export or the whole new one
+        np.save(tmp / "images.npy", normalize(emb.image_emb))
+        np.save(tmp / "explanations.npy", normalize(emb.text_emb))
+        np.save(tmp / "emotions.npy", normalize(emb.emotion_emb))
+        np.save(tmp / "explanation_image.npy", np.asarray(emb.text_image, dtype=np.int64))
+        np.save(tmp / "image_dominant.npy", np.asarray(emb.image_dominant, dtype=np.int64))
+        write_json(tmp / "ids.json", {"format": EXPORT_FORMAT, **meta, "dim": int(emb.image_emb.shape[1]),
+                                      "normalised": True, "images": list(emb.image_ids), "emotions": list(EMOTIONS),
+                                      "explanations": list(emb.texts),
+                                      "explanation_emotions": [EMOTIONS[e] for e in emb.text_emotion]})
+    return folder
 
 
 def retrieval_space(model) -> dict:

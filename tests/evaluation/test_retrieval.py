@@ -69,7 +69,8 @@ def test_retrieval_report_on_known_embeddings():
     model, chance = out["model"], out["chance"]
     assert model["image_to_explanation"]["R@1"] == 1.0 and model["image_to_explanation"]["median_rank"] == 1
     assert model["explanation_to_image"]["R@1"] == 1.0
-    assert model["image_to_emotion"] == {"accuracy": 1.0, "n": 48}
+    i2e = model["image_to_emotion"]
+    assert (i2e["accuracy"], i2e["n"]) == (1.0, 48) and np.trace(i2e["confusion"]["counts"]) == 48
     assert model["explanation_to_emotion"] == {"accuracy": 1.0, "n": 144}
     assert model["explanation_to_own_emotion"]["n"] == 180
     # 3 of 180 texts are right for each image; 1 of 60 images for each text
@@ -253,3 +254,47 @@ def test_image_emotion_hits_resum_to_the_reported_accuracy():
     assert hits[dominant < 0, 0].sum() == 0
     expected = R._accuracy(R.normalize(images), R.normalize(emotions), dominant)["accuracy"]
     assert STATISTIC_FNS["image_to_emotion"](hits.sum(0)) == pytest.approx(expected)
+
+
+def _labelled_space(seed=0, n_img=40, dim=12):
+    """Images near their dominant emotion's vector (some with none), two explanations per image."""
+    rng = np.random.default_rng(seed)
+    emo = rng.standard_normal((9, dim))
+    dominant = rng.integers(-1, 9, n_img)
+    img = emo[np.maximum(dominant, 0)] + 1.2 * rng.standard_normal((n_img, dim))
+    txt = np.repeat(img, 2, axis=0) + 1.5 * rng.standard_normal((2 * n_img, dim))
+    return img, txt, np.repeat(np.arange(n_img), 2), emo, dominant
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_emotion_figures_add_up_to_the_aggregate(seed):
+    img, txt, text_image, emo, dominant = _labelled_space(seed)
+    r = R.retrieval_report(img, txt, text_image, emo, dominant)["model"]
+    i2e = r["image_to_emotion"]
+    per = i2e["per_emotion"]
+    assert list(per) == [*EMOTIONS, "none"]
+    assert sum(g["n"] for g in per.values()) == len(img) and per["none"]["n"] == int((dominant < 0).sum())
+    known = [g for e, g in per.items() if e != "none"]
+    assert sum(g["n"] for g in known) == i2e["n"]
+    assert sum(g["correct"] for g in known) / i2e["n"] == pytest.approx(i2e["accuracy"])
+    for g in known:  # accuracy is the class's recall
+        assert g["accuracy"] is None if g["n"] == 0 else g["accuracy"] == pytest.approx(g["correct"] / g["n"])
+    counts = np.array(i2e["confusion"]["counts"])
+    assert counts.sum() == i2e["n"] and np.trace(counts) == sum(g["correct"] for g in known)
+    assert [g["n"] for g in known] == counts.sum(axis=1).tolist() and [g["predicted"] for g in known] == counts.sum(axis=0).tolist()
+    for k in (1, 5, 10):  # n-weighted per-emotion recall is the aggregate (flat index: exact ranks)
+        weighted = sum(g["n"] * g[f"R@{k}"] for g in per.values() if g["n"]) / len(img)
+        assert weighted == pytest.approx(r["image_to_explanation"][f"R@{k}"])
+
+
+def test_confusion_counts_the_nearest_emotion():
+    emo = np.eye(9, 12)
+    img = np.stack([emo[0], emo[0], emo[3], emo[5]])  # true: 0, 1, 3, none -> predicted 0, 0, 3, 5
+    b = R.per_emotion_breakdown(img, emo, np.array([0, 1, 3, -1]), np.array([1, 2, 3, 4]))
+    counts = np.array(b["confusion"]["counts"])
+    assert counts[0, 0] == 1 and counts[1, 0] == 1 and counts[3, 3] == 1 and counts.sum() == 3
+    p = b["per_emotion"]
+    assert p["amusement"]["precision"] == 0.5 and p["awe"]["accuracy"] == 0.0 and p["none"] == {
+        "n": 1, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 4.0}
+    nearest, rank = R.emotion_ranks(img, emo, np.array([0, 1, 3, -1]))
+    assert nearest.tolist() == [0, 0, 3, 5] and rank[0] == 1 and rank[1] > 1 and rank[3] == 0

@@ -325,3 +325,60 @@ def test_query_argument_errors_are_one_line(tiny_run, tmp_path, capsys, argv, me
     assert main(["retrieve", "--run", str(tiny_run / "run"), "--out", str(out), *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"sevlm retrieve: error: {message}") and "\n" not in err and not out.exists()
+
+
+def test_scoring_writes_per_query_ranks_and_exported_embeddings_reproduce_them(tiny_run, tmp_path):
+    import faiss
+
+    out, export = tmp_path / "R.json", tmp_path / "emb"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--export-embeddings", str(export)]) == 0
+    r = json.loads(out.read_text())
+    lines = [json.loads(x) for x in (tmp_path / r["ranks_file"]).read_text().splitlines()]
+    by = {d: [x for x in lines if x["direction"] == d] for d in ("image_to_emotion", "image_to_explanation", "explanation_to_image")}
+    assert [len(v) for v in by.values()] == [6, 6, 18]
+    m = r["model"]
+    assert np.mean([x["rank"] <= 1 for x in by["image_to_explanation"]]) == pytest.approx(m["image_to_explanation"]["R@1"])
+    assert np.mean([x["rank"] <= 5 for x in by["explanation_to_image"]]) == pytest.approx(m["explanation_to_image"]["R@5"])
+    assert np.mean([x["rank"] == 1 for x in by["image_to_emotion"]]) == pytest.approx(m["image_to_emotion"]["accuracy"])
+
+    ids = json.loads((export / "ids.json").read_text())
+    images, texts, emotions = (np.load(export / f"{n}.npy") for n in ("images", "explanations", "emotions"))
+    text_image = np.load(export / "explanation_image.npy")
+    assert images.shape == (6, 16) and texts.shape == (18, 16) and emotions.shape == (9, 16) and images.dtype == np.float32
+    assert ids["images"] == [x["image_id"] for x in by["image_to_explanation"]] and ids["emotions"] == list(EMOTIONS)
+    assert ids["explanations"] == [x["explanation"] for x in by["explanation_to_image"]]
+    assert np.load(export / "image_dominant.npy").tolist() == [EMOTIONS.index(x["dominant_emotion"]) for x in by["image_to_emotion"]]
+    # a FAISS flat index over the exported arrays ranks as `sevlm retrieve` did: 1 + the number of
+    # items scoring strictly above the best correct one (the tiny run's explanations repeat, so ties)
+    def faiss_ranks(queries, gallery, correct):  # correct(q, gallery ids [N]) -> bool mask
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery)
+        scores, order = index.search(queries, len(gallery))  # [Q, N], best first
+        return [1 + int((scores[q] > scores[q][correct(q, order[q])].max()).sum()) for q in range(len(queries))]
+
+    assert faiss_ranks(images, texts, lambda q, ids: text_image[ids] == q) == [x["rank"] for x in by["image_to_explanation"]]
+    assert faiss_ranks(texts, images, lambda q, ids: ids == text_image[q]) == [x["rank"] for x in by["explanation_to_image"]]
+    nearest = (images @ emotions.T).argmax(axis=1)
+    assert [EMOTIONS[k] for k in nearest] == [x["nearest_emotion"] for x in by["image_to_emotion"]]
+    # the report breaks the figures down and draws them
+    per = m["image_to_emotion"]["per_emotion"]
+    assert sum(g["n"] for g in per.values()) == 6 and sum(g.get("correct", 0) for g in per.values()) == round(
+        m["image_to_emotion"]["accuracy"] * 6)
+    assert set(r["figures"]) == {"recall_curves", "image_to_emotion_confusion", "embedding_map"}
+    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in r["figures"].values())
+    assert "| dominant emotion | n | correct |" in (tmp_path / "R.md").read_text()
+
+
+def test_recall_plot_draws_each_direction_and_system_apart(tiny_run, tmp_path, monkeypatch):
+    from sevlm.evaluation import report as RP
+
+    figs = []
+    real = RP._save
+    monkeypatch.setattr(RP, "_save", lambda fig, path: figs.append(fig) or real(fig, path))
+    result = {s: {d: {"recall_curve": {"1": 0.1, "10": 0.5}} for d in ("image_to_explanation", "explanation_to_image")}
+              for s in ("model", "chance")}
+    RP.plot_recall_curves(result, tmp_path / "r.png")
+    lines = figs[0].axes[0].get_lines()
+    styles = {(line.get_label(), line.get_color(), line.get_linestyle()) for line in lines}
+    assert len(lines) == 4 and len({s[0] for s in styles}) == 4 and len({s[1:] for s in styles}) == 4
+    assert len({line.get_color() for line in lines if "(model)" in line.get_label()}) == 2  # directions differ
