@@ -234,7 +234,7 @@ def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_pict
     from PIL import Image as PILImage
 
     from sevlm.evaluation import embedding as EM
-    from sevlm.evaluation.report import GALLERY_DPI, GALLERY_PANEL_INCHES
+    from sevlm.evaluation.report import GALLERY_PANEL_PX
 
     calls = []
     real = EM.embed_split
@@ -267,7 +267,7 @@ def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_pict
     assert r["queries"][4]["image_id"] == "Style/test-2" and r["queries"][4]["ground_truth"]["dominant_emotion"] == EMOTIONS[2]
     assert "image_id" not in r["queries"][2]
     with PILImage.open(png) as im:  # one row per query, a column for the query and each of the 4 results
-        assert im.size == (round(5 * GALLERY_PANEL_INCHES[0] * GALLERY_DPI), round(5 * GALLERY_PANEL_INCHES[1] * GALLERY_DPI))
+        assert im.size == (5 * GALLERY_PANEL_PX[0], 5 * GALLERY_PANEL_PX[1])
     assert r["gallery_image"] == str(png)
 
 
