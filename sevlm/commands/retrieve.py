@@ -14,13 +14,15 @@ EXAMPLES = """\
   sevlm retrieve --run runs/demo --out q.json --query "a calm sea" --query "a burning city" --gallery-image g.png
   sevlm retrieve --run runs/demo --out q.json --queries q.txt --gallery-image g.png   # one text or image path a line
   sevlm retrieve --run runs/demo --out q.json --query-image painting.jpg --target images   # image -> image
+  sevlm retrieve --compare runs/demo/run runs/demo/run_no_image runs/other --split test --out C.json
+  sevlm retrieve --compare runs/a runs/b --reference probe   # with the data's reference points
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run folder (or its export/ folder)")
+    p.add_argument("--run", help="run folder (or its export/ folder)")
     p.add_argument("--split", default="test", help="split whose images and explanations form the gallery (default: test)")
-    p.add_argument("--out", required=True, help="result JSON (a .md report and plots go beside it)")
+    p.add_argument("--out", help="result JSON (a .md report and plots go beside it); optional with --compare")
     p.add_argument("--dataset", help="dataset folder (default: the one recorded in the run)")
     p.add_argument("--features", help="HDF5 feature cache (default: the one recorded in the run)")
     p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
@@ -50,6 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-runs", type=int, default=0,
                    help="also score N >= 20 random-embedding draws (mean and spread), a check of the exact chance levels")
     p.add_argument("--seed", type=int, default=0, help="first seed of the random-embedding draws")
+    c = p.add_argument_group("comparing runs (instead of --run; docs/RETRIEVAL.md)")
+    c.add_argument("--compare", nargs="+", metavar="RUN",
+                   help="score these runs on --split and print one table: figures, exact chance, each run's "
+                        "difference from the first with a paired bootstrap p; runs may use different feature "
+                        "files and encoders if their split holds the same images")
+    c.add_argument("--reference", choices=("probe",),
+                   help="probe: add the data's reference points (a logistic-regression probe and a linear "
+                        "CLIP-style model on the first run's pooled features) as rows")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap/permutation resamples (default 1000)")
     p.add_argument("--export-embeddings", metavar="DIR",
                    help="scoring: also write the split's embeddings as .npy arrays with their ids (docs/RETRIEVAL.md)")
 
@@ -63,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top: must be >= 1, got {args.top}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+    if args.compare:
+        return _compare(args)
+    if args.reference:
+        raise ConfigError("--reference: only with --compare")
+    if not args.run or not args.out:
+        raise ConfigError("give --run and --out (or --compare RUN RUN ...)")
     queries = _gather_queries(args)
     if not queries and (args.target or args.gallery_image):
         raise ConfigError("--target/--gallery-image: give queries (--query, --query-image or --queries FILE)")
@@ -116,6 +133,29 @@ def run(args: argparse.Namespace) -> int:
             f"{e} {g['correct']}/{g['n']}" for e, g in per.items() if g["n"] and e != "none"))
     print(f"per-query ranks: {ranks_path}" + (f"; embeddings: {result['embeddings_export']}" if args.export_embeddings else ""))
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
+    return 0
+
+
+def _compare(args) -> int:
+    from sevlm.errors import ConfigError
+    from sevlm.evaluation.comparison import chance_figures, compare, reference_rows, score_run, table_lines, write_comparison
+    from sevlm.evaluation.retrieval import IndexOptions
+
+    if args.run or _gather_queries(args) or args.export_embeddings:
+        raise ConfigError("--compare: give the runs to it alone (no --run, queries or --export-embeddings)")
+    if args.resamples < 100:
+        raise ConfigError(f"--resamples: {args.resamples}; use at least 100")
+    options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
+    rows = [score_run(r, args.split, args.dataset, args.features, options, args.batch_size, args.device) for r in args.compare]
+    if args.reference:
+        rows += reference_rows(rows[0]["dataset"], rows[0]["features"], args.split, seed=args.seed)
+    result = {"split": args.split, **compare(rows, chance_figures(rows[0]["report"]), args.resamples, args.seed)}
+    print(f"{args.split} split, {result['split_images']} images; each run against {result['baseline']}: "
+          f"figure (difference, paired bootstrap p over {args.resamples} resamples of images)")
+    print("\n".join(table_lines(result)))
+    if args.out:
+        written = write_comparison(result, args.out)
+        print(f"wrote {written['json']} and {written['markdown']}")
     return 0
 
 

@@ -382,3 +382,108 @@ def test_recall_plot_draws_each_direction_and_system_apart(tiny_run, tmp_path, m
     styles = {(line.get_label(), line.get_color(), line.get_linestyle()) for line in lines}
     assert len(lines) == 4 and len({s[0] for s in styles}) == 4 and len({s[1:] for s in styles}) == 4
     assert len({line.get_color() for line in lines if "(model)" in line.get_label()}) == 2  # directions differ
+
+
+@pytest.fixture(scope="module")
+def trained_and_untrained(tmp_path_factory):
+    """Two tiny runs on one dataset whose paintings are coloured by their dominant emotion: one
+    whose image side (alignment head: image projection and emotion vectors) is trained on the
+    train split's features, and the no-image control, whose image side is untrained."""
+    from sevlm.data.artemis import dominant_emotion
+    from sevlm.data.vad import VADLexicon
+    from sevlm.export import save_export
+    from sevlm.features.hdf5 import FeatureStore, extract_features
+    from sevlm.model import SEVLM, SEVLMConfig
+    from sevlm.text import SequenceBuilder, load_tokenizer
+
+    root = tmp_path_factory.mktemp("compare")
+    images, ds = root / "images", root / "ds"
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (9, 3))
+    for split, per in (("train", 5), ("val", 1), ("test", 5)):
+        data = {}
+        for i in range(9 * per):
+            k, name = i % 9, f"Art/{split}-{i}.png"
+            pixels = np.clip(palette[k] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            (images / "Art").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(images / name)
+            emos = [EMOTIONS[k], EMOTIONS[k], EMOTIONS[(k + 1) % 9]]
+            data[f"Art/{split}-{i}"] = {"image_name": name, "emotions": emos, "dominant_emotion": dominant_emotion(emos),
+                                        "explanations": [f"the colour number {i} makes me feel {e}" for e in emos]}
+        ds.mkdir(exist_ok=True)
+        (ds / f"{split}.json").write_text(json.dumps(data))
+    features = root / "f.h5"
+    extract_features(images, ds, "tiny-random", features, batch_size=32, progress=False)
+    tok = load_tokenizer()
+    builder = SequenceBuilder(tok, VADLexicon.demo(), max_len=24)
+    cfg = dict(n_layer=1, n_embd=32, n_head=2, visual_dim=32, contrastive_dim=16, max_len=24, n_positions=32)
+    meta = {"data": {"dataset_dir": str(ds), "features": str(features), "encoder": "tiny-random", "lexicon": "demo"}}
+    torch.manual_seed(0)
+    model = SEVLM(SEVLMConfig(**cfg).with_token_ids(builder.ids))
+    train = json.loads((ds / "train.json").read_text())
+    store = FeatureStore(features)
+    visual = torch.from_numpy(np.stack([store.tokens(store.index_of(r["image_name"])) for r in train.values()]).astype(np.float32))
+    store.close()
+    target = torch.tensor([EMOTIONS.index(r["dominant_emotion"]) for r in train.values()])
+    head = model.contrastive.align
+    opt = torch.optim.Adam([*head.img_proj.parameters(), head.emotions], lr=0.05)
+    for _ in range(150):  # image -> dominant emotion, as the alignment loss trains it
+        loss = torch.nn.functional.cross_entropy(head.embed_image(visual) @ head.embed_emotions().T / 0.1, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_export(root / "trained" / "export", model, tok, meta)
+    torch.manual_seed(0)
+    save_export(root / "control" / "export", SEVLM(SEVLMConfig(**cfg, mode="none").with_token_ids(builder.ids)), tok, meta)
+    return root
+
+
+def test_compare_finds_a_trained_image_side_significantly_better(trained_and_untrained, tmp_path, capsys):
+    root = trained_and_untrained
+    out = tmp_path / "C.json"
+    assert retrieve_cli(["--compare", str(root / "trained"), str(root / "control"), "--out", str(out), "--resamples", "500"]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["split_images"] == 45 and [x["name"] for x in r["rows"]] == [str(root / "trained"), str(root / "control")]
+    trained, control = r["rows"]
+    assert trained["figures"]["image_to_emotion"] > 0.8 and "against_first" not in trained
+    assert control["image_side_trained"] is False
+    test = control["against_first"]["image_to_emotion"]
+    assert test["delta"] == pytest.approx(control["figures"]["image_to_emotion"] - trained["figures"]["image_to_emotion"])
+    assert test["delta"] < -0.5 and test["p_bootstrap"] < 0.01 and test["p_permutation"] < 0.01
+    assert set(control["against_first"]) == {"image_to_emotion", *(f"{d} R@{k}" for d in ("image_to_explanation",
+                                             "explanation_to_image") for k in (1, 5, 10))}
+    # the figures are the scoring report's, and chance is the exact level
+    single = tmp_path / "R.json"
+    assert retrieve_cli(["--run", str(root / "trained"), "--out", str(single)]) == 0
+    m = json.loads(single.read_text())["model"]
+    assert trained["figures"]["image_to_emotion"] == pytest.approx(m["image_to_emotion"]["accuracy"])
+    assert trained["figures"]["explanation_to_image R@5"] == pytest.approx(m["explanation_to_image"]["R@5"])
+    assert trained["figures"]["image_to_explanation R@10"] == pytest.approx(m["image_to_explanation"]["R@10"])
+    assert r["chance"]["image_to_emotion"] == pytest.approx(1 / 9)
+    # one table: a row per run and chance, p-values in the cells
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2 + 1 and "(image side untrained)" in table[3] and "p=0.00" in table[3]
+    assert (tmp_path / "C.md").read_text().count("| exact chance |") == 1
+
+
+def test_compare_refuses_runs_whose_split_holds_other_images(trained_and_untrained, tiny_run, tmp_path):
+    from sevlm.errors import DataError
+
+    with pytest.raises(DataError, match=r"--compare needs the same images"):
+        retrieve_cli(["--compare", str(trained_and_untrained / "trained"), str(tiny_run / "run"), "--resamples", "100"])
+
+
+def test_compare_adds_the_reference_probes_as_rows(trained_and_untrained, tmp_path):
+    root = trained_and_untrained
+    out = tmp_path / "C.json"
+    assert retrieve_cli(["--compare", str(root / "trained"), str(root / "control"), "--reference", "probe",
+                         "--out", str(out), "--resamples", "200"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"].split(" (")[0] for r in rows[2:]] == ["reference: logistic-regression probe",
+                                                             "reference: linear CLIP-style"]
+    probe, clip = rows[2], rows[3]
+    assert set(probe["figures"]) == set(probe["against_first"]) == {"image_to_emotion"}
+    assert probe["figures"]["image_to_emotion"] > 0.8  # colours name the emotion: a linear probe reads them
+    assert len(clip["figures"]) == 7 and all(0 <= v <= 1 for v in clip["figures"].values())
+    assert "| reference: logistic-regression probe" in (tmp_path / "C.md").read_text()
