@@ -9,11 +9,15 @@ cosine similarity.
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
   IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
   says which device searched.
-- Scoring computes each query's rank once, exactly: 1 + the number of gallery items scoring
-  strictly higher than the best correct one, from all scores in blocks. Median rank, the
+- Scoring computes each query's rank once, exactly: 1 + the number of wrong gallery items
+  scoring at least as high as the best correct one (ties count against it: `exact_ranks`),
+  from all scores in blocks. Median rank, the
   recall@K curve and, for the flat (exact) index, Recall@K come from these ranks (numpy, on
-  the CPU: a flat FAISS search would compute the same scores a second time); an approximate
-  index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
+  the CPU: a flat FAISS search would compute the same scores a second time); with an
+  approximate index (ivf/hnsw/ivfpq) a query is a hit at K only when its top-K list holds a
+  positive as well, so the figure shows the index's loss, and an index that visits everything
+  (IVF with nprobe = nlist) scores exactly as flat. Each approximate search also reports its
+  recall@K against the exact search of the same queries (`recall_vs_exact`).
 - Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
   m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
   first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the
@@ -151,7 +155,11 @@ def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple
 def exact_ranks(
     queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int | None = None
 ) -> np.ndarray:
-    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher.
+    """Rank of the best positive (same label) for each query: 1 + #other-label items scoring at
+    least as high. Ties count against the query: identical gallery items (the same explanation
+    written for two paintings) score alike, and a top-K list orders them arbitrarily, so a
+    positive tied with a negative is not credited with the better place (nor does a collapsed
+    space, where everything ties, score R@1 = 1).
 
     A query with no positive gets rank N + 1. The scores of one block are computed once; the
     best positive is read from the same block, so a positive never outranks itself by rounding.
@@ -164,8 +172,10 @@ def exact_ranks(
         scores = queries[s : s + block] @ gallery.T  # [b, N]
         a, b = np.searchsorted(pair_q, [s, s + block])
         best = np.full(len(scores), -np.inf, dtype=scores.dtype)
-        np.maximum.at(best, pair_q[a:b] - s, scores[pair_q[a:b] - s, pair_g[a:b]])
-        ranks[s : s + block] = 1 + np.count_nonzero(scores > best[:, None], axis=1)
+        pos_scores = scores[pair_q[a:b] - s, pair_g[a:b]]
+        np.maximum.at(best, pair_q[a:b] - s, pos_scores)
+        tied_positives = np.bincount(pair_q[a:b] - s, weights=pos_scores >= best[pair_q[a:b] - s], minlength=len(scores))
+        ranks[s : s + block] = 1 + np.count_nonzero(scores >= best[:, None], axis=1) - tied_positives.astype(np.int64)
     return ranks
 
 
@@ -173,6 +183,26 @@ def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarra
     """Recall@K from top-k id lists [Q, k]: a hit is any positive (same label) among the first K."""
     positive = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
     return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def recall_vs_exact(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@K of approximate top-k lists `ids` [Q, k] against the exact (flat) search of the same
+    queries: the share of the K returned items that belong in the exact top K, i.e. score at least
+    the exact K-th score (ties with it count as right: any of them is an exact answer)."""
+    queries, gallery = np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(gallery, dtype=np.float32)
+    kmax = min(max(ks), len(gallery))
+    exact = np.empty((len(queries), kmax), dtype=np.float32)
+    block = max(1, min(1024, (1 << 23) // max(1, len(gallery))))
+    for s in range(0, len(queries), block):
+        scores = queries[s : s + block] @ gallery.T  # [b, N]
+        exact[s : s + block] = -np.sort(-np.partition(scores, len(gallery) - kmax, axis=1)[:, -kmax:], axis=1)
+    got = np.einsum("qe,qke->qk", queries, gallery[np.maximum(ids[:, :kmax], 0)])  # [Q, k] exact scores of the returned
+    out = {}
+    for k in ks:
+        kk = min(k, kmax)
+        right = (ids[:, :kk] >= 0) & (got[:, :kk] >= exact[:, kk - 1 : kk] - 1e-5)
+        out[f"R@{k}"] = float(right.sum(axis=1).mean() / kk)
+    return out
 
 
 def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
@@ -189,10 +219,12 @@ def _direction(queries, query_label, gallery, gallery_label, options: IndexOptio
     if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
         res = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
         index = {"kind": "flat", "device": "cpu", "size": len(gallery), "dim": gallery.shape[1]}
-    else:
+    else:  # a hit needs both: the index found a positive, and no more than K-1 wrong items tie or beat it
         idx = Index(gallery, options)
         _, ids = idx.search(queries, max(ks))
-        res, index = hits_at_k(ids, query_label, gallery_label, ks), idx.describe()
+        found = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
+        res = {f"R@{k}": float((found[:, :k].any(axis=1) & (ranks <= k)).mean()) for k in ks}
+        index = {**idx.describe(), "recall_vs_exact": recall_vs_exact(queries, gallery, ids, ks)}
     res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
     return res, index, ranks
 

@@ -204,7 +204,9 @@ def test_exact_ranks_with_tied_and_duplicate_items():
     gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
     ranks = R.exact_ranks(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), np.array([7, 8]), gallery,
                           np.array([8, 7, 8, 9]), block=1)
-    assert ranks.tolist() == [1, 1]  # a tie with a wrong item does not count against the query
+    # query 0: its positive (row 1) ties with a wrong item (row 0), which counts against it; query 1:
+    # its best positive (row 2) is alone on top, its other positive (row 0) does not matter
+    assert ranks.tolist() == [2, 1]
     none = R.exact_ranks(np.eye(2, dtype=np.float32), np.array([5, 6]), gallery, np.array([8, 7, 8, 9]))
     assert none.tolist() == [5, 5]  # no positive: N + 1
 
@@ -298,3 +300,27 @@ def test_confusion_counts_the_nearest_emotion():
         "n": 1, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 4.0}
     nearest, rank = R.emotion_ranks(img, emo, np.array([0, 1, 3, -1]))
     assert nearest.tolist() == [0, 0, 3, 5] and rank[0] == 1 and rank[1] > 1 and rank[3] == 0
+
+
+def test_a_collapsed_space_scores_no_better_than_its_ties():
+    """Every embedding the same: every gallery item ties, and R@1 is 0, not 1."""
+    same = np.ones((6, 4), dtype=np.float32)
+    out = R.retrieval_metrics(same[:3], same, np.repeat(np.arange(3), 2), np.eye(9, 4), np.zeros(3, dtype=int))
+    assert out["image_to_explanation"]["R@1"] == 0.0 and out["image_to_explanation"]["median_rank"] == 5
+    assert out["explanation_to_image"]["median_rank"] == 3
+
+
+def test_exhaustive_ivf_scores_as_flat_on_duplicated_explanations():
+    """The demo's "IVF with nprobe = nlist below flat" gap: identical explanations of different
+    paintings tie; flat and an IVF index visiting every cell now agree."""
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((40, 8)).astype(np.float32)
+    txt = np.repeat(img, 3, axis=0) + 0.8 * rng.standard_normal((120, 8)).astype(np.float32)
+    txt[1::3] = txt[[(3 * (i + 1)) % 120 for i in range(40)]]  # each image's 2nd explanation copies the next image's 1st
+    text_image = np.repeat(np.arange(40), 3)
+    args = (img, txt, text_image, rng.standard_normal((9, 8)), np.zeros(40, dtype=int))
+    flat = R.retrieval_metrics(*args)
+    ivf = R.retrieval_metrics(*args, options=R.IndexOptions(kind="ivf", nlist=3, nprobe=3))
+    assert ivf["index"]["nprobe"] == ivf["index"]["nlist"] == 3
+    for d in ("image_to_explanation", "explanation_to_image"):
+        assert {k: ivf[d][k] for k in ("R@1", "R@5", "R@10")} == {k: flat[d][k] for k in ("R@1", "R@5", "R@10")}
