@@ -25,8 +25,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="result JSON (a .md report and plots go beside it); optional with --compare")
     p.add_argument("--dataset", help="dataset folder (default: the one recorded in the run)")
     p.add_argument("--features", help="HDF5 feature cache (default: the one recorded in the run)")
-    p.add_argument("--index", choices=("flat", "ivf", "hnsw"), default="flat",
-                   help="flat: exact inner product (default); ivf/hnsw: approximate, for large galleries")
+    p.add_argument("--index", choices=("flat", "ivf", "hnsw", "ivfpq"), default="flat",
+                   help="flat: exact inner product (default); ivf/hnsw/ivfpq: approximate, for large galleries "
+                        "(each reports its recall@K against the exact search)")
+    ix = p.add_argument_group("approximate index settings (docs/RETRIEVAL.md)")
+    ix.add_argument("--nlist", type=int, help="ivf/ivfpq: cells (default ~4 sqrt(N), at most N/39)")
+    ix.add_argument("--nprobe", type=int, default=32, help="ivf/ivfpq: cells visited per query (default 32)")
+    ix.add_argument("--hnsw-m", type=int, default=32, help="hnsw: graph degree M (default 32)")
+    ix.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth efSearch (default 128)")
+    ix.add_argument("--ef-construction", type=int, default=40, help="hnsw: build breadth efConstruction (default 40)")
+    ix.add_argument("--pq-m", type=int, help="ivfpq: sub-quantizers, dividing the embedding size (default size/4)")
+    ix.add_argument("--pq-bits", type=int, default=8, help="ivfpq: bits per sub-quantizer code (default 8)")
+    ix.add_argument("--tune", type=float, metavar="RECALL",
+                    help="scoring: search with the fastest setting (nprobe or efSearch, faiss ParameterSpace) "
+                         "whose recall@10 against the exact search reaches RECALL, e.g. 0.95")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="require a FAISS GPU index")
     dev.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="search on the CPU even if a GPU is present")
@@ -67,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sevlm.errors import ConfigError, DataError
-    from sevlm.evaluation.retrieval import IndexOptions, score_split
+    from sevlm.evaluation.retrieval import score_split
     from sevlm.export import load_run
 
     if args.top < 1:
@@ -94,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     needs_features = not queries or any((args.target or q.default_target) == "images" for q in queries)
     if not dataset_dir or (not features and needs_features):
         raise DataError(f"{args.run}: no dataset_dir/features recorded in the run config; pass --dataset and --features")
-    options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
+    options = index_options(args)
+    if queries and options.tune_recall is not None:
+        raise ConfigError("--tune: only when scoring a split (it times the split's queries), not with queries")
     source = {"run": str(run_.path), "dataset": str(dataset_dir), "features": str(features), "split": args.split}
 
     if queries:
@@ -132,20 +146,35 @@ def run(args: argparse.Namespace) -> int:
         print("image_to_emotion per dominant emotion: " + ", ".join(
             f"{e} {g['correct']}/{g['n']}" for e, g in per.items() if g["n"] and e != "none"))
     print(f"per-query ranks: {ranks_path}" + (f"; embeddings: {result['embeddings_export']}" if args.export_embeddings else ""))
+    for d in ("image_to_explanation", "explanation_to_image"):
+        if "recall_vs_exact" in m[d]:
+            tuned = m[d].get("tuned")
+            print(f"{d} {m['index']['kind']} search, recall against the exact search: "
+                  + " ".join(f"{k} {v:.3f}" for k, v in m[d]["recall_vs_exact"].items())
+                  + (f" (tuned: {tuned['chosen']}, target {tuned['target']:g} {'reached' if tuned['reached'] else 'NOT reached'})"
+                     if tuned else ""))
     print(f"index: {m['index']['kind']} on {m['index']['device']}; wrote {args.out}")
     return 0
+
+
+def index_options(args):
+    """The IndexOptions the flags describe (ConfigError naming a bad flag)."""
+    from sevlm.evaluation.retrieval import IndexOptions
+
+    return IndexOptions(kind=args.index, use_gpu=args.use_gpu, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
+                        ef_search=args.ef_search, ef_construction=args.ef_construction, pq_m=args.pq_m,
+                        pq_bits=args.pq_bits, tune_recall=args.tune, seed=args.seed).check()
 
 
 def _compare(args) -> int:
     from sevlm.errors import ConfigError
     from sevlm.evaluation.comparison import chance_figures, compare, reference_rows, score_run, table_lines, write_comparison
-    from sevlm.evaluation.retrieval import IndexOptions
 
     if args.run or _gather_queries(args) or args.export_embeddings:
         raise ConfigError("--compare: give the runs to it alone (no --run, queries or --export-embeddings)")
     if args.resamples < 100:
         raise ConfigError(f"--resamples: {args.resamples}; use at least 100")
-    options = IndexOptions(kind=args.index, use_gpu=args.use_gpu)
+    options = index_options(args)
     rows = [score_run(r, args.split, args.dataset, args.features, options, args.batch_size, args.device) for r in args.compare]
     if args.reference:
         rows += reference_rows(rows[0]["dataset"], rows[0]["features"], args.split, seed=args.seed)
@@ -197,6 +226,10 @@ def _answer_queries(args, run_, queries, dataset_dir, features, options, source)
     for side, cache in result["gallery_cache"].items():
         if cache:
             print(f"{side} gallery: {'reused' if cache['reused'] else 'embedded and cached'} in {cache['path']}")
+    for side, ix in result["index"].items():
+        if "recall_vs_exact" in ix:
+            print(f"{side}: {ix['kind']} search, recall against the exact search on these queries: "
+                  + " ".join(f"{k} {v:.3f}" for k, v in ix["recall_vs_exact"].items()))
     for q in result["queries"]:
         query = q["query"] if q["kind"] == "text" else q["query"]["image"]
         truth = f"  [ground truth: {q['ground_truth']['dominant_emotion']}]" if "ground_truth" in q else ""

@@ -128,7 +128,7 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
     [{"rank", "score", "image_id"[, "explanation", "explanation_emotion"], "image_name", "ground_truth"}],
     "emotions": the 9 by score[, "image_id", "ground_truth" of a query image from the split]}]}.
     """
-    from sevlm.evaluation.retrieval import Index, IndexOptions, load_gallery, retrieval_space
+    from sevlm.evaluation.retrieval import IndexOptions, load_gallery, recall_vs_exact, retrieval_space
     from sevlm.features.common import load_split_records
 
     options = options or IndexOptions()
@@ -147,11 +147,13 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
         gallery, emotions, names, cache, index = load_gallery(run, dataset_dir, split, features, side, options,
                                                               batch_size=batch_size, cache_dir=cache_dir, progress=progress)
         galleries[side], indexes[side], caches[side] = (gallery, emotions, names), index, cache
-    answers = []
+    answers, exact = [], {}
     for side in indexes:
         rows = [i for i, t in enumerate(targets) if t == side]
         scores, ids = indexes[side].search(q_emb[rows], top)  # [q, k] each
-        _, emotions, names = galleries[side]
+        gallery, emotions, names = galleries[side]
+        if indexes[side].options.kind != "flat":  # what the approximate search missed, on these very queries
+            exact[side] = recall_vs_exact(q_emb[rows], gallery, ids, sorted({1, min(top, 10), top}))
         emo_scores = q_emb[rows] @ emotions.T  # [q, 9]
         for j, i in enumerate(rows):
             results = [{"rank": r + 1, "score": float(s), **names[g],
@@ -170,4 +172,5 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
     space = retrieval_space(run.model)
     uses_images = any(t == "images" for t in targets) or any(q.kind == "image" for q in queries)
     return {"embedding_space": space, "image_side_untrained_warning": uses_images and not space["image_side_trained"],
-            "index": {s: ix.describe() for s, ix in indexes.items()}, "gallery_cache": caches, "queries": out_queries}
+            "index": {s: {**ix.describe(), **({"recall_vs_exact": exact[s]} if s in exact else {})} for s, ix in indexes.items()},
+            "gallery_cache": caches, "queries": out_queries}

@@ -35,20 +35,41 @@ import numpy as np
 from sevlm.constants import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    kind: str = "flat"  # flat | ivf | hnsw
+    kind: str = "flat"  # flat | ivf | hnsw | ivfpq
     use_gpu: bool | None = None  # None: the GPU when faiss has GPU support and sees a device
     nlist: int | None = None  # IVF cells; default ~4 sqrt(N), at least 39 points per cell
     nprobe: int = 32  # IVF cells visited per query
     hnsw_m: int = 32  # HNSW graph degree
     ef_search: int = 128  # HNSW search breadth
     ef_construction: int = 40  # faiss default: builds stay affordable on a CPU
+    pq_m: int | None = None  # IVFPQ sub-quantizers (must divide the dimension); default dim / 4
+    pq_bits: int = 8  # IVFPQ bits per sub-quantizer code (fewer on galleries under 2^bits items)
+    tune_recall: float | None = None  # search with the fastest setting reaching this recall@10 vs exact (tune_index)
     seed: int = 0
+
+    def check(self) -> "IndexOptions":
+        """ConfigError, naming the flag, for settings no index can take."""
+        if self.kind not in INDEX_KINDS:
+            raise ConfigError(f"index kind {self.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        for flag, value in (("--nprobe", self.nprobe), ("--hnsw-m", self.hnsw_m), ("--ef-search", self.ef_search),
+                            ("--ef-construction", self.ef_construction), ("--nlist", self.nlist or 1),
+                            ("--pq-m", self.pq_m or 1)):
+            if value < 1:
+                raise ConfigError(f"{flag}: must be >= 1, got {value}")
+        if not 1 <= self.pq_bits <= 16:
+            raise ConfigError(f"--pq-bits: 1..16, got {self.pq_bits}")
+        if self.tune_recall is not None:
+            if self.kind == "flat":
+                raise ConfigError("--tune: the flat index is exact, nothing to tune; pick --index ivf, hnsw or ivfpq")
+            if not 0 < self.tune_recall <= 1:
+                raise ConfigError(f"--tune: a recall in (0, 1], got {self.tune_recall}")
+        return self
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -73,18 +94,25 @@ class Index:
     def __init__(self, gallery: np.ndarray, options: IndexOptions = IndexOptions()):
         import faiss
 
-        if options.kind not in INDEX_KINDS:
-            raise ConfigError(f"index kind {options.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        options.check()
         gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         n, d = gallery.shape
         if n == 0:
             raise DataError("retrieval gallery is empty")
         if options.kind == "flat":
             index = faiss.IndexFlatIP(d)
-        elif options.kind == "ivf":
+        elif options.kind in ("ivf", "ivfpq"):
             nlist = options.nlist or int(4 * np.sqrt(n))
             nlist = max(1, min(nlist, n // 39))  # faiss wants >= 39 training points per cell
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            if options.kind == "ivf":
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                m = options.pq_m or max(1, d // 4)
+                if d % m:
+                    raise ConfigError(f"--pq-m: {m} does not divide the embedding dimension {d}")
+                bits = max(1, min(options.pq_bits, int(np.log2(n)) - 1))  # k-means needs >= 2^bits points
+                index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, bits, faiss.METRIC_INNER_PRODUCT)
+                index.pq.cp.seed = options.seed
             index.cp.seed = options.seed
             index.train(gallery)
         else:
@@ -115,9 +143,11 @@ class Index:
         import faiss
 
         self.options, self.size, self.dim, self.params = options, index.ntotal, index.d, {}
-        if options.kind == "ivf":
+        if options.kind in ("ivf", "ivfpq"):
             index.nprobe = min(options.nprobe, index.nlist)
             self.params = {"nlist": index.nlist, "nprobe": index.nprobe}
+            if options.kind == "ivfpq":
+                self.params.update(pq_m=index.pq.M, pq_bits=index.pq.nbits)
         elif options.kind == "hnsw":
             index.hnsw.efSearch = options.ef_search
             self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": index.hnsw.efConstruction}
@@ -126,10 +156,26 @@ class Index:
             raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
         self.device = "cpu"
         if want_gpu and options.kind != "hnsw":  # HNSW has no GPU version
-            self._res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._res, 0, index)
-            self.device = "gpu"
+            try:
+                self._res = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._res, 0, index)
+                self.device = "gpu"
+            except RuntimeError as e:  # e.g. an IVFPQ code size the GPU kernels lack
+                if options.use_gpu:
+                    raise ConfigError(f"--gpu: faiss cannot put this {options.kind} index on the GPU ({e})") from None
+                self.params["gpu_fallback"] = str(e).strip().splitlines()[-1][:200]
         self.index = index
+
+    def set_search_parameters(self, key: str) -> None:
+        """Apply a faiss ParameterSpace key ("nprobe=16", "efSearch=64") to the index (`tune_index`)."""
+        import faiss
+
+        ps = faiss.GpuParameterSpace() if self.device == "gpu" else faiss.ParameterSpace()
+        ps.set_index_parameters(self.index, key)
+        for part in key.split(","):
+            name, value = part.split("=")
+            if name in self.params:
+                self.params[name] = type(self.params[name])(float(value))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores [Q, k], ids [Q, k]); ids are -1 where fewer than k items were found."""
@@ -139,6 +185,53 @@ class Index:
 
     def describe(self) -> dict:
         return {"kind": self.options.kind, "device": self.device, "size": self.size, "dim": self.dim, **self.params}
+
+
+TUNE_K = 10
+
+
+def _search_ranges(index: Index) -> list[tuple[str, list[int]]]:
+    """The search settings `tune_index` explores: IVF cells visited (powers of two up to all of
+    them), HNSW search breadth (16 .. 1024). IVFPQ's polysemous threshold is left alone."""
+    if index.options.kind == "hnsw":
+        return [("efSearch", [16, 32, 64, 128, 256, 512, 1024])]
+    nlist = index.params["nlist"]
+    return [("nprobe", sorted({*(2**i for i in range(nlist.bit_length()) if 2**i < nlist), nlist}))]
+
+
+def tune_index(index: Index, queries: np.ndarray, gallery: np.ndarray, target: float, k: int = TUNE_K) -> dict:
+    """Set `index` to the fastest search setting whose recall@k against the exact search of
+    `queries` reaches `target`, found by faiss's ParameterSpace (each setting timed on these
+    queries). None reaching it: the most accurate one, and "reached": false.
+
+    Returns {"target", "k", "chosen", "reached", "recall_vs_exact" (of the chosen setting,
+    tie-aware as `recall_vs_exact`), "points": [{"key", "recall", "ms_per_query"}, ...]}.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, index.size)
+    exact = faiss.IndexFlatIP(gallery.shape[1])
+    exact.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    _, truth = exact.search(queries, k)
+    ps = faiss.GpuParameterSpace() if index.device == "gpu" else faiss.ParameterSpace()
+    for name, values in _search_ranges(index):
+        r = ps.add_range(name)
+        for v in values:
+            r.values.push_back(v)
+    ps.verbose = 0
+    crit = faiss.IntersectionCriterion(len(queries), k)  # |returned top-k & exact top-k| / k
+    crit.set_groundtruth(None, truth.astype(np.int64))
+    ops = ps.explore(index.index, queries, crit)
+    points = sorted(({"key": ops.all_pts.at(i).key, "recall": float(ops.all_pts.at(i).perf),
+                      "ms_per_query": 1000 * ops.all_pts.at(i).t / len(queries)} for i in range(ops.all_pts.size())),
+                    key=lambda p: p["ms_per_query"])
+    good = [p for p in points if p["recall"] >= target]
+    chosen = good[0] if good else max(points, key=lambda p: p["recall"])
+    index.set_search_parameters(chosen["key"])
+    _, ids = index.search(queries, k)
+    return {"target": target, "k": k, "chosen": chosen["key"], "reached": bool(good),
+            "recall_vs_exact": recall_vs_exact(queries, gallery, ids, (k,))[f"R@{k}"], "points": points}
 
 
 def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,10 +314,14 @@ def _direction(queries, query_label, gallery, gallery_label, options: IndexOptio
         index = {"kind": "flat", "device": "cpu", "size": len(gallery), "dim": gallery.shape[1]}
     else:  # a hit needs both: the index found a positive, and no more than K-1 wrong items tie or beat it
         idx = Index(gallery, options)
+        tuned = tune_index(idx, queries, gallery, options.tune_recall) if options.tune_recall else None
         _, ids = idx.search(queries, max(ks))
         found = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
         res = {f"R@{k}": float((found[:, :k].any(axis=1) & (ranks <= k)).mean()) for k in ks}
-        index = {**idx.describe(), "recall_vs_exact": recall_vs_exact(queries, gallery, ids, ks)}
+        res["recall_vs_exact"] = recall_vs_exact(queries, gallery, ids, ks)  # per direction: each has its index
+        if tuned:
+            res["tuned"] = tuned
+        index = idx.describe()
     res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
     return res, index, ranks
 
@@ -562,7 +659,7 @@ def load_gallery(run, dataset_dir, split: str, features, side: str, options: Ind
                 folder = None
     # an approximate index is kept beside the gallery, named by its build settings; a flat one
     # is only a copy of the gallery, rebuilt at memory speed
-    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search")}
+    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search", "tune_recall")}
     index_file = None
     if folder and options.kind != "flat":
         index_file = folder / f"index-{hashlib.sha256(repr(sorted(build.items())).encode()).hexdigest()[:12]}.faiss"

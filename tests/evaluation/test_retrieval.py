@@ -324,3 +324,54 @@ def test_exhaustive_ivf_scores_as_flat_on_duplicated_explanations():
     assert ivf["index"]["nprobe"] == ivf["index"]["nlist"] == 3
     for d in ("image_to_explanation", "explanation_to_image"):
         assert {k: ivf[d][k] for k in ("R@1", "R@5", "R@10")} == {k: flat[d][k] for k in ("R@1", "R@5", "R@10")}
+
+
+def test_recall_vs_exact_counts_returned_items_that_belong_in_the_exact_top_k():
+    gallery = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    q = np.array([[1.0, 0.0]], dtype=np.float32)  # exact order: 0, then 1 and 2 tied, 3, 4
+    assert R.recall_vs_exact(q, gallery, np.array([[0, 1, 2]]), (1, 2, 3)) == {"R@1": 1.0, "R@2": 1.0, "R@3": 1.0}
+    assert R.recall_vs_exact(q, gallery, np.array([[0, 2, 3]]), (1, 2, 3)) == {"R@1": 1.0, "R@2": 1.0, "R@3": 2 / 3}
+    assert R.recall_vs_exact(q, gallery, np.array([[3, 0, -1]]), (1, 3)) == {"R@1": 0.0, "R@3": 1 / 3}
+
+
+def _clustered(n=6000, dim=16, clusters=60, n_queries=200, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n + n_queries)] + 0.3 * rng.standard_normal((n + n_queries, dim))
+    x = R.normalize(x)
+    return x[:n], x[n:]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+def test_every_approximate_index_reports_its_recall_against_exact(kind):
+    gallery, queries = _clustered()
+    idx = R.Index(gallery, R.IndexOptions(kind=kind, nlist=64, nprobe=64, ef_search=256, pq_m=8))
+    _, ids = idx.search(queries, 10)
+    rec = R.recall_vs_exact(queries, gallery, ids)
+    if kind == "ivfpq":  # compressed codes: approximate even when every cell is visited
+        assert 0.3 < rec["R@10"] < 1.0 and idx.describe()["pq_m"] == 8 and idx.describe()["pq_bits"] == 8
+    else:
+        assert rec["R@10"] >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_tune_picks_the_fastest_setting_reaching_the_target(kind):
+    gallery, queries = _clustered()
+    idx = R.Index(gallery, R.IndexOptions(kind=kind, nlist=64, nprobe=1, ef_search=16))
+    t = R.tune_index(idx, queries, gallery, 0.9)
+    name = "nprobe" if kind == "ivf" else "efSearch"
+    assert t["reached"] and t["chosen"].startswith(f"{name}=") and t["recall_vs_exact"] >= 0.85
+    assert {p["key"].split("=")[0] for p in t["points"]} == {name}
+    chosen = next(p for p in t["points"] if p["key"] == t["chosen"])
+    assert all(p["recall"] < 0.9 for p in t["points"] if p["ms_per_query"] < chosen["ms_per_query"])
+    value = int(t["chosen"].split("=")[1])
+    assert idx.describe()["nprobe" if kind == "ivf" else "efSearch"] == value  # the index now searches so
+
+
+def test_index_options_name_the_bad_flag():
+    for opts, flag in ((dict(nprobe=0), "--nprobe"), (dict(kind="flat", tune_recall=0.9), "--tune"),
+                       (dict(kind="ivf", tune_recall=1.5), "--tune"), (dict(pq_bits=20), "--pq-bits")):
+        with pytest.raises(ConfigError, match=flag):
+            R.IndexOptions(**opts).check()
+    with pytest.raises(ConfigError, match="--pq-m: 5 does not divide the embedding dimension 16"):
+        R.Index(np.eye(16, dtype=np.float32).repeat(10, axis=0), R.IndexOptions(kind="ivfpq", pq_m=5))

@@ -317,6 +317,10 @@ def test_read_queries_kinds_and_errors(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--target", "images"], "--target/--gallery-image: give queries"),
     (["--query", "sky", "--query", " "], "--query 2: empty text"),
+    (["--index", "ivf", "--nprobe", "0"], "--nprobe: must be >= 1, got 0"),
+    (["--tune", "0.9"], "--tune: the flat index is exact"),
+    (["--index", "hnsw", "--tune", "0.9", "--query", "sky"], "--tune: only when scoring a split"),
+    (["--reference", "probe"], "--reference: only with --compare"),
 ])
 def test_query_argument_errors_are_one_line(tiny_run, tmp_path, capsys, argv, message):
     from sevlm.cli import main
@@ -492,3 +496,27 @@ def test_compare_adds_the_reference_probes_as_rows(trained_and_untrained, tmp_pa
     assert probe["figures"]["image_to_emotion"] > 0.8  # colours name the emotion: a linear probe reads them
     assert len(clip["figures"]) == 7 and all(0 <= v <= 1 for v in clip["figures"].values())
     assert "| reference: logistic-regression probe" in (tmp_path / "C.md").read_text()
+
+
+def test_scoring_with_an_approximate_index_reports_recall_against_exact(tiny_run, tmp_path, capsys):
+    out = tmp_path / "R.json"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivfpq", "--pq-m", "4"]) == 0
+    r = json.loads(out.read_text())
+    m = r["model"]
+    assert m["index"]["kind"] == "ivfpq" and m["index"]["pq_m"] == 4 and m["index"]["pq_bits"] < 8  # 18 texts: few codes
+    for d in ("image_to_explanation", "explanation_to_image"):
+        assert set(m[d]["recall_vs_exact"]) == {"R@1", "R@5", "R@10"}
+        assert all(0 <= v <= 1 for v in m[d]["recall_vs_exact"].values())
+    assert "search, recall against the exact search: R@1" in capsys.readouterr().out
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivf", "--nprobe", "1", "--tune", "0.95"]) == 0
+    m = json.loads(out.read_text())["model"]
+    tuned = m["image_to_explanation"]["tuned"]  # 18 explanations: one cell, so nprobe=1 is all of it
+    assert tuned["chosen"] == "nprobe=1" and tuned["reached"] and m["image_to_explanation"]["recall_vs_exact"]["R@10"] == 1.0
+
+
+def test_queries_on_an_approximate_index_report_recall_against_exact(tiny_run, tmp_path):
+    out = tmp_path / "q.json"
+    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--index", "hnsw",
+                         "--query", "a calm sky", "--query", "a red sky", "--top", "3"]) == 0
+    ix = json.loads(out.read_text())["index"]["images"]
+    assert ix["kind"] == "hnsw" and ix["recall_vs_exact"] == {"R@1": 1.0, "R@3": 1.0}  # 6 images: HNSW is exact here
