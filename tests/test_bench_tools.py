@@ -71,3 +71,17 @@ def test_retrieval_study_scores_two_checkouts_and_the_reference_points(tmp_path)
                           str(tmp_path / "features.h5"), "--run", str(run)])
     assert ref["reference"]["logistic_probe"] == probe  # the same probe on the same data
     assert set(ref["runs"]) == {str(run)} and "logistic-regression probe" in out and "exact chance" in out
+
+
+def test_index_benchmark_on_a_cluster_mixture_tunes_and_reports_recall_against_exact():
+    out, figures = _run_tool(["tools/bench_retrieval.py", "--skip-eval", "--gallery", "4000", "--dim", "32",
+                              "--queries", "100", "--data", "mixture", "--clusters", "40", "--tune", "0.9",
+                              "--rounds", "1", "--threads", "1"])
+    s = figures["search"]
+    assert s["data"] == "mixture" and s["clusters"] == 40 and s["gallery"] == 4000
+    assert s["flat"]["recall@10_vs_exact"] == 1.0 and s["flat"]["speedup_vs_flat"] == 1.0
+    for kind in ("ivf", "hnsw"):
+        assert s[kind]["tuned"]["target"] == 0.9 and s[kind]["queries_per_s"] > 0
+        assert s[kind]["recall@10_vs_exact"] >= 0.8  # tuned on other queries of the same mixture
+    assert s["ivf"]["nprobe"] == int(s["ivf"]["tuned"]["chosen"].split("=")[1])
+    assert "| index | device | settings | build s | queries/s | x flat |" in out and "verdict" in s

@@ -36,6 +36,7 @@ from sevlm.constants import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample per cell (faiss: 256); 1M items, 4000 cells: 256k, ~4x faster to train
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
@@ -114,6 +115,7 @@ class Index:
                 index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, bits, faiss.METRIC_INNER_PRODUCT)
                 index.pq.cp.seed = options.seed
             index.cp.seed = options.seed
+            index.cp.max_points_per_centroid = TRAIN_POINTS_PER_CELL
             index.train(gallery)
         else:
             index = faiss.IndexHNSWFlat(d, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
