@@ -450,7 +450,14 @@ def write_retrieval_report(result: dict, out: str | Path, embeddings=None) -> di
     lines = ["# Retrieval report", "", f"- index: {idx['kind']} on {idx['device']} ({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
              "- chance: the exact expectation under a random ordering of the gallery" + (
                  f"; random embeddings: mean ± std over {rand['runs']} seeds" if rand else ""),
-             "", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
+             "- ranks: 1 + the wrong items scoring at least as high as the best correct one (ties count against the query)"]
+    for d in ("image_to_explanation", "explanation_to_image"):
+        r = result["model"][d]
+        if "recall_vs_exact" in r:
+            lines.append(f"- {d.replace('_', ' ')}: {idx['kind']} search's recall against the exact search: "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in r["recall_vs_exact"].items())
+                         + (f" (tuned to {r['tuned']['chosen']} for {r['tuned']['target']:g})" if "tuned" in r else ""))
+    lines += ["", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
     for d in ("image_to_explanation", "explanation_to_image"):
         for s in systems:
             r = result[s][d]

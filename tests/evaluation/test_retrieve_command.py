@@ -508,6 +508,7 @@ def test_scoring_with_an_approximate_index_reports_recall_against_exact(tiny_run
         assert set(m[d]["recall_vs_exact"]) == {"R@1", "R@5", "R@10"}
         assert all(0 <= v <= 1 for v in m[d]["recall_vs_exact"].values())
     assert "search, recall against the exact search: R@1" in capsys.readouterr().out
+    assert "image to explanation: ivfpq search's recall against the exact search: R@1" in (tmp_path / "R.md").read_text()
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivf", "--nprobe", "1", "--tune", "0.95"]) == 0
     m = json.loads(out.read_text())["model"]
     tuned = m["image_to_explanation"]["tuned"]  # 18 explanations: one cell, so nprobe=1 is all of it
