@@ -171,14 +171,15 @@ def reconcile(study: Path, spec: dict) -> dict:
 
 
 def resolve_data(study: Path, config: str, overrides: list[str], demo_images: int) -> dict:
-    """The dataset, features and shards the runs train on: the config's, or for a config on the demo
+    """The dataset and data source the runs train on: the config's, or for a config on the demo
     lexicon that names no dataset, the synthetic demo set built in DIR/data as `sevlm demo` does."""
+    from sevlm.data.vad import DEMO, DEMO_DATA
     from sevlm.train import load_train_config
 
     cfg = load_train_config(config, overrides)
     if cfg.data.dataset_dir:
         return {}  # the config (or its overrides) says where the data is: the runs read it from there
-    if cfg.data.lexicon != "demo":
+    if cfg.data.lexicon not in (DEMO, DEMO_DATA):
         raise ConfigError(f"config {config!r} names no data.dataset_dir: pass data.dataset_dir=... data.features=... "
                           f"(only a config on the demo lexicon gets the synthetic demo set built for it)")
     from sevlm.commands.demo import build_demo_data
@@ -187,7 +188,8 @@ def resolve_data(study: Path, config: str, overrides: list[str], demo_images: in
           f"encoder {cfg.data.encoder}) in {Path(study) / 'data'}", flush=True)
     dataset, features, shards = build_demo_data(Path(study).resolve() / "data", demo_images, 0, None,
                                                 cfg.data.encoder, {})
-    return {"dataset_dir": str(dataset), "features": str(features), "shards": str(shards)}
+    # the runs read the shards, as the demo's do (one source; they name their feature cache)
+    return {"dataset_dir": str(dataset), "shards": str(shards)}
 
 
 def run_study(study: str | os.PathLike, config: str, overrides: list[str], variants: list[Variant], n_seeds: int,

@@ -54,6 +54,29 @@ def test_a_resumed_study_keeps_its_definition(tmp_path):
         reconcile(tmp_path, {**spec, "overrides": ["schedule.epochs=3"]})
 
 
+def test_demo_configs_get_the_demo_set_and_others_must_name_their_data(tmp_path, monkeypatch):
+    import sevlm.commands.demo as demo
+    from sevlm.ablation import resolve_data
+    from sevlm.train import load_train_config
+    from sevlm.train.checks import data_source
+
+    built = []
+    monkeypatch.setattr(demo, "build_demo_data", lambda out, n, *a: built.append((out, n)) or (out / "ds", out / "f.h5",
+                                                                                               out / "shards"))
+    for config in ("tiny", "demo"):  # both name the demo table on the demo data (data.lexicon=demo-data)
+        data = resolve_data(tmp_path / config, config, [], 12)
+        assert data["dataset_dir"] == str((tmp_path / config).resolve() / "data" / "ds")
+        cfg = load_train_config(config, [f"data.{k}={v}" for k, v in data.items()])
+        assert data_source(cfg.data.features, cfg.data.shards, cfg.data.source) == "shards"  # one source, as the demo
+    assert [n for _, n in built] == [12, 12]
+    assert resolve_data(tmp_path, "tiny", ["data.dataset_dir=/d"], 12) == {}  # the user's data: nothing built
+    lexicon = tmp_path / "lex.txt"
+    lexicon.write_text("word\tvalence\tarousal\tdominance\nhappy\t1\t0.7\t0.7\n")
+    with pytest.raises(ConfigError, match="names no data.dataset_dir"):
+        resolve_data(tmp_path, "tiny", [f"data.lexicon={lexicon}"], 12)
+    assert len(built) == 2
+
+
 def test_bad_variant_override_names_the_variant(tmp_path):
     assert main(["ablate", "--config", "tiny", "--out", str(tmp_path / "s"), "--variants", "baseline",
                  "--variant", "oops:model.not_a_key=1", "data.dataset_dir=/nowhere"]) == 1

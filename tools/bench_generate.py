@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 
 import numpy as np
@@ -28,10 +27,11 @@ from sevlm.data.vad import VADLexicon
 from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
 from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
+from sevlm.train.checks import peak_resident_bytes
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return (peak_resident_bytes() or 0) / 2**20
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -269,9 +269,9 @@ def run_case(case: dict) -> dict:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        import resource
+        from sevlm.train.checks import peak_resident_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        peak = (peak_resident_bytes() or 0) / 2**20
     n_params = sum(p.numel() for p in model.parameters())
     return {**case, "device": device, "samples_per_s": micro * len(times) / sum(times),
             "s_per_step": sum(times) / len(times),
@@ -304,10 +304,9 @@ def ds_config_for(zero: int, precision: str, work: Path) -> str:
 
 def run_sweep_case(case: dict) -> dict:
     """One setting, through the trainer's recipe: setup, one warm-up optimizer step, then `steps` timed."""
-    import resource
-
     import torch
 
+    from sevlm.train import checks
     from sevlm.train.config import load_train_config
     from sevlm.train.recipe import TrainRecipe, prepare_run
 
@@ -338,7 +337,7 @@ def run_sweep_case(case: dict) -> dict:
     if recipe.rt.device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = (checks.peak_resident_bytes() or 0) / 2**20
     return {**case, "samples_per_s": case["steps"] * recipe.rt.global_batch / seconds, "peak_mem_mib": round(peak, 1)}
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,6 +96,7 @@ def train_check(work: Path, size: dict, cuda: bool, peak: float | None) -> dict:
     import torch
 
     from sevlm.cli import main
+    from sevlm.train.checks import peak_resident_bytes
 
     t0 = time.perf_counter()
     ds, feats = _dataset(work, size, "cuda" if cuda else "cpu")
@@ -104,6 +104,7 @@ def train_check(work: Path, size: dict, cuda: bool, peak: float | None) -> dict:
     run = work / "run"
     overrides = [
         f"data.dataset_dir={ds}", f"data.features={feats}", "data.encoder=tiny-random", "data.lexicon=demo",
+        "data.image_preprocess=encoder",  # the features above are the tiny encoder's own (paper.json squashes)
         f"data.num_workers={size['workers']}", "model.decoder=null",
         *(f"model.{k}={v}" for k, v in size["model"].items()),
         f"precision={size['precision']}", f"ds_config={size['ds_config']}",
@@ -158,7 +159,7 @@ def train_check(work: Path, size: dict, cuda: bool, peak: float | None) -> dict:
     else:
         out.update({
             "device": "cpu",
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+            "peak_rss_gib": round((peak_resident_bytes() or 0) / 2**30, 2),
             "peak_tflops": peak,
             "mfu": round(out["achieved_tflops"] / peak, 4) if peak else None,
             "micro32_fits_11gb": None,

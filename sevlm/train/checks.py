@@ -356,16 +356,38 @@ def available_memory_bytes(device: str) -> int | None:
         return None
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux /proc; 0 where unknown)."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (Linux) in bytes; None where there is none."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux /proc; 0 where unknown)."""
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def peak_resident_bytes() -> int | None:
+    """The largest resident set of this process image. Linux's VmHWM, not getrusage's ru_maxrss:
+    execve keeps ru_maxrss across the exec, so a child started by a large parent (a test runner, a
+    study) would report the parent's peak as its own."""
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):
+        return None
 
 
 def peak_memory_gib(device: str) -> float | None:
@@ -374,14 +396,8 @@ def peak_memory_gib(device: str) -> float | None:
         import torch
 
         return round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    try:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return round(peak * (1 if sys.platform == "darwin" else 1024) / 2**30, 2)
-    except (ImportError, OSError):
-        return None
+    peak = peak_resident_bytes()
+    return None if peak is None else round(peak / 2**30, 2)
 
 
 def estimate_memory_bytes(

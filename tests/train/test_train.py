@@ -731,3 +731,17 @@ def test_export_any_finished_checkpoint(full_run, tmp_path, capsys):
     assert "no finished checkpoint 'step99999999'" in err and last in err and not (tmp_path / "x").exists()
     assert main(["export", "--run", str(full_run), "--out", str(full_run / "export" / "again")]) == 1
     assert "write the output elsewhere" in capsys.readouterr().err
+
+
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """getrusage's ru_maxrss survives execve: a small child of a large parent (pytest late in the suite,
+    a study running its runs) reported the parent's peak as its own, and the memory estimate looked 2.5x off."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(700 * 2**20 // 8)  # this process now holds 700 MiB more
+    code = "from sevlm.train.checks import peak_memory_gib; print(peak_memory_gib('cpu'))"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert ballast.sum() > 0 and 0.01 < child < 0.5, child
