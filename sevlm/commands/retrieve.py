@@ -9,6 +9,8 @@ EXAMPLES = """\
   sevlm retrieve --run runs/demo --split test --out runs/demo/retrieval.json
   sevlm retrieve --run runs/demo --split test --out R.json --index hnsw
   sevlm retrieve --run runs/demo --split test --out R.json --random-runs 20
+  sevlm retrieve --run runs/demo --split test --out R.json --export-embeddings runs/demo/emb
+  sevlm retrieve --run runs/big --split test --out R.json --index ivf --tune 0.95
   sevlm retrieve --run runs/demo --split test --out q.json --query "the dark sky feels threatening"
   sevlm retrieve --run runs/demo --split test --out q.json --query-image painting.jpg --top 5
   sevlm retrieve --run runs/demo --out q.json --query "a calm sea" --query "a burning city" --gallery-image g.png
