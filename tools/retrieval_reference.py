@@ -16,7 +16,9 @@ pooled image features, trained on the train split, scored on a test split exactl
 
 With `--run RUN ...` each run's own figures (its `retrieval_<split>.json`, written by `sevlm
 retrieve`, or computed when absent) are printed in the same table. The last line printed is one
-JSON object with every figure.
+JSON object with every figure. The models live in `sevlm.evaluation.reference`; `sevlm retrieve
+--compare RUN ... --reference probe [--out C.json]` puts them beside runs (on their own feature
+files, if need be) with paired p-values, as Markdown and JSON.
 
     .venv/bin/python tools/retrieval_reference.py --dataset demo_out/dataset \\
         --features demo_out/features.h5 --run demo_out/run demo_out/run_no_image
