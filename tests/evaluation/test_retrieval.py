@@ -375,3 +375,20 @@ def test_index_options_name_the_bad_flag():
             R.IndexOptions(**opts).check()
     with pytest.raises(ConfigError, match="--pq-m: 5 does not divide the embedding dimension 16"):
         R.Index(np.eye(16, dtype=np.float32).repeat(10, axis=0), R.IndexOptions(kind="ivfpq", pq_m=5))
+
+
+def test_an_index_faiss_cannot_place_on_the_gpu_falls_back_to_the_cpu(monkeypatch):
+    import faiss
+
+    def refuse(*_a):
+        raise RuntimeError("Error in GpuIndexIVFPQ: bits per code 5 not supported")
+
+    monkeypatch.setattr(R, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    gallery, _ = _clustered(n=2000)
+    idx = R.Index(gallery, R.IndexOptions(kind="ivfpq", pq_m=4, pq_bits=5))  # auto: the GPU if it can
+    assert idx.device == "cpu" and "not supported" in idx.describe()["gpu_fallback"]
+    assert idx.search(gallery[:3], 1)[1][:, 0].tolist() != [-1, -1, -1]
+    with pytest.raises(ConfigError, match="--gpu: faiss cannot put this ivfpq index on the GPU"):
+        R.Index(gallery, R.IndexOptions(kind="ivfpq", pq_m=4, pq_bits=5, use_gpu=True))
