@@ -67,3 +67,17 @@ def test_bench_data_bound_reads_the_slowed_reader_as_data_bound(tmp_path):
     for m in figures["means"].values():
         assert m["data_wait_s"] + m["fwd_bwd_s"] + m["optim_s"] == pytest.approx(m["step_time_s"], rel=0.05)
     assert "| slowed | " in out and "| normal | " in out
+
+
+def test_index_benchmark_on_a_cluster_mixture_tunes_and_reports_recall_against_exact():
+    out, figures = _run_tool(["tools/bench_retrieval.py", "--skip-eval", "--gallery", "4000", "--dim", "32",
+                              "--queries", "100", "--data", "mixture", "--clusters", "40", "--tune", "0.9",
+                              "--rounds", "1", "--threads", "1"])
+    s = figures["search"]
+    assert s["data"] == "mixture" and s["clusters"] == 40 and s["gallery"] == 4000
+    assert s["flat"]["recall@10_vs_exact"] == 1.0 and s["flat"]["speedup_vs_flat"] == 1.0
+    for kind in ("ivf", "hnsw"):
+        assert s[kind]["tuned"]["target"] == 0.9 and s[kind]["queries_per_s"] > 0
+        assert s[kind]["recall@10_vs_exact"] >= 0.8  # tuned on other queries of the same mixture
+    assert s["ivf"]["nprobe"] == int(s["ivf"]["tuned"]["chosen"].split("=")[1])
+    assert "| index | device | settings | build s | queries/s | x flat |" in out and "verdict" in s
