@@ -22,21 +22,6 @@ def _run_tool(args: list[str]) -> tuple[str, dict]:
 
 
 @pytest.mark.slow
-def test_sweep_runs_through_the_recipe_and_names_the_best_setting(tmp_path):
-    out, figures = _run_tool(["tools/bench_train.py", "--sweep", "--grid", "micro=4", "workers=0,1",
-                              "assist=auto,never", "zero=0", "--steps", "1", "--images", "60",
-                              "--workdir", str(tmp_path)])
-    rows = figures["rows"]
-    # workers=0 has no assist to vary: 3 settings, not 4
-    assert [(r["workers"], r["assist"]) for r in rows] == [(0, "auto"), (1, "auto"), (1, "never")]
-    assert all(r["samples_per_s"] > 0 and r["peak_mem_mib"] > 0 for r in rows)
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    assert figures["best"] == (f"schedule.micro_batch=4 schedule.grad_accum=1 data.num_workers={best['workers']} "
-                               f"data.main_assist={best['assist']} precision=fp32 ds_config=zero0_fp32")
-    assert "| main assist |" in out
-
-
-@pytest.mark.slow
 def test_bench_data_times_every_case_with_and_without_the_main_process_assist(tmp_path):
     out, figures = _run_tool(["tools/bench_data.py", "--images", "150", "--rounds", "1", "--workers", "0", "1",
                               "--assist", "auto", "never", "--gpu-step-ms", "0", "--workdir", str(tmp_path)])
@@ -71,3 +56,28 @@ def test_retrieval_study_scores_two_checkouts_and_the_reference_points(tmp_path)
                           str(tmp_path / "features.h5"), "--run", str(run)])
     assert ref["reference"]["logistic_probe"] == probe  # the same probe on the same data
     assert set(ref["runs"]) == {str(run)} and "logistic-regression probe" in out and "exact chance" in out
+
+
+@pytest.mark.slow
+def test_bench_data_bound_reads_the_slowed_reader_as_data_bound(tmp_path):
+    out, figures = _run_tool(["tools/bench_data_bound.py", "--steps", "10", "--log-every", "5", "--images", "120",
+                              "--delay-ms", "60", "--workdir", str(tmp_path)])
+    slowed = figures["means"]["slowed"]
+    assert figures["slowed_data_bound"] and slowed["data_wait_frac"] > 0.5 and slowed["rows"] == 1
+    for m in figures["means"].values():
+        assert m["data_wait_s"] + m["fwd_bwd_s"] + m["optim_s"] == pytest.approx(m["step_time_s"], rel=0.05)
+    assert "| slowed | " in out and "| normal | " in out
+
+
+def test_index_benchmark_on_a_cluster_mixture_tunes_and_reports_recall_against_exact():
+    out, figures = _run_tool(["tools/bench_retrieval.py", "--skip-eval", "--gallery", "4000", "--dim", "32",
+                              "--queries", "100", "--data", "mixture", "--clusters", "40", "--tune", "0.9",
+                              "--rounds", "1", "--threads", "1"])
+    s = figures["search"]
+    assert s["data"] == "mixture" and s["clusters"] == 40 and s["gallery"] == 4000
+    assert s["flat"]["recall@10_vs_exact"] == 1.0 and s["flat"]["speedup_vs_flat"] == 1.0
+    for kind in ("ivf", "hnsw"):
+        assert s[kind]["tuned"]["target"] == 0.9 and s[kind]["queries_per_s"] > 0
+        assert s[kind]["recall@10_vs_exact"] >= 0.8  # tuned on other queries of the same mixture
+    assert s["ivf"]["nprobe"] == int(s["ivf"]["tuned"]["chosen"].split("=")[1])
+    assert "| index | device | settings | build s | queries/s | x flat |" in out and "verdict" in s

@@ -247,8 +247,8 @@ def test_tensorboard_lists_the_scalars_of_log_jsonl(built):
         if "event" in row:  # the run's summary rows (done: best metrics) are log.jsonl only, not curves
             continue
         prefix = "val" if any(k.startswith("val_") for k in row) else "train"  # validation rows
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        for k, v in row.items():  # `time` (every row's wall clock) is TensorBoard's own wall_time, not a scalar
+            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 want.setdefault(f"{prefix}/{k}", []).append((row["step"], float(np.float32(v))))  # TB stores float32
     assert sorted(got) == sorted(want)
     assert {"train/loss", "train/lm_loss", "val/val_loss", "val/val_accuracy"} <= set(got)

@@ -20,39 +20,8 @@ allocated) belongs to that case alone:
 
 Timings exclude the first (warm-up) step. Samples are images; each image trains two sequences.
 
-3. `--sweep`: throughput tuning through the trainer's own recipe (`TrainRecipe.setup()` and
-   `train_step`, data loading included) over a grid of micro-batch, gradient accumulation,
-   DataLoader workers, the main process's help (`assist`: data.main_assist), precision and ZeRO
-   stage, each setting in its own subprocess. It prints a table of samples/s and peak memory
-   and the best setting as a config override line:
-
-    python tools/bench_train.py --sweep                          # small default grid, the demo config
-    python tools/bench_train.py --sweep --grid micro=8,16,32 accum=1,2 workers=0,1,2 assist=auto,never \
-        precision=fp32,bf16 zero=0,1,2 \
-        --sweep-config paper --features F.h5 --dataset DS       # your own config and features
-
-   Without --features it builds synthetic 49x768 features (tiny-random encoder) in --workdir.
-   Note that micro x accum is the global batch: an optimisation setting, not only a speed one.
-
-   On a GPU, DeepSpeed's autotuner can take over the engine-side search (ZeRO stage, micro-batch
-   and ZeRO bucket settings) once the sweep has fixed workers and precision. The autotuner
-   launches the script once per experiment with its own ds_config (`--deepspeed_config`) and
-   passes the micro-batch and accumulation through `arg_mappings`; `--autotune` is that entry
-   point (the trainer's recipe with the autotuner's engine settings):
-
-    cat > ds_autotune.json <<'JSON'
-    {"fp16": {"enabled": true}, "zero_optimization": {"stage": 2},
-     "autotuning": {"enabled": true, "fast": true, "metric": "throughput",
-                    "arg_mappings": {"train_micro_batch_size_per_gpu": "--micro",
-                                     "gradient_accumulation_steps": "--accum"}}}
-    JSON
-    deepspeed --autotuning tune --num_gpus 1 tools/bench_train.py --autotune --sweep-config paper \
-        --features F.h5 --dataset DS --micro 32 --accum 1 --deepspeed_config ds_autotune.json
-
-   (`--autotuning run` also launches training with the winner; use `tune` and put the winner's
-   micro-batch into schedule.micro_batch and its zero_optimization into a ds_config, since
-   `sevlm train` owns the batch sizes.) The autotuner results land in autotuning_results/.
-   Not yet tried on a GPU (none here).
+The throughput sweep over micro-batch, accumulation, workers, precision and ZeRO stage (once
+`--sweep` here) is tools/sweep_train.py.
 """
 
 from __future__ import annotations
@@ -62,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -280,156 +248,6 @@ def run_case(case: dict) -> dict:
             "parameters": n_params, "vocab_size": mcfg.vocab_size}
 
 
-# ---- --sweep ------------------------------------------------------------------------------------
-SWEEP_GRID = {"micro": [8, 16], "accum": [1], "workers": [0, 2], "assist": ["auto"], "precision": ["fp32"],
-              "zero": [0, 2]}
-OVERRIDE_KEYS = {"micro": "schedule.micro_batch", "accum": "schedule.grad_accum", "workers": "data.num_workers",
-                 "assist": "data.main_assist", "precision": "precision"}
-TEXT_KEYS = ("assist", "precision")  # grid values kept as strings
-
-
-def ds_config_for(zero: int, precision: str, work: Path) -> str:
-    """A shipped ds_config name when one has this ZeRO stage and precision, else a file in `work`."""
-    from sevlm.train.config import DS_CONFIG_DIR
-
-    name = f"zero{zero}_{precision}"
-    if (DS_CONFIG_DIR / f"{name}.json").exists():
-        return name
-    base = json.loads((DS_CONFIG_DIR / f"zero2_{precision}.json").read_text())
-    base["zero_optimization"]["stage"] = zero
-    path = work / f"{name}.json"
-    path.write_text(json.dumps(base))
-    return str(path)
-
-
-def run_sweep_case(case: dict) -> dict:
-    """One setting, through the trainer's recipe: setup, one warm-up optimizer step, then `steps` timed."""
-    import torch
-
-    from sevlm.train import checks
-    from sevlm.train.config import load_train_config
-    from sevlm.train.recipe import TrainRecipe, prepare_run
-
-    overrides = [f"{OVERRIDE_KEYS[k]}={case[k]}" for k in OVERRIDE_KEYS] + [
-        "schedule.global_batch=null", f"ds_config={case['ds_config']}", f"data.dataset_dir={case['dataset']}",
-        f"data.features={case['features']}", "data.shards=null", f"data.encoder={case['encoder']}",
-        f"schedule.max_steps={case['steps'] + 1}", "schedule.val_every=0", f"device={case['device']}"]
-    cfg, run_dir, _ = prepare_run(load_train_config(case["config"], overrides), None, case["run_dir"])
-    recipe = TrainRecipe(cfg, run_dir)
-    recipe.setup()
-    recipe.engine.train()
-    batches, t0, done = recipe.source.epoch(0), None, 0
-    while done <= case["steps"]:
-        batch = next(batches, None)
-        if batch is None:
-            raise SystemExit(f"{case['dataset']}: one epoch holds fewer than {case['steps'] + 1} optimizer steps of "
-                             f"{recipe.rt.global_batch} images; use more images or fewer --steps")
-        if recipe.train_step(batch) is not None:  # an optimizer step ended
-            if recipe.rt.device == "cuda":
-                torch.cuda.synchronize()
-            if t0 is None:  # after the warm-up step
-                t0 = time.perf_counter()
-            else:
-                done += 1
-            if done == case["steps"]:
-                break
-    seconds = time.perf_counter() - t0
-    if recipe.rt.device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = (checks.peak_resident_bytes() or 0) / 2**20
-    return {**case, "samples_per_s": case["steps"] * recipe.rt.global_batch / seconds, "peak_mem_mib": round(peak, 1)}
-
-
-def _grid(items: list[str] | None) -> dict:
-    grid = dict(SWEEP_GRID)
-    for item in items or []:
-        key, _, values = item.partition("=")
-        if key not in grid or not values:
-            raise SystemExit(f"--grid {item!r}: use KEY=V1,V2 with KEY one of {', '.join(grid)}")
-        grid[key] = [v if key in TEXT_KEYS else int(v) for v in values.split(",")]
-    return grid
-
-
-def sweep(args) -> int:
-    import itertools
-
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="sevlm-sweep-"))
-    work.mkdir(parents=True, exist_ok=True)
-    if args.features:
-        data = {"dataset": str(Path(args.dataset).resolve()), "features": str(Path(args.features).resolve())}
-        encoder = _feature_encoder(args.features)
-    else:
-        sys.path.insert(0, str(ROOT / "tools"))
-        from bench_data import build_features
-
-        paths = build_features(work, args.images, "49x768")
-        data, encoder = {"dataset": str(paths["dataset"]), "features": str(paths["features"])}, "tiny-random"
-    device = "cuda" if _cuda() else "cpu"
-    grid = _grid(args.grid)
-    load = [round(os.getloadavg()[0], 2)]
-    rows = []
-    settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    # without workers nobody assists: one case for all the assist values
-    settings = [c for c in settings if c["workers"] or c["assist"] == grid["assist"][0]]
-    for k, setting in enumerate(settings):
-        case = dict(setting, config=args.sweep_config, encoder=encoder, steps=args.steps, device=device,
-                    sweep=True, run_dir=str(work / f"run{k}"), **data)
-        case["ds_config"] = ds_config_for(case["zero"], case["precision"], work)
-        r = _run_subprocess(case)
-        rows.append(r)
-        print(f"{r['micro']:>5} {r['accum']:>5} {r['workers']:>7} {r['assist']:>6} {r['precision']:>9} {r['zero']:>4}: "
-              f"{r['samples_per_s']:8.1f} samples/s, peak {r['peak_mem_mib']:8.1f} MiB", file=sys.stderr, flush=True)
-    load.append(round(os.getloadavg()[0], 2))
-    print(f"\nsweep of {args.sweep_config} on {device} ({os.cpu_count()} CPU cores), {args.steps} timed steps each, "
-          f"load average {load[0]} -> {load[1]}\n")
-    print("| micro | accum | workers | main assist | precision | ZeRO | samples/s | peak MiB |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['micro']} | {r['accum']} | {r['workers']} | {r['assist'] if r['workers'] else '-'} | "
-              f"{r['precision']} | {r['zero']} | "
-              f"{r['samples_per_s']:.1f} | {r['peak_mem_mib']:.0f} |")
-    best = max(rows, key=lambda r: r["samples_per_s"])
-    line = " ".join(f"{OVERRIDE_KEYS[k]}={best[k]}" for k in OVERRIDE_KEYS) + f" ds_config={best['ds_config']}"
-    print(f"\nbest: {line}")
-    print(json.dumps({"rows": [{k: r[k] for k in (*grid, "samples_per_s", "peak_mem_mib")} for r in rows],
-                      "best": line, "load_avg_1min": load, "device": device}))
-    return 0
-
-
-def autotune(args) -> int:
-    """One DeepSpeed-autotuner experiment: its ds_config's engine settings, our recipe and data."""
-    from sevlm.train.config import TRAINER_DS_KEYS
-
-    ds = json.loads(Path(args.deepspeed_config).read_text())
-    micro = int(ds.get("train_micro_batch_size_per_gpu", args.micro))
-    accum = int(ds.get("gradient_accumulation_steps", args.accum))
-    for k in TRAINER_DS_KEYS:  # the recipe sets these itself
-        ds.pop(k, None)
-    precision = "fp16" if ds.get("fp16", {}).get("enabled") else "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
-    work = Path(tempfile.mkdtemp(prefix="sevlm-autotune-"))
-    (work / "ds.json").write_text(json.dumps(ds))
-    end = int(ds.get("autotuning", {}).get("end_profile_step", 5))
-    case = {"micro": micro, "accum": accum, "workers": args.workers, "assist": "auto", "precision": precision, "zero": None,
-            "ds_config": str(work / "ds.json"), "config": args.sweep_config, "dataset": str(Path(args.dataset).resolve()),
-            "features": str(Path(args.features).resolve()), "encoder": _feature_encoder(args.features),
-            "steps": end + 1, "device": "cuda", "run_dir": str(work / "run")}
-    print(json.dumps(run_sweep_case(case)))  # DeepSpeed ends the process at end_profile_step, metrics written
-    return 0
-
-
-def _feature_encoder(features: str) -> str:
-    from sevlm.train.checks import feature_info
-
-    return feature_info(features, None).encoder
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _run_subprocess(case: dict) -> dict:
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
     out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
@@ -445,32 +263,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per case (after one warm-up step)")
     p.add_argument("--quick", action="store_true", help="demo-size models only (demo, demo-corpus)")
     p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=None, help="models to run (default: all)")
-    p.add_argument("--sweep", action="store_true", help="throughput sweep through the trainer's recipe (see above)")
-    p.add_argument("--grid", nargs="*", metavar="KEY=V1,V2",
-                   help=f"sweep values (default: {' '.join(f'{k}=' + ','.join(map(str, v)) for k, v in SWEEP_GRID.items())})")
-    p.add_argument("--sweep-config", default="demo", help="training config the sweep starts from")
-    p.add_argument("--features", default=None, help="--sweep/--autotune: an HDF5 feature cache (with --dataset)")
-    p.add_argument("--dataset", default=None, help="--sweep/--autotune: the dataset folder of --features")
-    p.add_argument("--images", type=int, default=600, help="--sweep without --features: synthetic paintings")
-    p.add_argument("--workdir", type=Path, default=None, help="--sweep: keep data and runs here")
-    p.add_argument("--autotune", action="store_true", help="one DeepSpeed autotuner experiment (see above)")
-    p.add_argument("--deepspeed_config", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--micro", type=int, default=32, help="--autotune: micro-batch (the autotuner's arg_mappings)")
-    p.add_argument("--accum", type=int, default=1, help="--autotune: gradient accumulation")
-    p.add_argument("--workers", type=int, default=2, help="--autotune: DataLoader workers")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
         case = json.loads(args.case)
-        print(json.dumps(run_sweep_case(case) if case.get("sweep") else run_case(case)), flush=True)
+        print(json.dumps(run_case(case)), flush=True)
         return 0
-    if (args.autotune or args.features) and not (args.features and args.dataset):
-        p.error("--features and --dataset go together (and --autotune needs them)")
-    if args.autotune:
-        return autotune(args)
-    if args.sweep:
-        return sweep(args)
 
     models = args.models or (["demo", "demo-corpus"] if args.quick else MODEL_NAMES)
     results: dict = {"machine": f"{os.cpu_count()} CPU cores", "steps": args.steps, "cases": []}

@@ -57,7 +57,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_confusion(confusion: dict, path: Path) -> Path:
+def plot_confusion(confusion: dict, path: Path, title: str = "Emotion confusion (row-normalised; numbers are counts)") -> Path:
     plt = _plt()
     cm = np.array(confusion["counts"], dtype=np.float64)  # [9, 10]
     rows = cm.sum(axis=1, keepdims=True)
@@ -72,7 +72,7 @@ def plot_confusion(confusion: dict, path: Path) -> Path:
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("dominant human emotion")
-    ax.set_title("Emotion confusion (row-normalised; numbers are counts)")
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
@@ -108,13 +108,14 @@ def plot_vad(vad: dict, path: Path) -> Path:
 
 
 def plot_recall_curves(retrieval: dict, path: Path) -> Path:
+    """Recall@K per direction: one colour per direction, the model solid, chance dotted and paler."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for direction, style in (("image_to_explanation", "-"), ("explanation_to_image", "--")):
-        for system, color in (("model", "C0"), ("chance", "C7")):
+    for direction, color in (("image_to_explanation", "C0"), ("explanation_to_image", "C1")):
+        for system, style, alpha in (("model", "-", 1.0), ("chance", ":", 0.6)):
             curve = retrieval[system][direction]["recall_curve"]
-            ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, marker="o", ms=3,
-                    label=f"{direction.replace('_', ' ')} ({system.replace('_', ' ')})")
+            ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, alpha=alpha, marker="o", ms=3,
+                    label=f"{direction.replace('_', ' ')} ({system})")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.03)  # lines at recall 1 stay visible
     ax.set_xlabel("K")
@@ -122,6 +123,39 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
     ax.set_title("Retrieval recall@K")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_embedding_map(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant, path: Path) -> Path:
+    """The image embeddings' first two principal components, each painting coloured by its dominant
+    emotion, with the 9 emotion embeddings projected on the same axes (stars, labelled)."""
+    from sevlm.evaluation.retrieval import normalize
+
+    plt = _plt()
+    img, emo = normalize(image_emb).astype(np.float64), normalize(emotion_emb).astype(np.float64)
+    mean = img.mean(axis=0)
+    _, sv, vt = np.linalg.svd(img - mean, full_matrices=False)
+    axes = vt[:2]  # [2, E]; fewer than 2 images or a rank-1 cloud leave one axis
+    share = sv[:2] ** 2 / max((sv**2).sum(), 1e-12)
+    p_img, p_emo = (img - mean) @ axes.T, (emo - mean) @ axes.T  # [I, 2], [9, 2]
+    if p_img.shape[1] < 2:
+        p_img, p_emo = np.pad(p_img, ((0, 0), (0, 1))), np.pad(p_emo, ((0, 0), (0, 1)))
+    dominant = np.asarray(image_dominant)
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    if (dominant < 0).any():
+        ax.scatter(*p_img[dominant < 0].T, s=10, c="0.7", label="no dominant", alpha=0.6)
+    for k, e in enumerate(EMOTIONS):
+        sel = dominant == k
+        if sel.any():
+            ax.scatter(*p_img[sel].T, s=12, color=cmap(k), label=f"{e} ({int(sel.sum())})", alpha=0.75)
+        ax.scatter(*p_emo[k], marker="*", s=260, color=cmap(k), edgecolors="black", linewidths=0.8, zorder=3)
+        ax.annotate(e, p_emo[k], xytext=(5, 5), textcoords="offset points", fontsize=8, fontweight="bold")
+    ax.set_xlabel(f"PC1 ({share[0]:.0%} of image variance)")
+    ax.set_ylabel(f"PC2 ({share[1]:.0%})" if len(share) > 1 else "PC2")
+    ax.set_title("Image embeddings by dominant emotion; stars: emotion embeddings")
+    ax.legend(fontsize=7, loc="best", markerscale=1.5)
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
@@ -189,6 +223,116 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=EXAMPLE_DPI)
     plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- query gallery
+GALLERY_COLUMNS = 8  # results drawn per query at most (the JSON keeps all --top)
+GALLERY_PANEL_PX = (240, 370)  # one painting with its caption: width, height
+GALLERY_THUMB_PX = 200
+GALLERY_MATCH_COLOUR = (0, 128, 0)  # a result whose dominant emotion is the query's nearest emotion
+
+
+def _gallery_fonts():
+    """(regular, bold) TrueType fonts: matplotlib's DejaVu Sans, else PIL's built-in font."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        return ImageFont.truetype(str(ttf / "DejaVuSans.ttf"), 11), ImageFont.truetype(str(ttf / "DejaVuSans-Bold.ttf"), 12)
+    except (ImportError, OSError):
+        return ImageFont.load_default(), ImageFont.load_default()
+
+
+def _thumbnail(images_dir: Path, image_name: str | None):
+    """The painting as an RGB thumbnail, or (None, why) when it cannot be read."""
+    from PIL import Image
+
+    from sevlm.data.folder import resolve_image
+
+    path = resolve_image(images_dir, image_name) if image_name else None
+    if path is None:
+        return None, f"no image: not in {images_dir}"
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((GALLERY_THUMB_PX, GALLERY_THUMB_PX))
+            return im, ""
+    except (OSError, Image.DecompressionBombError) as e:  # one missing painting does not cost the picture
+        return None, f"no image: {e}"
+
+
+def _truth_lines(gt: dict) -> list[str]:
+    from collections import Counter
+
+    votes = ", ".join(f"{e} {n}" for e, n in Counter(gt["emotions"]).most_common())
+    return [f"dominant: {gt['dominant_emotion'] or 'none'}", f"votes: {votes}"]
+
+
+def plot_query_gallery(result: dict, images_dir: str | Path, path: str | Path) -> Path:
+    """One row per query: the query (its image, or its text) then its top results, each painting
+    with its score, its ground truth (dominant emotion, votes) and its first human explanation
+    (or, for an explanation result, the matched explanation and its annotator's emotion). A
+    result's title is green when its dominant emotion is the query's nearest emotion.
+
+    Drawn with PIL, not matplotlib: a 20-query gallery is ~180 panels, which matplotlib's axes
+    take seconds to lay out and render."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    images_dir, path = Path(images_dir), Path(path)
+    queries = result["queries"]
+    cols = 1 + min(GALLERY_COLUMNS, max(len(q["results"]) for q in queries))
+    w, h = GALLERY_PANEL_PX
+    canvas = Image.new("RGB", (cols * w, len(queries) * h), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, bold = _gallery_fonts()
+    line_h, wrap_at = 14, 36
+
+    def panel(r: int, c: int, title: str, image, why: str, lines: list[str], colour=(0, 0, 0), italic_text=None):
+        x0, y0 = c * w + 8, r * h + 6
+        draw.text((x0, y0), title, fill=colour, font=bold)
+        box_y = y0 + 20
+        if italic_text is not None:  # a text query stands where a painting would
+            for k, line in enumerate(textwrap.wrap(italic_text, 30)[:12]):
+                draw.text((x0, box_y + 4 + k * line_h), line, fill=(40, 40, 40), font=font)
+        elif image is not None:
+            canvas.paste(image, (x0 + (GALLERY_THUMB_PX - image.width) // 2, box_y + (GALLERY_THUMB_PX - image.height) // 2))
+        else:
+            draw.rectangle([x0, box_y, x0 + GALLERY_THUMB_PX, box_y + GALLERY_THUMB_PX], fill=(230, 230, 230))
+            for k, line in enumerate(textwrap.wrap(why, 30)[:6]):
+                draw.text((x0 + 4, box_y + 60 + k * line_h), line, fill=(0, 0, 0), font=font)
+        y = box_y + GALLERY_THUMB_PX + 6
+        room = (r + 1) * h - 4 - y
+        wrapped = [part for line in lines for part in (textwrap.wrap(line, wrap_at) or [""])]
+        for k, line in enumerate(wrapped[: room // line_h]):
+            draw.text((x0, y + k * line_h), line, fill=(0, 0, 0), font=font)
+
+    for r, q in enumerate(queries):
+        top_emotion = q["emotions"][0]["emotion"]
+        title = f"Q{r + 1} {q['kind']} -> {q['target']}"
+        if q["kind"] == "image":
+            image_path = Path(q["query"]["image"])
+            im, why = _thumbnail(image_path.parent, image_path.name)
+            lines = [image_path.name, *(_truth_lines(q["ground_truth"]) if "ground_truth" in q else [])]
+            panel(r, 0, title, im, why, [*lines, f"nearest emotion: {top_emotion}"])
+        else:
+            panel(r, 0, title, None, "", [f"nearest emotion: {top_emotion}"], italic_text=f"\u201c{q['query']}\u201d")
+        for c, res in enumerate(q["results"][: cols - 1], 1):
+            gt = res["ground_truth"]
+            im, why = _thumbnail(images_dir, res.get("image_name"))
+            explanation = (f"[{res['explanation_emotion']}] {res['explanation']}" if "explanation" in res
+                           else f"1st human: {gt['explanation']}")
+            panel(r, c, f"#{res['rank']}  {res['score']:.3f}  {gt['dominant_emotion'] or 'none'}", im, why,
+                  [*_truth_lines(gt), explanation],
+                  colour=GALLERY_MATCH_COLOUR if gt["dominant_emotion"] == top_emotion else (0, 0, 0))
+        if r:
+            draw.line([(0, r * h), (cols * w, r * h)], fill=(200, 200, 200))
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
 
 
@@ -282,11 +426,22 @@ def _write_pair(out: Path, report: dict, lines: list[str]) -> dict[str, Path]:
     return {"json": out, "markdown": md}
 
 
-def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
-    """Write the retrieval JSON, a Markdown table (model vs exact chance) and the recall@K plot."""
+def write_retrieval_report(result: dict, out: str | Path, embeddings=None) -> dict[str, Path]:
+    """Write the retrieval JSON, a Markdown table (model vs exact chance, per dominant emotion),
+    the recall@K plot, the image -> emotion confusion and, given the split's `embeddings`
+    (SplitEmbeddings), the embedding map."""
     out = Path(out)
     out.unlink(missing_ok=True)  # written last (_write_pair)
-    written = {"recall_curves": plot_recall_curves(result, _figures_dir(out) / "recall_at_k.png")}
+    figs = _figures_dir(out)
+    written = {"recall_curves": plot_recall_curves(result, figs / "recall_at_k.png")}
+    i2e = result["model"]["image_to_emotion"]
+    if "confusion" in i2e:
+        written["image_to_emotion_confusion"] = plot_confusion(
+            i2e["confusion"], figs / "image_to_emotion_confusion.png",
+            title="Image -> nearest emotion embedding (row-normalised; numbers are counts)")
+    if embeddings is not None:
+        written["embedding_map"] = plot_embedding_map(embeddings.image_emb, embeddings.emotion_emb,
+                                                      embeddings.image_dominant, figs / "embedding_map.png")
     full = {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}}
     ks = result["ks"]
     idx = result["model"]["index"]
@@ -295,7 +450,14 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
     lines = ["# Retrieval report", "", f"- index: {idx['kind']} on {idx['device']} ({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
              "- chance: the exact expectation under a random ordering of the gallery" + (
                  f"; random embeddings: mean ± std over {rand['runs']} seeds" if rand else ""),
-             "", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
+             "- ranks: 1 + the wrong items scoring at least as high as the best correct one (ties count against the query)"]
+    for d in ("image_to_explanation", "explanation_to_image"):
+        r = result["model"][d]
+        if "recall_vs_exact" in r:
+            lines.append(f"- {d.replace('_', ' ')}: {idx['kind']} search's recall against the exact search: "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in r["recall_vs_exact"].items())
+                         + (f" (tuned to {r['tuned']['chosen']} for {r['tuned']['target']:g})" if "tuned" in r else ""))
+    lines += ["", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
     for d in ("image_to_explanation", "explanation_to_image"):
         for s in systems:
             r = result[s][d]
@@ -307,6 +469,15 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
         if d in result["model"]:
             c = result["chance"][d]
             lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(c['accuracy'])} | {_fmt(c['majority_class'])} | {result['model'][d]['n']} |")
+    per = i2e.get("per_emotion")
+    if per:
+        lines += ["", "Image-side figures by the image's dominant emotion (accuracy: image -> emotion, the class's "
+                  "recall; precision: of the images whose nearest emotion it is; R@K: image -> explanation, exact ranks)",
+                  "", "| dominant emotion | n | correct | accuracy | precision | " + " | ".join(f"R@{k}" for k in ks)
+                  + " | median rank |", "|---|---|---|---|---|" + "---|" * (len(ks) + 1)]
+        for e, g in per.items():
+            lines.append(f"| {e} | {g['n']} | {g.get('correct', '')} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('precision'))} | "
+                         + " | ".join(_fmt(g[f'R@{k}']) for k in ks) + f" | {_fmt(g['median_rank'])} |")
     stats = result.get("embedding_stats")
     if stats:
         lines += ["", "| embeddings | n | effective rank | total variance | mean pairwise cosine |", "|---|---|---|---|---|"]
@@ -316,7 +487,7 @@ def write_retrieval_report(result: dict, out: str | Path) -> dict[str, Path]:
     space = result.get("embedding_space")
     if space:
         lines += ["", f"- retrieval space: the {space['head']} head" + (f"; {space['note']}" if space.get("note") else "")]
-    lines += ["", f"![recall@K]({written['recall_curves'].relative_to(out.parent)})"]
+    lines += [""] + [f"![{k.replace('_', ' ')}]({p.relative_to(out.parent)})" for k, p in written.items()]
     written.update(_write_pair(out, full, lines))
     return written
 

@@ -1,19 +1,23 @@
 """Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
 
-The scoring works on numpy arrays, so it is testable without a model; `search_split` and
-`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`) and
-build the results `sevlm retrieve` writes. Embeddings are L2-normalised, so inner product =
+The scoring works on numpy arrays, so it is testable without a model; `load_gallery` and
+`score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`);
+`sevlm.evaluation.queries` answers queries against `load_gallery`'s galleries. Embeddings are L2-normalised, so inner product =
 cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
   IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
   says which device searched.
-- Scoring computes each query's rank once, exactly: 1 + the number of gallery items scoring
-  strictly higher than the best correct one, from all scores in blocks. Median rank, the
+- Scoring computes each query's rank once, exactly: 1 + the number of wrong gallery items
+  scoring at least as high as the best correct one (ties count against it: `exact_ranks`),
+  from all scores in blocks. Median rank, the
   recall@K curve and, for the flat (exact) index, Recall@K come from these ranks (numpy, on
-  the CPU: a flat FAISS search would compute the same scores a second time); an approximate
-  index (ivf/hnsw) takes Recall@K from its own top-K lists, so it shows its loss.
+  the CPU: a flat FAISS search would compute the same scores a second time); with an
+  approximate index (ivf/hnsw/ivfpq) a query is a hit at K only when its top-K list holds a
+  positive as well, so the figure shows the index's loss, and an index that visits everything
+  (IVF with nprobe = nlist) scores exactly as flat. Each approximate search also reports its
+  recall@K against the exact search of the same queries (`recall_vs_exact`).
 - Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
   m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
   first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the
@@ -31,20 +35,42 @@ import numpy as np
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample per cell (faiss: 256); 1M items, 4000 cells: 256k, ~4x faster to train
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
 class IndexOptions:
-    kind: str = "flat"  # flat | ivf | hnsw
+    kind: str = "flat"  # flat | ivf | hnsw | ivfpq
     use_gpu: bool | None = None  # None: the GPU when faiss has GPU support and sees a device
     nlist: int | None = None  # IVF cells; default ~4 sqrt(N), at least 39 points per cell
     nprobe: int = 32  # IVF cells visited per query
     hnsw_m: int = 32  # HNSW graph degree
     ef_search: int = 128  # HNSW search breadth
     ef_construction: int = 40  # faiss default: builds stay affordable on a CPU
+    pq_m: int | None = None  # IVFPQ sub-quantizers (must divide the dimension); default dim / 4
+    pq_bits: int = 8  # IVFPQ bits per sub-quantizer code (fewer on galleries under 2^bits items)
+    tune_recall: float | None = None  # search with the fastest setting reaching this recall@10 vs exact (tune_index)
     seed: int = 0
+
+    def check(self) -> "IndexOptions":
+        """ConfigError, naming the flag, for settings no index can take."""
+        if self.kind not in INDEX_KINDS:
+            raise ConfigError(f"index kind {self.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        for flag, value in (("--nprobe", self.nprobe), ("--hnsw-m", self.hnsw_m), ("--ef-search", self.ef_search),
+                            ("--ef-construction", self.ef_construction), ("--nlist", self.nlist or 1),
+                            ("--pq-m", self.pq_m or 1)):
+            if value < 1:
+                raise ConfigError(f"{flag}: must be >= 1, got {value}")
+        if not 1 <= self.pq_bits <= 16:
+            raise ConfigError(f"--pq-bits: 1..16, got {self.pq_bits}")
+        if self.tune_recall is not None:
+            if self.kind == "flat":
+                raise ConfigError("--tune: the flat index is exact, nothing to tune; pick --index ivf, hnsw or ivfpq")
+            if not 0 < self.tune_recall <= 1:
+                raise ConfigError(f"--tune: a recall in (0, 1], got {self.tune_recall}")
+        return self
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -69,19 +95,27 @@ class Index:
     def __init__(self, gallery: np.ndarray, options: IndexOptions = IndexOptions()):
         import faiss
 
-        if options.kind not in INDEX_KINDS:
-            raise ConfigError(f"index kind {options.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
+        options.check()
         gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         n, d = gallery.shape
         if n == 0:
             raise DataError("retrieval gallery is empty")
         if options.kind == "flat":
             index = faiss.IndexFlatIP(d)
-        elif options.kind == "ivf":
+        elif options.kind in ("ivf", "ivfpq"):
             nlist = options.nlist or int(4 * np.sqrt(n))
             nlist = max(1, min(nlist, n // 39))  # faiss wants >= 39 training points per cell
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            if options.kind == "ivf":
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+            else:
+                m = options.pq_m or max(1, d // 4)
+                if d % m:
+                    raise ConfigError(f"--pq-m: {m} does not divide the embedding dimension {d}")
+                bits = max(1, min(options.pq_bits, int(np.log2(n)) - 1))  # k-means needs >= 2^bits points
+                index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, bits, faiss.METRIC_INNER_PRODUCT)
+                index.pq.cp.seed = options.seed
             index.cp.seed = options.seed
+            index.cp.max_points_per_centroid = TRAIN_POINTS_PER_CELL
             index.train(gallery)
         else:
             index = faiss.IndexHNSWFlat(d, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -111,9 +145,11 @@ class Index:
         import faiss
 
         self.options, self.size, self.dim, self.params = options, index.ntotal, index.d, {}
-        if options.kind == "ivf":
+        if options.kind in ("ivf", "ivfpq"):
             index.nprobe = min(options.nprobe, index.nlist)
             self.params = {"nlist": index.nlist, "nprobe": index.nprobe}
+            if options.kind == "ivfpq":
+                self.params.update(pq_m=index.pq.M, pq_bits=index.pq.nbits)
         elif options.kind == "hnsw":
             index.hnsw.efSearch = options.ef_search
             self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": index.hnsw.efConstruction}
@@ -122,10 +158,26 @@ class Index:
             raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
         self.device = "cpu"
         if want_gpu and options.kind != "hnsw":  # HNSW has no GPU version
-            self._res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._res, 0, index)
-            self.device = "gpu"
+            try:
+                self._res = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._res, 0, index)
+                self.device = "gpu"
+            except RuntimeError as e:  # e.g. an IVFPQ code size the GPU kernels lack
+                if options.use_gpu:
+                    raise ConfigError(f"--gpu: faiss cannot put this {options.kind} index on the GPU ({e})") from None
+                self.params["gpu_fallback"] = str(e).strip().splitlines()[-1][:200]
         self.index = index
+
+    def set_search_parameters(self, key: str) -> None:
+        """Apply a faiss ParameterSpace key ("nprobe=16", "efSearch=64") to the index (`tune_index`)."""
+        import faiss
+
+        ps = faiss.GpuParameterSpace() if self.device == "gpu" else faiss.ParameterSpace()
+        ps.set_index_parameters(self.index, key)
+        for part in key.split(","):
+            name, value = part.split("=")
+            if name in self.params:
+                self.params[name] = type(self.params[name])(float(value))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores [Q, k], ids [Q, k]); ids are -1 where fewer than k items were found."""
@@ -135,6 +187,53 @@ class Index:
 
     def describe(self) -> dict:
         return {"kind": self.options.kind, "device": self.device, "size": self.size, "dim": self.dim, **self.params}
+
+
+TUNE_K = 10
+
+
+def _search_ranges(index: Index) -> list[tuple[str, list[int]]]:
+    """The search settings `tune_index` explores: IVF cells visited (powers of two up to all of
+    them), HNSW search breadth (16 .. 1024). IVFPQ's polysemous threshold is left alone."""
+    if index.options.kind == "hnsw":
+        return [("efSearch", [16, 32, 64, 128, 256, 512, 1024])]
+    nlist = index.params["nlist"]
+    return [("nprobe", sorted({*(2**i for i in range(nlist.bit_length()) if 2**i < nlist), nlist}))]
+
+
+def tune_index(index: Index, queries: np.ndarray, gallery: np.ndarray, target: float, k: int = TUNE_K) -> dict:
+    """Set `index` to the fastest search setting whose recall@k against the exact search of
+    `queries` reaches `target`, found by faiss's ParameterSpace (each setting timed on these
+    queries). None reaching it: the most accurate one, and "reached": false.
+
+    Returns {"target", "k", "chosen", "reached", "recall_vs_exact" (of the chosen setting,
+    tie-aware as `recall_vs_exact`), "points": [{"key", "recall", "ms_per_query"}, ...]}.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, index.size)
+    exact = faiss.IndexFlatIP(gallery.shape[1])
+    exact.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    _, truth = exact.search(queries, k)
+    ps = faiss.GpuParameterSpace() if index.device == "gpu" else faiss.ParameterSpace()
+    for name, values in _search_ranges(index):
+        r = ps.add_range(name)
+        for v in values:
+            r.values.push_back(v)
+    ps.verbose = 0
+    crit = faiss.IntersectionCriterion(len(queries), k)  # |returned top-k & exact top-k| / k
+    crit.set_groundtruth(None, truth.astype(np.int64))
+    ops = ps.explore(index.index, queries, crit)
+    points = sorted(({"key": ops.all_pts.at(i).key, "recall": float(ops.all_pts.at(i).perf),
+                      "ms_per_query": 1000 * ops.all_pts.at(i).t / len(queries)} for i in range(ops.all_pts.size())),
+                    key=lambda p: p["ms_per_query"])
+    good = [p for p in points if p["recall"] >= target]
+    chosen = good[0] if good else max(points, key=lambda p: p["recall"])
+    index.set_search_parameters(chosen["key"])
+    _, ids = index.search(queries, k)
+    return {"target": target, "k": k, "chosen": chosen["key"], "reached": bool(good),
+            "recall_vs_exact": recall_vs_exact(queries, gallery, ids, (k,))[f"R@{k}"], "points": points}
 
 
 def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +250,11 @@ def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple
 def exact_ranks(
     queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int | None = None
 ) -> np.ndarray:
-    """Rank of the best positive (same label) for each query: 1 + #items scoring strictly higher.
+    """Rank of the best positive (same label) for each query: 1 + #other-label items scoring at
+    least as high. Ties count against the query: identical gallery items (the same explanation
+    written for two paintings) score alike, and a top-K list orders them arbitrarily, so a
+    positive tied with a negative is not credited with the better place (nor does a collapsed
+    space, where everything ties, score R@1 = 1).
 
     A query with no positive gets rank N + 1. The scores of one block are computed once; the
     best positive is read from the same block, so a positive never outranks itself by rounding.
@@ -164,8 +267,10 @@ def exact_ranks(
         scores = queries[s : s + block] @ gallery.T  # [b, N]
         a, b = np.searchsorted(pair_q, [s, s + block])
         best = np.full(len(scores), -np.inf, dtype=scores.dtype)
-        np.maximum.at(best, pair_q[a:b] - s, scores[pair_q[a:b] - s, pair_g[a:b]])
-        ranks[s : s + block] = 1 + np.count_nonzero(scores > best[:, None], axis=1)
+        pos_scores = scores[pair_q[a:b] - s, pair_g[a:b]]
+        np.maximum.at(best, pair_q[a:b] - s, pos_scores)
+        tied_positives = np.bincount(pair_q[a:b] - s, weights=pos_scores >= best[pair_q[a:b] - s], minlength=len(scores))
+        ranks[s : s + block] = 1 + np.count_nonzero(scores >= best[:, None], axis=1) - tied_positives.astype(np.int64)
     return ranks
 
 
@@ -173,6 +278,26 @@ def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarra
     """Recall@K from top-k id lists [Q, k]: a hit is any positive (same label) among the first K."""
     positive = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
     return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def recall_vs_exact(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+    """Recall@K of approximate top-k lists `ids` [Q, k] against the exact (flat) search of the same
+    queries: the share of the K returned items that belong in the exact top K, i.e. score at least
+    the exact K-th score (ties with it count as right: any of them is an exact answer)."""
+    queries, gallery = np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(gallery, dtype=np.float32)
+    kmax = min(max(ks), len(gallery))
+    exact = np.empty((len(queries), kmax), dtype=np.float32)
+    block = max(1, min(1024, (1 << 23) // max(1, len(gallery))))
+    for s in range(0, len(queries), block):
+        scores = queries[s : s + block] @ gallery.T  # [b, N]
+        exact[s : s + block] = -np.sort(-np.partition(scores, len(gallery) - kmax, axis=1)[:, -kmax:], axis=1)
+    got = np.einsum("qe,qke->qk", queries, gallery[np.maximum(ids[:, :kmax], 0)])  # [Q, k] exact scores of the returned
+    out = {}
+    for k in ks:
+        kk = min(k, kmax)
+        right = (ids[:, :kk] >= 0) & (got[:, :kk] >= exact[:, kk - 1 : kk] - 1e-5)
+        out[f"R@{k}"] = float(right.sum(axis=1).mean() / kk)
+    return out
 
 
 def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
@@ -183,18 +308,24 @@ def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
     }
 
 
-def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict]:
-    """(scores of one direction, the index description)."""
+def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict, np.ndarray]:
+    """(scores of one direction, the index description, each query's exact rank)."""
     ranks = exact_ranks(queries, query_label, gallery, gallery_label)
     if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
         res = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
         index = {"kind": "flat", "device": "cpu", "size": len(gallery), "dim": gallery.shape[1]}
-    else:
+    else:  # a hit needs both: the index found a positive, and no more than K-1 wrong items tie or beat it
         idx = Index(gallery, options)
+        tuned = tune_index(idx, queries, gallery, options.tune_recall) if options.tune_recall else None
         _, ids = idx.search(queries, max(ks))
-        res, index = hits_at_k(ids, query_label, gallery_label, ks), idx.describe()
+        found = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
+        res = {f"R@{k}": float((found[:, :k].any(axis=1) & (ranks <= k)).mean()) for k in ks}
+        res["recall_vs_exact"] = recall_vs_exact(queries, gallery, ids, ks)  # per direction: each has its index
+        if tuned:
+            res["tuned"] = tuned
+        index = idx.describe()
     res.update(_rank_summary(ranks, len(gallery)), n_queries=len(queries), gallery_size=len(gallery))
-    return res, index
+    return res, index, ranks
 
 
 def _accuracy(queries, emotion_emb, targets: np.ndarray) -> dict:
@@ -215,8 +346,10 @@ def retrieval_metrics(
     text_emotion: np.ndarray | None = None,
     options: IndexOptions = IndexOptions(),
     ks=(1, 5, 10),
+    ranks: dict | None = None,
 ) -> dict:
-    """Retrieval scores for one set of embeddings.
+    """Retrieval scores for one set of embeddings; a `ranks` dict receives each query's exact
+    rank per direction ("image_to_explanation" [I], "explanation_to_image" [N]).
 
     image_emb [I, E]; text_emb [N, E] (explanations); text_image [N] index of each text's
     image; emotion_emb [9, E] in EMOTIONS order; image_dominant [I] emotion index of each
@@ -239,8 +372,10 @@ def retrieval_metrics(
     if options.use_gpu and not gpu_available():
         raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
     image_label = np.arange(n_img)
-    i2t, index = _direction(image_emb, image_label, text_emb, text_image, options, ks)
-    t2i, _ = _direction(text_emb, text_image, image_emb, image_label, options, ks)
+    i2t, index, i2t_ranks = _direction(image_emb, image_label, text_emb, text_image, options, ks)
+    t2i, _, t2i_ranks = _direction(text_emb, text_image, image_emb, image_label, options, ks)
+    if ranks is not None:
+        ranks.update(image_to_explanation=i2t_ranks, explanation_to_image=t2i_ranks)
     out = {
         "index": index,
         "image_to_explanation": i2t,
@@ -374,13 +509,59 @@ def embedding_stats(x: np.ndarray) -> dict:
     }
 
 
+def emotion_ranks(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest emotion [I], rank 1..9 of the dominant emotion [I], 0 where there is none)."""
+    scores = normalize(image_emb) @ normalize(emotion_emb).T  # [I, 9]
+    dominant = np.asarray(image_dominant, dtype=np.int64)
+    own = scores[np.arange(len(scores)), np.maximum(dominant, 0)]
+    rank = np.where(dominant >= 0, 1 + (scores > own[:, None]).sum(axis=1), 0)
+    return scores.argmax(axis=1), rank
+
+
+def per_emotion_breakdown(image_emb, emotion_emb, image_dominant, i2t_ranks, ks=(1, 5, 10)) -> dict:
+    """Image-side figures split by each image's dominant emotion, and the image -> emotion confusion.
+
+    Per emotion e (images whose dominant emotion is e): n, correct and accuracy of image ->
+    emotion (the recall of class e), its precision (of the images whose nearest emotion is e),
+    and image -> explanation R@K and median rank from the exact ranks. Images without a dominant
+    emotion form "none" (no emotion figures). Sum of n over groups = all images; correct sums to
+    the aggregate's; n-weighted R@K averages to the aggregate (flat index) R@K.
+    """
+    dominant = np.asarray(image_dominant, dtype=np.int64)
+    i2t_ranks = np.asarray(i2t_ranks)
+    pred, _ = emotion_ranks(image_emb, emotion_emb, dominant)
+    known = dominant >= 0
+    counts = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=np.int64)  # [true, predicted]
+    np.add.at(counts, (dominant[known], pred[known]), 1)
+    groups = {}
+    for k, name in [*enumerate(EMOTIONS), (-1, "none")]:
+        sel = dominant == k
+        n = int(sel.sum())
+        g = {"n": n, **{f"R@{kk}": float((i2t_ranks[sel] <= kk).mean()) if n else None for kk in ks},
+             "median_rank": float(np.median(i2t_ranks[sel])) if n else None}
+        if k >= 0:
+            correct, predicted = int(counts[k, k]), int(counts[:, k].sum())
+            g.update(correct=correct, accuracy=correct / n if n else None,
+                     precision=correct / predicted if predicted else None, predicted=predicted)
+        groups[name] = g
+    return {"per_emotion": groups,
+            "confusion": {"counts": counts.tolist(), "rows_true": list(EMOTIONS), "columns_predicted": list(EMOTIONS)}}
+
+
 def retrieval_report(
     image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
     options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
+    ranks: dict | None = None,
 ) -> dict:
     """The model's retrieval scores beside the exact chance level of each (and, with
-    `random_runs` > 0, the mean and spread of that many random-embedding draws)."""
-    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks)
+    `random_runs` > 0, the mean and spread of that many random-embedding draws), with the
+    image-side figures per dominant emotion and the image -> emotion confusion
+    (`per_emotion_breakdown`); a `ranks` dict receives each query's exact ranks."""
+    ranks = {} if ranks is None else ranks
+    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks,
+                              ranks=ranks)
+    model["image_to_emotion"].update(per_emotion_breakdown(image_emb, emotion_emb, image_dominant,
+                                                           ranks["image_to_explanation"], ks))
     out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks),
            "embedding_stats": {side: embedding_stats(x) for side, x in
                                (("image", image_emb), ("explanation", text_emb), ("emotion", emotion_emb))}}
@@ -390,7 +571,7 @@ def retrieval_report(
     return out
 
 
-CACHE_FORMAT = "sevlm-retrieval-gallery-1"
+CACHE_FORMAT = "sevlm-retrieval-gallery-2"  # 2: explanations carry their annotator's emotion
 
 
 def _file_stamp(path) -> dict:
@@ -443,39 +624,35 @@ def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.nd
         write_json(tmp / "key.json", key)
 
 
-def search_split(run, dataset_dir, split: str, features, query: str | None = None, query_image=None, top: int = 10,
-                 options: IndexOptions = IndexOptions(), batch_size: int = 64, cache_dir=None) -> dict:
-    """Search a split with a text (against its images) or an image file (against its explanations).
+def load_gallery(run, dataset_dir, split: str, features, side: str, options: IndexOptions = IndexOptions(),
+                 batch_size: int = 64, cache_dir=None, progress: bool = True):
+    """One side ("images" | "explanations") of a split, embedded, with its index.
 
-    With `cache_dir`, the embedded gallery and its index are kept in `<cache_dir>/<split>-<side>/`
-    under `gallery_key` and reused while the model, split and features are unchanged.
-    Returns {"query", "index", "gallery_cache", "results": [{"rank", "score", "image_id"[,
-    "explanation"]}], "emotions": the 9 emotions by score}.
+    With `cache_dir`, the embedded gallery and an approximate index are kept in
+    `<cache_dir>/<split>-<side>/` under `gallery_key` and reused while the model, split and
+    features are unchanged. Returns (gallery [N, E], emotions [9, E], names [N] ({"image_id"[,
+    "explanation", "explanation_emotion"]}), cache {"path", "reused"} or None, Index).
     """
     import hashlib
     import sys
 
     from sevlm.evaluation import embedding
 
-    if (query is None) == (query_image is None):
-        raise ConfigError("search_split: give exactly one of query and query_image")
-    # the query first: a bad query fails before the gallery is embedded
-    q = embedding.embed_query_text(run, query) if query is not None else embedding.embed_image_file(run, query_image)
-    side = "images" if query is not None else "explanations"
     folder = Path(cache_dir) / f"{split}-{side}" if cache_dir is not None else None
     key = gallery_key(run, dataset_dir, split, features, side) if folder else None
     cached = _read_gallery(folder, key) if folder else None
     if cached:
         gallery, emotions, names = cached
     else:
-        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size,
+        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size, progress=progress,
                                     images=side == "images", texts=side == "explanations")
         emotions = normalize(emb.emotion_emb)
         if side == "images":
             gallery, names = normalize(emb.image_emb), [{"image_id": i} for i in emb.image_ids]
         else:
             gallery = normalize(emb.text_emb)
-            names = [{"image_id": emb.image_ids[i], "explanation": t} for t, i in zip(emb.texts, emb.text_image)]
+            names = [{"image_id": emb.image_ids[i], "explanation": t, "explanation_emotion": EMOTIONS[e]}
+                     for t, i, e in zip(emb.texts, emb.text_image, emb.text_emotion)]
         if folder:
             try:
                 _write_gallery(folder, key, gallery, emotions, names)
@@ -484,7 +661,7 @@ def search_split(run, dataset_dir, split: str, features, query: str | None = Non
                 folder = None
     # an approximate index is kept beside the gallery, named by its build settings; a flat one
     # is only a copy of the gallery, rebuilt at memory speed
-    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search")}
+    build = {k: v for k, v in asdict(options).items() if k not in ("use_gpu", "nprobe", "ef_search", "tune_recall")}
     index_file = None
     if folder and options.kind != "flat":
         index_file = folder / f"index-{hashlib.sha256(repr(sorted(build.items())).encode()).hexdigest()[:12]}.faiss"
@@ -494,16 +671,8 @@ def search_split(run, dataset_dir, split: str, features, query: str | None = Non
         index = Index(gallery, options)
         if index_file:
             index.save(index_file)
-    q = normalize(q)
-    scores, ids = index.search(q, top)
-    emo_scores = (q @ emotions.T)[0]  # [9]
-    return {
-        "query": query if query is not None else {"image": str(query_image)},
-        "index": index.describe(),
-        "gallery_cache": {"path": str(folder), "reused": bool(cached)} if folder else None,
-        "results": [{"rank": r + 1, "score": float(s), **names[i]} for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0],
-        "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[k])} for k in np.argsort(-emo_scores)],
-    }
+    cache = {"path": str(folder), "reused": bool(cached)} if folder else None
+    return gallery, emotions, names, cache, index
 
 
 def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> np.ndarray:
@@ -515,10 +684,13 @@ def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dom
 
 
 def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
-                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None) -> dict:
+                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None,
+                artifacts: dict | None = None) -> dict:
     """Embed a split's images, explanations and emotions and score retrieval between them; with
     `image_stats_out`, also write the per-image image -> emotion hits there for paired tests
-    (significance.write_statistics)."""
+    (significance.write_statistics). An `artifacts` dict receives "embeddings" (SplitEmbeddings)
+    and "ranks" (each query's exact rank per direction), for `write_query_ranks` and
+    `export_embeddings`."""
     from sevlm.evaluation.embedding import embed_split
 
     emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
@@ -528,11 +700,66 @@ def score_split(run, dataset_dir, split: str, features, options: IndexOptions = 
         write_statistics(image_stats_out, list(emb.image_ids),
                          {"image_to_emotion": image_emotion_hits(emb.image_emb, emb.emotion_emb, emb.image_dominant)},
                          {"split": split, "dataset": str(dataset_dir)})
+    ranks: dict = {}
     result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
-                              options=options, random_runs=random_runs, seed=seed)
+                              options=options, random_runs=random_runs, seed=seed, ranks=ranks)
+    if artifacts is not None:
+        artifacts.update(embeddings=emb, ranks=ranks)
     result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
     result["embedding_space"] = retrieval_space(run.model)
     return result
+
+
+def write_query_ranks(path: str | Path, emb, ranks: dict) -> Path:
+    """Every query's exact rank, one JSON line each, images first: {"direction": "image_to_emotion",
+    "image_id", "dominant_emotion", "nearest_emotion", "rank" (of the dominant among the 9, null
+    without one)}, {"direction": "image_to_explanation", "image_id", "rank" (of the best
+    ranked of its own explanations)}, then {"direction": "explanation_to_image", "image_id", "explanation_index"
+    (in the split's order), "explanation", "rank" (of its painting)}."""
+    import json
+
+    from sevlm.io import atomic_path
+
+    dominant = np.asarray(emb.image_dominant)
+    nearest, emo_rank = emotion_ranks(emb.image_emb, emb.emotion_emb, dominant)
+    name = lambda k: EMOTIONS[k] if k >= 0 else None  # noqa: E731
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for i, image_id in enumerate(emb.image_ids):
+            f.write(json.dumps({"direction": "image_to_emotion", "image_id": image_id, "dominant_emotion": name(dominant[i]),
+                                "nearest_emotion": EMOTIONS[nearest[i]], "rank": int(emo_rank[i]) or None},
+                               ensure_ascii=False) + "\n")
+        for i, image_id in enumerate(emb.image_ids):
+            f.write(json.dumps({"direction": "image_to_explanation", "image_id": image_id,
+                                "rank": int(ranks["image_to_explanation"][i])}, ensure_ascii=False) + "\n")
+        for t, (i, text) in enumerate(zip(emb.text_image, emb.texts)):
+            f.write(json.dumps({"direction": "explanation_to_image", "image_id": emb.image_ids[i], "explanation_index": t,
+                                "explanation": text, "rank": int(ranks["explanation_to_image"][t])}, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+EXPORT_FORMAT = "sevlm-retrieval-embeddings-1"
+
+
+def export_embeddings(folder: str | Path, emb, meta: dict) -> Path:
+    """The split's L2-normalised embeddings as .npy arrays with their ids (docs/RETRIEVAL.md):
+    images.npy [I, E], explanations.npy [N, E], emotions.npy [9, E] (float32, row i of each is
+    id i of ids.json), explanation_image.npy [N] (int64 row of images.npy), image_dominant.npy
+    [I] (int64 index into EMOTIONS, -1 for none), and ids.json. Inner product = cosine, so a
+    faiss.IndexFlatIP over them reproduces `sevlm retrieve`'s ranks."""
+    from sevlm.io import atomic_dir, write_json
+
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:  # a reader sees the old export or the whole new one
+        np.save(tmp / "images.npy", normalize(emb.image_emb))
+        np.save(tmp / "explanations.npy", normalize(emb.text_emb))
+        np.save(tmp / "emotions.npy", normalize(emb.emotion_emb))
+        np.save(tmp / "explanation_image.npy", np.asarray(emb.text_image, dtype=np.int64))
+        np.save(tmp / "image_dominant.npy", np.asarray(emb.image_dominant, dtype=np.int64))
+        write_json(tmp / "ids.json", {"format": EXPORT_FORMAT, **meta, "dim": int(emb.image_emb.shape[1]),
+                                      "normalised": True, "images": list(emb.image_ids), "emotions": list(EMOTIONS),
+                                      "explanations": list(emb.texts),
+                                      "explanation_emotions": [EMOTIONS[e] for e in emb.text_emotion]})
+    return folder
 
 
 def retrieval_space(model) -> dict:

@@ -52,6 +52,25 @@ def _init_process_group(deepspeed, backend: str, attempts: int = 5) -> None:
             os.environ["MASTER_PORT"] = os.environ[_OWN_PORT] = str(free_port())
 
 
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from building and loading its shared-memory communication op in this process.
+
+    DeepSpeed's process-group wrapper (`deepspeed.comm.torch.TorchBackend`) JIT-builds that op on
+    every CPU start whatever the world size (about 35 s on a fresh machine, and concurrent runs
+    wait on each other's build lock). Only multi-rank inference all-reduces use it: one process
+    has nobody to share memory with. DeepSpeed has no config key or variable for this; before
+    building it asks `deepspeed.ops.__compatible_ops__`, its per-launch table of the ops that can be
+    built (kept in the module so that edits to it persist), so the op is marked not buildable
+    here. Multi-rank CPU runs keep it."""
+    import deepspeed.ops
+
+    try:
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+    except ImportError:  # a DeepSpeed without the op: nothing to skip
+        return
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def pick_device(requested: str) -> str:
     import torch
 
@@ -68,6 +87,8 @@ def init_distributed(device: str) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if device == "cpu" and os.environ.get("WORLD_SIZE") == "1":
+            skip_shm_comm_op()
         _init_process_group(deepspeed, "nccl" if device == "cuda" else "gloo")
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +148,14 @@ class TrainRecipe:
         self._parts: dict[str, list] = {}  # this step's loss terms, kept on the device until its end
         self._keys: list = []  # this step's image ids (named when the step is not finite)
         self._rank_info_written = False
+        self._started = self._first_batch = False  # this process's first optimizer step / micro-batch
 
     # -- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Checks, process group, data, model and engine, then the checkpoint (when resuming) and logs."""
+        from sevlm.train.telemetry import StartupClock
+
+        self.startup = StartupClock()  # the time to the first step, by phase (run.json "startup")
         d = self.cfg.data
         checks.check_lexicon(d.lexicon)
         checks.check_splits(d.dataset_dir, [d.train_split, d.val_split])
@@ -164,12 +167,19 @@ class TrainRecipe:
                                    self.run_dir)
         elif os.environ.get("RANK", "0") == "0":  # reads the whole cache through its checksums: damage is named now
             self._data_fingerprint = checks.data_fingerprint(self.cfg.data)
+        self.startup.lap("checks")
         self.rt = start_runtime(self.cfg)
+        self.startup.lap("process_group")
         self.setup_data()
-        self.setup_model()
+        self.startup.lap("data_setup")
+        self.setup_model()  # laps model_build and engine_build
+        self.setup_telemetry()
+        self.startup.lap("peak_flops")
         if self.resuming:
             self.load()
+            self.startup.lap("checkpoint_load")
         self.setup_logging()
+        self.startup.lap("run_folder")
 
     def setup_data(self) -> None:
         """Tokenizer, lexicon, corpus vocabulary, sequence builder and the data source."""
@@ -233,7 +243,22 @@ class TrainRecipe:
         # the process's expected peak: on a CPU what it holds already (torch, the data, the model) plus
         # what training adds; on a GPU the device memory training takes
         self.memory_estimate = added + (checks.resident_bytes() if rt.device == "cpu" else 0)
+        self._lap("model_build")
         self.engine, self.optimizer, self.scheduler = build_engine(model, cfg.optim, self.total_steps, rt.ds_config)
+        self._lap("engine_build")
+
+    def _lap(self, name: str) -> None:
+        if hasattr(self, "startup"):  # a benchmark may set up the parts without setup()
+            self.startup.lap(name)
+
+    def setup_telemetry(self) -> None:
+        """The step timer, with the peak FLOP/s MFU is taken against (on a CPU: measured now, once)."""
+        from sevlm.train.telemetry import StepTelemetry, peak_flops
+
+        rt = self.rt
+        self.peak = peak_flops(rt.device, rt.precision, rt.dtype)
+        self.telemetry = StepTelemetry(rt.device, self.model_config, rt.global_batch, rt.world,
+                                       self.peak["flops_per_s"])
 
     def setup_logging(self) -> None:
         """The run folder's config / ds_config / run.json (rank 0) and the metric log."""
@@ -270,10 +295,14 @@ class TrainRecipe:
                 write_json(self.run_dir / CONFIG_FILE, resolved)
             write_json(self.run_dir / "run.json", {
                 **derived, "lexicon_coverage": self.lexicon_info, "model_config": mc.__dict__, "git": _git_hash(),
+                "peak_flops_per_s": self.peak,
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
                 "resumed_at_step": self.state.step if self.resuming else None,
             })
             print("sevlm train: " + ", ".join(f"{k}={v}" for k, v in derived.items()), file=sys.stderr, flush=True)
+            peak = self.peak["flops_per_s"]
+            print(f"sevlm train: MFU is taken against {f'{peak / 1e12:.3g} TFLOP/s' if peak else 'no peak (no MFU)'} "
+                  f"({self.peak['source']})", file=sys.stderr, flush=True)
         self.log = RunLog(self.run_dir, rt.main, self.state.step if self.resuming else None)
 
     # -- one micro-batch ------------------------------------------------------------------------------
@@ -283,10 +312,13 @@ class TrainRecipe:
         from sevlm.train.data import split_inputs
 
         inputs, meta = split_inputs(batch, self.engine.device, self.rt.dtype)
+        self.telemetry.forward_start(batch)
         out = self.engine(**inputs)
         self.engine.backward(out.loss)
+        self.telemetry.backward_end()
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()  # at the boundary: skipped by DeepSpeed if the gradients are not finite
+        self.telemetry.step_end(boundary)
         self.state.position += 1
         for name in ("loss", "lm_loss", "cl_loss", "vad_loss", "align_loss"):
             if getattr(out, name) is not None:
@@ -437,7 +469,6 @@ class TrainRecipe:
         st, s = self.state, self.cfg.schedule
         self._bar = tqdm(total=self.total_steps, initial=st.step, desc="train", disable=not self.rt.main,
                          file=sys.stderr, dynamic_ncols=True)
-        self._clock = (time.perf_counter(), st.samples_seen)
         self.engine.train()
         stop = None
         while stop is None and st.step < self.total_steps and st.epoch < s.epochs:
@@ -450,24 +481,39 @@ class TrainRecipe:
         st = self.state
         epoch = st.epoch
         usable = self.steps_per_epoch * self.rt.accum  # leftover micro-batches would straddle epochs: dropped
-        for batch in self.source.epoch(epoch, st.position):
-            row = self.train_step(batch)
-            if row is None:
-                continue
-            stop = self._after_optimizer_step(row, end_of_epoch=st.position >= usable)
-            if stop or st.step >= self.total_steps or st.epoch != epoch:
-                return stop
+        self.telemetry.wait_start()
+        batches = iter(self.source.epoch(epoch, st.position))
+        try:
+            while True:
+                self.telemetry.wait_start()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                if not self._first_batch:
+                    self._first_batch = True
+                    self._lap("first_batch")
+                row = self.train_step(batch)
+                if row is None:
+                    continue
+                stop = self._after_optimizer_step(row, end_of_epoch=st.position >= usable)
+                if stop or st.step >= self.total_steps or st.epoch != epoch:
+                    return stop
+        finally:
+            self.telemetry.wait_start()  # stopping the epoch's loader (its workers) is the next batch's wait
+            getattr(batches, "close", lambda: None)()
         st.epoch, st.position = epoch + 1, 0  # the source ran out early
         return None
 
     def _after_optimizer_step(self, row: dict, end_of_epoch: bool) -> str | None:
         """Log the step, then validate and checkpoint on schedule."""
         st, s = self.state, self.cfg.schedule
-        now = time.perf_counter()
+        if not self._started:
+            self._first_step_done()
         if st.step % s.log_every == 0 or st.step == self.total_steps:
-            t, seen = self._clock
-            row["samples_per_s"] = (st.samples_seen - seen) / max(now - t, 1e-9)
-            self._clock = (now, st.samples_seen)
+            row.update(self.telemetry.report())
+            norm = self.engine.get_global_grad_norm()  # computed by clipping at this step (None without)
+            if norm is not None:
+                row["grad_norm"] = float(norm)
         self.log.write(row)
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}", epoch=st.epoch)
@@ -476,13 +522,23 @@ class TrainRecipe:
         if end_of_epoch:
             st.epoch, st.position = st.epoch + 1, 0
         stop = None
-        if validate:
-            stop, names = self._validate_and_keep()
-            self.save(*names)
-        elif st.step % s.checkpoint_every == 0:
-            self.save(LAST)
+        with self.telemetry.paused():  # not a training step's time
+            if validate:
+                stop, names = self._validate_and_keep()
+                self.save(*names)
+            elif st.step % s.checkpoint_every == 0:
+                self.save(LAST)
         _after_step(st)
         return stop
+
+    def _first_step_done(self) -> None:
+        """The start-up line and run.json's "startup": the time to the first step, by phase."""
+        self._started = True
+        self._lap("first_step")
+        if self.rt.main and hasattr(self, "startup"):
+            path = self.run_dir / "run.json"
+            write_json(path, {**read_json(path), "startup": self.startup.summary()})
+            self._bar.write("sevlm train: " + self.startup.line(), file=sys.stderr)  # above the progress bar
 
     def _finish(self, stop: str | None) -> Path:
         st, s = self.state, self.cfg.schedule

@@ -1,9 +1,13 @@
-"""The run's log: every metric as one JSON object per line in log.jsonl, and TensorBoard."""
+"""The run's log: every metric as one JSON object per line in log.jsonl, and TensorBoard.
+
+Every row carries `time`, the wall clock (Unix seconds) when it was written; it is not a
+TensorBoard scalar (TensorBoard records its own wall time per event)."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from sevlm.io import write_text
@@ -17,8 +21,6 @@ def _after_last_event_file(tb_dir: Path) -> None:
     `events.out.tfevents.<unix seconds>.<host>.<pid>.<counter>`: within one second, a resume in
     the same process can sort first (counter "10" < "9"), so a resume starts its file in a
     later second than any existing one."""
-    import time
-
     stamps = []
     for f in tb_dir.glob("events.out.tfevents.*"):
         try:
@@ -63,11 +65,11 @@ class RunLog:
         """One row of log.jsonl and, with `tensorboard`, its numbers as scalars at its step."""
         if not self.enabled:
             return
-        self._f.write(json.dumps(row) + "\n")
+        self._f.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
         self._f.flush()
         if tensorboard and self.tb is not None and "step" in row:
             for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
 
     def flush(self) -> None:

@@ -69,7 +69,8 @@ def test_retrieval_report_on_known_embeddings():
     model, chance = out["model"], out["chance"]
     assert model["image_to_explanation"]["R@1"] == 1.0 and model["image_to_explanation"]["median_rank"] == 1
     assert model["explanation_to_image"]["R@1"] == 1.0
-    assert model["image_to_emotion"] == {"accuracy": 1.0, "n": 48}
+    i2e = model["image_to_emotion"]
+    assert (i2e["accuracy"], i2e["n"]) == (1.0, 48) and np.trace(i2e["confusion"]["counts"]) == 48
     assert model["explanation_to_emotion"] == {"accuracy": 1.0, "n": 144}
     assert model["explanation_to_own_emotion"]["n"] == 180
     # 3 of 180 texts are right for each image; 1 of 60 images for each text
@@ -203,7 +204,9 @@ def test_exact_ranks_with_tied_and_duplicate_items():
     gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
     ranks = R.exact_ranks(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), np.array([7, 8]), gallery,
                           np.array([8, 7, 8, 9]), block=1)
-    assert ranks.tolist() == [1, 1]  # a tie with a wrong item does not count against the query
+    # query 0: its positive (row 1) ties with a wrong item (row 0), which counts against it; query 1:
+    # its best positive (row 2) is alone on top, its other positive (row 0) does not matter
+    assert ranks.tolist() == [2, 1]
     none = R.exact_ranks(np.eye(2, dtype=np.float32), np.array([5, 6]), gallery, np.array([8, 7, 8, 9]))
     assert none.tolist() == [5, 5]  # no positive: N + 1
 
@@ -253,3 +256,139 @@ def test_image_emotion_hits_resum_to_the_reported_accuracy():
     assert hits[dominant < 0, 0].sum() == 0
     expected = R._accuracy(R.normalize(images), R.normalize(emotions), dominant)["accuracy"]
     assert STATISTIC_FNS["image_to_emotion"](hits.sum(0)) == pytest.approx(expected)
+
+
+def _labelled_space(seed=0, n_img=40, dim=12):
+    """Images near their dominant emotion's vector (some with none), two explanations per image."""
+    rng = np.random.default_rng(seed)
+    emo = rng.standard_normal((9, dim))
+    dominant = rng.integers(-1, 9, n_img)
+    img = emo[np.maximum(dominant, 0)] + 1.2 * rng.standard_normal((n_img, dim))
+    txt = np.repeat(img, 2, axis=0) + 1.5 * rng.standard_normal((2 * n_img, dim))
+    return img, txt, np.repeat(np.arange(n_img), 2), emo, dominant
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_emotion_figures_add_up_to_the_aggregate(seed):
+    img, txt, text_image, emo, dominant = _labelled_space(seed)
+    r = R.retrieval_report(img, txt, text_image, emo, dominant)["model"]
+    i2e = r["image_to_emotion"]
+    per = i2e["per_emotion"]
+    assert list(per) == [*EMOTIONS, "none"]
+    assert sum(g["n"] for g in per.values()) == len(img) and per["none"]["n"] == int((dominant < 0).sum())
+    known = [g for e, g in per.items() if e != "none"]
+    assert sum(g["n"] for g in known) == i2e["n"]
+    assert sum(g["correct"] for g in known) / i2e["n"] == pytest.approx(i2e["accuracy"])
+    for g in known:  # accuracy is the class's recall
+        assert g["accuracy"] is None if g["n"] == 0 else g["accuracy"] == pytest.approx(g["correct"] / g["n"])
+    counts = np.array(i2e["confusion"]["counts"])
+    assert counts.sum() == i2e["n"] and np.trace(counts) == sum(g["correct"] for g in known)
+    assert [g["n"] for g in known] == counts.sum(axis=1).tolist() and [g["predicted"] for g in known] == counts.sum(axis=0).tolist()
+    for k in (1, 5, 10):  # n-weighted per-emotion recall is the aggregate (flat index: exact ranks)
+        weighted = sum(g["n"] * g[f"R@{k}"] for g in per.values() if g["n"]) / len(img)
+        assert weighted == pytest.approx(r["image_to_explanation"][f"R@{k}"])
+
+
+def test_confusion_counts_the_nearest_emotion():
+    emo = np.eye(9, 12)
+    img = np.stack([emo[0], emo[0], emo[3], emo[5]])  # true: 0, 1, 3, none -> predicted 0, 0, 3, 5
+    b = R.per_emotion_breakdown(img, emo, np.array([0, 1, 3, -1]), np.array([1, 2, 3, 4]))
+    counts = np.array(b["confusion"]["counts"])
+    assert counts[0, 0] == 1 and counts[1, 0] == 1 and counts[3, 3] == 1 and counts.sum() == 3
+    p = b["per_emotion"]
+    assert p["amusement"]["precision"] == 0.5 and p["awe"]["accuracy"] == 0.0 and p["none"] == {
+        "n": 1, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 4.0}
+    nearest, rank = R.emotion_ranks(img, emo, np.array([0, 1, 3, -1]))
+    assert nearest.tolist() == [0, 0, 3, 5] and rank[0] == 1 and rank[1] > 1 and rank[3] == 0
+
+
+def test_a_collapsed_space_scores_no_better_than_its_ties():
+    """Every embedding the same: every gallery item ties, and R@1 is 0, not 1."""
+    same = np.ones((6, 4), dtype=np.float32)
+    out = R.retrieval_metrics(same[:3], same, np.repeat(np.arange(3), 2), np.eye(9, 4), np.zeros(3, dtype=int))
+    assert out["image_to_explanation"]["R@1"] == 0.0 and out["image_to_explanation"]["median_rank"] == 5
+    assert out["explanation_to_image"]["median_rank"] == 3
+
+
+def test_exhaustive_ivf_scores_as_flat_on_duplicated_explanations():
+    """The demo's "IVF with nprobe = nlist below flat" gap: identical explanations of different
+    paintings tie; flat and an IVF index visiting every cell now agree."""
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((40, 8)).astype(np.float32)
+    txt = np.repeat(img, 3, axis=0) + 0.8 * rng.standard_normal((120, 8)).astype(np.float32)
+    txt[1::3] = txt[[(3 * (i + 1)) % 120 for i in range(40)]]  # each image's 2nd explanation copies the next image's 1st
+    text_image = np.repeat(np.arange(40), 3)
+    args = (img, txt, text_image, rng.standard_normal((9, 8)), np.zeros(40, dtype=int))
+    flat = R.retrieval_metrics(*args)
+    ivf = R.retrieval_metrics(*args, options=R.IndexOptions(kind="ivf", nlist=3, nprobe=3))
+    assert ivf["index"]["nprobe"] == ivf["index"]["nlist"] == 3
+    for d in ("image_to_explanation", "explanation_to_image"):
+        assert {k: ivf[d][k] for k in ("R@1", "R@5", "R@10")} == {k: flat[d][k] for k in ("R@1", "R@5", "R@10")}
+
+
+def test_recall_vs_exact_counts_returned_items_that_belong_in_the_exact_top_k():
+    gallery = np.array([[1.0, 0.0], [0.9, 0.1], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    q = np.array([[1.0, 0.0]], dtype=np.float32)  # exact order: 0, then 1 and 2 tied, 3, 4
+    assert R.recall_vs_exact(q, gallery, np.array([[0, 1, 2]]), (1, 2, 3)) == {"R@1": 1.0, "R@2": 1.0, "R@3": 1.0}
+    assert R.recall_vs_exact(q, gallery, np.array([[0, 2, 3]]), (1, 2, 3)) == {"R@1": 1.0, "R@2": 1.0, "R@3": 2 / 3}
+    assert R.recall_vs_exact(q, gallery, np.array([[3, 0, -1]]), (1, 3)) == {"R@1": 0.0, "R@3": 1 / 3}
+
+
+def _clustered(n=6000, dim=16, clusters=60, n_queries=200, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n + n_queries)] + 0.3 * rng.standard_normal((n + n_queries, dim))
+    x = R.normalize(x)
+    return x[:n], x[n:]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+def test_every_approximate_index_reports_its_recall_against_exact(kind):
+    gallery, queries = _clustered()
+    idx = R.Index(gallery, R.IndexOptions(kind=kind, nlist=64, nprobe=64, ef_search=256, pq_m=8))
+    _, ids = idx.search(queries, 10)
+    rec = R.recall_vs_exact(queries, gallery, ids)
+    if kind == "ivfpq":  # compressed codes: approximate even when every cell is visited
+        assert 0.3 < rec["R@10"] < 1.0 and idx.describe()["pq_m"] == 8 and idx.describe()["pq_bits"] == 8
+    else:
+        assert rec["R@10"] >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_tune_picks_the_fastest_setting_reaching_the_target(kind):
+    gallery, queries = _clustered()
+    idx = R.Index(gallery, R.IndexOptions(kind=kind, nlist=64, nprobe=1, ef_search=16))
+    t = R.tune_index(idx, queries, gallery, 0.9)
+    name = "nprobe" if kind == "ivf" else "efSearch"
+    assert t["reached"] and t["chosen"].startswith(f"{name}=") and t["recall_vs_exact"] >= 0.85
+    assert {p["key"].split("=")[0] for p in t["points"]} == {name}
+    chosen = next(p for p in t["points"] if p["key"] == t["chosen"])
+    assert all(p["recall"] < 0.9 for p in t["points"] if p["ms_per_query"] < chosen["ms_per_query"])
+    value = int(t["chosen"].split("=")[1])
+    assert idx.describe()["nprobe" if kind == "ivf" else "efSearch"] == value  # the index now searches so
+
+
+def test_index_options_name_the_bad_flag():
+    for opts, flag in ((dict(nprobe=0), "--nprobe"), (dict(kind="flat", tune_recall=0.9), "--tune"),
+                       (dict(kind="ivf", tune_recall=1.5), "--tune"), (dict(pq_bits=20), "--pq-bits")):
+        with pytest.raises(ConfigError, match=flag):
+            R.IndexOptions(**opts).check()
+    with pytest.raises(ConfigError, match="--pq-m: 5 does not divide the embedding dimension 16"):
+        R.Index(np.eye(16, dtype=np.float32).repeat(10, axis=0), R.IndexOptions(kind="ivfpq", pq_m=5))
+
+
+def test_an_index_faiss_cannot_place_on_the_gpu_falls_back_to_the_cpu(monkeypatch):
+    import faiss
+
+    def refuse(*_a):
+        raise RuntimeError("Error in GpuIndexIVFPQ: bits per code 5 not supported")
+
+    monkeypatch.setattr(R, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    gallery, _ = _clustered(n=2000)
+    idx = R.Index(gallery, R.IndexOptions(kind="ivfpq", pq_m=4, pq_bits=5))  # auto: the GPU if it can
+    assert idx.device == "cpu" and "not supported" in idx.describe()["gpu_fallback"]
+    assert idx.search(gallery[:3], 1)[1][:, 0].tolist() != [-1, -1, -1]
+    with pytest.raises(ConfigError, match="--gpu: faiss cannot put this ivfpq index on the GPU"):
+        R.Index(gallery, R.IndexOptions(kind="ivfpq", pq_m=4, pq_bits=5, use_gpu=True))

@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WALL_CLOCK = ("samples_per_s",)  # log.jsonl fields that depend on the machine's speed, not the run
+# log.jsonl fields that a resumed run cannot repeat, left out when two runs are compared (and
+# only these: every loss, rate and the gradient norm must still match): the row's wall-clock
+# `time`, the step timings and rates (the machine's speed), the peak memory (this process's,
+# not the run's), and `tokens`, counted over the window since the last row (a resume starts a
+# new window).
+WALL_CLOCK = ("time", "step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac", "samples_per_s",
+              "tokens_per_s", "tokens", "mfu", "mem_peak_rss_gib", "mem_peak_alloc_gib", "mem_peak_reserved_gib")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -36,9 +36,19 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    # several CPU ranks keep DeepSpeed's shared-memory op (a single process skips it: test_telemetry)
+    assert all("deepspeed_shm_comm_op built successfully" in out for out in outputs)
 
     run = json.loads((run_dir / "run.json").read_text())
     assert run["world_size"] == 2 and run["global_batch"] == 8  # micro 4 x 2 ranks x accum 1
+    # the step telemetry of two ranks: timings averaged over ranks, samples and tokens of both
+    from tests.train.test_telemetry import TIMINGS
+
+    step = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])
+    assert all(step[k] >= 0 and step[k] == step[k] for k in TIMINGS), step
+    assert step["samples_per_s"] == pytest.approx(8 / step["step_time_s"], rel=1e-3)
+    assert step["tokens_per_s"] == pytest.approx(step["tokens"] / step["step_time_s"], rel=1e-3)
+    assert step["tokens"] > run["max_tokens_per_step"] / 2  # more than one rank could hold: both ranks counted
     ranks = [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     trainable = ranks[0]["trainable_parameters"]
     for info in ranks:
