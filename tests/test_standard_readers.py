@@ -389,7 +389,8 @@ def test_faiss_index_read_by_faiss_gives_sevlms_neighbours(built, sevlm_run):
     assert np.array_equal(ids, np.argsort(-(gallery @ gallery.T), axis=1))  # exact on a gallery this small
     # the query `sevlm retrieve` answered, searched in the index as faiss reads it
     q = normalize(embed_query_text(sevlm_run, QUERY))
-    top = _json(built["query"])["results"]
+    (answer,) = _json(built["query"])["queries"]  # one query asked
+    top = answer["results"]
     _, ids = index.search(q, len(top))
     assert [names[i]["image_id"] for i in ids[0]] == [r["image_id"] for r in top]
 
