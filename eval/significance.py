@@ -15,7 +15,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sevlm.data.artemis import DOMINANCE_RULES
+    from sevlm.emotions import DOMINANCE_RULES
     from sevlm.errors import SevlmError
     from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
 

@@ -9,16 +9,16 @@ counting them would forbid explanations such as "the emotion in her face" (a big
 prompt) or a second "because the", and ArtEmis's samplers likewise drop repeated bigrams
 within the generated utterance alone.
 
-The defaults (greedy, no_repeat_ngram 2, repetition_penalty 1.2) were chosen on the demo's
-validation split (README, "Decoding"): among the settings with no repeated bigram and the
-emotion accuracy of greedy decoding, the best CIDEr. Greedy decoding still gives paintings of
-one emotion near-identical explanations (60-75% distinct), so the demo config samples the
-explanation (top_p 0.9, temperature 0.4, seeded): 100% distinct at greedy's accuracy and the
-best validation CIDEr of the sampled settings, and spells only the training explanations'
-words (`corpus_words`: a small corpus-vocabulary model otherwise glues BPE pieces into
-non-words such as "turqu" or "flatige"; docs/PIPELINE_NOTES.md has the measurements).
-Sampling never touches the label: it is a classification and is decoded greedily; only tokens after " because" are drawn. Beam search ranks whole sequences, so it
-may trade the label for a likelier explanation: there it cost 18-36 points of validation emotion accuracy.
+The defaults (greedy, no_repeat_ngram 2, repetition_penalty 1.2) are, among the settings with
+no repeated bigram and greedy decoding's emotion accuracy, the one with the best validation
+CIDEr on the demo. Greedy decoding gives paintings of one emotion near-identical explanations,
+so the demo config samples the explanation (top_p 0.9, temperature 0.4, seeded) and spells only
+the training explanations' words (`corpus_words`: a small corpus-vocabulary model otherwise
+glues BPE pieces into non-words). The tables behind these choices: docs/RESULTS.md (Decoding)
+and docs/PIPELINE_NOTES.md.
+Sampling never touches the label: it is a classification and is decoded greedily; only tokens
+after " because" are drawn. Beam search ranks whole sequences, so it may trade the label for a
+likelier explanation (docs/REFERENCE.md has what that cost).
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ STUDY_ARGS = ["--config", "tiny", "--seeds", "2", "--variants", "baseline", "ful
 
 def _finished(out: Path) -> list[Path]:
     """The study's finished run folders, by the study's own rule (every stage's output exists)."""
-    from sevlm.ablation import run_finished
+    from sevlm.study_folder import run_finished
 
     if not (out / "study.json").exists():
         return []

@@ -9,7 +9,7 @@ import h5py
 import pytest
 
 from sevlm.cli import main
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.export import RunDataPaths
 from sevlm.io import sha256_file
 

@@ -50,9 +50,11 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sevlm.constants import EMOTIONS  # noqa: E402
-from sevlm.features.hdf5 import H5FeatureDataset, extract_features  # noqa: E402
-from sevlm.features.shards import shard_pipeline, write_shards  # noqa: E402
+from sevlm.emotions import EMOTIONS  # noqa: E402
+from sevlm.features.hdf5 import H5FeatureDataset  # noqa: E402
+from sevlm.features.hdf5_writer import extract_features  # noqa: E402
+from sevlm.features.shard_writer import write_shards  # noqa: E402
+from sevlm.features.shards import shard_pipeline  # noqa: E402
 from sevlm.io import write_json  # noqa: E402
 
 
@@ -223,7 +225,8 @@ def checksum_benchmark(args, work: Path) -> dict:
     """Reads of one cache with and without fletcher32 checksums, side by side (see the docstring)."""
     import numpy as np
 
-    from sevlm.features.hdf5 import _CHECKSUM_ENV, FeatureStore
+    from sevlm.features.hdf5 import FeatureStore
+    from sevlm.features.hdf5_writer import _CHECKSUM_ENV
 
     paths = {}
     for shape in SHAPES:

@@ -38,8 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import sevlm  # noqa: F401  first: it sets the passive OpenMP wait before faiss or torch loads OpenMP
 import numpy as np  # noqa: E402
+
+import sevlm  # noqa: F401  first: it sets the passive OpenMP wait before faiss or torch loads OpenMP
 
 
 def numpy_topk(queries: np.ndarray, gallery: np.ndarray, k: int, block: int = 256) -> np.ndarray:
@@ -181,8 +182,7 @@ def _sentence(rng: random.Random) -> str:
 
 
 def bench_evaluation(n_pred: int, refs_per_image: int, seed: int) -> dict:
-    from sevlm.constants import EMOTIONS
-    from sevlm.data.artemis import dominant_emotion
+    from sevlm.emotions import EMOTIONS, dominant_emotion
     from sevlm.evaluation.metrics import evaluate
 
     rng = random.Random(seed)

@@ -133,7 +133,7 @@ def _batch_builder(spec: dict, micro: int):
     annotations exactly as the trainer builds it from the training split."""
     import numpy as np
 
-    from sevlm.constants import EMOTIONS
+    from sevlm.emotions import EMOTIONS
     from sevlm.data.vad import VADLexicon
     from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
 

@@ -78,7 +78,7 @@ def train_flops_per_image(model: dict, n_visual: int) -> float:
 def _dataset(work: Path, size: dict, device: str) -> tuple[Path, Path]:
     """Demo paintings -> dataset folder -> feature file of the requested token geometry."""
     from sevlm.cli import main
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     raw, ds, feats = work / "raw", work / "dataset", work / "features.h5"
     if not (ds / "manifest.json").exists():

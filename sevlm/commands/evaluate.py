@@ -20,7 +20,7 @@ EXAMPLES = """\
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sevlm.data.artemis import DOMINANCE_RULES
+    from sevlm.emotions import DOMINANCE_RULES
     from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
     from sevlm.evaluation.metrics import BECAUSE_RULES
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate(run_dir, dataset_dir, split, out_path, features=None) -> None:
     """Generate predictions for a split with the run's model (greedy, as the paper)."""
-    from sevlm.generate import generate_split
+    from sevlm.predictions import generate_split
 
     generate_split(run_dir, split, out_path, dataset_dir=dataset_dir, features=features)
 

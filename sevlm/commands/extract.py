@@ -43,7 +43,8 @@ def run(args) -> int:
     import os
 
     from sevlm.features.common import launcher_rank
-    from sevlm.features.hdf5 import FeatureStore, extract_features
+    from sevlm.features.hdf5 import FeatureStore
+    from sevlm.features.hdf5_writer import extract_features
 
     rank, world_size = launcher_rank(args.rank, args.world_size)
     device = args.device

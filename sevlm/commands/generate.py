@@ -69,7 +69,7 @@ def run(args) -> int:
     from collections import Counter
 
     from sevlm.errors import ConfigError
-    from sevlm.generate import generate_split
+    from sevlm.predictions import generate_split
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")

@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
-    from sevlm.generate import predict_images
+    from sevlm.predictions import predict_images
 
     results = predict_images(args.run, image_files(args.images), decoding=decoding_changes(args), device=args.device,
                              lexicon=args.lexicon)
@@ -47,7 +47,7 @@ def image_files(items: list[str]) -> list[str]:
     import glob
     from pathlib import Path
 
-    from sevlm.data.artemis import IMAGE_SUFFIXES
+    from sevlm.data.table import IMAGE_SUFFIXES
     from sevlm.errors import DataError
 
     suffixes = {s.lower() for s in IMAGE_SUFFIXES}

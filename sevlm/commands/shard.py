@@ -35,7 +35,7 @@ def run(args) -> int:
 
 
 def _write(args, split: str, rank: int, world_size: int) -> None:
-    from sevlm.features.shards import pending_shard_parts, write_shards
+    from sevlm.features.shard_writer import pending_shard_parts, write_shards
 
     entry = write_shards(
         features_path=args.features,

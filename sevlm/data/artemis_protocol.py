@@ -24,12 +24,12 @@ from typing import Iterable
 
 import numpy as np
 
-from sevlm.data.artemis import (
+from sevlm.data.table import (
     Annotation,
     ReadResult,
     RowError,
+    nfc,
     parse_emotion,
-    parse_painting,
     parse_utterance,
     read_table,
 )
@@ -40,6 +40,16 @@ ARTEMIS_LOADS = (0.85, 0.05, 0.10)  # train, val, test (ArtEmis's --split-loads)
 ARTEMIS_SPLITS = ("train", "val", "test", "rest")
 TOO_LONG_PERCENTILE = 95
 PREPROCESSED_COLUMNS = ("art_style", "painting", "emotion", "utterance", "split", "utterance_spelled")
+
+
+def parse_painting(row: dict[str, str]) -> tuple[str, str]:
+    """(art_style, painting) of an ArtEmis row, NFC, checked to be file names."""
+    style, painting = nfc(row["art_style"].strip()), nfc(row["painting"].strip())
+    if not style or not painting:
+        raise RowError("empty_name", "empty art_style or painting")
+    if "/" in style or "/" in painting or style in (".", "..") or painting in (".", ".."):
+        raise RowError("bad_name", f"art_style/painting {style!r}/{painting!r} is not a file name")
+    return style, painting
 
 
 def split_key(art_style: str, painting: str) -> str:

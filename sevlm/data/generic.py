@@ -17,25 +17,27 @@ import os
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
-from sevlm.constants import SPLITS
-from sevlm.data.artemis import (
+from sevlm.data.folder import (
     SPLIT_FRACTIONS,
+    SPLITS,
+    check_out_dir,
+    drop_short,
+    manifest_base,
+    no_training_data,
+    split_paintings,
+    write_dataset,
+)
+from sevlm.data.table import (
     Annotation,
     ImageIndex,
     ReadResult,
     RowError,
-    check_out_dir,
-    drop_short,
     find_images,
     make_annotation,
-    manifest_base,
     nfc,
-    no_training_data,
     parse_emotion,
     parse_utterance,
     read_table,
-    split_paintings,
-    write_dataset,
 )
 from sevlm.errors import ConfigError
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sevlm.constants import EMOTIONS
 from sevlm.demo.tables import FEELINGS, NEIGHBOURS, SHORT, TEMPLATES
+from sevlm.emotions import EMOTIONS
 
 
 def crowd_emotions(emotion: str, secondary: str, mix: float, n: int, rng) -> list[str]:

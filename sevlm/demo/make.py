@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
 from sevlm.demo.crowd import crowd_emotions, write_utterance
 from sevlm.demo.draw import draw_painting
 from sevlm.demo.real import real_paintings
 from sevlm.demo.tables import ARTISTS, GENERIC_SHAPES, LOOKS, NEIGHBOURS, STYLES, TITLES
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.io import atomic_path, write_json, write_text
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sevlm.constants import EMOTIONS
 from sevlm.demo.tables import HUE_NAMES, PROTOTYPES
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sevlm.study_folder import REPORT, RETRIEVAL, RETRIEVAL_STATS, STATS, log_path, run_dir, run_finished
+
 # (key, label, source): REPORT.json keys, and the image -> emotion accuracy of retrieve
 METRICS = [
     ("BLEU-1", "BLEU-1", "report"), ("BLEU-2", "BLEU-2", "report"), ("BLEU-3", "BLEU-3", "report"),
@@ -43,8 +45,6 @@ def stars(p: float | None) -> str | None:
 
 def run_figures(folder: Path) -> dict:
     """The table's figures of one finished run folder."""
-    from sevlm.ablation import REPORT, RETRIEVAL
-
     report = json.loads((folder / REPORT).read_text(encoding="utf-8"))
     out = {k: report.get(k) for k, _, src in METRICS if src == "report"}
     retrieval = folder / RETRIEVAL
@@ -58,8 +58,6 @@ def run_figures(folder: Path) -> dict:
 
 def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list[dict]:
     """Per variant: each seed's status (done / failed with its error / not run) and figures."""
-    from sevlm.ablation import log_path, run_dir, run_finished
-
     rows = []
     for name in names:
         v = spec["variants"][name]
@@ -88,7 +86,6 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
 
 
 def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    from sevlm.ablation import RETRIEVAL_STATS, STATS
     from sevlm.evaluation.significance import read_statistics
 
     ids, stats, _ = read_statistics(folder / STATS)
@@ -102,7 +99,6 @@ def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 0) -> dict:
     """Variant B against A, seeds paired and pooled (module docstring)."""
-    from sevlm.ablation import run_dir
     from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests
 
     done_a = {r["seed"]: r for r in row_a["runs"] if r["status"] == "done"}

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
+from sevlm.evaluation.emo_base import TextEmotionClassifier
 
 # ArtEmis's names (module, class), as pickle records them.
 ARTEMIS_CLASSES = {
@@ -342,7 +343,7 @@ def _lstm(obj, where: str):
     return rnn.eval()
 
 
-class ArtEmisTextClassifier:
+class ArtEmisTextClassifier(TextEmotionClassifier):
     """ArtEmis's text -> emotion LSTM classifier from its released checkpoint and vocabulary."""
 
     classes = list(EMOTIONS)  # ArtEmis's ARTEMIS_EMOTIONS: the same 9, in the same order
@@ -429,11 +430,6 @@ class ArtEmisTextClassifier:
         probs = [torch.softmax(self.logits(texts[i : i + batch_size]).float(), -1).numpy()
                  for i in range(0, len(texts), batch_size)]
         return np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes)))
-
-    def predict(self, texts: list[str]) -> list[str]:
-        if not len(texts):
-            return []
-        return [self.classes[k] for k in self.predict_proba(list(texts)).argmax(axis=1)]
 
     def describe(self) -> dict:
         return {"kind": "artemis", "checkpoint": self.checkpoint, "vocabulary": self.vocabulary_path,

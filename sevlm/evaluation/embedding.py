@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTION_TO_INDEX, EMOTIONS
+from sevlm.emotions import EMOTION_TO_INDEX, EMOTIONS
 from sevlm.errors import DataError
 
 FILLER = "it"  # explanation text for the emotion-only sequences; the emotion embedding ignores it
@@ -96,8 +96,8 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
     import torch
     from tqdm import tqdm
 
+    from sevlm.data.folder import load_split_records
     from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.features.common import load_split_records
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)

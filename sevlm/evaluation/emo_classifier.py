@@ -25,12 +25,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
 from sevlm.errors import ConfigError, DataError
+from sevlm.evaluation.emo_base import SPEC_NAME, TextEmotionClassifier, load_spec, save_spec
+from sevlm.evaluation.emo_lstm import LSTMEmotionClassifier
+from sevlm.io import read_json, sha256_file
 
 CLASSIFIER_DIRNAME = "emo_classifier"
 CLASSIFIER_KINDS = ("tfidf", "lstm")
-SPEC_NAME = "classifier.json"
 FORMAT = "sevlm-emo-classifier/1"
 DEFAULT_PARAMS = {
     "lowercase": True,
@@ -44,7 +45,7 @@ DEFAULT_PARAMS = {
 
 
 @dataclass
-class EmotionClassifier:
+class EmotionClassifier(TextEmotionClassifier):
     classes: list[str]
     vocabulary: list[str]  # feature index -> term
     idf: np.ndarray  # [V]
@@ -86,11 +87,6 @@ class EmotionClassifier:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def predict(self, texts: list[str]) -> list[str]:
-        if not len(texts):
-            return []
-        return [self.classes[k] for k in self.predict_proba(texts).argmax(axis=1)]
-
     def describe(self) -> dict:
         return {"kind": "tfidf", "format": FORMAT, "classes": self.classes, "n_features": len(self.vocabulary), "params": self.params, **self.meta}
 
@@ -114,35 +110,6 @@ class EmotionClassifier:
             raise DataError(f"{weights}: array shapes do not match the vocabulary/classes in {where}")
         params = {**DEFAULT_PARAMS, **spec["params"]}
         return cls(classes, vocab, idf, coef, intercept, params, spec.get("meta", {}))
-
-
-def save_spec(directory: str | Path, weights_name: str, write_weights, spec: dict) -> None:
-    """Write the weights (`write_weights(tmp_path)`) atomically, then the JSON spec naming their sha256."""
-    from sevlm.io import atomic_path, sha256_file, write_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / weights_name) as tmp:
-        write_weights(tmp)
-    write_json(directory / SPEC_NAME, {**spec, "weights_sha256": sha256_file(directory / weights_name)}, indent=None)
-
-
-def load_spec(directory: str | Path, fmt: str, weights_name: str) -> tuple[dict, Path, Path]:
-    """The checked JSON spec, the weights path (its sha256 verified) and the spec's path."""
-    from sevlm.io import read_json, sha256_file
-
-    directory = Path(directory)
-    where = directory / SPEC_NAME
-    spec = read_json(where)
-    if not isinstance(spec, dict) or spec.get("format") != fmt:
-        raise DataError(f"{where}: not a {fmt} file")
-    weights = directory / weights_name
-    if not weights.exists() or sha256_file(weights) != spec.get("weights_sha256"):
-        raise DataError(f"{weights}: missing or does not match {where} (delete the folder to retrain)")
-    classes = spec.get("classes")
-    if not isinstance(classes, list) or any(c not in EMOTIONS for c in classes):
-        raise DataError(f"{where}: unknown class in {classes}")
-    return spec, weights, where
 
 
 def train_classifier(texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> EmotionClassifier:
@@ -177,8 +144,6 @@ def train_classifier(texts: list[str], labels: list[str], params: dict | None = 
 
 
 def _annotations(dataset_dir: Path, split: str) -> tuple[list[str], list[str]]:
-    from sevlm.io import read_json
-
     path = dataset_dir / f"{split}.json"
     data = read_json(path)
     texts, labels = [], []
@@ -207,8 +172,6 @@ def _kind(kind: str):
     if kind == "tfidf":
         return EmotionClassifier
     if kind == "lstm":
-        from sevlm.evaluation.emo_lstm import LSTMEmotionClassifier
-
         return LSTMEmotionClassifier
     raise ConfigError(f"emotion classifier {kind!r}: expected one of {', '.join(CLASSIFIER_KINDS)}")
 
@@ -218,8 +181,6 @@ def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: 
     """The dataset's classifier of `kind` from `DATASET_DIR/emo_classifier/<kind>/`, trained and
     saved on first use. A saved classifier is reused only while train.json is unchanged (its
     sha256 is recorded) and its parameters are the ones asked for."""
-    from sevlm.io import sha256_file
-
     cls = _kind(kind)
     dataset_dir = Path(dataset_dir)
     train_json = dataset_dir / "train.json"

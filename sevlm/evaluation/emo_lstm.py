@@ -21,8 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
+from sevlm.evaluation.emo_base import TextEmotionClassifier, load_spec, save_spec
 
 FORMAT = "sevlm-emo-classifier-lstm/1"
 WEIGHTS = "weights.safetensors"
@@ -77,7 +78,7 @@ def _net(vocab_size: int, n_classes: int, params: dict):
 
 
 @dataclass
-class LSTMEmotionClassifier:
+class LSTMEmotionClassifier(TextEmotionClassifier):
     classes: list[str]
     vocabulary: list[str]  # token id -> word; 0 is <pad>, 1 is <unk>
     state: dict  # the network's state_dict (CPU tensors)
@@ -101,7 +102,7 @@ class LSTMEmotionClassifier:
         """Token ids [N, T] (0-padded); a text without words becomes one <unk>."""
         import torch
 
-        from sevlm.data.artemis import tokenize
+        from sevlm.data.table import tokenize
 
         rows = [[self._index.get(w, 1) for w in tokenize(t)][: self.params["max_tokens"]] or [1] for t in texts]
         out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
@@ -119,11 +120,6 @@ class LSTMEmotionClassifier:
                 probs.append(torch.softmax(logits.float(), dim=-1).numpy())
         return np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes)))
 
-    def predict(self, texts: list[str]) -> list[str]:
-        if not len(texts):
-            return []
-        return [self.classes[k] for k in self.predict_proba(list(texts)).argmax(axis=1)]
-
     def describe(self) -> dict:
         n_params = int(sum(t.numel() for t in self.state.values()))
         return {"kind": "lstm", "format": FORMAT, "classes": self.classes, "vocab_size": len(self.vocabulary),
@@ -132,8 +128,6 @@ class LSTMEmotionClassifier:
     # -- storage (no pickle) ----------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
-
-        from sevlm.evaluation.emo_classifier import save_spec
 
         state = {k: v.contiguous() for k, v in self.state.items()}
         save_spec(directory, WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}),
@@ -144,8 +138,6 @@ class LSTMEmotionClassifier:
     def load(cls, directory: str | Path) -> "LSTMEmotionClassifier":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-
-        from sevlm.evaluation.emo_classifier import load_spec
 
         spec, weights, where = load_spec(directory, FORMAT, WEIGHTS)
         try:
@@ -170,7 +162,7 @@ class LSTMEmotionClassifier:
         import torch
         from tqdm import tqdm
 
-        from sevlm.data.artemis import tokenize
+        from sevlm.data.table import tokenize
 
         params = {**DEFAULT_PARAMS, **(params or {})}
         if len(set(labels)) < 2:

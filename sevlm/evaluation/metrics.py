@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS, EMOTION_TO_INDEX
-from sevlm.data.artemis import (
+from sevlm.data.table import clean_utterance, tokenize
+from sevlm.emotions import (
+    EMOTION_TO_INDEX,
+    EMOTIONS,
     check_dominance_rule,
-    clean_utterance,
     dominant_emotion,
     dominant_from_distribution,
-    tokenize,
 )
 from sevlm.errors import ConfigError, DataError
 
@@ -62,7 +62,7 @@ def normalise_emotion(label: str) -> str:
 
 
 def entry_dominant(entry: dict, where: str = "", rule: str = "artemis") -> str | None:
-    """An image's dominant emotion under `rule` (sevlm.data.artemis.DOMINANCE_RULES), recomputed
+    """An image's dominant emotion under `rule` (sevlm.emotions.DOMINANCE_RULES), recomputed
     from its votes: the `emotion_distribution` when present (`sevlm prepare` takes it over every
     vote, including annotations dropped for a too-short utterance). Without one, a stored
     `dominant_emotion` stands for the "artemis" rule, else the kept `emotions` are counted."""

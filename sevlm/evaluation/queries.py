@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -129,7 +129,7 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
     "emotions": the 9 by score[, "image_id", "ground_truth" of a query image from the split]}]}.
     """
     from sevlm.evaluation.retrieval import IndexOptions, load_gallery, recall_vs_exact, retrieval_space
-    from sevlm.features.common import load_split_records
+    from sevlm.data.folder import load_split_records
 
     options = options or IndexOptions()
     if not queries:

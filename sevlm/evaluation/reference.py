@@ -37,10 +37,9 @@ class SplitData:
 
 def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
-    from sevlm.constants import EMOTION_TO_INDEX
-    from sevlm.data.artemis import emotion_distribution
+    from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
     from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.features.common import load_split_records
+    from sevlm.data.folder import load_split_records
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)
@@ -144,7 +143,7 @@ def majority_share(dominant: np.ndarray) -> float:
 def reference_points(dataset_dir, features, split: str = "test", seed: int = 0, embeddings: dict | None = None) -> dict:
     """Both reference models on `split`, with the split's majority-class share; an `embeddings`
     dict receives the linear model's (`linear_clip`) and "image_ids", the split's images in order."""
-    from sevlm.features.common import load_split_records
+    from sevlm.data.folder import load_split_records
 
     train, val = load_split_data(dataset_dir, features, "train"), load_split_data(dataset_dir, features, "val")
     test = load_split_data(dataset_dir, features, split)

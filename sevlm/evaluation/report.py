@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.io import atomic_path, write_json, write_text
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -169,7 +169,7 @@ EXAMPLE_DPI = 80  # with the panel size, fixes the picture's pixel size (no tigh
 def pick_examples(ev, images_dir: str | Path, n: int = EXAMPLE_PAINTINGS) -> tuple[list[dict], str | None]:
     """Up to `n` scored paintings, spread evenly over the sorted image ids among those whose image
     is in `images_dir`, each with its generated and first human explanation; or ([], why not)."""
-    from sevlm.features.common import resolve_image
+    from sevlm.data.folder import resolve_image
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -250,7 +250,7 @@ def _thumbnail(images_dir: Path, image_name: str | None):
     """The painting as an RGB thumbnail, or (None, why) when it cannot be read."""
     from PIL import Image
 
-    from sevlm.features.common import resolve_image
+    from sevlm.data.folder import resolve_image
 
     path = resolve_image(images_dir, image_name) if image_name else None
     if path is None:
@@ -552,7 +552,7 @@ def statistics_path(report_json) -> Path:
 
 def _recorded_images_dir(dataset_dir) -> Path | None:
     from sevlm.errors import DataError
-    from sevlm.features.common import dataset_images_dir
+    from sevlm.data.folder import dataset_images_dir
 
     try:
         return dataset_images_dir(dataset_dir)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")

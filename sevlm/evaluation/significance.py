@@ -160,7 +160,7 @@ def compare(
     dominance: str = "artemis",
 ) -> dict:
     """Paired tests of B against A on BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy (+ emo_align);
-    `dominance` is the dominant-emotion rule (sevlm.data.artemis.DOMINANCE_RULES)."""
+    `dominance` is the dominant-emotion rule (sevlm.emotions.DOMINANCE_RULES)."""
     refs = M.load_references(references_path, dominance)
     pa, wa = M.align(M.load_predictions(predictions_a), refs, predictions_a, strict)
     pb, wb = M.align(M.load_predictions(predictions_b), refs, predictions_b, strict)

@@ -1,10 +1,5 @@
-"""WebDataset shards of cached features, and the reader pipeline over them.
-
-Writing: `write_shards` turns one split of the HDF5 store into `{split}-%06d.tar` shards, each
-sample holding `tokens.npy`, `pooled.npy` (float16, as stored) and `json` (keys + annotations),
-and records per-shard counts and sha256 in `<out_dir>/manifest.json` (one entry per split,
-written atomically after the shards are in place). Ranks may write disjoint shard ranges in
-parallel; the last to finish puts them in place and writes the manifest entry.
+"""WebDataset shards of cached features: their format, and the reader pipeline over them
+(`sevlm.features.shard_writer` writes them).
 
 Reading: `open_shards` reads a split's manifest once (from a local folder, a URL or a WebDataset
 URL pattern: see `locate`), checks the listed files, and warns with the counts when the split is
@@ -12,16 +7,14 @@ partial. Each shard's sha256 is checked against the manifest the first time it i
 shard is read whole and hashed before any of its samples is used, then marked verified in shared
 memory so that later epochs and DataLoader workers stream it without hashing again.
 `shard_pipeline` shuffles the shard list (seed, epoch; the same on every rank), deals it to the
-ranks round-robin and, within a rank, to the DataLoader workers (`worker_plan`); then each
-worker runs the webdataset stages
-    read its tar samples (to its quota) -> shuffle samples -> decode [-> collate micro-batches]
+ranks round-robin (`deal_shards`) and, within a rank, to the DataLoader workers (`sample_share`);
+then each worker runs the webdataset stages
+    read its tar samples (to its quota) -> shuffle samples -> decode
 Equal samples per rank per epoch: every rank yields exactly `samples_per_rank = max over ranks
 of its shard total` samples, a rank with fewer samples repeating its own first samples (so
-nothing is dropped, a few samples are seen twice per epoch). Training asks for whole
-micro-batches, built and collated inside the workers (one tensor per batch crosses the process
-boundary, fp16 as stored); a worker's share is cut to whole batches, so up to a batch's worth
-of its samples may sit out an epoch, a different few each epoch. Build one pipeline per epoch
-(`epoch=`), which reshuffles shards and samples.
+nothing is dropped, a few samples are seen twice per epoch). Build one pipeline per epoch
+(`epoch=`), which reshuffles shards and samples. Training reads the same stages in whole
+micro-batches, its order and resume position kept by `sevlm.train.order`.
 """
 
 from __future__ import annotations
@@ -33,11 +26,10 @@ import json
 import os
 import random
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -46,171 +38,12 @@ import torch
 import webdataset as wds
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.features.common import dataset_manifest_sha256, launcher_rank, load_split_records, make_sample
-from sevlm.io import read_json, sha256_file, write_json
-from sevlm.locks import claim
+from sevlm.features.common import make_sample
+from sevlm.features.remote import DEFAULT_READ_TIMEOUT, StalledRead, open_url
 
 FORMAT = "sevlm-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PART_RECORD = "part.json"  # written last into a rank's temporary folder: its shards are complete
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _part_dir(out_dir: Path, split: str, rank: int, world_size: int) -> Path:
-    return out_dir / f".{split}.part-{rank}-of-{world_size}"
-
-
-def pending_shard_parts(out_dir: str | Path, split: str, world_size: int) -> list[int]:
-    """Ranks whose share of a distributed `write_shards` is not finished yet."""
-    return [k for k in range(world_size) if not (_part_dir(Path(out_dir), split, k, world_size) / PART_RECORD).exists()]
-
-
-def write_shards(
-    features_path: str | Path,
-    dataset_dir: str | Path,
-    split: str,
-    out_dir: str | Path,
-    max_samples_per_shard: int = 1000,
-    progress: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict[str, Any] | None:
-    """Write one split as tar shards plus its manifest entry; returns that entry.
-
-    Samples are in sorted image_id order (shuffling happens when reading). Images without
-    features (failed extraction) are left out and listed under "missing" in the entry.
-
-    With world_size > 1, call once per rank (e.g. under torchrun): rank K writes a contiguous
-    range of the split's shards into `<out_dir>/.{split}.part-K-of-N/`, and whichever rank
-    finishes last moves every shard into place and writes the manifest entry (the others return
-    None). The shards are the same files as a single process writes. A killed run's temporary
-    folders are removed by the next run.
-    """
-    from tqdm import tqdm
-
-    from sevlm.features.hdf5 import FeatureStore
-
-    if max_samples_per_shard < 1:
-        raise ConfigError(f"--samples-per-shard must be at least 1 (got {max_samples_per_shard})")
-    rank, world_size = launcher_rank(rank, world_size)
-    store = FeatureStore(features_path)
-    records = load_split_records(dataset_dir, split)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    ids = sorted(records)
-    if not ids:
-        raise DataError(f"{Path(dataset_dir) / f'{split}.json'}: split {split!r} has no images")
-    missing = {i: store.failed.get(records[i]["image_name"], "not in the feature file") for i in ids if records[i]["image_name"] not in store}
-    ids = [i for i in ids if i not in missing]
-    if not ids:
-        raise DataError(f"{features_path}: no image of split {split!r} has features")
-    chunks = [ids[i : i + max_samples_per_shard] for i in range(0, len(ids), max_samples_per_shard)]
-    first, stop = rank * len(chunks) // world_size, (rank + 1) * len(chunks) // world_size
-    inputs = {  # what every part must agree on to be put together
-        "image_list_sha256": store.attrs.get("image_list_sha256"),
-        "encoder_config": store.attrs.get("encoder_config"),
-        "split_sha256": sha256_file(Path(dataset_dir) / f"{split}.json"),
-        "max_samples_per_shard": max_samples_per_shard,
-        "num_shards": len(chunks),
-    }
-
-    # write into this rank's own temporary folder; shards move into place only when all are done
-    part_dir = _part_dir(out_dir, split, rank, world_size)
-    with claim(part_dir.with_name(part_dir.name + ".lock"), part_dir):
-        shutil.rmtree(part_dir, ignore_errors=True)  # what a killed run of this rank left
-        part_dir.mkdir()
-        shards = []
-        bar = tqdm(total=sum(len(c) for c in chunks[first:stop]), desc=f"shard {split}", unit="sample", disable=not progress)
-        for s in range(first, stop):
-            name = f"{split}-{s:06d}.tar"
-            # mtime fixed so that the same input gives byte-identical shards (and sha256)
-            with wds.TarWriter(str(part_dir / name), mtime=0, user="sevlm", group="sevlm") as sink:
-                for n, image_id in enumerate(chunks[s]):
-                    rec = records[image_id]
-                    row = store.index_of(rec["image_name"])
-                    meta = {"image_id": image_id, "image_name": rec["image_name"]}
-                    meta.update({k: rec.get(k) for k in ("emotions", "explanations", "emotion_distribution", "dominant_emotion")})
-                    sink.write(
-                        {
-                            # tar keys must not contain dots or slashes: image_id lives in the json
-                            "__key__": f"{split}-{s:06d}-{n:06d}",
-                            "tokens.npy": np.ascontiguousarray(store.tokens(row)),  # (T, D) float16
-                            "pooled.npy": np.ascontiguousarray(store.pooled(row)),  # (D,) float16
-                            "json": meta,
-                        }
-                    )
-                    bar.update(1)
-            shards.append({"name": name, "num_samples": len(chunks[s]), "sha256": sha256_file(part_dir / name), "bytes": (part_dir / name).stat().st_size})
-        bar.close()
-        write_json(part_dir / PART_RECORD, {"inputs": inputs, "shards": shards})  # last: marks the part done
-    store.close()
-    if pending_shard_parts(out_dir, split, world_size):
-        return None
-
-    manifest_path = out_dir / MANIFEST
-    with claim(out_dir / ".manifest.lock", manifest_path, wait=True):
-        if pending_shard_parts(out_dir, split, world_size):
-            return None  # another rank has just put the parts together
-        shards, moves = [], []
-        for k in range(world_size):
-            part_dir = _part_dir(out_dir, split, k, world_size)
-            part = read_json(part_dir / PART_RECORD)
-            if part["inputs"] != inputs:
-                raise DataError(
-                    f"{part_dir}: written from other inputs than this run "
-                    f"(features, split or --samples-per-shard); rerun rank {k} with the same arguments"
-                )
-            shards += part["shards"]
-            moves += [(part_dir / sh["name"], out_dir / sh["name"]) for sh in part["shards"]]
-        # swap: unlist the split first, so a crash while shards are replaced leaves no manifest
-        # entry pointing at a mix of old and new shards (the reader then says the split is absent)
-        manifest = read_json(manifest_path) if manifest_path.exists() else {}
-        if split in manifest.get("splits", {}):
-            del manifest["splits"][split]
-            write_json(manifest_path, manifest)
-        for old in out_dir.glob(f"{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-            old.unlink()
-        for src, dst in moves:
-            os.replace(src, dst)
-        # this split's temporary folders, including those of killed runs with another rank count
-        # or of older versions (.{split}-XXXXXXXX)
-        for tmp in [*out_dir.glob(f".{split}.part-*-of-*"), *out_dir.glob(f".{split}-*")]:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-        entry = {
-            "split": split,
-            "num_samples": len(ids),
-            "num_shards": len(shards),
-            "shards": shards,
-            "missing": missing,
-            "sample_fields": {"tokens.npy": "float16 [T, D]", "pooled.npy": "float16 [D]", "json": "image_id, image_name, annotations"},
-            "dataset": {"dir": str(Path(dataset_dir).resolve()), "manifest_sha256": dataset_manifest_sha256(dataset_dir), "split_sha256": inputs["split_sha256"]},
-        }
-        encoder = {
-            "encoder": store.attrs.get("encoder"),
-            "encoder_config": store.attrs.get("encoder_config"),
-            "token_shape": list(store.token_shape),
-            "dtype": store.attrs.get("dtype"),
-            "image_list_sha256": store.attrs.get("image_list_sha256"),
-            "features_path": str(Path(features_path).resolve()),
-        }
-        if manifest.get("features", {}).get("encoder_config") not in (None, encoder["encoder_config"]):
-            # one folder holds one encoder's features: other splits of another encoder would be silently mixed
-            stale = [s for s in manifest.get("splits", {}) if s != split]
-            warnings.warn(f"{manifest_path}: encoder changed; dropping stale split entries {stale}")
-            for s in stale:
-                for sh in manifest["splits"][s]["shards"]:
-                    (out_dir / sh["name"]).unlink(missing_ok=True)
-            manifest["splits"] = {}
-        manifest.update({"format": FORMAT, "format_version": FORMAT_VERSION, "features": encoder})
-        manifest.setdefault("splits", {})[split] = entry
-        write_json(manifest_path, manifest)
-    return entry
 
 
 # ----------------------------------------------------------------------------- reading
@@ -266,121 +99,6 @@ def _local_folder(where: str) -> Path | None:
 def is_path(where: str | os.PathLike) -> bool:
     """Whether a shard location is a plain local path (else a URL or a pipe: command)."""
     return urlparse(str(where)).scheme == ""
-
-
-DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte before a network read fails (data.read_timeout)
-
-
-class StalledRead(DataError):
-    """A shard or manifest read that received no data for `read_timeout` seconds."""
-
-
-class TimedPipe(io.RawIOBase):
-    """The standard output of a process that must keep sending: `curl` for http(s)/ftp(s) URLs, the
-    user's shell command for `pipe:CMD`. A read that waits `timeout` seconds without a byte kills
-    the process (its whole process group: a pipeline's members too) and raises StalledRead naming
-    the URL; a process that ends with a failing status raises DataError with its last error line.
-
-    webdataset's own opener runs `curl --connect-timeout 30 --retry 30` with no bound on a
-    stalled transfer, so a server that accepts and never answers blocked training forever."""
-
-    def __init__(self, url: str, args: list[str] | str, timeout: float, shell: bool = False):
-        import subprocess
-        import tempfile
-
-        super().__init__()
-        self.url, self.timeout = url, float(timeout)
-        self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
-        self._fd = self.proc.stdout.fileno()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        import select
-
-        ready, _, _ = select.select([self._fd], [], [], self.timeout)
-        if not ready:
-            self._kill()
-            raise StalledRead(f"{self.url}: no data for {self.timeout:g} s (data.read_timeout); the server or "
-                              "command stalled, or is too slow: check it, or raise data.read_timeout")
-        data = os.read(self._fd, len(buffer))
-        if not data:
-            self._finish()
-            return 0
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _finish(self) -> None:
-        import subprocess
-
-        try:
-            status = self.proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:  # output closed but the process lingers
-            self._kill()
-            status = self.proc.returncode
-        if status == 28 and isinstance(self.proc.args, list) and self.proc.args[0] == "curl":  # its own timeout
-            raise StalledRead(f"{self.url}: no data for about {self.timeout:g} s (data.read_timeout; curl gave up); "
-                              "the server stalled, or is too slow: check it, or raise data.read_timeout")
-        if status not in (0, None):
-            self._err.seek(0)
-            lines = self._err.read().decode("utf-8", "replace").strip().splitlines()
-            what = f"`{self.proc.args if isinstance(self.proc.args, str) else self.proc.args[0]}` exited with status {status}"
-            raise DataError(f"{self.url}: {what}" + (f" ({lines[-1].strip()})" if lines else ""))
-
-    def _kill(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-
-    def close(self) -> None:
-        if not self.closed:
-            self._kill()  # read to its end already, or abandoned: either way nothing more is wanted
-            self.proc.stdout.close()
-            self._err.close()
-        super().close()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL when the reading process dies, so a killed
-    DataLoader worker leaves no curl behind waiting on a stalled server."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-_CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
-
-
-def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
-    """A byte stream of a shard location's file (what webdataset.gopen opens): local paths and
-    file:// directly; http(s)/ftp(s) through curl and `pipe:CMD` through the shell, each bounded
-    by `read_timeout` seconds without data (TimedPipe); other schemes through webdataset.gopen,
-    unbounded."""
-    if read_timeout is None or read_timeout <= 0:
-        raise ConfigError(f"data.read_timeout: must be > 0 seconds, got {read_timeout}")
-    scheme = urlparse(url).scheme
-    if scheme in _CURL_SCHEMES:
-        connect = str(max(1, min(30, int(read_timeout))))
-        # no --retry: a retry after a stall would start the wait over; -S: curl's error on stderr
-        # --speed-limit/--speed-time: curl gives up by itself too, even if its reader is gone
-        args = ["curl", "--connect-timeout", connect, "--speed-limit", "1", "--speed-time", str(int(read_timeout) + 5),
-                "-f", "-s", "-S", "-L", url]
-        return io.BufferedReader(TimedPipe(url, args, read_timeout), buffer_size=1 << 16)
-    if scheme == "pipe":
-        return io.BufferedReader(TimedPipe(url, url[len("pipe:"):], read_timeout, shell=True), buffer_size=1 << 16)
-    return wds.gopen(url)
 
 
 def manifest_bytes(where: str | os.PathLike, read_timeout: float = DEFAULT_READ_TIMEOUT) -> tuple[str, bytes]:
@@ -522,42 +240,50 @@ def worker_info() -> tuple[int, int]:
 
 
 @dataclass
-class WorkerPlan:
-    """What one DataLoader worker of a rank reads and yields in an epoch (`worker_plan`)."""
+class SampleShare:
+    """What one DataLoader worker of a rank reads in an epoch (`sample_share`)."""
 
-    logical: int  # the worker whose shards, shuffle seed and batches this process takes
+    logical: int  # the worker whose shards and shuffle seed this process takes
     urls: list[str]  # its shards
     quota: int  # raw samples it reads (its own stream, cut or replayed from the start to fit)
-    skip: int  # leading micro-batches already consumed (resume), read but not decoded
-    batches: list[int]  # the epoch index of each micro-batch it yields, in order
 
 
-def worker_plan(counts: dict[str, int], rank_urls: list[str], units: int, micro: int = 1, start: int = 0) -> WorkerPlan:
-    """This process's share of the rank's `units` micro-batches (`micro=1`: samples) of an epoch.
+def deal_shards(shards: ShardSet, world_size: int, shuffle: bool, seed: int, epoch: int) -> tuple[list[list[str]], int]:
+    """(each rank's shards, samples per rank) of an epoch: the shard list shuffled by (seed, epoch),
+    the same on every rank, dealt round-robin. Every rank yields the largest rank's sample total."""
+    urls = [sh["url"] for sh in shards.shards]
+    if len(urls) < world_size:
+        raise DataError(
+            f"{shards.where}: split {shards.split!r} has {len(urls)} shard(s) for {world_size} ranks; "
+            f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
+        )
+    order = list(urls)
+    if shuffle:
+        random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
+    rank_urls = [order[r::world_size] for r in range(world_size)]
+    counts = shards.counts
+    return rank_urls, max(sum(counts[u] for u in urls) for urls in rank_urls)
 
-    Logical worker w reads the rank's shards w, w + W, ... and yields a number of micro-batches
-    in proportion to their samples (remainders go to the workers with the largest leftovers), so
-    each worker builds whole micro-batches from its own stream. A DataLoader yields its workers'
-    items round-robin, skipping exhausted ones, so the epoch's batch order is that cyclic scan:
-    a pure function of the counts. Resuming at batch `start`, DataLoader worker k plays logical
-    worker (j + k) mod W, where j owns batch `start`: the resumed scan is the rest of the old one.
-    """
+
+def worker_samples(counts: dict[str, int], rank_urls: list[str]) -> tuple[int, int, list[int]]:
+    """(num_workers, worker_id, samples in each worker's shards): worker w reads the rank's shards
+    w, w + W, ..."""
     num_workers, wid = worker_info()
-    own = [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
-    per = [o // micro for o in own]
-    with_data = sorted((w for w in range(num_workers) if own[w]), key=lambda w: (-(own[w] % micro), w))
-    for k in range(units - sum(per)):
+    return num_workers, wid, [sum(counts[u] for u in rank_urls[w::num_workers]) for w in range(num_workers)]
+
+
+def sample_share(counts: dict[str, int], rank_urls: list[str], samples: int) -> SampleShare:
+    """This process's share of the rank's `samples` samples of an epoch: its own shards' samples,
+    the rank's shortfall (a rank with fewer samples pads to `samples`) dealt one at a time over the
+    workers that have data. Worker k plays logical worker (j + k) mod W, j the first with data."""
+    num_workers, wid, own = worker_samples(counts, rank_urls)
+    with_data = [w for w in range(num_workers) if own[w]]
+    per = list(own)
+    for k in range(samples - sum(per)):
         per[with_data[k % len(with_data)]] += 1
-    order, left = [], list(per)
-    while len(order) < units:
-        for w in range(num_workers):
-            if left[w]:
-                order.append(w)
-                left[w] -= 1
-    logical = ((order[start] if start < units else 0) + wid) % num_workers
-    batches = [g for g, w in enumerate(order) if w == logical]
-    skip = sum(g < start for g in batches)
-    return WorkerPlan(logical, rank_urls[logical::num_workers], per[logical] * micro, skip, batches[skip:])
+    first = next((w for w in range(num_workers) if per[w]), 0)
+    logical = (first + wid) % num_workers
+    return SampleShare(logical, rank_urls[logical::num_workers], per[logical])
 
 
 def _check_policy(handle_errors: str) -> None:
@@ -565,16 +291,16 @@ def _check_policy(handle_errors: str) -> None:
         raise ValueError(f"handle_errors must be 'raise' or 'warn', not {handle_errors!r}")
 
 
-def read_tar_samples(shards: ShardSet, plan: Callable[[], WorkerPlan], handle_errors: str, pooled: bool = True):
-    """Stage: -> this worker's raw tar samples, exactly its plan's quota (its own stream, replayed
-    from the start when short); `pooled=False` leaves the pooled vectors unread (training does not
+def read_tar_samples(shards: ShardSet, share: Callable[[], SampleShare], handle_errors: str, pooled: bool = True):
+    """Stage: -> this worker's raw tar samples, exactly its share's quota (its own stream, replayed
+    from the start when short; `share` is evaluated in the worker, which knows its id); `pooled=False` leaves the pooled vectors unread (training does not
     use them). A corrupt, truncated or altered shard raises DataError naming it,
     or with handle_errors="warn" is skipped from that point with a warning (the quota is then
     filled by replaying, so ranks stay in step).
     """
 
     def stage():
-        p = plan()
+        p = share()
         produced = 0
         while produced < p.quota:
             got = 0
@@ -661,23 +387,6 @@ def decode(handle_errors: str = "raise", dtype=np.float32, pooled: bool = True):
     return stage
 
 
-def batch(collate: Callable[[list[dict], int], dict], micro: int, plan: Callable[[], WorkerPlan], handle_errors: str):
-    """Stage: raw samples -> this worker's collated micro-batches, each built by
-    `collate(samples, index)` with its index in the epoch (which seeds its pair sampling). The
-    plan's skipped batches are read (the shuffle buffer must advance alike) but not decoded."""
-
-    def stage(src):
-        p = plan()
-        src = iter(src)
-        for _ in range(p.skip * micro):
-            next(src)
-        samples = decode(handle_errors, np.float16, pooled=False)(src)  # fp16 as stored, until the device
-        for index in p.batches:
-            yield collate([next(samples) for _ in range(micro)], index)
-
-    return stage
-
-
 def shard_pipeline(
     shards: ShardSet | str | os.PathLike,
     split: str | None = None,
@@ -688,60 +397,42 @@ def shard_pipeline(
     handle_errors: str = "raise",
     world_size: int | None = None,
     rank: int | None = None,
-    collate: Callable[[list[dict], int], dict] | None = None,
-    micro: int = 1,
-    start: int = 0,
 ) -> wds.DataPipeline:
-    """An IterableDataset over one split's shards (hand it to a DataLoader, batch_size=None).
+    """An IterableDataset of one split's samples on this rank (hand it to a DataLoader,
+    batch_size=None).
 
     `shards` is an opened ShardSet (open it once and build a pipeline per epoch) or a location
     for `open_shards`. Every rank yields `pipeline.samples_per_rank` samples per epoch (see the
-    module docstring). With `collate`, each DataLoader worker yields whole micro-batches of
-    `micro` samples (float16 features) instead, `collate(samples, index)` building batch `index`
-    of the epoch; the rank yields batches `start`, `start + 1`, ... of `samples_per_rank // micro`,
-    in the same order whatever `start` (see `worker_plan`).
+    module docstring). Training reads micro-batches through `sevlm.train.order.shard_pipeline`.
     """
     _check_policy(handle_errors)
     if not isinstance(shards, ShardSet):
         shards = open_shards(shards, split, handle_errors)
     world_size, rank = dist_info(world_size, rank)
-    urls = [sh["url"] for sh in shards.shards]
+    rank_urls, samples_per_rank = deal_shards(shards, world_size, shuffle, seed, epoch)
     counts = shards.counts
-    if len(urls) < world_size:
-        raise DataError(
-            f"{shards.where}: split {shards.split!r} has {len(urls)} shard(s) for {world_size} ranks; "
-            f"rewrite it with a smaller --samples-per-shard so every rank gets a shard"
-        )
-    order = list(urls)
-    if shuffle:
-        random.Random(f"{seed}-{epoch}").shuffle(order)  # same order on every rank and worker
-    rank_urls = {r: order[r::world_size] for r in range(world_size)}
-    samples_per_rank = max(sum(counts[u] for u in rank_urls[r]) for r in range(world_size))
-    if collate is None:
-        micro, start = 1, 0
-    units = samples_per_rank // micro
 
-    def plan() -> WorkerPlan:  # evaluated in each worker process, which knows its id
-        return worker_plan(counts, rank_urls[rank], units, micro, start)
+    def share() -> SampleShare:  # evaluated in each worker process, which knows its id
+        return sample_share(counts, rank_urls[rank], samples_per_rank)
 
-    stages: list = [read_tar_samples(shards, plan, handle_errors, pooled=collate is None)]
+    stages: list = [read_tar_samples(shards, share, handle_errors)]
     if shuffle:
-        stages.append(_sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}", plan))
-    stages.append(decode(handle_errors) if collate is None else batch(collate, micro, plan, handle_errors))
+        stages.append(sample_shuffle(shuffle_buffer, f"{seed}-{epoch}-{rank}", share))
+    stages.append(decode(handle_errors))
     pipeline = wds.DataPipeline(*stages)
     pipeline.samples_per_rank = samples_per_rank
-    pipeline.batches_per_rank = units if collate is not None else None
     pipeline.manifest = shards.manifest
     pipeline.entry = shards.entry
     pipeline.shards = shards
     return pipeline
 
 
-def _sample_shuffle(bufsize: int, seed: str, plan: Callable[[], WorkerPlan]):
-    """Buffered sample shuffle, seeded per (seed, epoch, rank, logical worker) so runs repeat exactly."""
+def sample_shuffle(bufsize: int, seed: str, share: Callable[[], SampleShare]):
+    """Stage: buffered sample shuffle, seeded per (seed, epoch, rank, logical worker) so runs repeat
+    exactly."""
 
     def stage(src):
-        rng = random.Random(f"{seed}-{plan().logical}")
+        rng = random.Random(f"{seed}-{share().logical}")
         return wds.shuffle(bufsize=bufsize, initial=bufsize, rng=rng)(src)
 
     return stage

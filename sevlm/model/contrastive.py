@@ -30,15 +30,11 @@ text-only feature, and a table of 9 emotion vectors, trained CLIP-style over the
 The explanation features reach it detached and as retrieval computes them (eval mode): it
 trains nothing of the decoder, so the language model is not traded for retrieval.
 Why a head of its own: the ternary loss gives each image one visual negative and never
-compares it with the 9 emotions as retrieval does; on the demo its image embeddings collapsed
-(mean pairwise cosine ~0.9) and retrieved emotions at 0.20-0.69 by precision and seed. Trained
-on the ternary's projections, this loss fought the ternary loss (image->emotion 0.74-0.79) and
-the decoder's validation LM loss rose from 1.57 to 1.67-1.94. Emotion vectors of its own
-rather than a projection of the decoder's "the emotion is <label>" feature: that feature
-moves while the decoder trains, and a head chasing it retrieved at 0.62-0.66 where the same
-head fitted on the final features reached 0.87 (README, Retrieval).
-Scores are computed in float32 whatever the training precision (bf16 keeps 8 bits: a cosine
-over a temperature of 0.1 near 20 moves in steps of 0.125).
+compares it with the 9 emotions as retrieval does, and its image side collapsed; emotion vectors
+of its own because the decoder's "the emotion is <label>" feature moves while the decoder
+trains (the designs tried and their figures: docs/RESULTS.md, Retrieval).
+Scores are computed in float32 whatever the training precision: bf16's 8 bits make a cosine
+sum over a temperature of 0.1 too coarse to rank with.
 """
 
 from __future__ import annotations

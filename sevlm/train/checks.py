@@ -69,7 +69,7 @@ def is_demo_dataset(dataset_dir: str) -> bool:
 
 def train_texts(dataset_dir: str, split: str) -> list[str]:
     """The explanations of a split: the text the lexicon's coverage is measured on."""
-    from sevlm.features.common import load_split_records
+    from sevlm.data.folder import load_split_records
 
     return [x for r in load_split_records(dataset_dir, split).values() for x in r.get("explanations", [])]
 

@@ -147,7 +147,7 @@ class TrainConfig:
             raise ConfigError(f"schedule.checkpoint_every: must be >= 1 (optimizer steps), got {s.checkpoint_every}")
         if s.val_gen_images is not None and s.val_gen_images < 0:
             raise ConfigError(f"schedule.val_gen_images: must be >= 0 or null (the whole split), got {s.val_gen_images}")
-        from sevlm.data.artemis import DOMINANCE_RULES
+        from sevlm.emotions import DOMINANCE_RULES
 
         if s.val_dominance not in DOMINANCE_RULES:
             raise ConfigError(f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, "

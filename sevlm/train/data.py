@@ -1,9 +1,8 @@
-"""Deterministic, resumable batches for training and validation.
-
-The order of an epoch is a permutation keyed on (seed, epoch), split across ranks, and each
-micro-batch's pair sampling uses an RNG keyed on (seed, epoch, batch index). A resumed run
-therefore sees exactly the batches the interrupted one would have, starting at the batch
-after the last checkpoint, with no RNG state to carry for the data.
+"""The two data sources the recipe trains from (`H5Source`, `ShardSource`), and how their
+micro-batches reach the main process: built in DataLoader workers and handed over in
+shared-memory buffers (`pack` / `unpack`), or collated by the main process while it would
+otherwise wait (`Assist`). Which samples make each batch, and where a resumed epoch starts, is
+`sevlm.train.order`'s.
 """
 
 from __future__ import annotations
@@ -11,83 +10,26 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from sevlm.errors import SevlmError
+from sevlm.errors import ConfigError, DataError, SevlmError
+from sevlm.features.hdf5 import H5FeatureDataset
+from sevlm.features.shards import deal_shards, open_shards, shard_pipeline
+from sevlm.train import order
+from sevlm.train.checks import check_split_features
 from sevlm.train.config import ASSIST_MODES
+from sevlm.train.order import EpochBatches, batches_per_epoch, epoch_order
 from sevlm.workers import end_with_parent
-
-# Streams kept apart so the training order never shifts when validation sampling changes.
-_TRAIN, _VAL = 0, 1
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, _TRAIN, epoch]).permutation(n)
-
-
-def batch_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stream, epoch, index])
-
-
-def batches_per_epoch(n: int, micro: int, world_size: int) -> int:
-    """Micro-batches each rank runs per epoch (drop_last, so every rank runs the same number)."""
-    return n // (micro * world_size)
-
-
-class EpochBatches(Dataset):
-    """Map-style dataset of whole collated micro-batches for one rank and one epoch.
-
-    Item i is micro-batch `start + i` of the epoch, so a DataLoader with workers can prefetch
-    while the order stays fixed.
-    """
-
-    def __init__(
-        self,
-        dataset: Sequence[dict],
-        collate: Callable[[list[dict], np.random.Generator], dict],
-        micro: int,
-        rank: int,
-        world_size: int,
-        seed: int,
-        epoch: int,
-        start: int = 0,
-    ):
-        self.dataset, self.collate, self.micro = dataset, collate, micro
-        self.seed, self.epoch, self.start = seed, epoch, start
-        n_batches = batches_per_epoch(len(dataset), micro, world_size)
-        order = epoch_order(len(dataset), seed, epoch)[: n_batches * micro * world_size]
-        # (n_batches, world, micro): consecutive global batches, each split across the ranks
-        self.index = order.reshape(n_batches, world_size, micro)[:, rank]
-        self.n_batches = n_batches
-
-    def __len__(self) -> int:
-        return max(0, self.n_batches - self.start)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        b = self.start + i
-        samples = [self.dataset[int(j)] for j in self.index[b]]
-        return self.collate(samples, batch_rng(self.seed, _TRAIN, self.epoch, b))
 
 
 def loader_generator(seed: int, epoch: int) -> torch.Generator:
     """A DataLoader draws a base seed when iterated; from the global RNG that draw would shift
     dropout after a resume (the loader is created at a different point), so give it its own."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
-
-
-def val_batches(dataset, collate, micro: int, rank: int, world_size: int, seed: int, limit: int | None):
-    """Validation loss batches: the split in file order, ranks interleaved, fixed pair sampling."""
-    n = len(dataset)
-    n_batches = math.ceil(n / micro)
-    if limit is not None:
-        n_batches = min(n_batches, limit)
-    for b in range(rank, n_batches, world_size):
-        samples = [dataset[j] for j in range(b * micro, min(n, (b + 1) * micro))]
-        yield collate(samples, batch_rng(seed, _VAL, 0, b))
 
 
 def split_inputs(batch: dict, device, float_dtype: torch.dtype) -> tuple[dict, dict]:
@@ -110,14 +52,11 @@ def _pin() -> bool:
 
 
 def pack(batch: dict) -> dict:
-    """A batch's tensors in one shared-memory buffer, in a DataLoader worker. A worker hands each
-    tensor over as its own shared-memory file (about 0.3 ms of CPU each side, 12 tensors a
-    batch); one buffer makes that one. Buffers are reused once `unpack` has released them: a
-    fresh one costs ~3 ms to create and ~5 ms of page faults to fill at 196x768 (9.6 MB), a
-    reused one 0.5 ms. A pooled buffer travels once; after that the batch names it by
-    (worker pid, slot) and the main process finds the mapping it kept (passing a buffer's file
-    descriptor again costs ~1.5 ms a batch, mostly in the worker, whose sharing thread answers
-    it). Byte 0 of a buffer says whether it is free."""
+    """A batch's tensors in one shared-memory buffer, in a DataLoader worker, rather than one
+    shared-memory file per tensor; buffers are reused once `unpack` has released them, because
+    creating and faulting in a fresh one costs more than the copy (docs/RESULTS.md, Benchmarks).
+    A pooled buffer travels once; after that the batch names it by (worker pid, slot) and the
+    main process finds the mapping it kept. Byte 0 of a buffer says whether it is free."""
     layout, size = [], _HEADER
     for k, v in batch.items():
         if torch.is_tensor(v):
@@ -329,20 +268,15 @@ class H5Source:
     """Training and validation samples from an HDF5 feature cache (`sevlm extract`).
 
     The order of an epoch is `epoch_order(seed, epoch)`, cut into global batches split across
-    the ranks; DataLoader workers build whole micro-batches (fp16 features, pinned when a GPU is
+    the ranks (`order.EpochBatches`); DataLoader workers build whole micro-batches (fp16 features, pinned when a GPU is
     present) while the order stays fixed.
     """
 
     def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
                  world_size: int, seed: int, num_workers: int = 0, assist: str = "auto", min_emotions: int = 1):
-        from sevlm.features.hdf5 import H5FeatureDataset
-        from sevlm.train.checks import check_split_features
-
         self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split, dtype=np.float16,  # fp16 to the device
                                           min_emotions=min_emotions)
         if min_emotions > 1 and not len(self.train_set):
-            from sevlm.errors import DataError
-
             raise DataError(f"{path}: no image of split {train_split!r} has {min_emotions} distinct emotions "
                             f"(data.min_train_emotions); {self.train_set.n_few_emotions} left out")
         self.val_set = H5FeatureDataset(str(path), dataset_dir, val_split)
@@ -357,7 +291,8 @@ class H5Source:
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank."""
         assist = Assist(self.assist, self.num_workers) if self.num_workers else None
         collate = worker_build(self.collate, assist) if assist else self.collate
-        ds = EpochBatches(self.train_set, collate, self.micro, self.rank, self.world, self.seed, epoch, start)
+        permutation = epoch_order(len(self.train_set), self.seed, epoch)
+        ds = EpochBatches(self.train_set, collate, permutation, self.micro, self.rank, self.world, self.seed, epoch, start)
         return _batches(ds, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
@@ -370,43 +305,33 @@ class ShardSource:
     DataLoader workers build whole micro-batches (fp16 features, pinned when a GPU is present);
     the batches of an epoch are a pure function of (seed, epoch, rank, num_workers), batch b's
     pair sampling seeded by (seed, epoch, b), so `epoch(e, start)` resumes exactly (see
-    `sevlm.features.shards.worker_plan`). Validation reads its split once, in file order.
+    `order.worker_plan`). Validation reads its split once, in file order.
     """
 
     def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
                  seed: int, num_workers: int = 0, assist: str = "auto", read_timeout: float = 60.0):
-        from sevlm.features.shards import open_shards, shard_pipeline
-
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
         self.seed, self.num_workers, self.assist = seed, num_workers, assist
         # opened once: the manifest read, the files checked, each shard's sha256 verified on first read
         self.read_timeout = read_timeout
         self.train_shards = open_shards(self.path, train_split, read_timeout=read_timeout)
-        probe = shard_pipeline(self.train_shards, world_size=world_size, rank=rank)
+        _, samples_per_rank = deal_shards(self.train_shards, world_size, shuffle=True, seed=0, epoch=0)
         self.num_images = self.train_shards.num_samples
         # every rank yields samples_per_rank samples per epoch (the reader pads short ranks)
-        self.batches_per_epoch = probe.samples_per_rank // micro
+        self.batches_per_epoch = samples_per_rank // micro
         self._val: list[dict] | None = None
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank, built in the workers."""
-        from sevlm.features.shards import shard_pipeline
-
         assist = Assist(self.assist, self.num_workers) if self.num_workers else None
         build = worker_build(self.collate, assist) if assist else self.collate
-
-        def collate(samples, index):
-            return build(samples, batch_rng(self.seed, _TRAIN, epoch, index))
-
-        pipe = shard_pipeline(self.train_shards, shuffle=True, seed=self.seed, epoch=epoch, world_size=self.world,
-                              rank=self.rank, collate=collate, micro=self.micro, start=start)
+        pipe = order.shard_pipeline(self.train_shards, build, self.micro, self.seed, epoch, self.world, self.rank,
+                                    start=start, shuffle=True)
         return _batches(pipe, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
         if self._val is None:  # small: read once, in file order, on every rank
-            from sevlm.features.shards import open_shards, shard_pipeline
-
             val = open_shards(self.path, self.val_split, read_timeout=self.read_timeout)
             self._val = list(shard_pipeline(val, shuffle=False, world_size=1, rank=0))
         return self._val
@@ -420,8 +345,6 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
         return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common,
                         min_emotions=data.min_train_emotions)
     if data.min_train_emotions > 1:
-        from sevlm.errors import ConfigError
-
         # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
         raise ConfigError(f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
                           f"(data.features); {info.path} is a shard set, which trains on every image it holds")

@@ -210,7 +210,7 @@ class TrainRecipe:
 
     def _corpus_vocab(self):
         """The training split's corpus vocabulary; saved in the run folder so a resume reuses it."""
-        from sevlm.features.common import load_split_records
+        from sevlm.data.folder import load_split_records
         from sevlm.text import VocabMap
 
         path = self.run_dir / VOCAB_FILE

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from sevlm.train.data import split_inputs, val_batches
+from sevlm.train.data import split_inputs
 from sevlm.train.distributed import mean_across
 from sevlm.train.metrics import bleu4, emotion_accuracy
+from sevlm.train.order import val_batches
 
 
 @torch.no_grad()

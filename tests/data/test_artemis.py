@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sevlm.constants import EMOTIONS, SPLITS
-from sevlm.data.artemis import (
-    clean_utterance,
-    dominant_emotion,
-    emotion_distribution,
-    load_split,
-    prepare_dataset,
-    split_paintings,
-    tokenize,
-)
+from sevlm.data.artemis import prepare_dataset
+from sevlm.data.folder import SPLITS, load_split, split_paintings
+from sevlm.data.table import clean_utterance, tokenize
+from sevlm.emotions import EMOTIONS, dominant_emotion, emotion_distribution
 from sevlm.errors import ConfigError, DataError
 from sevlm.io import sha256_file
 
@@ -483,7 +477,7 @@ def test_missing_images_threshold(tmp_path):
 
 
 def test_interrupted_reprepare_leaves_the_old_dataset_whole(tmp_path, monkeypatch):
-    import sevlm.data.artemis as artemis
+    import sevlm.data.folder as artemis
 
     old_csv = write_csv(tmp_path / "old.csv", v1_rows(60, seed=0))
     new_csv = write_csv(tmp_path / "new.csv", v1_rows(80, seed=1))

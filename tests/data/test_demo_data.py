@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sevlm.constants import EMOTIONS, SPLITS
-from sevlm.data.artemis import load_split, prepare_dataset, tokenize
+from sevlm.data.artemis import prepare_dataset
+from sevlm.data.folder import SPLITS, load_split
+from sevlm.data.table import tokenize
 from sevlm.demo import make_demo_data, tables
 from sevlm.demo.real import measure
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 
 N, SIZE = 270, 64

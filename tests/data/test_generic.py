@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sevlm.constants import EMOTIONS, SPLITS
-from sevlm.data.artemis import load_split
+from sevlm.data.folder import SPLITS, load_split
 from sevlm.data.generic import prepare_generic
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 
 LONG = "the light in this picture makes me feel {}"  # 8 tokens

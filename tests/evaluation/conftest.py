@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sevlm.constants import EMOTIONS
-from sevlm.data.artemis import dominant_emotion
+from sevlm.emotions import EMOTIONS, dominant_emotion
 
 # A few words that signal each emotion, so a text classifier has something to learn.
 CUES = {

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.evaluation.artemis_checkpoint import ArtEmisTextClassifier, read_vocabulary
 
@@ -213,8 +213,9 @@ def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(tmp_path, artemis
     hits = [lab == d for lab, d in zip(labels, dominant) if d is not None]
     assert rep["emo_align_n"] == len(hits) > 0 and rep["emo_align"] == pytest.approx(sum(hits) / len(hits))
     assert "(classifier: artemis;" in out.with_suffix(".md").read_text()
-    from sevlm.commands import evaluate as cmd
     import argparse
+
+    from sevlm.commands import evaluate as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from sevlm.constants import EMOTIONS
-from sevlm.data.artemis import dominant_emotion, dominant_from_distribution, emotion_distribution
+from sevlm.emotions import EMOTIONS, dominant_emotion, dominant_from_distribution, emotion_distribution
 from sevlm.errors import ConfigError
 from sevlm.evaluation import metrics as M
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 from sevlm.evaluation import emo_classifier as E
 from sevlm.evaluation.metrics import emo_align

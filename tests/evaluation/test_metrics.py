@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.evaluation import metrics as M
 
@@ -274,7 +274,7 @@ def test_language_figures_in_the_report(tmp_path):
 
 
 def test_coco_caption_file_as_references_is_named(tmp_path, test_refs, capsys):
-    from sevlm.data.artemis import coco_references
+    from sevlm.data.folder import coco_references
 
     path = tmp_path / "test_coco.json"
     path.write_text(json.dumps(coco_references(test_refs, "test")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
 from sevlm.evaluation import retrieval as R
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 
 
 def retrieve_cli(argv: list[str]) -> int:
@@ -23,10 +23,10 @@ def retrieve_cli(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from sevlm.data.artemis import dominant_emotion
     from sevlm.data.vad import VADLexicon
+    from sevlm.emotions import dominant_emotion
     from sevlm.export import save_export
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.text import SequenceBuilder, load_tokenizer
 
@@ -398,10 +398,11 @@ def trained_and_untrained(tmp_path_factory):
     """Two tiny runs on one dataset whose paintings are coloured by their dominant emotion: one
     whose image side (alignment head: image projection and emotion vectors) is trained on the
     train split's features, and the no-image control, whose image side is untrained."""
-    from sevlm.data.artemis import dominant_emotion
+    from sevlm.emotions import dominant_emotion
     from sevlm.data.vad import VADLexicon
     from sevlm.export import save_export
-    from sevlm.features.hdf5 import FeatureStore, extract_features
+    from sevlm.features.hdf5 import FeatureStore
+    from sevlm.features.hdf5_writer import extract_features
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.text import SequenceBuilder, load_tokenizer
 

@@ -87,7 +87,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _EXTRACT_CHILD = """
 import sys
-from sevlm.features.hdf5 import extract_features
+from sevlm.features.hdf5_writer import extract_features
 images, dataset, out, workers, rank, world_size = sys.argv[1:]
 extract_features(images, dataset, "tiny-random", out, batch_size=2, num_workers=int(workers), rank=int(rank),
                  world_size=int(world_size), progress=False)

@@ -14,7 +14,8 @@ from featurekit import assert_same_feature_files, kill_9_after, make_image_datas
 from tests.train.runkit import alive, wait_for
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError, SevlmError
-from sevlm.features.hdf5 import FeatureStore, extract_features, partial_path
+from sevlm.features.hdf5 import FeatureStore, partial_path
+from sevlm.features.hdf5_writer import extract_features
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

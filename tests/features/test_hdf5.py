@@ -19,7 +19,8 @@ from PIL import Image
 from featurekit import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
-from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, extract_features, partial_path
+from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, partial_path
+from sevlm.features.hdf5_writer import extract_features
 
 
 def test_extract_stores_each_image_once_with_exact_values_and_self_describing_attrs(small_dataset, tmp_path):

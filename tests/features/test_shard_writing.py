@@ -14,8 +14,9 @@ import pytest
 from featurekit import make_image_dataset
 from sevlm import cli
 from sevlm.errors import ConfigError
-from sevlm.features.hdf5 import extract_features
-from sevlm.features.shards import pending_shard_parts, shard_pipeline, write_shards
+from sevlm.features.hdf5_writer import extract_features
+from sevlm.features.shard_writer import pending_shard_parts, write_shards
+from sevlm.features.shards import shard_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

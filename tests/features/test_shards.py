@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 from featurekit import random_image, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
-from sevlm.features.hdf5 import H5FeatureDataset, extract_features
-from sevlm.features.shards import shard_pipeline, write_shards
+from sevlm.features.hdf5 import H5FeatureDataset
+from sevlm.features.hdf5_writer import extract_features
+from sevlm.features.shard_writer import write_shards
+from sevlm.features.shards import shard_pipeline
 from sevlm.io import sha256_file
 
 

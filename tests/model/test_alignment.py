@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.evaluation.retrieval import retrieval_metrics
 from sevlm.model.contrastive import AlignmentHead
 from sevlm.evaluation.embedding import FILLER

@@ -15,7 +15,7 @@ from sevlm.config import from_dict
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import ConfigError
 from sevlm.export import load_run, save_export
-from sevlm.generate import predictions_meta_path, run_decoding
+from sevlm.predictions import predictions_meta_path, run_decoding
 from sevlm.io import write_json
 
 
@@ -75,7 +75,7 @@ def test_help_lists_decoding_flags_with_examples():
 @pytest.fixture
 def run_with_split(tmp_path, make_model, tok, lexicon):
     """A run whose train config records a beam decoding, a 3-image test split and its features."""
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     m = make_model(visual_dim=32, seed=5).eval()
     run_dir = tmp_path / "run"

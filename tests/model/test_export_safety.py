@@ -30,7 +30,7 @@ def test_export_follows_umask(tmp_path, make_model, tok):
 
 def _features(tmp_path, name: str, **encoder_kwargs):
     """3 images in a one-split dataset, encoded by tiny-random with `encoder_kwargs`."""
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     images = tmp_path / "images"
     if not images.exists():

@@ -126,7 +126,7 @@ def test_predict_command(tiny_run, tmp_path, capsys):
 
 
 def test_generate_command(tiny_run, tmp_path):
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     run_dir, _ = tiny_run
     images = tmp_path / "images" / "Style"

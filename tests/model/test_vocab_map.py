@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sevlm.constants import EMOTIONS
+from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
 from sevlm.generate import DecodingConfig, generate
@@ -188,7 +188,7 @@ def test_trainer_refuses_corpus_vocab_with_pretrained_decoder():
 
 
 def test_words_are_recorded_piece_by_piece_and_round_trip(tok, vocab):
-    from sevlm.text import WordTrie
+    from sevlm.words import WordTrie
 
     words = {tok.decode(list(w)) for w in vocab.words}
     expl = {" " + w for _, x in PAIRS for w in x.split()}

@@ -11,7 +11,7 @@ import pytest
 def tiny_data(tmp_path_factory) -> dict:
     from sevlm.data.artemis import prepare_dataset
     from sevlm.demo import make_demo_data
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     root = tmp_path_factory.mktemp("train_data")
     make_demo_data(root / "raw", n_images=48, seed=0, image_size=32, progress=False)
@@ -24,7 +24,7 @@ def tiny_data(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def shard_dir(tiny_data, tmp_path_factory) -> Path:
     """The tiny features as shards, train and val."""
-    from sevlm.features.shards import write_shards
+    from sevlm.features.shard_writer import write_shards
 
     out = tmp_path_factory.mktemp("shards")
     for split in ("train", "val"):

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from sevlm.errors import DataError
-from sevlm.features.shards import StalledRead, open_shards, read_manifest, shard_pipeline
+from sevlm.features.remote import StalledRead
+from sevlm.features.shards import open_shards, read_manifest, shard_pipeline
 
 TIMEOUT = 2.0
 

@@ -193,7 +193,7 @@ def test_anchor_is_checked():
 
 
 def test_min_train_emotions_keeps_images_with_two_emotions(tiny_data):
-    from sevlm.features.common import load_split_records
+    from sevlm.data.folder import load_split_records
     from sevlm.train.checks import feature_info
     from sevlm.train.config import DataConfig
     from sevlm.train.data import open_source
@@ -275,9 +275,9 @@ def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path)
 
 
 def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data, tiny_config, tmp_path):
+    from sevlm.data.folder import load_split_records
     from sevlm.export import load_run
-    from sevlm.features.common import load_split_records
-    from sevlm.generate import generate_split
+    from sevlm.predictions import generate_split
     from sevlm.train import train
 
     switches = ("data.min_train_emotions=2", "data.anchor=last", "data.image_preprocess=encoder",

@@ -126,8 +126,8 @@ def test_hdf5_and_shards_train_alike_through_one_recipe(tiny_data, tiny_config, 
     their own way, so the test turns shuffling off in both."""
     import numpy as np
 
-    from sevlm.features import shards as shards_module
-    from sevlm.features.shards import write_shards
+    from sevlm.train import order as shards_module
+    from sevlm.features.shard_writer import write_shards
 
     shards = tmp_path / "shards"
     for split in ("train", "val"):
@@ -191,7 +191,7 @@ def test_nonfinite_losses_are_skipped_and_reported(tiny_config, tmp_path, monkey
 
 
 def test_upfront_errors(tiny_data, tiny_config, tmp_path):
-    from sevlm.features.shards import write_shards
+    from sevlm.features.shard_writer import write_shards
 
     with pytest.raises(DataError, match="built with encoder 'tiny-random' but the config names 'clip-vit-b16'"):
         train(tiny_config("data.encoder=clip-vit-b16"), out_dir=tmp_path / "a")
@@ -220,7 +220,7 @@ def test_upfront_errors(tiny_data, tiny_config, tmp_path):
 def test_one_data_source_per_run(tiny_data, tiny_config, shard_dir, tmp_path):
     """A run reads the shards or the feature cache, validation included; both set is refused
     naming both unless data.source picks one; run.json names the source."""
-    from sevlm.features.shards import write_shards
+    from sevlm.features.shard_writer import write_shards
 
     both = (f"data.shards={shard_dir}",)  # tiny_config sets data.features
     with pytest.raises(ConfigError, match=r"data.features=.*features.h5 and data.shards=.* are both set.*data.source="):
@@ -272,7 +272,7 @@ def generic_data(tiny_data, tmp_path_factory):
     import csv
 
     from sevlm.cli import main
-    from sevlm.features.hdf5 import extract_features
+    from sevlm.features.hdf5_writer import extract_features
 
     root = tmp_path_factory.mktemp("generic")
     raw = tiny_data["root"] / "raw"
