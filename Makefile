@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRA ?= cpu
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ $(VENV)/.installed: setup.py
 demo: setup
 	$(BIN)/sevlm demo --out demo_out
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 clean:

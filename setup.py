@@ -35,7 +35,7 @@ setup(
     extras_require={
         "cpu": ["faiss-cpu>=1.7.4"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7.4", "pytest-timeout>=2.2"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["sevlm=sevlm.cli:main"]},
 )

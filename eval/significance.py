@@ -24,10 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b", required=True, help="predictions of the system under test (JSON lines)")
     p.add_argument("--references", required=True, help="the split's grouped JSON from `sevlm prepare`")
     p.add_argument("--dataset", help="dataset folder: adds Emo-Align with its cached classifier")
-    p.add_argument("--emo-classifier", choices=CLASSIFIER_KINDS, default="tfidf",
-                   help="with --dataset: the Emo-Align classifier (as `sevlm evaluate --emo-classifier`)")
-    p.add_argument("--dominance", choices=DOMINANCE_RULES, default="artemis",
-                   help="the dominant-emotion rule (as `sevlm evaluate --dominance`)")
+    p.add_argument(
+        "--emo-classifier",
+        choices=CLASSIFIER_KINDS,
+        default="tfidf",
+        help="with --dataset: the Emo-Align classifier (as `sevlm evaluate --emo-classifier`)",
+    )
+    p.add_argument(
+        "--dominance",
+        choices=DOMINANCE_RULES,
+        default="artemis",
+        help="the dominant-emotion rule (as `sevlm evaluate --dominance`)",
+    )
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lenient", action="store_true", help="compare on the images both files cover")
@@ -42,17 +50,30 @@ def main(argv: list[str] | None = None) -> int:
             from sevlm.evaluation.emo_classifier import load_or_train
 
             clf = load_or_train(args.dataset, kind=args.emo_classifier)
-        res = compare(args.a, args.b, args.references, n_resamples=args.resamples, seed=args.seed,
-                      strict=not args.lenient, classifier=clf, dominance=args.dominance)
+        res = compare(
+            args.a,
+            args.b,
+            args.references,
+            n_resamples=args.resamples,
+            seed=args.seed,
+            strict=not args.lenient,
+            classifier=clf,
+            dominance=args.dominance,
+        )
     except SevlmError as e:
         print(f"significance: error: {e}", file=sys.stderr)
         return 1
-    print(f"{res['n_images']} images, {res['n_resamples']} resamples, dominance rule {res['dominance']}; "
-          f"B = {args.b} vs A = {args.a}")
+    print(
+        f"{res['n_images']} images, {res['n_resamples']} resamples, dominance rule {res['dominance']}; "
+        f"B = {args.b} vs A = {args.a}"
+    )
     print(f"{'metric':18s} {'A':>8s} {'B':>8s} {'delta':>8s}   95% CI of delta      p(boot)  p(perm)")
     for name, m in res["metrics"].items():
         lo, hi = m["ci95"]
-        print(f"{name:18s} {m['a']:8.4f} {m['b']:8.4f} {m['delta']:+8.4f}   [{lo:+.4f}, {hi:+.4f}]   {m['p_bootstrap']:.4f}   {m['p_permutation']:.4f}")
+        print(
+            f"{name:18s} {m['a']:8.4f} {m['b']:8.4f} {m['delta']:+8.4f}   [{lo:+.4f}, {hi:+.4f}]   "
+            f"{m['p_bootstrap']:.4f}   {m['p_permutation']:.4f}"
+        )
     if args.out:
         write_json(args.out, res)
         print(f"wrote {args.out}")

@@ -1,3 +1,5 @@
-from sevlm.cli import main
 import sys
+
+from sevlm.cli import main
+
 sys.exit(main())

@@ -59,10 +59,16 @@ LADDER = (
     Variant("baseline", _OFF, "baseline (GPT-2 + image, no VAD, no contrastive)"),
     Variant("vad_input", ("model.use_vad_input=true", *_OFF[1:]), "+ VAD input"),
     Variant("vad_head", ("model.use_vad_input=true", "model.use_vad_head=true", _OFF[2]), "+ VAD head"),
-    Variant("full", ("model.use_vad_input=true", "model.use_vad_head=true", "model.use_contrastive=true"),
-            "+ contrastive head (full)"),
-    Variant("no_image", ("model.use_vad_input=true", "model.use_vad_head=true", "model.use_contrastive=true",
-                         "model.mode=none"), "full, no image (control)"),
+    Variant(
+        "full",
+        ("model.use_vad_input=true", "model.use_vad_head=true", "model.use_contrastive=true"),
+        "+ contrastive head (full)",
+    ),
+    Variant(
+        "no_image",
+        ("model.use_vad_input=true", "model.use_vad_head=true", "model.use_contrastive=true", "model.mode=none"),
+        "full, no image (control)",
+    ),
 )
 BUILTIN = {v.name: v for v in LADDER}
 
@@ -89,8 +95,10 @@ def select_variants(names: list[str] | None, custom: list[str] | None) -> list[V
     out = []
     for n in names:
         if n not in BUILTIN:
-            raise ConfigError(f"--variants: unknown variant {n!r} (built in: {', '.join(BUILTIN)}; "
-                              f"define others with --variant NAME:key=value,...)")
+            raise ConfigError(
+                f"--variants: unknown variant {n!r} (built in: {', '.join(BUILTIN)}; "
+                f"define others with --variant NAME:key=value,...)"
+            )
         out.append(BUILTIN[n])
     out += customs
     seen = set()
@@ -107,14 +115,22 @@ def select_variants(names: list[str] | None, custom: list[str] | None) -> list[V
 # The study: plan, check against what the folder already holds, run the children, tabulate
 
 
-def plan_study(study: Path, config: str, overrides: list[str], variants: list[Variant], seeds: list[int],
-               data: dict) -> dict:
+def plan_study(
+    study: Path, config: str, overrides: list[str], variants: list[Variant], seeds: list[int], data: dict
+) -> dict:
     """study.json's content, every variant's config checked (a bad override names its variant)."""
     from sevlm.train import load_train_config
 
     data_overrides = [f"data.{k}={v}" for k, v in data.items() if v]
-    spec = {"version": 1, "config": config, "overrides": list(overrides), "data": data, "split": SPLIT,
-            "seeds": list(seeds), "variants": {}}
+    spec = {
+        "version": 1,
+        "config": config,
+        "overrides": list(overrides),
+        "data": data,
+        "split": SPLIT,
+        "seeds": list(seeds),
+        "variants": {},
+    }
     for v in variants:
         try:
             cfg = load_train_config(config, [*overrides, *data_overrides, *v.overrides])
@@ -141,13 +157,17 @@ def reconcile(study: Path, spec: dict) -> dict:
     old = json.loads(path.read_text(encoding="utf-8"))
     for key in ("config", "overrides", "data", "demo_images"):
         if old.get(key, spec.get(key)) != spec.get(key):  # (a key an older study.json lacks is not compared)
-            raise ConfigError(f"{path}: this study was run with {key} {old.get(key)!r}, not {spec[key]!r}; "
-                              f"use another --out, or give the same {key}")
+            raise ConfigError(
+                f"{path}: this study was run with {key} {old.get(key)!r}, not {spec[key]!r}; "
+                f"use another --out, or give the same {key}"
+            )
     for name, v in spec["variants"].items():
         was = old["variants"].get(name)
         if was is not None and was["overrides"] != v["overrides"]:
-            raise ConfigError(f"{path}: variant {name} was run with {was['overrides']}, not {v['overrides']}; "
-                              f"name the new variant differently")
+            raise ConfigError(
+                f"{path}: variant {name} was run with {was['overrides']}, not {v['overrides']}; "
+                f"name the new variant differently"
+            )
     merged = dict(spec)
     merged["variants"] = {**old["variants"], **spec["variants"]}
     merged["seeds"] = sorted(set(old["seeds"]) | set(spec["seeds"]))
@@ -164,20 +184,34 @@ def resolve_data(study: Path, config: str, overrides: list[str], demo_images: in
     if cfg.data.dataset_dir:
         return {}  # the config (or its overrides) says where the data is: the runs read it from there
     if cfg.data.lexicon not in (DEMO, DEMO_DATA):
-        raise ConfigError(f"config {config!r} names no data.dataset_dir: pass data.dataset_dir=... data.features=... "
-                          f"(only a config on the demo lexicon gets the synthetic demo set built for it)")
+        raise ConfigError(
+            f"config {config!r} names no data.dataset_dir: pass data.dataset_dir=... data.features=... "
+            f"(only a config on the demo lexicon gets the synthetic demo set built for it)"
+        )
     from sevlm.commands.demo import build_demo_data
 
-    print(f"[ablate] {config} names no dataset: building the synthetic demo set ({demo_images} images, "
-          f"encoder {cfg.data.encoder}) in {Path(study) / 'data'}", flush=True)
-    dataset, features, shards = build_demo_data(Path(study).resolve() / "data", demo_images, 0, None,
-                                                cfg.data.encoder, {})
+    print(
+        f"[ablate] {config} names no dataset: building the synthetic demo set ({demo_images} images, "
+        f"encoder {cfg.data.encoder}) in {Path(study) / 'data'}",
+        flush=True,
+    )
+    dataset, features, shards = build_demo_data(
+        Path(study).resolve() / "data", demo_images, 0, None, cfg.data.encoder, {}
+    )
     # the runs read the shards, as the demo's do (one source; they name their feature cache)
     return {"dataset_dir": str(dataset), "shards": str(shards)}
 
 
-def run_study(study: str | os.PathLike, config: str, overrides: list[str], variants: list[Variant], n_seeds: int,
-              parallel: int = 1, demo_images: int = 720, n_resamples: int = 2000) -> dict:
+def run_study(
+    study: str | os.PathLike,
+    config: str,
+    overrides: list[str],
+    variants: list[Variant],
+    n_seeds: int,
+    parallel: int = 1,
+    demo_images: int = 720,
+    n_resamples: int = 2000,
+) -> dict:
     """Run (or finish) every variant x seed and write the table; -> the table (ABLATION.json)."""
     from sevlm.evaluation.ablation import write_tables
     from sevlm.io import write_json
@@ -206,8 +240,11 @@ def run_study(study: str | os.PathLike, config: str, overrides: list[str], varia
         wall = time.perf_counter() - t0
         table = write_tables(study, spec, names, seeds, n_resamples=n_resamples)
         table["wall_s_this_invocation"] = round(wall, 1)
-        print(f"[ablate] {len(names)} variants x {len(seeds)} seeds: {len(failures)} failed; "
-              f"{wall:.0f} s of runs in this invocation; wrote {study / 'ABLATION.md'}", flush=True)
+        print(
+            f"[ablate] {len(names)} variants x {len(seeds)} seeds: {len(failures)} failed; "
+            f"{wall:.0f} s of runs in this invocation; wrote {study / 'ABLATION.md'}",
+            flush=True,
+        )
         return table
 
 
@@ -265,9 +302,13 @@ def _run_children(study: Path, spec: dict, names: list[str], seeds: list[int], p
                 child_env = dict(env, **({"CUDA_VISIBLE_DEVICES": str(slot % n_gpu)} if n_gpu else {}))
                 slot += 1
                 with open(log, "ab") as out:
-                    p = subprocess.Popen([sys.executable, "-m", "sevlm.ablation", str(study), v, str(s)],
-                                         stdout=out, stderr=subprocess.STDOUT, env=child_env,
-                                         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                    p = subprocess.Popen(
+                        [sys.executable, "-m", "sevlm.ablation", str(study), v, str(s)],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=child_env,
+                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                    )
                 running[p] = (v, s, time.perf_counter())
                 print(f"[ablate] start {v} seed {s} (pid {p.pid}, log {log})", flush=True)
             time.sleep(0.2)
@@ -278,8 +319,10 @@ def _run_children(study: Path, spec: dict, names: list[str], seeds: list[int], p
                 else:
                     err = _record_crash(study, v, s, p.returncode)
                     failures.append((v, s, err))
-                    print(f"[ablate] FAILED {v} seed {s}: {err} (log {log_path(study, v, s)}); the study goes on",
-                          flush=True)
+                    print(
+                        f"[ablate] FAILED {v} seed {s}: {err} (log {log_path(study, v, s)}); the study goes on",
+                        flush=True,
+                    )
     finally:
         for p in running:  # an interrupted study stops its children (SIGTERM: a training run exits cleanly)
             p.terminate()
@@ -304,8 +347,11 @@ def _record_crash(study: Path, variant: str, seed: int, rc: int) -> str:
     err_file = log_path(study, variant, seed, ".error.json")
     if err_file.exists():
         return json.loads(err_file.read_text(encoding="utf-8"))["error"]
-    lines = [ln for ln in log_path(study, variant, seed).read_text(encoding="utf-8", errors="replace").splitlines()
-             if ln.strip()]
+    lines = [
+        ln
+        for ln in log_path(study, variant, seed).read_text(encoding="utf-8", errors="replace").splitlines()
+        if ln.strip()
+    ]
     error = f"exit code {rc}" + (f": {lines[-1].strip()[:300]}" if lines else "")
     write_json(err_file, {"variant": variant, "seed": seed, "stage": None, "error": error})
     return error
@@ -343,22 +389,50 @@ def run_one(study: Path, variant: str, seed: int) -> None:
     if (folder / CONFIG_FILE).exists():
         train_argv = ["train", "--resume", str(folder)]
     else:
-        train_argv = ["train", "--config", spec["config"], "--out", str(folder), *spec["overrides"], *data_overrides,
-                      *v["overrides"], f"seed={seed}"]
+        train_argv = [
+            "train",
+            "--config",
+            spec["config"],
+            "--out",
+            str(folder),
+            *spec["overrides"],
+            *data_overrides,
+            *v["overrides"],
+            f"seed={seed}",
+        ]
     if stage("train", folder / DONE_FILE, train_argv):
         for stale in run_outputs(folder, True)[1:]:  # outputs of an earlier, unfinished model
             stale.unlink(missing_ok=True)
     dataset = data.get("dataset_dir") or _recorded_dataset(folder)
-    stage("generate", folder / PREDICTIONS, ["generate", "--run", str(folder), "--split", SPLIT,
-                                             "--out", str(folder / PREDICTIONS)])
+    stage(
+        "generate",
+        folder / PREDICTIONS,
+        ["generate", "--run", str(folder), "--split", SPLIT, "--out", str(folder / PREDICTIONS)],
+    )
     lexicon = _recorded_lexicon(folder)
     # a REPORT.json without its statistics (an older sevlm's) is evaluated again
-    stage("evaluate", [folder / STATS, folder / REPORT], ["evaluate", "--predictions", str(folder / PREDICTIONS),
-                                        "--references", str(Path(dataset) / f"{SPLIT}.json"), "--dataset", str(dataset),
-                                        *(["--vad-lexicon", lexicon] if lexicon else []), "--out", str(folder / REPORT)])
+    stage(
+        "evaluate",
+        [folder / STATS, folder / REPORT],
+        [
+            "evaluate",
+            "--predictions",
+            str(folder / PREDICTIONS),
+            "--references",
+            str(Path(dataset) / f"{SPLIT}.json"),
+            "--dataset",
+            str(dataset),
+            *(["--vad-lexicon", lexicon] if lexicon else []),
+            "--out",
+            str(folder / REPORT),
+        ],
+    )
     if v["retrieve"]:
-        stage("retrieve", [folder / RETRIEVAL_STATS, folder / RETRIEVAL], ["retrieve", "--run", str(folder), "--split", SPLIT,
-                                               "--out", str(folder / RETRIEVAL)])
+        stage(
+            "retrieve",
+            [folder / RETRIEVAL_STATS, folder / RETRIEVAL],
+            ["retrieve", "--run", str(folder), "--split", SPLIT, "--out", str(folder / RETRIEVAL)],
+        )
 
 
 def _recorded_dataset(folder: Path) -> str:

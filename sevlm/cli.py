@@ -61,8 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
 # subcommands whose --out must not land on an input or in a folder another command owns
 # (`prepare` guards its own --out; `train` writes a run folder, `demo` its own tree)
 GUARDED = ("evaluate", "generate", "retrieve", "shard", "extract")
-INPUT_FLAGS = ("predictions", "references", "run", "features", "dataset", "images", "query_image", "lexicon",
-               "vad_lexicon", "weights", "cache_dir")
+INPUT_FLAGS = (
+    "predictions",
+    "references",
+    "run",
+    "features",
+    "dataset",
+    "images",
+    "query_image",
+    "lexicon",
+    "vad_lexicon",
+    "weights",
+    "cache_dir",
+)
 
 
 def _check_outputs(args) -> None:
@@ -74,8 +85,11 @@ def _check_outputs(args) -> None:
     outputs = {"--out": args.out}
     if args.command in ("evaluate", "retrieve"):  # REPORT.md is written beside REPORT.json
         outputs["--out (its .md beside it)"] = str(Path(args.out).with_suffix(".md"))
-    inputs = {f"--{k.replace('_', '-')}": getattr(args, k) for k in INPUT_FLAGS
-              if isinstance(getattr(args, k, None), (str, os.PathLike))}
+    inputs = {
+        f"--{k.replace('_', '-')}": getattr(args, k)
+        for k in INPUT_FLAGS
+        if isinstance(getattr(args, k, None), (str, os.PathLike))
+    }
     check_outputs(outputs, inputs)
 
 
@@ -84,13 +98,22 @@ def _resource_error_line(e: BaseException) -> str | None:
     (those keep their traceback: they are bugs to report)."""
     text = " ".join(str(e).split())
     low = text.lower()
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or any(
-            s in low for s in ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")):
-        return (f"out of memory ({text[:200] or type(e).__name__}); use a smaller model (model.n_embd, model.n_layer), "
-                "a smaller schedule.micro_batch or --batch-size, fewer data.num_workers, or a machine with more memory")
+    if (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or any(
+            s in low for s in ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
+        )
+    ):
+        return (
+            f"out of memory ({text[:200] or type(e).__name__}); use a smaller model (model.n_embd, model.n_layer), "
+            "a smaller schedule.micro_batch or --batch-size, fewer data.num_workers, or a machine with more memory"
+        )
     if any(s in low for s in ("file write failed", "no space left", "disk quota exceeded", "enospc")):
-        return (f"could not write a file, the disk is probably full ({text[:200]}); free space on the output's disk "
-                "(or point --out elsewhere) and run again: finished checkpoints and exports are kept")
+        return (
+            f"could not write a file, the disk is probably full ({text[:200]}); free space on the output's disk "
+            "(or point --out elsewhere) and run again: finished checkpoints and exports are kept"
+        )
     return None
 
 

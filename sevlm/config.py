@@ -116,8 +116,7 @@ def suggest_keys(key: str, known: list[str]) -> list[str]:
     return close or [by_tail[t] for t in difflib.get_close_matches(tail, list(by_tail), n=3, cutoff=0.75)]
 
 
-def from_dict(cls: type, data: dict | None, where: str = "config", _root: type | None = None,
-              _path: str = "") -> Any:
+def from_dict(cls: type, data: dict | None, where: str = "config", _root: type | None = None, _path: str = "") -> Any:
     """Build dataclass `cls` from `data`, refusing unknown keys (with the keys they may mean) and
     values of the wrong type."""
     data = dict(data or {})

@@ -111,7 +111,11 @@ class DecodingConfig:
 
     def describe(self) -> str:
         """One line for logs: the strategy and every option that is not off."""
-        parts = [self.strategy if self.strategy != "beam" else f"beam({self.num_beams}, length_penalty={self.length_penalty:g})"]
+        parts = [
+            self.strategy
+            if self.strategy != "beam"
+            else f"beam({self.num_beams}, length_penalty={self.length_penalty:g})"
+        ]
         if self.no_repeat_ngram:
             parts.append(f"no_repeat_ngram={self.no_repeat_ngram}")
         if self.repetition_penalty != 1.0:

@@ -107,8 +107,10 @@ class LoadedRun:
         expected = self.model.config.visual_dim
         if int(width) != expected:
             enc = (self.config.get("encoder") or {}).get("name") or "an unrecorded encoder"
-            raise DataError(f"{source}: {int(width)}-d visual tokens, but the model in {self.path} expects "
-                            f"{expected}-d ({enc}'s); features from another encoder?")
+            raise DataError(
+                f"{source}: {int(width)}-d visual tokens, but the model in {self.path} expects "
+                f"{expected}-d ({enc}'s); features from another encoder?"
+            )
 
     def image_encoder(self, device: str | None = None):
         """The run's image encoder, rebuilt from the spec recorded at export (weights included)."""
@@ -191,8 +193,9 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         # The decoder's weights go to decoder/ only, as transformers writes them; the rest here.
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-                 if not k.startswith(DECODER_PREFIX)}
+        state = {
+            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(DECODER_PREFIX)
+        }
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         _save_hf_decoder(model.decoder, tmp / HF_DECODER)
         # every file transformers wrote (one, unless it shards a large decoder)
@@ -241,7 +244,9 @@ def find_export(path: str | Path) -> Path:
     for cand in (path, path / RUN_EXPORT):
         if (cand / "config.json").is_file() and (cand / WEIGHTS).is_file():
             return cand
-    raise DataError(f"{path}: no exported model (expected model.safetensors + config.json here or in {path / RUN_EXPORT})")
+    raise DataError(
+        f"{path}: no exported model (expected model.safetensors + config.json here or in {path / RUN_EXPORT})"
+    )
 
 
 def _load_weights(path: Path, sha256: str | None) -> dict:
@@ -255,7 +260,9 @@ def _load_weights(path: Path, sha256: str | None) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: missing weights (the export lists it); copy or export it again")
     if sha256 is not None and sha256_file(path) != sha256:
-        raise DataError(f"{path}: damaged weights (sha256 differs from the one recorded at export); copy or export it again")
+        raise DataError(
+            f"{path}: damaged weights (sha256 differs from the one recorded at export); copy or export it again"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -277,8 +284,10 @@ def inside_export(export: Path, name, what: str) -> Path:
     path = export / name
     root = Path(os.path.realpath(export))
     if root != Path(os.path.realpath(path)) and root not in Path(os.path.realpath(path)).parents:
-        raise DataError(f"{export / 'config.json'}: {what} {name!r} lies outside the export folder {export}; "
-                        "an export only loads its own files")
+        raise DataError(
+            f"{export / 'config.json'}: {what} {name!r} lies outside the export folder {export}; "
+            "an export only loads its own files"
+        )
     return path
 
 
@@ -289,12 +298,16 @@ def _load_state(export: Path, config: dict) -> dict:
     if not isinstance(sums, dict):
         sums = {WEIGHTS: sums}
     if WEIGHTS not in files:
-        raise DataError(f"{export / 'config.json'}: lists no {WEIGHTS} under \"weights\"; the export is damaged, export the run again")
+        raise DataError(
+            f'{export / "config.json"}: lists no {WEIGHTS} under "weights"; the export is damaged, export the run again'
+        )
     state: dict = {}
     for name, prefix in files.items():
         for k, v in _load_weights(inside_export(export, name, "weights file"), sums.get(name)).items():
             if prefix + k in state:
-                raise DataError(f"{export / name}: {prefix + k} is also in another weights file of {export}; export the run again")
+                raise DataError(
+                    f"{export / name}: {prefix + k} is also in another weights file of {export}; export the run again"
+                )
             state[prefix + k] = v
     return state
 
@@ -312,16 +325,19 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     from sevlm.io import read_json
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.model.config import saved_model_config
-    from sevlm.text import VOCAB_FILE, SequenceBuilder, VocabMap, check_id_space, load_tokenizer
+    from sevlm.text import SequenceBuilder, VocabMap, check_id_space, load_tokenizer
 
     export = find_export(path)
     config = read_json(export / "config.json")
     if config.get("format") not in (FORMAT, FORMAT_1):
-        raise DataError(f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT} or {FORMAT_1})")
+        raise DataError(
+            f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT} or "
+            f"{FORMAT_1})"
+        )
     from transformers import GPT2Config
 
     if not isinstance(config.get("model"), dict):
-        raise DataError(f"{export / 'config.json'}: no \"model\" section; the export is damaged, export the run again")
+        raise DataError(f'{export / "config.json"}: no "model" section; the export is damaged, export the run again')
     mcfg = from_dict(SEVLMConfig, saved_model_config(config["model"]), where=str(export / "config.json") + ":model")
     # The decoder is rebuilt from its stored architecture: weights come from the export, never the hub.
     decoder_config = GPT2Config.from_dict(read_json(export / "decoder_config.json"))
@@ -330,7 +346,10 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     if config.get("vocab"):
         vocab_path = inside_export(export, config["vocab"], "vocab file")
         if not vocab_path.is_file():
-            raise DataError(f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is missing")
+            raise DataError(
+                f"{export / 'config.json'}: names the corpus vocabulary {config['vocab']!r}, but {vocab_path} is "
+                "missing"
+            )
         vocab = VocabMap.load(vocab_path)
     check_id_space(vocab, mcfg.vocab_size, tokenizer, str(export))
     try:
@@ -343,13 +362,17 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     missing = [k for k in missing if k != "decoder.lm_head.weight"]  # tied to wte, stored once
     if missing or unexpected:
         where = ", ".join(str(export / f) for f in weight_files(config))
-        raise DataError(f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise DataError(
+            f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.decoder.tie_weights()
     model.to(torch.device(device)).eval()
-    builder = SequenceBuilder(tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt,
-                              vad_input=mcfg.vad_input)
-    return LoadedRun(model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export,
-                     vocab=vocab)
+    builder = SequenceBuilder(
+        tokenizer, lex, max_len=mcfg.max_len, vocab=vocab, bos_prompt=mcfg.bos_prompt, vad_input=mcfg.vad_input
+    )
+    return LoadedRun(
+        model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export, vocab=vocab
+    )
 
 
 def export_checkpoint(run_dir: str | Path, tag: str, out_dir: str | Path) -> tuple[Path, str]:
@@ -378,8 +401,10 @@ def export_checkpoint(run_dir: str | Path, tag: str, out_dir: str | Path) -> tup
     state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=resolved)
     missing, unexpected = loaded.model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise DataError(f"{root / resolved}: its weights do not fit the run's model (missing {list(missing)[:3]}, "
-                        f"unexpected {list(unexpected)[:3]})")
+        raise DataError(
+            f"{root / resolved}: its weights do not fit the run's model (missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]})"
+        )
     train = dict(loaded.config.get("train") or {})
     train.update(step=int(resolved.removeprefix("step")), metrics={}, exported_from=f"checkpoints/{resolved}")
     return save_export(out_dir, loaded.model, loaded.tokenizer, train, vocab=loaded.vocab), resolved

@@ -54,10 +54,10 @@ def parse_output(text: str) -> tuple[str | None, str, str]:
     t = text.strip()
     low = t.lower()
     if low.startswith(PROMPT):
-        t = t[len(PROMPT):]
+        t = t[len(PROMPT) :]
     m = re.search(r"\bbecause\b", t, flags=re.IGNORECASE)
     if m:
-        raw, explanation = t[: m.start()], t[m.end():]
+        raw, explanation = t[: m.start()], t[m.end() :]
     else:
         raw, explanation = t, ""
     raw = _LABEL_RE.sub(" ", raw).strip()
@@ -125,8 +125,9 @@ def _causal_vad(text: str, start: int, end: int, lexicon: VADLexicon, pieces: bo
 class _TextState:
     """Per-sequence text so far, for the causal VAD and segment of each new token."""
 
-    def __init__(self, pieces: _Pieces, lexicon: VADLexicon, prompt: Sequence[int], because: int,
-                 vad_pieces: bool = False):
+    def __init__(
+        self, pieces: _Pieces, lexicon: VADLexicon, prompt: Sequence[int], because: int, vad_pieces: bool = False
+    ):
         self.lexicon, self.because, self.vad_pieces = lexicon, because, vad_pieces
         self.n_prompt = len(prompt)
         self.piece = pieces  # shared by copies: a cache of pure values
@@ -155,8 +156,16 @@ class _TextState:
         return new
 
 
-def _full_features(pieces: _Pieces, lexicon, ids: list[int], n_prompt: int, because: int, explanation_id: int,
-                   emotion_id: int, vad_pieces: bool = False):
+def _full_features(
+    pieces: _Pieces,
+    lexicon,
+    ids: list[int],
+    n_prompt: int,
+    because: int,
+    explanation_id: int,
+    emotion_id: int,
+    vad_pieces: bool = False,
+):
     """Segments and causal VAD of a whole sequence from scratch (the uncached path)."""
     decoder, text, offsets = _utf8_decoder(), "", []
     for i in ids:
@@ -197,8 +206,9 @@ def _sampling_warpers(decoding: DecodingConfig) -> list:
     return out
 
 
-def _corpus_words(logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie,
-                  finished: torch.Tensor) -> torch.Tensor:
+def _corpus_words(
+    logits: torch.Tensor, all_ids: torch.Tensor, states: list[_TextState], trie, finished: torch.Tensor
+) -> torch.Tensor:
     """logits (B, V) with every piece that would spell a word outside the training explanations
     at -inf, in the rows that are writing their explanation (`decoding.corpus_words`)."""
     mask = torch.zeros_like(logits, dtype=torch.bool)  # (B, V) True: banned
@@ -218,8 +228,9 @@ def _explanation_history(all_ids: torch.Tensor, states: list[_TextState], vocab_
     """all_ids (B, T) with every position before each row's explanation set to `vocab_size`, an
     id no logit has: the processors then neither count nor ban prompt and label tokens."""
     T = all_ids.shape[1]
-    start = torch.tensor([s.explanation_start if s.explanation_start is not None else T for s in states],
-                         device=all_ids.device)  # (B,)
+    start = torch.tensor(
+        [s.explanation_start if s.explanation_start is not None else T for s in states], device=all_ids.device
+    )  # (B,)
     before = torch.arange(T, device=all_ids.device)[None, :] < start[:, None]  # (B, T)
     return all_ids.masked_fill(before, vocab_size)
 
@@ -287,16 +298,20 @@ def generate(
     trie = None
     if decoding.corpus_words:
         if vocab is None:
-            raise DataError("decoding.corpus_words needs a model trained on a corpus vocabulary "
-                            "(data.corpus_vocab=true)")
+            raise DataError(
+                "decoding.corpus_words needs a model trained on a corpus vocabulary (data.corpus_vocab=true)"
+            )
         from sevlm.words import WordTrie
 
         trie = WordTrie(vocab, tokenizer, eos)
     warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
     if image_keys is not None and len(image_keys) != I:
         raise ValueError(f"generate: {len(image_keys)} image keys for {I} images")
-    samplers = (image_samplers(decoding.seed, image_keys if image_keys is not None else [str(i) for i in range(I)])
-                if decoding.strategy == "sample" else None)
+    samplers = (
+        image_samplers(decoding.seed, image_keys if image_keys is not None else [str(i) for i in range(I)])
+        if decoding.strategy == "sample"
+        else None
+    )
 
     if visual is not None:
         visual = visual.to(device)
@@ -311,11 +326,17 @@ def generate(
     def full_logits(all_ids: torch.Tensor) -> torch.Tensor:
         """Uncached, the authors' style: VAD and segments recomputed from the full text, then the
         whole training forward (image projection, all positions' logits) re-run."""
-        feats = [_full_features(pieces, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id,
-                                vad_pieces) for row in all_ids.tolist()]
+        feats = [
+            _full_features(
+                pieces, lexicon, row, n_prompt, cfg.because_id, cfg.explanation_id, cfg.emotion_id, vad_pieces
+            )
+            for row in all_ids.tolist()
+        ]
         v = torch.from_numpy(np.stack([f[0] for f in feats])).to(device)  # (B, T, 3)
         s = torch.tensor([f[1] for f in feats], device=device)  # (B, T)
-        out = model(input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None)
+        out = model(
+            input_ids=all_ids, segment_ids=s, vad=v, visual=visual, seq_image=rows if visual is not None else None
+        )
         return out.logits[:, -1]  # (B, V)
 
     state = None
@@ -443,4 +464,10 @@ def generate_for_features(
 
 
 def prediction_record(image_id: str, h: Hypothesis) -> dict[str, Any]:
-    return {"image_id": image_id, "emotion": h.emotion, "explanation": h.explanation, "emotion_prob": h.emotion_prob, "raw": h.raw}
+    return {
+        "image_id": image_id,
+        "emotion": h.emotion,
+        "explanation": h.explanation,
+        "emotion_prob": h.emotion_prob,
+        "raw": h.raw,
+    }

@@ -63,8 +63,11 @@ def owner_of(path: Path) -> str | None:
     return None
 
 
-def check_outputs(outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike | None],
-                  allowed_owner: Iterable[str | os.PathLike] = ()) -> None:
+def check_outputs(
+    outputs: dict[str, str | os.PathLike],
+    inputs: dict[str, str | os.PathLike | None],
+    allowed_owner: Iterable[str | os.PathLike] = (),
+) -> None:
     """Refuse (ConfigError, before anything is written) an output that is an input file or lies
     in a folder another command owns. `outputs` and `inputs` map a flag (`--out`) to a path;
     `allowed_owner` are folders the command may write into although they look owned."""
@@ -74,8 +77,10 @@ def check_outputs(outputs: dict[str, str | os.PathLike], inputs: dict[str, str |
         target = real(out)
         for in_flag, src in ins.items():
             if target == src:
-                raise ConfigError(f"{flag} {out}: is this command's input ({in_flag} {inputs[in_flag]}); "
-                                  "write the output elsewhere (nothing was written)")
+                raise ConfigError(
+                    f"{flag} {out}: is this command's input ({in_flag} {inputs[in_flag]}); "
+                    "write the output elsewhere (nothing was written)"
+                )
         if any(target == a or a in target.parents for a in allowed):
             continue
         why = owner_of(target)

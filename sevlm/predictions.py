@@ -86,10 +86,17 @@ def generate_split(
     preds = generate_for_features(run, tokens, image_ids, batch_size=batch_size, decoding=decoding)
     write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
     # batch_size is recorded for the record only: each image samples from its own stream (seed, image id)
-    write_json(predictions_meta_path(out), {
-        "format": PREDICTIONS_META_FORMAT, "run": str(run.path), "split": split, "count": len(preds),
-        "batch_size": batch_size, "decoding": decoding.to_dict(),
-    })
+    write_json(
+        predictions_meta_path(out),
+        {
+            "format": PREDICTIONS_META_FORMAT,
+            "run": str(run.path),
+            "split": split,
+            "count": len(preds),
+            "batch_size": batch_size,
+            "decoding": decoding.to_dict(),
+        },
+    )
     return preds
 
 

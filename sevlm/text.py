@@ -101,16 +101,29 @@ class TokenIds:
         if vocab is None:
             return ids
         vocab.check_tokenizer(tok)
-        named = {"pad": ids.pad, "eos": ids.eos, "emotion": ids.emotion, "explanation": ids.explanation,
-                 "because": ids.because}
+        named = {
+            "pad": ids.pad,
+            "eos": ids.eos,
+            "emotion": ids.emotion,
+            "explanation": ids.explanation,
+            "because": ids.because,
+        }
         named.update({f"prompt[{i}]": t for i, t in enumerate(ids.prompt)})
         lost = [name for name, t in named.items() if t not in vocab]
         if lost:
-            raise DataError(f"corpus vocabulary lacks the token(s) {', '.join(lost)}; build it with VocabMap.from_texts")
+            raise DataError(
+                f"corpus vocabulary lacks the token(s) {', '.join(lost)}; build it with VocabMap.from_texts"
+            )
         c = vocab.compact
         return replace(
-            ids, vocab_size=len(vocab), pad=c(ids.pad), eos=c(ids.eos), emotion=c(ids.emotion),
-            explanation=c(ids.explanation), because=c(ids.because), prompt=tuple(c(t) for t in ids.prompt),
+            ids,
+            vocab_size=len(vocab),
+            pad=c(ids.pad),
+            eos=c(ids.eos),
+            emotion=c(ids.emotion),
+            explanation=c(ids.explanation),
+            because=c(ids.because),
+            prompt=tuple(c(t) for t in ids.prompt),
             unk=vocab.unk_id,
         )
 
@@ -140,8 +153,9 @@ class VocabMap:
 
     unk_id = 0
 
-    def __init__(self, gpt2_ids: Iterable[int], tokenizer_size: int | None = None,
-                 words: Iterable[Sequence[int]] | None = None):
+    def __init__(
+        self, gpt2_ids: Iterable[int], tokenizer_size: int | None = None, words: Iterable[Sequence[int]] | None = None
+    ):
         self.words = None if words is None else sorted({tuple(int(t) for t in w) for w in words if len(w)})
         ids = sorted({int(i) for i in gpt2_ids})
         if ids and ids[0] < 0:
@@ -197,8 +211,9 @@ class VocabMap:
 
     def check_tokenizer(self, tok) -> None:
         if self.tokenizer_size is not None and self.tokenizer_size != len(tok):
-            raise DataError(f"corpus vocabulary was built for a tokenizer of {self.tokenizer_size} tokens, "
-                            f"this one has {len(tok)}")
+            raise DataError(
+                f"corpus vocabulary was built for a tokenizer of {self.tokenizer_size} tokens, this one has {len(tok)}"
+            )
         if len(self.gpt2_ids) and self.gpt2_ids[-1] >= len(tok):
             raise DataError(f"corpus vocabulary holds GPT-2 id {int(self.gpt2_ids[-1])}, outside the tokenizer")
 
@@ -236,8 +251,13 @@ class VocabMap:
 
     # ---- files -------------------------------------------------------------------------------
     def to_json(self) -> dict:
-        out = {"format": VOCAB_FORMAT, "unk_id": self.unk_id, "tokenizer_size": self.tokenizer_size,
-               "size": len(self), "gpt2_ids": self.gpt2_ids.tolist()}
+        out = {
+            "format": VOCAB_FORMAT,
+            "unk_id": self.unk_id,
+            "tokenizer_size": self.tokenizer_size,
+            "size": len(self),
+            "gpt2_ids": self.gpt2_ids.tolist(),
+        }
         if self.words is not None:
             out["words"] = [list(w) for w in self.words]
         return out
@@ -252,8 +272,10 @@ class VocabMap:
             if obj.get("unk_id", 0) != cls.unk_id:
                 raise DataError(f"{where}: unk_id {obj.get('unk_id')!r} is not supported (expected {cls.unk_id})")
             ids, size, words = obj["gpt2_ids"], obj.get("tokenizer_size"), obj.get("words")
-            if words is not None and not (isinstance(words, list) and all(
-                    isinstance(w, list) and all(isinstance(t, int) and t in set(ids) for t in w) for w in words)):
+            if words is not None and not (
+                isinstance(words, list)
+                and all(isinstance(w, list) and all(isinstance(t, int) and t in set(ids) for t in w) for w in words)
+            ):
                 raise DataError(f"{where}: words must be lists of the vocabulary's GPT-2 ids")
         else:
             raise DataError(f"{where}: not a corpus vocabulary (expected format {VOCAB_FORMAT!r} with a gpt2_ids list)")
@@ -284,8 +306,10 @@ def check_id_space(vocab: VocabMap | None, vocab_size: int, tokenizer, where: st
     if vocab is not None and len(vocab) != vocab_size:
         raise DataError(f"{where}: corpus vocabulary has {len(vocab)} ids but the model's vocabulary has {vocab_size}")
     if vocab is None and vocab_size < len(tokenizer):
-        raise DataError(f"{where}: the model has a {vocab_size}-token (corpus) vocabulary but no VocabMap was given "
-                        "(load_run gives it as LoadedRun.vocab)")
+        raise DataError(
+            f"{where}: the model has a {vocab_size}-token (corpus) vocabulary but no VocabMap was given "
+            "(load_run gives it as LoadedRun.vocab)"
+        )
 
 
 def model_inputs(batch: dict) -> dict:
@@ -308,8 +332,16 @@ ANCHORS = ("uniform", "last")
 class SequenceBuilder:
     """Turns (emotion, explanation) annotations and feature samples into model batches."""
 
-    def __init__(self, tokenizer, lexicon: VADLexicon, max_len: int = 30, vocab: VocabMap | None = None,
-                 bos_prompt: bool = False, anchor: str = "uniform", vad_input: str = "word"):
+    def __init__(
+        self,
+        tokenizer,
+        lexicon: VADLexicon,
+        max_len: int = 30,
+        vocab: VocabMap | None = None,
+        bos_prompt: bool = False,
+        anchor: str = "uniform",
+        vad_input: str = "word",
+    ):
         if anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
         if vad_input not in ("word", "piece"):
@@ -395,7 +427,9 @@ class SequenceBuilder:
         # MB spins for ~0.1-0.2 s; numpy's single-threaded copy takes a few ms.
         # float16 features stay float16 (half the bytes between processes; the trainer casts on the device)
         visual = np.stack([np.asarray(s["tokens"]) for s in samples])
-        return torch.from_numpy(visual if visual.dtype == np.float16 else visual.astype(np.float32, copy=False))  # (I, N, D)
+        return torch.from_numpy(
+            visual if visual.dtype == np.float16 else visual.astype(np.float32, copy=False)
+        )  # (I, N, D)
 
     def collate(self, samples: Sequence[dict], rng: np.random.Generator) -> dict[str, Any]:
         """Training batch: two sequences per image (pair sampling), images shared via `seq_image`.
@@ -410,7 +444,10 @@ class SequenceBuilder:
         for s in samples:
             emos, exps = list(s["emotions"]), list(s["explanations"])
             if not emos or len(emos) != len(exps):
-                raise DataError(f"sample {s.get('__key__', s.get('image_id'))!r}: emotions/explanations missing or of unequal length")
+                raise DataError(
+                    f"sample {s.get('__key__', s.get('image_id'))!r}: emotions/explanations missing or of unequal "
+                    "length"
+                )
             i = len(emos) - 1 if self.anchor == "last" else int(rng.integers(len(emos)))
             others = [j for j in range(len(emos)) if emos[j] != emos[i]]
             if others:
@@ -436,8 +473,10 @@ class SequenceBuilder:
         try:
             return emotion_distribution(sample["emotions"])
         except KeyError as e:
-            raise DataError(f"sample {sample.get('__key__', sample.get('image_id'))!r}: emotion {e.args[0]!r} is not "
-                            f"one of the 9 ({', '.join(EMOTIONS)})") from None
+            raise DataError(
+                f"sample {sample.get('__key__', sample.get('image_id'))!r}: emotion {e.args[0]!r} is not "
+                f"one of the 9 ({', '.join(EMOTIONS)})"
+            ) from None
 
     def collate_eval(self, samples: Sequence[dict], annotation: int | None = 0) -> dict[str, Any]:
         """One sequence per image (annotation index `annotation`), or visual only when None."""

@@ -10,7 +10,9 @@ from typing import Sequence
 from sevlm.errors import DataError
 
 
-def explanation_words(tokenizer, texts: Sequence[str], prompt: str, keep: set[int] | None = None) -> list[tuple[int, ...]]:
+def explanation_words(
+    tokenizer, texts: Sequence[str], prompt: str, keep: set[int] | None = None
+) -> list[tuple[int, ...]]:
     """The words of the explanations of sequence texts ("<prompt> X because ..."), each as its
     GPT-2 pieces in context: a piece whose BPE string starts with a space ("Ġ") starts a word,
     the others continue it. Words with a piece outside `keep` are left out."""
@@ -46,8 +48,10 @@ class WordTrie:
 
     def __init__(self, vocab, tokenizer, eos: int):  # vocab: a sevlm.text.VocabMap
         if vocab.words is None:
-            raise DataError("the corpus vocabulary records no words (trained before decoding.corpus_words existed); "
-                            "retrain, or decode without decoding.corpus_words")
+            raise DataError(
+                "the corpus vocabulary records no words (trained before decoding.corpus_words existed); "
+                "retrain, or decode without decoding.corpus_words"
+            )
         self.starts = {vocab.compact(i) for i in word_start_ids(tokenizer) if i in vocab}
         self.children: dict[tuple[int, ...], set[int]] = {}
         self.complete: set[tuple[int, ...]] = set()

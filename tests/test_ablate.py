@@ -61,8 +61,9 @@ def test_demo_configs_get_the_demo_set_and_others_must_name_their_data(tmp_path,
     from sevlm.train.checks import data_source
 
     built = []
-    monkeypatch.setattr(demo, "build_demo_data", lambda out, n, *a: built.append((out, n)) or (out / "ds", out / "f.h5",
-                                                                                               out / "shards"))
+    monkeypatch.setattr(
+        demo, "build_demo_data", lambda out, n, *a: built.append((out, n)) or (out / "ds", out / "f.h5", out / "shards")
+    )
     for config in ("tiny", "demo"):  # both name the demo table on the demo data (data.lexicon=demo-data)
         data = resolve_data(tmp_path / config, config, [], 12)
         assert data["dataset_dir"] == str((tmp_path / config).resolve() / "data" / "ds")
@@ -78,11 +79,39 @@ def test_demo_configs_get_the_demo_set_and_others_must_name_their_data(tmp_path,
 
 
 def test_bad_variant_override_names_the_variant(tmp_path):
-    assert main(["ablate", "--config", "tiny", "--out", str(tmp_path / "s"), "--variants", "baseline",
-                 "--variant", "oops:model.not_a_key=1", "data.dataset_dir=/nowhere"]) == 1
+    assert (
+        main(
+            [
+                "ablate",
+                "--config",
+                "tiny",
+                "--out",
+                str(tmp_path / "s"),
+                "--variants",
+                "baseline",
+                "--variant",
+                "oops:model.not_a_key=1",
+                "data.dataset_dir=/nowhere",
+            ]
+        )
+        == 1
+    )
     with pytest.raises(ConfigError, match="variant oops: .*not_a_key"):
-        main(["--debug", "ablate", "--config", "tiny", "--out", str(tmp_path / "s"), "--variants", "baseline",
-              "--variant", "oops:model.not_a_key=1", "data.dataset_dir=/nowhere"])
+        main(
+            [
+                "--debug",
+                "ablate",
+                "--config",
+                "tiny",
+                "--out",
+                str(tmp_path / "s"),
+                "--variants",
+                "baseline",
+                "--variant",
+                "oops:model.not_a_key=1",
+                "data.dataset_dir=/nowhere",
+            ]
+        )
 
 
 def test_stars_follow_figure_5():
@@ -90,6 +119,7 @@ def test_stars_follow_figure_5():
 
 
 # --------------------------------------------------------------------------- the table, from fake run folders
+
 
 def _fake_run(folder: Path, hits: list[int], meteor: list[float], failed: str | None = None):
     """A finished run folder as the study's stages leave it: REPORT.json and its per-image statistics."""
@@ -103,22 +133,40 @@ def _fake_run(folder: Path, hits: list[int], meteor: list[float], failed: str | 
     ids = [f"img{i}" for i in range(n)]
     bleu = np.tile(np.array([5, 5, 5, 4, 3, 2, 3, 2, 1, 0], float), (n, 1))
     mean = lambda x: np.stack([np.asarray(x, float), np.ones(n)], 1)  # noqa: E731
-    stats = {**{f"BLEU-{k}": bleu for k in range(1, 5)}, "METEOR": mean(meteor), "ROUGE-L": mean(meteor),
-             "CIDEr": mean(meteor), "emotion_accuracy": np.stack([np.asarray(hits, float), np.ones(n)], 1),
-             "emo_align": np.stack([np.asarray(hits, float), np.ones(n)], 1)}
+    stats = {
+        **{f"BLEU-{k}": bleu for k in range(1, 5)},
+        "METEOR": mean(meteor),
+        "ROUGE-L": mean(meteor),
+        "CIDEr": mean(meteor),
+        "emotion_accuracy": np.stack([np.asarray(hits, float), np.ones(n)], 1),
+        "emo_align": np.stack([np.asarray(hits, float), np.ones(n)], 1),
+    }
     # rows in a shuffled order: the table pairs by image id, not by row
     order = np.random.default_rng(len(folder.parts)).permutation(n)
     write_statistics(report / "REPORT_stats.npz", [ids[i] for i in order], {k: v[order] for k, v in stats.items()}, {})
-    figures = {"BLEU-1": 0.5, "BLEU-2": 0.4, "BLEU-3": 0.3, "BLEU-4": 0.2, "METEOR": float(np.mean(meteor)),
-               "ROUGE-L": float(np.mean(meteor)), "CIDEr": float(np.mean(meteor)),
-               "emotion_accuracy": float(np.mean(hits)), "emo_align": float(np.mean(hits))}
+    figures = {
+        "BLEU-1": 0.5,
+        "BLEU-2": 0.4,
+        "BLEU-3": 0.3,
+        "BLEU-4": 0.2,
+        "METEOR": float(np.mean(meteor)),
+        "ROUGE-L": float(np.mean(meteor)),
+        "CIDEr": float(np.mean(meteor)),
+        "emotion_accuracy": float(np.mean(hits)),
+        "emo_align": float(np.mean(hits)),
+    }
     (report / "REPORT.json").write_text(json.dumps(figures))
 
 
 def test_table_pairs_seeds_and_records_failures(tmp_path):
     study = tmp_path / "study"
-    spec = {"config": "tiny", "overrides": [], "split": "test", "seeds": [0, 1],
-            "variants": {n: {"label": n, "overrides": [], "retrieve": False} for n in ("base", "better", "same")}}
+    spec = {
+        "config": "tiny",
+        "overrides": [],
+        "split": "test",
+        "seeds": [0, 1],
+        "variants": {n: {"label": n, "overrides": [], "retrieve": False} for n in ("base", "better", "same")},
+    }
     rng = np.random.default_rng(0)
     n = 60
     base = {s: (rng.random(n) < 0.3).astype(int) for s in (0, 1)}
@@ -143,8 +191,12 @@ def test_table_pairs_seeds_and_records_failures(tmp_path):
     assert better["image_to_emotion"] is None  # no retrieval in these runs
     # "same" finished seed 0 only: its tests pair seed 0 alone; its failed seed is listed with its error
     assert rows["same"]["vs_baseline"]["seeds"] == [0] and rows["same"]["n_done"] == 1
-    assert rows["same"]["runs"][1] == {"seed": 1, "run_dir": str(study / "same" / "seed1"), "status": "failed",
-                                       "error": "variant same seed 1: train failed"}
+    assert rows["same"]["runs"][1] == {
+        "seed": 1,
+        "run_dir": str(study / "same" / "seed1"),
+        "status": "failed",
+        "error": "variant same seed 1: train failed",
+    }
     assert rows["same"]["sd"]["METEOR"] is None and rows["better"]["sd"]["METEOR"] is not None
     md = (study / "ABLATION.md").read_text()
     assert "same seed 1: failed: variant same seed 1: train failed" in md
@@ -155,6 +207,7 @@ def test_table_pairs_seeds_and_records_failures(tmp_path):
 
 # --------------------------------------------------------------------------- a real study
 
+
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     """40 demo paintings, prepared (no features: enough for runs that fail before training)."""
@@ -163,16 +216,33 @@ def small_dataset(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ablate_data")
     make_demo_data(root / "raw", n_images=40, seed=0, image_size=32, progress=False)
-    prepare_dataset(root / "raw" / "artemis_dataset_release_v0.csv", root / "dataset", images_dir=root / "raw" / "images")
+    prepare_dataset(
+        root / "raw" / "artemis_dataset_release_v0.csv", root / "dataset", images_dir=root / "raw" / "images"
+    )
     return root / "dataset"
 
 
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path, small_dataset, capsys):
     out = tmp_path / "study"
-    rc = main(["ablate", "--config", "tiny", "--out", str(out), "--seeds", "1", "--parallel", "2",
-               "--variant", "a:data.features=/nowhere/a.h5", "--variant", "b:data.features=/nowhere/b.h5",
-               f"data.dataset_dir={small_dataset}"])
+    rc = main(
+        [
+            "ablate",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "--parallel",
+            "2",
+            "--variant",
+            "a:data.features=/nowhere/a.h5",
+            "--variant",
+            "b:data.features=/nowhere/b.h5",
+            f"data.dataset_dir={small_dataset}",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "2 runs did not finish (a seed 0, b seed 0)" in err
@@ -186,11 +256,31 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path, small_dataset
 
 # The tiny model, sized and trained just enough to read the emotion off tiny-random features of
 # 300 demo paintings (27 test images with a dominant emotion); few checkpoints, no validation.
-STUDY_ARGS = ["--config", "tiny", "--seeds", "2", "--variants", "baseline", "full", "no_image", "--parallel", "2",
-              "--demo-images", "300", "--resamples", "2000",
-              "model.n_embd=64", "optim.decoder_lr=5e-3", "optim.emotion_lr=5e-3", "optim.heads_lr=5e-3",
-              "schedule.epochs=8", "schedule.micro_batch=8", "schedule.val_every=100000",
-              "schedule.checkpoint_every=20", "schedule.log_every=10"]
+STUDY_ARGS = [
+    "--config",
+    "tiny",
+    "--seeds",
+    "2",
+    "--variants",
+    "baseline",
+    "full",
+    "no_image",
+    "--parallel",
+    "2",
+    "--demo-images",
+    "300",
+    "--resamples",
+    "2000",
+    "model.n_embd=64",
+    "optim.decoder_lr=5e-3",
+    "optim.emotion_lr=5e-3",
+    "optim.heads_lr=5e-3",
+    "schedule.epochs=8",
+    "schedule.micro_batch=8",
+    "schedule.val_every=100000",
+    "schedule.checkpoint_every=20",
+    "schedule.log_every=10",
+]
 
 
 def _finished(out: Path) -> list[Path]:
@@ -214,9 +304,17 @@ def test_study_is_killed_resumed_and_tabulated(tmp_path):
     proc = runkit.start(runkit.sevlm_argv("ablate", "--out", str(out), *STUDY_ARGS), log)
     with runkit.stopped_afterwards([proc]):
         # kill the study (SIGKILL, no clean-up) once one run has finished and another is training
-        runkit.wait_for(lambda: _finished(out) and any(
-            (d / "config.json").exists() and not (d / "done.json").exists() for d in out.glob("*/seed*")),
-            timeout=900, interval=0.5, procs=[proc], what="a finished run beside one in training", logs=[log])
+        runkit.wait_for(
+            lambda: (
+                _finished(out)
+                and any((d / "config.json").exists() and not (d / "done.json").exists() for d in out.glob("*/seed*"))
+            ),
+            timeout=900,
+            interval=0.5,
+            procs=[proc],
+            what="a finished run beside one in training",
+            logs=[log],
+        )
         children = runkit.descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

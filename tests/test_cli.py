@@ -15,8 +15,20 @@ def dataset(tmp_path_factory):
     """9 demo paintings prepared into a dataset folder -> (images_dir, dataset_dir)."""
     tmp = tmp_path_factory.mktemp("cli")
     assert cli.main(["demo-data", "--out", str(tmp / "raw"), "--n-images", "9", "--image-size", "32"]) == 0
-    assert cli.main(["prepare", "--artemis-csv", str(tmp / "raw" / "artemis_dataset_release_v0.csv"),
-                     "--protocol", "sevlm", "--out", str(tmp / "ds")]) == 0
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--artemis-csv",
+                str(tmp / "raw" / "artemis_dataset_release_v0.csv"),
+                "--protocol",
+                "sevlm",
+                "--out",
+                str(tmp / "ds"),
+            ]
+        )
+        == 0
+    )
     return tmp / "raw" / "images", tmp / "ds"
 
 
@@ -29,8 +41,21 @@ def _one_line_error(capsys, *must: str) -> str:
 
 
 def _extract(images, ds, out) -> int:
-    return cli.main(["extract", "--images", str(images), "--dataset", str(ds), "--encoder", "tiny-random",
-                     "--workers", "0", "--out", str(out)])
+    return cli.main(
+        [
+            "extract",
+            "--images",
+            str(images),
+            "--dataset",
+            str(ds),
+            "--encoder",
+            "tiny-random",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def test_output_parent_folders_are_created(dataset, tmp_path, capsys):
@@ -50,8 +75,18 @@ def test_output_path_errors_are_one_line(dataset, tmp_path, capsys):
     _one_line_error(capsys, "sevlm extract: error:", str(a_file))
     # --out is a folder where a file is expected
     (tmp_path / "adir").mkdir()
-    assert cli.main(["prepare", "--artemis-csv", str(ds.parent / "raw" / "artemis_dataset_release_v0.csv"),
-                     "--out", str(a_file)]) == 1
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--artemis-csv",
+                str(ds.parent / "raw" / "artemis_dataset_release_v0.csv"),
+                "--out",
+                str(a_file),
+            ]
+        )
+        == 1
+    )
     _one_line_error(capsys, "sevlm prepare: error:", str(a_file))
 
 
@@ -102,15 +137,31 @@ def test_local_rank_from_the_launcher_reaches_the_env(monkeypatch, tmp_path, fla
     assert seen == {"rank": "2"}
 
 
-@pytest.mark.parametrize("error, expected", [
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
-                  "allocate 13203876864 bytes."), "out of memory (.*); use a smaller model \\(model.n_embd"),
-    (MemoryError(), "out of memory \\(MemoryError\\); use a smaller model"),
-    (RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/3: "
-                  "file write failed"), "could not write a file, the disk is probably full .*; free space"),
-    (OSError(28, "No space left on device", "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt"),
-     "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt: No space left on device; free space on that disk"),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to "
+                "allocate 13203876864 bytes."
+            ),
+            "out of memory (.*); use a smaller model \\(model.n_embd",
+        ),
+        (MemoryError(), "out of memory \\(MemoryError\\); use a smaller model"),
+        (
+            RuntimeError(
+                "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/3: "
+                "file write failed"
+            ),
+            "could not write a file, the disk is probably full .*; free space",
+        ),
+        (
+            OSError(28, "No space left on device", "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt"),
+            "/runs/r/checkpoints/step00000004/mp_rank_00_model_states.pt: No space left on device; free space on that "
+            "disk",
+        ),
+    ],
+)
 def test_out_of_memory_and_disk_full_are_one_line_saying_what_to_change(monkeypatch, capsys, tmp_path, error, expected):
     import re
 

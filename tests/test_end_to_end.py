@@ -18,8 +18,17 @@ from sevlm.io import sha256_file
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     argv = [
-        "demo", "--out", str(out), "--n-images", "40", "--encoder", "tiny-random", "--config", "tiny",
-        "schedule.epochs=1", "schedule.val_every=0",
+        "demo",
+        "--out",
+        str(out),
+        "--n-images",
+        "40",
+        "--encoder",
+        "tiny-random",
+        "--config",
+        "tiny",
+        "schedule.epochs=1",
+        "schedule.val_every=0",
     ]
     assert main(argv) == 0
     return out, argv
@@ -34,7 +43,12 @@ def test_data_stages(demo_run):
     out, _ = demo_run
     raw, dataset = out / "demo_data", out / "dataset"
     assert (raw / "artemis_dataset_release_v0.csv").read_text(encoding="utf-8").splitlines()[0].split(",") == [
-        "art_style", "painting", "emotion", "utterance", "repetition"]
+        "art_style",
+        "painting",
+        "emotion",
+        "utterance",
+        "repetition",
+    ]
     manifest = _json(dataset / "manifest.json")
     splits = {s: _json(dataset / f"{s}.json") for s in ("train", "val", "test")}
     assert sum(len(v) for v in splits.values()) == 40
@@ -42,7 +56,9 @@ def test_data_stages(demo_run):
         counts = manifest["counts"][s]
         assert counts["images"] == len(records)
         assert counts["annotations"] == sum(len(r["explanations"]) for r in records.values())
-        assert counts["images_with_dominant_emotion"] == sum(r["dominant_emotion"] is not None for r in records.values())
+        assert counts["images_with_dominant_emotion"] == sum(
+            r["dominant_emotion"] is not None for r in records.values()
+        )
         assert all(e in EMOTIONS for r in records.values() for e in r["emotions"])
     names = sorted(r["image_name"] for records in splits.values() for r in records.values())
 
@@ -53,13 +69,20 @@ def test_data_stages(demo_run):
 
     shards = out / "shards"
     sm = _json(shards / "manifest.json")
-    assert (sm["features"]["encoder"], sm["features"]["token_shape"], sm["features"]["dtype"]) == ("tiny-random", [16, 32], "float16")
+    assert (sm["features"]["encoder"], sm["features"]["token_shape"], sm["features"]["dtype"]) == (
+        "tiny-random",
+        [16, 32],
+        "float16",
+    )
     assert list(sm["splits"]) == ["train", "val"]  # training reads both: validation comes from the shards too
     for split, entry in sm["splits"].items():
         assert entry["missing"] == {}
         assert entry["num_samples"] == sum(sh["num_samples"] for sh in entry["shards"]) == len(splits[split])
         for sh in entry["shards"]:
-            assert (sh["sha256"], sh["bytes"]) == (sha256_file(shards / sh["name"]), (shards / sh["name"]).stat().st_size)
+            assert (sh["sha256"], sh["bytes"]) == (
+                sha256_file(shards / sh["name"]),
+                (shards / sh["name"]).stat().st_size,
+            )
         assert entry["dataset"]["dir"] == str(dataset)
 
 
@@ -73,7 +96,10 @@ def test_run_artifacts(demo_run, run):
     export = run_dir / "export"
     config = _json(export / "config.json")
     assert config["model"]["mode"] == ("none" if run == "run_no_image" else "cross")
-    assert config["encoder"] == {"name": "tiny-random", "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32}}
+    assert config["encoder"] == {
+        "name": "tiny-random",
+        "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32},
+    }
     assert config["weights"] == {"model.safetensors": "", "decoder/model.safetensors": "decoder."}
     assert config["weights_sha256"] == {f: sha256_file(export / f) for f in config["weights"]}
     # trained from the shards alone (train and val); generate and retrieve read the cache the shards name
@@ -87,7 +113,9 @@ def test_run_artifacts(demo_run, run):
     assert sorted(p["image_id"] for p in preds) == sorted(test)
     for p in preds:
         assert set(p) == {"image_id", "emotion", "explanation", "emotion_prob", "raw"}
-        assert (p["emotion"] is None) == (p["emotion_prob"] is None) and (p["emotion"] is None or p["emotion"] in EMOTIONS)
+        assert (p["emotion"] is None) == (p["emotion_prob"] is None) and (
+            p["emotion"] is None or p["emotion"] in EMOTIONS
+        )
 
     # The report's figures, recomputed from the predictions and the references.
     report = _json(run_dir / "report" / "REPORT.json")
@@ -99,7 +127,9 @@ def test_run_artifacts(demo_run, run):
     by_id = {p["image_id"]: p for p in preds}
     dominant = {i: r["dominant_emotion"] for i, r in test.items() if r["dominant_emotion"] is not None}
     assert report["dominance"] == "artemis" and report["emotion_accuracy_n"] == len(dominant)
-    assert report["emotion_accuracy"] == pytest.approx(sum(by_id[i]["emotion"] == e for i, e in dominant.items()) / len(dominant))
+    assert report["emotion_accuracy"] == pytest.approx(
+        sum(by_id[i]["emotion"] == e for i, e in dominant.items()) / len(dominant)
+    )
     assert report["emotion_not_one_of_9_share"] == pytest.approx(sum(p["emotion"] is None for p in preds) / n)
     assert report["distinct_explanations_share"] == pytest.approx(len({p["explanation"] for p in preds}) / n)
     assert report["mean_length_words"] == pytest.approx(sum(len(p["explanation"].split()) for p in preds) / n)
@@ -147,12 +177,17 @@ def test_predict_from_exported_weights(demo_run, capsys):
     image = out / "demo_data" / "images" / test[image_id]["image_name"]
     assert main(["predict", "--run", str(out / "run"), str(image), "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    expected = next(p for p in map(json.loads, (out / "run" / "predictions_test.jsonl").read_text().splitlines())
-                    if p["image_id"] == image_id)
+    expected = next(
+        p
+        for p in map(json.loads, (out / "run" / "predictions_test.jsonl").read_text().splitlines())
+        if p["image_id"] == image_id
+    )
     assert len(lines) == 1
     pred = lines[0]
     assert pred["image"] == str(image)
-    assert {k: pred[k] for k in ("emotion", "explanation", "raw")} == {k: expected[k] for k in ("emotion", "explanation", "raw")}
+    assert {k: pred[k] for k in ("emotion", "explanation", "raw")} == {
+        k: expected[k] for k in ("emotion", "explanation", "raw")
+    }
     if expected["emotion_prob"] is None:
         assert pred["emotion_prob"] is None
     else:

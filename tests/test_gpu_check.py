@@ -20,8 +20,14 @@ def test_gpu_check_dry_run(tmp_path):
     dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist}
     env.update(PYTHON=sys.executable, GPU_CHECK_WORK=str(tmp_path / "work"))
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "[gpu_check] install: " in out and "1 skipped" in out  # the GPU test collected, skipped on the CPU
@@ -52,11 +58,21 @@ def test_train_flops_match_torch_counter():
     from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=30)
-    cfg = SEVLMConfig(n_layer=2, n_embd=128, n_head=4, n_positions=32, visual_dim=64, max_len=30).with_token_ids(builder.ids)
+    cfg = SEVLMConfig(n_layer=2, n_embd=128, n_head=4, n_positions=32, visual_dim=64, max_len=30).with_token_ids(
+        builder.ids
+    )
     model = SEVLM(cfg)
     long = "the bright sky over the calm sea makes me feel small and at peace with the whole wide world today"
-    samples = [{"__key__": f"s/{i}", "image_id": f"s/{i}", "tokens": torch.randn(16, 64),
-                "emotions": ["awe", "fear"], "explanations": [long, long]} for i in range(2)]
+    samples = [
+        {
+            "__key__": f"s/{i}",
+            "image_id": f"s/{i}",
+            "tokens": torch.randn(16, 64),
+            "emotions": ["awe", "fear"],
+            "explanations": [long, long],
+        }
+        for i in range(2)
+    ]
     import numpy as np
 
     batch = builder.collate(samples, np.random.default_rng(0))

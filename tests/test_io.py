@@ -7,7 +7,16 @@ import stat
 
 import pytest
 
-from sevlm.io import atomic_dir, atomic_path, current_umask, ensure_parent, follow_umask, temp_dir_beside, write_json, write_text
+from sevlm.io import (
+    atomic_dir,
+    atomic_path,
+    current_umask,
+    ensure_parent,
+    follow_umask,
+    temp_dir_beside,
+    write_json,
+    write_text,
+)
 
 
 def _mode(p) -> int:

@@ -51,57 +51,151 @@ def refused(argv: list[str], root: Path, capsys, match: str) -> str:
 
 def test_evaluate_out_onto_its_references_is_refused(layout, capsys):
     ds = layout["ds"]
-    err = refused(["evaluate", "--predictions", str(layout["pred"]), "--references", str(ds / "test.json"),
-                   "--out", str(ds / "test.json")], layout["root"], capsys, "is this command's input (--references")
+    err = refused(
+        [
+            "evaluate",
+            "--predictions",
+            str(layout["pred"]),
+            "--references",
+            str(ds / "test.json"),
+            "--out",
+            str(ds / "test.json"),
+        ],
+        layout["root"],
+        capsys,
+        "is this command's input (--references",
+    )
     assert err.startswith(f"sevlm evaluate: error: --out {ds / 'test.json'}")
 
 
 def test_evaluate_out_through_another_spelling_or_a_symlink_is_refused(layout, capsys, tmp_path):
     ds = layout["ds"]
     os.symlink(ds, tmp_path / "link")
-    refused(["evaluate", "--predictions", str(layout["pred"]), "--references", str(ds / "test.json"),
-             "--out", str(tmp_path / "link" / "test.json")], layout["root"], capsys, "is this command's input")
+    refused(
+        [
+            "evaluate",
+            "--predictions",
+            str(layout["pred"]),
+            "--references",
+            str(ds / "test.json"),
+            "--out",
+            str(tmp_path / "link" / "test.json"),
+        ],
+        layout["root"],
+        capsys,
+        "is this command's input",
+    )
     md = tmp_path / "pred.md"  # a predictions file that REPORT.md (beside --out pred.json) would replace
     md.write_bytes(layout["pred"].read_bytes())
-    refused(["evaluate", "--predictions", str(md), "--references", str(ds / "test.json"),
-             "--out", str(tmp_path / "pred.json")], layout["root"], capsys, "(its .md beside it)")
+    refused(
+        [
+            "evaluate",
+            "--predictions",
+            str(md),
+            "--references",
+            str(ds / "test.json"),
+            "--out",
+            str(tmp_path / "pred.json"),
+        ],
+        layout["root"],
+        capsys,
+        "(its .md beside it)",
+    )
     # a report into the dataset folder (not an input file, but a folder `prepare` owns)
-    refused(["evaluate", "--predictions", str(layout["pred"]), "--references", str(ds / "test.json"),
-             "--out", str(ds / "reports" / "R.json")], layout["root"], capsys, "inside the dataset folder")
+    refused(
+        [
+            "evaluate",
+            "--predictions",
+            str(layout["pred"]),
+            "--references",
+            str(ds / "test.json"),
+            "--out",
+            str(ds / "reports" / "R.json"),
+        ],
+        layout["root"],
+        capsys,
+        "inside the dataset folder",
+    )
 
 
 def test_generate_out_into_the_runs_export_is_refused(layout, capsys):
     run = layout["run"]
-    refused(["generate", "--run", str(run), "--out", str(run / "export" / "config.json")], layout["root"], capsys,
-            "inside the run folder's export/")
-    refused(["generate", "--run", str(run / "export"), "--out", str(run / "checkpoints" / "pointers.json")],
-            layout["root"], capsys, "inside the run folder's checkpoints/")
-    refused(["generate", "--run", str(run), "--features", str(layout["features"]), "--out", str(layout["features"])],
-            layout["root"], capsys, "is this command's input (--features")
+    refused(
+        ["generate", "--run", str(run), "--out", str(run / "export" / "config.json")],
+        layout["root"],
+        capsys,
+        "inside the run folder's export/",
+    )
+    refused(
+        ["generate", "--run", str(run / "export"), "--out", str(run / "checkpoints" / "pointers.json")],
+        layout["root"],
+        capsys,
+        "inside the run folder's checkpoints/",
+    )
+    refused(
+        ["generate", "--run", str(run), "--features", str(layout["features"]), "--out", str(layout["features"])],
+        layout["root"],
+        capsys,
+        "is this command's input (--features",
+    )
 
 
 def test_retrieve_out_onto_an_input_is_refused(layout, capsys):
     run = layout["run"]
-    refused(["retrieve", "--run", str(run), "--out", str(run / "export" / "model.safetensors")], layout["root"],
-            capsys, "inside the run folder's export/")
-    refused(["retrieve", "--run", str(run), "--dataset", str(layout["ds"]), "--out", str(layout["ds"] / "val.json")],
-            layout["root"], capsys, "inside the dataset folder")
+    refused(
+        ["retrieve", "--run", str(run), "--out", str(run / "export" / "model.safetensors")],
+        layout["root"],
+        capsys,
+        "inside the run folder's export/",
+    )
+    refused(
+        ["retrieve", "--run", str(run), "--dataset", str(layout["ds"]), "--out", str(layout["ds"] / "val.json")],
+        layout["root"],
+        capsys,
+        "inside the dataset folder",
+    )
 
 
 def test_shard_out_onto_the_dataset_folder_is_refused(layout, capsys):
     ds = layout["ds"]
-    refused(["shard", "--features", str(layout["features"]), "--dataset", str(ds), "--split", "train",
-             "--out", str(ds)], layout["root"], capsys, "is this command's input (--dataset")
-    refused(["shard", "--features", str(layout["features"]), "--dataset", str(ds), "--split", "train",
-             "--out", str(ds / "shards")], layout["root"], capsys, "inside the dataset folder")
+    refused(
+        ["shard", "--features", str(layout["features"]), "--dataset", str(ds), "--split", "train", "--out", str(ds)],
+        layout["root"],
+        capsys,
+        "is this command's input (--dataset",
+    )
+    refused(
+        [
+            "shard",
+            "--features",
+            str(layout["features"]),
+            "--dataset",
+            str(ds),
+            "--split",
+            "train",
+            "--out",
+            str(ds / "shards"),
+        ],
+        layout["root"],
+        capsys,
+        "inside the dataset folder",
+    )
 
 
 def test_extract_out_onto_an_input_is_refused(layout, capsys):
     ds = layout["ds"]
-    refused(["extract", "--dataset", str(ds), "--encoder", "tiny-random", "--out", str(ds / "train.json")],
-            layout["root"], capsys, "inside the dataset folder")
-    refused(["extract", "--dataset", str(ds), "--encoder", "tiny-random", "--out", str(layout["run"] / "export" / "f.h5")],
-            layout["root"], capsys, "inside the run folder's export/")
+    refused(
+        ["extract", "--dataset", str(ds), "--encoder", "tiny-random", "--out", str(ds / "train.json")],
+        layout["root"],
+        capsys,
+        "inside the dataset folder",
+    )
+    refused(
+        ["extract", "--dataset", str(ds), "--encoder", "tiny-random", "--out", str(layout["run"] / "export" / "f.h5")],
+        layout["root"],
+        capsys,
+        "inside the run folder's export/",
+    )
 
 
 def test_outputs_beside_the_inputs_are_allowed(layout):

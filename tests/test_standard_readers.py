@@ -37,14 +37,47 @@ def built(tmp_path_factory) -> dict[str, Path]:
     raw, ds, feats, shards, run = root / "raw", root / "dataset", root / "features.h5", root / "shards", root / "run"
     steps = [
         ["demo-data", "--out", raw, "--n-images", 30, "--image-size", 32],
-        ["prepare", "--artemis-csv", raw / "artemis_dataset_release_v0.csv", "--protocol", "sevlm", "--images", raw / "images", "--out", ds],
+        [
+            "prepare",
+            "--artemis-csv",
+            raw / "artemis_dataset_release_v0.csv",
+            "--protocol",
+            "sevlm",
+            "--images",
+            raw / "images",
+            "--out",
+            ds,
+        ],
         ["extract", "--dataset", ds, "--encoder", "tiny-random", "--out", feats, "--workers", 0],
-        *(["shard", "--features", feats, "--dataset", ds, "--split", s, "--out", shards, "--samples-per-shard", 5]
-          for s in ("train", "val")),
-        ["train", "--config", "tiny", "--out", run, f"data.dataset_dir={ds}", f"data.features={feats}",
-         "schedule.max_steps=3", "schedule.val_every=0"],
+        *(
+            ["shard", "--features", feats, "--dataset", ds, "--split", s, "--out", shards, "--samples-per-shard", 5]
+            for s in ("train", "val")
+        ),
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            run,
+            f"data.dataset_dir={ds}",
+            f"data.features={feats}",
+            "schedule.max_steps=3",
+            "schedule.val_every=0",
+        ],
         # an approximate index is the kind kept on disk (a flat one is rebuilt from the gallery)
-        ["retrieve", "--run", run, "--split", "test", "--out", root / "query.json", "--query", QUERY, "--index", "hnsw"],
+        [
+            "retrieve",
+            "--run",
+            run,
+            "--split",
+            "test",
+            "--out",
+            root / "query.json",
+            "--query",
+            QUERY,
+            "--index",
+            "hnsw",
+        ],
     ]
     for argv in steps:
         assert main([str(a) for a in argv]) == 0, argv
@@ -96,8 +129,15 @@ def _batch(run, built, n: int = 3) -> dict:
     records = _json(built["dataset"] / "test.json")
     with h5py.File(built["features"], "r") as f:
         row = {name: i for i, name in enumerate(f["names"].asstr()[()])}
-        samples = [{"image_id": k, "tokens": f["tokens"][row[r["image_name"]]], "emotions": r["emotions"],
-                    "explanations": r["explanations"]} for k, r in sorted(records.items())[:n]]
+        samples = [
+            {
+                "image_id": k,
+                "tokens": f["tokens"][row[r["image_name"]]],
+                "emotions": r["emotions"],
+                "explanations": r["explanations"],
+            }
+            for k, r in sorted(records.items())[:n]
+        ]
     return run.builder.collate_eval(samples)
 
 
@@ -116,8 +156,10 @@ def test_hf_decoder_loads_into_stock_gpt2_with_sevlms_logits(built, sevlm_run):
         torch.testing.assert_close(got, expected)
         # and given token ids, the stock model is sevlm's decoder itself
         ids = batch["input_ids"]
-        torch.testing.assert_close(stock(input_ids=ids, encoder_hidden_states=enc).logits,
-                                   model.decoder(input_ids=ids, encoder_hidden_states=enc).logits)
+        torch.testing.assert_close(
+            stock(input_ids=ids, encoder_hidden_states=enc).logits,
+            model.decoder(input_ids=ids, encoder_hidden_states=enc).logits,
+        )
 
 
 def test_broken_hf_decoder_fails_the_check(built, sevlm_run, tmp_path):
@@ -145,9 +187,11 @@ def test_tokenizer_loads_with_autotokenizer_and_tokenizes_like_sevlm(built, sevl
     assert tok.pad_token == PAD_TOKEN and {PAD_TOKEN, EMOTION_TOKEN, EXPLANATION_TOKEN} <= set(tok.all_special_tokens)
     for t in (PAD_TOKEN, EMOTION_TOKEN, EXPLANATION_TOKEN, tok.eos_token):
         assert tok.convert_tokens_to_ids(t) == shipped.convert_tokens_to_ids(t)
-    texts = ["the emotion is awe because the vast golden sky makes me feel small",
-             f"{EMOTION_TOKEN} the emotion is fear{EXPLANATION_TOKEN} because a dark storm<pad><|endoftext|>",
-             "Ünïcode café — naïve 12,345 tokens!"]
+    texts = [
+        "the emotion is awe because the vast golden sky makes me feel small",
+        f"{EMOTION_TOKEN} the emotion is fear{EXPLANATION_TOKEN} because a dark storm<pad><|endoftext|>",
+        "Ünïcode café — naïve 12,345 tokens!",
+    ]
     assert tok(texts)["input_ids"] == shipped(texts)["input_ids"] == sevlm_run.tokenizer(texts)["input_ids"]
     # GPT-2 ids -> the model's ids with export/vocab.json read as plain JSON (compact id k+1 is gpt2_ids[k])
     compact = {g: i + 1 for i, g in enumerate(_json(export / "vocab.json")["gpt2_ids"])}
@@ -179,7 +223,8 @@ def _same_weights(consolidated: dict, export: Path, where: str) -> None:
     tied = consolidated.pop("decoder.lm_head.weight")  # tied to wte; the export stores it once
     assert torch.equal(tied, consolidated["decoder.transformer.wte.weight"])
     assert sorted(consolidated) == sorted(exported), (
-        f"{where}: keys differ from {export}'s weights: {sorted(set(consolidated) ^ set(exported))[:5]}")
+        f"{where}: keys differ from {export}'s weights: {sorted(set(consolidated) ^ set(exported))[:5]}"
+    )
     for k, (v, file) in exported.items():
         assert torch.equal(consolidated[k].float(), v), f"{where}: {k} differs from {file}"
 
@@ -211,15 +256,21 @@ def test_zero_to_fp32_script_gives_the_exported_weights(built, tmp_path):
     refuses any model with tied weights (DeepSpeed's limitation, deepspeedai/DeepSpeed#8376)."""
     ckpt = built["run"] / "checkpoints"
     tag = _json(ckpt / "pointers.json")["best_accuracy"]
-    out = subprocess.run([sys.executable, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(tmp_path / "fp32"), "-t", tag],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(tmp_path / "fp32"), "-t", tag],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     state = torch.load(tmp_path / "fp32" / "pytorch_model.bin", weights_only=True)
     _same_weights(state, built["run"] / "export", "zero_to_fp32.py")
 
 
-@pytest.mark.parametrize("name, key", [("model.safetensors", "visual_proj.0.bias"),
-                                       ("decoder/model.safetensors", "transformer.h.0.attn.c_proj.bias")])
+@pytest.mark.parametrize(
+    "name, key",
+    [("model.safetensors", "visual_proj.0.bias"), ("decoder/model.safetensors", "transformer.h.0.attn.c_proj.bias")],
+)
 def test_checkpoint_check_fails_on_other_weights(built, tmp_path, name, key):
     from safetensors.torch import load_file, save_file
 
@@ -248,7 +299,12 @@ def test_tensorboard_lists_the_scalars_of_log_jsonl(built):
             continue
         prefix = "val" if any(k.startswith("val_") for k in row) else "train"  # validation rows
         for k, v in row.items():  # `time` (every row's wall clock) is TensorBoard's own wall_time, not a scalar
-            if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if (
+                k not in ("step", "time")
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+            ):
                 want.setdefault(f"{prefix}/{k}", []).append((row["step"], float(np.float32(v))))  # TB stores float32
     assert sorted(got) == sorted(want)
     assert {"train/loss", "train/lm_loss", "val/val_loss", "val/val_accuracy"} <= set(got)
@@ -278,7 +334,9 @@ def check_shards(shard_dir: Path, split: str) -> dict[str, tuple]:
             for m in members:
                 key, ext = m.name.split(".", 1)
                 files.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        assert len(files) == sh["num_samples"], f"{path}: tarfile reads {len(files)} samples, the manifest lists {sh['num_samples']}"
+        assert len(files) == sh["num_samples"], (
+            f"{path}: tarfile reads {len(files)} samples, the manifest lists {sh['num_samples']}"
+        )
         for key, f in files.items():
             assert set(f) == SAMPLE_FILES, f"{path}: sample {key} holds {sorted(f)}"
             tokens, pooled = np.load(io.BytesIO(f["tokens.npy"])), np.load(io.BytesIO(f["pooled.npy"]))
@@ -286,8 +344,12 @@ def check_shards(shard_dir: Path, split: str) -> dict[str, tuple]:
             assert tokens.dtype == pooled.dtype == np.float16 and tokens.shape == (T, D) and pooled.shape == (D,), key
             assert set(meta) == SAMPLE_JSON, f"{path}: sample {key} json keys {sorted(meta)}"
             samples[key] = (tokens, pooled, meta)
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == sh["sha256"] and path.stat().st_size == sh["bytes"], path
-    assert len(samples) == entry["num_samples"], f"{shard_dir}: {len(samples)} samples, the manifest says {entry['num_samples']}"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sh["sha256"] and path.stat().st_size == sh["bytes"], (
+            path
+        )
+    assert len(samples) == entry["num_samples"], (
+        f"{shard_dir}: {len(samples)} samples, the manifest says {entry['num_samples']}"
+    )
 
     urls = [str(shard_dir / sh["name"]) for sh in entry["shards"]]
     read = {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False).decode()}
@@ -402,7 +464,9 @@ def check_coco(dataset_dir: Path, split: str) -> None:
     records = _json(dataset_dir / f"{split}.json")
     coco = COCO(str(dataset_dir / f"{split}_coco.json"))
     ids = sorted(coco.getImgIds())
-    assert len(ids) == len(records), f"{split}_coco.json: pycocotools finds {len(ids)} images, the split has {len(records)}"
+    assert len(ids) == len(records), (
+        f"{split}_coco.json: pycocotools finds {len(ids)} images, the split has {len(records)}"
+    )
     mapping = coco.dataset["image_id_to_coco_id"]
     for image_id, rec in records.items():
         (img,) = coco.loadImgs(mapping[image_id])

@@ -46,8 +46,10 @@ def test_a_clear_winner_is_advised_as_overrides(sweep):
     rows = [_row([60, 58, 62]), _row([90, 88, 91], workers=2, precision="fp32", zero=0, ds_config="zero0_fp32")]
     verdict = sweep.summarise(rows, OWN)
     assert [r["within_noise_of_best"] for r in rows] == [False, True]
-    assert verdict["advice"] == ("schedule.micro_batch=8 schedule.grad_accum=1 data.num_workers=2 "
-                                 "data.main_assist=auto precision=fp32 ds_config=zero0_fp32")
+    assert verdict["advice"] == (
+        "schedule.micro_batch=8 schedule.grad_accum=1 data.num_workers=2 "
+        "data.main_assist=auto precision=fp32 ds_config=zero0_fp32"
+    )
 
 
 def test_within_noise_is_either_median_inside_the_other_spread(sweep):
@@ -67,8 +69,14 @@ def test_nothing_finished_gives_no_best(sweep):
 
 def test_the_default_grid_holds_the_configs_own_precision_and_zero_stage(sweep):
     grid = sweep.default_grid(OWN)
-    assert grid == {"micro": [8, 16], "accum": [1], "workers": [0, 2], "assist": ["auto"],
-                    "precision": ["bf16", "fp32"], "zero": [0, 2]}
+    assert grid == {
+        "micro": [8, 16],
+        "accum": [1],
+        "workers": [0, 2],
+        "assist": ["auto"],
+        "precision": ["bf16", "fp32"],
+        "zero": [0, 2],
+    }
     settings = sweep.settings_of(grid, [sweep.parse_add("micro=4096", OWN)])
     assert len(settings) == 17 and OWN in settings and settings[-1] == {**OWN, "micro": 4096}
     own = sweep.own_setting("demo", "cpu")  # the demo config as the trainer resolves it here
@@ -85,8 +93,10 @@ def test_the_advice_names_a_shipped_ds_config_when_one_has_the_stage(sweep, tmp_
 def test_a_failed_case_says_why(sweep):
     oom = "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
     assert sweep.error_line(oom, 1).startswith("out of memory: ")
-    assert sweep.error_line("x\n[rank0]: sevlm.errors.ConfigError: split has 60 images\n", 1) == \
-        "sevlm.errors.ConfigError: split has 60 images"
+    assert (
+        sweep.error_line("x\n[rank0]: sevlm.errors.ConfigError: split has 60 images\n", 1)
+        == "sevlm.errors.ConfigError: split has 60 images"
+    )
     assert sweep.error_line("", -9) == "killed by signal 9 (out of memory?)"
 
 
@@ -95,10 +105,34 @@ def test_the_sweep_repeats_interleaved_and_goes_on_past_an_impossible_case(tmp_p
     dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # left by an earlier training test
     env = {k: v for k, v in os.environ.items() if k not in dist}
     out_dir = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "tools/sweep_train.py", "--grid", "micro=4", "workers=0,1", "precision=fp32",
-                           "zero=0", "--add", "micro=100000,workers=0,precision=fp32,zero=0", "--repeats", "2",
-                           "--steps", "1", "--images", "60", "--workdir", str(tmp_path / "work"), "--out",
-                           str(out_dir)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "tools/sweep_train.py",
+            "--grid",
+            "micro=4",
+            "workers=0,1",
+            "precision=fp32",
+            "zero=0",
+            "--add",
+            "micro=100000,workers=0,precision=fp32,zero=0",
+            "--repeats",
+            "2",
+            "--steps",
+            "1",
+            "--images",
+            "60",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out_dir),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     rows = result["rows"]

@@ -1,6 +1,7 @@
 """Benchmark the feature cache (not a test): the training path, and extraction vs cached reads.
 
-    .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--assist auto never] [--workdir DIR]
+    .venv/bin/python tools/bench_data.py [--images N] [--rounds R] [--workers 0 1 2] [--assist auto never]
+                                         [--workdir DIR]
     .venv/bin/python tools/bench_data.py --checksum [--images N] [--rounds R]
     .venv/bin/python tools/bench_data.py --extract [--wikiart ../shared/data/wikiart] [--limit N]
 
@@ -11,7 +12,8 @@ for visual tokens of 49x768 and 196x768 (CLIP ViT-B/16's shape). The features co
 tiny-random encoder at those shapes over synthetic paintings (the reader does not care what
 encoded them). `--assist auto never` also times the cases with workers without the main
 process's help (`data.main_assist`), side by side. Each case reads one epoch of the train
-split; the rate counts the samples after the first batch (the workers' start-up is once per epoch, negligible at ArtEmis size). Each case
+split; the rate counts the samples after the first batch (the workers' start-up is once per
+epoch, negligible at ArtEmis size). Each case
 runs bare (the main process only takes the batches) and with an emulated GPU step: the main
 process waits `--gpu-step-ms` per batch with the CPU free, as it waits on a GPU, so in-process
 reading adds to the step while workers read during it. Cases
@@ -98,12 +100,21 @@ def extraction_benchmark(args, work: Path) -> dict:
     h5 = work / "features.h5"
     if h5.exists():
         h5.unlink()
-    s = extract_features(None, work / "dataset", "efficientnet-lite0", h5, batch_size=args.batch_size,
-                         num_workers=args.extract_workers, progress=False)
+    s = extract_features(
+        None,
+        work / "dataset",
+        "efficientnet-lite0",
+        h5,
+        batch_size=args.batch_size,
+        num_workers=args.extract_workers,
+        progress=False,
+    )
     extract_ips = s["num_encoded"] / s["seconds"]
-    print(f"extract (decode + preprocess + EfficientNet-Lite0, CPU, batch {args.batch_size}, "
-          f"{args.extract_workers} decode workers): {s['num_encoded']} images in {s['seconds']:.1f} s = "
-          f"{extract_ips:.1f} images/s; failed {s['num_failed']}; {h5.stat().st_size / 2**20:.0f} MiB")
+    print(
+        f"extract (decode + preprocess + EfficientNet-Lite0, CPU, batch {args.batch_size}, "
+        f"{args.extract_workers} decode workers): {s['num_encoded']} images in {s['seconds']:.1f} s = "
+        f"{extract_ips:.1f} images/s; failed {s['num_failed']}; {h5.stat().st_size / 2**20:.0f} MiB"
+    )
 
     t0 = time.perf_counter()
     entry = write_shards(h5, work / "dataset", "train", work / "shards", max_samples_per_shard=256, progress=False)
@@ -116,8 +127,11 @@ def extraction_benchmark(args, work: Path) -> dict:
         figures[f"shards_samples_per_s_{workers}w"] = round(n / sec, 1)
         print(f"read shards, {workers} worker(s): {n} samples in {sec:.2f} s = {n / sec:.0f} samples/s")
         ds = H5FeatureDataset(h5, work / "dataset", "train")
-        n, sec = timed_read(DataLoader(ds, batch_size=None, shuffle=True, num_workers=workers,
-                                       generator=torch.Generator().manual_seed(0)))
+        n, sec = timed_read(
+            DataLoader(
+                ds, batch_size=None, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0)
+            )
+        )
         figures[f"hdf5_samples_per_s_{workers}w"] = round(n / sec, 1)
         print(f"read HDF5 (random order), {workers} worker(s): {n} samples in {sec:.2f} s = {n / sec:.0f} samples/s")
 
@@ -125,8 +139,10 @@ def extraction_benchmark(args, work: Path) -> dict:
     slowest_cached = min(v for k, v in figures.items() if k.endswith("w"))
     figures["ratio_cached_vs_encode_best"] = round(best_cached / extract_ips, 1)
     figures["ratio_cached_vs_encode_slowest"] = round(slowest_cached / extract_ips, 1)
-    print(f"cached read vs decode+encode: {figures['ratio_cached_vs_encode_slowest']}x (slowest reader) to "
-          f"{figures['ratio_cached_vs_encode_best']}x (fastest reader); target >= 20x")
+    print(
+        f"cached read vs decode+encode: {figures['ratio_cached_vs_encode_slowest']}x (slowest reader) to "
+        f"{figures['ratio_cached_vs_encode_best']}x (fastest reader); target >= 20x"
+    )
     return figures
 
 
@@ -145,8 +161,15 @@ def build_features(work: Path, n_images: int, shape: str) -> dict[str, Path]:
         prepare_dataset(raw / "artemis_dataset_release_v0.csv", dataset, images_dir=raw / "images", protocol="sevlm")
     h5, shards = work / f"features-{shape}.h5", work / f"shards-{shape}"
     if not h5.exists():
-        extract_features(None, dataset, "tiny-random", h5, batch_size=64, progress=False,
-                         encoder_kwargs={"image_size": SHAPES[shape], "dim": 768})
+        extract_features(
+            None,
+            dataset,
+            "tiny-random",
+            h5,
+            batch_size=64,
+            progress=False,
+            encoder_kwargs={"image_size": SHAPES[shape], "dim": 768},
+        )
     if not (shards / "manifest.json").exists():
         for split in ("train", "val"):
             write_shards(h5, dataset, split, shards, max_samples_per_shard=256, progress=False)
@@ -161,9 +184,13 @@ def training_source(paths: dict[str, Path], reader: str, workers: int, micro: in
     from sevlm.train.config import DataConfig
     from sevlm.train.data import open_source
 
-    data = DataConfig(dataset_dir=str(paths["dataset"]), num_workers=workers, main_assist=assist,
-                      features=str(paths["features"]) if reader == "hdf5" else None,
-                      shards=str(paths["shards"]) if reader == "shards" else None)
+    data = DataConfig(
+        dataset_dir=str(paths["dataset"]),
+        num_workers=workers,
+        main_assist=assist,
+        features=str(paths["features"]) if reader == "hdf5" else None,
+        shards=str(paths["shards"]) if reader == "shards" else None,
+    )
     nrc = ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"
     lexicon = VADLexicon.load(nrc) if nrc.exists() else VADLexicon.demo()
     builder = SequenceBuilder(load_tokenizer(), lexicon, max_len=30)
@@ -198,26 +225,38 @@ def training_path_benchmark(args, work: Path) -> dict:
     loads = []
     runs = [(c, st) for st in steps for c in cases]
     for r in range(args.rounds):
-        for c, st in runs[r % len(runs):] + runs[: r % len(runs)]:  # a different case first each round
+        for c, st in runs[r % len(runs) :] + runs[: r % len(runs)]:  # a different case first each round
             rates[(c, st)].append(timed_epoch(sources[c], r, st))
         loads.append(round(os.getloadavg()[0], 2))
         print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
-    figures = {"train_samples": n, "micro_batch": args.micro, "rounds": args.rounds, "load_average_per_round": loads,
-               "samples_per_s": {}}
+    figures = {
+        "train_samples": n,
+        "micro_batch": args.micro,
+        "rounds": args.rounds,
+        "load_average_per_round": loads,
+        "samples_per_s": {},
+    }
     heads = [f"{w} workers" + (f" ({a})" if w and len(args.assist) > 1 else "") for w, a in counts]
-    print(f"\n| features | reader | GPU step | {' / '.join(heads)} (median samples/s) | slowest with workers / in-process |")
+    print(
+        f"\n| features | reader | GPU step | {' / '.join(heads)} (median samples/s) | slowest with workers / "
+        "in-process |"
+    )
     print("|---|---|---|---|---|")
     for st in steps:
         for shape in SHAPES:
             for reader in ("hdf5", "shards"):
                 med = {(w, a): statistics.median(rates[((shape, reader, w, a), st)]) for w, a in counts}
                 figures["samples_per_s"][f"{reader} {shape} step {st * 1000:g} ms"] = {
-                    (f"{w} {a}" if w else "0"): round(m) for (w, a), m in med.items()}
+                    (f"{w} {a}" if w else "0"): round(m) for (w, a), m in med.items()
+                }
                 ratio = ""
                 if (0, "-") in med and len(med) > 1:
                     worst = min(m for (w, a), m in med.items() if w and a == args.assist[0])
                     ratio = f"{worst / med[(0, '-')]:.2f}x (slowest worker count, {args.assist[0]})"
-                print(f"| {shape} | {reader} | {st * 1000:g} ms | {' / '.join(f'{m:.0f}' for m in med.values())} | {ratio} |")
+                print(
+                    f"| {shape} | {reader} | {st * 1000:g} ms | {' / '.join(f'{m:.0f}' for m in med.values())} | "
+                    f"{ratio} |"
+                )
     return figures
 
 
@@ -235,8 +274,15 @@ def checksum_benchmark(args, work: Path) -> dict:
         if not plain["features"].exists():
             os.environ[_CHECKSUM_ENV] = "1"
             try:
-                extract_features(None, plain["dataset"], "tiny-random", plain["features"], batch_size=64,
-                                 progress=False, encoder_kwargs={"image_size": SHAPES[shape], "dim": 768})
+                extract_features(
+                    None,
+                    plain["dataset"],
+                    "tiny-random",
+                    plain["features"],
+                    batch_size=64,
+                    progress=False,
+                    encoder_kwargs={"image_size": SHAPES[shape], "dim": 768},
+                )
             finally:
                 del os.environ[_CHECKSUM_ENV]
         paths[(shape, False)] = plain
@@ -267,7 +313,7 @@ def checksum_benchmark(args, work: Path) -> dict:
     got: dict = {(k, what): [] for k in keys for what in ("rows", "train", "fingerprint")}
     loads = []
     for r in range(args.rounds):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:  # a different case first each round
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:  # a different case first each round
             got[(k, "rows")].append(rows(paths[k]["features"]))
             got[(k, "train")].append(timed_epoch(sources[k], r, 0.0))
             got[(k, "fingerprint")].append(fingerprint(paths[k]["features"]))
@@ -275,8 +321,10 @@ def checksum_benchmark(args, work: Path) -> dict:
         print(f"round {r + 1}: load average {loads[-1]:.2f}", flush=True)
     med = {key: statistics.median(v) for key, v in got.items()}
     n = sources[keys[0]].num_images
-    print(f"\n{n} train samples (rows: all {len(FeatureStore(paths[keys[0]]['features']))} images); "
-          f"medians of {args.rounds} rounds")
+    print(
+        f"\n{n} train samples (rows: all {len(FeatureStore(paths[keys[0]]['features']))} images); "
+        f"medians of {args.rounds} rounds"
+    )
     print("| features | reads | without checksum | with fletcher32 | cost |")
     print("|---|---|---|---|---|")
     figures = {"rounds": args.rounds, "load_average_per_round": loads, "cases": {}}
@@ -285,8 +333,11 @@ def checksum_benchmark(args, work: Path) -> dict:
             off, on = med[((shape, False), what)], med[((shape, True), what)]
             cost = (on / off - 1) if what == "fingerprint" else (1 - on / off)
             print(f"| {shape} | {what} ({unit}) | {off:.4g} | {on:.4g} | {cost * 100:+.1f}% |")
-            figures["cases"][f"{shape} {what}"] = {"without": round(off, 4), "with": round(on, 4),
-                                                   "cost_percent": round(cost * 100, 1)}
+            figures["cases"][f"{shape} {what}"] = {
+                "without": round(off, 4),
+                "with": round(on, 4),
+                "cost_percent": round(cost * 100, 1),
+            }
     return figures
 
 
@@ -296,14 +347,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=1800, help="synthetic paintings (training path)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--assist", nargs="+", default=["auto"], choices=["auto", "never", "always"],
-                   help="data.main_assist for the cases with workers; several: each side by side (first: the ratio's)")
+    p.add_argument(
+        "--assist",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "never", "always"],
+        help="data.main_assist for the cases with workers; several: each side by side (first: the ratio's)",
+    )
     p.add_argument("--micro", type=int, default=32, help="micro-batch (the paper's is 32)")
-    p.add_argument("--gpu-step-ms", type=float, nargs="+", default=[0, 16],
-                   help="time the main process waits per batch, as on a GPU step (16 ms: 32 images at 2,000/s)")
+    p.add_argument(
+        "--gpu-step-ms",
+        type=float,
+        nargs="+",
+        default=[0, 16],
+        help="time the main process waits per batch, as on a GPU step (16 ms: 32 images at 2,000/s)",
+    )
     p.add_argument("--extract", action="store_true", help="extraction vs cached reads on WikiArt instead")
-    p.add_argument("--checksum", action="store_true",
-                   help="the read cost of the cache's fletcher32 checksums instead (with vs without, side by side)")
+    p.add_argument(
+        "--checksum",
+        action="store_true",
+        help="the read cost of the cache's fletcher32 checksums instead (with vs without, side by side)",
+    )
     p.add_argument("--wikiart", type=Path, default=ROOT.parent / "shared" / "data" / "wikiart")
     p.add_argument("--limit", type=int, default=None, help="--extract: use only the first N paintings")
     p.add_argument("--batch-size", type=int, default=32, help="--extract: encoder batch")
@@ -313,8 +377,10 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sevlm-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {load0[0]:.2f} (shared machine: figures move with other jobs)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {load0[0]:.2f} (shared machine: figures move with other jobs)"
+    )
     if args.checksum:
         figures = checksum_benchmark(args, work)
     else:

@@ -31,8 +31,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac", "samples_per_s", "tokens_per_s",
-           "mfu")
+FIGURES = (
+    "step_time_s",
+    "data_wait_s",
+    "fwd_bwd_s",
+    "optim_s",
+    "data_wait_frac",
+    "samples_per_s",
+    "tokens_per_s",
+    "mfu",
+)
 
 
 def run_case(case: dict) -> dict:
@@ -49,11 +57,19 @@ def run_case(case: dict) -> dict:
             return read(self, i)
 
         H5FeatureDataset.__getitem__ = slow_read  # forked DataLoader workers inherit it
-    overrides = [f"data.dataset_dir={case['dataset']}", f"data.features={case['features']}", "data.shards=null",
-                 "data.encoder=tiny-random", f"data.num_workers={case['workers']}",
-                 f"schedule.max_steps={case['steps']}", f"schedule.log_every={case['log_every']}",
-                 "schedule.val_every=0", "schedule.val_gen_images=0", "schedule.checkpoint_every=100000",
-                 *case["overrides"]]
+    overrides = [
+        f"data.dataset_dir={case['dataset']}",
+        f"data.features={case['features']}",
+        "data.shards=null",
+        "data.encoder=tiny-random",
+        f"data.num_workers={case['workers']}",
+        f"schedule.max_steps={case['steps']}",
+        f"schedule.log_every={case['log_every']}",
+        "schedule.val_every=0",
+        "schedule.val_gen_images=0",
+        "schedule.checkpoint_every=100000",
+        *case["overrides"],
+    ]
     run_dir = train(load_train_config(case["config"], overrides), out_dir=case["run_dir"])
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time_s" in r][1:]  # the first window holds the warm-up
@@ -96,31 +112,62 @@ def main(argv=None) -> int:
     results: dict[str, list[dict]] = {"normal": [], "slowed": []}
     for r in range(args.rounds):
         for name, delay in (("normal", 0.0), ("slowed", args.delay_ms)):
-            case = {"config": args.config, "delay_ms": delay, "dataset": str(paths["dataset"]),
-                    "features": str(paths["features"]), "workers": args.workers, "steps": args.steps,
-                    "log_every": args.log_every, "overrides": args.overrides,
-                    "run_dir": tempfile.mkdtemp(prefix=f"run-{name}{r}-", dir=work)}
+            case = {
+                "config": args.config,
+                "delay_ms": delay,
+                "dataset": str(paths["dataset"]),
+                "features": str(paths["features"]),
+                "workers": args.workers,
+                "steps": args.steps,
+                "log_every": args.log_every,
+                "overrides": args.overrides,
+                "run_dir": tempfile.mkdtemp(prefix=f"run-{name}{r}-", dir=work),
+            }
             results[name].append(_subprocess(case)["rows"])
             figures = mean_figures(results[name][-1])
-            print(f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()), file=sys.stderr,
-                  flush=True)
+            print(
+                f"round {r} {name:>6}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()),
+                file=sys.stderr,
+                flush=True,
+            )
     load.append(round(os.getloadavg()[0], 2))
     means = {name: mean_figures([row for run in runs for row in run]) for name, runs in results.items()}
-    print(f"\n{args.config} config, {args.steps} steps per case, {args.workers} DataLoader workers, slowed reader "
-          f"+{args.delay_ms:g} ms per sample; {args.rounds} round(s), means; {os.cpu_count()} CPU cores, "
-          f"load average {load[0]} -> {load[1]}\n")
-    print("| case | step s | data wait s | fwd+bwd s | optim s | data-wait share | samples/s | tokens/s | MFU |\n"
-          "|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n{args.config} config, {args.steps} steps per case, {args.workers} DataLoader workers, slowed reader "
+        f"+{args.delay_ms:g} ms per sample; {args.rounds} round(s), means; {os.cpu_count()} CPU cores, "
+        f"load average {load[0]} -> {load[1]}\n"
+    )
+    print(
+        "| case | step s | data wait s | fwd+bwd s | optim s | data-wait share | samples/s | tokens/s | MFU |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
     for name, m in means.items():
-        print(f"| {name} | {m['step_time_s']:.4f} | {m['data_wait_s']:.4f} | {m['fwd_bwd_s']:.4f} | "
-              f"{m['optim_s']:.4f} | {m['data_wait_frac']:.2f} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | "
-              f"{m.get('mfu', float('nan')):.4f} |")
-    verdict = {"slowed_data_bound": means["slowed"]["data_wait_frac"] > 0.5,
-               "normal_not_data_bound": means["normal"]["data_wait_frac"] < 0.2}
-    print(f"\nslowed case data-bound (share > 0.5): {verdict['slowed_data_bound']}; "
-          f"normal case below 0.2: {verdict['normal_not_data_bound']}")
-    print(json.dumps({"means": means, "rows": results, **verdict, "load_avg_1min": load,
-                      "machine": f"{os.cpu_count()} CPU cores", "delay_ms": args.delay_ms, "workers": args.workers}))
+        print(
+            f"| {name} | {m['step_time_s']:.4f} | {m['data_wait_s']:.4f} | {m['fwd_bwd_s']:.4f} | "
+            f"{m['optim_s']:.4f} | {m['data_wait_frac']:.2f} | {m['samples_per_s']:.1f} | {m['tokens_per_s']:.0f} | "
+            f"{m.get('mfu', float('nan')):.4f} |"
+        )
+    verdict = {
+        "slowed_data_bound": means["slowed"]["data_wait_frac"] > 0.5,
+        "normal_not_data_bound": means["normal"]["data_wait_frac"] < 0.2,
+    }
+    print(
+        f"\nslowed case data-bound (share > 0.5): {verdict['slowed_data_bound']}; "
+        f"normal case below 0.2: {verdict['normal_not_data_bound']}"
+    )
+    print(
+        json.dumps(
+            {
+                "means": means,
+                "rows": results,
+                **verdict,
+                "load_avg_1min": load,
+                "machine": f"{os.cpu_count()} CPU cores",
+                "delay_ms": args.delay_ms,
+                "workers": args.workers,
+            }
+        )
+    )
     return 0
 
 
@@ -128,8 +175,9 @@ def _subprocess(case: dict) -> dict:
     dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # each case is its own single process
     env = {k: v for k, v in os.environ.items() if k not in dist}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                         cwd=ROOT, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"case {case['run_dir']} failed:\n{out.stderr[-3000:]}")

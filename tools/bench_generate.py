@@ -6,7 +6,8 @@ sequence is re-embedded, its VAD re-looked-up and re-encoded, and the full forwa
 no cache (image projection, cross-attention keys/values of the visual tokens, logits at every
 position), i.e. `generate(..., use_cache=False)` per image. The fast path decodes all images
 as one batch with the GPT-2 KV cache (the visual keys/values computed once) and the emotion
-encoder's cache, computing logits only for the newest position. Both paths decode the same images with the same model; the outputs must be identical.
+encoder's cache, computing logits only for the newest position. Both paths decode the same
+images with the same model; the outputs must be identical.
 
     .venv/bin/python tools/bench_generate.py [--images 16] [--threads 1] [--max-new-tokens 25] [--device cpu]
 
@@ -44,8 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lexicon", default="demo", help="VAD lexicon path or 'demo'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is faster on a loaded shared machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is faster on a loaded shared machine",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,8 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": counts,
         **train_mem,
     }
-    print(f"cached batched greedy: {figures['cached_tokens_per_s']} tokens/s; reference: {figures['reference_tokens_per_s']} tokens/s; "
-          f"speed-up {figures['speedup']}x; outputs identical: {same}")
+    print(
+        f"cached batched greedy: {figures['cached_tokens_per_s']} tokens/s; reference: "
+        f"{figures['reference_tokens_per_s']} tokens/s; "
+        f"speed-up {figures['speedup']}x; outputs identical: {same}"
+    )
     print(json.dumps(figures))
     return figures
 

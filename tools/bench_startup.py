@@ -37,9 +37,21 @@ def time_to_first_step(code: Path, cache: Path, run_dir: Path, data: dict, confi
     dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist}
     env.update(PYTHONPATH=str(code), TORCH_EXTENSIONS_DIR=str(cache), DS_ACCELERATOR="cpu")
-    argv = [sys.executable, "-m", "sevlm.cli", "train", "--config", config, "--out", str(run_dir),
-            f"data.dataset_dir={data['dataset']}", f"data.features={data['features']}", "data.shards=null",
-            "data.encoder=tiny-random", "schedule.val_gen_images=0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sevlm.cli",
+        "train",
+        "--config",
+        config,
+        "--out",
+        str(run_dir),
+        f"data.dataset_dir={data['dataset']}",
+        f"data.features={data['features']}",
+        "data.shards=null",
+        "data.encoder=tiny-random",
+        "schedule.val_gen_images=0",
+    ]
     log = run_dir.with_suffix(".out")
     with open(log, "w") as out:
         t0 = time.perf_counter()
@@ -61,7 +73,7 @@ def time_to_first_step(code: Path, cache: Path, run_dir: Path, data: dict, confi
 
 def build_shm_op(cache: Path) -> None:
     """DeepSpeed's CPU shared-memory op, JIT-built into `cache` (what a machine that ran DeepSpeed before holds)."""
-    code = ("from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()")
+    code = "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
     tmp = cache.with_name(cache.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp), DS_ACCELERATOR="cpu")
@@ -71,8 +83,9 @@ def build_shm_op(cache: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--code", action="append", required=True, metavar="NAME=DIR",
-                   help="a checkout to time (give two or more)")
+    p.add_argument(
+        "--code", action="append", required=True, metavar="NAME=DIR", help="a checkout to time (give two or more)"
+    )
     p.add_argument("--config", default="demo", help="training config (default: demo)")
     p.add_argument("--rounds", type=int, default=1, help="rounds of (empty, warm) per checkout, alternating")
     p.add_argument("--images", type=int, default=200, help="synthetic paintings")
@@ -107,17 +120,32 @@ def main(argv=None) -> int:
                 run_dir = work / f"run-{name}-{cache_state}-{r}"
                 t = time_to_first_step(code, cache, run_dir, data, args.config, args.timeout)
                 times[name][cache_state].append(t)
-                print(f"round {r} {cache_state:>5} JIT cache, {name}: first step after {t:.1f} s", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"round {r} {cache_state:>5} JIT cache, {name}: first step after {t:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     load.append(round(os.getloadavg()[0], 2))
     med = {n: {s: statistics.median(v) for s, v in t.items()} for n, t in times.items()}
-    print(f"\nsevlm train --config {args.config}, time to the first step (s), median of {args.rounds} round(s); "
-          f"{os.cpu_count()} CPU cores, load average {load[0]} -> {load[1]}\n")
+    print(
+        f"\nsevlm train --config {args.config}, time to the first step (s), median of {args.rounds} round(s); "
+        f"{os.cpu_count()} CPU cores, load average {load[0]} -> {load[1]}\n"
+    )
     print("| checkout | JIT cache empty | JIT cache warm |\n|---|---|---|")
     for n, m in med.items():
         print(f"| {n} ({codes[n]}) | {m['empty']:.1f} | {m['warm']:.1f} |")
-    print(json.dumps({"seconds": times, "median": med, "codes": {n: str(c) for n, c in codes.items()},
-                      "config": args.config, "load_avg_1min": load, "machine": f"{os.cpu_count()} CPU cores"}))
+    print(
+        json.dumps(
+            {
+                "seconds": times,
+                "median": med,
+                "codes": {n: str(c) for n, c in codes.items()},
+                "config": args.config,
+                "load_avg_1min": load,
+                "machine": f"{os.cpu_count()} CPU cores",
+            }
+        )
+    )
     return 0
 
 

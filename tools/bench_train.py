@@ -38,10 +38,24 @@ ROOT = Path(__file__).resolve().parents[1]
 WIKIART = ROOT.parent / "shared" / "data" / "wikiart"
 
 MODELS = {
-    "demo": {"n_layer": 3, "n_embd": 192, "n_head": 4, "n_positions": 32, "max_len": 30, "vad_ffn": 64,
-             "contrastive_dim": 128},
-    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 64, "max_len": 30,
-                   "contrastive_scorer": "mlp", "contrastive_dim": 768},
+    "demo": {
+        "n_layer": 3,
+        "n_embd": 192,
+        "n_head": 4,
+        "n_positions": 32,
+        "max_len": 30,
+        "vad_ffn": 64,
+        "contrastive_dim": 128,
+    },
+    "distilgpt2": {
+        "n_layer": 6,
+        "n_embd": 768,
+        "n_head": 12,
+        "n_positions": 64,
+        "max_len": 30,
+        "contrastive_scorer": "mlp",
+        "contrastive_dim": 768,
+    },
 }
 ENCODERS = {"demo": "efficientnet-lite0", "distilgpt2": "clip-vit-b16-random"}
 MICRO = {"demo": 32, "distilgpt2": 16}
@@ -55,9 +69,15 @@ def _spec(model_name: str) -> dict:
     """Everything a case needs to know about its model: SEVLMConfig fields, micro-batch,
     encoder, AdamW settings and (for config cases) the corpus-vocabulary settings."""
     if model_name not in CONFIG_MODELS:
-        return {"model": MODELS[model_name], "micro": MICRO[model_name], "encoder": ENCODERS[model_name],
-                "optim": {"decoder_lr": 2e-5, "emotion_lr": 4e-5, "weight_decay": 0.0},
-                "corpus_vocab": False, "vocab_min_count": 1, "config": None}
+        return {
+            "model": MODELS[model_name],
+            "micro": MICRO[model_name],
+            "encoder": ENCODERS[model_name],
+            "optim": {"decoder_lr": 2e-5, "emotion_lr": 4e-5, "weight_decay": 0.0},
+            "corpus_vocab": False,
+            "vocab_min_count": 1,
+            "config": None,
+        }
     from sevlm.config import CONFIG_DIR, load_config
     from sevlm.train.config import load_train_config
 
@@ -66,11 +86,21 @@ def _spec(model_name: str) -> dict:
     if cfg.data.encoder is None:
         raise SystemExit(f"{CONFIG_DIR / (name + '.json')}: data.encoder is unset; the benchmark needs an encoder")
     o = cfg.optim
-    return {"model": load_config(name).get("model", {}), "micro": cfg.schedule.micro_batch, "encoder": cfg.data.encoder,
-            "optim": {"decoder_lr": o.decoder_lr, "emotion_lr": o.emotion_lr, "weight_decay": o.weight_decay,
-                      "betas": tuple(o.betas), "eps": o.eps},
-            "corpus_vocab": cfg.data.corpus_vocab, "vocab_min_count": cfg.data.vocab_min_count,
-            "config": os.path.relpath(CONFIG_DIR / f"{name}.json", ROOT)}
+    return {
+        "model": load_config(name).get("model", {}),
+        "micro": cfg.schedule.micro_batch,
+        "encoder": cfg.data.encoder,
+        "optim": {
+            "decoder_lr": o.decoder_lr,
+            "emotion_lr": o.emotion_lr,
+            "weight_decay": o.weight_decay,
+            "betas": tuple(o.betas),
+            "eps": o.eps,
+        },
+        "corpus_vocab": cfg.data.corpus_vocab,
+        "vocab_min_count": cfg.data.vocab_min_count,
+        "config": os.path.relpath(CONFIG_DIR / f"{name}.json", ROOT),
+    }
 
 
 # ---- one case (runs in a subprocess) ----------------------------------------------------------
@@ -133,8 +163,8 @@ def _batch_builder(spec: dict, micro: int):
     annotations exactly as the trainer builds it from the training split."""
     import numpy as np
 
-    from sevlm.emotions import EMOTIONS
     from sevlm.data.vad import VADLexicon
+    from sevlm.emotions import EMOTIONS
     from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
 
     tok = load_tokenizer()
@@ -171,9 +201,17 @@ def run_case(case: dict) -> dict:
     tok, builder, annotations, vocab = _batch_builder(spec, micro)
     encoder = _encoder(case["encoder"])
     # the trainer's own config, runtime, optimiser and engine set-up (sevlm.train.recipe)
-    cfg = from_dict(TrainConfig, {"model": {**spec["model"], "visual_dim": encoder.dim}, "optim": spec["optim"],
-                                  "schedule": {"micro_batch": micro, "grad_accum": 1}, "device": device,
-                                  "precision": "fp16" if device == "cuda" else "fp32"}, where=model_name)
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "model": {**spec["model"], "visual_dim": encoder.dim},
+            "optim": spec["optim"],
+            "schedule": {"micro_batch": micro, "grad_accum": 1},
+            "device": device,
+            "precision": "fp16" if device == "cuda" else "fp32",
+        },
+        where=model_name,
+    )
     mcfg = cfg.model.with_token_ids(TokenIds.from_tokenizer(tok, vocab))
     model = SEVLM(mcfg).to(device)
 
@@ -241,17 +279,24 @@ def run_case(case: dict) -> dict:
 
         peak = (peak_resident_bytes() or 0) / 2**20
     n_params = sum(p.numel() for p in model.parameters())
-    return {**case, "device": device, "samples_per_s": micro * len(times) / sum(times),
-            "s_per_step": sum(times) / len(times),
-            # CPU seconds (all threads): far less sensitive than wall time to other jobs on a shared machine
-            "samples_per_cpu_s": micro * len(cpu_times) / sum(cpu_times), "peak_mem_mib": round(peak, 1),
-            "parameters": n_params, "vocab_size": mcfg.vocab_size}
+    return {
+        **case,
+        "device": device,
+        "samples_per_s": micro * len(times) / sum(times),
+        "s_per_step": sum(times) / len(times),
+        # CPU seconds (all threads): far less sensitive than wall time to other jobs on a shared machine
+        "samples_per_cpu_s": micro * len(cpu_times) / sum(cpu_times),
+        "peak_mem_mib": round(peak, 1),
+        "parameters": n_params,
+        "vocab_size": mcfg.vocab_size,
+    }
 
 
 def _run_subprocess(case: dict) -> dict:
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
-    out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                         env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not lines:
         raise SystemExit(f"case {case} failed:\n{out.stderr[-3000:]}")
@@ -287,10 +332,13 @@ def main(argv=None) -> int:
             case.update(micro=micro, steps=args.steps)
             r[key] = _run_subprocess(case)
             results["cases"].append(r[key])
-            print(f"{m:>11} {key:>17}: {r[key]['samples_per_s']:7.2f} images/s, "
-                  f"{r[key]['samples_per_cpu_s']:7.2f} images/cpu-s, "
-                  f"{r[key]['s_per_step']:6.2f} s/step, peak {r[key]['peak_mem_mib']:8.1f} MiB", file=sys.stderr,
-                  flush=True)
+            print(
+                f"{m:>11} {key:>17}: {r[key]['samples_per_s']:7.2f} images/s, "
+                f"{r[key]['samples_per_cpu_s']:7.2f} images/cpu-s, "
+                f"{r[key]['s_per_step']:6.2f} s/step, peak {r[key]['peak_mem_mib']:8.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
         summary[m] = {
             "encoder": enc,
             "micro_batch": micro,
@@ -301,13 +349,15 @@ def main(argv=None) -> int:
             "deepspeed_samples_per_s": round(r["deepspeed"]["samples_per_s"], 3),
             "deepspeed_overhead": round(1 - r["deepspeed"]["samples_per_s"] / r["torch"]["samples_per_s"], 4),
             "deepspeed_overhead_cpu_time": round(
-                1 - r["deepspeed"]["samples_per_cpu_s"] / r["torch"]["samples_per_cpu_s"], 4),
+                1 - r["deepspeed"]["samples_per_cpu_s"] / r["torch"]["samples_per_cpu_s"], 4
+            ),
             "torch_peak_mib": r["torch"]["peak_mem_mib"],
             "deepspeed_peak_mib": r["deepspeed"]["peak_mem_mib"],
             "encode_every_step_samples_per_s": round(r["deepspeed_encode"]["samples_per_s"], 3),
             "cached_speedup": round(r["deepspeed"]["samples_per_s"] / r["deepspeed_encode"]["samples_per_s"], 3),
             "cached_speedup_cpu_time": round(
-                r["deepspeed"]["samples_per_cpu_s"] / r["deepspeed_encode"]["samples_per_cpu_s"], 3),
+                r["deepspeed"]["samples_per_cpu_s"] / r["deepspeed_encode"]["samples_per_cpu_s"], 3
+            ),
         }
     results["summary"] = summary
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]

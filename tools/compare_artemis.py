@@ -49,16 +49,21 @@ def compare(artemis: dict, ours: dict, show: int = 10) -> dict:
         a, b = artemis.get(split, {}), ours.get(split, {})
         both = set(a) & set(b)
         same_text = sum(a[p] == b[p] for p in both)
-        report[split] = {"artemis_paintings": len(a), "sevlm_paintings": len(b), "same_paintings": len(both),
-                         "paintings_with_same_explanations": same_text,
-                         "artemis_annotations": sum(map(len, a.values())),
-                         "sevlm_annotations": sum(map(len, b.values()))}
+        report[split] = {
+            "artemis_paintings": len(a),
+            "sevlm_paintings": len(b),
+            "same_paintings": len(both),
+            "paintings_with_same_explanations": same_text,
+            "artemis_annotations": sum(map(len, a.values())),
+            "sevlm_annotations": sum(map(len, b.values())),
+        }
         for p in sorted(both):
             if a[p] != b[p] and shown < show:
                 shown += 1
                 diff = [(x, y) for x, y in zip(a[p], b[p]) if x != y][:2]
-                print(f"{split} {p}: {len(a[p])} vs {len(b[p])} explanations; first differences {diff}",
-                      file=sys.stderr)
+                print(
+                    f"{split} {p}: {len(a[p])} vs {len(b[p])} explanations; first differences {diff}", file=sys.stderr
+                )
     return report
 
 
@@ -70,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     report = compare(read_artemis(args.preprocessed), read_sevlm(args.dataset))
     print(f"{'split':6s} {'ArtEmis':>9s} {'sevlm':>9s} {'same':>9s} {'same text':>10s} {'rows A':>8s} {'rows S':>8s}")
     for split, r in report.items():
-        print(f"{split:6s} {r['artemis_paintings']:9d} {r['sevlm_paintings']:9d} {r['same_paintings']:9d} "
-              f"{r['paintings_with_same_explanations']:10d} {r['artemis_annotations']:8d} {r['sevlm_annotations']:8d}")
+        print(
+            f"{split:6s} {r['artemis_paintings']:9d} {r['sevlm_paintings']:9d} {r['same_paintings']:9d} "
+            f"{r['paintings_with_same_explanations']:10d} {r['artemis_annotations']:8d} {r['sevlm_annotations']:8d}"
+        )
     print(json.dumps(report))
-    agree = all(r["artemis_paintings"] == r["sevlm_paintings"] == r["same_paintings"]
-                == r["paintings_with_same_explanations"] for r in report.values())
+    agree = all(
+        r["artemis_paintings"] == r["sevlm_paintings"] == r["same_paintings"] == r["paintings_with_same_explanations"]
+        for r in report.values()
+    )
     return 0 if agree else 1
 
 

@@ -39,12 +39,21 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = {"n_layer": 3, "n_embd": 192, "n_head": 4, "n_positions": 32, "max_len": 30, "dropout": 0.1,
-        "vad_ffn": 64, "contrastive_dim": 128}
-WORDS = ("the dark sky over a calm sea makes me feel sad because the storm is coming and the woman "
-         "looks alone in the bright field of flowers while colors swirl with joy and fear").split()
-EMOTIONS = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
-            "something else"]
+DEMO = {
+    "n_layer": 3,
+    "n_embd": 192,
+    "n_head": 4,
+    "n_positions": 32,
+    "max_len": 30,
+    "dropout": 0.1,
+    "vad_ffn": 64,
+    "contrastive_dim": 128,
+}
+WORDS = (
+    "the dark sky over a calm sea makes me feel sad because the storm is coming and the woman "
+    "looks alone in the bright field of flowers while colors swirl with joy and fear"
+).split()
+EMOTIONS = ["amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness", "something else"]
 
 
 def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> list[dict]:
@@ -52,12 +61,15 @@ def synthetic_samples(n: int, rng: np.random.Generator, tokens=(49, 1280)) -> li
     out = []
     for i in range(n):
         k = int(rng.integers(3, 6))
-        out.append({
-            "__key__": f"synthetic/p{i}", "image_id": f"synthetic/p{i}",
-            "tokens": rng.standard_normal(tokens, dtype=np.float32),
-            "emotions": [EMOTIONS[int(rng.integers(len(EMOTIONS)))] for _ in range(k)],
-            "explanations": [" ".join(rng.choice(WORDS, int(rng.integers(8, 21)))) for _ in range(k)],
-        })
+        out.append(
+            {
+                "__key__": f"synthetic/p{i}",
+                "image_id": f"synthetic/p{i}",
+                "tokens": rng.standard_normal(tokens, dtype=np.float32),
+                "emotions": [EMOTIONS[int(rng.integers(len(EMOTIONS)))] for _ in range(k)],
+                "explanations": [" ".join(rng.choice(WORDS, int(rng.integers(8, 21)))) for _ in range(k)],
+            }
+        )
     return out
 
 
@@ -79,8 +91,7 @@ def demo_corpus(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
 def load_module(rev: str, rel: str):
     """The file `rel` (e.g. sevlm/model/model.py) as of git revision `rev`, imported as a
     separate module (its own imports resolve to the current package)."""
-    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     name = "baseline_" + Path(rel).stem
     path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(src)
@@ -96,7 +107,9 @@ def make_optimizer(model):
     from sevlm.train.config import OptimConfig
     from sevlm.train.recipe import build_optimizer
 
-    return build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, weight_decay=0.01), total_steps=10**6)[0]
+    return build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, weight_decay=0.01), total_steps=10**6)[
+        0
+    ]
 
 
 def timed_step(model, opt, batch) -> dict[str, float]:
@@ -109,21 +122,37 @@ def timed_step(model, opt, batch) -> dict[str, float]:
     opt.step()
     opt.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
-    return {"forward": t1 - t0, "backward": t2 - t1, "optim": t3 - t2, "step": t3 - t0, "loss": float(out.loss.detach())}
+    return {
+        "forward": t1 - t0,
+        "backward": t2 - t1,
+        "optim": t3 - t2,
+        "step": t3 - t0,
+        "loss": float(out.loss.detach()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--steps", type=int, default=4, help="timed steps per case (after one warm-up)")
-    p.add_argument("--images", type=int, default=None, help="images per batch (default 32, or the config's micro_batch)")
-    p.add_argument("--config", default=None,
-                   help="take model sizes and images per batch from a train config (name in sevlm/configs or a path); "
-                        "default: the built-in 3 x 192 sizes")
+    p.add_argument(
+        "--images", type=int, default=None, help="images per batch (default 32, or the config's micro_batch)"
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="take model sizes and images per batch from a train config (name in sevlm/configs or a path); "
+        "default: the built-in 3 x 192 sizes",
+    )
     p.add_argument("--mode", default="cross", choices=["cross", "prefix", "none"])
     p.add_argument("--baseline", default=None, help="git revision whose model.py to time alongside")
-    p.add_argument("--vocab", nargs="+", default=["full"], choices=["full", "corpus"],
-                   help="vocabularies to time side by side (full: 50,260 GPT-2 ids; corpus: text.VocabMap)")
+    p.add_argument(
+        "--vocab",
+        nargs="+",
+        default=["full"],
+        choices=["full", "corpus"],
+        help="vocabularies to time side by side (full: 50,260 GPT-2 ids; corpus: text.VocabMap)",
+    )
     p.add_argument("--lexicon", default=str(ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"))
     p.add_argument("--no-profile", action="store_true")
     args = p.parse_args(argv)
@@ -150,8 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
     samples = synthetic_samples(args.images, rng)
     builders = {"full" if "corpus" in args.vocab else "current": builder}
     if args.baseline:
-        builders = {"baseline": load_module(args.baseline, "sevlm/text.py").SequenceBuilder(tok, lex, sizes["max_len"]),
-                    **builders}
+        builders = {
+            "baseline": load_module(args.baseline, "sevlm/text.py").SequenceBuilder(tok, lex, sizes["max_len"]),
+            **builders,
+        }
     collate_s: dict[str, dict[int, float]] = {name: {} for name in builders}
     for th in args.threads:
         torch.set_num_threads(th)
@@ -163,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     batches = [b.collate(samples, np.random.default_rng(1)) for b in builders.values()]
     for k in batches[0]:  # the batch itself must not change
         v0, v1 = batches[0][k], batches[-1][k]
-        assert (torch.equal(v0, v1) if torch.is_tensor(v0) else v0 == v1), f"collate differs in {k}"
+        assert torch.equal(v0, v1) if torch.is_tensor(v0) else v0 == v1, f"collate differs in {k}"
     batch = model_inputs(batches[-1])
     if args.baseline and "corpus" in args.vocab:
         p.error("--baseline and --vocab corpus do not combine; time one comparison at a time")
@@ -184,9 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
                 collate_s["corpus"][th] = min(collate_s["corpus"].get(th, 1e9), time.perf_counter() - t0)
         print(f"corpus vocabulary: {len(vocab)} ids (of {len(tok)})", flush=True)
     n_tgt = int((batch["labels"][:, 1:] != -100).sum())
-    print(f"batch: {tuple(batch['input_ids'].shape)} sequences, {n_tgt} target tokens; collate (best of 3) "
-          + ", ".join(f"{name} threads={th}: {t * 1e3:.1f} ms" for name, d in collate_s.items() for th, t in d.items()),
-          flush=True)
+    print(
+        f"batch: {tuple(batch['input_ids'].shape)} sequences, {n_tgt} target tokens; collate (best of 3) "
+        + ", ".join(f"{name} threads={th}: {t * 1e3:.1f} ms" for name, d in collate_s.items() for th, t in d.items()),
+        flush=True,
+    )
 
     cfg = SEVLMConfig(**sizes, mode=args.mode, visual_dim=1280).with_token_ids(builder.ids)
     models, model_batch = {}, {}
@@ -213,10 +246,16 @@ def main(argv: list[str] | None = None) -> dict:
             losses[name] = float(m(**batch).loss)
         print("loss (same seed):", losses, flush=True)
 
-    result: dict = {"collate_s": collate_s, "target_tokens": n_tgt, "mode": args.mode, "sizes": sizes,
-                    "images": args.images, "threads": {},
-                    "vocab_size": {name: m.config.vocab_size for name, m in models.items()},
-                    "parameters": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()}}
+    result: dict = {
+        "collate_s": collate_s,
+        "target_tokens": n_tgt,
+        "mode": args.mode,
+        "sizes": sizes,
+        "images": args.images,
+        "threads": {},
+        "vocab_size": {name: m.config.vocab_size for name, m in models.items()},
+        "parameters": {name: sum(q.numel() for q in m.parameters()) for name, m in models.items()},
+    }
     if len(models) > 1:
         print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in result["parameters"].items()), flush=True)
     for th in args.threads:

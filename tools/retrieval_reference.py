@@ -33,7 +33,13 @@ from pathlib import Path
 
 import sevlm  # noqa: F401  first: the passive OpenMP wait before torch loads OpenMP
 from sevlm.evaluation.reference import (  # noqa: E402,F401  (retrieval_study imports them from here)
-    SplitData, linear_clip, load_split_data, logistic_probe, majority_share, reference_points)
+    SplitData,
+    linear_clip,
+    load_split_data,
+    logistic_probe,
+    majority_share,
+    reference_points,
+)
 
 
 def run_figures(run_dir, dataset_dir, features, split: str = "test") -> dict:
@@ -66,16 +72,20 @@ def main(argv=None) -> int:
     runs = {r: run_figures(r, args.dataset, args.features, args.split) for r in args.run}
     chance = ref["linear_clip"]["chance"]
     probe = ref["logistic_probe"]
-    print(f"{args.split} split: {probe['n']} images with a dominant emotion; chance 0.111, "
-          f"majority class {ref['majority_class']:.3f}")
+    print(
+        f"{args.split} split: {probe['n']} images with a dominant emotion; chance 0.111, "
+        f"majority class {ref['majority_class']:.3f}"
+    )
     print("| model | image->emotion | image->expl R@1 | image->expl R@10 | expl->image R@10 |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| logistic-regression probe (C={probe['C']}) | {probe['accuracy']:.3f} | - | - | - |")
     print(row("linear CLIP-style (pooled features, TF-IDF)", ref["linear_clip"]))
     for name, rep in runs.items():
         print(row(name, rep))
-    print(f"| exact chance | {1 / 9:.3f} | {chance['image_to_explanation']['R@1']:.3f} | "
-          f"{chance['image_to_explanation']['R@10']:.3f} | {chance['explanation_to_image']['R@10']:.3f} |")
+    print(
+        f"| exact chance | {1 / 9:.3f} | {chance['image_to_explanation']['R@1']:.3f} | "
+        f"{chance['image_to_explanation']['R@10']:.3f} | {chance['explanation_to_image']['R@10']:.3f} |"
+    )
     print(json.dumps({"reference": ref, "runs": {k: v["model"] for k, v in runs.items()}}))
     return 0
 

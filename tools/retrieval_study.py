@@ -29,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import sevlm  # noqa: F401  first: the passive OpenMP wait before torch loads OpenMP
 import numpy as np  # noqa: E402
 
+import sevlm  # noqa: F401  first: the passive OpenMP wait before torch loads OpenMP
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from retrieval_reference import majority_share, reference_points  # noqa: E402
+from retrieval_reference import reference_points  # noqa: E402
 
 # Runs in the checkout under study: only APIs every version of sevlm has (load_run, embed_split).
 EMBED = """
@@ -64,18 +65,60 @@ def _call(argv: list[str], code: Path, log: Path) -> None:
 def build_data(out: Path, n_images: int, seed: int) -> dict:
     from sevlm.cli import main
 
-    d = {"raw": out / "demo_data", "dataset": out / "dataset", "features": out / "features.h5",
-         "shards": out / "shards"}
+    d = {
+        "raw": out / "demo_data",
+        "dataset": out / "dataset",
+        "features": out / "features.h5",
+        "shards": out / "shards",
+    }
     steps = [
-        (d["raw"] / "artemis_dataset_release_v0.csv",
-         ["demo-data", "--out", str(d["raw"]), "--n-images", str(n_images), "--seed", str(seed)]),
-        (d["dataset"] / "manifest.json",
-         ["prepare", "--artemis-csv", str(d["raw"] / "artemis_dataset_release_v0.csv"), "--protocol", "sevlm", "--images",
-          str(d["raw"] / "images"), "--out", str(d["dataset"])]),
-        (d["features"], ["extract", "--images", str(d["raw"] / "images"), "--dataset", str(d["dataset"]),
-                         "--encoder", "efficientnet-lite0", "--out", str(d["features"])]),
-        (d["shards"] / "manifest.json", ["shard", "--features", str(d["features"]), "--dataset", str(d["dataset"]),
-                                         "--split", "train", "val", "--out", str(d["shards"])]),
+        (
+            d["raw"] / "artemis_dataset_release_v0.csv",
+            ["demo-data", "--out", str(d["raw"]), "--n-images", str(n_images), "--seed", str(seed)],
+        ),
+        (
+            d["dataset"] / "manifest.json",
+            [
+                "prepare",
+                "--artemis-csv",
+                str(d["raw"] / "artemis_dataset_release_v0.csv"),
+                "--protocol",
+                "sevlm",
+                "--images",
+                str(d["raw"] / "images"),
+                "--out",
+                str(d["dataset"]),
+            ],
+        ),
+        (
+            d["features"],
+            [
+                "extract",
+                "--images",
+                str(d["raw"] / "images"),
+                "--dataset",
+                str(d["dataset"]),
+                "--encoder",
+                "efficientnet-lite0",
+                "--out",
+                str(d["features"]),
+            ],
+        ),
+        (
+            d["shards"] / "manifest.json",
+            [
+                "shard",
+                "--features",
+                str(d["features"]),
+                "--dataset",
+                str(d["dataset"]),
+                "--split",
+                "train",
+                "val",
+                "--out",
+                str(d["shards"]),
+            ],
+        ),
     ]
     for done, argv in steps:
         if not done.exists() and main(argv) != 0:
@@ -85,10 +128,15 @@ def build_data(out: Path, n_images: int, seed: int) -> dict:
 
 def last_losses(run_dir: Path, n: int = 10) -> dict:
     """Mean of the last `n` logged training steps' losses."""
-    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line) for line in (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     rows = [r for r in rows if "cl_loss" in r and "step" in r][-n:]
-    return {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in ("lm_loss", "cl_loss")
-            if any(r.get(k) is not None for r in rows)}
+    return {
+        k: float(np.mean([r[k] for r in rows if r.get(k) is not None]))
+        for k in ("lm_loss", "cl_loss")
+        if any(r.get(k) is not None for r in rows)
+    }
 
 
 def study_run(code: Path, run_dir: Path, data: dict, overrides: list[str]) -> dict:
@@ -99,9 +147,22 @@ def study_run(code: Path, run_dir: Path, data: dict, overrides: list[str]) -> di
     log = run_dir.parent / f"{run_dir.name}.log"
     t0 = time.perf_counter()
     if not (run_dir / "done.json").exists():
-        argv = (["-m", "sevlm.cli", "train", "--resume", str(run_dir)] if (run_dir / "config.json").exists() else
-                ["-m", "sevlm.cli", "train", "--config", "demo", "--out", str(run_dir),
-                 f"data.dataset_dir={data['dataset']}", f"data.shards={data['shards']}", *overrides])
+        argv = (
+            ["-m", "sevlm.cli", "train", "--resume", str(run_dir)]
+            if (run_dir / "config.json").exists()
+            else [
+                "-m",
+                "sevlm.cli",
+                "train",
+                "--config",
+                "demo",
+                "--out",
+                str(run_dir),
+                f"data.dataset_dir={data['dataset']}",
+                f"data.shards={data['shards']}",
+                *overrides,
+            ]
+        )
         _call(argv, code, log)
     emb = run_dir / "test_embeddings.npz"
     if not emb.exists():
@@ -137,8 +198,13 @@ def _stats(s: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="work folder (data, runs, results); reused when it exists")
-    ap.add_argument("--code", action="append", default=None, metavar="LABEL=DIR",
-                    help="a checkout to study (repeatable; default: this one, as 'here')")
+    ap.add_argument(
+        "--code",
+        action="append",
+        default=None,
+        metavar="LABEL=DIR",
+        help="a checkout to study (repeatable; default: this one, as 'here')",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--n-images", type=int, default=720)
@@ -153,9 +219,12 @@ def main(argv=None) -> int:
     data = build_data(out, args.n_images, args.data_seed)
     ref = reference_points(data["dataset"], data["features"])
     probe, majority = ref["logistic_probe"]["accuracy"], ref["majority_class"]
-    print(f"load average {os.getloadavg()[0]:.1f}; logistic probe {probe:.3f}, linear CLIP-style "
-          f"{ref['linear_clip']['model']['image_to_emotion']['accuracy']:.3f} (R@10 "
-          f"{ref['linear_clip']['model']['image_to_explanation']['R@10']:.3f}), majority class {majority:.3f}", flush=True)
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; logistic probe {probe:.3f}, linear CLIP-style "
+        f"{ref['linear_clip']['model']['image_to_emotion']['accuracy']:.3f} (R@10 "
+        f"{ref['linear_clip']['model']['image_to_explanation']['R@10']:.3f}), majority class {majority:.3f}",
+        flush=True,
+    )
 
     rows = []
     variants = {"model": []} if args.no_control else {"model": [], "control": ["model.mode=none"]}
@@ -165,27 +234,38 @@ def main(argv=None) -> int:
                 row = {"code": label, "precision": precision, "seed": seed}
                 for variant, extra in variants.items():
                     run_dir = out / "runs" / label / f"{precision}-seed{seed}-{variant}"
-                    row[variant] = study_run(Path(code).resolve(), run_dir, data,
-                                             [f"seed={seed}", f"precision={precision}", *args.overrides, *extra])
+                    row[variant] = study_run(
+                        Path(code).resolve(),
+                        run_dir,
+                        data,
+                        [f"seed={seed}", f"precision={precision}", *args.overrides, *extra],
+                    )
                 if "control" in row:
                     row["checks"] = check(row, majority, probe)
                 rows.append(row)
                 m = row["model"]
-                print(f"{label} {precision} seed {seed}: image->emotion {m['image_to_emotion']:.3f}"
-                      + (f" (control {row['control']['image_to_emotion']:.3f})" if "control" in row else "")
-                      + f", R@10 {m['i2x_R@10']:.3f}, cl_loss {m['losses'].get('cl_loss', float('nan')):.3f}, "
-                      f"{m['seconds']:.0f} s", flush=True)
+                print(
+                    f"{label} {precision} seed {seed}: image->emotion {m['image_to_emotion']:.3f}"
+                    + (f" (control {row['control']['image_to_emotion']:.3f})" if "control" in row else "")
+                    + f", R@10 {m['i2x_R@10']:.3f}, cl_loss {m['losses'].get('cl_loss', float('nan')):.3f}, "
+                    f"{m['seconds']:.0f} s",
+                    flush=True,
+                )
 
-    print("\n| code | precision | seed | image->emotion | control | image->expl R@1 | R@10 (chance) | "
-          "image rank / mean cos | emotion rank / mean cos | explanation rank / mean cos | last cl_loss |")
+    print(
+        "\n| code | precision | seed | image->emotion | control | image->expl R@1 | R@10 (chance) | "
+        "image rank / mean cos | emotion rank / mean cos | explanation rank / mean cos | last cl_loss |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         m, c = r["model"], r.get("control")
-        print(f"| {r['code']} | {r['precision']} | {r['seed']} | {m['image_to_emotion']:.3f} | "
-              f"{c['image_to_emotion'] if c else float('nan'):.3f} | {m['i2x_R@1']:.3f} | "
-              f"{m['i2x_R@10']:.3f} ({m['chance_i2x_R@10']:.3f}) | {_stats(m['stats']['image'])} | "
-              f"{_stats(m['stats']['emotion'])} | {_stats(m['stats']['explanation'])} | "
-              f"{m['losses'].get('cl_loss', float('nan')):.3f} |")
+        print(
+            f"| {r['code']} | {r['precision']} | {r['seed']} | {m['image_to_emotion']:.3f} | "
+            f"{c['image_to_emotion'] if c else float('nan'):.3f} | {m['i2x_R@1']:.3f} | "
+            f"{m['i2x_R@10']:.3f} ({m['chance_i2x_R@10']:.3f}) | {_stats(m['stats']['image'])} | "
+            f"{_stats(m['stats']['emotion'])} | {_stats(m['stats']['explanation'])} | "
+            f"{m['losses'].get('cl_loss', float('nan')):.3f} |"
+        )
     summary = {}
     print("\n| code | precision | image->emotion mean / min | control mean / max | R@10 mean / min | targets met |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -196,16 +276,30 @@ def main(argv=None) -> int:
             r10 = [r["model"]["i2x_R@10"] for r in group]
             ctl = [r["control"]["image_to_emotion"] for r in group if "control" in r]
             met = [all(r["checks"].values()) for r in group if "checks" in r]
-            summary[f"{label}/{precision}"] = {"image_to_emotion_mean": float(np.mean(acc)), "image_to_emotion_min": min(acc),
-                                               "R@10_mean": float(np.mean(r10)), "R@10_min": min(r10),
-                                               "control_mean": float(np.mean(ctl)) if ctl else None,
-                                               "control_max": max(ctl) if ctl else None, "runs_meeting_targets": sum(met)}
-            print(f"| {label} | {precision} | {np.mean(acc):.3f} / {min(acc):.3f} | "
-                  + (f"{np.mean(ctl):.3f} / {max(ctl):.3f}" if ctl else "-")
-                  + f" | {np.mean(r10):.3f} / {min(r10):.3f} | {sum(met)} of {len(met)} |")
+            summary[f"{label}/{precision}"] = {
+                "image_to_emotion_mean": float(np.mean(acc)),
+                "image_to_emotion_min": min(acc),
+                "R@10_mean": float(np.mean(r10)),
+                "R@10_min": min(r10),
+                "control_mean": float(np.mean(ctl)) if ctl else None,
+                "control_max": max(ctl) if ctl else None,
+                "runs_meeting_targets": sum(met),
+            }
+            print(
+                f"| {label} | {precision} | {np.mean(acc):.3f} / {min(acc):.3f} | "
+                + (f"{np.mean(ctl):.3f} / {max(ctl):.3f}" if ctl else "-")
+                + f" | {np.mean(r10):.3f} / {min(r10):.3f} | {sum(met)} of {len(met)} |"
+            )
     print(f"load average {os.getloadavg()[0]:.1f}")
-    result = {"reference": {"logistic_probe": ref["logistic_probe"], "majority_class": majority,
-                            "linear_clip": ref["linear_clip"]["model"]}, "rows": rows, "summary": summary}
+    result = {
+        "reference": {
+            "logistic_probe": ref["logistic_probe"],
+            "majority_class": majority,
+            "linear_clip": ref["linear_clip"]["model"],
+        },
+        "rows": rows,
+        "summary": summary,
+    }
     (out / "study.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(json.dumps(result))
     return 0

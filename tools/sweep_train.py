@@ -65,8 +65,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("micro", "accum", "workers", "assist", "precision", "zero")
-OVERRIDE_KEYS = {"micro": "schedule.micro_batch", "accum": "schedule.grad_accum", "workers": "data.num_workers",
-                 "assist": "data.main_assist", "precision": "precision"}
+OVERRIDE_KEYS = {
+    "micro": "schedule.micro_batch",
+    "accum": "schedule.grad_accum",
+    "workers": "data.num_workers",
+    "assist": "data.main_assist",
+    "precision": "precision",
+}
 TEXT_KEYS = ("assist", "precision")  # grid values kept as strings
 
 
@@ -80,9 +85,16 @@ def run_case(case: dict) -> dict:
     from sevlm.train.telemetry import peak_memory
 
     overrides = [f"{OVERRIDE_KEYS[k]}={case[k]}" for k in OVERRIDE_KEYS] + [
-        "schedule.global_batch=null", f"ds_config={case['ds_config']}", f"data.dataset_dir={case['dataset']}",
-        f"data.features={case['features']}", "data.shards=null", f"data.encoder={case['encoder']}",
-        f"schedule.max_steps={case['steps'] + 1}", "schedule.val_every=0", f"device={case['device']}"]
+        "schedule.global_batch=null",
+        f"ds_config={case['ds_config']}",
+        f"data.dataset_dir={case['dataset']}",
+        f"data.features={case['features']}",
+        "data.shards=null",
+        f"data.encoder={case['encoder']}",
+        f"schedule.max_steps={case['steps'] + 1}",
+        "schedule.val_every=0",
+        f"device={case['device']}",
+    ]
     cfg, run_dir, _ = prepare_run(load_train_config(case["config"], overrides), None, case["run_dir"])
     recipe = TrainRecipe(cfg, run_dir)
     recipe.setup()
@@ -92,8 +104,10 @@ def run_case(case: dict) -> dict:
         recipe.telemetry.wait_start()
         batch = next(batches, None)
         if batch is None:
-            raise SystemExit(f"{case['dataset']}: one epoch holds fewer than {case['steps'] + 1} optimizer steps of "
-                             f"{recipe.rt.global_batch} images; use more images or fewer --steps")
+            raise SystemExit(
+                f"{case['dataset']}: one epoch holds fewer than {case['steps'] + 1} optimizer steps of "
+                f"{recipe.rt.global_batch} images; use more images or fewer --steps"
+            )
         if recipe.train_step(batch) is not None:  # an optimizer step ended
             if t0 is None:  # after the warm-up step: a new telemetry window
                 recipe.telemetry.report()
@@ -105,8 +119,11 @@ def run_case(case: dict) -> dict:
     figures = recipe.telemetry.report()  # synchronises the device
     seconds = time.perf_counter() - t0
     peak = next(iter(peak_memory(recipe.rt.device).values())) * 1024  # max allocated (CUDA) or max RSS, MiB
-    return {"samples_per_s": case["steps"] * recipe.rt.global_batch / seconds,
-            "data_wait_frac": figures.get("data_wait_frac"), "peak_mem_mib": round(peak, 1)}
+    return {
+        "samples_per_s": case["steps"] * recipe.rt.global_batch / seconds,
+        "data_wait_frac": figures.get("data_wait_frac"),
+        "peak_mem_mib": round(peak, 1),
+    }
 
 
 def _run_subprocess(case: dict, timeout: float) -> dict:
@@ -116,8 +133,14 @@ def _run_subprocess(case: dict, timeout: float) -> dict:
     env["DS_ACCELERATOR"] = env.get("DS_ACCELERATOR", "cpu" if case["device"] == "cpu" else "cuda")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     try:
-        out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True,
-                             env=env, cwd=ROOT, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, __file__, "--case", json.dumps(case)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -146,19 +169,30 @@ def own_setting(config: str, device: str) -> dict:
     cfg = load_train_config(config)
     precision = cfg.precision if cfg.precision != "auto" else auto_precision(device)
     ds = json.loads(ds_config_path(cfg.ds_config, precision).read_text())
-    return {"micro": cfg.schedule.micro_batch, "accum": cfg.schedule.grad_accum, "workers": cfg.data.num_workers,
-            "assist": cfg.data.main_assist, "precision": precision,
-            "zero": int(ds.get("zero_optimization", {}).get("stage", 0))}
+    return {
+        "micro": cfg.schedule.micro_batch,
+        "accum": cfg.schedule.grad_accum,
+        "workers": cfg.data.num_workers,
+        "assist": cfg.data.main_assist,
+        "precision": precision,
+        "zero": int(ds.get("zero_optimization", {}).get("stage", 0)),
+    }
 
 
 def default_grid(own: dict) -> dict:
     """The config's own setting, twice its micro-batch, 2 workers, fp32 and ZeRO 0."""
+
     def values(*vs):
         return sorted(set(vs), key=lambda v: (str(type(v)), v))
 
-    return {"micro": values(own["micro"], 2 * own["micro"]), "accum": [own["accum"]],
-            "workers": values(own["workers"], 2), "assist": [own["assist"]],
-            "precision": values(own["precision"], "fp32"), "zero": values(own["zero"], 0)}
+    return {
+        "micro": values(own["micro"], 2 * own["micro"]),
+        "accum": [own["accum"]],
+        "workers": values(own["workers"], 2),
+        "assist": [own["assist"]],
+        "precision": values(own["precision"], "fp32"),
+        "zero": values(own["zero"], 0),
+    }
 
 
 def parse_grid(items: list[str] | None, grid: dict) -> dict:
@@ -200,8 +234,9 @@ def summarise(rows: list[dict], own: dict) -> dict:
     rows: {**setting, "runs": [samples/s, ...], "error": str | None}; changed in place."""
     for r in rows:
         runs = r["runs"]
-        r.update(median=statistics.median(runs) if runs else None, min=min(runs, default=None),
-                 max=max(runs, default=None))
+        r.update(
+            median=statistics.median(runs) if runs else None, min=min(runs, default=None), max=max(runs, default=None)
+        )
         r["spread_pct"] = round(100 * (r["max"] - r["min"]) / r["median"], 1) if runs else None
     for r in rows:
         r["own"] = all(r[k] == own[k] for k in KEYS)
@@ -215,8 +250,10 @@ def summarise(rows: list[dict], own: dict) -> dict:
     if best["own"]:
         advice = "keep the config's setting (it is the fastest)"
     elif mine is not None and within_noise(best, mine):
-        advice = (f"keep the config's setting (the fastest, {_setting(best)}, is within noise of it: "
-                  f"{best['median']:.1f} vs {mine['median']:.1f} samples/s)")
+        advice = (
+            f"keep the config's setting (the fastest, {_setting(best)}, is within noise of it: "
+            f"{best['median']:.1f} vs {mine['median']:.1f} samples/s)"
+        )
     else:
         advice = override_line(best)
     return {"best": {k: best[k] for k in KEYS}, "advice": advice}
@@ -231,20 +268,26 @@ def _setting(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| micro | accum | workers | main assist | precision | ZeRO | samples/s (median) | spread (min-max) "
-             "| data-wait share | peak MiB | within noise of best | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| micro | accum | workers | main assist | precision | ZeRO | samples/s (median) | spread (min-max) "
+        "| data-wait share | peak MiB | within noise of best | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        setting = (f"| {r['micro']} | {r['accum']} | {r['workers']} | {r['assist'] if r['workers'] else '-'} | "
-                   f"{r['precision']} | {r['zero']} ")
+        setting = (
+            f"| {r['micro']} | {r['accum']} | {r['workers']} | {r['assist'] if r['workers'] else '-'} | "
+            f"{r['precision']} | {r['zero']} "
+        )
         note = ("config's own; " if r.get("own") else "") + (f"failed: {r['error']}" if r.get("error") else "")
         if r["median"] is None:
             lines.append(setting + f"| - | - | - | - | - | {note.strip('; ')} |")
             continue
         share = statistics.median(r["wait"]) if r["wait"] else None
-        lines.append(setting + f"| {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} ({r['spread_pct']:.0f}%) | "
-                     f"{'-' if share is None else f'{share:.2f}'} | {max(r['peak']):.0f} | "
-                     f"{'yes' if r['within_noise_of_best'] else 'no'} | {note.strip('; ')} |")
+        lines.append(
+            setting + f"| {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} ({r['spread_pct']:.0f}%) | "
+            f"{'-' if share is None else f'{share:.2f}'} | {max(r['peak']):.0f} | "
+            f"{'yes' if r['within_noise_of_best'] else 'no'} | {note.strip('; ')} |"
+        )
     return "\n".join(lines)
 
 
@@ -281,17 +324,26 @@ def sweep(args) -> int:
     device = "cuda" if _cuda() else "cpu"
     own = own_setting(args.config, device)
     grid = parse_grid(args.grid, default_grid(own))
-    rows = [{**s, "runs": [], "wait": [], "peak": [], "error": None}
-            for s in settings_of(grid, [parse_add(a, own) for a in args.add or []])]
+    rows = [
+        {**s, "runs": [], "wait": [], "peak": [], "error": None}
+        for s in settings_of(grid, [parse_add(a, own) for a in args.add or []])
+    ]
     load = [round(os.getloadavg()[0], 2)]
     for rnd in range(args.repeats):
         for k, r in enumerate(rows):
             if r["error"]:  # a failed case fails again: not retried
                 continue
             r["ds_config"] = ds_config_for(r["zero"], r["precision"], work)
-            case = {**{key: r[key] for key in KEYS}, "ds_config": r["ds_config"], "config": args.config,
-                    "encoder": encoder, "steps": args.steps, "device": device, "run_dir": str(work / f"run{k}-{rnd}"),
-                    **data}
+            case = {
+                **{key: r[key] for key in KEYS},
+                "ds_config": r["ds_config"],
+                "config": args.config,
+                "encoder": encoder,
+                "steps": args.steps,
+                "device": device,
+                "run_dir": str(work / f"run{k}-{rnd}"),
+                **data,
+            }
             got = _run_subprocess(case, args.case_timeout)
             if "error" in got:
                 r["error"] = got["error"]
@@ -301,19 +353,45 @@ def sweep(args) -> int:
             r["peak"].append(got["peak_mem_mib"])
             if got.get("data_wait_frac") is not None:
                 r["wait"].append(got["data_wait_frac"])
-            print(f"round {rnd + 1}: {_setting(r)}: {got['samples_per_s']:.1f} samples/s, peak "
-                  f"{got['peak_mem_mib']:.0f} MiB", file=sys.stderr, flush=True)
+            print(
+                f"round {rnd + 1}: {_setting(r)}: {got['samples_per_s']:.1f} samples/s, peak "
+                f"{got['peak_mem_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
     load.append(round(os.getloadavg()[0], 2))
     verdict = summarise(rows, own)
-    head = (f"sweep of the {args.config} config on {device} ({os.cpu_count()} CPU cores), {args.steps} timed steps "
-            f"per run, {args.repeats} run(s) per case, interleaved; load average {load[0]} -> {load[1]}")
+    head = (
+        f"sweep of the {args.config} config on {device} ({os.cpu_count()} CPU cores), {args.steps} timed steps "
+        f"per run, {args.repeats} run(s) per case, interleaved; load average {load[0]} -> {load[1]}"
+    )
     md = table(rows)
     best_line = f"best: {verdict['advice']}"
     print(f"\n{head}\n\n{md}\n\n{best_line}")
-    keep = (*KEYS, "ds_config", "runs", "median", "min", "max", "spread_pct", "wait", "peak", "within_noise_of_best",
-            "own", "error")
-    result = {"rows": [{k: r.get(k) for k in keep} for r in rows], **verdict, "own": own, "config": args.config,
-              "device": device, "steps": args.steps, "repeats": args.repeats, "load_avg_1min": load}
+    keep = (
+        *KEYS,
+        "ds_config",
+        "runs",
+        "median",
+        "min",
+        "max",
+        "spread_pct",
+        "wait",
+        "peak",
+        "within_noise_of_best",
+        "own",
+        "error",
+    )
+    result = {
+        "rows": [{k: r.get(k) for k in keep} for r in rows],
+        **verdict,
+        "own": own,
+        "config": args.config,
+        "device": device,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "load_avg_1min": load,
+    }
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -335,10 +413,22 @@ def autotune(args) -> int:
     work = Path(tempfile.mkdtemp(prefix="sevlm-autotune-"))
     (work / "ds.json").write_text(json.dumps(ds))
     end = int(ds.get("autotuning", {}).get("end_profile_step", 5))
-    case = {"micro": micro, "accum": accum, "workers": args.workers, "assist": "auto", "precision": precision,
-            "zero": None, "ds_config": str(work / "ds.json"), "config": args.config,
-            "dataset": str(Path(args.dataset).resolve()), "features": str(Path(args.features).resolve()),
-            "encoder": _feature_encoder(args.features), "steps": end + 1, "device": "cuda", "run_dir": str(work / "run")}
+    case = {
+        "micro": micro,
+        "accum": accum,
+        "workers": args.workers,
+        "assist": "auto",
+        "precision": precision,
+        "zero": None,
+        "ds_config": str(work / "ds.json"),
+        "config": args.config,
+        "dataset": str(Path(args.dataset).resolve()),
+        "features": str(Path(args.features).resolve()),
+        "encoder": _feature_encoder(args.features),
+        "steps": end + 1,
+        "device": "cuda",
+        "run_dir": str(work / "run"),
+    }
     print(json.dumps(run_case(case)))  # DeepSpeed ends the process at end_profile_step, metrics written
     return 0
 
@@ -359,10 +449,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help="training config the sweep starts from (default: demo)")
     p.add_argument("--grid", nargs="*", metavar="KEY=V1,V2", help="replace one key's values of the default grid")
-    p.add_argument("--add", action="append", metavar="KEY=V[,KEY=V]", help="one more case: the config's setting changed")
+    p.add_argument(
+        "--add", action="append", metavar="KEY=V[,KEY=V]", help="one more case: the config's setting changed"
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs per case, interleaved (default 3)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run (after one warm-up step)")
-    p.add_argument("--case-timeout", type=float, default=900, help="seconds one run may take before it counts as failed")
+    p.add_argument(
+        "--case-timeout", type=float, default=900, help="seconds one run may take before it counts as failed"
+    )
     p.add_argument("--out", type=Path, default=None, help="write sweep.json and sweep.md here")
     p.add_argument("--features", default=None, help="an HDF5 feature cache (with --dataset)")
     p.add_argument("--dataset", default=None, help="the dataset folder of --features")

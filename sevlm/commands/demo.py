@@ -49,8 +49,9 @@ def _stage(name: str, done: Path | None, argv: list[str], timings: dict) -> bool
     return True
 
 
-def build_demo_data(out: Path, n_images: int, seed: int, images: str | None, encoder: str,
-                    timings: dict) -> tuple[Path, Path, Path]:
+def build_demo_data(
+    out: Path, n_images: int, seed: int, images: str | None, encoder: str, timings: dict
+) -> tuple[Path, Path, Path]:
     """The demo's data stages into `out` (each skipped when done): -> (dataset, features, train shards)."""
     raw, dataset = out / "demo_data", out / "dataset"
     features, shards = out / "features.h5", out / "shards"
@@ -63,23 +64,51 @@ def build_demo_data(out: Path, n_images: int, seed: int, images: str | None, enc
         "prepare",
         dataset / "manifest.json",
         # the synthetic demo keeps sevlm's own text protocol (its utterances need no spelling)
-        ["prepare", "--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"), "--protocol", "sevlm",
-         "--images", str(raw / "images"), "--out", str(dataset)],
+        [
+            "prepare",
+            "--artemis-csv",
+            str(raw / "artemis_dataset_release_v0.csv"),
+            "--protocol",
+            "sevlm",
+            "--images",
+            str(raw / "images"),
+            "--out",
+            str(dataset),
+        ],
         timings,
     )
     _stage(
         "extract",
         features,
-        ["extract", "--images", str(raw / "images"), "--dataset", str(dataset),
-         "--encoder", encoder, "--out", str(features)],
+        [
+            "extract",
+            "--images",
+            str(raw / "images"),
+            "--dataset",
+            str(dataset),
+            "--encoder",
+            encoder,
+            "--out",
+            str(features),
+        ],
         timings,
     )
     # training reads one source, validation included: the shards of train and val
     _stage(
         "shard",
         shards / "manifest.json",
-        ["shard", "--features", str(features), "--dataset", str(dataset), "--split", "train", "val",
-         "--out", str(shards)],
+        [
+            "shard",
+            "--features",
+            str(features),
+            "--dataset",
+            str(dataset),
+            "--split",
+            "train",
+            "val",
+            "--out",
+            str(shards),
+        ],
         timings,
     )
     return dataset, features, shards
@@ -105,21 +134,47 @@ def run(args) -> int:
             *extra,
         ]
         # A training run that died part-way resumes from its last finished checkpoint (or starts over).
-        train_argv = (["train", "--resume", str(run_dir)] if (run_dir / CONFIG_FILE).exists()
-                      else ["train", "--config", args.config, "--out", str(run_dir), *overrides])
+        train_argv = (
+            ["train", "--resume", str(run_dir)]
+            if (run_dir / CONFIG_FILE).exists()
+            else ["train", "--config", args.config, "--out", str(run_dir), *overrides]
+        )
         preds = run_dir / "predictions_test.jsonl"
         report = run_dir / "report" / "REPORT.json"
         retrieval = run_dir / "retrieval_test.json"
         if _stage(f"train[{key}]", run_dir / DONE_FILE, train_argv, timings):
             for stale in (preds, report, retrieval):  # outputs of an earlier, unfinished model
                 stale.unlink(missing_ok=True)
-        _stage(f"generate[{key}]", preds,
-               ["generate", "--run", str(run_dir), "--split", "test", "--out", str(preds)], timings)
-        _stage(f"evaluate[{key}]", report,
-               ["evaluate", "--predictions", str(preds), "--references", str(dataset / "test.json"),
-                "--dataset", str(dataset), "--vad-lexicon", "demo", "--out", str(report)], timings)
-        _stage(f"retrieve[{key}]", retrieval,
-               ["retrieve", "--run", str(run_dir), "--split", "test", "--out", str(retrieval)], timings)
+        _stage(
+            f"generate[{key}]",
+            preds,
+            ["generate", "--run", str(run_dir), "--split", "test", "--out", str(preds)],
+            timings,
+        )
+        _stage(
+            f"evaluate[{key}]",
+            report,
+            [
+                "evaluate",
+                "--predictions",
+                str(preds),
+                "--references",
+                str(dataset / "test.json"),
+                "--dataset",
+                str(dataset),
+                "--vad-lexicon",
+                "demo",
+                "--out",
+                str(report),
+            ],
+            timings,
+        )
+        _stage(
+            f"retrieve[{key}]",
+            retrieval,
+            ["retrieve", "--run", str(run_dir), "--split", "test", "--out", str(retrieval)],
+            timings,
+        )
         entry = json.loads(report.read_text(encoding="utf-8"))
         entry["retrieval"] = json.loads(retrieval.read_text(encoding="utf-8"))
         entry["report_markdown"] = str(report.with_suffix(".md"))
@@ -161,16 +216,24 @@ def _print_table(summary: dict) -> None:
     # Uniform guessing over the 9 classes; retrieval rows show retrieve's exact chance levels.
     chance = {"emotion_accuracy": 1 / 9, "emo_align": 1 / 9}
     for label, key in rows:
-        print("{:<28}{:>10}{:>14}{:>10}".format(
-            label, _fmt(summary.get(key)), _fmt(control.get(key)), _fmt(chance.get(key))))
+        print(
+            "{:<28}{:>10}{:>14}{:>10}".format(
+                label, _fmt(summary.get(key)), _fmt(control.get(key)), _fmt(chance.get(key))
+            )
+        )
     for label, path in [
         ("img->expl R@1", ("image_to_explanation", "R@1")),
         ("img->expl R@10", ("image_to_explanation", "R@10")),
         ("img->emotion acc", ("image_to_emotion", "accuracy")),
     ]:
-        print("{:<28}{:>10}{:>14}{:>10}".format(
-            label, _fmt(_retrieval_figure(summary, *path)), _fmt(_retrieval_figure(control, *path)),
-            _fmt(_retrieval_figure(summary, *path, which="chance"))))
+        print(
+            "{:<28}{:>10}{:>14}{:>10}".format(
+                label,
+                _fmt(_retrieval_figure(summary, *path)),
+                _fmt(_retrieval_figure(control, *path)),
+                _fmt(_retrieval_figure(summary, *path, which="chance")),
+            )
+        )
     space = (control.get("retrieval") or {}).get("embedding_space") or {}
     if space.get("image_side_trained") is False:
         print("(no-image control: no loss reads its image, so its image-side retrieval is an untrained projection)")

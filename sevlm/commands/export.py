@@ -13,9 +13,12 @@ EXAMPLES = """\
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training run folder")
-    p.add_argument("--tag", default="last",
-                   help="a checkpoint tag under RUN_DIR/checkpoints (stepNNNNNNNN) or a pointer: last (default), "
-                        "best_accuracy, best_bleu")
+    p.add_argument(
+        "--tag",
+        default="last",
+        help="a checkpoint tag under RUN_DIR/checkpoints (stepNNNNNNNN) or a pointer: last (default), "
+        "best_accuracy, best_bleu",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="export folder to write (must not exist inside the run)")
 
 

@@ -8,7 +8,8 @@ EXAMPLES = """\
   sevlm extract --images wikiart --dataset data/artemis --encoder efficientnet-lite0 --out features/eff.h5 --workers 2
   sevlm extract --dataset data/artemis --encoder clip-vit-b16 --weights /models/clip-vit-base-patch16 --out f.h5
   (killed? run the same command again: it continues from F.h5.partial)
-  torchrun --nproc_per_node 4 -m sevlm.cli extract --dataset data/artemis --encoder clip-vit-b16 --out f.h5 --device cuda
+  torchrun --nproc_per_node 4 -m sevlm.cli extract --dataset data/artemis --encoder clip-vit-b16 \
+      --out f.h5 --device cuda
   (each rank writes f.h5.part-K-of-N, the last to finish merges them into f.h5; a rank that died is
    rerun alone: sevlm extract ... --rank K --world-size N, with the same other flags)
 """
@@ -17,26 +18,48 @@ EXAMPLES = """\
 def add_arguments(p) -> None:
     from sevlm.encoders.base import IMAGE_PREPROCESSING
 
-    p.add_argument("--images", metavar="DIR", default=None,
-                   help="image folder (<Style>/<painting>.jpg); default: images_dir in the dataset's manifest.json")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        default=None,
+        help="image folder (<Style>/<painting>.jpg); default: images_dir in the dataset's manifest.json",
+    )
     p.add_argument("--dataset", required=True, metavar="DATASET_DIR", help="dataset folder written by `sevlm prepare`")
-    p.add_argument("--encoder", required=True, metavar="NAME",
-                   help="clip-vit-b16 | efficientnet-lite0 | tiny-random")
+    p.add_argument("--encoder", required=True, metavar="NAME", help="clip-vit-b16 | efficientnet-lite0 | tiny-random")
     p.add_argument("--out", required=True, metavar="F.h5", help="feature file to write")
-    p.add_argument("--weights", metavar="PATH_OR_HUB", default=None,
-                   help="encoder weights: a hub name or local directory (clip), a .pth file (efficientnet)")
-    p.add_argument("--image-preprocess", choices=IMAGE_PREPROCESSING, default="encoder",
-                   help="how images become pixels: 'encoder' (its own: resize, centre crop, its mean/std; default) or "
-                        "'imagenet-squash' (the SEVLM authors': squashed to the encoder's size, ImageNet mean/std)")
+    p.add_argument(
+        "--weights",
+        metavar="PATH_OR_HUB",
+        default=None,
+        help="encoder weights: a hub name or local directory (clip), a .pth file (efficientnet)",
+    )
+    p.add_argument(
+        "--image-preprocess",
+        choices=IMAGE_PREPROCESSING,
+        default="encoder",
+        help="how images become pixels: 'encoder' (its own: resize, centre crop, its mean/std; default) or "
+        "'imagenet-squash' (the SEVLM authors': squashed to the encoder's size, ImageNet mean/std)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default: 2)")
     p.add_argument("--device", default="cpu", help="torch device for the encoder (default: cpu)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing finished feature file (only once the new one is complete)")
-    p.add_argument("--rank", type=int, default=None,
-                   help="this process's share of a distributed extraction (default: $RANK from torchrun/deepspeed, else 0)")
-    p.add_argument("--world-size", type=int, default=None,
-                   help="number of shares (default: $WORLD_SIZE from torchrun/deepspeed, else 1)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing finished feature file (only once the new one is complete)",
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="this process's share of a distributed extraction (default: $RANK from torchrun/deepspeed, else 0)",
+    )
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="number of shares (default: $WORLD_SIZE from torchrun/deepspeed, else 1)",
+    )
 
 
 def run(args) -> int:
@@ -57,8 +80,10 @@ def run(args) -> int:
         out_path=args.out,
         batch_size=args.batch_size,
         num_workers=args.workers,
-        encoder_kwargs={**({"weights": args.weights} if args.weights else {}),
-                        **({"image_preprocess": args.image_preprocess} if args.image_preprocess != "encoder" else {})}
+        encoder_kwargs={
+            **({"weights": args.weights} if args.weights else {}),
+            **({"image_preprocess": args.image_preprocess} if args.image_preprocess != "encoder" else {}),
+        }
         or None,
         device=device,
         overwrite=args.overwrite,
@@ -68,15 +93,19 @@ def run(args) -> int:
     T, D = summary["token_shape"]
     resumed = f", resumed at image {summary['resumed_from']}" if summary["resumed_from"] else ""
     what = f"part {rank} of {world_size}" if world_size > 1 else f"wrote {summary['out']}"
-    print(f"{what}: {summary['num_encoded']} of {summary['num_images']} images, "
-          f"{summary['encoder']} tokens {T}x{D} float16 ({summary['images_per_s']} images/s{resumed})")
+    print(
+        f"{what}: {summary['num_encoded']} of {summary['num_images']} images, "
+        f"{summary['encoder']} tokens {T}x{D} float16 ({summary['images_per_s']} images/s{resumed})"
+    )
     if world_size > 1:
         if summary["merged"]:
             print(f"merged {world_size} parts into {summary['out']}: {len(FeatureStore(summary['out']))} images")
         elif summary["waiting_for"]:
             ranks = ", ".join(map(str, summary["waiting_for"]))
-            print(f"  waiting for rank(s) {ranks}; the last rank to finish merges into {summary['out']} "
-                  f"(a rank that died: rerun the same command with --rank K --world-size {world_size})")
+            print(
+                f"  waiting for rank(s) {ranks}; the last rank to finish merges into {summary['out']} "
+                f"(a rank that died: rerun the same command with --rank K --world-size {world_size})"
+            )
         else:
             print(f"  another rank merges the parts into {summary['out']}")
     if summary["failed"]:

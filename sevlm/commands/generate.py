@@ -20,27 +20,70 @@ predictions, in <out>.meta.json.
 def add_decoding_arguments(p) -> None:
     """The decoding flags of `generate` and `predict` (sevlm.decoding.DecodingConfig fields)."""
     g = p.add_argument_group("decoding (default: the run's recorded decoding; see sevlm/decoding.py)")
-    g.add_argument("--strategy", choices=("greedy", "beam", "sample"), default=None,
-                   help="how tokens are picked (default: the run's; --beams N > 1 alone means beam)")
-    g.add_argument("--beams", type=int, default=None, dest="num_beams", metavar="N",
-                   help="beam width for --strategy beam (1 = greedy)")
-    g.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
-                   help="an explanation never repeats an N-token n-gram; 0 = off (default: 2)")
-    g.add_argument("--repetition-penalty", type=float, default=None, metavar="P",
-                   help="penalise tokens already in the explanation; 1.0 = off (default: 1.2)")
-    g.add_argument("--length-penalty", type=float, default=None, metavar="A",
-                   help="beams ranked by log-prob / length**A; 0 = no normalisation (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=None, metavar="K", help="sampling: keep the K likeliest tokens; 0 = off")
+    g.add_argument(
+        "--strategy",
+        choices=("greedy", "beam", "sample"),
+        default=None,
+        help="how tokens are picked (default: the run's; --beams N > 1 alone means beam)",
+    )
+    g.add_argument(
+        "--beams",
+        type=int,
+        default=None,
+        dest="num_beams",
+        metavar="N",
+        help="beam width for --strategy beam (1 = greedy)",
+    )
+    g.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=None,
+        metavar="N",
+        help="an explanation never repeats an N-token n-gram; 0 = off (default: 2)",
+    )
+    g.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        metavar="P",
+        help="penalise tokens already in the explanation; 1.0 = off (default: 1.2)",
+    )
+    g.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        metavar="A",
+        help="beams ranked by log-prob / length**A; 0 = no normalisation (default: 1.0)",
+    )
+    g.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sampling: keep the K likeliest tokens; 0 = off"
+    )
     g.add_argument("--top-p", type=float, default=None, metavar="P", help="sampling: nucleus mass, e.g. 0.9; 1.0 = off")
     g.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (default: 1.0)")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
-    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="cap on generated tokens (default: 25)")
-    g.add_argument("--corpus-words", choices=("on", "off"), default=None,
-                   help="on: explanations spell only words of the training text (corpus-vocabulary runs)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=None, metavar="N", help="cap on generated tokens (default: 25)"
+    )
+    g.add_argument(
+        "--corpus-words",
+        choices=("on", "off"),
+        default=None,
+        help="on: explanations spell only words of the training text (corpus-vocabulary runs)",
+    )
 
 
-DECODING_FLAGS = ("strategy", "num_beams", "no_repeat_ngram", "repetition_penalty", "length_penalty", "top_k",
-                  "top_p", "temperature", "seed", "max_new_tokens")
+DECODING_FLAGS = (
+    "strategy",
+    "num_beams",
+    "no_repeat_ngram",
+    "repetition_penalty",
+    "length_penalty",
+    "top_k",
+    "top_p",
+    "temperature",
+    "seed",
+    "max_new_tokens",
+)
 
 
 def decoding_changes(args) -> dict:
@@ -54,12 +97,24 @@ def decoding_changes(args) -> dict:
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training run folder (or its export/ folder)")
     p.add_argument("--split", default="test", help="split to decode (default: test)")
-    p.add_argument("--out", required=True, metavar="P.jsonl",
-                   help='output: one {"image_id","emotion","explanation","emotion_prob","raw"} per line')
-    p.add_argument("--features", metavar="F.h5", default=None,
-                   help="HDF5 feature cache (default: the one recorded in the run's config)")
-    p.add_argument("--dataset", metavar="DATASET_DIR", default=None,
-                   help="dataset folder with <split>.json (default: the one recorded in the run's config)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="P.jsonl",
+        help='output: one {"image_id","emotion","explanation","emotion_prob","raw"} per line',
+    )
+    p.add_argument(
+        "--features",
+        metavar="F.h5",
+        default=None,
+        help="HDF5 feature cache (default: the one recorded in the run's config)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="DATASET_DIR",
+        default=None,
+        help="dataset folder with <split>.json (default: the one recorded in the run's config)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images decoded at once (default: 32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_decoding_arguments(p)

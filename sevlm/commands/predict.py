@@ -15,8 +15,12 @@ EXAMPLES = """\
 
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="training run folder (or its export/ folder)")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files, folders (every image under them) or glob patterns (quoted: 'dir/*.jpg')")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (every image under them) or glob patterns (quoted: 'dir/*.jpg')",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     p.add_argument("--lexicon", default=None, help="VAD lexicon path (or 'demo') if the recorded one is not here")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -28,8 +32,9 @@ def run(args) -> int:
 
     from sevlm.predictions import predict_images
 
-    results = predict_images(args.run, image_files(args.images), decoding=decoding_changes(args), device=args.device,
-                             lexicon=args.lexicon)
+    results = predict_images(
+        args.run, image_files(args.images), decoding=decoding_changes(args), device=args.device, lexicon=args.lexicon
+    )
     for r in results:
         if args.json:
             print(json.dumps(r, ensure_ascii=False))

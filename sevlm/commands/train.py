@@ -15,7 +15,9 @@ EXAMPLES = """\
 def add_arguments(p) -> None:
     p.add_argument("--config", default=None, help="config name (sevlm/configs) or JSON file")
     p.add_argument("--out", default=None, help="run folder (default: the config's out_dir)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. schedule.max_steps=100")
 
 
@@ -26,7 +28,9 @@ def run(args) -> int:
     config = None
     if args.resume:
         if args.overrides or args.out or args.config:
-            raise ConfigError("--resume continues a run with its saved config.json; drop --config, --out and key=value overrides")
+            raise ConfigError(
+                "--resume continues a run with its saved config.json; drop --config, --out and key=value overrides"
+            )
     else:
         if not args.config:
             raise ConfigError("--config is required (or --resume RUN_DIR)")

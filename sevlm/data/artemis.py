@@ -114,11 +114,15 @@ def prepare_dataset(
         raise ConfigError(f"unknown protocol {protocol!r} (expected one of: {', '.join(ap.PROTOCOLS)})")
     preprocessed = ap.is_preprocessed(artemis_csv)
     if preprocessed and contrastive_csv is not None:
-        raise ConfigError(f"{artemis_csv} is already preprocessed (it has split and utterance_spelled columns): "
-                          "it holds its own v2 rows; --contrastive-csv is for raw ArtEmis input")
+        raise ConfigError(
+            f"{artemis_csv} is already preprocessed (it has split and utterance_spelled columns): "
+            "it holds its own v2 rows; --contrastive-csv is for raw ArtEmis input"
+        )
     if test_csv is not None and not preprocessed:
-        raise ConfigError("--test-csv goes with a preprocessed CSV (one with split and utterance_spelled columns, "
-                          f"e.g. ArtEmis v2's released training CSV); {artemis_csv} has neither")
+        raise ConfigError(
+            "--test-csv goes with a preprocessed CSV (one with split and utterance_spelled columns, "
+            f"e.g. ArtEmis v2's released training CSV); {artemis_csv} has neither"
+        )
     if train_subset is not None and contrastive_csv is None:
         raise ConfigError("a training subset (--train-subset) needs ArtEmis v2 (--contrastive-csv)")
     if contrastive_csv is not None:
@@ -143,10 +147,12 @@ def prepare_dataset(
         every = [a for r in results for a in r.annotations]
         sources = {"artemis_csv": v1.manifest_entry(), **({"contrastive_csv": v2.manifest_entry()} if v2 else {})}
         if protocol == "artemis":
-            per_split, protocol_report = ap.assign_artemis(every, seed, max_repetition, min_tokens,
-                                                           too_long_percentile, progress)
-            short = Counter({k[len("short_"):]: v for k, v in protocol_report["dropped"].items()
-                             if k.startswith("short_")})
+            per_split, protocol_report = ap.assign_artemis(
+                every, seed, max_repetition, min_tokens, too_long_percentile, progress
+            )
+            short = Counter(
+                {k[len("short_") :]: v for k, v in protocol_report["dropped"].items() if k.startswith("short_")}
+            )
         else:
             per_split, protocol_report, short = _assign_sevlm(every, seed, max_repetition, min_tokens)
 
@@ -190,8 +196,11 @@ def prepare_dataset(
         manifest["split_fractions"] = dict(zip(ap.ARTEMIS_SPLITS, ap.ARTEMIS_LOADS))
     if not per_split.get("rest"):
         per_split.pop("rest", None)
-    counts = {s: {"paintings_in_split": n} for s, n in manifest[protocol].pop("paintings_in_split", {}).items()} \
-        if protocol != "sevlm" else {s: {"paintings_in_split": n} for s, n in manifest.pop("paintings_in_split").items()}
+    counts = (
+        {s: {"paintings_in_split": n} for s, n in manifest[protocol].pop("paintings_in_split", {}).items()}
+        if protocol != "sevlm"
+        else {s: {"paintings_in_split": n} for s, n in manifest.pop("paintings_in_split").items()}
+    )
     return folder.write_dataset(out_dir, per_split, pool, image_names, manifest, counts)
 
 
@@ -210,8 +219,11 @@ def _assign_sevlm(every: list[Annotation], seed: int, max_repetition: int, min_t
         per_split[split_of.get(a.image_id, "train")].append(a)
     short = folder.drop_short(per_split, min_tokens)
     report = {
-        "set_aside": {"rule": f"repetition >= {max_repetition}", "paintings": len(heavy),
-                      "annotations": set_aside_rows},
+        "set_aside": {
+            "rule": f"repetition >= {max_repetition}",
+            "paintings": len(heavy),
+            "annotations": set_aside_rows,
+        },
         "paintings_in_split": {s: len(splits[s]) for s in folder.SPLITS},
     }
     return per_split, report, short

@@ -19,7 +19,6 @@ import os
 import sys
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -86,7 +85,9 @@ def artemis_split(keys: Iterable[str], seed: int = 2021, loads=ARTEMIS_LOADS) ->
     return split
 
 
-def spell(annotations: list[Annotation], progress: bool = True, workers: int | None = None) -> tuple[list[Annotation], dict]:
+def spell(
+    annotations: list[Annotation], progress: bool = True, workers: int | None = None
+) -> tuple[list[Annotation], dict]:
     """Every annotation's explanation made ArtEmis's `utterance_spelled`, with its token count;
     returns them and what each text rule changed.
 
@@ -139,12 +140,21 @@ def _pretokens_parallel(texts: list[str], workers: int, progress: bool) -> tuple
     from tqdm import tqdm
 
     chunk = 5000
-    chunks = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
     tokens: list[list[str]] = []
     stats: Counter = Counter()
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool, tqdm(total=len(texts), desc="ArtEmis text", unit=" utterances",
-                                         file=sys.stderr, disable=not progress, mininterval=1) as bar:
+    with (
+        ctx.Pool(workers) as pool,
+        tqdm(
+            total=len(texts),
+            desc="ArtEmis text",
+            unit=" utterances",
+            file=sys.stderr,
+            disable=not progress,
+            mininterval=1,
+        ) as bar,
+    ):
         for part, part_stats in pool.imap(_pretokens_chunk, chunks):  # imap keeps the order
             tokens.extend(part)
             stats.update(part_stats)
@@ -160,8 +170,14 @@ def too_long_threshold(train_lengths: list[int], percentile: float = TOO_LONG_PE
     return float(np.percentile(np.asarray(train_lengths), percentile))
 
 
-def assign_artemis(annotations: list[Annotation], seed: int, max_repetition: int, min_tokens: int,
-                   percentile: float, progress: bool = True) -> tuple[dict[str, list[Annotation]], dict]:
+def assign_artemis(
+    annotations: list[Annotation],
+    seed: int,
+    max_repetition: int,
+    min_tokens: int,
+    percentile: float,
+    progress: bool = True,
+) -> tuple[dict[str, list[Annotation]], dict]:
     """ArtEmis's deep-net preprocessing of raw rows: (annotations per split, including "rest";
     what each rule did, for the manifest). Rows come back in input order within each split."""
     normal = [a for a in annotations if a.repetition is None or a.repetition < max_repetition]
@@ -187,16 +203,23 @@ def assign_artemis(annotations: list[Annotation], seed: int, max_repetition: int
         per_split[s] = kept
     report = {
         "split": "ArtEmis's make_train_test_val_splits: sorted art_style+painting ids of paintings annotated "
-                 f"fewer than {max_repetition} times, {ARTEMIS_LOADS[0]:g} train vs the rest, then val/test; seed {seed}",
+        f"fewer than {max_repetition} times, {ARTEMIS_LOADS[0]:g} train vs the rest, then val/test; seed {seed}",
         "paintings_in_split": dict(Counter(splits.values())),
-        "rest": {"rule": f"repetition >= {max_repetition}", "annotations": sum(
-            a.repetition is not None and a.repetition >= max_repetition for a in annotations)},
+        "rest": {
+            "rule": f"repetition >= {max_repetition}",
+            "annotations": sum(a.repetition is not None and a.repetition >= max_repetition for a in annotations),
+        },
         "text": {"rules": "ArtEmis deep-net text preprocessing (sevlm.data.artemis_text)", **text_stats},
-        "too_short": {"rule": f"fewer than {min_tokens} tokens",
-                      "dropped": sum(v for k, v in dropped.items() if k.startswith("short_"))},
-        "too_long": {"rule": f"more tokens than the {percentile:g}th percentile of the train split's",
-                     "percentile": percentile, "threshold": threshold,
-                     "dropped": sum(v for k, v in dropped.items() if k.startswith("long_"))},
+        "too_short": {
+            "rule": f"fewer than {min_tokens} tokens",
+            "dropped": sum(v for k, v in dropped.items() if k.startswith("short_")),
+        },
+        "too_long": {
+            "rule": f"more tokens than the {percentile:g}th percentile of the train split's",
+            "percentile": percentile,
+            "threshold": threshold,
+            "dropped": sum(v for k, v in dropped.items() if k.startswith("long_")),
+        },
         "dropped": dict(sorted(dropped.items())),
     }
     return per_split, report
@@ -234,14 +257,27 @@ def read_preprocessed(path: str | os.PathLike, skip_bad_rows: bool = False, prog
         source = {"old": "v1", "new": "v2"}.get(version, version or "v1")
         repetition = row.get("repetition", "").strip()
         return Annotation(
-            art_style=style, painting=painting, emotion=parse_emotion(row["emotion"]),
-            utterance=parse_utterance(row["utterance"]), explanation=explanation,
-            num_tokens=len(explanation.split()), repetition=int(float(repetition)) if repetition else None,
-            source=source, line=line, split=split,
+            art_style=style,
+            painting=painting,
+            emotion=parse_emotion(row["emotion"]),
+            utterance=parse_utterance(row["utterance"]),
+            explanation=explanation,
+            num_tokens=len(explanation.split()),
+            repetition=int(float(repetition)) if repetition else None,
+            source=source,
+            line=line,
+            split=split,
         )
 
-    return read_table(path, PREPROCESSED_COLUMNS, parse, skip_bad_rows, progress,
-                      optional=("version", "repetition"), what="an ArtEmis-preprocessed CSV")
+    return read_table(
+        path,
+        PREPROCESSED_COLUMNS,
+        parse,
+        skip_bad_rows,
+        progress,
+        optional=("version", "repetition"),
+        what="an ArtEmis-preprocessed CSV",
+    )
 
 
 def assign_preprocessed(main: ReadResult, test: ReadResult | None) -> tuple[dict[str, list[Annotation]], dict]:
@@ -258,13 +294,17 @@ def assign_preprocessed(main: ReadResult, test: ReadResult | None) -> tuple[dict
     if test is not None:
         others = {a.split for a in test.annotations} - {"test"}
         if others:
-            raise DataError(f"{test.path}: a test CSV holds test rows only; it has split(s) {', '.join(sorted(others))}")
+            raise DataError(
+                f"{test.path}: a test CSV holds test rows only; it has split(s) {', '.join(sorted(others))}"
+            )
         per_split["test"] = list(test.annotations)
     where: dict[str, str] = {}
     for s in ARTEMIS_SPLITS:
         for a in per_split[s]:
             other = where.setdefault(a.image_id, s)
             if other != s:
-                raise DataError(f"painting {a.image_id} is in both the {other} and the {s} split "
-                                f"({main.path}{f' and {test.path}' if test else ''}): a painting belongs to one split")
+                raise DataError(
+                    f"painting {a.image_id} is in both the {other} and the {s} split "
+                    f"({main.path}{f' and {test.path}' if test else ''}): a painting belongs to one split"
+                )
     return per_split, {"test_rows_replaced_by_test_csv": replaced}

@@ -25,8 +25,11 @@ SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.85, "val": 0.05, "test": 0.10}
 # "rest": ArtEmis's protocol sets its heavily re-annotated paintings aside in a split of their own.
 EXTRA_SPLITS = ("rest",)
-DATASET_FILES = (*(f"{s}.json" for s in SPLITS + EXTRA_SPLITS), *(f"{s}_coco.json" for s in SPLITS + EXTRA_SPLITS),
-                 "manifest.json")
+DATASET_FILES = (
+    *(f"{s}.json" for s in SPLITS + EXTRA_SPLITS),
+    *(f"{s}_coco.json" for s in SPLITS + EXTRA_SPLITS),
+    "manifest.json",
+)
 # What later stages derive from a dataset inside its folder (`sevlm evaluate`'s Emo-Align
 # classifier): stale once the dataset is rebuilt, so a re-prepare drops it.
 DERIVED = ("emo_classifier",)
@@ -35,8 +38,9 @@ DERIVED = ("emo_classifier",)
 # --------------------------------------------------------------------------- splitting
 
 
-def split_paintings(image_ids: Iterable[str], seed: int = 2021,
-                    fractions: dict[str, float] | None = None) -> dict[str, list[str]]:
+def split_paintings(
+    image_ids: Iterable[str], seed: int = 2021, fractions: dict[str, float] | None = None
+) -> dict[str, list[str]]:
     """Split painting ids 85/5/10 (train/val/test; or `fractions`) with scikit-learn;
     deterministic in `seed`.
 
@@ -67,14 +71,15 @@ def drop_short(per_split: dict[str, list[Annotation]], min_tokens: int) -> Count
 
 
 def parse_split_fractions(text: str) -> dict[str, float]:
-    """"0.8,0.1,0.1" (train,val,test) -> {"train": 0.8, "val": 0.1, "test": 0.1}, checked."""
+    """ "0.8,0.1,0.1" (train,val,test) -> {"train": 0.8, "val": 0.1, "test": 0.1}, checked."""
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
-        raise ConfigError(f"--split-fractions {text!r}: expected three shares train,val,test that sum to 1, "
-                          "e.g. 0.8,0.1,0.1")
+        raise ConfigError(
+            f"--split-fractions {text!r}: expected three shares train,val,test that sum to 1, e.g. 0.8,0.1,0.1"
+        )
     return dict(zip(SPLITS, values))
 
 
@@ -116,9 +121,7 @@ def coco_references(split_json: dict, split: str) -> dict:
         mapping[image_id] = coco_id
         images.append({"id": coco_id, "file_name": entry["image_name"], "sevlm_image_id": image_id})
         for caption, emotion in zip(entry["explanations"], entry["emotions"]):
-            annotations.append(
-                {"id": len(annotations), "image_id": coco_id, "caption": caption, "emotion": emotion}
-            )
+            annotations.append({"id": len(annotations), "image_id": coco_id, "caption": caption, "emotion": emotion})
     return {
         "info": {"description": f"SEVLM ArtEmis {split} references", "format": FORMAT},
         "type": "captions",
@@ -188,8 +191,15 @@ def write_dataset(
     return manifest
 
 
-def manifest_base(input_format: str, results: list[ReadResult], seed: int, images_dir, short: Counter,
-                  min_tokens: int, missing: list[str]) -> dict:
+def manifest_base(
+    input_format: str,
+    results: list[ReadResult],
+    seed: int,
+    images_dir,
+    short: Counter,
+    min_tokens: int,
+    missing: list[str],
+) -> dict:
     """The manifest entries every input format records (write_dataset adds counts and files)."""
     import sevlm
 

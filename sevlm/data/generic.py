@@ -60,11 +60,20 @@ def read_generic(path: str | os.PathLike, skip_bad_rows: bool = False, progress:
             raise RowError("bad_split", f"split {row['split']!r} is not one of: {', '.join(SPLITS)}")
         source = row.get("source", "").strip() or default_source
         folder = "/".join(parts[:-1])
-        return make_annotation(folder, PurePosixPath(parts[-1]).stem, emotion, utterance, source, line,
-                               image_file=image, split=split)
+        return make_annotation(
+            folder, PurePosixPath(parts[-1]).stem, emotion, utterance, source, line, image_file=image, split=split
+        )
 
-    return read_table(path, REQUIRED, parse, skip_bad_rows, progress, optional=OPTIONAL,
-                      what="a dataset file (CSV or JSON Lines)", jsonl=True)
+    return read_table(
+        path,
+        REQUIRED,
+        parse,
+        skip_bad_rows,
+        progress,
+        optional=OPTIONAL,
+        what="a dataset file (CSV or JSON Lines)",
+        jsonl=True,
+    )
 
 
 def _one_split_per_image(results: list[ReadResult], skip_bad_rows: bool) -> dict[str, str]:
@@ -79,12 +88,16 @@ def _one_split_per_image(results: list[ReadResult], skip_bad_rows: bool) -> dict
             try:
                 file, first = files.setdefault(a.image_id, (a.image_file, where))
                 if file != a.image_file:
-                    raise RowError("bad_name", f"image {a.image_file!r} has the id {a.image_id!r} of {file!r} ({first})")
+                    raise RowError(
+                        "bad_name", f"image {a.image_file!r} has the id {a.image_id!r} of {file!r} ({first})"
+                    )
                 if a.split is not None:
                     split, first = fixed.setdefault(a.image_id, (a.split, where))
                     if split != a.split:
-                        raise RowError("split_conflict", f"image {a.image_file!r} is put in split {a.split!r} "
-                                                         f"but in {split!r} by {first}")
+                        raise RowError(
+                            "split_conflict",
+                            f"image {a.image_file!r} is put in split {a.split!r} but in {split!r} by {first}",
+                        )
             except RowError as e:
                 r.reject(a.line, e, skip_bad_rows)
                 continue

@@ -119,12 +119,21 @@ def parse_utterance(text: str) -> str:
     return text.strip()
 
 
-def make_annotation(art_style: str, painting: str, emotion: str, utterance: str, source: str, line: int,
-                    **extra) -> Annotation:
+def make_annotation(
+    art_style: str, painting: str, emotion: str, utterance: str, source: str, line: int, **extra
+) -> Annotation:
     tokens = tokenize(utterance)
-    return Annotation(art_style=art_style, painting=painting, emotion=emotion, utterance=utterance,
-                      explanation=" ".join(tokens), num_tokens=len(tokens), source=source, line=line,
-                      **{"repetition": None, **extra})
+    return Annotation(
+        art_style=art_style,
+        painting=painting,
+        emotion=emotion,
+        utterance=utterance,
+        explanation=" ".join(tokens),
+        num_tokens=len(tokens),
+        source=source,
+        line=line,
+        **{"repetition": None, **extra},
+    )
 
 
 def _check_text(path: Path, what: str, kind: str) -> str:
@@ -191,11 +200,15 @@ def _records(f) -> Iterator[tuple[int, list[str] | None, str | None]]:
         except csv.Error as e:
             fields, err = None, str(e)
         taken = lines.taken
-        if len(taken) > 1 and width is not None and not (
-            fields is not None
-            and len(fields) == width
-            and _complete_row(taken, width)
-            and not any(_complete_row([t], width) for t in taken[1:])
+        if (
+            len(taken) > 1
+            and width is not None
+            and not (
+                fields is not None
+                and len(fields) == width
+                and _complete_row(taken, width)
+                and not any(_complete_row([t], width) for t in taken[1:])
+            )
         ):
             fields = None
             err = f"unbalanced quote: the quoted field opened on this line runs on to line {start + len(taken) - 1}"
@@ -302,8 +315,9 @@ def read_table(
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         csv.field_size_limit(1 << 24)
         rows = _jsonl_rows(f, required, optional) if as_jsonl else _csv_rows(f, path, required, optional, what)
-        for line, row, err in tqdm(rows, desc=f"reading {path.name}", unit=" rows", file=sys.stderr,
-                                   disable=not progress):
+        for line, row, err in tqdm(
+            rows, desc=f"reading {path.name}", unit=" rows", file=sys.stderr, disable=not progress
+        ):
             result.rows += 1
             try:
                 if row is None:
@@ -365,8 +379,10 @@ def _name_hint(index: ImageIndex, needed: dict[str, str], missing: list[str]) ->
         for suffix in IMAGE_SUFFIXES:
             found = index.resolve(name + suffix)
             if found is not None:
-                return (f"; {name!r} is not a file under {index.root} but {found!r} is: did you mean {found!r}? "
-                        "(image paths need their file suffix)")
+                return (
+                    f"; {name!r} is not a file under {index.root} but {found!r} is: did you mean {found!r}? "
+                    "(image paths need their file suffix)"
+                )
     return ""
 
 

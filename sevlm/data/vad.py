@@ -51,6 +51,7 @@ def lexicon_spec(spec: str | Path | None, default: str | None = None) -> str | N
         return default
     return str(spec) if str(spec) in (DEMO, DEMO_DATA) else str(Path(spec).resolve())
 
+
 DEMO_TABLE = Path(__file__).resolve().parents[1] / "assets" / "demo_vad.tsv"
 
 # A word: letters with optional inner apostrophes ("don't", "painting's").
@@ -161,8 +162,10 @@ class VADLexicon:
             vec = 2.0 * vec - 1.0 if bipolar else vec
             vec.flags.writeable = False  # lookups hand out the table's own arrays
             if word in table and not np.array_equal(table[word], vec):  # not a silent last-wins
-                raise DataError(f"{path}, line {lineno}: {word!r} is listed again with other values "
-                                f"(first at line {first_line[word]}); keep one of them")
+                raise DataError(
+                    f"{path}, line {lineno}: {word!r} is listed again with other values "
+                    f"(first at line {first_line[word]}); keep one of them"
+                )
             table[word] = vec
             first_line.setdefault(word, lineno)
         if not table:
@@ -214,7 +217,11 @@ class VADLexicon:
         return sum(self.lookup(w) is not None for w in words), len(words)
 
     def describe(self) -> dict:
-        return {"source": self.source, "entries": len(self.table), "scale": "bipolar [-1,1]" if self.bipolar else "[0,1]"}
+        return {
+            "source": self.source,
+            "entries": len(self.table),
+            "scale": "bipolar [-1,1]" if self.bipolar else "[0,1]",
+        }
 
 
 def vad_for_tokens(

@@ -93,8 +93,9 @@ def _rays_and_zigzags(c: Canvas) -> None:  # excitement
     cx, cy = c.u(0.3, 0.7), c.u(0.3, 0.7)
     for _ in range(c.n(30)):
         a = c.rng.uniform(0, 2 * np.pi)
-        c.draw.line([cx, cy, cx + np.cos(a) * s, cy + np.sin(a) * s], fill=c.colour(),
-                    width=max(1, int(c.u(0.005, 0.02))))
+        c.draw.line(
+            [cx, cy, cx + np.cos(a) * s, cy + np.sin(a) * s], fill=c.colour(), width=max(1, int(c.u(0.005, 0.02)))
+        )
     for _ in range(c.n(4)):
         pts, x, y = [], c.u(), c.u()
         for _ in range(8):
@@ -197,7 +198,9 @@ def _brushwork(style: str, img: Image.Image, colours: list[tuple[int, int, int]]
     return img  # Minimalism: flat, no overlay
 
 
-def draw_painting(emotion: str, secondary: str, mix: float, style: str, size: int, rng) -> tuple[Image.Image, list[str]]:
+def draw_painting(
+    emotion: str, secondary: str, mix: float, style: str, size: int, rng
+) -> tuple[Image.Image, list[str]]:
     """One picture for `emotion`, with `mix` (0..~0.45) of the `secondary` emotion blended in.
 
     Returns the picture and the names of the colours actually drawn (most used first).

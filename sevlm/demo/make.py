@@ -94,7 +94,9 @@ def make_demo_data(
         "seed": seed,
         "image_size": image_size,
         "source": source,
-        "crowd_agrees_with_drawn": round(sum(c == v["drawn_emotion"] for v in info.values() for c in v["crowd"]) / len(rows), 4),
+        "crowd_agrees_with_drawn": round(
+            sum(c == v["drawn_emotion"] for v in info.values() for c in v["crowd"]) / len(rows), 4
+        ),
         "majority_is_drawn": round(majority_ok / n, 4),
     }
     write_json(out_dir / "demo_info.json", {**summary, "paintings": info})

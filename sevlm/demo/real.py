@@ -67,7 +67,9 @@ def _list_images(images_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def real_paintings(images_dir: Path, n_images: int, image_size: int, rng, progress: bool = True) -> tuple[list, list[str]]:
+def real_paintings(
+    images_dir: Path, n_images: int, image_size: int, rng, progress: bool = True
+) -> tuple[list, list[str]]:
     """Up to `n_images` paintings picked from `images_dir/<Style>/*`, squared to `image_size`:
     [(style, painting, picture, features, colour names)] and the emotion given to each."""
     from tqdm import tqdm

@@ -59,8 +59,9 @@ def build_encoder(name: str, image_preprocess: str = "encoder", **kwargs) -> "Im
     if name not in ENCODERS:
         raise ConfigError(f"unknown image encoder {name!r}; known: {', '.join(list_encoders())}")
     if image_preprocess not in IMAGE_PREPROCESSING:
-        raise ConfigError(f"image preprocessing: expected one of {', '.join(IMAGE_PREPROCESSING)}, "
-                          f"got {image_preprocess!r}")
+        raise ConfigError(
+            f"image preprocessing: expected one of {', '.join(IMAGE_PREPROCESSING)}, got {image_preprocess!r}"
+        )
     enc = ENCODERS[name](**kwargs)
     enc.image_preprocess = image_preprocess
     enc.eval()

@@ -137,11 +137,14 @@ class EfficientNetLite0Encoder(ImageEncoder):
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never here
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"efficientnet-lite0: {self.weights} holds pickled objects besides tensors, which "
-                              f"sevlm never loads ({first[:160]}); use a plain state-dict file") from None
+            raise ConfigError(
+                f"efficientnet-lite0: {self.weights} holds pickled objects besides tensors, which "
+                f"sevlm never loads ({first[:160]}); use a plain state-dict file"
+            ) from None
         except (RuntimeError, EOFError) as e:
-            raise ConfigError(f"efficientnet-lite0: {self.weights}: not a readable weights file "
-                              f"({' '.join(str(e).split())[:160]})") from None
+            raise ConfigError(
+                f"efficientnet-lite0: {self.weights}: not a readable weights file ({' '.join(str(e).split())[:160]})"
+            ) from None
         try:
             self.net.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -165,4 +168,3 @@ class EfficientNetLite0Encoder(ImageEncoder):
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet class probabilities [B, 1000], for checking that the weights are sane."""
         return self.net(pixels).softmax(dim=-1)
-

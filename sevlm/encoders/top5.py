@@ -1,6 +1,6 @@
 """Print EfficientNet-Lite0's ImageNet top-5 for some images: a quick check that the weights behave.
 
-    python -m sevlm.encoders.top5 /data/wikiart/Rococo/*.jpg --labels imagenet_classes.txt
+python -m sevlm.encoders.top5 /data/wikiart/Rococo/*.jpg --labels imagenet_classes.txt
 """
 
 from __future__ import annotations

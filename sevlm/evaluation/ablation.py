@@ -28,9 +28,15 @@ from sevlm.study_folder import REPORT, RETRIEVAL, RETRIEVAL_STATS, STATS, log_pa
 
 # (key, label, source): REPORT.json keys, and the image -> emotion accuracy of retrieve
 METRICS = [
-    ("BLEU-1", "BLEU-1", "report"), ("BLEU-2", "BLEU-2", "report"), ("BLEU-3", "BLEU-3", "report"),
-    ("BLEU-4", "BLEU-4", "report"), ("METEOR", "METEOR", "report"), ("ROUGE-L", "ROUGE-L", "report"),
-    ("CIDEr", "CIDEr", "report"), ("emotion_accuracy", "Emo acc", "report"), ("emo_align", "Emo-Align", "report"),
+    ("BLEU-1", "BLEU-1", "report"),
+    ("BLEU-2", "BLEU-2", "report"),
+    ("BLEU-3", "BLEU-3", "report"),
+    ("BLEU-4", "BLEU-4", "report"),
+    ("METEOR", "METEOR", "report"),
+    ("ROUGE-L", "ROUGE-L", "report"),
+    ("CIDEr", "CIDEr", "report"),
+    ("emotion_accuracy", "Emo acc", "report"),
+    ("emo_align", "Emo-Align", "report"),
     ("image_to_emotion", "img→emotion", "retrieval"),
 ]
 PLOTTED = ("BLEU-4", "METEOR", "CIDEr", "emotion_accuracy", "emo_align", "image_to_emotion")
@@ -79,9 +85,18 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
             vals = [r["metrics"][key] for r in done if r["metrics"].get(key) is not None]
             mean[key] = float(np.mean(vals)) if vals else None
             sd[key] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-        rows.append({"name": name, "label": v["label"], "overrides": v["overrides"], "image": v.get("image", True),
-                     "runs": runs,
-                     "n_done": len(done), "mean": mean, "sd": sd})
+        rows.append(
+            {
+                "name": name,
+                "label": v["label"],
+                "overrides": v["overrides"],
+                "image": v.get("image", True),
+                "runs": runs,
+                "n_done": len(done),
+                "mean": mean,
+                "sd": sd,
+            }
+        )
     return rows
 
 
@@ -107,8 +122,10 @@ def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 
     out = {"against": row_a["name"], "seeds": common, "metrics": {}}
     if not common:
         return out
-    loaded = {s: (_load_stats(run_dir(study, row_a["name"], s)), _load_stats(run_dir(study, row_b["name"], s)))
-              for s in common}
+    loaded = {
+        s: (_load_stats(run_dir(study, row_a["name"], s)), _load_stats(run_dir(study, row_b["name"], s)))
+        for s in common
+    }
     images = sorted(set.intersection(*[set(a[0]) & set(b[0]) for a, b in loaded.values()]))
     out["n_images"] = len(images)
     for key, _, _ in METRICS:
@@ -129,8 +146,12 @@ def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 
                     total = x if total is None else total + x
                 sums.append(total)
             t = paired_tests(Statistic(key, sums[0], sums[1], STATISTIC_FNS[key]), n_resamples=n_resamples, seed=seed)
-            entry.update(p_bootstrap=t["p_bootstrap"], stars=stars(t["p_bootstrap"]), ci95_pooled=t["ci95"],
-                         delta_pooled=t["delta"])
+            entry.update(
+                p_bootstrap=t["p_bootstrap"],
+                stars=stars(t["p_bootstrap"]),
+                ci95_pooled=t["ci95"],
+                delta_pooled=t["delta"],
+            )
         else:
             entry["note"] = "no per-image statistics: difference only"
         out["metrics"][key] = entry
@@ -143,12 +164,17 @@ def build_table(study: Path, spec: dict, names: list[str], seeds: list[int], n_r
         row["vs_previous"] = paired(study, rows[k - 1], row, n_resamples) if k > 0 else None
         row["vs_baseline"] = paired(study, rows[0], row, n_resamples) if k > 1 else None
     return {
-        "study": str(study), "config": spec["config"], "overrides": spec["overrides"], "split": spec["split"],
-        "seeds": seeds, "baseline": names[0], "n_resamples": n_resamples,
+        "study": str(study),
+        "config": spec["config"],
+        "overrides": spec["overrides"],
+        "split": spec["split"],
+        "seeds": seeds,
+        "baseline": names[0],
+        "n_resamples": n_resamples,
         "metrics": [k for k, _, _ in METRICS],
         "spread": "sample standard deviation over the finished seeds (ddof 1)",
         "pairing": "seed s of a variant against seed s of the other, seeds both finished; per-image statistics "
-                   "summed over those seeds; images resampled (paired bootstrap)",
+        "summed over those seeds; images resampled (paired bootstrap)",
         "stars": STARS,
         "variants": rows,
     }
@@ -176,7 +202,8 @@ def markdown(table: dict) -> str:
     lines = [
         "# Ablation study",
         "",
-        f"Config `{table['config']}`" + (f" with `{' '.join(table['overrides'])}`" if table["overrides"] else "")
+        f"Config `{table['config']}`"
+        + (f" with `{' '.join(table['overrides'])}`" if table["overrides"] else "")
         + f"; split `{table['split']}`; seeds {', '.join(map(str, table['seeds']))}.",
         "",
         "Each cell: mean ± spread (sample standard deviation) over the finished seeds; then the difference "
@@ -194,8 +221,14 @@ def markdown(table: dict) -> str:
         for key, _, _ in METRICS:
             m, sd = row["mean"][key], row["sd"][key]
             cell = _f(m) + (f" ± {_f(sd)}" if sd is not None else "")
-            parts = [p for p in (_delta((row.get("vs_previous") or {}).get("metrics", {}).get(key), "Δprev"),
-                                 _delta((row.get("vs_baseline") or {}).get("metrics", {}).get(key), "Δbase")) if p]
+            parts = [
+                p
+                for p in (
+                    _delta((row.get("vs_previous") or {}).get("metrics", {}).get(key), "Δprev"),
+                    _delta((row.get("vs_baseline") or {}).get("metrics", {}).get(key), "Δbase"),
+                )
+                if p
+            ]
             if m is not None and parts:
                 cell += "<br>" + "<br>".join(parts)
             cells.append(cell)
@@ -204,11 +237,15 @@ def markdown(table: dict) -> str:
     problems = [(row["name"], r) for row in table["variants"] for r in row["runs"] if r["status"] != "done"]
     if problems:
         lines += ["", "Runs not in the figures:", ""]
-        lines += [f"- {name} seed {r['seed']}: {r['status']}" + (f": {r['error']}" if r.get("error") else "")
-                  for name, r in problems]
+        lines += [
+            f"- {name} seed {r['seed']}: {r['status']}" + (f": {r['error']}" if r.get("error") else "")
+            for name, r in problems
+        ]
     lines += ["", "Variants:", ""]
-    lines += [f"- `{row['name']}`: " + (" ".join(f"`{o}`" for o in row["overrides"]) or "the config as it is")
-              for row in table["variants"]]
+    lines += [
+        f"- `{row['name']}`: " + (" ".join(f"`{o}`" for o in row["overrides"]) or "the config as it is")
+        for row in table["variants"]
+    ]
     lines += ["", "![ablation ladder](ABLATION.png)", ""]
     return "\n".join(lines)
 
@@ -228,7 +265,9 @@ def plot(table: dict, out: Path) -> None:
     for ax, key in zip(axes.flat, PLOTTED):
         x = np.arange(len(names))
         for i, row in enumerate(table["variants"]):
-            pts = [r["metrics"][key] for r in row["runs"] if r["status"] == "done" and r["metrics"].get(key) is not None]
+            pts = [
+                r["metrics"][key] for r in row["runs"] if r["status"] == "done" and r["metrics"].get(key) is not None
+            ]
             ax.scatter([i] * len(pts), pts, s=12, color="0.6", zorder=2)
         mean = np.array([np.nan if r["mean"][key] is None else r["mean"][key] for r in table["variants"]])
         sd = np.array([0.0 if r["sd"][key] is None else r["sd"][key] for r in table["variants"]])
@@ -239,14 +278,17 @@ def plot(table: dict, out: Path) -> None:
         for i, row in enumerate(table["variants"]):
             e = (row.get("vs_previous") or {}).get("metrics", {}).get(key)
             if e and e.get("stars") and not np.isnan(mean[i]):
-                ax.annotate(e["stars"], (i, mean[i] + sd[i]), textcoords="offset points", xytext=(0, 4),
-                            ha="center", fontsize=8)
+                ax.annotate(
+                    e["stars"], (i, mean[i] + sd[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8
+                )
         ax.set_title(labels[key])
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"ablation ({table['config']}, {len(table['seeds'])} seeds; mean ± sd, grey = seeds, red = no image; "
-                 f"stars: against the variant before)")
+    fig.suptitle(
+        f"ablation ({table['config']}, {len(table['seeds'])} seeds; mean ± sd, grey = seeds, red = no image; "
+        f"stars: against the variant before)"
+    )
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

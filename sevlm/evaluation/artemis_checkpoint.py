@@ -58,9 +58,16 @@ TORCH_LAYERS = {
     ("torch.nn.modules.rnn", "LSTM"),
 }
 _DTYPES = {
-    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
-    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
-    "ByteStorage": "uint8", "BoolStorage": "bool",
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 BATCH = 1000  # ArtEmis's text_to_emotion batch size (it changes the pooling: see the module docstring)
@@ -127,8 +134,7 @@ def _thnn_backend():  # torch < 1.4 pickled every module's `_backend` as a call 
 class _Restricted(pickle.Unpickler):
     """An unpickler that resolves only allowlisted names, to inert stand-ins."""
 
-    def __init__(self, file, where: str, classes: set[tuple[str, str]], storages: dict | None = None,
-                 zip_reader=None):
+    def __init__(self, file, where: str, classes: set[tuple[str, str]], storages: dict | None = None, zip_reader=None):
         super().__init__(file, encoding="latin1")
         self.where, self.classes, self.storages, self.zip_reader = where, classes, storages, zip_reader
         self.stubs: dict[tuple[str, str], type] = {}
@@ -150,14 +156,21 @@ class _Restricted(pickle.Unpickler):
                 return _DTYPES[name]
             if module == "torch.nn.backends.thnn" and name == "_get_thnn_function_backend":
                 return _thnn_backend
-        raise DataError(f"{self.where}: refusing to load: the pickle asks for {module}.{name}, which is not part of "
-                        "ArtEmis's text-to-emotion classifier (nothing from the file was run)")
+        raise DataError(
+            f"{self.where}: refusing to load: the pickle asks for {module}.{name}, which is not part of "
+            "ArtEmis's text-to-emotion classifier (nothing from the file was run)"
+        )
 
     def persistent_load(self, pid):
         # legacy files name each module class as ('module', class, source file, source); the class
         # itself came through find_class, so it is one of our stand-ins
-        if isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "module" and isinstance(pid[1], type) \
-                and issubclass(pid[1], _Stub):
+        if (
+            isinstance(pid, tuple)
+            and len(pid) >= 2
+            and pid[0] == "module"
+            and isinstance(pid[1], type)
+            and issubclass(pid[1], _Stub)
+        ):
             return pid[1]
         if self.storages is None or not isinstance(pid, tuple) or not pid or pid[0] != "storage":
             raise DataError(f"{self.where}: refusing to load: unexpected persistent record {pid!r:.80}")
@@ -255,7 +268,9 @@ def read_vocabulary(path: str | Path) -> dict[str, int]:
     with open(path, "rb") as f:
         obj = _load(_Restricted(f, str(path), {VOCABULARY_CLASS}), str(path))
     word2idx = obj.state.get("word2idx") if isinstance(obj, _Stub) else None
-    if not isinstance(word2idx, dict) or not all(isinstance(w, str) and isinstance(i, int) for w, i in word2idx.items()):
+    if not isinstance(word2idx, dict) or not all(
+        isinstance(w, str) and isinstance(i, int) for w, i in word2idx.items()
+    ):
         raise DataError(f"{path}: not an ArtEmis Vocabulary (no word2idx of words to ids)")
     for special in ("<pad>", "<sos>", "<eos>", "<unk>"):
         if special not in word2idx:
@@ -311,8 +326,7 @@ def _layer(obj, where: str):
         return nn.Identity()  # evaluation
     if kind == "BatchNorm1d":
         mean = _param(obj, "running_mean", where)
-        bn = nn.BatchNorm1d(mean.numel(), eps=float(obj.state.get("eps", 1e-5)),
-                            affine=obj.state.get("affine", True))
+        bn = nn.BatchNorm1d(mean.numel(), eps=float(obj.state.get("eps", 1e-5)), affine=obj.state.get("affine", True))
         bn.running_mean.copy_(mean)
         bn.running_var.copy_(_param(obj, "running_var", where))
         if bn.affine:
@@ -330,8 +344,14 @@ def _lstm(obj, where: str):
     if _kind(obj) != "LSTM":
         raise DataError(f"{where}: the text encoder's rnn is {getattr(obj, 'name', type(obj).__name__)}, not an LSTM")
     s = obj.state
-    rnn = nn.LSTM(int(s["input_size"]), int(s["hidden_size"]), num_layers=int(s.get("num_layers", 1)),
-                  bias=bool(s.get("bias", True)), batch_first=True, bidirectional=bool(s.get("bidirectional", False)))
+    rnn = nn.LSTM(
+        int(s["input_size"]),
+        int(s["hidden_size"]),
+        num_layers=int(s.get("num_layers", 1)),
+        bias=bool(s.get("bias", True)),
+        batch_first=True,
+        bidirectional=bool(s.get("bidirectional", False)),
+    )
     if s.get("proj_size", 0):
         raise DataError(f"{where}: LSTM with proj_size is not ArtEmis's classifier")
     with torch.no_grad():
@@ -354,8 +374,9 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
         self.word2idx = read_vocabulary(vocabulary)
         root = read_torch_pickle(checkpoint, ARTEMIS_CLASSES | TORCH_LAYERS)
         if _kind(root) != "TextEmotionClassifier":
-            raise DataError(f"{where}: holds {getattr(root, 'name', type(root).__name__)}, not ArtEmis's "
-                            "TextEmotionClassifier")
+            raise DataError(
+                f"{where}: holds {getattr(root, 'name', type(root).__name__)}, not ArtEmis's TextEmotionClassifier"
+            )
         mods = root.state.get("_modules") or {}
         if mods.get("img_encoder") is not None:
             raise DataError(f"{where}: this classifier also reads the image; Emo-Align uses the text-only one")
@@ -387,8 +408,10 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
             raise DataError(f"{where}: the text encoder does not start with a word embedding")
         n_words = first.weight.shape[0]
         if max(self.word2idx.values()) >= n_words:
-            raise DataError(f"{vocabulary}: ids reach {max(self.word2idx.values())}, but the checkpoint's word "
-                            f"embedding has {n_words} rows: not the vocabulary it was trained with")
+            raise DataError(
+                f"{vocabulary}: ids reach {max(self.word2idx.values())}, but the checkpoint's word "
+                f"embedding has {n_words} rows: not the vocabulary it was trained with"
+            )
         self.eos = self.word2idx["<eos>"]
         n_out = getattr(self.head[-1], "out_features", 0) if len(self.head) else 0
         if n_out != len(self.classes):
@@ -427,10 +450,18 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
     def predict_proba(self, texts: list[str], batch_size: int = BATCH) -> np.ndarray:
         import torch
 
-        probs = [torch.softmax(self.logits(texts[i : i + batch_size]).float(), -1).numpy()
-                 for i in range(0, len(texts), batch_size)]
+        probs = [
+            torch.softmax(self.logits(texts[i : i + batch_size]).float(), -1).numpy()
+            for i in range(0, len(texts), batch_size)
+        ]
         return np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, len(self.classes)))
 
     def describe(self) -> dict:
-        return {"kind": "artemis", "checkpoint": self.checkpoint, "vocabulary": self.vocabulary_path,
-                "vocab_size": len(self.word2idx), "feature_type": self.feature_type, "classes": self.classes}
+        return {
+            "kind": "artemis",
+            "checkpoint": self.checkpoint,
+            "vocabulary": self.vocabulary_path,
+            "vocab_size": len(self.word2idx),
+            "feature_type": self.feature_type,
+            "classes": self.classes,
+        }

@@ -28,7 +28,11 @@ from sevlm.evaluation.retrieval import IndexOptions, image_emotion_hits
 from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests
 
 KS = (1, 5, 10)
-METRICS = ("image_to_emotion", *(f"image_to_explanation R@{k}" for k in KS), *(f"explanation_to_image R@{k}" for k in KS))
+METRICS = (
+    "image_to_emotion",
+    *(f"image_to_explanation R@{k}" for k in KS),
+    *(f"explanation_to_image R@{k}" for k in KS),
+)
 
 
 def image_statistics(image_emb, emotion_emb, image_dominant, text_image, ranks: dict, ks=KS) -> dict[str, np.ndarray]:
@@ -39,7 +43,9 @@ def image_statistics(image_emb, emotion_emb, image_dominant, text_image, ranks: 
     per_image_texts = np.bincount(text_image, minlength=n_img).astype(np.float64)
     out = {"image_to_emotion": image_emotion_hits(image_emb, emotion_emb, np.asarray(image_dominant))}
     for k in ks:
-        out[f"image_to_explanation R@{k}"] = np.stack([(ranks["image_to_explanation"] <= k).astype(np.float64), ones], 1)
+        out[f"image_to_explanation R@{k}"] = np.stack(
+            [(ranks["image_to_explanation"] <= k).astype(np.float64), ones], 1
+        )
         hits = np.bincount(text_image, weights=(ranks["explanation_to_image"] <= k).astype(np.float64), minlength=n_img)
         out[f"explanation_to_image R@{k}"] = np.stack([hits, per_image_texts], 1)
     return out
@@ -49,8 +55,15 @@ def figures(stats: dict[str, np.ndarray]) -> dict[str, float]:
     return {m: float(STATISTIC_FNS["image_to_emotion"](s.sum(0))) for m, s in stats.items()}
 
 
-def score_run(run_dir, split: str, dataset_dir=None, features=None, options: IndexOptions = IndexOptions(),
-              batch_size: int = 64, device: str = "cpu") -> dict:
+def score_run(
+    run_dir,
+    split: str,
+    dataset_dir=None,
+    features=None,
+    options: IndexOptions = IndexOptions(),
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> dict:
     """One run scored on `split` with its recorded dataset and features (or the given ones):
     {"name", "run", "dataset", "features", "encoder", "image_ids", "stats", "report"}."""
     from sevlm.evaluation.retrieval import score_split
@@ -66,12 +79,17 @@ def score_run(run_dir, split: str, dataset_dir=None, features=None, options: Ind
     artifacts: dict = {}
     report = score_split(run, dataset_dir, split, features, options=options, batch_size=batch_size, artifacts=artifacts)
     emb, ranks = artifacts["embeddings"], artifacts["ranks"]
-    return {"name": str(run_dir), "run": str(run.path), "dataset": str(dataset_dir), "features": str(features),
-            "encoder": (run.config.get("encoder") or {}).get("name") or run.config.get("data", {}).get("encoder"),
-            "image_ids": list(emb.image_ids),
-            "image_side_trained": report["embedding_space"]["image_side_trained"],
-            "stats": image_statistics(emb.image_emb, emb.emotion_emb, emb.image_dominant, emb.text_image, ranks),
-            "report": report}
+    return {
+        "name": str(run_dir),
+        "run": str(run.path),
+        "dataset": str(dataset_dir),
+        "features": str(features),
+        "encoder": (run.config.get("encoder") or {}).get("name") or run.config.get("data", {}).get("encoder"),
+        "image_ids": list(emb.image_ids),
+        "image_side_trained": report["embedding_space"]["image_side_trained"],
+        "stats": image_statistics(emb.image_emb, emb.emotion_emb, emb.image_dominant, emb.text_image, ranks),
+        "report": report,
+    }
 
 
 def reference_rows(dataset_dir, features, split: str, seed: int = 0) -> list[dict]:
@@ -85,10 +103,19 @@ def reference_rows(dataset_dir, features, split: str, seed: int = 0) -> list[dic
     hits = known & (np.asarray(ref["logistic_probe"]["predicted"]) == test.dominant)
     probe = {"image_to_emotion": np.stack([hits, known], 1).astype(np.float64)}
     clip = image_statistics(emb["image"], emb["emotion"], test.dominant, test.text_image, emb["ranks"])
-    common = {"run": None, "dataset": str(dataset_dir), "features": str(features), "encoder": None,
-              "image_ids": emb["image_ids"], "image_side_trained": True, "reference": True}
-    return [{**common, "name": f"reference: logistic-regression probe (C={ref['logistic_probe']['C']})", "stats": probe},
-            {**common, "name": "reference: linear CLIP-style (pooled features, TF-IDF)", "stats": clip}]
+    common = {
+        "run": None,
+        "dataset": str(dataset_dir),
+        "features": str(features),
+        "encoder": None,
+        "image_ids": emb["image_ids"],
+        "image_side_trained": True,
+        "reference": True,
+    }
+    return [
+        {**common, "name": f"reference: logistic-regression probe (C={ref['logistic_probe']['C']})", "stats": probe},
+        {**common, "name": "reference: linear CLIP-style (pooled features, TF-IDF)", "stats": clip},
+    ]
 
 
 def _aligned(rows: list[dict]) -> list[dict]:
@@ -100,9 +127,11 @@ def _aligned(rows: list[dict]) -> list[dict]:
     for r in rows:
         have = set(r["image_ids"])
         if have != want:
-            raise DataError(f"{r['name']}: its split has {len(have)} images, {rows[0]['name']}'s {len(want)}, "
-                            f"{len(have & want)} in common; --compare needs the same images "
-                            f"(e.g. {sorted(want ^ have)[0]!r} is in one only)")
+            raise DataError(
+                f"{r['name']}: its split has {len(have)} images, {rows[0]['name']}'s {len(want)}, "
+                f"{len(have & want)} in common; --compare needs the same images "
+                f"(e.g. {sorted(want ^ have)[0]!r} is in one only)"
+            )
         pos = {i: k for k, i in enumerate(r["image_ids"])}
         idx = np.array([pos[i] for i in order])
         out.append({**r, "stats": {m: s[idx] for m, s in r["stats"].items()}})
@@ -122,12 +151,21 @@ def compare(rows: list[dict], chance: dict, n_resamples: int = 1000, seed: int =
         entry["figures"] = figures(r["stats"])
         if r is not base:
             entry["against_first"] = {
-                m: paired_tests(Statistic(m, base["stats"][m], r["stats"][m], STATISTIC_FNS["image_to_emotion"]),
-                                n_resamples, seed)
-                for m in METRICS if m in r["stats"]}
+                m: paired_tests(
+                    Statistic(m, base["stats"][m], r["stats"][m], STATISTIC_FNS["image_to_emotion"]), n_resamples, seed
+                )
+                for m in METRICS
+                if m in r["stats"]
+            }
         table.append(entry)
-    return {"split_images": len(base["image_ids"]), "n_resamples": n_resamples, "seed": seed,
-            "baseline": base["name"], "chance": chance, "rows": table}
+    return {
+        "split_images": len(base["image_ids"]),
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "baseline": base["name"],
+        "chance": chance,
+        "rows": table,
+    }
 
 
 def chance_figures(report: dict) -> dict[str, float]:
@@ -167,12 +205,19 @@ def write_comparison(result: dict, out: str | Path) -> dict[str, Path]:
 
     out = Path(out)
     md = out.with_suffix(".md")
-    lines = ["# Retrieval comparison", "",
-             f"- split images: {result['split_images']}; each row against the first ({result['baseline']}): "
-             f"difference and paired bootstrap p ({result['n_resamples']} resamples of images, seed {result['seed']}; "
-             "permutation p in the JSON)", ""]
-    lines += [f"- {r['name']}: dataset `{r['dataset']}`, features `{r['features']}`"
-              + (f", encoder {r['encoder']}" if r.get("encoder") else "") for r in result["rows"]]
+    lines = [
+        "# Retrieval comparison",
+        "",
+        f"- split images: {result['split_images']}; each row against the first ({result['baseline']}): "
+        f"difference and paired bootstrap p ({result['n_resamples']} resamples of images, seed {result['seed']}; "
+        "permutation p in the JSON)",
+        "",
+    ]
+    lines += [
+        f"- {r['name']}: dataset `{r['dataset']}`, features `{r['features']}`"
+        + (f", encoder {r['encoder']}" if r.get("encoder") else "")
+        for r in result["rows"]
+    ]
     lines += ["", *table_lines(result)]
     write_text(md, "\n".join(lines) + "\n")
     write_json(out, result)

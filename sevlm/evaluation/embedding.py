@@ -34,8 +34,9 @@ class SplitEmbeddings:
     emotion_emb: np.ndarray  # [9, E], EMOTIONS order
 
 
-def _embed_sequences(run, pairs: list[tuple[str, str]], batch_size: int, desc: str, progress: bool,
-                     side: str = "explanations") -> np.ndarray:
+def _embed_sequences(
+    run, pairs: list[tuple[str, str]], batch_size: int, desc: str, progress: bool, side: str = "explanations"
+) -> np.ndarray:
     """Retrieval embeddings [N, E] of (emotion, explanation) sequences: of their explanations
     (`side="explanations"`), or of the 9 emotions (`side="emotions"`, the 9 sequences in EMOTIONS
     order), through the model's `embed_explanations` / `embed_emotions`."""
@@ -87,8 +88,16 @@ def embed_image_file(run, path: str | Path) -> np.ndarray:
         return run.model.embed_images(tokens).cpu().numpy()
 
 
-def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path | None, batch_size: int = 64,
-                progress: bool = True, images: bool = True, texts: bool = True) -> SplitEmbeddings:
+def embed_split(
+    run,
+    dataset_dir: str | Path,
+    split: str,
+    features: str | Path | None,
+    batch_size: int = 64,
+    progress: bool = True,
+    images: bool = True,
+    texts: bool = True,
+) -> SplitEmbeddings:
     """Embed a split's images (from the feature cache), its human explanations and the 9 emotions.
 
     `images=False` / `texts=False` skip that side (its embeddings are then empty [0, E] arrays).
@@ -111,14 +120,21 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
         run.check_visual_dim(store.token_shape[1], features)
         rows = [store.index_of(records[i]["image_name"]) for i in image_ids]  # DataError names a missing image
     with torch.no_grad():
-        for s in tqdm(range(0, len(image_ids) if images else 0, batch_size), desc="embed images", unit="batch", disable=not progress):
+        for s in tqdm(
+            range(0, len(image_ids) if images else 0, batch_size),
+            desc="embed images",
+            unit="batch",
+            disable=not progress,
+        ):
             tok = np.stack([store.tokens(i) for i in rows[s : s + batch_size]])  # (b, T, D) float16
             bad = [k for k in range(len(tok)) if not np.isfinite(tok[k]).all()]
             if bad:  # else only "embeddings contain NaN or inf", naming nothing
                 name = records[image_ids[s + bad[0]]]["image_name"]
-                raise DataError(f"{features}: image {name!r} has NaN or inf features"
-                                + (f" ({len(bad)} such image(s) in this batch)" if len(bad) > 1 else "")
-                                + "; extract it again")
+                raise DataError(
+                    f"{features}: image {name!r} has NaN or inf features"
+                    + (f" ({len(bad)} such image(s) in this batch)" if len(bad) > 1 else "")
+                    + "; extract it again"
+                )
             visual = torch.from_numpy(tok.astype(np.float32))
             image_emb.append(run.model.embed_images(visual).cpu().numpy())
     if images:
@@ -128,8 +144,10 @@ def embed_split(run, dataset_dir: str | Path, split: str, features: str | Path |
         rec = records[image_id]
         emos, exps = rec.get("emotions") or [], rec.get("explanations") or []
         if not exps or len(emos) != len(exps) or any(e not in EMOTION_TO_INDEX for e in emos):
-            raise DataError(f"{dataset_dir}/{split}.json: image {image_id!r}: no explanations, or emotions that do not "
-                            "match them one to one / are not among the 9")
+            raise DataError(
+                f"{dataset_dir}/{split}.json: image {image_id!r}: no explanations, or emotions that do not "
+                "match them one to one / are not among the 9"
+            )
         all_texts += exps
         text_image += [k] * len(exps)
         text_emotion += [EMOTION_TO_INDEX[e] for e in emos]

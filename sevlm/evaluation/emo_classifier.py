@@ -56,7 +56,9 @@ class EmotionClassifier(TextEmotionClassifier):
     DEFAULT_PARAMS: ClassVar[dict] = DEFAULT_PARAMS
 
     @classmethod
-    def train(cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> "EmotionClassifier":
+    def train(
+        cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0
+    ) -> "EmotionClassifier":
         return train_classifier(texts, labels, params, seed)
 
     def features(self, texts: list[str]):
@@ -88,7 +90,14 @@ class EmotionClassifier(TextEmotionClassifier):
         return p / p.sum(axis=1, keepdims=True)
 
     def describe(self) -> dict:
-        return {"kind": "tfidf", "format": FORMAT, "classes": self.classes, "n_features": len(self.vocabulary), "params": self.params, **self.meta}
+        return {
+            "kind": "tfidf",
+            "format": FORMAT,
+            "classes": self.classes,
+            "n_features": len(self.vocabulary),
+            "params": self.params,
+            **self.meta,
+        }
 
     # -- storage (no pickle) ----------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -96,8 +105,18 @@ class EmotionClassifier(TextEmotionClassifier):
             with open(tmp, "wb") as f:
                 np.savez(f, idf=self.idf, coef=self.coef, intercept=self.intercept)
 
-        save_spec(directory, "weights.npz", write, {"format": FORMAT, "classes": self.classes, "params": self.params,
-                                                    "meta": self.meta, "vocabulary": self.vocabulary})
+        save_spec(
+            directory,
+            "weights.npz",
+            write,
+            {
+                "format": FORMAT,
+                "classes": self.classes,
+                "params": self.params,
+                "meta": self.meta,
+                "vocabulary": self.vocabulary,
+            },
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "EmotionClassifier":
@@ -112,7 +131,9 @@ class EmotionClassifier(TextEmotionClassifier):
         return cls(classes, vocab, idf, coef, intercept, params, spec.get("meta", {}))
 
 
-def train_classifier(texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> EmotionClassifier:
+def train_classifier(
+    texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0
+) -> EmotionClassifier:
     """Fit TF-IDF + multinomial logistic regression on human explanations and their emotions."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -176,8 +197,9 @@ def _kind(kind: str):
     raise ConfigError(f"emotion classifier {kind!r}: expected one of {', '.join(CLASSIFIER_KINDS)}")
 
 
-def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: bool = False, kind: str = "tfidf",
-                  seed: int = 0):
+def load_or_train(
+    dataset_dir: str | Path, params: dict | None = None, retrain: bool = False, kind: str = "tfidf", seed: int = 0
+):
     """The dataset's classifier of `kind` from `DATASET_DIR/emo_classifier/<kind>/`, trained and
     saved on first use. A saved classifier is reused only while train.json is unchanged (its
     sha256 is recorded) and its parameters are the ones asked for."""
@@ -194,8 +216,10 @@ def load_or_train(dataset_dir: str | Path, params: dict | None = None, retrain: 
         if clf.meta.get("train_sha256") == train_sha and clf.params == wanted and clf.meta.get("seed", 0) == seed:
             return clf
     texts, labels = _annotations(dataset_dir, "train")
-    print(f"training the Emo-Align {kind} classifier on {len(texts)} human explanations (once; cached in {directory})",
-          file=sys.stderr)
+    print(
+        f"training the Emo-Align {kind} classifier on {len(texts)} human explanations (once; cached in {directory})",
+        file=sys.stderr,
+    )
     clf = cls.train(texts, labels, wanted, seed=seed)
     clf.meta = {"train_sha256": train_sha, "n_train": len(texts), "seed": seed, "held_out_accuracy": {}}
     for split in ("val", "test"):

@@ -122,17 +122,33 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
 
     def describe(self) -> dict:
         n_params = int(sum(t.numel() for t in self.state.values()))
-        return {"kind": "lstm", "format": FORMAT, "classes": self.classes, "vocab_size": len(self.vocabulary),
-                "n_parameters": n_params, "params": self.params, **self.meta}
+        return {
+            "kind": "lstm",
+            "format": FORMAT,
+            "classes": self.classes,
+            "vocab_size": len(self.vocabulary),
+            "n_parameters": n_params,
+            "params": self.params,
+            **self.meta,
+        }
 
     # -- storage (no pickle) ----------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in self.state.items()}
-        save_spec(directory, WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}),
-                  {"format": FORMAT, "classes": self.classes, "params": self.params, "meta": self.meta,
-                   "vocabulary": self.vocabulary})
+        save_spec(
+            directory,
+            WEIGHTS,
+            lambda tmp: save_file(state, str(tmp), metadata={"format": FORMAT}),
+            {
+                "format": FORMAT,
+                "classes": self.classes,
+                "params": self.params,
+                "meta": self.meta,
+                "vocabulary": self.vocabulary,
+            },
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "LSTMEmotionClassifier":
@@ -151,13 +167,17 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
         try:
             clf.model  # noqa: B018  (builds the network: shapes must match the spec)
         except RuntimeError as e:
-            raise DataError(f"{weights}: weights do not match the vocabulary/classes/parameters in {where} "
-                            f"({str(e).splitlines()[0]})") from None
+            raise DataError(
+                f"{weights}: weights do not match the vocabulary/classes/parameters in {where} "
+                f"({str(e).splitlines()[0]})"
+            ) from None
         return clf
 
     # -- training -------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0) -> "LSTMEmotionClassifier":
+    def train(
+        cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0
+    ) -> "LSTMEmotionClassifier":
         """Fit on texts and their emotions with Adam and cross-entropy; deterministic for `seed`."""
         import torch
         from tqdm import tqdm
@@ -187,8 +207,9 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
             model = _net(len(vocab), len(classes), params)
             opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
             model.train()
-            with tqdm(total=epochs * per_epoch, desc="Emo-Align LSTM", unit="step", file=sys.stderr,
-                      disable=None, leave=False) as bar:
+            with tqdm(
+                total=epochs * per_epoch, desc="Emo-Align LSTM", unit="step", file=sys.stderr, disable=None, leave=False
+            ) as bar:
                 for _ in range(epochs):
                     for idx in np.array_split(order_rng.permutation(len(texts)), per_epoch):
                         idx = torch.from_numpy(idx)

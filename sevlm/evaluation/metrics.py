@@ -113,8 +113,9 @@ def load_references(path: str | Path, dominance: str = "artemis") -> dict[str, R
                 raise DataError(f"{where}: annotation {i} has an empty explanation")
         dominant = entry_dominant(entry, where, dominance)
         name = entry.get("image_name")
-        refs[image_id] = Reference(image_id, tuple(emotions), tuple(explanations), dominant,
-                                   name if isinstance(name, str) else None)
+        refs[image_id] = Reference(
+            image_id, tuple(emotions), tuple(explanations), dominant, name if isinstance(name, str) else None
+        )
     return refs
 
 
@@ -237,9 +238,14 @@ class MeteorScorer:
         import pycocoevalcap.meteor.meteor as m
 
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(["java", "-jar", "-Xmx2G", m.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"],
-                                     cwd=Path(m.__file__).parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._err, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["java", "-jar", "-Xmx2G", m.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"],
+            cwd=Path(m.__file__).parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            start_new_session=True,
+        )
         self._buf = b""
 
     def _failed(self, what: str, cause: str) -> DataError:
@@ -442,9 +448,7 @@ def emotion_metrics(predicted: list[str], dominant: list[str | None]) -> dict:
     labels = list(EMOTIONS) + [INVALID_EMOTION]
     # rows: dominant human emotion (9); columns: predicted (9 + "not one of the 9")
     cm = confusion_matrix(y_true, y_pred, labels=labels)[: len(EMOTIONS)]
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(EMOTIONS), zero_division=0
-    )
+    prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=list(EMOTIONS), zero_division=0)
     out["confusion_matrix"] = {"rows_true": list(EMOTIONS), "columns_predicted": labels, "counts": cm.tolist()}
     out["per_class"] = {
         e: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]), "support": int(support[k])}
@@ -469,8 +473,19 @@ def text_stats(explanations: list[str]) -> dict:
 # simile/metaphor markers of ArtEmis's evaluation code). ArtEmis matches plain substrings;
 # we match whole words, so "this likely" does not count as "is like".
 METAPHOR_PHRASES = (
-    "looks like", "look like", "seems like", "is like", "are like", "reminds me", "remind me",
-    "could be", "appears to be", "appear to be", "think of", "resembles", "resembling",
+    "looks like",
+    "look like",
+    "seems like",
+    "is like",
+    "are like",
+    "reminds me",
+    "remind me",
+    "could be",
+    "appears to be",
+    "appear to be",
+    "think of",
+    "resembles",
+    "resembling",
 )
 _METAPHOR = re.compile(r"\b(?:" + "|".join(re.escape(m) for m in METAPHOR_PHRASES) + r")\b")
 
@@ -578,8 +593,10 @@ def evaluate(
     long = sum(len(p.explanation) > MAX_EXPLANATION_CHARS for p in preds)
     if long:
         warnings["explanation_truncated"] = long  # cut to MAX_EXPLANATION_CHARS for the language scores
-    caps = caption_metrics({p.image_id: p.explanation[:MAX_EXPLANATION_CHARS] for p in preds},
-                           {i: list(r.explanations) for i, r in refs.items()})
+    caps = caption_metrics(
+        {p.image_id: p.explanation[:MAX_EXPLANATION_CHARS] for p in preds},
+        {i: list(r.explanations) for i, r in refs.items()},
+    )
     dominant = [refs[p.image_id].dominant for p in preds]
     human = [t for r in refs.values() for t in r.explanations]
     emo = emotion_metrics([p.emotion for p in preds], dominant)

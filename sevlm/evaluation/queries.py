@@ -59,7 +59,9 @@ def read_queries(path: str | Path) -> list[Query]:
             kind, value = "text", line[5:].strip()
         elif low.startswith("image:"):
             kind, value = "image", line[6:].strip()
-        elif Path(line).is_file() or (path.parent / line).is_file() or (" " not in line and low.endswith(IMAGE_SUFFIXES)):
+        elif (
+            Path(line).is_file() or (path.parent / line).is_file() or (" " not in line and low.endswith(IMAGE_SUFFIXES))
+        ):
             kind, value = "image", line
         else:
             kind, value = "text", line
@@ -80,8 +82,11 @@ def ground_truth(record: dict, where: str) -> dict:
     from sevlm.evaluation.metrics import entry_dominant
 
     exps = record.get("explanations") or []
-    return {"emotions": list(record.get("emotions") or []), "dominant_emotion": entry_dominant(record, where),
-            "explanation": exps[0] if exps else None}
+    return {
+        "emotions": list(record.get("emotions") or []),
+        "dominant_emotion": entry_dominant(record, where),
+        "explanation": exps[0] if exps else None,
+    }
 
 
 def _match_split_image(path: str, by_name: dict[str, str]) -> str | None:
@@ -118,8 +123,19 @@ def embed_queries(run, queries: list[Query], batch_size: int = 64) -> np.ndarray
     return normalize(np.concatenate(out))
 
 
-def search_queries(run, dataset_dir, split: str, features, queries: list[Query], target: str | None = None,
-                   top: int = 10, options=None, batch_size: int = 64, cache_dir=None, progress: bool = True) -> dict:
+def search_queries(
+    run,
+    dataset_dir,
+    split: str,
+    features,
+    queries: list[Query],
+    target: str | None = None,
+    top: int = 10,
+    options=None,
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+) -> dict:
     """Answer every query against the split's galleries, each embedded once.
 
     `target` ("images" | "explanations") applies to every query; None: each query's default
@@ -128,8 +144,8 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
     [{"rank", "score", "image_id"[, "explanation", "explanation_emotion"], "image_name", "ground_truth"}],
     "emotions": the 9 by score[, "image_id", "ground_truth" of a query image from the split]}]}.
     """
-    from sevlm.evaluation.retrieval import IndexOptions, load_gallery, recall_vs_exact, retrieval_space
     from sevlm.data.folder import load_split_records
+    from sevlm.evaluation.retrieval import IndexOptions, load_gallery, recall_vs_exact, retrieval_space
 
     options = options or IndexOptions()
     if not queries:
@@ -144,8 +160,17 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
     targets = [target or q.default_target for q in queries]
     galleries, indexes, caches = {}, {}, {}
     for side in dict.fromkeys(targets):
-        gallery, emotions, names, cache, index = load_gallery(run, dataset_dir, split, features, side, options,
-                                                              batch_size=batch_size, cache_dir=cache_dir, progress=progress)
+        gallery, emotions, names, cache, index = load_gallery(
+            run,
+            dataset_dir,
+            split,
+            features,
+            side,
+            options,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
         galleries[side], indexes[side], caches[side] = (gallery, emotions, names), index, cache
     answers, exact = [], {}
     for side in indexes:
@@ -156,21 +181,50 @@ def search_queries(run, dataset_dir, split: str, features, queries: list[Query],
             exact[side] = recall_vs_exact(q_emb[rows], gallery, ids, sorted({1, min(top, 10), top}))
         emo_scores = q_emb[rows] @ emotions.T  # [q, 9]
         for j, i in enumerate(rows):
-            results = [{"rank": r + 1, "score": float(s), **names[g],
-                        "image_name": records[names[g]["image_id"]]["image_name"], "ground_truth": truth[names[g]["image_id"]]}
-                       for r, (s, g) in enumerate(zip(scores[j], ids[j])) if g >= 0]
-            answers.append((i, {"results": results, "emotions": [{"emotion": EMOTIONS[k], "score": float(emo_scores[j, k])}
-                                                                 for k in np.argsort(-emo_scores[j])]}))
+            results = [
+                {
+                    "rank": r + 1,
+                    "score": float(s),
+                    **names[g],
+                    "image_name": records[names[g]["image_id"]]["image_name"],
+                    "ground_truth": truth[names[g]["image_id"]],
+                }
+                for r, (s, g) in enumerate(zip(scores[j], ids[j]))
+                if g >= 0
+            ]
+            answers.append(
+                (
+                    i,
+                    {
+                        "results": results,
+                        "emotions": [
+                            {"emotion": EMOTIONS[k], "score": float(emo_scores[j, k])}
+                            for k in np.argsort(-emo_scores[j])
+                        ],
+                    },
+                )
+            )
     out_queries = []
     for i, answer in sorted(answers, key=lambda a: a[0]):
         q = queries[i]
-        entry = {"query": q.value if q.kind == "text" else {"image": q.value}, "kind": q.kind, "source": q.source,
-                 "target": targets[i], **answer}
+        entry = {
+            "query": q.value if q.kind == "text" else {"image": q.value},
+            "kind": q.kind,
+            "source": q.source,
+            "target": targets[i],
+            **answer,
+        }
         if q.kind == "image" and (image_id := _match_split_image(q.value, by_name)) is not None:
             entry["image_id"], entry["ground_truth"] = image_id, truth[image_id]
         out_queries.append(entry)
     space = retrieval_space(run.model)
     uses_images = any(t == "images" for t in targets) or any(q.kind == "image" for q in queries)
-    return {"embedding_space": space, "image_side_untrained_warning": uses_images and not space["image_side_trained"],
-            "index": {s: {**ix.describe(), **({"recall_vs_exact": exact[s]} if s in exact else {})} for s, ix in indexes.items()},
-            "gallery_cache": caches, "queries": out_queries}
+    return {
+        "embedding_space": space,
+        "image_side_untrained_warning": uses_images and not space["image_side_trained"],
+        "index": {
+            s: {**ix.describe(), **({"recall_vs_exact": exact[s]} if s in exact else {})} for s, ix in indexes.items()
+        },
+        "gallery_cache": caches,
+        "queries": out_queries,
+    }

@@ -37,9 +37,9 @@ class SplitData:
 
 def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
+    from sevlm.data.folder import load_split_records
     from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
     from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.data.folder import load_split_records
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)
@@ -56,8 +56,14 @@ def load_split_data(dataset_dir, features, split: str) -> SplitData:
         texts += rec["explanations"]
         text_image += [k] * len(rec["explanations"])
         text_emotion += [EMOTION_TO_INDEX[e] for e in rec["emotions"]]
-    return SplitData(pooled, np.asarray(dominant), np.asarray(votes, dtype=np.float32), texts,
-                     np.asarray(text_image), np.asarray(text_emotion))
+    return SplitData(
+        pooled,
+        np.asarray(dominant),
+        np.asarray(votes, dtype=np.float32),
+        texts,
+        np.asarray(text_image),
+        np.asarray(text_emotion),
+    )
 
 
 def logistic_probe(train: SplitData, val: SplitData, test: SplitData, cs=(1e-3, 1e-2, 1e-1, 1.0)) -> dict:
@@ -80,12 +86,25 @@ def logistic_probe(train: SplitData, val: SplitData, test: SplitData, cs=(1e-3, 
         if best is None or acc > best[0]:
             best = (acc, c, clf)
     val_acc, c, clf = best
-    return {"accuracy": float(clf.score(xte, yte)), "n": int(len(yte)), "C": c, "val_accuracy": float(val_acc),
-            "predicted": clf.predict(test.pooled).tolist()}
+    return {
+        "accuracy": float(clf.score(xte, yte)),
+        "n": int(len(yte)),
+        "C": c,
+        "val_accuracy": float(val_acc),
+        "predicted": clf.predict(test.pooled).tolist(),
+    }
 
 
-def linear_clip(train: SplitData, test: SplitData, dim: int = 64, epochs: int = 300, temperature: float = 0.1,
-                lr: float = 1e-2, seed: int = 0, embeddings: dict | None = None) -> dict:
+def linear_clip(
+    train: SplitData,
+    test: SplitData,
+    dim: int = 64,
+    epochs: int = 300,
+    temperature: float = 0.1,
+    lr: float = 1e-2,
+    seed: int = 0,
+    embeddings: dict | None = None,
+) -> dict:
     """The linear CLIP-style model (module docstring), scored like a run; `retrieval_report` of the
     test split. An `embeddings` dict receives its test embeddings ("image", "text", "emotion") and
     exact ranks ("ranks"), for paired tests (`sevlm.evaluation.comparison`)."""
@@ -101,8 +120,10 @@ def linear_clip(train: SplitData, test: SplitData, dim: int = 64, epochs: int = 
     tfidf = TfidfVectorizer(min_df=2, sublinear_tf=True).fit(train.texts)
 
     def tensors(s: SplitData):
-        return (torch.from_numpy(scaler.transform(s.pooled).astype(np.float32)),
-                torch.from_numpy(tfidf.transform(s.texts).toarray().astype(np.float32)))
+        return (
+            torch.from_numpy(scaler.transform(s.pooled).astype(np.float32)),
+            torch.from_numpy(tfidf.transform(s.texts).toarray().astype(np.float32)),
+        )
 
     (img_tr, txt_tr), (img_te, txt_te) = tensors(train), tensors(test)
     w_img = torch.nn.Linear(img_tr.shape[1], dim)
@@ -130,8 +151,14 @@ def linear_clip(train: SplitData, test: SplitData, dim: int = 64, epochs: int = 
     report = retrieval_report(img, txt, test.text_image, emo, test.dominant, ranks=ranks)
     if embeddings is not None:
         embeddings.update(image=img, text=txt, emotion=emo, ranks=ranks)
-    report["settings"] = {"dim": dim, "epochs": epochs, "temperature": temperature, "lr": lr, "seed": seed,
-                          "tfidf_vocabulary": len(tfidf.vocabulary_)}
+    report["settings"] = {
+        "dim": dim,
+        "epochs": epochs,
+        "temperature": temperature,
+        "lr": lr,
+        "seed": seed,
+        "tfidf_vocabulary": len(tfidf.vocabulary_),
+    }
     return report
 
 
@@ -149,6 +176,10 @@ def reference_points(dataset_dir, features, split: str = "test", seed: int = 0, 
     test = load_split_data(dataset_dir, features, split)
     if embeddings is not None:
         embeddings["image_ids"] = list(load_split_records(dataset_dir, split))
-    return {"split": split, "majority_class": majority_share(test.dominant), "chance": 1 / 9,
-            "logistic_probe": logistic_probe(train, val, test),
-            "linear_clip": linear_clip(train, test, seed=seed, embeddings=embeddings)}
+    return {
+        "split": split,
+        "majority_class": majority_share(test.dominant),
+        "chance": 1 / 9,
+        "logistic_probe": logistic_probe(train, val, test),
+        "linear_clip": linear_clip(train, test, seed=seed, embeddings=embeddings),
+    }

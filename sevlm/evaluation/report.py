@@ -57,19 +57,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_confusion(confusion: dict, path: Path, title: str = "Emotion confusion (row-normalised; numbers are counts)") -> Path:
+def plot_confusion(
+    confusion: dict, path: Path, title: str = "Emotion confusion (row-normalised; numbers are counts)"
+) -> Path:
     plt = _plt()
     cm = np.array(confusion["counts"], dtype=np.float64)  # [9, 10]
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     fig, ax = plt.subplots(figsize=(8, 6.5))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(cm.shape[1]), [c.replace("something else", "sth. else") for c in confusion["columns_predicted"]], rotation=45, ha="right")
+    ax.set_xticks(
+        range(cm.shape[1]),
+        [c.replace("something else", "sth. else") for c in confusion["columns_predicted"]],
+        rotation=45,
+        ha="right",
+    )
     ax.set_yticks(range(cm.shape[0]), confusion["rows_true"])
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted emotion")
     ax.set_ylabel("dominant human emotion")
     ax.set_title(title)
@@ -114,8 +129,16 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
     for direction, color in (("image_to_explanation", "C0"), ("explanation_to_image", "C1")):
         for system, style, alpha in (("model", "-", 1.0), ("chance", ":", 0.6)):
             curve = retrieval[system][direction]["recall_curve"]
-            ax.plot([int(k) for k in curve], list(curve.values()), style, color=color, alpha=alpha, marker="o", ms=3,
-                    label=f"{direction.replace('_', ' ')} ({system})")
+            ax.plot(
+                [int(k) for k in curve],
+                list(curve.values()),
+                style,
+                color=color,
+                alpha=alpha,
+                marker="o",
+                ms=3,
+                label=f"{direction.replace('_', ' ')} ({system})",
+            )
     ax.set_xscale("log")
     ax.set_ylim(0, 1.03)  # lines at recall 1 stay visible
     ax.set_xlabel("K")
@@ -179,9 +202,16 @@ def pick_examples(ev, images_dir: str | Path, n: int = EXAMPLE_PAINTINGS) -> tup
         ref = ev.references[p.image_id]
         path = resolve_image(images_dir, ref.image_name or f"{p.image_id}.jpg")
         if path is not None:
-            found.append({"image_id": p.image_id, "image": path, "generated": p.explanation,
-                          "generated_emotion": p.emotion or None, "human": ref.explanations[0],
-                          "human_emotion": ref.emotions[0]})
+            found.append(
+                {
+                    "image_id": p.image_id,
+                    "image": path,
+                    "generated": p.explanation,
+                    "generated_emotion": p.emotion or None,
+                    "human": ref.explanations[0],
+                    "human_emotion": ref.emotions[0],
+                }
+            )
     if not found:
         return [], f"none of the scored paintings' images is in {images_dir}"
     picks = sorted(set(np.linspace(0, len(found) - 1, min(n, len(found))).round().astype(int).tolist()))
@@ -199,8 +229,17 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
     rows = -(-len(examples) // cols)
     w, h = EXAMPLE_PANEL_INCHES
     fig = plt.figure(figsize=(cols * w, rows * h), dpi=EXAMPLE_DPI)
-    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3, 2] * rows, hspace=0.08, wspace=0.08,
-                            left=0.02, right=0.98, top=0.97, bottom=0.02)
+    grid = fig.add_gridspec(
+        2 * rows,
+        cols,
+        height_ratios=[3, 2] * rows,
+        hspace=0.08,
+        wspace=0.08,
+        left=0.02,
+        right=0.98,
+        top=0.97,
+        bottom=0.02,
+    )
     for k, ex in enumerate(examples):
         r, c = divmod(k, cols)
         ax = fig.add_subplot(grid[2 * r, c])
@@ -210,16 +249,32 @@ def plot_examples(examples: list[dict], path: Path) -> Path:
                 im.thumbnail((400, 400))
                 ax.imshow(np.asarray(im))
         except (OSError, Image.DecompressionBombError) as e:  # one bad file does not cost the report
-            ax.text(0.5, 0.5, textwrap.fill(f"image unreadable: {e}", 40), ha="center", va="center", fontsize=8,
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                textwrap.fill(f"image unreadable: {e}", 40),
+                ha="center",
+                va="center",
+                fontsize=8,
+                transform=ax.transAxes,
+            )
         name = ex["image_id"]
         ax.set_title(name if len(name) <= 50 else name[:47] + "...", fontsize=8)
         ax.axis("off")
         text = fig.add_subplot(grid[2 * r + 1, c])
         text.axis("off")
-        text.text(0, 1, f"generated ({ex['generated_emotion'] or 'n/a'}):\n" + textwrap.fill(ex["generated"], 44)
-                  + f"\n\nhuman ({ex['human_emotion']}):\n" + textwrap.fill(ex["human"], 44),
-                  va="top", ha="left", fontsize=8, transform=text.transAxes)
+        text.text(
+            0,
+            1,
+            f"generated ({ex['generated_emotion'] or 'n/a'}):\n"
+            + textwrap.fill(ex["generated"], 44)
+            + f"\n\nhuman ({ex['human_emotion']}):\n"
+            + textwrap.fill(ex["human"], 44),
+            va="top",
+            ha="left",
+            fontsize=8,
+            transform=text.transAxes,
+        )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=EXAMPLE_DPI)
     plt.close(fig)
@@ -241,7 +296,9 @@ def _gallery_fonts():
         import matplotlib
 
         ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        return ImageFont.truetype(str(ttf / "DejaVuSans.ttf"), 11), ImageFont.truetype(str(ttf / "DejaVuSans-Bold.ttf"), 12)
+        return ImageFont.truetype(str(ttf / "DejaVuSans.ttf"), 11), ImageFont.truetype(
+            str(ttf / "DejaVuSans-Bold.ttf"), 12
+        )
     except (ImportError, OSError):
         return ImageFont.load_default(), ImageFont.load_default()
 
@@ -300,7 +357,9 @@ def plot_query_gallery(result: dict, images_dir: str | Path, path: str | Path) -
             for k, line in enumerate(textwrap.wrap(italic_text, 30)[:12]):
                 draw.text((x0, box_y + 4 + k * line_h), line, fill=(40, 40, 40), font=font)
         elif image is not None:
-            canvas.paste(image, (x0 + (GALLERY_THUMB_PX - image.width) // 2, box_y + (GALLERY_THUMB_PX - image.height) // 2))
+            canvas.paste(
+                image, (x0 + (GALLERY_THUMB_PX - image.width) // 2, box_y + (GALLERY_THUMB_PX - image.height) // 2)
+            )
         else:
             draw.rectangle([x0, box_y, x0 + GALLERY_THUMB_PX, box_y + GALLERY_THUMB_PX], fill=(230, 230, 230))
             for k, line in enumerate(textwrap.wrap(why, 30)[:6]):
@@ -324,11 +383,20 @@ def plot_query_gallery(result: dict, images_dir: str | Path, path: str | Path) -
         for c, res in enumerate(q["results"][: cols - 1], 1):
             gt = res["ground_truth"]
             im, why = _thumbnail(images_dir, res.get("image_name"))
-            explanation = (f"[{res['explanation_emotion']}] {res['explanation']}" if "explanation" in res
-                           else f"1st human: {gt['explanation']}")
-            panel(r, c, f"#{res['rank']}  {res['score']:.3f}  {gt['dominant_emotion'] or 'none'}", im, why,
-                  [*_truth_lines(gt), explanation],
-                  colour=GALLERY_MATCH_COLOUR if gt["dominant_emotion"] == top_emotion else (0, 0, 0))
+            explanation = (
+                f"[{res['explanation_emotion']}] {res['explanation']}"
+                if "explanation" in res
+                else f"1st human: {gt['explanation']}"
+            )
+            panel(
+                r,
+                c,
+                f"#{res['rank']}  {res['score']:.3f}  {gt['dominant_emotion'] or 'none'}",
+                im,
+                why,
+                [*_truth_lines(gt), explanation],
+                colour=GALLERY_MATCH_COLOUR if gt["dominant_emotion"] == top_emotion else (0, 0, 0),
+            )
         if r:
             draw.line([(0, r * h), (cols * w, r * h)], fill=(200, 200, 200))
     with atomic_path(path) as tmp:
@@ -347,8 +415,13 @@ def _figures_dir(out: Path) -> Path:
     return out.parent / f"{out.stem}_figures"
 
 
-def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = None,
-                            examples: list[dict] | None = None, examples_note: str | None = None) -> dict[str, Path]:
+def write_evaluation_report(
+    report: dict,
+    out: str | Path,
+    vad: dict | None = None,
+    examples: list[dict] | None = None,
+    examples_note: str | None = None,
+) -> dict[str, Path]:
     """Write REPORT.json, REPORT.md and the plots; returns {what: path}. `report` is not modified.
     `examples` (from `pick_examples`) become a picture of paintings with their explanations;
     `examples_note` says why there is none."""
@@ -373,44 +446,83 @@ def write_evaluation_report(report: dict, out: str | Path, vad: dict | None = No
     full["figures"] = {k: str(p.relative_to(out.parent)) for k, p in written.items()}
     out.unlink(missing_ok=True)  # REPORT.json is written last (_write_pair): never beside another run's .md
 
-    lines = [f"# Evaluation report", "", f"- predictions: `{full['predictions']}`", f"- references: `{full['references']}`",
-             f"- scored images: {full['n_predictions']} of {full['n_reference_images']} (coverage {full['coverage']:.3f})"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- predictions: `{full['predictions']}`",
+        f"- references: `{full['references']}`",
+        f"- scored images: {full['n_predictions']} of {full['n_reference_images']} (coverage {full['coverage']:.3f})",
+    ]
     if full.get("warnings"):
         lines.append("- **warnings**: " + ", ".join(f"{k}: {v}" for k, v in full["warnings"].items()))
-    lines += ["", "## Language (coco-caption)", "", "| " + " | ".join(LANGUAGE_METRICS) + " |",
-              "|" + "---|" * len(LANGUAGE_METRICS), "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |", ""]
+    lines += [
+        "",
+        "## Language (coco-caption)",
+        "",
+        "| " + " | ".join(LANGUAGE_METRICS) + " |",
+        "|" + "---|" * len(LANGUAGE_METRICS),
+        "| " + " | ".join(_fmt(full[k]) for k in LANGUAGE_METRICS) + " |",
+        "",
+    ]
     lines += [f"- {k}: unavailable ({v})" for k, v in full.get("unavailable", {}).items()]
     if full.get("because") == "last":
-        lines.append(f"- explanations scored after their last \"because\" (the SEVLM authors' scoring): "
-                     f"{full.get('explanations_cut_at_a_later_because', 0)} cut at a later one")
-    lines += ["", "## Emotion", "", f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a dominant emotion"
-              f" (dominance rule: {full.get('dominance', 'artemis')})",
-              f"- macro F1: {_fmt(emo.get('macro_f1'))}",
-              f"- predictions whose emotion is not one of the 9: {_fmt(full['emotion_not_one_of_9_share'])}"]
+        lines.append(
+            f'- explanations scored after their last "because" (the SEVLM authors\' scoring): '
+            f"{full.get('explanations_cut_at_a_later_because', 0)} cut at a later one"
+        )
+    lines += [
+        "",
+        "## Emotion",
+        "",
+        f"- emotion accuracy: {_fmt(full['emotion_accuracy'])} over {full['emotion_accuracy_n']} images with a "
+        "dominant emotion"
+        f" (dominance rule: {full.get('dominance', 'artemis')})",
+        f"- macro F1: {_fmt(emo.get('macro_f1'))}",
+        f"- predictions whose emotion is not one of the 9: {_fmt(full['emotion_not_one_of_9_share'])}",
+    ]
     if "emo_align" in full:
         acc = full.get("emo_classifier", {}).get("held_out_accuracy", {})
-        lines.append(f"- Emo-Align: {_fmt(full['emo_align'])} over {full['emo_align_n']} images "
-                     f"(classifier: {full.get('emo_classifier', {}).get('kind', 'tfidf')}; held-out accuracy: " + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n")) + ")")
+        lines.append(
+            f"- Emo-Align: {_fmt(full['emo_align'])} over {full['emo_align_n']} images "
+            f"(classifier: {full.get('emo_classifier', {}).get('kind', 'tfidf')}; held-out accuracy: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in acc.items() if not k.endswith("_n"))
+            + ")"
+        )
     if "per_class" in emo:
         lines += ["", "| emotion | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        lines += [f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |" for e, v in emo["per_class"].items()]
-    lines += ["", "## Explanations", "", f"- distinct explanations: {_fmt(full['distinct_explanations_share'])}",
-              f"- distinct-1: {_fmt(full.get('distinct_1'))}, distinct-2: {_fmt(full.get('distinct_2'))} (over all generated explanations)",
-              f"- explanations with a repeated bigram: {_fmt(full.get('repeated_bigram_share'))}",
-              f"- mean length (words): generated {_fmt(full['mean_length_words'])}, human {_fmt(full['human_mean_length_words'])}",
-              f"- copies of a training utterance: {_fmt(full.get('copied_training_share'))}"
-              + ("" if full.get("copied_training_share") is not None else " (needs --dataset)"),
-              f"- metaphor-like expressions (ArtEmis's phrases): generated {_fmt(full.get('metaphor_rate_generated'))}, "
-              f"human {_fmt(full.get('metaphor_rate_human'))}"]
+        lines += [
+            f"| {e} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v['support']} |"
+            for e, v in emo["per_class"].items()
+        ]
+    lines += [
+        "",
+        "## Explanations",
+        "",
+        f"- distinct explanations: {_fmt(full['distinct_explanations_share'])}",
+        f"- distinct-1: {_fmt(full.get('distinct_1'))}, distinct-2: {_fmt(full.get('distinct_2'))} (over all "
+        "generated explanations)",
+        f"- explanations with a repeated bigram: {_fmt(full.get('repeated_bigram_share'))}",
+        f"- mean length (words): generated {_fmt(full['mean_length_words'])}, human "
+        f"{_fmt(full['human_mean_length_words'])}",
+        f"- copies of a training utterance: {_fmt(full.get('copied_training_share'))}"
+        + ("" if full.get("copied_training_share") is not None else " (needs --dataset)"),
+        f"- metaphor-like expressions (ArtEmis's phrases): generated {_fmt(full.get('metaphor_rate_generated'))}, "
+        f"human {_fmt(full.get('metaphor_rate_human'))}",
+    ]
     if "vad" in full:
         for k, v in full["vad"].items():
-            lines.append(f"- VAD {k}: mean {[round(x, 3) for x in v['mean']] if v['mean'] else 'n/a'} (lexicon coverage {_fmt(v['coverage'])})")
+            lines.append(
+                f"- VAD {k}: mean {[round(x, 3) for x in v['mean']] if v['mean'] else 'n/a'} (lexicon coverage "
+                f"{_fmt(v['coverage'])})"
+            )
     if "examples" in written:
         lines += ["", "## Examples", "", f"![examples]({written['examples'].relative_to(out.parent)})"]
     elif examples_note:
         lines += ["", "## Examples", "", f"- no picture of examples: {examples_note}"]
     if written.keys() - {"json", "examples"}:
-        lines += ["", "## Figures", ""] + [f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k not in ("json", "examples")]
+        lines += ["", "## Figures", ""] + [
+            f"![{k}]({p.relative_to(out.parent)})" for k, p in written.items() if k not in ("json", "examples")
+        ]
     written.update(_write_pair(out, full, lines))
     return written
 
@@ -437,64 +549,118 @@ def write_retrieval_report(result: dict, out: str | Path, embeddings=None) -> di
     i2e = result["model"]["image_to_emotion"]
     if "confusion" in i2e:
         written["image_to_emotion_confusion"] = plot_confusion(
-            i2e["confusion"], figs / "image_to_emotion_confusion.png",
-            title="Image -> nearest emotion embedding (row-normalised; numbers are counts)")
+            i2e["confusion"],
+            figs / "image_to_emotion_confusion.png",
+            title="Image -> nearest emotion embedding (row-normalised; numbers are counts)",
+        )
     if embeddings is not None:
-        written["embedding_map"] = plot_embedding_map(embeddings.image_emb, embeddings.emotion_emb,
-                                                      embeddings.image_dominant, figs / "embedding_map.png")
+        written["embedding_map"] = plot_embedding_map(
+            embeddings.image_emb, embeddings.emotion_emb, embeddings.image_dominant, figs / "embedding_map.png"
+        )
     full = {**result, "figures": {k: str(p.relative_to(out.parent)) for k, p in written.items()}}
     ks = result["ks"]
     idx = result["model"]["index"]
     rand = result.get("random_embeddings")
     systems = ("model", "chance") + (("random_embeddings",) if rand else ())
-    lines = ["# Retrieval report", "", f"- index: {idx['kind']} on {idx['device']} ({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
-             "- chance: the exact expectation under a random ordering of the gallery" + (
-                 f"; random embeddings: mean ± std over {rand['runs']} seeds" if rand else ""),
-             "- ranks: 1 + the wrong items scoring at least as high as the best correct one (ties count against the query)"]
+    lines = [
+        "# Retrieval report",
+        "",
+        f"- index: {idx['kind']} on {idx['device']} "
+        f"({', '.join(f'{k}={v}' for k, v in idx.items() if k not in ('kind', 'device'))})",
+        "- chance: the exact expectation under a random ordering of the gallery"
+        + (f"; random embeddings: mean ± std over {rand['runs']} seeds" if rand else ""),
+        "- ranks: 1 + the wrong items scoring at least as high as the best correct one (ties count against the query)",
+    ]
     for d in ("image_to_explanation", "explanation_to_image"):
         r = result["model"][d]
         if "recall_vs_exact" in r:
-            lines.append(f"- {d.replace('_', ' ')}: {idx['kind']} search's recall against the exact search: "
-                         + ", ".join(f"{k} {_fmt(v)}" for k, v in r["recall_vs_exact"].items())
-                         + (f" (tuned to {r['tuned']['chosen']} for {r['tuned']['target']:g})" if "tuned" in r else ""))
-    lines += ["", "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |", "|---|---|" + "---|" * (len(ks) + 1)]
+            lines.append(
+                f"- {d.replace('_', ' ')}: {idx['kind']} search's recall against the exact search: "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in r["recall_vs_exact"].items())
+                + (f" (tuned to {r['tuned']['chosen']} for {r['tuned']['target']:g})" if "tuned" in r else "")
+            )
+    lines += [
+        "",
+        "| direction | system | " + " | ".join(f"R@{k}" for k in ks) + " | median rank |",
+        "|---|---|" + "---|" * (len(ks) + 1),
+    ]
     for d in ("image_to_explanation", "explanation_to_image"):
         for s in systems:
             r = result[s][d]
-            cell = (lambda k: f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}") if s == "random_embeddings" else (lambda k: _fmt(r[k]))
+            cell = (
+                (lambda k: f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}")
+                if s == "random_embeddings"
+                else (lambda k: _fmt(r[k]))
+            )
             median = f"{r['median_rank']['mean']:g}" if s == "random_embeddings" else f"{r['median_rank']:g}"
-            lines.append(f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | " + " | ".join(cell(f"R@{k}") for k in ks) + f" | {median} |")
+            lines.append(
+                f"| {d.replace('_', ' ')} | {s.replace('_', ' ')} | "
+                + " | ".join(cell(f"R@{k}") for k in ks)
+                + f" | {median} |"
+            )
     lines += ["", "| emotion accuracy | model | chance (1/9) | majority class | n |", "|---|---|---|---|---|"]
     for d in ("image_to_emotion", "explanation_to_emotion", "explanation_to_own_emotion"):
         if d in result["model"]:
             c = result["chance"][d]
-            lines.append(f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(c['accuracy'])} | {_fmt(c['majority_class'])} | {result['model'][d]['n']} |")
+            lines.append(
+                f"| {d.replace('_', ' ')} | {_fmt(result['model'][d]['accuracy'])} | {_fmt(c['accuracy'])} | "
+                f"{_fmt(c['majority_class'])} | {result['model'][d]['n']} |"
+            )
     per = i2e.get("per_emotion")
     if per:
-        lines += ["", "Image-side figures by the image's dominant emotion (accuracy: image -> emotion, the class's "
-                  "recall; precision: of the images whose nearest emotion it is; R@K: image -> explanation, exact ranks)",
-                  "", "| dominant emotion | n | correct | accuracy | precision | " + " | ".join(f"R@{k}" for k in ks)
-                  + " | median rank |", "|---|---|---|---|---|" + "---|" * (len(ks) + 1)]
+        lines += [
+            "",
+            "Image-side figures by the image's dominant emotion (accuracy: image -> emotion, the class's "
+            "recall; precision: of the images whose nearest emotion it is; R@K: image -> explanation, exact ranks)",
+            "",
+            "| dominant emotion | n | correct | accuracy | precision | "
+            + " | ".join(f"R@{k}" for k in ks)
+            + " | median rank |",
+            "|---|---|---|---|---|" + "---|" * (len(ks) + 1),
+        ]
         for e, g in per.items():
-            lines.append(f"| {e} | {g['n']} | {g.get('correct', '')} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('precision'))} | "
-                         + " | ".join(_fmt(g[f'R@{k}']) for k in ks) + f" | {_fmt(g['median_rank'])} |")
+            lines.append(
+                f"| {e} | {g['n']} | {g.get('correct', '')} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('precision'))} | "
+                + " | ".join(_fmt(g[f"R@{k}"]) for k in ks)
+                + f" | {_fmt(g['median_rank'])} |"
+            )
     stats = result.get("embedding_stats")
     if stats:
-        lines += ["", "| embeddings | n | effective rank | total variance | mean pairwise cosine |", "|---|---|---|---|---|"]
-        lines += [f"| {side} | {st['n']} | {_fmt(st['effective_rank'])} | {_fmt(st['variance'])} | {_fmt(st['mean_cosine'])} |"
-                  for side, st in stats.items()]
+        lines += [
+            "",
+            "| embeddings | n | effective rank | total variance | mean pairwise cosine |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {side} | {st['n']} | {_fmt(st['effective_rank'])} | {_fmt(st['variance'])} | "
+            f"{_fmt(st['mean_cosine'])} |"
+            for side, st in stats.items()
+        ]
         lines.append("(a collapsed side: mean cosine near 1, variance and effective rank near their minimum)")
     space = result.get("embedding_space")
     if space:
-        lines += ["", f"- retrieval space: the {space['head']} head" + (f"; {space['note']}" if space.get("note") else "")]
+        lines += [
+            "",
+            f"- retrieval space: the {space['head']} head" + (f"; {space['note']}" if space.get("note") else ""),
+        ]
     lines += [""] + [f"![{k.replace('_', ' ')}]({p.relative_to(out.parent)})" for k, p in written.items()]
     written.update(_write_pair(out, full, lines))
     return written
 
 
-def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexicon=None, strict: bool = True,
-                        retrain_classifier: bool = False, dominance: str = "artemis", emo_classifier: str = "tfidf",
-                        because: str = "first", artemis_classifier: tuple | None = None) -> dict:
+def evaluate_and_report(
+    predictions,
+    references,
+    out,
+    dataset_dir=None,
+    vad_lexicon=None,
+    strict: bool = True,
+    retrain_classifier: bool = False,
+    dominance: str = "artemis",
+    emo_classifier: str = "tfidf",
+    because: str = "first",
+    artemis_classifier: tuple | None = None,
+) -> dict:
     """Score, then write REPORT.json + .md + figures; returns the report dict. With `dataset_dir`:
     Emo-Align, copies of training utterances, and a picture of example paintings. With
     `emo_classifier="artemis"`, Emo-Align uses ArtEmis's released classifier,
@@ -517,16 +683,31 @@ def evaluate_and_report(predictions, references, out, dataset_dir=None, vad_lexi
             classifier = load_or_train(dataset_dir, retrain=retrain_classifier, kind=emo_classifier)
         training = training_texts(dataset_dir)
         images_dir = _recorded_images_dir(dataset_dir)
-    ev = evaluate(predictions, references, classifier=classifier, strict=strict, dominance=dominance,
-                  training_texts=training, because=because)
+    ev = evaluate(
+        predictions,
+        references,
+        classifier=classifier,
+        strict=strict,
+        dominance=dominance,
+        training_texts=training,
+        because=because,
+    )
     # per-image statistics for later paired tests (sevlm ablate), written before REPORT.json: a
     # REPORT.json that exists has them beside it
     from sevlm.evaluation.significance import image_statistics, write_statistics
 
-    write_statistics(statistics_path(out), [p.image_id for p in ev.predictions],
-                     image_statistics(ev.predictions, ev.references, ev.captions, ev.emo_labels),
-                     {"predictions": str(predictions), "references": str(references), "dominance": dominance,
-                      "because": because, "emo_classifier": ev.report.get("emo_classifier", {}).get("kind")})
+    write_statistics(
+        statistics_path(out),
+        [p.image_id for p in ev.predictions],
+        image_statistics(ev.predictions, ev.references, ev.captions, ev.emo_labels),
+        {
+            "predictions": str(predictions),
+            "references": str(references),
+            "dominance": dominance,
+            "because": because,
+            "emo_classifier": ev.report.get("emo_classifier", {}).get("kind"),
+        },
+    )
     vad = None
     if vad_lexicon:
         from sevlm.data.vad import VADLexicon
@@ -551,8 +732,8 @@ def statistics_path(report_json) -> Path:
 
 
 def _recorded_images_dir(dataset_dir) -> Path | None:
-    from sevlm.errors import DataError
     from sevlm.data.folder import dataset_images_dir
+    from sevlm.errors import DataError
 
     try:
         return dataset_images_dir(dataset_dir)

@@ -2,8 +2,8 @@
 
 The scoring works on numpy arrays, so it is testable without a model; `load_gallery` and
 `score_split` embed a split with a run's contrastive head (`sevlm.evaluation.embedding`);
-`sevlm.evaluation.queries` answers queries against `load_gallery`'s galleries. Embeddings are L2-normalised, so inner product =
-cosine similarity.
+`sevlm.evaluation.queries` answers queries against `load_gallery`'s galleries. Embeddings are
+L2-normalised, so inner product = cosine similarity.
 
 - Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
   (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
@@ -58,9 +58,14 @@ class IndexOptions:
         """ConfigError, naming the flag, for settings no index can take."""
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"index kind {self.kind!r}: expected one of {', '.join(INDEX_KINDS)}")
-        for flag, value in (("--nprobe", self.nprobe), ("--hnsw-m", self.hnsw_m), ("--ef-search", self.ef_search),
-                            ("--ef-construction", self.ef_construction), ("--nlist", self.nlist or 1),
-                            ("--pq-m", self.pq_m or 1)):
+        for flag, value in (
+            ("--nprobe", self.nprobe),
+            ("--hnsw-m", self.hnsw_m),
+            ("--ef-search", self.ef_search),
+            ("--ef-construction", self.ef_construction),
+            ("--nlist", self.nlist or 1),
+            ("--pq-m", self.pq_m or 1),
+        ):
             if value < 1:
                 raise ConfigError(f"{flag}: must be >= 1, got {value}")
         if not 1 <= self.pq_bits <= 16:
@@ -152,7 +157,11 @@ class Index:
                 self.params.update(pq_m=index.pq.M, pq_bits=index.pq.nbits)
         elif options.kind == "hnsw":
             index.hnsw.efSearch = options.ef_search
-            self.params = {"M": options.hnsw_m, "efSearch": options.ef_search, "efConstruction": index.hnsw.efConstruction}
+            self.params = {
+                "M": options.hnsw_m,
+                "efSearch": options.ef_search,
+                "efConstruction": index.hnsw.efConstruction,
+            }
         want_gpu = gpu_available() if options.use_gpu is None else options.use_gpu
         if want_gpu and not gpu_available():
             raise ConfigError("a GPU index was asked for, but faiss has no GPU support or sees no GPU")
@@ -225,15 +234,29 @@ def tune_index(index: Index, queries: np.ndarray, gallery: np.ndarray, target: f
     crit = faiss.IntersectionCriterion(len(queries), k)  # |returned top-k & exact top-k| / k
     crit.set_groundtruth(None, truth.astype(np.int64))
     ops = ps.explore(index.index, queries, crit)
-    points = sorted(({"key": ops.all_pts.at(i).key, "recall": float(ops.all_pts.at(i).perf),
-                      "ms_per_query": 1000 * ops.all_pts.at(i).t / len(queries)} for i in range(ops.all_pts.size())),
-                    key=lambda p: p["ms_per_query"])
+    points = sorted(
+        (
+            {
+                "key": ops.all_pts.at(i).key,
+                "recall": float(ops.all_pts.at(i).perf),
+                "ms_per_query": 1000 * ops.all_pts.at(i).t / len(queries),
+            }
+            for i in range(ops.all_pts.size())
+        ),
+        key=lambda p: p["ms_per_query"],
+    )
     good = [p for p in points if p["recall"] >= target]
     chosen = good[0] if good else max(points, key=lambda p: p["recall"])
     index.set_search_parameters(chosen["key"])
     _, ids = index.search(queries, k)
-    return {"target": target, "k": k, "chosen": chosen["key"], "reached": bool(good),
-            "recall_vs_exact": recall_vs_exact(queries, gallery, ids, (k,))[f"R@{k}"], "points": points}
+    return {
+        "target": target,
+        "k": k,
+        "chosen": chosen["key"],
+        "reached": bool(good),
+        "recall_vs_exact": recall_vs_exact(queries, gallery, ids, (k,))[f"R@{k}"],
+        "points": points,
+    }
 
 
 def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +271,11 @@ def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple
 
 
 def exact_ranks(
-    queries: np.ndarray, query_label: np.ndarray, gallery: np.ndarray, gallery_label: np.ndarray, block: int | None = None
+    queries: np.ndarray,
+    query_label: np.ndarray,
+    gallery: np.ndarray,
+    gallery_label: np.ndarray,
+    block: int | None = None,
 ) -> np.ndarray:
     """Rank of the best positive (same label) for each query: 1 + #other-label items scoring at
     least as high. Ties count against the query: identical gallery items (the same explanation
@@ -269,7 +296,9 @@ def exact_ranks(
         best = np.full(len(scores), -np.inf, dtype=scores.dtype)
         pos_scores = scores[pair_q[a:b] - s, pair_g[a:b]]
         np.maximum.at(best, pair_q[a:b] - s, pos_scores)
-        tied_positives = np.bincount(pair_q[a:b] - s, weights=pos_scores >= best[pair_q[a:b] - s], minlength=len(scores))
+        tied_positives = np.bincount(
+            pair_q[a:b] - s, weights=pos_scores >= best[pair_q[a:b] - s], minlength=len(scores)
+        )
         ranks[s : s + block] = 1 + np.count_nonzero(scores >= best[:, None], axis=1) - tied_positives.astype(np.int64)
     return ranks
 
@@ -308,7 +337,9 @@ def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
     }
 
 
-def _direction(queries, query_label, gallery, gallery_label, options: IndexOptions, ks) -> tuple[dict, dict, np.ndarray]:
+def _direction(
+    queries, query_label, gallery, gallery_label, options: IndexOptions, ks
+) -> tuple[dict, dict, np.ndarray]:
     """(scores of one direction, the index description, each query's exact rank)."""
     ranks = exact_ranks(queries, query_label, gallery, gallery_label)
     if options.kind == "flat":  # exact search: its top-K lists are the ranks (up to ties)
@@ -438,8 +469,12 @@ def chance_accuracy(targets) -> dict:
     if len(known) == 0:
         return {"accuracy": None, "majority_class": None, "prior": None, "n": 0}
     prior = np.bincount(known, minlength=len(EMOTIONS)) / len(known)
-    return {"accuracy": 1 / len(EMOTIONS), "majority_class": float(prior.max()),
-            "prior": {e: float(p) for e, p in zip(EMOTIONS, prior)}, "n": int(len(known))}
+    return {
+        "accuracy": 1 / len(EMOTIONS),
+        "majority_class": float(prior.max()),
+        "prior": {e: float(p) for e, p in zip(EMOTIONS, prior)},
+        "n": int(len(known)),
+    }
 
 
 def chance_levels(text_image, image_dominant, text_emotion=None, ks=(1, 5, 10)) -> dict:
@@ -461,9 +496,18 @@ def chance_levels(text_image, image_dominant, text_emotion=None, ks=(1, 5, 10)) 
 MIN_RANDOM_RUNS = 20
 
 
-def random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
-                           options: IndexOptions = IndexOptions(), ks=(1, 5, 10), runs: int = MIN_RANDOM_RUNS,
-                           seed: int = 0) -> dict:
+def random_embedding_check(
+    image_emb,
+    text_emb,
+    text_image,
+    emotion_emb,
+    image_dominant,
+    text_emotion=None,
+    options: IndexOptions = IndexOptions(),
+    ks=(1, 5, 10),
+    runs: int = MIN_RANDOM_RUNS,
+    seed: int = 0,
+) -> dict:
     """Mean and standard deviation of every figure over `runs` random-embedding draws of the same shapes."""
     if runs < MIN_RANDOM_RUNS:
         raise ConfigError(f"random-embedding check: {runs} runs; use at least {MIN_RANDOM_RUNS} (one draw is noise)")
@@ -471,8 +515,18 @@ def random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_d
     for r in range(runs):
         rng = np.random.default_rng(seed + r)
         rand = lambda x: rng.standard_normal(np.shape(x), dtype=np.float32)  # noqa: E731
-        draws.append(retrieval_metrics(rand(image_emb), rand(text_emb), text_image, rand(emotion_emb), image_dominant,
-                                       text_emotion, options, ks))
+        draws.append(
+            retrieval_metrics(
+                rand(image_emb),
+                rand(text_emb),
+                text_image,
+                rand(emotion_emb),
+                image_dominant,
+                text_emotion,
+                options,
+                ks,
+            )
+        )
     out: dict = {"runs": runs, "seeds": [seed, seed + runs - 1]}
     for d, first in draws[0].items():
         if d == "index":
@@ -509,7 +563,9 @@ def embedding_stats(x: np.ndarray) -> dict:
     }
 
 
-def emotion_ranks(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def emotion_ranks(
+    image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(nearest emotion [I], rank 1..9 of the dominant emotion [I], 0 where there is none)."""
     scores = normalize(image_emb) @ normalize(emotion_emb).T  # [I, 9]
     dominant = np.asarray(image_dominant, dtype=np.int64)
@@ -537,20 +593,37 @@ def per_emotion_breakdown(image_emb, emotion_emb, image_dominant, i2t_ranks, ks=
     for k, name in [*enumerate(EMOTIONS), (-1, "none")]:
         sel = dominant == k
         n = int(sel.sum())
-        g = {"n": n, **{f"R@{kk}": float((i2t_ranks[sel] <= kk).mean()) if n else None for kk in ks},
-             "median_rank": float(np.median(i2t_ranks[sel])) if n else None}
+        g = {
+            "n": n,
+            **{f"R@{kk}": float((i2t_ranks[sel] <= kk).mean()) if n else None for kk in ks},
+            "median_rank": float(np.median(i2t_ranks[sel])) if n else None,
+        }
         if k >= 0:
             correct, predicted = int(counts[k, k]), int(counts[:, k].sum())
-            g.update(correct=correct, accuracy=correct / n if n else None,
-                     precision=correct / predicted if predicted else None, predicted=predicted)
+            g.update(
+                correct=correct,
+                accuracy=correct / n if n else None,
+                precision=correct / predicted if predicted else None,
+                predicted=predicted,
+            )
         groups[name] = g
-    return {"per_emotion": groups,
-            "confusion": {"counts": counts.tolist(), "rows_true": list(EMOTIONS), "columns_predicted": list(EMOTIONS)}}
+    return {
+        "per_emotion": groups,
+        "confusion": {"counts": counts.tolist(), "rows_true": list(EMOTIONS), "columns_predicted": list(EMOTIONS)},
+    }
 
 
 def retrieval_report(
-    image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=None,
-    options: IndexOptions = IndexOptions(), ks=(1, 5, 10), random_runs: int = 0, seed: int = 0,
+    image_emb,
+    text_emb,
+    text_image,
+    emotion_emb,
+    image_dominant,
+    text_emotion=None,
+    options: IndexOptions = IndexOptions(),
+    ks=(1, 5, 10),
+    random_runs: int = 0,
+    seed: int = 0,
     ranks: dict | None = None,
 ) -> dict:
     """The model's retrieval scores beside the exact chance level of each (and, with
@@ -558,16 +631,25 @@ def retrieval_report(
     image-side figures per dominant emotion and the image -> emotion confusion
     (`per_emotion_breakdown`); a `ranks` dict receives each query's exact ranks."""
     ranks = {} if ranks is None else ranks
-    model = retrieval_metrics(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks,
-                              ranks=ranks)
-    model["image_to_emotion"].update(per_emotion_breakdown(image_emb, emotion_emb, image_dominant,
-                                                           ranks["image_to_explanation"], ks))
-    out = {"model": model, "chance": chance_levels(text_image, image_dominant, text_emotion, ks), "ks": list(ks),
-           "embedding_stats": {side: embedding_stats(x) for side, x in
-                               (("image", image_emb), ("explanation", text_emb), ("emotion", emotion_emb))}}
+    model = retrieval_metrics(
+        image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks, ranks=ranks
+    )
+    model["image_to_emotion"].update(
+        per_emotion_breakdown(image_emb, emotion_emb, image_dominant, ranks["image_to_explanation"], ks)
+    )
+    out = {
+        "model": model,
+        "chance": chance_levels(text_image, image_dominant, text_emotion, ks),
+        "ks": list(ks),
+        "embedding_stats": {
+            side: embedding_stats(x)
+            for side, x in (("image", image_emb), ("explanation", text_emb), ("emotion", emotion_emb))
+        },
+    }
     if random_runs:
-        out["random_embeddings"] = random_embedding_check(image_emb, text_emb, text_image, emotion_emb, image_dominant,
-                                                          text_emotion, options, ks, random_runs, seed)
+        out["random_embeddings"] = random_embedding_check(
+            image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks, random_runs, seed
+        )
     return out
 
 
@@ -589,8 +671,10 @@ def gallery_key(run, dataset_dir, split: str, features, side: str) -> dict:
     key = {
         "format": CACHE_FORMAT,
         "side": side,
-        "model": {"config_sha256": sha256_file(export / "config.json"),
-                  "weights_sha256": run.config.get("weights_sha256") or sha256_file(export / WEIGHTS)},
+        "model": {
+            "config_sha256": sha256_file(export / "config.json"),
+            "weights_sha256": run.config.get("weights_sha256") or sha256_file(export / WEIGHTS),
+        },
         "split": split,
         "split_file": _file_stamp(Path(dataset_dir) / f"{split}.json"),
     }
@@ -624,8 +708,17 @@ def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.nd
         write_json(tmp / "key.json", key)
 
 
-def load_gallery(run, dataset_dir, split: str, features, side: str, options: IndexOptions = IndexOptions(),
-                 batch_size: int = 64, cache_dir=None, progress: bool = True):
+def load_gallery(
+    run,
+    dataset_dir,
+    split: str,
+    features,
+    side: str,
+    options: IndexOptions = IndexOptions(),
+    batch_size: int = 64,
+    cache_dir=None,
+    progress: bool = True,
+):
     """One side ("images" | "explanations") of a split, embedded, with its index.
 
     With `cache_dir`, the embedded gallery and an approximate index are kept in
@@ -644,15 +737,25 @@ def load_gallery(run, dataset_dir, split: str, features, side: str, options: Ind
     if cached:
         gallery, emotions, names = cached
     else:
-        emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size, progress=progress,
-                                    images=side == "images", texts=side == "explanations")
+        emb = embedding.embed_split(
+            run,
+            dataset_dir,
+            split,
+            features,
+            batch_size=batch_size,
+            progress=progress,
+            images=side == "images",
+            texts=side == "explanations",
+        )
         emotions = normalize(emb.emotion_emb)
         if side == "images":
             gallery, names = normalize(emb.image_emb), [{"image_id": i} for i in emb.image_ids]
         else:
             gallery = normalize(emb.text_emb)
-            names = [{"image_id": emb.image_ids[i], "explanation": t, "explanation_emotion": EMOTIONS[e]}
-                     for t, i, e in zip(emb.texts, emb.text_image, emb.text_emotion)]
+            names = [
+                {"image_id": emb.image_ids[i], "explanation": t, "explanation_emotion": EMOTIONS[e]}
+                for t, i, e in zip(emb.texts, emb.text_image, emb.text_emotion)
+            ]
         if folder:
             try:
                 _write_gallery(folder, key, gallery, emotions, names)
@@ -683,9 +786,18 @@ def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dom
     return np.stack([(known & (pred == image_dominant)).astype(np.float64), known.astype(np.float64)], axis=1)
 
 
-def score_split(run, dataset_dir, split: str, features, options: IndexOptions = IndexOptions(), batch_size: int = 64,
-                random_runs: int = 0, seed: int = 0, image_stats_out: str | Path | None = None,
-                artifacts: dict | None = None) -> dict:
+def score_split(
+    run,
+    dataset_dir,
+    split: str,
+    features,
+    options: IndexOptions = IndexOptions(),
+    batch_size: int = 64,
+    random_runs: int = 0,
+    seed: int = 0,
+    image_stats_out: str | Path | None = None,
+    artifacts: dict | None = None,
+) -> dict:
     """Embed a split's images, explanations and emotions and score retrieval between them; with
     `image_stats_out`, also write the per-image image -> emotion hits there for paired tests
     (significance.write_statistics). An `artifacts` dict receives "embeddings" (SplitEmbeddings)
@@ -697,12 +809,24 @@ def score_split(run, dataset_dir, split: str, features, options: IndexOptions = 
     if image_stats_out is not None:
         from sevlm.evaluation.significance import write_statistics
 
-        write_statistics(image_stats_out, list(emb.image_ids),
-                         {"image_to_emotion": image_emotion_hits(emb.image_emb, emb.emotion_emb, emb.image_dominant)},
-                         {"split": split, "dataset": str(dataset_dir)})
+        write_statistics(
+            image_stats_out,
+            list(emb.image_ids),
+            {"image_to_emotion": image_emotion_hits(emb.image_emb, emb.emotion_emb, emb.image_dominant)},
+            {"split": split, "dataset": str(dataset_dir)},
+        )
     ranks: dict = {}
-    result = retrieval_report(emb.image_emb, emb.text_emb, emb.text_image, emb.emotion_emb, emb.image_dominant,
-                              options=options, random_runs=random_runs, seed=seed, ranks=ranks)
+    result = retrieval_report(
+        emb.image_emb,
+        emb.text_emb,
+        emb.text_image,
+        emb.emotion_emb,
+        emb.image_dominant,
+        options=options,
+        random_runs=random_runs,
+        seed=seed,
+        ranks=ranks,
+    )
     if artifacts is not None:
         artifacts.update(embeddings=emb, ranks=ranks)
     result["text_sequence"] = "the emotion is <annotator's emotion> because <explanation> (text only, no image)"
@@ -725,15 +849,45 @@ def write_query_ranks(path: str | Path, emb, ranks: dict) -> Path:
     name = lambda k: EMOTIONS[k] if k >= 0 else None  # noqa: E731
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for i, image_id in enumerate(emb.image_ids):
-            f.write(json.dumps({"direction": "image_to_emotion", "image_id": image_id, "dominant_emotion": name(dominant[i]),
-                                "nearest_emotion": EMOTIONS[nearest[i]], "rank": int(emo_rank[i]) or None},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "direction": "image_to_emotion",
+                        "image_id": image_id,
+                        "dominant_emotion": name(dominant[i]),
+                        "nearest_emotion": EMOTIONS[nearest[i]],
+                        "rank": int(emo_rank[i]) or None,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         for i, image_id in enumerate(emb.image_ids):
-            f.write(json.dumps({"direction": "image_to_explanation", "image_id": image_id,
-                                "rank": int(ranks["image_to_explanation"][i])}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "direction": "image_to_explanation",
+                        "image_id": image_id,
+                        "rank": int(ranks["image_to_explanation"][i]),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
         for t, (i, text) in enumerate(zip(emb.text_image, emb.texts)):
-            f.write(json.dumps({"direction": "explanation_to_image", "image_id": emb.image_ids[i], "explanation_index": t,
-                                "explanation": text, "rank": int(ranks["explanation_to_image"][t])}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "direction": "explanation_to_image",
+                        "image_id": emb.image_ids[i],
+                        "explanation_index": t,
+                        "explanation": text,
+                        "rank": int(ranks["explanation_to_image"][t]),
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return Path(path)
 
 
@@ -755,10 +909,19 @@ def export_embeddings(folder: str | Path, emb, meta: dict) -> Path:
         np.save(tmp / "emotions.npy", normalize(emb.emotion_emb))
         np.save(tmp / "explanation_image.npy", np.asarray(emb.text_image, dtype=np.int64))
         np.save(tmp / "image_dominant.npy", np.asarray(emb.image_dominant, dtype=np.int64))
-        write_json(tmp / "ids.json", {"format": EXPORT_FORMAT, **meta, "dim": int(emb.image_emb.shape[1]),
-                                      "normalised": True, "images": list(emb.image_ids), "emotions": list(EMOTIONS),
-                                      "explanations": list(emb.texts),
-                                      "explanation_emotions": [EMOTIONS[e] for e in emb.text_emotion]})
+        write_json(
+            tmp / "ids.json",
+            {
+                "format": EXPORT_FORMAT,
+                **meta,
+                "dim": int(emb.image_emb.shape[1]),
+                "normalised": True,
+                "images": list(emb.image_ids),
+                "emotions": list(EMOTIONS),
+                "explanations": list(emb.texts),
+                "explanation_emotions": [EMOTIONS[e] for e in emb.text_emotion],
+            },
+        )
     return folder
 
 
@@ -766,8 +929,11 @@ def retrieval_space(model) -> dict:
     """Which projections a model (SEVLM) retrieves with, and whether its image side was trained."""
     head = "alignment" if model.retrieval_head() is model.contrastive.align else "ternary"
     if model.config.mode == "none":
-        return {"head": head, "image_side_trained": False,
-                "note": "model.mode=none (the no-image control): no loss reads the image, so its image "
-                        "embeddings are the untrained initial projection of the features; image-side figures "
-                        "show what an untrained projection gives, and only its text-side figures are trained"}
+        return {
+            "head": head,
+            "image_side_trained": False,
+            "note": "model.mode=none (the no-image control): no loss reads the image, so its image "
+            "embeddings are the untrained initial projection of the features; image-side figures "
+            "show what an untrained projection gives, and only its text-side figures are trained",
+        }
     return {"head": head, "image_side_trained": True}

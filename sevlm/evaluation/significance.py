@@ -94,15 +94,25 @@ def _bleu(n: int) -> Callable[[np.ndarray], np.ndarray]:
 # How each metric is computed from the column sums of its per-image statistics (module docstring).
 STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     **{f"BLEU-{n}": (_bleu4 if n == 4 else _bleu(n)) for n in range(1, 5)},
-    "METEOR": _ratio, "ROUGE-L": _ratio, "CIDEr": _ratio, "emotion_accuracy": _ratio, "emo_align": _ratio,
+    "METEOR": _ratio,
+    "ROUGE-L": _ratio,
+    "CIDEr": _ratio,
+    "emotion_accuracy": _ratio,
+    "emo_align": _ratio,
     "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (retrieval.image_emotion_hits)
 }
-NOTES = {**{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
-         "METEOR": "statistic: mean per-image score"}
+NOTES = {
+    **{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
+    "METEOR": "statistic: mean per-image score",
+}
 
 
-def image_statistics(preds: list[M.Prediction], refs: dict[str, M.Reference], captions: M.CaptionScores,
-                     emo_labels: list[str] | None = None) -> dict[str, np.ndarray]:
+def image_statistics(
+    preds: list[M.Prediction],
+    refs: dict[str, M.Reference],
+    captions: M.CaptionScores,
+    emo_labels: list[str] | None = None,
+) -> dict[str, np.ndarray]:
     """One system's per-image statistics {metric: [N, m]}, rows in `preds` order, from its scores
     (metrics.caption_metrics) and, for emo_align, the Emo-Align classifier's labels of its
     explanations: each metric is STATISTIC_FNS[metric](stats.sum(0)) (module docstring)."""
@@ -129,8 +139,12 @@ def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, image_ids=np.array(image_ids, dtype=str), meta=np.array(json.dumps({"format": STATS_FORMAT, **meta})),
-                     **{f"stat:{k}": v for k, v in stats.items()})
+            np.savez(
+                f,
+                image_ids=np.array(image_ids, dtype=str),
+                meta=np.array(json.dumps({"format": STATS_FORMAT, **meta})),
+                **{f"stat:{k}": v for k, v in stats.items()},
+            )
 
 
 def read_statistics(path: str | Path) -> tuple[list[str], dict[str, np.ndarray], dict]:
@@ -170,17 +184,23 @@ def compare(
     by_a, by_b = {p.image_id: p for p in pa}, {p.image_id: p for p in pb}
     pa, pb = [by_a[i] for i in common], [by_b[i] for i in common]
     # one PTB tokenizer run (a JVM start) for both systems and the shared references
-    toks = M.ptb_tokenize({
-        **{("r", i): list(refs[i].explanations) for i in common},
-        **{("a", p.image_id): [p.explanation] for p in pa},
-        **{("b", p.image_id): [p.explanation] for p in pb},
-    })
+    toks = M.ptb_tokenize(
+        {
+            **{("r", i): list(refs[i].explanations) for i in common},
+            **{("a", p.image_id): [p.explanation] for p in pa},
+            **{("b", p.image_id): [p.explanation] for p in pb},
+        }
+    )
     gts = {i: toks[("r", i)] for i in common}
     ca = M.caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
     cb = M.caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
-    labels = (lambda ps: classifier.predict([p.explanation for p in ps])) if classifier is not None else (lambda ps: None)
+    labels = (
+        (lambda ps: classifier.predict([p.explanation for p in ps])) if classifier is not None else (lambda ps: None)
+    )
     sa, sb = image_statistics(pa, refs, ca, labels(pa)), image_statistics(pb, refs, cb, labels(pb))
-    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy"] + (["emo_align"] if classifier is not None else [])
+    names = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "emotion_accuracy"] + (
+        ["emo_align"] if classifier is not None else []
+    )
     stats = [Statistic(n, sa[n], sb[n], STATISTIC_FNS[n], NOTES.get(n, "")) for n in names]
     return {
         "a": str(predictions_a),

@@ -14,7 +14,9 @@ from sevlm.errors import ConfigError
 ANNOTATION_FIELDS = ("emotions", "explanations", "emotion_distribution", "dominant_emotion")
 
 
-def make_sample(image_id: str, record: dict, tokens: np.ndarray, pooled: np.ndarray, dtype=np.float32) -> dict[str, Any]:
+def make_sample(
+    image_id: str, record: dict, tokens: np.ndarray, pooled: np.ndarray, dtype=np.float32
+) -> dict[str, Any]:
     """The sample dict of DESIGN.md; features become float32 tensors (stored as float16; training
     readers keep float16 until the device with `dtype=np.float16`)."""
     sample = {
@@ -38,5 +40,7 @@ def launcher_rank(rank: int | None = None, world_size: int | None = None) -> tup
     except ValueError as e:
         raise ConfigError(f"RANK / WORLD_SIZE environment variables must be integers ({e})") from None
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is out of range for world size {world_size} (--rank / --world-size, or RANK / WORLD_SIZE)")
+        raise ConfigError(
+            f"rank {rank} is out of range for world size {world_size} (--rank / --world-size, or RANK / WORLD_SIZE)"
+        )
     return rank, world_size

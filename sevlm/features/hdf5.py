@@ -58,7 +58,11 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            hint = " (an unfinished extraction exists: rerun `sevlm extract` to finish it)" if partial_path(self.path).exists() else ""
+            hint = (
+                " (an unfinished extraction exists: rerun `sevlm extract` to finish it)"
+                if partial_path(self.path).exists()
+                else ""
+            )
             raise DataError(f"{self.path}: feature file not found{hint}")
         try:
             f = h5py.File(self.path, "r")
@@ -80,8 +84,10 @@ class FeatureStore:
             self.names = read_strings(f["names"])
             self.failed = dict(zip(read_strings(f["failed/names"]), read_strings(f["failed/reasons"])))
         except OSError as e:  # a damaged list of names (its checksum) or metadata
-            raise DataError(f"{self.path}: damaged feature file, its image list cannot be read "
-                            f"({' '.join(str(e).split())}); extract it again") from None
+            raise DataError(
+                f"{self.path}: damaged feature file, its image list cannot be read "
+                f"({' '.join(str(e).split())}); extract it again"
+            ) from None
         self._index = {n: i for i, n in enumerate(self.names)}
         self._file: h5py.File | None = None
         self._pid: int | None = None
@@ -148,7 +154,9 @@ class FeatureStore:
         checksums (a damaged image raises the DataError that names it)."""
         import hashlib
 
-        h = hashlib.sha256(json.dumps([{k: str(v) for k, v in self.attrs.items()}, self.names], sort_keys=True).encode())
+        h = hashlib.sha256(
+            json.dumps([{k: str(v) for k, v in self.attrs.items()}, self.names], sort_keys=True).encode()
+        )
         f = self._h5()
         n = len(self.names)
         for name, read in (("tokens", self.tokens), ("pooled", self.pooled)):
@@ -197,8 +205,9 @@ class H5FeatureDataset(Dataset):
     kept (the authors' training set); `.n_few_emotions` counts those left out.
     """
 
-    def __init__(self, features_path: str | Path, dataset_dir: str | Path, split: str, dtype=np.float32,
-                 min_emotions: int = 1):
+    def __init__(
+        self, features_path: str | Path, dataset_dir: str | Path, split: str, dtype=np.float32, min_emotions: int = 1
+    ):
         self.store = FeatureStore(features_path)
         self.split, self.dtype = split, dtype
         records = load_split_records(dataset_dir, split)

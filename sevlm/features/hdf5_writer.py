@@ -90,7 +90,8 @@ def load_image(path: Path | None, name: str, preprocess) -> tuple[torch.Tensor |
 
 
 class ImageFiles(Dataset):
-    """names[i] -> (i, pixels [3,H,W] | None, reason | None) for i in [start, stop); decoding runs in DataLoader workers."""
+    """names[i] -> (i, pixels [3,H,W] | None, reason | None) for i in [start, stop); decoding runs in
+    DataLoader workers."""
 
     def __init__(self, names: list[str], images_dir: Path, preprocess, start: int = 0, stop: int | None = None):
         self.names, self.images_dir, self.preprocess = names, Path(images_dir), preprocess
@@ -130,10 +131,17 @@ def _create_partial(path: Path, attrs: dict, T: int, D: int) -> None:
     check = not os.environ.get(_CHECKSUM_ENV)
     with _open(path, "x") as f:  # "x": never truncate a file that is there
         str_dt = h5py.string_dtype("utf-8")
-        f.create_dataset("tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D),
-                         fletcher32=check)
-        f.create_dataset("pooled", shape=(0, D), maxshape=(None, D), dtype="float16",
-                         chunks=(max(1, min(1024, 65536 // D)), D), fletcher32=check)
+        f.create_dataset(
+            "tokens", shape=(0, T, D), maxshape=(None, T, D), dtype="float16", chunks=(1, T, D), fletcher32=check
+        )
+        f.create_dataset(
+            "pooled",
+            shape=(0, D),
+            maxshape=(None, D),
+            dtype="float16",
+            chunks=(max(1, min(1024, 65536 // D)), D),
+            fletcher32=check,
+        )
         # (HDF5 filters cannot apply to variable-length strings: the names carry no checksum)
         f.create_dataset("names", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
         g = f.create_group("failed")
@@ -189,7 +197,8 @@ def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str
                     if found != attrs.get(key):
                         raise DataError(
                             f"{partial}: an unfinished extraction with a different {key} is in the way (it has "
-                            f"{decode_attr(found)!r}, this run {decode_attr(attrs.get(key))!r}); delete it or use the same settings to resume"
+                            f"{decode_attr(found)!r}, this run {decode_attr(attrs.get(key))!r}); delete it or use the "
+                            "same settings to resume"
                         )
                 done, n_rows, n_failed, note = _resume_point(f, names, first, batch_size)
                 if note:
@@ -205,7 +214,9 @@ def _prepare_partial(partial: Path, attrs: dict, T: int, D: int, names: list[str
         except Exception as e:  # a crash inside an HDF5 flush can leave the file unreadable
             aside = partial.with_name(partial.name + ".damaged")
             os.replace(partial, aside)
-            warnings.warn(f"{partial}: damaged partial file ({type(e).__name__}: {e}); kept as {aside.name}, starting over")
+            warnings.warn(
+                f"{partial}: damaged partial file ({type(e).__name__}: {e}); kept as {aside.name}, starting over"
+            )
     _create_partial(partial, attrs, T, D)
     return 0
 
@@ -216,8 +227,19 @@ def _append(ds, values) -> None:
     ds[n:] = values
 
 
-def _encode_into(path: Path, attrs: dict, encoder, names: list[str], images_dir: Path, first: int, stop: int,
-                 batch_size: int, num_workers: int, device: str, progress: bool) -> tuple[int, int]:
+def _encode_into(
+    path: Path,
+    attrs: dict,
+    encoder,
+    names: list[str],
+    images_dir: Path,
+    first: int,
+    stop: int,
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    progress: bool,
+) -> tuple[int, int]:
     """Encode names[first:stop] into the feature file `path` (via its .partial); resumable.
 
     Returns (images already done when this call started, images encoded by this call).
@@ -238,7 +260,14 @@ def _encode_into(path: Path, attrs: dict, encoder, names: list[str], images_dir:
     )
     batches = iter(loader)  # workers fork here, before the HDF5 file is opened: they never hold it
     n_encoded = 0
-    bar = tqdm(total=stop - first, initial=start, desc=f"extract {encoder.name}", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=stop - first,
+        initial=start,
+        desc=f"extract {encoder.name}",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         with _open(partial, "r+") as f:
             for indices, pixels, failed in batches:
@@ -271,11 +300,18 @@ def _encode_into(path: Path, attrs: dict, encoder, names: list[str], images_dir:
                 if delay:
                     time.sleep(delay)
             bar.close()
-            if int(f.attrs["n_done"]) != stop - first or f["names"].shape[0] + f["failed/names"].shape[0] != stop - first:
-                raise DataError(f"{partial}: internal error, {int(f.attrs['n_done'])} of {stop - first} images accounted for")
+            if (
+                int(f.attrs["n_done"]) != stop - first
+                or f["names"].shape[0] + f["failed/names"].shape[0] != stop - first
+            ):
+                raise DataError(
+                    f"{partial}: internal error, {int(f.attrs['n_done'])} of {stop - first} images accounted for"
+                )
             f.attrs["complete"] = True
     except OSError as e:  # disk full, quota, I/O error: the progress so far stays resumable
-        raise DataError(f"{partial}: writing failed ({e}); fix the cause and run the same command again to continue") from None
+        raise DataError(
+            f"{partial}: writing failed ({e}); fix the cause and run the same command again to continue"
+        ) from None
     finally:
         del batches  # stops the workers
     os.replace(partial, path)
@@ -368,19 +404,26 @@ def extract_features(
         _check_other_parts(out_path, attrs, world_size)
     first, stop = rank_share(len(names), batch_size, rank, world_size)
     target = out_path if world_size == 1 else part_path(out_path, rank, world_size)
-    part_attrs = attrs if world_size == 1 else {**attrs, "part": _attr_json({"rank": rank, "world_size": world_size, "first": first, "stop": stop})}
+    part_attrs = (
+        attrs
+        if world_size == 1
+        else {**attrs, "part": _attr_json({"rank": rank, "world_size": world_size, "first": first, "stop": stop})}
+    )
 
     t0 = time.perf_counter()
     with claim(_lock_path(target), target):
         if target.exists() and world_size > 1:
             start, n_encoded = stop - first, 0  # this rank's part is done: go on to the merge
         else:
-            start, n_encoded = _encode_into(target, part_attrs, encoder, names, images_dir, first, stop,
-                                            batch_size, num_workers, device, progress)
+            start, n_encoded = _encode_into(
+                target, part_attrs, encoder, names, images_dir, first, stop, batch_size, num_workers, device, progress
+            )
         with _open(target, "r") as f:
             failures = dict(zip(read_strings(f["failed/names"]), read_strings(f["failed/reasons"])))
             n_rows = int(f["tokens"].shape[0])
-    waiting = [k for k in range(world_size) if not part_path(out_path, k, world_size).exists()] if world_size > 1 else []
+    waiting = (
+        [k for k in range(world_size) if not part_path(out_path, k, world_size).exists()] if world_size > 1 else []
+    )
     merged = world_size == 1 or (not waiting and _merge_parts(out_path, attrs, world_size, progress))
     seconds = time.perf_counter() - t0
     return {
@@ -461,13 +504,17 @@ def _merge_claimed(out_path: Path, attrs: dict, world_size: int, progress: bool,
 def _concatenate(merging: Path, parts: list[Path], attrs: dict, progress: bool, block: int) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(total=int(attrs["num_images_listed"]), desc="merge parts", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=int(attrs["num_images_listed"]), desc="merge parts", unit="img", disable=not progress, file=sys.stderr
+    )
     with _open(merging, "r+") as out:
         for p in parts:
             with _open(p, "r") as f:
                 for key in _PART_KEYS:
                     if f.attrs.get(key) != attrs[key]:
-                        raise DataError(f"{p}: made with a different {key} than this run; delete the part files and extract again")
+                        raise DataError(
+                            f"{p}: made with a different {key} than this run; delete the part files and extract again"
+                        )
                 n = f["tokens"].shape[0]
                 for i in range(0, n, block):  # blockwise: parts may be larger than memory
                     for name in ("tokens", "pooled", "names"):
@@ -482,7 +529,8 @@ def _concatenate(merging: Path, parts: list[Path], attrs: dict, progress: bool, 
         out.attrs["n_done"] = int(out.attrs["n_rows"]) + int(out.attrs["n_failed"])
         if int(out.attrs["n_done"]) != int(attrs["num_images_listed"]):
             raise DataError(
-                f"{parts[0].parent}: the part files hold {int(out.attrs['n_done'])} of {attrs['num_images_listed']} images; "
+                f"{parts[0].parent}: the part files hold {int(out.attrs['n_done'])} of {attrs['num_images_listed']} "
+                "images; "
                 f"delete them and extract again"
             )
         out.attrs["complete"] = True

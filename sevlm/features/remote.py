@@ -36,8 +36,15 @@ class TimedPipe(io.RawIOBase):
         super().__init__()
         self.url, self.timeout = url, float(timeout)
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            args,
+            shell=shell,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self._fd = self.proc.stdout.fileno()
 
     def readable(self) -> bool:
@@ -49,8 +56,10 @@ class TimedPipe(io.RawIOBase):
         ready, _, _ = select.select([self._fd], [], [], self.timeout)
         if not ready:
             self._kill()
-            raise StalledRead(f"{self.url}: no data for {self.timeout:g} s (data.read_timeout); the server or "
-                              "command stalled, or is too slow: check it, or raise data.read_timeout")
+            raise StalledRead(
+                f"{self.url}: no data for {self.timeout:g} s (data.read_timeout); the server or "
+                "command stalled, or is too slow: check it, or raise data.read_timeout"
+            )
         data = os.read(self._fd, len(buffer))
         if not data:
             self._finish()
@@ -67,12 +76,15 @@ class TimedPipe(io.RawIOBase):
             self._kill()
             status = self.proc.returncode
         if status == 28 and isinstance(self.proc.args, list) and self.proc.args[0] == "curl":  # its own timeout
-            raise StalledRead(f"{self.url}: no data for about {self.timeout:g} s (data.read_timeout; curl gave up); "
-                              "the server stalled, or is too slow: check it, or raise data.read_timeout")
+            raise StalledRead(
+                f"{self.url}: no data for about {self.timeout:g} s (data.read_timeout; curl gave up); "
+                "the server stalled, or is too slow: check it, or raise data.read_timeout"
+            )
         if status not in (0, None):
             self._err.seek(0)
             lines = self._err.read().decode("utf-8", "replace").strip().splitlines()
-            what = f"`{self.proc.args if isinstance(self.proc.args, str) else self.proc.args[0]}` exited with status {status}"
+            command = self.proc.args if isinstance(self.proc.args, str) else self.proc.args[0]
+            what = f"`{command}` exited with status {status}"
             raise DataError(f"{self.url}: {what}" + (f" ({lines[-1].strip()})" if lines else ""))
 
     def _kill(self) -> None:
@@ -120,9 +132,21 @@ def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
         connect = str(max(1, min(30, int(read_timeout))))
         # no --retry: a retry after a stall would start the wait over; -S: curl's error on stderr
         # --speed-limit/--speed-time: curl gives up by itself too, even if its reader is gone
-        args = ["curl", "--connect-timeout", connect, "--speed-limit", "1", "--speed-time", str(int(read_timeout) + 5),
-                "-f", "-s", "-S", "-L", url]
+        args = [
+            "curl",
+            "--connect-timeout",
+            connect,
+            "--speed-limit",
+            "1",
+            "--speed-time",
+            str(int(read_timeout) + 5),
+            "-f",
+            "-s",
+            "-S",
+            "-L",
+            url,
+        ]
         return io.BufferedReader(TimedPipe(url, args, read_timeout), buffer_size=1 << 16)
     if scheme == "pipe":
-        return io.BufferedReader(TimedPipe(url, url[len("pipe:"):], read_timeout, shell=True), buffer_size=1 << 16)
+        return io.BufferedReader(TimedPipe(url, url[len("pipe:") :], read_timeout, shell=True), buffer_size=1 << 16)
     return wds.gopen(url)

@@ -72,7 +72,11 @@ def write_shards(
     ids = sorted(records)
     if not ids:
         raise DataError(f"{Path(dataset_dir) / f'{split}.json'}: split {split!r} has no images")
-    missing = {i: store.failed.get(records[i]["image_name"], "not in the feature file") for i in ids if records[i]["image_name"] not in store}
+    missing = {
+        i: store.failed.get(records[i]["image_name"], "not in the feature file")
+        for i in ids
+        if records[i]["image_name"] not in store
+    }
     ids = [i for i in ids if i not in missing]
     if not ids:
         raise DataError(f"{features_path}: no image of split {split!r} has features")
@@ -92,7 +96,9 @@ def write_shards(
         shutil.rmtree(part_dir, ignore_errors=True)  # what a killed run of this rank left
         part_dir.mkdir()
         shards = []
-        bar = tqdm(total=sum(len(c) for c in chunks[first:stop]), desc=f"shard {split}", unit="sample", disable=not progress)
+        bar = tqdm(
+            total=sum(len(c) for c in chunks[first:stop]), desc=f"shard {split}", unit="sample", disable=not progress
+        )
         for s in range(first, stop):
             name = f"{split}-{s:06d}.tar"
             # mtime fixed so that the same input gives byte-identical shards (and sha256)
@@ -101,7 +107,12 @@ def write_shards(
                     rec = records[image_id]
                     row = store.index_of(rec["image_name"])
                     meta = {"image_id": image_id, "image_name": rec["image_name"]}
-                    meta.update({k: rec.get(k) for k in ("emotions", "explanations", "emotion_distribution", "dominant_emotion")})
+                    meta.update(
+                        {
+                            k: rec.get(k)
+                            for k in ("emotions", "explanations", "emotion_distribution", "dominant_emotion")
+                        }
+                    )
                     sink.write(
                         {
                             # tar keys must not contain dots or slashes: image_id lives in the json
@@ -112,7 +123,14 @@ def write_shards(
                         }
                     )
                     bar.update(1)
-            shards.append({"name": name, "num_samples": len(chunks[s]), "sha256": sha256_file(part_dir / name), "bytes": (part_dir / name).stat().st_size})
+            shards.append(
+                {
+                    "name": name,
+                    "num_samples": len(chunks[s]),
+                    "sha256": sha256_file(part_dir / name),
+                    "bytes": (part_dir / name).stat().st_size,
+                }
+            )
         bar.close()
         write_json(part_dir / PART_RECORD, {"inputs": inputs, "shards": shards})  # last: marks the part done
     store.close()
@@ -156,8 +174,16 @@ def write_shards(
             "num_shards": len(shards),
             "shards": shards,
             "missing": missing,
-            "sample_fields": {"tokens.npy": "float16 [T, D]", "pooled.npy": "float16 [D]", "json": "image_id, image_name, annotations"},
-            "dataset": {"dir": str(Path(dataset_dir).resolve()), "manifest_sha256": dataset_manifest_sha256(dataset_dir), "split_sha256": inputs["split_sha256"]},
+            "sample_fields": {
+                "tokens.npy": "float16 [T, D]",
+                "pooled.npy": "float16 [D]",
+                "json": "image_id, image_name, annotations",
+            },
+            "dataset": {
+                "dir": str(Path(dataset_dir).resolve()),
+                "manifest_sha256": dataset_manifest_sha256(dataset_dir),
+                "split_sha256": inputs["split_sha256"],
+            },
         }
         encoder = {
             "encoder": store.attrs.get("encoder"),

@@ -78,7 +78,11 @@ def locate(where: str | os.PathLike) -> Location:
     if names:
         m = _PATTERN.search(where, start)
         head, tail = where[: m.start()], where[m.end() :]
-        return Location(lambda name: head + name + tail, set(wds.shardlists.expand_urls(m.group(0))), _local_folder(head) if not tail else None)
+        return Location(
+            lambda name: head + name + tail,
+            set(wds.shardlists.expand_urls(m.group(0))),
+            _local_folder(head) if not tail else None,
+        )
     folder = _local_folder(where)
     if folder is not None:
         if folder.name == MANIFEST or folder.is_file():
@@ -115,8 +119,11 @@ def manifest_bytes(where: str | os.PathLike, read_timeout: float = DEFAULT_READ_
     except StalledRead:
         raise
     except Exception as e:  # curl's exit status, a failing command ...
-        detail = str(e)[len(url) + 2:] if isinstance(e, DataError) and str(e).startswith(f"{url}: ") else \
-            f"{type(e).__name__}: {e}"
+        detail = (
+            str(e)[len(url) + 2 :]
+            if isinstance(e, DataError) and str(e).startswith(f"{url}: ")
+            else f"{type(e).__name__}: {e}"
+        )
         raise DataError(f"{url}: cannot read the shard manifest ({detail})") from None
 
 
@@ -155,8 +162,9 @@ class ShardSet:
         return sum(self.counts.values())
 
 
-def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "raise",
-                read_timeout: float = DEFAULT_READ_TIMEOUT) -> ShardSet:
+def open_shards(
+    where: str | os.PathLike, split: str, handle_errors: str = "raise", read_timeout: float = DEFAULT_READ_TIMEOUT
+) -> ShardSet:
     """Read the manifest and check the shard files it lists: missing or resized local shards
     raise DataError naming them (handle_errors="warn": skipped with a warning). A partial split
     (shards missing or left out, shard files the manifest does not list, an unfinished `sevlm
@@ -168,7 +176,9 @@ def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "rais
         raise DataError(f"{manifest_url}: no split {split!r} (has: {', '.join(manifest.get('splits', {})) or 'none'})")
     entry = manifest["splits"][split]
     listed = entry["shards"]
-    shards = [dict(sh, url=loc.url_of(sh["name"])) for sh in listed if loc.selected is None or sh["name"] in loc.selected]
+    shards = [
+        dict(sh, url=loc.url_of(sh["name"])) for sh in listed if loc.selected is None or sh["name"] in loc.selected
+    ]
     notes = []
     if loc.selected is not None and loc.selected - {sh["name"] for sh in listed}:
         unknown = sorted(loc.selected - {sh["name"] for sh in listed})
@@ -178,22 +188,32 @@ def open_shards(where: str | os.PathLike, split: str, handle_errors: str = "rais
     if not shards:
         raise DataError(f"{where}: no shard of split {split!r} to read (the manifest lists {len(listed)})")
     if len(shards) < len(listed):
-        notes.append(f"reading {len(shards)} of its {len(listed)} shards "
-                     f"({sum(int(sh['num_samples']) for sh in shards)} of {entry['num_samples']} samples)")
+        notes.append(
+            f"reading {len(shards)} of its {len(listed)} shards "
+            f"({sum(int(sh['num_samples']) for sh in shards)} of {entry['num_samples']} samples)"
+        )
     if entry.get("missing"):
         notes.append(f"{len(entry['missing'])} image(s) of the split had no features and are not in the shards")
     if notes:
         warnings.warn(f"{manifest_url}: split {split!r} is partial: " + "; ".join(notes))
-    return ShardSet(str(where), split, manifest, entry, shards, torch.zeros(len(shards), dtype=torch.bool).share_memory_(),
-                    read_timeout)
+    return ShardSet(
+        str(where),
+        split,
+        manifest,
+        entry,
+        shards,
+        torch.zeros(len(shards), dtype=torch.bool).share_memory_(),
+        read_timeout,
+    )
 
 
 def _few(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
 
-def _check_local_files(folder: Path, split: str, listed: list[dict], shards: list[dict], handle_errors: str,
-                       notes: list[str]) -> list[dict]:
+def _check_local_files(
+    folder: Path, split: str, listed: list[dict], shards: list[dict], handle_errors: str, notes: list[str]
+) -> list[dict]:
     """Cheap up-front checks (a stat per shard; the sha256 is checked when a shard is first read)."""
     bad, good = [], []
     for sh in shards:
@@ -202,8 +222,14 @@ def _check_local_files(folder: Path, split: str, listed: list[dict], shards: lis
         if size == sh["bytes"]:
             good.append(sh)
         else:
-            bad.append(f"{path}: shard " + ("missing" if size is None else
-                                            f"{size} bytes, the manifest says {sh['bytes']} (truncated or rewritten?)"))
+            bad.append(
+                f"{path}: shard "
+                + (
+                    "missing"
+                    if size is None
+                    else f"{size} bytes, the manifest says {sh['bytes']} (truncated or rewritten?)"
+                )
+            )
     if bad:
         if handle_errors == "raise":
             more = f" ({len(bad)} of {len(shards)} shards are missing or resized)" if len(bad) > 1 else ""
@@ -215,8 +241,10 @@ def _check_local_files(folder: Path, split: str, listed: list[dict], shards: lis
         notes.append(f"{len(extra)} shard file(s) in {folder} are not in the manifest, ignored ({_few(extra)})")
     parts = sorted(d.name for d in folder.glob(f".{split}.part-*-of-*") if d.is_dir())
     if parts:
-        notes.append(f"an unfinished `sevlm shard` run left {len(parts)} part folder(s) ({_few(parts)}); "
-                     "the shards of the last finished run are read")
+        notes.append(
+            f"an unfinished `sevlm shard` run left {len(parts)} part folder(s) ({_few(parts)}); "
+            "the shards of the last finished run are read"
+        )
     return good
 
 
@@ -293,10 +321,10 @@ def _check_policy(handle_errors: str) -> None:
 
 def read_tar_samples(shards: ShardSet, share: Callable[[], SampleShare], handle_errors: str, pooled: bool = True):
     """Stage: -> this worker's raw tar samples, exactly its share's quota (its own stream, replayed
-    from the start when short; `share` is evaluated in the worker, which knows its id); `pooled=False` leaves the pooled vectors unread (training does not
-    use them). A corrupt, truncated or altered shard raises DataError naming it,
-    or with handle_errors="warn" is skipped from that point with a warning (the quota is then
-    filled by replaying, so ranks stay in step).
+    from the start when short; `share` is evaluated in the worker, which knows its id);
+    `pooled=False` leaves the pooled vectors unread (training does not use them). A corrupt,
+    truncated or altered shard raises DataError naming it, or with handle_errors="warn" is skipped
+    from that point with a warning (the quota is then filled by replaying, so ranks stay in step).
     """
 
     def stage():
@@ -322,12 +350,19 @@ def _samples_of(shards: ShardSet, urls: list[str], handle_errors: str, select: C
         try:
             stream = _open_shard(shards, index[url])
             with contextlib.closing(stream):
-                files = wds.tariterators.tar_file_expander([{"url": url, "stream": stream}], select_files=select,
-                                                           handler=wds.reraise_exception)
+                files = wds.tariterators.tar_file_expander(
+                    [{"url": url, "stream": stream}], select_files=select, handler=wds.reraise_exception
+                )
                 yield from wds.tariterators.group_by_keys(files, handler=wds.reraise_exception)
         except Exception as e:  # a checksum mismatch; tarfile.ReadError, EOFError, OSError ... from a damaged shard
-            err = e if isinstance(e, DataError) else DataError(
-                f"{url}: corrupt, truncated or unreadable shard ({type(e).__name__}: {e}); rewrite it with `sevlm shard`")
+            err = (
+                e
+                if isinstance(e, DataError)
+                else DataError(
+                    f"{url}: corrupt, truncated or unreadable shard ({type(e).__name__}: {e}); rewrite it with `sevlm "
+                    "shard`"
+                )
+            )
             if handle_errors == "raise":
                 raise err from None
             warnings.warn(f"{err}; skipping the rest of this shard")
@@ -349,8 +384,10 @@ def _open_shard(shards: ShardSet, i: int):
         data = stream.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sh["sha256"]:
-        raise DataError(f"{sh['url']}: shard content differs from the manifest (sha256 {digest[:12]}..., "
-                        f"the manifest says {sh['sha256'][:12]}...; {len(data)} bytes); rewrite the split with `sevlm shard`")
+        raise DataError(
+            f"{sh['url']}: shard content differs from the manifest (sha256 {digest[:12]}..., "
+            f"the manifest says {sh['sha256'][:12]}...; {len(data)} bytes); rewrite the split with `sevlm shard`"
+        )
     shards.verified[i] = True
     return io.BytesIO(data)
 
@@ -363,7 +400,9 @@ def decode_sample(raw: dict, dtype=np.float32, pooled: bool = True) -> dict:
         tokens = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False)
         pooled = np.load(io.BytesIO(raw["pooled.npy"]), allow_pickle=False) if pooled else None
     except (KeyError, ValueError, OSError) as e:
-        raise DataError(f"{raw.get('__url__')}: sample {raw.get('__key__')!r} cannot be decoded ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"{raw.get('__url__')}: sample {raw.get('__key__')!r} cannot be decoded ({type(e).__name__}: {e})"
+        ) from None
     return make_sample(meta["image_id"], meta, tokens, pooled, dtype=dtype)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 CHOICES = {
     "mode": ("cross", "prefix", "none"),
     "contrastive_scorer": ("cosine", "mlp"),

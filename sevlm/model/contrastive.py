@@ -115,8 +115,17 @@ class AlignmentHead(_Embeddings):
 
 
 class ContrastiveHead(_Embeddings):
-    def __init__(self, visual_dim: int, text_dim: int, dim: int, scorer: str = "cosine", temperature: float = 0.1,
-                 raw_inputs: bool = False, align: bool = False, visual_negative: str = "image"):
+    def __init__(
+        self,
+        visual_dim: int,
+        text_dim: int,
+        dim: int,
+        scorer: str = "cosine",
+        temperature: float = 0.1,
+        raw_inputs: bool = False,
+        align: bool = False,
+        visual_negative: str = "image",
+    ):
         super().__init__()
         self.visual_negative = visual_negative  # "image" (ours) or "explanation" (the authors')
         self.raw_inputs = raw_inputs  # MLP scorer only (SEVLMConfig checks)
@@ -133,7 +142,6 @@ class ContrastiveHead(_Embeddings):
                 nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1),
             )  # fmt: skip
         self.align = AlignmentHead(visual_dim, text_dim, dim, temperature) if align else None
-
 
     def embed_text(self, emo_feat: torch.Tensor, exp_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Emotion and explanation features -> normalised float32 (B, E) each."""

@@ -56,8 +56,15 @@ class CausalVADLayer(nn.Module):
 
 
 class EmotionEncoder(nn.Module):
-    def __init__(self, max_len: int, n_layers: int = 3, ffn: int = 128, dropout: float = 0.1, residual: bool = False,
-                 bidirectional: bool = False):
+    def __init__(
+        self,
+        max_len: int,
+        n_layers: int = 3,
+        ffn: int = 128,
+        dropout: float = 0.1,
+        residual: bool = False,
+        bidirectional: bool = False,
+    ):
         super().__init__()
         self.residual = residual  # x + layer(x) around each layer, as the authors' encoder
         # every position sees every other one (the authors'): no cache, the caller recomputes

@@ -36,7 +36,9 @@ def _embed_flops(cfg: SEVLMConfig, n_seq: int, length: int) -> int:
         return 0
     tokens = n_seq * length
     d, f = 3, cfg.vad_ffn
-    per_layer = 2 * tokens * d * 3 * d + 2 * tokens * d * d + 2 * tokens * d * f * 2 + 2 * 2 * n_seq * length * length * d
+    per_layer = (
+        2 * tokens * d * 3 * d + 2 * tokens * d * d + 2 * tokens * d * f * 2 + 2 * 2 * n_seq * length * length * d
+    )
     return cfg.vad_layers * per_layer + 2 * tokens * (cfg.n_embd + 3) * cfg.n_embd
 
 
@@ -44,9 +46,15 @@ def _kept_length(keep: torch.Tensor) -> int:
     return max(int(keep.sum(1).max()), 1) if keep.numel() else 1
 
 
-def train_flops(cfg: SEVLMConfig, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                visual_shape: tuple[int, int, int] | None = None, **_batch) -> int:
+def train_flops(
+    cfg: SEVLMConfig,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    segment_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    visual_shape: tuple[int, int, int] | None = None,
+    **_batch,
+) -> int:
     """Matmul FLOPs of `model(**batch)` then `.backward()` on one micro-batch (the recipe's
     batch dict; host tensors are fine: only shapes and masks are read, so no device sync)."""
     B, T = input_ids.shape  # (B, T)
@@ -71,12 +79,17 @@ def train_flops(cfg: SEVLMConfig, input_ids: torch.Tensor, labels: torch.Tensor 
     if cfg.use_contrastive and segment_ids is not None and visual_shape is not None:
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(segment_ids, dtype=torch.bool)
         exp = valid & (segment_ids == cfg.explanation_id)
-        emo_len, exp_len = _kept_length(valid & (segment_ids == cfg.emotion_id)), _kept_length(exp & (exp.cumsum(1) > 1))
+        emo_len, exp_len = (
+            _kept_length(valid & (segment_ids == cfg.emotion_id)),
+            _kept_length(exp & (exp.cumsum(1) > 1)),
+        )
         C = cfg.contrastive_dim
         if cfg.contrastive_features == "text":  # two text-only passes, trained
             for length in (emo_len, exp_len):
                 fwd_trained += _decoder_flops(cfg, B, length) + _embed_flops(cfg, B, length)
-        fwd_trained += 2 * C * (visual_shape[0] * visual_shape[2] + 2 * B * E)  # image, emotion, explanation projections
+        fwd_trained += (
+            2 * C * (visual_shape[0] * visual_shape[2] + 2 * B * E)
+        )  # image, emotion, explanation projections
         if cfg.w_align > 0 and cfg.mode != "none":
             fwd_nograd += _decoder_flops(cfg, B, exp_len) + _embed_flops(cfg, B, exp_len)  # retrieval features
             fwd_trained += 2 * C * (visual_shape[0] * visual_shape[2] + B * E)  # the alignment head's projections

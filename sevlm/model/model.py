@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sevlm.model.config import SEVLMConfig
@@ -148,15 +147,19 @@ class SEVLM(nn.Module):
     def __init__(self, config: SEVLMConfig, decoder_config: Any = None):
         super().__init__()
         if not config.vocab_size:
-            raise ValueError("SEVLMConfig has no tokenizer ids: use config.with_token_ids(TokenIds.from_tokenizer(tok))")
+            raise ValueError(
+                "SEVLMConfig has no tokenizer ids: use config.with_token_ids(TokenIds.from_tokenizer(tok))"
+            )
         self.config = config
         self.decoder = build_decoder(config, decoder_config)
         E = self.decoder.config.n_embd
         self.n_embd = E
         if config.mode == "cross" and not config.visual_projection:
             if config.visual_dim != E:
-                raise ValueError(f"visual_projection=False: the visual tokens ({config.visual_dim} wide) go to "
-                                 f"cross-attention as they are, which needs the decoder's width {E}")
+                raise ValueError(
+                    f"visual_projection=False: the visual tokens ({config.visual_dim} wide) go to "
+                    f"cross-attention as they are, which needs the decoder's width {E}"
+                )
             self.visual_proj = nn.Identity()  # the authors': CLIP tokens as they are
         elif config.mode == "cross":
             self.visual_proj = nn.Sequential(nn.Linear(config.visual_dim, E), nn.LayerNorm(E))
@@ -169,7 +172,11 @@ class SEVLM(nn.Module):
             )
         if config.use_vad_input:
             self.emotion_encoder = EmotionEncoder(
-                config.max_len, config.vad_layers, config.vad_ffn, config.vad_dropout, config.vad_residual,
+                config.max_len,
+                config.vad_layers,
+                config.vad_ffn,
+                config.vad_dropout,
+                config.vad_residual,
                 config.vad_bidirectional,
             )
             self.fusion = nn.Linear(E + 3, E)  # W_f [x_t ; v_t] + b
@@ -182,8 +189,13 @@ class SEVLM(nn.Module):
             self.vad_head = nn.Linear(E, 3)
         if config.use_contrastive:
             self.contrastive = ContrastiveHead(
-                config.visual_dim, E, config.contrastive_dim, config.contrastive_scorer, config.temperature,
-                raw_inputs=config.mlp_scorer_inputs == "raw", align=config.w_align > 0 and config.mode != "none",
+                config.visual_dim,
+                E,
+                config.contrastive_dim,
+                config.contrastive_scorer,
+                config.temperature,
+                raw_inputs=config.mlp_scorer_inputs == "raw",
+                align=config.w_align > 0 and config.mode != "none",
                 visual_negative=config.visual_negative,
             )
 
@@ -280,13 +292,20 @@ class SEVLM(nn.Module):
         h, _ = self.run_decoder(embeds, attend.long(), {})
         return masked_mean(h, mask)
 
-    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, segment_ids: torch.Tensor,
-                      vad: torch.Tensor | None = None):
+    def text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        segment_ids: torch.Tensor,
+        vad: torch.Tensor | None = None,
+    ):
         """Emotion and explanation features (B, E) from text-only passes (no image), each over
         its own tokens alone: the same explanation gives the same feature under any label."""
         emo_mask, exp_mask = self.feature_masks(segment_ids, attention_mask)
-        return (self._text_pass(emo_mask, input_ids, segment_ids, vad),
-                self._text_pass(exp_mask, input_ids, segment_ids, vad))
+        return (
+            self._text_pass(emo_mask, input_ids, segment_ids, vad),
+            self._text_pass(exp_mask, input_ids, segment_ids, vad),
+        )
 
     @torch.no_grad()
     def _retrieval_features(self, input_ids, attention_mask, segment_ids, vad) -> torch.Tensor:
@@ -345,17 +364,23 @@ class SEVLM(nn.Module):
             else:
                 emo_f, exp_f = self.text_features(input_ids, attention_mask, segment_ids, vad)
             img, emo, exp = self.contrastive.scorer_inputs(visual.to(h.dtype), emo_f, exp_f)
-            cl_loss = self.contrastive.loss(img, emo, exp, seq_image, pair_valid, visual_negative, with_image=sees_image)
+            cl_loss = self.contrastive.loss(
+                img, emo, exp, seq_image, pair_valid, visual_negative, with_image=sees_image
+            )
             if self.contrastive.align is not None and image_votes is not None:
                 head = self.contrastive.align
-                explanations = head.embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
+                explanations = head.embed_explanation(
+                    self._retrieval_features(input_ids, attention_mask, segment_ids, vad)
+                )
                 align_loss = head.loss(head.embed_image(visual.to(h.dtype)), explanations, seq_image, image_votes)
 
         loss = None
         parts = [(lm_loss, 1.0), (cl_loss, cfg.w_cl), (vad_loss, cfg.w_vad), (align_loss, cfg.w_align)]
         if any(p is not None for p, _ in parts):
             loss = sum(w * p for p, w in parts if p is not None)
-        return SEVLMOutput(loss, lm_loss, cl_loss, vad_loss, align_loss=align_loss, hidden=h, lm_head=self.decoder.lm_head)
+        return SEVLMOutput(
+            loss, lm_loss, cl_loss, vad_loss, align_loss=align_loss, hidden=h, lm_head=self.decoder.lm_head
+        )
 
     # ---- inference ------------------------------------------------------------------------
     def decode_step(
@@ -400,15 +425,29 @@ class SEVLM(nn.Module):
         return emo.float(), exp.float()
 
     @torch.no_grad()
-    def embed_explanations(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor,
-                           vad: torch.Tensor | None = None, **_batch: Any) -> torch.Tensor:
+    def embed_explanations(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor,
+        vad: torch.Tensor | None = None,
+        **_batch: Any,
+    ) -> torch.Tensor:
         """Sequences -> normalised retrieval embeddings (B, E) of their explanations. Text only:
         the result depends on no image (nor on the label), so it can be indexed."""
-        return self.retrieval_head().embed_explanation(self._retrieval_features(input_ids, attention_mask, segment_ids, vad))
+        return self.retrieval_head().embed_explanation(
+            self._retrieval_features(input_ids, attention_mask, segment_ids, vad)
+        )
 
     @torch.no_grad()
-    def embed_emotions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segment_ids: torch.Tensor,
-                       vad: torch.Tensor | None = None, **_batch: Any) -> torch.Tensor:
+    def embed_emotions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_ids: torch.Tensor,
+        vad: torch.Tensor | None = None,
+        **_batch: Any,
+    ) -> torch.Tensor:
         """The 9 emotions' normalised retrieval embeddings (9, E), given their sequences "the
         emotion is <label> because ..." in EMOTIONS order: the alignment head's emotion vectors,
         or without one the ternary head's projection of each sequence's emotion segment."""
@@ -423,8 +462,9 @@ class SEVLM(nn.Module):
         return self.contrastive.align if self.contrastive.align is not None else self.contrastive
 
     # ---- optimiser ----------------------------------------------------------------------------
-    def param_groups(self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0,
-                     heads_lr: float | None = None) -> list[dict]:
+    def param_groups(
+        self, decoder_lr: float, emotion_lr: float, weight_decay: float = 0.0, heads_lr: float | None = None
+    ) -> list[dict]:
         """AdamW groups: decoder side at decoder_lr, VAD encoder at emotion_lr, fusion and heads at
         heads_lr (None: emotion_lr); no weight decay on biases, norms and embeddings."""
         head_prefixes = ("fusion.", "vad_head.", "contrastive.")
@@ -432,7 +472,13 @@ class SEVLM(nn.Module):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            side = "emotion" if name.startswith("emotion_encoder.") else "heads" if name.startswith(head_prefixes) else "decoder"
+            side = (
+                "emotion"
+                if name.startswith("emotion_encoder.")
+                else "heads"
+                if name.startswith(head_prefixes)
+                else "decoder"
+            )
             decay = p.ndim >= 2 and "wte" not in name and "wpe" not in name and ".pos." not in name
             groups.setdefault((side, decay), []).append(p)
         out = []
@@ -441,7 +487,9 @@ class SEVLM(nn.Module):
                 {
                     "name": f"{side}{'' if decay else '_no_decay'}",
                     "params": params,
-                    "lr": {"decoder": decoder_lr, "emotion": emotion_lr}.get(side, emotion_lr if heads_lr is None else heads_lr),
+                    "lr": {"decoder": decoder_lr, "emotion": emotion_lr}.get(
+                        side, emotion_lr if heads_lr is None else heads_lr
+                    ),
                     "weight_decay": weight_decay if decay else 0.0,
                 }
             )

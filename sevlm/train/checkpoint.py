@@ -119,8 +119,9 @@ def _prune(root: Path, keep: dict[str, str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save(engine, root: Path, step: int, names: tuple[str, ...], state: TrainState, fingerprint: dict,
-         main: bool) -> None:
+def save(
+    engine, root: Path, step: int, names: tuple[str, ...], state: TrainState, fingerprint: dict, main: bool
+) -> None:
     """Save the engine as a fresh tag for `step`, then point `names` at it (on every rank)."""
     tag = f"step{step:08d}"
     client = {"train_state": state.__dict__, "rng": all_gather(rng_state())}
@@ -163,11 +164,15 @@ def load(engine, root: Path, rank: int, main: bool, say=print) -> dict | None:
             _, client = engine.load_checkpoint(str(root), tag=named[LAST])
     except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainingError(f"{root / named[LAST]}: a checkpoint file holds pickled objects besides tensors and "
-                            f"DeepSpeed's own state, which sevlm never loads ({first[:160]}); resume from a copy "
-                            "of the run you trust, or start a new run") from None
+        raise TrainingError(
+            f"{root / named[LAST]}: a checkpoint file holds pickled objects besides tensors and "
+            f"DeepSpeed's own state, which sevlm never loads ({first[:160]}); resume from a copy "
+            "of the run you trust, or start a new run"
+        ) from None
     except RuntimeError as e:  # e.g. "size mismatch": the model is not the one that was saved
-        raise TrainingError(f"{root / named[LAST]}: does not fit this model ({str(e).strip().splitlines()[-1]})") from None
+        raise TrainingError(
+            f"{root / named[LAST]}: does not fit this model ({str(e).strip().splitlines()[-1]})"
+        ) from None
     if client is None:
         raise TrainingError(f"{root / named[LAST]}: DeepSpeed could not load the checkpoint")
     rngs = client["rng"]

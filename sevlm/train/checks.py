@@ -112,8 +112,10 @@ def check_decoder(decoder: str | None) -> None:
 
 def decoder_error(decoder: str, e: Exception) -> ConfigError:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return ConfigError(f"model.decoder={decoder!r} cannot be loaded: {reason} (download it once with network "
-                       "access, or give a local folder)")
+    return ConfigError(
+        f"model.decoder={decoder!r} cannot be loaded: {reason} (download it once with network "
+        "access, or give a local folder)"
+    )
 
 
 def check_splits(dataset_dir: str, splits: list[str]) -> None:
@@ -131,8 +133,10 @@ def check_splits(dataset_dir: str, splits: list[str]) -> None:
             )
         path = root / f"{split}.json"
         if path.stat().st_size <= 16 and not read_json(path):  # "{}": cheap to tell without reading a big split
-            raise DataError(f"{path}: split {split!r} has no images; prepare the dataset again, or train with "
-                            f"another data.{'val' if split != splits[0] else 'train'}_split")
+            raise DataError(
+                f"{path}: split {split!r} has no images; prepare the dataset again, or train with "
+                f"another data.{'val' if split != splits[0] else 'train'}_split"
+            )
 
 
 def _token_shape(value) -> tuple[int | None, int | None]:
@@ -153,8 +157,10 @@ def data_source(features: str | None, shards: str | None, source: str | None = N
                 "data.source=features"
             )
         if not features and not shards:
-            raise ConfigError("set data.features (an HDF5 feature cache, `sevlm extract`) or data.shards "
-                              "(a shard folder, `sevlm shard --split train val`)")
+            raise ConfigError(
+                "set data.features (an HDF5 feature cache, `sevlm extract`) or data.shards "
+                "(a shard folder, `sevlm shard --split train val`)"
+            )
         return "features" if features else "shards"
     if source == "features" and not features:
         raise ConfigError("data.source=features but data.features is not set (the HDF5 cache of `sevlm extract`)")
@@ -163,8 +169,9 @@ def data_source(features: str | None, shards: str | None, source: str | None = N
     return source
 
 
-def feature_info(features: str | None, shards: str | None, source: str | None = None,
-                 read_timeout: float = 60.0) -> FeatureInfo:
+def feature_info(
+    features: str | None, shards: str | None, source: str | None = None, read_timeout: float = 60.0
+) -> FeatureInfo:
     """Where the visual tokens come from and what encoder produced them (from the artifact)."""
     source = data_source(features, shards, source)
     if source == "features":
@@ -279,11 +286,12 @@ def data_fingerprint(data) -> dict[str, str]:
     through its checksums, so a damaged image is named here), or the shard manifest (which holds
     every shard's sha256)."""
     import hashlib
-    import json
 
     root = Path(data.dataset_dir)
-    out = {f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
-           for s in (data.train_split, data.val_split)}
+    out = {
+        f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
+        for s in (data.train_split, data.val_split)
+    }
     if data_source(data.features, data.shards, data.source) == "features":
         from sevlm.features.hdf5 import FeatureStore
 
@@ -308,8 +316,9 @@ def check_unchanged(recorded: dict[str, str] | None, current: dict[str, str], ru
     if recorded is None:  # no finished checkpoint: the run starts over
         return
     # older checkpoints keyed the run's config.json by its path as typed when the run started
-    recorded = {(RUN_CONFIG_KEY if k.endswith("config.json") and "(data." not in k else k): v
-                for k, v in recorded.items()}
+    recorded = {
+        (RUN_CONFIG_KEY if k.endswith("config.json") and "(data." not in k else k): v for k, v in recorded.items()
+    }
     for k, v in recorded.items():  # a run from before content fingerprints: compare as it was recorded
         if k.endswith(" (data.features)") and not v.startswith(CONTENT) and str(current.get(k, "")).startswith(CONTENT):
             current = {**current, k: legacy_features_fingerprint(k[: -len(" (data.features)")])}
@@ -325,8 +334,10 @@ def check_split_features(dataset, split: str, features: str) -> None:
     """A split whose images are (nearly) all missing from the cache means a cache of another dataset."""
     missing = getattr(dataset, "missing", {}) or {}
     if len(dataset) == 0 and not missing:
-        raise DataError(f"split {split!r} has no images (its split file is empty); prepare the dataset again "
-                        "or train with another data.val_split")
+        raise DataError(
+            f"split {split!r} has no images (its split file is empty); prepare the dataset again "
+            "or train with another data.val_split"
+        )
     if len(dataset) == 0:
         first = next(iter(missing), None)
         raise DataError(
@@ -442,9 +453,20 @@ def estimate_model_memory(model, runtime, info: FeatureInfo) -> int:
     dec, cfg = model.decoder.config, model.config
     n_params = sum(p.numel() for p in model.parameters())
     stage = runtime.ds_config.get("zero_optimization", {}).get("stage", 0)
-    return estimate_memory_bytes(n_params, runtime.micro, cfg.max_len, dec.n_layer, model.n_embd, dec.n_head,
-                                 cfg.vocab_size, info.num_tokens, cfg.visual_dim, runtime.precision, runtime.world,
-                                 stage)
+    return estimate_memory_bytes(
+        n_params,
+        runtime.micro,
+        cfg.max_len,
+        dec.n_layer,
+        model.n_embd,
+        dec.n_head,
+        cfg.vocab_size,
+        info.num_tokens,
+        cfg.visual_dim,
+        runtime.precision,
+        runtime.world,
+        stage,
+    )
 
 
 def check_memory(estimate: int, device: str, budget_gb: float | None, micro_batch: int) -> None:

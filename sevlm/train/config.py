@@ -1,6 +1,7 @@
 """Training configuration: small dataclasses with working defaults.
 
-The paper's setting is `sevlm/configs/paper.json`, and only there. A config file is JSON with the sections below (see sevlm/configs/*.json); `key=value`
+The paper's setting is `sevlm/configs/paper.json`, and only there. A config file is JSON with the
+sections below (see sevlm/configs/*.json); `key=value`
 overrides use dotted keys (`schedule.max_steps=100`, `model.n_layer=2`). The DeepSpeed
 engine settings live in ds_configs/*.json; batch sizes are set here only and written into
 the resolved DeepSpeed config by `resolve_ds_config`.
@@ -146,16 +147,21 @@ class TrainConfig:
         if s.checkpoint_every < 1:
             raise ConfigError(f"schedule.checkpoint_every: must be >= 1 (optimizer steps), got {s.checkpoint_every}")
         if s.val_gen_images is not None and s.val_gen_images < 0:
-            raise ConfigError(f"schedule.val_gen_images: must be >= 0 or null (the whole split), got {s.val_gen_images}")
+            raise ConfigError(
+                f"schedule.val_gen_images: must be >= 0 or null (the whole split), got {s.val_gen_images}"
+            )
         from sevlm.emotions import DOMINANCE_RULES
 
         if s.val_dominance not in DOMINANCE_RULES:
-            raise ConfigError(f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, "
-                              f"got {s.val_dominance!r}")
+            raise ConfigError(
+                f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, got {s.val_dominance!r}"
+            )
         if self.data.source not in (None, *DATA_SOURCES):
             raise ConfigError(f"data.source: expected one of {', '.join(DATA_SOURCES)}, got {self.data.source!r}")
         if self.data.main_assist not in ASSIST_MODES:
-            raise ConfigError(f"data.main_assist: expected one of {', '.join(ASSIST_MODES)}, got {self.data.main_assist!r}")
+            raise ConfigError(
+                f"data.main_assist: expected one of {', '.join(ASSIST_MODES)}, got {self.data.main_assist!r}"
+            )
         if self.data.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
         from sevlm.text import ANCHORS
@@ -165,11 +171,15 @@ class TrainConfig:
         from sevlm.encoders.base import IMAGE_PREPROCESSING
 
         if self.data.image_preprocess is not None and self.data.image_preprocess not in IMAGE_PREPROCESSING:
-            raise ConfigError(f"data.image_preprocess: expected one of {', '.join(IMAGE_PREPROCESSING)} or null, "
-                              f"got {self.data.image_preprocess!r}")
+            raise ConfigError(
+                f"data.image_preprocess: expected one of {', '.join(IMAGE_PREPROCESSING)} or null, "
+                f"got {self.data.image_preprocess!r}"
+            )
         if not 1 <= self.data.min_train_emotions <= 9:
-            raise ConfigError(f"data.min_train_emotions: must be 1..9 (distinct emotions of an image), "
-                              f"got {self.data.min_train_emotions}")
+            raise ConfigError(
+                f"data.min_train_emotions: must be 1..9 (distinct emotions of an image), "
+                f"got {self.data.min_train_emotions}"
+            )
         if not self.data.read_timeout > 0:
             raise ConfigError(f"data.read_timeout: must be > 0 seconds, got {self.data.read_timeout}")
         if self.data.vocab_min_count < 1:

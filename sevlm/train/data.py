@@ -123,8 +123,10 @@ def unpack(packed: dict, kept: dict) -> dict:
         buffer = kept[slot]
     elif slot is not None:
         kept[slot] = buffer
-    end = max((at + math.prod(shape) * torch.empty((), dtype=dtype).element_size() for _, dtype, shape, at in layout),
-              default=_HEADER)
+    end = max(
+        (at + math.prod(shape) * torch.empty((), dtype=dtype).element_size() for _, dtype, shape, at in layout),
+        default=_HEADER,
+    )
     local = torch.empty(end, dtype=torch.uint8, pin_memory=_pin())
     np.copyto(local[_HEADER:].numpy(), buffer[_HEADER:end].numpy())
     buffer[0] = 1
@@ -229,9 +231,15 @@ def _batches(dataset, num_workers: int, seed: int, epoch: int, collate, assist: 
     `assist` had them shipped, collated here with `collate`) through a DataLoader; `assist` is
     None without workers."""
     # `unpack` pins the batches built in workers, as it copies them out of shared memory
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
-                        pin_memory=_pin() and not num_workers, generator=loader_generator(seed, epoch),
-                        worker_init_fn=functools.partial(end_with_parent, os.getpid()) if num_workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=_pin() and not num_workers,
+        generator=loader_generator(seed, epoch),
+        worker_init_fn=functools.partial(end_with_parent, os.getpid()) if num_workers else None,
+    )
     if not num_workers:
         return iter(loader)
     return _take(loader, collate, assist)
@@ -246,7 +254,7 @@ def worker_error(e: Exception) -> Exception:
         return e
     last = text.rstrip().splitlines()[-1]  # "package.module.Class: the original message"
     name = f"{type(e).__module__}.{type(e).__qualname__}: "
-    return type(e)(last[len(name):] if last.startswith(name) else last.split(": ", 1)[-1])
+    return type(e)(last[len(name) :] if last.startswith(name) else last.split(": ", 1)[-1])
 
 
 def _take(loader: DataLoader, collate, assist: Assist) -> Iterator[dict]:
@@ -272,13 +280,33 @@ class H5Source:
     present) while the order stays fixed.
     """
 
-    def __init__(self, path, dataset_dir, train_split: str, val_split: str, collate, micro: int, rank: int,
-                 world_size: int, seed: int, num_workers: int = 0, assist: str = "auto", min_emotions: int = 1):
-        self.train_set = H5FeatureDataset(str(path), dataset_dir, train_split, dtype=np.float16,  # fp16 to the device
-                                          min_emotions=min_emotions)
+    def __init__(
+        self,
+        path,
+        dataset_dir,
+        train_split: str,
+        val_split: str,
+        collate,
+        micro: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int = 0,
+        assist: str = "auto",
+        min_emotions: int = 1,
+    ):
+        self.train_set = H5FeatureDataset(
+            str(path),
+            dataset_dir,
+            train_split,
+            dtype=np.float16,  # fp16 to the device
+            min_emotions=min_emotions,
+        )
         if min_emotions > 1 and not len(self.train_set):
-            raise DataError(f"{path}: no image of split {train_split!r} has {min_emotions} distinct emotions "
-                            f"(data.min_train_emotions); {self.train_set.n_few_emotions} left out")
+            raise DataError(
+                f"{path}: no image of split {train_split!r} has {min_emotions} distinct emotions "
+                f"(data.min_train_emotions); {self.train_set.n_few_emotions} left out"
+            )
         self.val_set = H5FeatureDataset(str(path), dataset_dir, val_split)
         for split, ds in ((train_split, self.train_set), (val_split, self.val_set)):
             check_split_features(ds, split, str(path))
@@ -292,7 +320,9 @@ class H5Source:
         assist = Assist(self.assist, self.num_workers) if self.num_workers else None
         collate = worker_build(self.collate, assist) if assist else self.collate
         permutation = epoch_order(len(self.train_set), self.seed, epoch)
-        ds = EpochBatches(self.train_set, collate, permutation, self.micro, self.rank, self.world, self.seed, epoch, start)
+        ds = EpochBatches(
+            self.train_set, collate, permutation, self.micro, self.rank, self.world, self.seed, epoch, start
+        )
         return _batches(ds, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
@@ -308,8 +338,20 @@ class ShardSource:
     `order.worker_plan`). Validation reads its split once, in file order.
     """
 
-    def __init__(self, path, train_split: str, val_split: str, collate, micro: int, rank: int, world_size: int,
-                 seed: int, num_workers: int = 0, assist: str = "auto", read_timeout: float = 60.0):
+    def __init__(
+        self,
+        path,
+        train_split: str,
+        val_split: str,
+        collate,
+        micro: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int = 0,
+        assist: str = "auto",
+        read_timeout: float = 60.0,
+    ):
         self.path, self.train_split, self.val_split = str(path), train_split, val_split
         self.collate, self.micro, self.rank, self.world = collate, micro, rank, world_size
         self.seed, self.num_workers, self.assist = seed, num_workers, assist
@@ -326,8 +368,9 @@ class ShardSource:
         """Micro-batches `start`, `start + 1`, ... of `epoch` on this rank, built in the workers."""
         assist = Assist(self.assist, self.num_workers) if self.num_workers else None
         build = worker_build(self.collate, assist) if assist else self.collate
-        pipe = order.shard_pipeline(self.train_shards, build, self.micro, self.seed, epoch, self.world, self.rank,
-                                    start=start, shuffle=True)
+        pipe = order.shard_pipeline(
+            self.train_shards, build, self.micro, self.seed, epoch, self.world, self.rank, start=start, shuffle=True
+        )
         return _batches(pipe, self.num_workers, self.seed, epoch, self.collate, assist)
 
     def val_samples(self) -> Sequence[dict]:
@@ -339,13 +382,28 @@ class ShardSource:
 
 def open_source(info, data, collate, micro: int, rank: int, world_size: int, seed: int) -> H5Source | ShardSource:
     """The data source that `info` (checks.feature_info) names, for `data` (a DataConfig)."""
-    common = dict(collate=collate, micro=micro, rank=rank, world_size=world_size, seed=seed,
-                  num_workers=data.num_workers, assist=data.main_assist)
+    common = dict(
+        collate=collate,
+        micro=micro,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        num_workers=data.num_workers,
+        assist=data.main_assist,
+    )
     if info.source == "features":
-        return H5Source(info.path, data.dataset_dir, data.train_split, data.val_split, **common,
-                        min_emotions=data.min_train_emotions)
+        return H5Source(
+            info.path,
+            data.dataset_dir,
+            data.train_split,
+            data.val_split,
+            **common,
+            min_emotions=data.min_train_emotions,
+        )
     if data.min_train_emotions > 1:
         # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
-        raise ConfigError(f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
-                          f"(data.features); {info.path} is a shard set, which trains on every image it holds")
+        raise ConfigError(
+            f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
+            f"(data.features); {info.path} is a shard set, which trains on every image it holds"
+        )
     return ShardSource(info.path, data.train_split, data.val_split, read_timeout=data.read_timeout, **common)

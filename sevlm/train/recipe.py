@@ -40,11 +40,18 @@ from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.export import RUN_EXPORT
 from sevlm.io import read_json, write_json
+from sevlm.text import VOCAB_FILE
 from sevlm.train import checkpoint, checks
 from sevlm.train.checkpoint import BEST_ACC, BEST_BLEU, CKPT_DIR, LAST, TrainingError, TrainState
-from sevlm.train.config import OptimConfig, TrainConfig, as_train_config, config_to_dict, resolve_batch, resolve_ds_config
+from sevlm.train.config import (
+    OptimConfig,
+    TrainConfig,
+    as_train_config,
+    config_to_dict,
+    resolve_batch,
+    resolve_ds_config,
+)
 from sevlm.train.distributed import barrier, init_distributed, pick_device, set_env_defaults
-from sevlm.text import VOCAB_FILE
 from sevlm.train.runlog import RunLog
 
 CONFIG_FILE, DONE_FILE = "config.json", "done.json"
@@ -107,8 +114,9 @@ def build_engine(model, optim: OptimConfig, total_steps: int, ds_config: dict):
     import deepspeed
 
     optimizer, scheduler = build_optimizer(model, optim, total_steps)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                           config=ds_config)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
     return engine, optimizer, scheduler
 
 
@@ -163,8 +171,9 @@ class TrainRecipe:
         self.info = checks.check_features(d)  # before any model, process group or data loading work
         checks.check_decoder(self.cfg.model.decoder)
         if self.resuming:  # before any model: an edited config could not even load the checkpoint
-            checks.check_unchanged(checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(),
-                                   self.run_dir)
+            checks.check_unchanged(
+                checkpoint.recorded_fingerprint(self.run_dir / CKPT_DIR), self.fingerprint(), self.run_dir
+            )
         elif os.environ.get("RANK", "0") == "0":  # reads the whole cache through its checksums: damage is named now
             self._data_fingerprint = checks.data_fingerprint(self.cfg.data)
         self.startup.lap("checks")
@@ -192,11 +201,22 @@ class TrainRecipe:
         self.vocab = self._corpus_vocab() if cfg.data.corpus_vocab else None
         lexicon = VADLexicon.load(cfg.data.lexicon)
         known, total = lexicon.coverage(checks.train_texts(cfg.data.dataset_dir, cfg.data.train_split))
-        self.lexicon_info = {"lexicon": cfg.data.lexicon, "entries": len(lexicon), "train_words": total,
-                             "train_words_known": known, "coverage": round(known / max(total, 1), 4)}
-        self.builder = SequenceBuilder(self.tokenizer, lexicon, max_len=cfg.model.max_len, vocab=self.vocab,
-                                       bos_prompt=cfg.model.bos_prompt, anchor=cfg.data.anchor,
-                                       vad_input=cfg.model.vad_input)
+        self.lexicon_info = {
+            "lexicon": cfg.data.lexicon,
+            "entries": len(lexicon),
+            "train_words": total,
+            "train_words_known": known,
+            "coverage": round(known / max(total, 1), 4),
+        }
+        self.builder = SequenceBuilder(
+            self.tokenizer,
+            lexicon,
+            max_len=cfg.model.max_len,
+            vocab=self.vocab,
+            bos_prompt=cfg.model.bos_prompt,
+            anchor=cfg.data.anchor,
+            vad_input=cfg.model.vad_input,
+        )
         self.source = open_source(self.info, cfg.data, self.builder.collate, rt.micro, rt.rank, rt.world, cfg.seed)
         self.steps_per_epoch = self.source.batches_per_epoch // rt.accum
         if self.steps_per_epoch == 0:
@@ -229,7 +249,8 @@ class TrainRecipe:
 
         cfg, rt, info = self.cfg, self.rt, self.info
         self.model_config = checks.model_config(cfg.model, info).with_token_ids(
-            TokenIds.from_tokenizer(self.tokenizer, self.vocab))
+            TokenIds.from_tokenizer(self.tokenizer, self.vocab)
+        )
         torch.manual_seed(cfg.seed)
         try:
             model = SEVLM(self.model_config)
@@ -257,8 +278,9 @@ class TrainRecipe:
 
         rt = self.rt
         self.peak = peak_flops(rt.device, rt.precision, rt.dtype)
-        self.telemetry = StepTelemetry(rt.device, self.model_config, rt.global_batch, rt.world,
-                                       self.peak["flops_per_s"])
+        self.telemetry = StepTelemetry(
+            rt.device, self.model_config, rt.global_batch, rt.world, self.peak["flops_per_s"]
+        )
 
     def setup_logging(self) -> None:
         """The run folder's config / ds_config / run.json (rank 0) and the metric log."""
@@ -267,20 +289,35 @@ class TrainRecipe:
 
         rt, mc = self.rt, self.model_config
         resolved = config_to_dict(self.cfg)
-        self.export_meta = {**resolved, "encoder": self.info.encoder,
-                            "visual_tokens": [self.info.num_tokens, self.info.dim]}
+        self.export_meta = {
+            **resolved,
+            "encoder": self.info.encoder,
+            "visual_tokens": [self.info.num_tokens, self.info.dim],
+        }
         derived = {
-            "world_size": rt.world, "device": rt.device, "precision": rt.precision, "micro_batch": rt.micro,
-            "grad_accum": rt.accum, "global_batch": rt.global_batch, "sequences_per_step": 2 * rt.global_batch,
-            "max_tokens_per_step": rt.global_batch * 2 * mc.max_len, "train_images": self.source.num_images,
-            "val_images": len(self.source.val_samples()), "steps_per_epoch": self.steps_per_epoch,
-            "total_steps": self.total_steps, "parameters": sum(p.numel() for p in self.engine.module.parameters()),
-            "vocab_size": mc.vocab_size, "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
-            "encoder": self.info.encoder, "visual_tokens": [self.info.num_tokens, self.info.dim],
+            "world_size": rt.world,
+            "device": rt.device,
+            "precision": rt.precision,
+            "micro_batch": rt.micro,
+            "grad_accum": rt.accum,
+            "global_batch": rt.global_batch,
+            "sequences_per_step": 2 * rt.global_batch,
+            "max_tokens_per_step": rt.global_batch * 2 * mc.max_len,
+            "train_images": self.source.num_images,
+            "val_images": len(self.source.val_samples()),
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "parameters": sum(p.numel() for p in self.engine.module.parameters()),
+            "vocab_size": mc.vocab_size,
+            "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+            "encoder": self.info.encoder,
+            "visual_tokens": [self.info.num_tokens, self.info.dim],
             "data_source": f"{self.info.source}: {self.info.path}",
-            "lexicon": (f"{self.lexicon_info['lexicon']} ({self.lexicon_info['entries']} words; knows "
-                        f"{self.lexicon_info['train_words_known']} of the {self.lexicon_info['train_words']} distinct "
-                        f"words of the training text, {100 * self.lexicon_info['coverage']:.0f}%)"),
+            "lexicon": (
+                f"{self.lexicon_info['lexicon']} ({self.lexicon_info['entries']} words; knows "
+                f"{self.lexicon_info['train_words_known']} of the {self.lexicon_info['train_words']} distinct "
+                f"words of the training text, {100 * self.lexicon_info['coverage']:.0f}%)"
+            ),
         }
         left_out = getattr(getattr(self.source, "train_set", None), "n_few_emotions", 0)
         if left_out:  # data.min_train_emotions
@@ -293,16 +330,26 @@ class TrainRecipe:
                 if self.vocab is not None:
                     self.vocab.save(self.run_dir / VOCAB_FILE)
                 write_json(self.run_dir / CONFIG_FILE, resolved)
-            write_json(self.run_dir / "run.json", {
-                **derived, "lexicon_coverage": self.lexicon_info, "model_config": mc.__dict__, "git": _git_hash(),
-                "peak_flops_per_s": self.peak,
-                "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
-                "resumed_at_step": self.state.step if self.resuming else None,
-            })
+            write_json(
+                self.run_dir / "run.json",
+                {
+                    **derived,
+                    "lexicon_coverage": self.lexicon_info,
+                    "model_config": mc.__dict__,
+                    "git": _git_hash(),
+                    "peak_flops_per_s": self.peak,
+                    "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__},
+                    "resumed_at_step": self.state.step if self.resuming else None,
+                },
+            )
             print("sevlm train: " + ", ".join(f"{k}={v}" for k, v in derived.items()), file=sys.stderr, flush=True)
             peak = self.peak["flops_per_s"]
-            print(f"sevlm train: MFU is taken against {f'{peak / 1e12:.3g} TFLOP/s' if peak else 'no peak (no MFU)'} "
-                  f"({self.peak['source']})", file=sys.stderr, flush=True)
+            print(
+                f"sevlm train: MFU is taken against {f'{peak / 1e12:.3g} TFLOP/s' if peak else 'no peak (no MFU)'} "
+                f"({self.peak['source']})",
+                file=sys.stderr,
+                flush=True,
+            )
         self.log = RunLog(self.run_dir, rt.main, self.state.step if self.resuming else None)
 
     # -- one micro-batch ------------------------------------------------------------------------------
@@ -344,8 +391,10 @@ class TrainRecipe:
             row["loss_scale"] = float(scale)
         if self.engine.was_step_applied():
             if not math.isfinite(row.get("loss", 0.0)):  # only ZeRO-0 without fp16 has no overflow check
-                raise TrainingError(f"step {st.step}: a non-finite loss was applied to the weights; ds_config "
-                                    f"{self.cfg.ds_config!r} does not skip such steps: use a ZeRO-2 ds_config")
+                raise TrainingError(
+                    f"step {st.step}: a non-finite loss was applied to the weights; ds_config "
+                    f"{self.cfg.ds_config!r} does not skip such steps: use a ZeRO-2 ds_config"
+                )
             st.nonfinite_run = 0
             self._write_rank_info()
         else:
@@ -358,19 +407,27 @@ class TrainRecipe:
         st.nonfinite_run += 1
         loss = row.get("loss", float("nan"))
         if loss == loss and abs(loss) != float("inf"):
-            _say(f"sevlm train: step {st.step}: gradient overflow, step skipped"
-                 + (f" (loss scale now {float(scale):g})" if scale is not None else ""), main)
+            _say(
+                f"sevlm train: step {st.step}: gradient overflow, step skipped"
+                + (f" (loss scale now {float(scale):g})" if scale is not None else ""),
+                main,
+            )
         else:
-            self.log.write({"step": st.step, "epoch": st.epoch, "event": "nonfinite_loss", "loss": str(loss),
-                            "batch_keys": keys})
-            _say(f"sevlm train: non-finite loss {loss} at step {st.step} (epoch {st.epoch}); step skipped; "
-                 f"images: {', '.join(map(str, keys[:8]))}" + (" ..." if len(keys) > 8 else ""), main)
+            self.log.write(
+                {"step": st.step, "epoch": st.epoch, "event": "nonfinite_loss", "loss": str(loss), "batch_keys": keys}
+            )
+            _say(
+                f"sevlm train: non-finite loss {loss} at step {st.step} (epoch {st.epoch}); step skipped; "
+                f"images: {', '.join(map(str, keys[:8]))}" + (" ..." if len(keys) > 8 else ""),
+                main,
+            )
         if st.nonfinite_run >= self.cfg.schedule.max_nonfinite:
             hint = " or switch precision to fp32/bf16" if self.rt.precision == "fp16" else ""
             raise TrainingError(
                 f"stopped at step {st.step} (epoch {st.epoch}): {st.nonfinite_run} non-finite losses or gradient "
                 f"overflows in a row; lower optim.decoder_lr / optim.emotion_lr{hint}, and check the features "
-                "for NaN/inf (see log.jsonl for the batch keys)")
+                "for NaN/inf (see log.jsonl for the batch keys)"
+            )
 
     def _write_rank_info(self) -> None:
         """ranks/rank<r>.json, once: optimizer state exists after the first applied step."""
@@ -380,12 +437,16 @@ class TrainRecipe:
             return
         base = getattr(self.optimizer, "optimizer", self.optimizer)  # DeepSpeed wraps the torch optimizer
         elements = sum(v.numel() for s in base.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
-        write_json(self.run_dir / "ranks" / f"rank{self.rt.rank}.json", {
-            "rank": self.rt.rank, "world_size": self.rt.world,
-            "zero_stage": self.rt.ds_config.get("zero_optimization", {}).get("stage", 0),
-            "optimizer_state_elements": elements,
-            "trainable_parameters": sum(p.numel() for p in self.engine.module.parameters() if p.requires_grad),
-        })
+        write_json(
+            self.run_dir / "ranks" / f"rank{self.rt.rank}.json",
+            {
+                "rank": self.rt.rank,
+                "world_size": self.rt.world,
+                "zero_stage": self.rt.ds_config.get("zero_optimization", {}).get("stage", 0),
+                "optimizer_state_elements": elements,
+                "trainable_parameters": sum(p.numel() for p in self.engine.module.parameters() if p.requires_grad),
+            },
+        )
         self._rank_info_written = True
 
     # -- validation, checkpoints, exports ------------------------------------------------------------
@@ -394,17 +455,29 @@ class TrainRecipe:
         from sevlm.train.validate import validate
 
         s, rt = self.cfg.schedule, self.rt
-        return validate(self.engine.module, self.builder, self.source.val_samples(), micro=rt.micro, rank=rt.rank,
-                        world=rt.world, seed=self.cfg.seed, max_batches=s.val_batches, gen_images=s.val_gen_images,
-                        dominance=s.val_dominance, decoding=self.cfg.decoding, device=self.engine.device,
-                        dtype=rt.dtype)
+        return validate(
+            self.engine.module,
+            self.builder,
+            self.source.val_samples(),
+            micro=rt.micro,
+            rank=rt.rank,
+            world=rt.world,
+            seed=self.cfg.seed,
+            max_batches=s.val_batches,
+            gen_images=s.val_gen_images,
+            dominance=s.val_dominance,
+            decoding=self.cfg.decoding,
+            device=self.engine.device,
+            dtype=rt.dtype,
+        )
 
     def save(self, *names: str) -> None:
         """Checkpoint the current step and point `names` (LAST, BEST_ACC, BEST_BLEU) at it."""
         fingerprint = self.fingerprint() if self.rt.main else {}  # rank 0 writes it
         self.log.flush()  # what was logged up to this step is on disk before a checkpoint names the step
-        checkpoint.save(self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, fingerprint,
-                        self.rt.main)
+        checkpoint.save(
+            self.engine, self.run_dir / CKPT_DIR, self.state.step, names, self.state, fingerprint, self.rt.main
+        )
 
     def fingerprint(self) -> dict[str, str]:
         """Hashes of the run's config.json and data, saved with every checkpoint."""
@@ -419,8 +492,9 @@ class TrainRecipe:
 
     def load(self) -> None:
         """Continue from the last finished checkpoint (none finished: start over)."""
-        client = checkpoint.load(self.engine, self.run_dir / CKPT_DIR, self.rt.rank, self.rt.main,
-                                 say=lambda msg: _say(msg, self.rt.main))
+        client = checkpoint.load(
+            self.engine, self.run_dir / CKPT_DIR, self.rt.rank, self.rt.main, say=lambda msg: _say(msg, self.rt.main)
+        )
         if client is None:
             _say(f"sevlm train: {self.run_dir}: no finished checkpoint; starting from step 0", self.rt.main)
             return
@@ -429,8 +503,16 @@ class TrainRecipe:
     def export(self, name: str, metrics: dict) -> None:
         """Write the export folder `name` (fp32 safetensors + config + tokenizer) on rank 0."""
         if self.rt.main:
-            _export(self.run_dir / name, self.engine.module, self.tokenizer, self.vocab, self.model_config,
-                    self.export_meta, self.state.step, metrics)
+            _export(
+                self.run_dir / name,
+                self.engine.module,
+                self.tokenizer,
+                self.vocab,
+                self.model_config,
+                self.export_meta,
+                self.state.step,
+                metrics,
+            )
         barrier()
 
     def _validate_and_keep(self) -> tuple[str | None, list[str]]:
@@ -442,8 +524,9 @@ class TrainRecipe:
         # accuracy on a small validation split saturates (the demo's: 1.0 from mid-training on), so a
         # tie goes to the lower validation loss: the export is then the better-trained model, not the
         # first to reach the top accuracy
-        tie_better = (acc == st.best_acc and loss is not None and st.best_acc_loss is not None
-                      and loss < st.best_acc_loss)
+        tie_better = (
+            acc == st.best_acc and loss is not None and st.best_acc_loss is not None and loss < st.best_acc_loss
+        )
         if acc is not None and (st.best_acc is None or acc > st.best_acc or tie_better):
             st.best_acc, st.best_acc_step, st.best_acc_loss = acc, st.step, loss
             names.append(BEST_ACC)
@@ -453,10 +536,15 @@ class TrainRecipe:
             names.append(BEST_BLEU)
             self.export(EXPORT_BEST_BLEU, metrics)
         st.bad_validations = 0 if len(names) > 1 else st.bad_validations + 1
-        self.log.write({"step": st.step, **{f"val_{k}": v for k, v in metrics.items()},
-                        "bad_validations": st.bad_validations}, prefix="val")
-        _say(f"sevlm train: step {st.step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()
-                                                          if isinstance(v, float)), self.rt.main)
+        self.log.write(
+            {"step": st.step, **{f"val_{k}": v for k, v in metrics.items()}, "bad_validations": st.bad_validations},
+            prefix="val",
+        )
+        _say(
+            f"sevlm train: step {st.step}: "
+            + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
+            self.rt.main,
+        )
         if s.patience and st.bad_validations >= s.patience:
             return f"early stop: no improvement in {s.patience} validations", names
         return None, names
@@ -467,8 +555,14 @@ class TrainRecipe:
         from tqdm import tqdm
 
         st, s = self.state, self.cfg.schedule
-        self._bar = tqdm(total=self.total_steps, initial=st.step, desc="train", disable=not self.rt.main,
-                         file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=self.total_steps,
+            initial=st.step,
+            desc="train",
+            disable=not self.rt.main,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self.engine.train()
         stop = None
         while stop is None and st.step < self.total_steps and st.epoch < s.epochs:
@@ -546,25 +640,36 @@ class TrainRecipe:
             stop = "max_steps" if s.max_steps is not None and st.step >= s.max_steps else "epochs"
         if st.best_acc is None:  # never validated: the last weights are the export
             self.export(EXPORT, {})
-        summary = {"step": st.step, "event": "done", "reason": stop, "best_acc": st.best_acc,
-                   "best_bleu4": st.best_bleu}
+        summary = {
+            "step": st.step,
+            "event": "done",
+            "reason": stop,
+            "best_acc": st.best_acc,
+            "best_bleu4": st.best_bleu,
+        }
         # not a time series: in TensorBoard a run resumed after this row would show its figures twice
         self.log.write(summary, tensorboard=False)
         self.log.close()
         if self.rt.main:  # written last: its presence means training finished
             # the measured peak beside the estimate (not in log.jsonl: a resumed run's log equals an
             # uninterrupted one's, and this process's peak is not the run's)
-            memory = {"memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
-                      "memory_peak_gib": checks.peak_memory_gib(self.rt.device)}
+            memory = {
+                "memory_estimate_gib": round(self.memory_estimate / 2**30, 2),
+                "memory_peak_gib": checks.peak_memory_gib(self.rt.device),
+            }
             write_json(self.run_dir / DONE_FILE, {**summary, **memory})
-        _say(f"sevlm train: done ({stop}) at step {st.step}; best accuracy {st.best_acc} (step {st.best_acc_step}), "
-             f"best BLEU-4 {st.best_bleu} (step {st.best_bleu_step}); run folder {self.run_dir}", self.rt.main)
+        _say(
+            f"sevlm train: done ({stop}) at step {st.step}; best accuracy {st.best_acc} (step {st.best_acc_step}), "
+            f"best BLEU-4 {st.best_bleu} (step {st.best_bleu_step}); run folder {self.run_dir}",
+            self.rt.main,
+        )
         return self.run_dir
 
 
 # ---- entry point -----------------------------------------------------------------------------------
-def run_folder(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
-               out_dir: str | os.PathLike | None) -> Path:
+def run_folder(
+    config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
+) -> Path:
     if resume:
         return Path(resume)
     if config is None:
@@ -584,8 +689,9 @@ def claim_run_folder(run_dir: Path):
     return claim(real.parent / f".{real.name}.train.lock", f"{run_dir} (a training run)")
 
 
-def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | None,
-                out_dir: str | os.PathLike | None) -> tuple[TrainConfig, Path, bool]:
+def prepare_run(
+    config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
+) -> tuple[TrainConfig, Path, bool]:
     """(config, run folder, resuming): a new run's config with absolute data paths, or a saved one."""
     run_dir = run_folder(config, resume, out_dir)
     if resume:
@@ -619,15 +725,20 @@ def prepare_run(config: TrainConfig | dict | None, resume: str | os.PathLike | N
     return cfg, run_dir, False
 
 
-def train(config: TrainConfig | dict | None = None, resume: str | os.PathLike | None = None,
-          out_dir: str | os.PathLike | None = None) -> Path:
+def train(
+    config: TrainConfig | dict | None = None,
+    resume: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> Path:
     """Train (or continue with `resume=RUN_DIR`) and return the run folder."""
     run_dir = run_folder(config, resume, out_dir)
     with sigterm_exits(run_dir), claim_run_folder(run_dir):
         cfg, run_dir, resuming = prepare_run(config, resume, out_dir)
         if resuming and (run_dir / DONE_FILE).exists():  # written last: nothing is left to do
-            _say(f"sevlm train: {run_dir}: finished already ({run_dir / DONE_FILE}); nothing to resume",
-                 os.environ.get("RANK", "0") == "0")
+            _say(
+                f"sevlm train: {run_dir}: finished already ({run_dir / DONE_FILE}); nothing to resume",
+                os.environ.get("RANK", "0") == "0",
+            )
             return run_dir
         recipe = TrainRecipe(cfg, run_dir, resuming)
         recipe.setup()
@@ -652,8 +763,11 @@ def sigterm_exits(run_dir: Path):
         if os.getpid() != pid:  # a process forked before it could reset the handler: the default action
             os.kill(os.getpid(), signum)
             return
-        print(f"sevlm train: terminated (SIGTERM); continue with: sevlm train --resume {run_dir}", file=sys.stderr,
-              flush=True)
+        print(
+            f"sevlm train: terminated (SIGTERM); continue with: sevlm train --resume {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)

@@ -69,7 +69,12 @@ class RunLog:
         self._f.flush()
         if tensorboard and self.tb is not None and "step" in row:
             for k, v in row.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                if (
+                    k not in ("step", "time")
+                    and isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                ):
                     self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
 
     def flush(self) -> None:

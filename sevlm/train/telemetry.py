@@ -81,8 +81,10 @@ def peak_flops(device: str, precision: str, dtype) -> dict:
         return {"flops_per_s": gpu_peak_flops(name, precision), "source": f"table: {name} {precision}"}
     import torch
 
-    return {"flops_per_s": round(measure_matmul_flops(dtype)), "source": f"measured: 512x512 matmuls, {precision}, "
-                                                                         f"{torch.get_num_threads()} threads"}
+    return {
+        "flops_per_s": round(measure_matmul_flops(dtype)),
+        "source": f"measured: 512x512 matmuls, {precision}, {torch.get_num_threads()} threads",
+    }
 
 
 def peak_memory(device: str) -> dict[str, float]:
@@ -90,8 +92,10 @@ def peak_memory(device: str) -> dict[str, float]:
     if device == "cuda":
         import torch
 
-        return {"mem_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 4),
-                "mem_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 4)}
+        return {
+            "mem_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 4),
+            "mem_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 4),
+        }
     from sevlm.train.checks import peak_resident_bytes  # VmHWM: ru_maxrss can hold a parent's peak
 
     return {"mem_peak_rss_gib": round((peak_resident_bytes() or 0) / 2**30, 4)}
@@ -225,9 +229,16 @@ class StepTelemetry:
         # one collective per log row: timings averaged over ranks, counts summed (mean x world)
         data, fwd_bwd, optim, wall, tokens, flops = mean_across([*parts, wall, float(self._tokens), float(self._flops)])
         wall = max(wall, 1e-9)
-        row = {"step_time_s": wall / k, "data_wait_s": data / k, "fwd_bwd_s": fwd_bwd / k, "optim_s": optim / k,
-               "data_wait_frac": data / wall, "samples_per_s": k * self.global_batch / wall,
-               "tokens_per_s": tokens * self.world / wall, "tokens": int(round(tokens * self.world))}
+        row = {
+            "step_time_s": wall / k,
+            "data_wait_s": data / k,
+            "fwd_bwd_s": fwd_bwd / k,
+            "optim_s": optim / k,
+            "data_wait_frac": data / wall,
+            "samples_per_s": k * self.global_batch / wall,
+            "tokens_per_s": tokens * self.world / wall,
+            "tokens": int(round(tokens * self.world)),
+        }
         if self.peak:
             row["mfu"] = flops / wall / self.peak  # mean FLOP/s per rank over one rank's peak
         row.update(peak_memory(self.device))

@@ -13,8 +13,22 @@ from sevlm.train.order import val_batches
 
 
 @torch.no_grad()
-def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed: int, max_batches: int | None,
-             gen_images: int | None, dominance: str = "artemis", decoding=None, device, dtype) -> dict:
+def validate(
+    model,
+    builder,
+    val_set,
+    *,
+    micro: int,
+    rank: int,
+    world: int,
+    seed: int,
+    max_batches: int | None,
+    gen_images: int | None,
+    dominance: str = "artemis",
+    decoding=None,
+    device,
+    dtype,
+) -> dict:
     """Metrics (the same dict on every rank): loss, lm_loss, accuracy, bleu4, n_generated."""
     was_training = model.training
     model.eval()
@@ -47,8 +61,7 @@ def validate(model, builder, val_set, *, micro: int, rank: int, world: int, seed
     return metrics
 
 
-def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device,
-                        dtype) -> dict:
+def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device, dtype) -> dict:
     from sevlm.evaluation.metrics import entry_dominant
     from sevlm.generate import generate
 
@@ -58,8 +71,16 @@ def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: 
         visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
-        hyps = generate(model, builder.tok, builder.lexicon, visual, decoding=decoding, n_images=len(samples),
-                        vocab=builder.vocab, image_keys=[s["image_id"] for s in samples])
+        hyps = generate(
+            model,
+            builder.tok,
+            builder.lexicon,
+            visual,
+            decoding=decoding,
+            n_images=len(samples),
+            vocab=builder.vocab,
+            image_keys=[s["image_id"] for s in samples],
+        )
         for s, h in zip(samples, hyps):
             key = s["image_id"]
             references[key] = list(s["explanations"])

@@ -10,19 +10,55 @@ import csv
 import random
 from pathlib import Path
 
-EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness",
-            "something else")
-WORDS = ("the sky sea tree woman man light dark colours red blue green calm storm face eyes sad happy bright "
-         "lonely strange beautiful peaceful violent soft warm cold shadow flowers house field water night feels "
-         "looks like makes me think of and it her his with in on painting brush strokes figure mood").split()
+EMOTIONS = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness", "something else")
+WORDS = (
+    "the sky sea tree woman man light dark colours red blue green calm storm face eyes sad happy bright "
+    "lonely strange beautiful peaceful violent soft warm cold shadow flowers house field water night feels "
+    "looks like makes me think of and it her his with in on painting brush strokes figure mood"
+).split()
 PIECES = (
-    "i can't stop looking at it", "it's so calm", "the woman's face", "don't like the 'dark' corner",
-    "they're dancing", "I'm scared", "y'all see the \"ghost\"", "this is a well-known scene", "look: a boat!",
-    "colors/shapes", "it seems... odd", "the man (left) waves", "wow!!!", "so-so", "a 100% masterpiece",
-    "rock & roll", "she'd've gone", "it isn't", "it ain't pretty", "we'll see", "gonna cry", "wanna run",
-    "the colours are beautifull", "paintng of a tre", "grey skyes", "im so happy", "thecountry side",
-    "the ’curly’ quote’s here", "Café au lait", "naïve art", "won't", "o'clock", "the sea—so blue", "tree–house",
-    "  leading space", "a zxqvw blob", "the [bracketed] word", "cost $5", "e-mail me", "#blessed", "10:30 pm", "a_b",
+    "i can't stop looking at it",
+    "it's so calm",
+    "the woman's face",
+    "don't like the 'dark' corner",
+    "they're dancing",
+    "I'm scared",
+    'y\'all see the "ghost"',
+    "this is a well-known scene",
+    "look: a boat!",
+    "colors/shapes",
+    "it seems... odd",
+    "the man (left) waves",
+    "wow!!!",
+    "so-so",
+    "a 100% masterpiece",
+    "rock & roll",
+    "she'd've gone",
+    "it isn't",
+    "it ain't pretty",
+    "we'll see",
+    "gonna cry",
+    "wanna run",
+    "the colours are beautifull",
+    "paintng of a tre",
+    "grey skyes",
+    "im so happy",
+    "thecountry side",
+    "the ’curly’ quote’s here",
+    "Café au lait",
+    "naïve art",
+    "won't",
+    "o'clock",
+    "the sea—so blue",
+    "tree–house",
+    "  leading space",
+    "a zxqvw blob",
+    "the [bracketed] word",
+    "cost $5",
+    "e-mail me",
+    "#blessed",
+    "10:30 pm",
+    "a_b",
 )
 SENTENCES = ("thewaytheshapeschangethespace", "brightcolorsandanimals", "Iliketoplayinthesnow")
 

@@ -149,14 +149,25 @@ def test_short_utterances_dropped_but_emotion_counted(tmp_path):
 
 def test_split_json_schema_and_nfc_ids(tmp_path):
     nfd = unicodedata.normalize("NFD", "café-nuit")
-    rows = [["Fauvism", nfd, "contentment", "A warm, calm café at night.", 2],
-            ["Fauvism", nfd, "contentment", "i love the yellow light here", 2]]
+    rows = [
+        ["Fauvism", nfd, "contentment", "A warm, calm café at night.", 2],
+        ["Fauvism", nfd, "contentment", "i love the yellow light here", 2],
+    ]
     _, out = prepare(tmp_path, rows)
     train = load_split(out, "train")
-    (image_id, entry), = train.items()
+    ((image_id, entry),) = train.items()
     assert image_id == "Fauvism/café-nuit" and image_id == unicodedata.normalize("NFC", image_id)
-    assert set(entry) == {"image_name", "art_style", "painting", "emotions", "explanations", "explanations_raw",
-                          "sources", "emotion_distribution", "dominant_emotion"}
+    assert set(entry) == {
+        "image_name",
+        "art_style",
+        "painting",
+        "emotions",
+        "explanations",
+        "explanations_raw",
+        "sources",
+        "emotion_distribution",
+        "dominant_emotion",
+    }
     assert entry["sources"] == ["v1", "v1"]
     assert entry["image_name"] == "Fauvism/café-nuit.jpg"
     assert entry["dominant_emotion"] == "contentment"
@@ -223,18 +234,24 @@ def test_v2_combined_test_set_and_training_subsets(tmp_path):
     base = json.loads((tmp_path / "v1only" / "manifest.json").read_text())
     m = prepare_dataset(v1_csv, tmp_path / "comb", contrastive_csv=v2_csv, protocol="sevlm", progress=False)
     assert m["train_subset"] == "combined" and m["training_set"].startswith("combined")
-    assert m["combined"] == {"v1_train_annotations_available": 850, "v1_train_annotations_used": 40,
-                             "v2_new_paintings": 10}
+    assert m["combined"] == {
+        "v1_train_annotations_available": 850,
+        "v1_train_annotations_used": 40,
+        "v2_new_paintings": 10,
+    }
     by_source = {s: m["counts"][s]["annotations_by_source"] for s in SPLITS}
-    assert by_source == {"train": {"v1": 40, "v2": 40},
-                         "val": {"v1": base["counts"]["val"]["annotations"], "v2": 3},
-                         "test": {"v1": base["counts"]["test"]["annotations"], "v2": 5}}
+    assert by_source == {
+        "train": {"v1": 40, "v2": 40},
+        "val": {"v1": base["counts"]["val"]["annotations"], "v2": 3},
+        "test": {"v1": base["counts"]["test"]["annotations"], "v2": 5},
+    }
     assert m["sources"]["contrastive_csv"]["sha256"] == sha256_file(v2_csv)
     assert m["dropped_short_utterances"]["v2_train"] == 1
     splits = {s: load_split(tmp_path / "comb", s) for s in SPLITS}
     # Every valid v2 annotation is in exactly one split, and val/test paintings are v1's.
-    v2_texts = [x for s in SPLITS for v in splits[s].values()
-                for x, src in zip(v["explanations"], v["sources"]) if src == "v2"]
+    v2_texts = [
+        x for s in SPLITS for v in splits[s].values() for x, src in zip(v["explanations"], v["sources"]) if src == "v2"
+    ]
     assert len(v2_texts) == len(set(v2_texts)) == 48
     assert {s: sorted(splits[s]) for s in ("val", "test")} == {s: ids[s] for s in ("val", "test")}
     test_entry = splits["test"][ids["test"][0]]
@@ -242,14 +259,18 @@ def test_v2_combined_test_set_and_training_subsets(tmp_path):
     assert "Impressionism/new-3" in splits["train"]
     assert splits["train"]["Impressionism/new-0"]["emotion_distribution"][EMOTIONS.index("fear")] == 1.0
 
-    every = prepare_dataset(v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", protocol="sevlm", progress=False)
+    every = prepare_dataset(
+        v1_csv, tmp_path / "all", contrastive_csv=v2_csv, train_subset="all", protocol="sevlm", progress=False
+    )
     assert every["train_subset"] == "all" and every["training_set"].startswith("all")
     assert every["counts"]["train"]["annotations_by_source"] == {"v1": 850, "v2": 40}
     assert every["combined"]["v1_train_annotations_used"] == 850
     for s in ("val", "test"):  # the subset changes training only
         assert (tmp_path / "all" / f"{s}.json").read_bytes() == (tmp_path / "comb" / f"{s}.json").read_bytes()
     with pytest.raises(ConfigError, match="unknown training subset 'most'"):
-        prepare_dataset(v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", protocol="sevlm", progress=False)
+        prepare_dataset(
+            v1_csv, tmp_path / "x", contrastive_csv=v2_csv, train_subset="most", protocol="sevlm", progress=False
+        )
     with pytest.raises(ConfigError, match="needs ArtEmis v2"):
         prepare_dataset(v1_csv, tmp_path / "x", train_subset="all", protocol="sevlm", progress=False)
 
@@ -288,9 +309,11 @@ def test_bad_row_skipped_and_counted(tmp_path, reason, bad, words):
 
 def test_undecodable_row_is_a_row_error(tmp_path):
     path = tmp_path / "latin1.csv"
-    path.write_bytes(b"art_style,painting,emotion,utterance,repetition\n"
-                     b"Cubism,p1,awe,the colours in this painting are nice,5\n"
-                     b"Cubism,p2,awe,the caf\xe9 in this painting is nice,5\n")
+    path.write_bytes(
+        b"art_style,painting,emotion,utterance,repetition\n"
+        b"Cubism,p1,awe,the colours in this painting are nice,5\n"
+        b"Cubism,p2,awe,the caf\xe9 in this painting is nice,5\n"
+    )
     with pytest.raises(DataError, match=r"latin1\.csv: line 3: text is not valid UTF-8"):
         prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
     m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
@@ -300,8 +323,10 @@ def test_undecodable_row_is_a_row_error(tmp_path):
 @pytest.mark.parametrize(
     "content, words",
     [
-        (b"art_style,painting,emotion,utterance\nCubism,p,awe,nice painting of a tree,5\n",
-         "line 1: missing column(s) 'repetition'"),
+        (
+            b"art_style,painting,emotion,utterance\nCubism,p,awe,nice painting of a tree,5\n",
+            "line 1: missing column(s) 'repetition'",
+        ),
         (b"style,title,feeling,text,rep\nCubism,p,awe,x,5\n", "missing column(s) 'art_style', 'painting'"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00" + bytes(range(256)) * 4, "not a CSV file (binary data"),
         (bytes(range(128, 256)) * 20, "not a CSV file (not UTF-8 text"),
@@ -325,12 +350,16 @@ def test_not_an_artemis_csv(tmp_path, content, words, skip):
 
 def test_bad_rows_in_contrastive_csv_named_and_counted(tmp_path):
     v1_csv = write_csv(tmp_path / "v1.csv", v1_rows(20))
-    v2_csv = write_csv(tmp_path / "Contrastive.csv",
-                       [["Impressionism", "new", "joy", LONG.format(0)], ["Impressionism", "new", "awe", LONG.format(1)]],
-                       HEADER[:4])
+    v2_csv = write_csv(
+        tmp_path / "Contrastive.csv",
+        [["Impressionism", "new", "joy", LONG.format(0)], ["Impressionism", "new", "awe", LONG.format(1)]],
+        HEADER[:4],
+    )
     with pytest.raises(DataError, match=r"Contrastive\.csv: line 2: unknown emotion 'joy'"):
         prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, protocol="sevlm", progress=False)
-    m = prepare_dataset(v1_csv, tmp_path / "o", contrastive_csv=v2_csv, skip_bad_rows=True, protocol="sevlm", progress=False)
+    m = prepare_dataset(
+        v1_csv, tmp_path / "o", contrastive_csv=v2_csv, skip_bad_rows=True, protocol="sevlm", progress=False
+    )
     assert m["sources"]["contrastive_csv"]["skipped_rows"] == {"unknown_emotion": 1}
     assert m["skipped_rows"] == {"unknown_emotion": 1}
 
@@ -368,7 +397,9 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
         [nfd("Art_Nouveau_(Modérne)"), nfd("zoë-dürer_rose"), "contentment", LONG.format(3), 1],
         [nfc("Art_Nouveau_(Modérne)"), "missing-painting", "fear", LONG.format(4), 1],
     ]
-    with pytest.raises(DataError, match=r"1 of 3 images not found \(33%; e\.g\. .*missing-painting\).*--allow-missing-images"):
+    with pytest.raises(
+        DataError, match=r"1 of 3 images not found \(33%; e\.g\. .*missing-painting\).*--allow-missing-images"
+    ):
         prepare(tmp_path, rows, images_dir=images)
     m, out = prepare(tmp_path, rows, images_dir=images, allow_missing_images=True)
     assert m["images_dir"] == str(images.resolve())
@@ -379,7 +410,8 @@ def test_nfc_and_nfd_names_match_image_files(tmp_path):
         assert image_id == nfc(image_id)
         assert (images / entry["image_name"]).is_file()  # the on-disk spelling, whatever its form
     assert train[nfc("Art_Nouveau_(Modérne)/émile-gallé_vase")]["image_name"] == nfd(
-        "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg")
+        "Art_Nouveau_(Modérne)/émile-gallé_vase.jpg"
+    )
     assert Counter(e for v in train.values() for e in v["emotions"]) == {"awe": 2, "contentment": 1}
 
 
@@ -403,8 +435,11 @@ def test_stray_quote_is_one_bad_line(tmp_path, close_at):
     rows = v1_rows(146, per=5)  # 730 rows: lines 2..731
     path = _with_stray_quote(tmp_path / "stray.csv", rows, open_at=10, close_at=close_at)
     runs_to = close_at or 731
-    with pytest.raises(DataError, match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
-                                        rf"field opened on this line runs on to line {runs_to}\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"stray\.csv: line 10: malformed CSV \(unbalanced quote: the quoted "
+        rf"field opened on this line runs on to line {runs_to}\)",
+    ):
         prepare_dataset(path, tmp_path / "out", protocol="sevlm", progress=False)
     m = prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
     assert m["skipped_rows"] == {"malformed_row": 1}
@@ -438,9 +473,14 @@ def test_header_only_csv_is_an_error(tmp_path, skip):
 
 
 def test_no_usable_rows_is_an_error(tmp_path):
-    path = write_csv(tmp_path / "bad.csv", [["Cubism", "p", "joy", LONG.format(1), 5], ["Cubism", "q", "awe", "short", 5]])
-    with pytest.raises(DataError, match=r"bad\.csv: no training annotations left \(of 2 rows: 1 bad, 1 utterances "
-                                        r"under 5 tokens, 0 images not found\)"):
+    path = write_csv(
+        tmp_path / "bad.csv", [["Cubism", "p", "joy", LONG.format(1), 5], ["Cubism", "q", "awe", "short", 5]]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"bad\.csv: no training annotations left \(of 2 rows: 1 bad, 1 utterances "
+        r"under 5 tokens, 0 images not found\)",
+    ):
         prepare_dataset(path, tmp_path / "out", skip_bad_rows=True, protocol="sevlm", progress=False)
 
 
@@ -460,16 +500,26 @@ def test_missing_images_threshold(tmp_path):
     with pytest.raises(DataError, match=r"empty: 40 of 40 images not found \(100%"):
         prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", protocol="sevlm", progress=False)
     with pytest.raises(DataError, match="no training annotations left .* 40 images not found"):
-        prepare_dataset(csv_path, tmp_path / "a", images_dir=tmp_path / "empty", allow_missing_images=True,
-                        protocol="sevlm", progress=False)
+        prepare_dataset(
+            csv_path,
+            tmp_path / "a",
+            images_dir=tmp_path / "empty",
+            allow_missing_images=True,
+            protocol="sevlm",
+            progress=False,
+        )
     # 2 of 40 (5%) is at the threshold: left out and counted without the flag.
-    m = prepare_dataset(csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), protocol="sevlm", progress=False)
+    m = prepare_dataset(
+        csv_path, tmp_path / "b", images_dir=_images_for(tmp_path / "img2", rows, 2), protocol="sevlm", progress=False
+    )
     assert m["missing_images"]["count"] == 2 and sum(c["images"] for c in m["counts"].values()) == 38
     # 3 of 40 is above it.
     images3 = _images_for(tmp_path / "img3", rows, 3)
     with pytest.raises(DataError, match=r"3 of 40 images not found \(8%.*--allow-missing-images"):
         prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, protocol="sevlm", progress=False)
-    m = prepare_dataset(csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, protocol="sevlm", progress=False)
+    m = prepare_dataset(
+        csv_path, tmp_path / "c", images_dir=images3, allow_missing_images=True, protocol="sevlm", progress=False
+    )
     assert m["missing_images"]["count"] == 3 and sum(c["images"] for c in m["counts"].values()) == 37
 
 
@@ -529,7 +579,8 @@ def test_out_folder_must_be_a_dataset_folder(tmp_path):
     (tmp_path / "emptydir" / "emo_classifier").mkdir()
     prepare_dataset(csv_path, tmp_path / "emptydir", protocol="sevlm", progress=False)
     assert sorted(p.name for p in (tmp_path / "emptydir").iterdir()) == sorted(
-        [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS] + ["manifest.json"])
+        [f"{s}.json" for s in SPLITS] + [f"{s}_coco.json" for s in SPLITS] + ["manifest.json"]
+    )
 
 
 def test_outputs_follow_the_umask(tmp_path):

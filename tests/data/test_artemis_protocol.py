@@ -144,8 +144,9 @@ def test_length_rules_rest_split_and_manifest(tmp_path):
     assert m["protocol"] == "artemis"
     rep = m["artemis"]
     # The threshold is the 95th percentile of the train rows' lengths (before any drop).
-    train_keys = {k for k, s in artemis_split([f"Impressionismp-{i:03d}" for i in range(2, 60)]).items()
-                  if s == "train"}
+    train_keys = {
+        k for k, s in artemis_split([f"Impressionismp-{i:03d}" for i in range(2, 60)]).items() if s == "train"
+    }
     train_lengths = [len(r[3].split()) for r in rows if r[0] + r[1] in train_keys]
     threshold = float(np.percentile(train_lengths, 95))
     assert rep["too_long"]["threshold"] == pytest.approx(threshold) and 12 <= threshold < 40
@@ -156,15 +157,19 @@ def test_length_rules_rest_split_and_manifest(tmp_path):
     assert rep["too_long"]["dropped"] == sum(len(r[3].split()) > threshold for r in rows)
     # The heavily re-annotated paintings are the rest split, and only there.
     assert set(kept["rest"]) == {"Impressionism/p-000", "Impressionism/p-001"}
-    assert not {"Impressionism/p-000", "Impressionism/p-001"} & (set(kept["train"]) | set(kept["val"])
-                                                                   | set(kept["test"]))
+    assert not {"Impressionism/p-000", "Impressionism/p-001"} & (
+        set(kept["train"]) | set(kept["val"]) | set(kept["test"])
+    )
     assert m["counts"]["rest"]["images"] == 2 and "rest.json" in m["files"]
     assert m["counts"]["train"]["paintings_in_split"] == len(train_keys)
 
 
 def test_explanations_are_spelled_and_raw_text_kept(tmp_path):
-    rows = [["Impressionism", f"p-{i:03d}", "awe", "I can't stop looking at the lonley 'grey' sea", 5]
-            for i in range(40) for _ in range(5)]
+    rows = [
+        ["Impressionism", f"p-{i:03d}", "awe", "I can't stop looking at the lonley 'grey' sea", 5]
+        for i in range(40)
+        for _ in range(5)
+    ]
     path = artemis_like.write(tmp_path / "raw.csv", rows)
     prepare_dataset(path, tmp_path / "ds", progress=False)
     rec = next(iter(json.loads((tmp_path / "ds" / "train.json").read_text()).values()))
@@ -180,15 +185,28 @@ def test_explanations_are_spelled_and_raw_text_kept(tmp_path):
 def _write_preprocessed(path, rows):
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["art_style", "painting", "emotion", "utterance", "repetition", "split", "tokens_len",
-                    "utterance_spelled", "version"])
+        w.writerow(
+            [
+                "art_style",
+                "painting",
+                "emotion",
+                "utterance",
+                "repetition",
+                "split",
+                "tokens_len",
+                "utterance_spelled",
+                "version",
+            ]
+        )
         w.writerows(rows)
     return path
 
 
 def test_preprocessed_csv_is_taken_as_given(tmp_path):
-    rows = [["Cubism", f"p{i}", "fear", "Raw text!", 5, split, 6, f"spelled text number {i} here", "old"]
-            for i, split in enumerate(["train"] * 6 + ["val", "test", "rest"])]
+    rows = [
+        ["Cubism", f"p{i}", "fear", "Raw text!", 5, split, 6, f"spelled text number {i} here", "old"]
+        for i, split in enumerate(["train"] * 6 + ["val", "test", "rest"])
+    ]
     rows.append(["Cubism", "p9", "awe", "x", 5, "train", 6, "new version text here ok", "new"])
     path = _write_preprocessed(tmp_path / "artemis_preprocessed.csv", rows)
     assert is_preprocessed(path)
@@ -202,8 +220,9 @@ def test_preprocessed_csv_is_taken_as_given(tmp_path):
         assert list(json.loads((tmp_path / "ds" / f"{split}.json").read_text())) == [f"Cubism/{painting}"]
 
     # v2: a test CSV replaces the training CSV's test rows.
-    test = _write_preprocessed(tmp_path / "test_all.csv", [["Cubism", "q1", "awe", "r", 5, "test", 5,
-                                                              "the released test text", "new"]])
+    test = _write_preprocessed(
+        tmp_path / "test_all.csv", [["Cubism", "q1", "awe", "r", 5, "test", 5, "the released test text", "new"]]
+    )
     m = prepare_dataset(path, tmp_path / "v2", test_csv=test, progress=False)
     assert list(json.loads((tmp_path / "v2" / "test.json").read_text())) == ["Cubism/q1"]
     assert m["artemis-preprocessed"]["test_rows_replaced_by_test_csv"] == 1
@@ -212,8 +231,9 @@ def test_preprocessed_csv_is_taken_as_given(tmp_path):
 
 def test_preprocessed_input_errors(tmp_path):
     good = ["Cubism", "p1", "fear", "t", 5, "train", 5, "one two three four five", "old"]
-    path = _write_preprocessed(tmp_path / "bad.csv", [good, ["Cubism", "p2", "fear", "t", 5, "holdout", 5,
-                                                             "one two three four five", "old"]])
+    path = _write_preprocessed(
+        tmp_path / "bad.csv", [good, ["Cubism", "p2", "fear", "t", 5, "holdout", 5, "one two three four five", "old"]]
+    )
     with pytest.raises(DataError, match=r"bad\.csv: line 3: split 'holdout' is not one of: train, val, test, rest"):
         prepare_dataset(path, tmp_path / "o", progress=False)
     both = _write_preprocessed(tmp_path / "both.csv", [good, [*good[:5], "test", *good[6:]]])
@@ -246,8 +266,12 @@ def test_parity_with_artemis_own_output(tmp_path):
     report = compare(read_artemis(PARITY / "artemis_preprocessed.csv"), read_sevlm(tmp_path / "raw"))
     for split, r in report.items():
         assert r["artemis_paintings"] > 0, split
-        assert r["artemis_paintings"] == r["sevlm_paintings"] == r["same_paintings"] \
-            == r["paintings_with_same_explanations"], (split, r)
+        assert (
+            r["artemis_paintings"]
+            == r["sevlm_paintings"]
+            == r["same_paintings"]
+            == r["paintings_with_same_explanations"]
+        ), (split, r)
         assert r["artemis_annotations"] == r["sevlm_annotations"], (split, r)
     prepare_dataset(PARITY / "artemis_preprocessed.csv", tmp_path / "pre", progress=False)
     for split in ("train", "val", "test", "rest"):
@@ -266,16 +290,35 @@ def test_cli_protocols(tmp_path, capsys):
     assert cli.main(["prepare", "--artemis-csv", str(raw), "--protocol", "sevlm", "--out", str(tmp_path / "s")]) == 0
     assert "protocol: sevlm" in capsys.readouterr().out
     assert not (tmp_path / "s" / "rest.json").exists() and (tmp_path / "a" / "rest.json").exists()
-    assert cli.main(["prepare", "--format", "generic", "--input", str(raw), "--images", str(tmp_path),
-                     "--protocol", "artemis", "--out", str(tmp_path / "g")]) == 1
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--format",
+                "generic",
+                "--input",
+                str(raw),
+                "--images",
+                str(tmp_path),
+                "--protocol",
+                "artemis",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 1
+    )
     assert "--protocol: ArtEmis options" in capsys.readouterr().err
 
 
 def test_v2_rows_follow_their_painting_under_artemis_protocol(tmp_path):
-    v1 = [["Impressionism", f"p-{i:03d}", "awe", "a calm and lonley sea at night", 5]
-          for i in range(40) for _ in range(5)]
-    v2 = [["Impressionism", "p-000", "fear", "the sea isn't calm at all"],  # 7 tokens: the 95th percentile
-          ["Impressionism", "new-1", "awe", "a brand new painting of the sea"]]
+    v1 = [
+        ["Impressionism", f"p-{i:03d}", "awe", "a calm and lonley sea at night", 5] for i in range(40) for _ in range(5)
+    ]
+    v2 = [
+        ["Impressionism", "p-000", "fear", "the sea isn't calm at all"],  # 7 tokens: the 95th percentile
+        ["Impressionism", "new-1", "awe", "a brand new painting of the sea"],
+    ]
     v1_csv = artemis_like.write(tmp_path / "v1.csv", v1)
     v2_csv = tmp_path / "v2.csv"
     with open(v2_csv, "w", newline="", encoding="utf-8") as f:

@@ -22,8 +22,22 @@ def test_demo_data_then_prepare(tmp_path, capsys):
     assert run(demo_data, ["--out", str(raw), "--n-images", "27", "--seed", "4", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "27 images (32px)" in out
-    assert run(prepare, ["--artemis-csv", str(raw / "artemis_dataset_release_v0.csv"), "--images",
-                         str(raw / "images"), "--out", str(ds), "--seed", "3"]) == 0
+    assert (
+        run(
+            prepare,
+            [
+                "--artemis-csv",
+                str(raw / "artemis_dataset_release_v0.csv"),
+                "--images",
+                str(raw / "images"),
+                "--out",
+                str(ds),
+                "--seed",
+                "3",
+            ],
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train:" in out and "test :" in out
     manifest = json.loads((ds / "manifest.json").read_text())
@@ -42,8 +56,22 @@ def test_prepare_flags_reach_the_library(tmp_path):
     )
     with pytest.raises(DataError, match=r"a\.csv: line 3: unknown emotion 'joy'"):
         run(prepare, ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--out", str(tmp_path / "d")])
-    run(prepare, ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--out", str(tmp_path / "d"), "--skip-bad-rows",
-                  "--min-tokens", "4", "--max-repetition", "60"])
+    run(
+        prepare,
+        [
+            "--artemis-csv",
+            str(csv_path),
+            "--protocol",
+            "sevlm",
+            "--out",
+            str(tmp_path / "d"),
+            "--skip-bad-rows",
+            "--min-tokens",
+            "4",
+            "--max-repetition",
+            "60",
+        ],
+    )
     m = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert m["skipped_rows"] == {"unknown_emotion": 1}
     assert m["set_aside"]["paintings"] == 0 and m["dropped_short_utterances"]["total"] == 0
@@ -71,7 +99,16 @@ def test_allow_missing_images_flag(tmp_path):
     )
     (tmp_path / "img" / "Cubism").mkdir(parents=True)
     (tmp_path / "img" / "Cubism" / "p.jpg").write_bytes(b"jpg")
-    argv = ["--artemis-csv", str(csv_path), "--protocol", "sevlm", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "d")]
+    argv = [
+        "--artemis-csv",
+        str(csv_path),
+        "--protocol",
+        "sevlm",
+        "--images",
+        str(tmp_path / "img"),
+        "--out",
+        str(tmp_path / "d"),
+    ]
     with pytest.raises(DataError, match="1 of 2 images not found"):
         run(prepare, argv)
     assert run(prepare, argv + ["--allow-missing-images"]) == 0
@@ -81,8 +118,11 @@ def test_allow_missing_images_flag(tmp_path):
 
 def test_train_subset_flag(tmp_path, capsys):
     v1 = tmp_path / "v1.csv"
-    v1.write_text("art_style,painting,emotion,utterance,repetition\n"
-                  + "".join(f"Cubism,p{i},awe,one two three four five {i},2\n" for i in range(20)), encoding="utf-8")
+    v1.write_text(
+        "art_style,painting,emotion,utterance,repetition\n"
+        + "".join(f"Cubism,p{i},awe,one two three four five {i},2\n" for i in range(20)),
+        encoding="utf-8",
+    )
     v2 = tmp_path / "Contrastive.csv"
     v2.write_text("art_style,painting,emotion,utterance\nCubism,new,fear,six seven eight nine ten\n", encoding="utf-8")
     base = ["--artemis-csv", str(v1), "--contrastive-csv", str(v2), "--protocol", "sevlm"]

@@ -72,7 +72,9 @@ def test_deterministic_in_seed(tmp_path):
     csv_of = lambda n: (tmp_path / n / "artemis_dataset_release_v0.csv").read_bytes()  # noqa: E731
     assert csv_of("a") == csv_of("b") and csv_of("a") != csv_of("c")
     pics = sorted((tmp_path / "a" / "images").rglob("*.jpg"))
-    assert [p.read_bytes() for p in pics] == [(tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pics]
+    assert [p.read_bytes() for p in pics] == [
+        (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in pics
+    ]
 
 
 def test_crowd_mostly_but_not_always_agrees(demo_dir):
@@ -106,7 +108,7 @@ def test_pictures_are_learnable(demo_dir):
     crowd = np.array([Counter(paintings[k]["crowd"]).most_common(1)[0][0] for k in keys])
     rng = np.random.default_rng(0)
     order = rng.permutation(len(keys))
-    train, test = order[: 2 * len(keys) // 3], order[2 * len(keys) // 3:]
+    train, test = order[: 2 * len(keys) // 3], order[2 * len(keys) // 3 :]
     chance = 1 / len(EMOTIONS)
     clf = LogisticRegression(max_iter=1000).fit(X[train], drawn[train])
     assert clf.score(X[test], drawn[test]) > 0.6 > 4 * chance
@@ -133,8 +135,13 @@ def test_explanations_name_what_is_visible(demo_dir):
 
 
 def test_round_trip_through_prepare(demo_dir, tmp_path):
-    m = prepare_dataset(demo_dir / "artemis_dataset_release_v0.csv", tmp_path / "ds", protocol="sevlm",
-                        images_dir=demo_dir / "images", progress=False)
+    m = prepare_dataset(
+        demo_dir / "artemis_dataset_release_v0.csv",
+        tmp_path / "ds",
+        protocol="sevlm",
+        images_dir=demo_dir / "images",
+        progress=False,
+    )
     assert m["skipped_rows"] == {} and m["missing_images"]["count"] == 0
     assert m["dropped_short_utterances"]["total"] > 0
     assert sum(m["counts"][s]["images"] for s in SPLITS) == N
@@ -228,18 +235,22 @@ def test_summary_does_not_depend_on_the_hash_seed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import json, sys; from sevlm.demo import make_demo_data; "
-            "print(json.dumps(make_demo_data(sys.argv[1], n_images=20, seed=0, image_size=32, progress=False)))")
+    code = (
+        "import json, sys; from sevlm.demo import make_demo_data; "
+        "print(json.dumps(make_demo_data(sys.argv[1], n_images=20, seed=0, image_size=32, progress=False)))"
+    )
     summaries = []
     for hash_seed in ("0", "1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / hash_seed)], env=env, capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / hash_seed)], env=env, capture_output=True, text=True, check=True
+        )
         summaries.append(json.loads(done.stdout)["majority_is_drawn"])
     paintings = info(tmp_path / "0")["paintings"].values()
     strict = [Counter(p["crowd"]).most_common(2) for p in paintings]
-    expected = np.mean([t[0][0] == p["drawn_emotion"] and (len(t) == 1 or t[0][1] > t[1][1])
-                        for t, p in zip(strict, paintings)])
+    expected = np.mean(
+        [t[0][0] == p["drawn_emotion"] and (len(t) == 1 or t[0][1] > t[1][1]) for t, p in zip(strict, paintings)]
+    )
     assert summaries == [round(expected, 4)] * 3
 
 

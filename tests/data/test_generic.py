@@ -44,10 +44,21 @@ def two_inputs(tmp_path, wikiart_dir):
     """affection.csv: 40 paintings x 3 rows (no split, no source column); ours.jsonl: 10 of those
     paintings plus 5 new ones, with sources and, for some, a fixed split."""
     images = paintings(wikiart_dir, 45)
-    a = [{"image": im, "emotion": EMOTIONS[(i + k) % 9], "utterance": LONG.format(f"a {i} {k}")}
-         for i, im in enumerate(images[:40]) for k in range(3)]
-    b = [{"image": im, "emotion": "awe", "utterance": LONG.format(f"b {i}"), "source": "ours",
-          "split": "test" if i < 4 else ("val" if i == 4 else "")} for i, im in enumerate(images[30:45])]
+    a = [
+        {"image": im, "emotion": EMOTIONS[(i + k) % 9], "utterance": LONG.format(f"a {i} {k}")}
+        for i, im in enumerate(images[:40])
+        for k in range(3)
+    ]
+    b = [
+        {
+            "image": im,
+            "emotion": "awe",
+            "utterance": LONG.format(f"b {i}"),
+            "source": "ours",
+            "split": "test" if i < 4 else ("val" if i == 4 else ""),
+        }
+        for i, im in enumerate(images[30:45])
+    ]
     return write_csv(tmp_path / "affection.csv", a), write_jsonl(tmp_path / "ours.jsonl", b), images
 
 
@@ -103,8 +114,11 @@ BAD_ROWS = [
 def test_bad_rows_as_in_the_artemis_reader(tmp_path, wikiart_dir, kind, reason, bad, words):
     good = [{**GOOD, "image": im, "utterance": LONG.format(i)} for i, im in enumerate(paintings(wikiart_dir, 6))]
     rows = good[:2] + [bad] + good[2:]
-    path = (write_csv(tmp_path / "in.csv", rows, ("image", "emotion", "utterance", "split")) if kind == "csv"
-            else write_jsonl(tmp_path / "in.jsonl", rows))
+    path = (
+        write_csv(tmp_path / "in.csv", rows, ("image", "emotion", "utterance", "split"))
+        if kind == "csv"
+        else write_jsonl(tmp_path / "in.jsonl", rows)
+    )
     with pytest.raises(DataError) as err:
         prepare_generic([path], wikiart_dir, tmp_path / "ds", progress=False)
     line = 4 if kind == "csv" else 3
@@ -117,24 +131,34 @@ def test_bad_rows_as_in_the_artemis_reader(tmp_path, wikiart_dir, kind, reason, 
 def test_malformed_rows_csv_and_jsonl(tmp_path, wikiart_dir):
     ims = paintings(wikiart_dir, 4)
     path = tmp_path / "in.csv"
-    path.write_text("image,emotion,utterance\n"
-                    f"{ims[0]},awe,{LONG.format(0)}\n"
-                    f'{ims[1]},awe,"{LONG.format(1)}\n'  # a stray quote
-                    f"{ims[2]},awe,{LONG.format(2)},extra\n"
-                    f"{ims[3]},awe,{LONG.format(3)}\n", encoding="utf-8")
+    path.write_text(
+        "image,emotion,utterance\n"
+        f"{ims[0]},awe,{LONG.format(0)}\n"
+        f'{ims[1]},awe,"{LONG.format(1)}\n'  # a stray quote
+        f"{ims[2]},awe,{LONG.format(2)},extra\n"
+        f"{ims[3]},awe,{LONG.format(3)}\n",
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=r"in\.csv: line 3: malformed CSV \(unbalanced quote"):
         prepare_generic([path], wikiart_dir, tmp_path / "ds", progress=False)
     m = prepare_generic([path], wikiart_dir, tmp_path / "ds", skip_bad_rows=True, progress=False)
     assert m["skipped_rows"] == {"malformed_row": 2} and "line 4: malformed row: 4 fields" in m["skipped_examples"][1]
 
     path = tmp_path / "in.jsonl"
-    path.write_text(json.dumps({"image": ims[0], "emotion": "awe", "utterance": LONG.format(0)}) + "\n"
-                    + '{"image": "x.jpg", "emotion": \n'
-                    + json.dumps({"image": ims[1], "emotion": "awe"}) + "\n"
-                    + json.dumps(["a", "list"]) + "\n\n"
-                    + json.dumps({"image": ims[2], "emotion": ["awe"], "utterance": "x"}) + "\n"
-                    + json.dumps({"image": ims[3], "emotion": "fear", "utterance": LONG.format(3)}) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"image": ims[0], "emotion": "awe", "utterance": LONG.format(0)})
+        + "\n"
+        + '{"image": "x.jpg", "emotion": \n'
+        + json.dumps({"image": ims[1], "emotion": "awe"})
+        + "\n"
+        + json.dumps(["a", "list"])
+        + "\n\n"
+        + json.dumps({"image": ims[2], "emotion": ["awe"], "utterance": "x"})
+        + "\n"
+        + json.dumps({"image": ims[3], "emotion": "fear", "utterance": LONG.format(3)})
+        + "\n",
+        encoding="utf-8",
+    )
     m = prepare_generic([path], wikiart_dir, tmp_path / "ds", skip_bad_rows=True, progress=False)
     assert m["skipped_rows"] == {"malformed_row": 4} and m["sources"][str(path)]["rows"] == 6
     assert [e.split(": ", 1)[1] for e in m["skipped_examples"]] == [
@@ -147,12 +171,19 @@ def test_malformed_rows_csv_and_jsonl(tmp_path, wikiart_dir):
 
 def test_one_split_per_image_and_one_file_per_id(tmp_path, wikiart_dir):
     ims = paintings(wikiart_dir, 8)
-    a = write_csv(tmp_path / "a.csv", [{"image": im, "emotion": "awe", "utterance": LONG.format(i), "split": "train"}
-                                       for i, im in enumerate(ims)], ("image", "emotion", "utterance", "split"))
-    b = write_jsonl(tmp_path / "b.jsonl", [{"image": ims[0], "emotion": "awe", "utterance": LONG.format(9),
-                                            "split": "test"}])
-    with pytest.raises(DataError, match=rf"b\.jsonl: line 1: image '{ims[0]}' is put in split 'test' but in "
-                                        rf"'train' by a\.csv line 2"):
+    a = write_csv(
+        tmp_path / "a.csv",
+        [{"image": im, "emotion": "awe", "utterance": LONG.format(i), "split": "train"} for i, im in enumerate(ims)],
+        ("image", "emotion", "utterance", "split"),
+    )
+    b = write_jsonl(
+        tmp_path / "b.jsonl", [{"image": ims[0], "emotion": "awe", "utterance": LONG.format(9), "split": "test"}]
+    )
+    with pytest.raises(
+        DataError,
+        match=rf"b\.jsonl: line 1: image '{ims[0]}' is put in split 'test' but in "
+        rf"'train' by a\.csv line 2",
+    ):
         prepare_generic([a, b], wikiart_dir, tmp_path / "ds", progress=False)
     m = prepare_generic([a, b], wikiart_dir, tmp_path / "ds", skip_bad_rows=True, progress=False)
     assert m["skipped_rows"] == {"split_conflict": 1} and m["counts"]["train"]["images"] == 8
@@ -160,16 +191,21 @@ def test_one_split_per_image_and_one_file_per_id(tmp_path, wikiart_dir):
     (tmp_path / "img" / "S").mkdir(parents=True)
     for name in ("p.jpg", "p.png"):
         (tmp_path / "img" / "S" / name).write_bytes(b"x")
-    c = write_csv(tmp_path / "c.csv", [{"image": f"S/p.{e}", "emotion": "awe", "utterance": LONG.format(e)}
-                                       for e in ("jpg", "png")])
-    with pytest.raises(DataError, match=r"c\.csv: line 3: image 'S/p\.png' has the id 'S/p' of 'S/p\.jpg' \(c\.csv line 2\)"):
+    c = write_csv(
+        tmp_path / "c.csv",
+        [{"image": f"S/p.{e}", "emotion": "awe", "utterance": LONG.format(e)} for e in ("jpg", "png")],
+    )
+    with pytest.raises(
+        DataError, match=r"c\.csv: line 3: image 'S/p\.png' has the id 'S/p' of 'S/p\.jpg' \(c\.csv line 2\)"
+    ):
         prepare_generic([c], tmp_path / "img", tmp_path / "ds2", progress=False)
 
 
 def test_missing_images_and_empty_inputs(tmp_path, wikiart_dir):
     ims = paintings(wikiart_dir, 20) + ["Cubism/not-there.jpg"] * 2 + ["Nowhere/x.jpg"]
-    path = write_csv(tmp_path / "in.csv", [{"image": im, "emotion": "awe", "utterance": LONG.format(i)}
-                                           for i, im in enumerate(ims)])
+    path = write_csv(
+        tmp_path / "in.csv", [{"image": im, "emotion": "awe", "utterance": LONG.format(i)} for i, im in enumerate(ims)]
+    )
     with pytest.raises(DataError, match=r"2 of 22 images not found \(9%.*--allow-missing-images"):
         prepare_generic([path], wikiart_dir, tmp_path / "ds", progress=False)
     m = prepare_generic([path], wikiart_dir, tmp_path / "ds", allow_missing_images=True, progress=False)
@@ -182,8 +218,9 @@ def test_missing_images_and_empty_inputs(tmp_path, wikiart_dir):
     with pytest.raises(DataError, match=r"empty\.jsonl: file is empty"):
         prepare_generic([tmp_path / "empty.jsonl"], wikiart_dir, tmp_path / "ds", progress=False)
     with pytest.raises(DataError, match=r"in\.csv: line 1: missing column\(s\) 'utterance'"):
-        prepare_generic([write_csv(tmp_path / "in.csv", [], ("image", "emotion"))], wikiart_dir, tmp_path / "ds",
-                        progress=False)
+        prepare_generic(
+            [write_csv(tmp_path / "in.csv", [], ("image", "emotion"))], wikiart_dir, tmp_path / "ds", progress=False
+        )
     with pytest.raises(ConfigError, match="no input files"):
         prepare_generic([], wikiart_dir, tmp_path / "ds", progress=False)
 
@@ -193,14 +230,48 @@ def test_prepare_command_generic(tmp_path, wikiart_dir, two_inputs, capsys):
 
     a, b, _ = two_inputs
     out = tmp_path / "ds"
-    assert cli.main(["prepare", "--format", "generic", "--input", str(a), "--input", str(b),
-                     "--images", str(wikiart_dir), "--out", str(out), "--seed", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--format",
+                "generic",
+                "--input",
+                str(a),
+                "--input",
+                str(b),
+                "--images",
+                str(wikiart_dir),
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "2 input file(s); images split 85/5/10 train/val/test" in printed and "seed 3" in printed
     assert "training set" not in printed and "affection" in printed and "ours" in printed  # ArtEmis v2 wording
     assert json.loads((out / "manifest.json").read_text())["seed"] == 3
-    assert cli.main(["prepare", "--format", "generic", "--input", str(a), "--images", str(wikiart_dir),
-                     "--contrastive-csv", "x.csv", "--out", str(out)]) == 1
+    assert (
+        cli.main(
+            [
+                "prepare",
+                "--format",
+                "generic",
+                "--input",
+                str(a),
+                "--images",
+                str(wikiart_dir),
+                "--contrastive-csv",
+                "x.csv",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "--contrastive-csv: ArtEmis options, not for --format generic" in capsys.readouterr().err
     assert cli.main(["prepare", "--format", "generic", "--input", str(a), "--out", str(out)]) == 1
     assert "needs --input FILE (one or more) and --images DIR" in capsys.readouterr().err
@@ -215,26 +286,77 @@ def test_generic_dataset_through_the_whole_pipeline(tmp_path, wikiart_dir):
 
     images = paintings(wikiart_dir, 30)
     emotion = [[EMOTIONS[i % 9], EMOTIONS[i % 9], EMOTIONS[(i + 1) % 9]] for i in range(len(images))]
-    rows = [{"image": im, "emotion": emotion[i][k], "utterance": LONG.format(f"{emotion[i][k]} {k}")}
-            for i, im in enumerate(images) for k in range(3)]
+    rows = [
+        {"image": im, "emotion": emotion[i][k], "utterance": LONG.format(f"{emotion[i][k]} {k}")}
+        for i, im in enumerate(images)
+        for k in range(3)
+    ]
     path = write_csv(tmp_path / "mine.csv", rows)
     ds, feats, shards, run = tmp_path / "ds", tmp_path / "f.h5", tmp_path / "shards", tmp_path / "run"
-    assert main(["prepare", "--format", "generic", "--input", str(path), "--images", str(wikiart_dir),
-                 "--out", str(ds)]) == 0
+    assert (
+        main(["prepare", "--format", "generic", "--input", str(path), "--images", str(wikiart_dir), "--out", str(ds)])
+        == 0
+    )
     assert main(["extract", "--dataset", str(ds), "--encoder", "tiny-random", "--out", str(feats)]) == 0
     for split in ("train", "val"):
-        assert main(["shard", "--features", str(feats), "--dataset", str(ds), "--split", split,
-                     "--out", str(shards)]) == 0
+        assert (
+            main(["shard", "--features", str(feats), "--dataset", str(ds), "--split", split, "--out", str(shards)]) == 0
+        )
     # not the demo data: the tiny config's demo table only when asked for (data.lexicon=demo)
-    assert main(["train", "--config", "tiny", "--out", str(run), f"data.dataset_dir={ds}", f"data.shards={shards}",
-                 "data.lexicon=demo", "schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--out",
+                str(run),
+                f"data.dataset_dir={ds}",
+                f"data.shards={shards}",
+                "data.lexicon=demo",
+                "schedule.max_steps=2",
+                "schedule.val_every=0",
+                "schedule.val_gen_images=1",
+            ]
+        )
+        == 0
+    )
     preds = run / "pred.jsonl"
-    assert main(["generate", "--run", str(run), "--split", "test", "--features", str(feats),
-                 "--out", str(preds)]) == 0
-    assert main(["evaluate", "--predictions", str(preds), "--references", str(ds / "test.json"), "--dataset",
-                 str(ds), "--vad-lexicon", "demo", "--out", str(run / "report" / "REPORT.json")]) == 0
-    assert main(["retrieve", "--run", str(run), "--split", "test", "--features", str(feats),
-                 "--out", str(run / "retrieval.json")]) == 0
+    assert main(["generate", "--run", str(run), "--split", "test", "--features", str(feats), "--out", str(preds)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(preds),
+                "--references",
+                str(ds / "test.json"),
+                "--dataset",
+                str(ds),
+                "--vad-lexicon",
+                "demo",
+                "--out",
+                str(run / "report" / "REPORT.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "retrieve",
+                "--run",
+                str(run),
+                "--split",
+                "test",
+                "--features",
+                str(feats),
+                "--out",
+                str(run / "retrieval.json"),
+            ]
+        )
+        == 0
+    )
 
     test = json.loads((ds / "test.json").read_text())
     assert len(test) == 3  # 10% of 30 paintings
@@ -258,8 +380,11 @@ def test_image_paths_without_their_suffix_name_the_file_that_exists(tmp_path):
     _tiny_images(tmp_path / "img", 13)
     rows = [{"image": f"S/p{i:02d}", "emotion": "awe", "utterance": LONG.format(i)} for i in range(13)]
     path = write_csv(tmp_path / "in.csv", rows)
-    with pytest.raises(DataError, match=r"13 of 13 images not found .*'S/p00' is not a file under .* but "
-                                        r"'S/p00\.jpg' is: did you mean 'S/p00\.jpg'\? \(image paths need their file suffix\)"):
+    with pytest.raises(
+        DataError,
+        match=r"13 of 13 images not found .*'S/p00' is not a file under .* but "
+        r"'S/p00\.jpg' is: did you mean 'S/p00\.jpg'\? \(image paths need their file suffix\)",
+    ):
         prepare_generic([path], tmp_path / "img", tmp_path / "ds", progress=False)
 
 
@@ -277,7 +402,10 @@ def test_split_fractions_and_generic_wording(tmp_path, capsys):
     assert m["split_fractions"] == {"train": 0.5, "val": 0.25, "test": 0.25}
     assert {s: m["counts"][s]["images"] for s in SPLITS} == {"train": 20, "val": 10, "test": 10}
     assert main([*argv, "--out", str(tmp_path / "ds2")]) == 0  # the default 85/5/10
-    assert {s: json.loads((tmp_path / "ds2" / "manifest.json").read_text())["counts"][s]["images"]
-            for s in SPLITS} == {"train": 34, "val": 2, "test": 4}
+    assert {s: json.loads((tmp_path / "ds2" / "manifest.json").read_text())["counts"][s]["images"] for s in SPLITS} == {
+        "train": 34,
+        "val": 2,
+        "test": 4,
+    }
     assert main([*argv, "--out", str(tmp_path / "ds3"), "--split-fractions", "0.5,0.5"]) != 0
     assert "--split-fractions '0.5,0.5': expected three shares train,val,test that sum to 1" in capsys.readouterr().err

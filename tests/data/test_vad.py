@@ -108,5 +108,7 @@ def test_a_word_listed_twice_with_other_values_is_an_error(tmp_path):
     path.write_text("Word\tValence\tArousal\tDominance\nsky\t0.5\t0.5\t0.5\nsea\t0.1\t0.2\t0.3\nsky\t0.5\t0.5\t0.5\n")
     assert VADLexicon.from_file(path).lookup("sky", exact=True) is not None  # the same values again: harmless
     path.write_text(path.read_text() + "Sky\t0.9\t0.5\t0.5\n")
-    with pytest.raises(DataError, match=r"lex\.tsv, line 5: 'sky' is listed again with other values \(first at line 2\)"):
+    with pytest.raises(
+        DataError, match=r"lex\.tsv, line 5: 'sky' is listed again with other values \(first at line 2\)"
+    ):
         VADLexicon.from_file(path)

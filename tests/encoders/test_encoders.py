@@ -32,7 +32,12 @@ def test_tiny_random_is_deterministic_frozen_and_shaped():
     a.train()
     assert not a.training  # frozen encoders stay in eval mode
     d = a.describe()
-    assert d["name"] == "tiny-random" and d["num_tokens"] == 16 and d["seed"] == 3 and d["preprocessing"]["center_crop"] == 32
+    assert (
+        d["name"] == "tiny-random"
+        and d["num_tokens"] == 16
+        and d["seed"] == 3
+        and d["preprocessing"]["center_crop"] == 32
+    )
 
 
 def _roundtrip(img: Image.Image, fmt: str, **kw) -> Image.Image:
@@ -85,8 +90,9 @@ def test_huge_jpeg_is_decoded_at_reduced_scale_and_center_cropped():
 def test_clip_tokens_are_post_layernormed_patch_tokens(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    cfg = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=24, intermediate_size=48,
-                           num_hidden_layers=2, num_attention_heads=2)
+    cfg = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2
+    )
     torch.manual_seed(0)
     CLIPVisionModel(cfg).save_pretrained(tmp_path / "clip")
     enc = build_encoder("clip-vit-b16", weights=str(tmp_path / "clip"))
@@ -166,13 +172,21 @@ def test_load_pixels_names_the_file_for_every_unusable_image(tmp_path):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     bomb = tmp_path / "bomb.png"  # a 200-byte PNG whose header declares 30000 x 30000 pixels
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("hello")
     enc = build_encoder("tiny-random")
-    cases = {"bomb.png": "too large to decode safely: Image size (900000000 pixels) exceeds limit",
-             "empty.jpg": "empty file (0 bytes)", "text.jpg": "not an image", "missing.jpg": "file not found"}
+    cases = {
+        "bomb.png": "too large to decode safely: Image size (900000000 pixels) exceeds limit",
+        "empty.jpg": "empty file (0 bytes)",
+        "text.jpg": "not an image",
+        "missing.jpg": "file not found",
+    }
     for name, reason in cases.items():
         with pytest.raises(ImageError) as e:
             load_pixels(tmp_path / name, enc.preprocess)
@@ -196,7 +210,9 @@ def test_a_planted_pickle_in_an_encoder_weights_file_is_refused_without_advice_t
 
     path = tmp_path / "lite0.pt"
     torch.save({"stem.weight": torch.zeros(1), "extra": Planted()}, path)
-    with pytest.raises(ConfigError, match=r"lite0\.pt holds pickled objects besides tensors, which sevlm never loads") as e:
+    with pytest.raises(
+        ConfigError, match=r"lite0\.pt holds pickled objects besides tensors, which sevlm never loads"
+    ) as e:
         build_encoder("efficientnet-lite0", weights=str(path))
     assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
     assert "payload ran" not in capsys.readouterr().out

@@ -76,7 +76,9 @@ def good_predictions(dataset_dir, test_refs, tmp_path_factory) -> Path:
     rows = []
     for k, (image_id, e) in enumerate(test_refs.items()):
         if k % 2 == 0:
-            rows.append({"image_id": image_id, "emotion": e["emotions"][0], "explanation": e["explanations"][0], "score": 0.5})
+            rows.append(
+                {"image_id": image_id, "emotion": e["emotions"][0], "explanation": e["explanations"][0], "score": 0.5}
+            )
         else:
             rows.append({"image_id": image_id, "emotion": "Awe ", "explanation": "the colours are vast and grand."})
     return write_jsonl(tmp_path_factory.mktemp("pred") / "pred.jsonl", rows)

@@ -25,8 +25,15 @@ from sevlm.evaluation.artemis_checkpoint import ArtEmisTextClassifier, read_voca
 pytestmark = pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
 
 WORDS = ["the", "sky", "is", "dark", "and", "cold", "she", "cries", "bright", "funny", "clown", "calm", "sea"]
-TEXTS = ["the sky is dark", "she cries", "funny clown", "the calm sea and the bright sky is cold",
-         "an unknown word", "", "Bright SKY"]
+TEXTS = [
+    "the sky is dark",
+    "she cries",
+    "funny clown",
+    "the calm sea and the bright sky is cold",
+    "an unknown word",
+    "",
+    "Bright SKY",
+]
 
 
 # Our own classes, named as ArtEmis's (pickle records module + qualified name).
@@ -55,8 +62,9 @@ class LSTMEncoder(nn.Module):
 
     def forward(self, tokens):  # the reference: what ArtEmis's encoder computes
         lengths = (tokens == self.eos).nonzero()[:, 1] - 1
-        packed = pack_padded_sequence(self.word_embedding(tokens[:, 1:]), lengths, batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.word_embedding(tokens[:, 1:]), lengths, batch_first=True, enforce_sorted=False
+        )
         out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
         return out.max(1).values
 
@@ -64,8 +72,13 @@ class LSTMEncoder(nn.Module):
 class MLP(nn.Module):
     def __init__(self, n_in, hidden, n_out, p):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Dropout(p), nn.Linear(hidden, n_out))
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p),
+            nn.Linear(hidden, n_out),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -104,8 +117,14 @@ def artemis_names(monkeypatch):
 def _model(vocab, seed=0, bias_bn=True):
     torch.manual_seed(seed)
     glove = nn.Embedding.from_pretrained(torch.randn(len(vocab.word2idx), 10), freeze=True, padding_idx=vocab.pad)
-    embed = nn.Sequential(glove, nn.Dropout(0.25, inplace=True), nn.Linear(10, 16), nn.ReLU(),
-                          nn.Dropout(0.25, inplace=True), nn.Linear(16, 16))
+    embed = nn.Sequential(
+        glove,
+        nn.Dropout(0.25, inplace=True),
+        nn.Linear(10, 16),
+        nn.ReLU(),
+        nn.Dropout(0.25, inplace=True),
+        nn.Linear(16, 16),
+    )
     model = TextEmotionClassifier(LSTMEncoder(16, 12, embed, vocab.eos), MLP(12, 10, 9, 0.25))
     bn = model.clf_head.net[1]
     bn.running_mean.uniform_(-0.5, 0.5)
@@ -192,8 +211,9 @@ def test_wrong_files_are_named(tmp_path, artemis_names):
 
 
 @pytest.mark.slow  # the coco-caption metrics of a whole evaluation (~30 s here)
-def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(tmp_path, artemis_names, good_predictions, test_refs,
-                                                               dataset_dir):
+def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(
+    tmp_path, artemis_names, good_predictions, test_refs, dataset_dir
+):
     import json
 
     from sevlm.cli import main
@@ -202,9 +222,28 @@ def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(tmp_path, artemis
     ckpt, vocab_file, _ = _save(tmp_path, artemis_names)
     out = tmp_path / "R.json"
     refs = str(dataset_dir / "test.json")
-    assert main(["evaluate", "--predictions", str(good_predictions), "--references", refs, "--out", str(out),
-                 "--emo-classifier", "artemis", "--artemis-checkpoint", str(ckpt),
-                 "--artemis-vocabulary", str(vocab_file), "--because", "last"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(good_predictions),
+                "--references",
+                refs,
+                "--out",
+                str(out),
+                "--emo-classifier",
+                "artemis",
+                "--artemis-checkpoint",
+                str(ckpt),
+                "--artemis-vocabulary",
+                str(vocab_file),
+                "--because",
+                "last",
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     assert rep["emo_classifier"]["kind"] == "artemis" and rep["because"] == "last"
     preds = [json.loads(line) for line in good_predictions.read_text().splitlines()]
@@ -219,6 +258,22 @@ def test_evaluate_scores_emo_align_with_the_artemis_checkpoint(tmp_path, artemis
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
-    with pytest.raises(ConfigError, match="--emo-classifier artemis needs --artemis-checkpoint and --artemis-vocabulary"):
-        cmd.run(parser.parse_args(["--predictions", str(good_predictions), "--references", refs, "--out", str(out),
-                                   "--emo-classifier", "artemis", "--artemis-checkpoint", str(ckpt)]))
+    with pytest.raises(
+        ConfigError, match="--emo-classifier artemis needs --artemis-checkpoint and --artemis-vocabulary"
+    ):
+        cmd.run(
+            parser.parse_args(
+                [
+                    "--predictions",
+                    str(good_predictions),
+                    "--references",
+                    refs,
+                    "--out",
+                    str(out),
+                    "--emo-classifier",
+                    "artemis",
+                    "--artemis-checkpoint",
+                    str(ckpt),
+                ]
+            )
+        )

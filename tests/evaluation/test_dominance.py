@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sevlm.emotions import EMOTIONS, dominant_emotion, dominant_from_distribution, emotion_distribution
+from sevlm.emotions import dominant_emotion, dominant_from_distribution, emotion_distribution
 from sevlm.errors import ConfigError
 from sevlm.evaluation import metrics as M
 
@@ -46,8 +46,12 @@ def test_unknown_rule_is_refused():
 
 def _entry(kept: list[str], pool: list[str]) -> dict:
     """A `prepare`-style entry: `pool` is every vote, `kept` those with a long-enough utterance."""
-    return {"emotions": kept, "explanations": [f"text {i} about it" for i in range(len(kept))],
-            "emotion_distribution": emotion_distribution(pool), "dominant_emotion": dominant_emotion(pool)}
+    return {
+        "emotions": kept,
+        "explanations": [f"text {i} about it" for i in range(len(kept))],
+        "emotion_distribution": emotion_distribution(pool),
+        "dominant_emotion": dominant_emotion(pool),
+    }
 
 
 @pytest.fixture
@@ -60,10 +64,12 @@ def tie_refs(tmp_path):
     }
     path = tmp_path / "test.json"
     path.write_text(json.dumps(refs))
-    preds = [{"image_id": "half", "emotion": "fear", "explanation": "a dark figure"},
-             {"image_id": "clear", "emotion": "awe", "explanation": "a vast sky"},
-             {"image_id": "tie", "emotion": "sadness", "explanation": "a grey room"},
-             {"image_id": "wrong", "emotion": "fear", "explanation": "a red face"}]
+    preds = [
+        {"image_id": "half", "emotion": "fear", "explanation": "a dark figure"},
+        {"image_id": "clear", "emotion": "awe", "explanation": "a vast sky"},
+        {"image_id": "tie", "emotion": "sadness", "explanation": "a grey room"},
+        {"image_id": "wrong", "emotion": "fear", "explanation": "a red face"},
+    ]
     pred_path = tmp_path / "pred.jsonl"
     pred_path.write_text("".join(json.dumps(p) + "\n" for p in preds))
     return path, pred_path
@@ -97,14 +103,33 @@ def test_evaluate_command_records_the_rule(tmp_path, tie_refs):
     reports = {}
     for rule in ("artemis", "strict-majority"):
         out = tmp_path / rule / "REPORT.json"
-        assert evaluate_cli(["--predictions", str(pred_path), "--references", str(refs_path),
-                             "--dominance", rule, "--out", str(out)]) == 0
+        assert (
+            evaluate_cli(
+                [
+                    "--predictions",
+                    str(pred_path),
+                    "--references",
+                    str(refs_path),
+                    "--dominance",
+                    rule,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         reports[rule] = json.loads(out.read_text())
         assert reports[rule]["dominance"] == rule
         assert f"(dominance rule: {rule})" in out.with_suffix(".md").read_text()
     # artemis: half, clear, wrong have a dominant emotion (2 of 3 right); strict: clear, wrong (1 of 2)
-    assert (reports["artemis"]["emotion_accuracy"], reports["artemis"]["emotion_accuracy_n"]) == (pytest.approx(2 / 3), 3)
-    assert (reports["strict-majority"]["emotion_accuracy"], reports["strict-majority"]["emotion_accuracy_n"]) == (0.5, 2)
+    assert (reports["artemis"]["emotion_accuracy"], reports["artemis"]["emotion_accuracy_n"]) == (
+        pytest.approx(2 / 3),
+        3,
+    )
+    assert (reports["strict-majority"]["emotion_accuracy"], reports["strict-majority"]["emotion_accuracy_n"]) == (
+        0.5,
+        2,
+    )
     # the language scores do not depend on the rule
     assert reports["artemis"]["BLEU-4"] == reports["strict-majority"]["BLEU-4"]
 

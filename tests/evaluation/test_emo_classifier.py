@@ -22,8 +22,14 @@ def test_matches_sklearn_pipeline_after_save_and_load(tmp_path, dataset_dir):
     clf.save(tmp_path / "clf")
     loaded = E.EmotionClassifier.load(tmp_path / "clf")
     p = E.DEFAULT_PARAMS
-    vec = TfidfVectorizer(lowercase=True, token_pattern=p["token_pattern"], ngram_range=tuple(p["ngram_range"]),
-                          min_df=p["min_df"], max_features=p["max_features"], sublinear_tf=True)
+    vec = TfidfVectorizer(
+        lowercase=True,
+        token_pattern=p["token_pattern"],
+        ngram_range=tuple(p["ngram_range"]),
+        min_df=p["min_df"],
+        max_features=p["max_features"],
+        sublinear_tf=True,
+    )
     lr = LogisticRegression(C=p["C"], max_iter=1000, random_state=0).fit(vec.fit_transform(texts), labels)
     probe = ["a vast and majestic sky", "so lonely and grey", "words never seen before", ""]
     np.testing.assert_allclose(loaded.predict_proba(probe), lr.predict_proba(vec.transform(probe)), atol=1e-10)

@@ -26,14 +26,23 @@ def test_scores_equal_pycocoevalcap_own(evaluation, good_predictions, test_refs)
     preds = [json.loads(line) for line in good_predictions.read_text().splitlines()]
     # the way coco-caption's own COCOEvalCap prepares its inputs
     tok = PTBTokenizer()
-    gts = tok.tokenize({p["image_id"]: [{"caption": c} for c in test_refs[p["image_id"]]["explanations"]] for p in preds})
+    gts = tok.tokenize(
+        {p["image_id"]: [{"caption": c} for c in test_refs[p["image_id"]]["explanations"]] for p in preds}
+    )
     res = tok.tokenize({p["image_id"]: [{"caption": p["explanation"]}] for p in preds})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     meteor, meteor_per = M.get_meteor().compute_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
-    expected = {"BLEU-1": bleu[0], "BLEU-2": bleu[1], "BLEU-3": bleu[2], "BLEU-4": bleu[3],
-                "METEOR": meteor, "ROUGE-L": rouge, "CIDEr": cider}
+    expected = {
+        "BLEU-1": bleu[0],
+        "BLEU-2": bleu[1],
+        "BLEU-3": bleu[2],
+        "BLEU-4": bleu[3],
+        "METEOR": meteor,
+        "ROUGE-L": rouge,
+        "CIDEr": cider,
+    }
     for key, value in expected.items():
         assert evaluation.report[key] == pytest.approx(value, abs=1e-12), key
     assert set(M.LANGUAGE_METRICS) <= set(evaluation.report)
@@ -103,33 +112,51 @@ def test_report_values(evaluation, test_refs):
 
 def _refs(tmp_path, entries: dict):
     path = tmp_path / "refs.json"
-    path.write_text(json.dumps({
-        k: {"emotions": v, "explanations": [f"text {i}" for i in range(len(v))]} for k, v in entries.items()
-    }))
+    path.write_text(
+        json.dumps(
+            {k: {"emotions": v, "explanations": [f"text {i}" for i in range(len(v))]} for k, v in entries.items()}
+        )
+    )
     return path
 
 
 def test_dominance_edge_cases(tmp_path):
-    refs = M.load_references(_refs(tmp_path, {
-        "tie": ["fear", "fear", "awe", "awe"],
-        "half": ["fear", "fear", "awe", "sadness"],
-        "half_tie": ["fear", "awe"],
-        "below_half": ["fear", "fear", "awe", "sadness", "anger"],
-        "single": ["awe"],
-        "majority": ["sadness", "sadness", "awe"],
-    }))
+    refs = M.load_references(
+        _refs(
+            tmp_path,
+            {
+                "tie": ["fear", "fear", "awe", "awe"],
+                "half": ["fear", "fear", "awe", "sadness"],
+                "half_tie": ["fear", "awe"],
+                "below_half": ["fear", "fear", "awe", "sadness", "anger"],
+                "single": ["awe"],
+                "majority": ["sadness", "sadness", "awe"],
+            },
+        )
+    )
     got = {k: r.dominant for k, r in refs.items()}
-    assert got == {"tie": None, "half": "fear", "half_tie": None, "below_half": None, "single": "awe", "majority": "sadness"}
+    assert got == {
+        "tie": None,
+        "half": "fear",
+        "half_tie": None,
+        "below_half": None,
+        "single": "awe",
+        "majority": "sadness",
+    }
 
 
 def test_stored_dominant_emotion_wins(tmp_path):
     # `sevlm prepare` takes the dominant emotion over all votes, including annotations whose
     # utterance was dropped, so it may differ from the kept `emotions`
     path = tmp_path / "refs.json"
-    path.write_text(json.dumps({
-        "pool": {"emotions": ["awe", "fear"], "explanations": ["a", "b"], "dominant_emotion": "fear"},
-        "none": {"emotions": ["awe", "awe"], "explanations": ["a", "b"], "dominant_emotion": None},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "pool": {"emotions": ["awe", "fear"], "explanations": ["a", "b"], "dominant_emotion": "fear"},
+                "none": {"emotions": ["awe", "awe"], "explanations": ["a", "b"], "dominant_emotion": None},
+            }
+        )
+    )
     refs = M.load_references(path)
     assert refs["pool"].dominant == "fear" and refs["none"].dominant is None
 
@@ -141,7 +168,10 @@ def test_stored_dominant_emotion_wins(tmp_path):
         ({"emotions": ["awe", "fear"], "explanations": ["x"]}, "as long as"),
         ({"emotions": ["joy"], "explanations": ["x"]}, "unknown emotion 'joy'"),
         ({"emotions": ["awe"], "explanations": ["  "]}, "empty explanation"),
-        ({"emotions": ["awe"], "explanations": ["x"], "dominant_emotion": "joy"}, "dominant_emotion 'joy' is not one of"),
+        (
+            {"emotions": ["awe"], "explanations": ["x"], "dominant_emotion": "joy"},
+            "dominant_emotion 'joy' is not one of",
+        ),
         ("not an object", "not an object"),
     ],
 )
@@ -163,12 +193,21 @@ def test_broken_reference_json(tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"image_id": "a", "emotion": "awe", "explanation": "x"}', '{"image_id": "b", "emotion"'], r":2: not valid JSON"),
-        (['[1, 2]'], r":1: expected a JSON object"),
+        (
+            ['{"image_id": "a", "emotion": "awe", "explanation": "x"}', '{"image_id": "b", "emotion"'],
+            r":2: not valid JSON",
+        ),
+        (["[1, 2]"], r":1: expected a JSON object"),
         (['{"image_id": "a", "explanation": "x"}'], r":1: missing key 'emotion'"),
         (['{"image_id": "a", "emotion": "awe", "explanation": null}'], r":1: 'explanation' must be a string"),
-        (['{"image_id": "a", "emotion": "awe", "explanation": "x"}', "",
-          '{"image_id": "a", "emotion": "fear", "explanation": "y"}'], r":3: duplicate prediction for image 'a' \(first at line 1\)"),
+        (
+            [
+                '{"image_id": "a", "emotion": "awe", "explanation": "x"}',
+                "",
+                '{"image_id": "a", "emotion": "fear", "explanation": "y"}',
+            ],
+            r":3: duplicate prediction for image 'a' \(first at line 1\)",
+        ),
         ([""], r"no predictions"),
     ],
 )
@@ -202,22 +241,38 @@ def test_unknown_and_missing_ids(tmp_path):
         M.align([_pred("a")], refs, "p.jsonl", strict=True)
     kept, warnings = M.align([_pred("a"), _pred("zzz", line=2), _pred("b", "joy", " ")], refs, "p.jsonl", strict=False)
     assert [p.image_id for p in kept] == ["a", "b"]
-    assert warnings == {"unknown_image_id": 1, "missing_prediction": 1, "empty_explanation": 1, "emotion_not_one_of_9": 1}
+    assert warnings == {
+        "unknown_image_id": 1,
+        "missing_prediction": 1,
+        "empty_explanation": 1,
+        "emotion_not_one_of_9": 1,
+    }
     with pytest.raises(DataError, match="no prediction matches"):
         M.align([_pred("zzz")], refs, "p.jsonl", strict=False)
 
 
 def test_lenient_evaluation_counts_and_scores_empty(tmp_path, dataset_dir, test_refs, jsonl):
     ids = list(test_refs)
-    rows = [{"image_id": ids[0], "emotion": "joy", "explanation": ""},
-            {"image_id": ids[1], "emotion": test_refs[ids[1]]["dominant_emotion"], "explanation": test_refs[ids[1]]["explanations"][0]},
-            {"image_id": "Unknown/img", "emotion": "awe", "explanation": "x"}]
+    rows = [
+        {"image_id": ids[0], "emotion": "joy", "explanation": ""},
+        {
+            "image_id": ids[1],
+            "emotion": test_refs[ids[1]]["dominant_emotion"],
+            "explanation": test_refs[ids[1]]["explanations"][0],
+        },
+        {"image_id": "Unknown/img", "emotion": "awe", "explanation": "x"},
+    ]
     path = jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError):
         M.evaluate(path, dataset_dir / "test.json")
     ev = M.evaluate(path, dataset_dir / "test.json", strict=False)
     r = ev.report
-    assert r["warnings"] == {"unknown_image_id": 1, "missing_prediction": 10, "empty_explanation": 1, "emotion_not_one_of_9": 1}
+    assert r["warnings"] == {
+        "unknown_image_id": 1,
+        "missing_prediction": 10,
+        "empty_explanation": 1,
+        "emotion_not_one_of_9": 1,
+    }
     assert r["n_predictions"] == 2 and r["coverage"] == pytest.approx(2 / 12)
     assert r["emotion_accuracy"] == pytest.approx(0.5) and r["emotion_not_one_of_9_share"] == pytest.approx(0.5)
     k = ev.captions.image_ids.index(ids[0])
@@ -244,27 +299,42 @@ def test_repeated_bigram_share():
 def test_copied_share_compares_cleaned_text():
     training = ["The sky is blue.", "the sea is calm"]
     corpus = {"the sky is blue", "the sea is calm"}
-    assert M.copied_share(["the sky is  BLUE!", "the sky is blue today", "The sea, is calm"], corpus) == pytest.approx(2 / 3)
+    assert M.copied_share(["the sky is  BLUE!", "the sky is blue today", "The sea, is calm"], corpus) == pytest.approx(
+        2 / 3
+    )
     out = M.language_stats(["the sky is blue", "a new sentence here"], ["x"], training)
     assert out["copied_training_share"] == 0.5
     assert M.language_stats(["a"], ["b"])["copied_training_share"] is None  # no training split given
 
 
 def test_metaphor_rate_uses_artemis_phrases_as_whole_words():
-    texts = ["It looks like a storm", "this likely hurts", "Reminds me of home", "plain words", "she is like a ghost",
-             "it could be a dream", "the figure resembles my father", "I think of summer"]
+    texts = [
+        "It looks like a storm",
+        "this likely hurts",
+        "Reminds me of home",
+        "plain words",
+        "she is like a ghost",
+        "it could be a dream",
+        "the figure resembles my father",
+        "I think of summer",
+    ]
     assert M.metaphor_rate(texts) == pytest.approx(6 / 8)
     assert M.metaphor_rate([]) is None
     assert {"looks like", "reminds me", "is like", "could be", "resembles", "think of"} <= set(M.METAPHOR_PHRASES)
 
 
 def test_language_figures_in_the_report(tmp_path):
-    refs = {"a": {"emotions": ["awe"], "explanations": ["it looks like the sea at night"]},
-            "b": {"emotions": ["fear"], "explanations": ["dark shapes frighten me"]}}
+    refs = {
+        "a": {"emotions": ["awe"], "explanations": ["it looks like the sea at night"]},
+        "b": {"emotions": ["fear"], "explanations": ["dark shapes frighten me"]},
+    }
     (tmp_path / "refs.json").write_text(json.dumps(refs))
     (tmp_path / "pred.jsonl").write_text(
-        json.dumps({"image_id": "a", "emotion": "awe", "explanation": "the dark and the dark and"}) + "\n"
-        + json.dumps({"image_id": "b", "emotion": "fear", "explanation": "a calm sea"}) + "\n")
+        json.dumps({"image_id": "a", "emotion": "awe", "explanation": "the dark and the dark and"})
+        + "\n"
+        + json.dumps({"image_id": "b", "emotion": "fear", "explanation": "a calm sea"})
+        + "\n"
+    )
     r = M.evaluate(tmp_path / "pred.jsonl", tmp_path / "refs.json", training_texts=["A calm sea."]).report
     # words: the dark and the dark and a calm sea (9, 6 distinct); bigrams: 5 (3 distinct) + 2 = 7, 5 distinct
     assert r["distinct_1"] == pytest.approx(6 / 9) and r["distinct_2"] == pytest.approx(5 / 7)
@@ -284,14 +354,19 @@ def test_coco_caption_file_as_references_is_named(tmp_path, test_refs, capsys):
     assert msg.startswith(f"{path}: this is a COCO caption file") and f"pass {tmp_path / 'test.json'} instead" in msg
     other = tmp_path / "captions.json"
     other.write_text(path.read_text())
-    with pytest.raises(DataError, match=r"captions.json: this is a COCO caption file .*grouped JSON \(e.g. DATASET/test.json\)"):
+    with pytest.raises(
+        DataError, match=r"captions.json: this is a COCO caption file .*grouped JSON \(e.g. DATASET/test.json\)"
+    ):
         M.load_references(other)
     # the command line prints it on one line
     from sevlm.cli import main
 
     pred = tmp_path / "pred.jsonl"
     pred.write_text(json.dumps({"image_id": next(iter(test_refs)), "emotion": "awe", "explanation": "a sky"}) + "\n")
-    assert main(["evaluate", "--predictions", str(pred), "--references", str(path), "--out", str(tmp_path / "R.json")]) == 1
+    assert (
+        main(["evaluate", "--predictions", str(pred), "--references", str(path), "--out", str(tmp_path / "R.json")])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "this is a COCO caption file" in err and str(path) in err and "Traceback" not in err
 
@@ -304,12 +379,21 @@ def test_because_last_scores_after_the_last_because(tmp_path, jsonl):
     with pytest.raises(ValueError, match="because rule must be one of first, last"):
         M.explanation_after("x", "middle")
     refs = tmp_path / "refs.json"
-    refs.write_text(json.dumps({"a": {"emotions": ["fear"], "explanations": ["she lost him"]},
-                                "b": {"emotions": ["awe"], "explanations": ["the sky is vast"]}}))
-    preds = jsonl(tmp_path / "p.jsonl", [
-        {"image_id": "a", "emotion": "fear", "explanation": "it is dark because she lost him"},
-        {"image_id": "b", "emotion": "awe", "explanation": "the sky is vast"},
-    ])
+    refs.write_text(
+        json.dumps(
+            {
+                "a": {"emotions": ["fear"], "explanations": ["she lost him"]},
+                "b": {"emotions": ["awe"], "explanations": ["the sky is vast"]},
+            }
+        )
+    )
+    preds = jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"image_id": "a", "emotion": "fear", "explanation": "it is dark because she lost him"},
+            {"image_id": "b", "emotion": "awe", "explanation": "the sky is vast"},
+        ],
+    )
     first = M.evaluate(preds, refs)
     last = M.evaluate(preds, refs, because="last")
     assert [p.explanation for p in last.predictions] == ["she lost him", "the sky is vast"]
@@ -326,13 +410,29 @@ def test_a_200000_character_explanation_is_cut_and_evaluate_exits(dataset_dir, t
     import subprocess
     import sys
 
-    rows = [{"image_id": i, "emotion": r["emotions"][0], "explanation": r["explanations"][0]} for i, r in test_refs.items()]
+    rows = [
+        {"image_id": i, "emotion": r["emotions"][0], "explanation": r["explanations"][0]} for i, r in test_refs.items()
+    ]
     rows[0]["explanation"] = "the sky is calm and blue " * 8000  # 200,000 characters
     pred = jsonl(tmp_path / "pred.jsonl", rows)
     out = tmp_path / "report" / "R.json"
-    proc = subprocess.run([sys.executable, "-m", "sevlm.cli", "evaluate", "--predictions", str(pred),
-                           "--references", str(dataset_dir / "test.json"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sevlm.cli",
+            "evaluate",
+            "--predictions",
+            str(pred),
+            "--references",
+            str(dataset_dir / "test.json"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["warnings"]["explanation_truncated"] == 1 and 0 <= report["METEOR"] <= 1
@@ -347,8 +447,11 @@ def test_a_dead_meteor_process_is_one_error_naming_the_prediction():
     assert meteor.compute_score({"a": ["the sky is calm"]}, {"a": ["the sky is calm"]})[0] == pytest.approx(1.0)
     os.killpg(meteor.proc.pid, signal.SIGKILL)  # as when the jar dies on a line
     meteor.proc.wait()
-    with pytest.raises(DataError, match=r"^METEOR \(Java\) stopped while scoring the prediction for image 'b' "
-                                        r"\(11 characters\)"):
+    with pytest.raises(
+        DataError,
+        match=r"^METEOR \(Java\) stopped while scoring the prediction for image 'b' "
+        r"\(11 characters\)",
+    ):
         meteor.compute_score({"b": ["a red house"]}, {"b": ["a red house"]})
     assert meteor.proc.poll() is not None
     fresh = M.get_meteor()  # the next call starts a new process
@@ -359,8 +462,10 @@ def test_a_dead_meteor_process_is_one_error_naming_the_prediction():
 def test_meteor_dying_on_a_200000_character_line_names_the_prediction():
     """Without the cut: the jar dies on the line; the error names the prediction and nothing hangs."""
     with pytest.raises(DataError, match=r"METEOR \(Java\) .* the prediction for image 'long' \(200000 characters\)"):
-        M.get_meteor().compute_score({"ok": ["a red house"], "long": ["the sky is calm"]},
-                                     {"ok": ["a red house"], "long": ["the sky is blue " * 12500]})
+        M.get_meteor().compute_score(
+            {"ok": ["a red house"], "long": ["the sky is calm"]},
+            {"ok": ["a red house"], "long": ["the sky is blue " * 12500]},
+        )
 
 
 def test_meteor_scorer_equals_pycocoevalcaps_meteor():
@@ -380,7 +485,9 @@ def test_meteor_scorer_equals_pycocoevalcaps_meteor():
 
 def test_a_key_given_twice_in_a_prediction_line_is_an_error(tmp_path):
     path = tmp_path / "pred.jsonl"
-    path.write_text('{"image_id": "a", "emotion": "awe", "explanation": "x"}\n'
-                    '{"image_id": "b", "emotion": "awe", "emotion": "fear", "explanation": "y"}\n')
+    path.write_text(
+        '{"image_id": "a", "emotion": "awe", "explanation": "x"}\n'
+        '{"image_id": "b", "emotion": "awe", "emotion": "fear", "explanation": "y"}\n'
+    )
     with pytest.raises(DataError, match=r"pred\.jsonl:2: key 'emotion' appears twice"):
         M.load_predictions(path)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sevlm.data.vad import VADLexicon
-from sevlm.evaluation import report as RP
 from sevlm.errors import ConfigError, DataError
+from sevlm.evaluation import report as RP
 from sevlm.evaluation.metrics import LANGUAGE_METRICS
 
 
@@ -22,6 +22,7 @@ def evaluate_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
     return evaluate.run(parser.parse_args(argv))
+
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -41,12 +42,31 @@ def test_vad_summary_hand_checkable():
 @pytest.mark.slow
 def test_evaluate_command_writes_report_markdown_and_plots(tmp_path, dataset_dir, good_predictions, nrc_vad_path):
     out = tmp_path / "rep" / "REPORT.json"
-    rc = evaluate_cli(["--predictions", str(good_predictions), "--references", str(dataset_dir / "test.json"),
-               "--dataset", str(dataset_dir), "--vad-lexicon", str(nrc_vad_path), "--out", str(out)])
+    rc = evaluate_cli(
+        [
+            "--predictions",
+            str(good_predictions),
+            "--references",
+            str(dataset_dir / "test.json"),
+            "--dataset",
+            str(dataset_dir),
+            "--vad-lexicon",
+            str(nrc_vad_path),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rep = json.loads(out.read_text())
-    for key in LANGUAGE_METRICS + ("emotion_accuracy", "emotion_accuracy_n", "emo_align", "emo_align_n",
-                                   "distinct_explanations_share", "mean_length_words", "emotion_not_one_of_9_share"):
+    for key in LANGUAGE_METRICS + (
+        "emotion_accuracy",
+        "emotion_accuracy_n",
+        "emo_align",
+        "emo_align_n",
+        "distinct_explanations_share",
+        "mean_length_words",
+        "emotion_not_one_of_9_share",
+    ):
         assert key in rep, key
     assert 0 <= rep["emo_align"] <= 1 and rep["emo_align_n"] == 12
     assert "held_out_accuracy" in rep["emo_classifier"]
@@ -62,7 +82,16 @@ def test_evaluate_command_writes_report_markdown_and_plots(tmp_path, dataset_dir
 def test_evaluate_command_bad_input_names_the_line(tmp_path, dataset_dir, jsonl):
     bad = jsonl(tmp_path / "p.jsonl", ['{"image_id": "x", "emotion": "awe", "explanation": "ok"}', "{oops"])
     with pytest.raises(DataError, match=f"{bad}:2: not valid JSON"):
-        evaluate_cli(["--predictions", str(bad), "--references", str(dataset_dir / "test.json"), "--out", str(tmp_path / "R.json")])
+        evaluate_cli(
+            [
+                "--predictions",
+                str(bad),
+                "--references",
+                str(dataset_dir / "test.json"),
+                "--out",
+                str(tmp_path / "R.json"),
+            ]
+        )
     assert not (tmp_path / "R.json").exists()
     with pytest.raises(ConfigError, match="--predictions and --references"):
         evaluate_cli(["--out", str(tmp_path / "R.json")])
@@ -73,8 +102,9 @@ def test_retrieval_report_files(tmp_path):
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((20, 8))
-    result = retrieval_report(img, np.repeat(img, 2, axis=0), np.repeat(np.arange(20), 2), rng.standard_normal((9, 8)),
-                              np.arange(20) % 9)
+    result = retrieval_report(
+        img, np.repeat(img, 2, axis=0), np.repeat(np.arange(20), 2), rng.standard_normal((9, 8)), np.arange(20) % 9
+    )
     written = RP.write_retrieval_report(result, tmp_path / "R.json")
     assert written["recall_curves"].read_bytes()[:8] == PNG
     saved = json.loads((tmp_path / "R.json").read_text())
@@ -89,7 +119,20 @@ def test_cli_prints_one_line_error_and_exits_1(tmp_path, dataset_dir, capsys, js
     from sevlm.cli import main
 
     bad = jsonl(tmp_path / "p.jsonl", ['{"image_id": "x", "emotion": "awe"}'])
-    assert main(["evaluate", "--predictions", str(bad), "--references", str(dataset_dir / "test.json"), "--out", str(tmp_path / "R.json")]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(bad),
+                "--references",
+                str(dataset_dir / "test.json"),
+                "--out",
+                str(tmp_path / "R.json"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"{bad}:1: missing key 'explanation'" in err and err.count("\n") == 1
 
@@ -106,8 +149,23 @@ def test_evaluate_command_records_the_emo_classifier(tmp_path, dataset_dir, good
     ds = tmp_path / "ds"
     shutil.copytree(dataset_dir, ds, ignore=shutil.ignore_patterns(CLASSIFIER_DIRNAME))
     out = tmp_path / "rep" / "REPORT.json"
-    assert evaluate_cli(["--predictions", str(good_predictions), "--references", str(ds / "test.json"),
-                         "--dataset", str(ds), "--emo-classifier", "lstm", "--out", str(out)]) == 0
+    assert (
+        evaluate_cli(
+            [
+                "--predictions",
+                str(good_predictions),
+                "--references",
+                str(ds / "test.json"),
+                "--dataset",
+                str(ds),
+                "--emo-classifier",
+                "lstm",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     assert rep["emo_classifier"]["kind"] == "lstm" and rep["emo_align_n"] == 12
     assert rep["emo_classifier"]["params"]["hidden"] == 16 and "test" in rep["emo_classifier"]["held_out_accuracy"]
@@ -122,12 +180,34 @@ def test_evaluate_command_records_the_emo_classifier(tmp_path, dataset_dir, good
         assert 0 <= rep[key] <= 1, key
     assert (ds / CLASSIFIER_DIRNAME / "lstm" / "weights.safetensors").exists()
     with pytest.raises(ConfigError, match="--emo-classifier lstm needs --dataset"):
-        evaluate_cli(["--predictions", str(good_predictions), "--references", str(ds / "test.json"),
-                      "--emo-classifier", "lstm", "--out", str(out)])
+        evaluate_cli(
+            [
+                "--predictions",
+                str(good_predictions),
+                "--references",
+                str(ds / "test.json"),
+                "--emo-classifier",
+                "lstm",
+                "--out",
+                str(out),
+            ]
+        )
 
 
-COLOURS = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (230, 230, 30), (220, 20, 220), (20, 220, 220),
-           (120, 60, 0), (0, 100, 60), (90, 0, 140), (250, 150, 100), (60, 60, 60), (150, 150, 250)]
+COLOURS = [
+    (220, 20, 20),
+    (20, 200, 20),
+    (20, 20, 220),
+    (230, 230, 30),
+    (220, 20, 220),
+    (20, 220, 220),
+    (120, 60, 0),
+    (0, 100, 60),
+    (90, 0, 140),
+    (250, 150, 100),
+    (60, 60, 60),
+    (150, 150, 250),
+]
 
 
 def _images(root, refs: dict, skip: set[str]) -> dict[str, tuple]:
@@ -204,12 +284,18 @@ def test_a_kill_while_writing_a_report_never_leaves_the_pair_out_of_step(tmp_pat
 
     rng = np.random.default_rng(0)
     img = rng.standard_normal((20, 8))
-    result = retrieval_report(img, np.repeat(img, 2, axis=0), np.repeat(np.arange(20), 2), rng.standard_normal((9, 8)),
-                              np.arange(20) % 9)
+    result = retrieval_report(
+        img, np.repeat(img, 2, axis=0), np.repeat(np.arange(20), 2), rng.standard_normal((9, 8)), np.arange(20) % 9
+    )
     out = tmp_path / "R.json"
     RP.write_retrieval_report({**result, "run": "old"}, out)
-    result = retrieval_report(img, np.repeat(img, 2, axis=0)[::-1].copy(), np.repeat(np.arange(20), 2),
-                              rng.standard_normal((9, 8)), np.arange(20) % 9)  # other figures: another .md
+    result = retrieval_report(
+        img,
+        np.repeat(img, 2, axis=0)[::-1].copy(),
+        np.repeat(np.arange(20), 2),
+        rng.standard_normal((9, 8)),
+        np.arange(20) % 9,
+    )  # other figures: another .md
     old_md = out.with_suffix(".md").read_bytes()
 
     class Killed(BaseException):

@@ -62,10 +62,14 @@ def test_retrieval_report_on_known_embeddings():
     n_img, per, dim = 60, 3, 64
     emotion_emb = _unit(rng, 9, dim)
     image_dominant = np.array([k % 9 if k % 5 else -1 for k in range(n_img)])
-    image_emb = _unit(rng, n_img, dim) + 2.0 * emotion_emb[np.maximum(image_dominant, 0)] * (image_dominant >= 0)[:, None]
+    image_emb = (
+        _unit(rng, n_img, dim) + 2.0 * emotion_emb[np.maximum(image_dominant, 0)] * (image_dominant >= 0)[:, None]
+    )
     text_image = np.repeat(np.arange(n_img), per)
     text_emb = image_emb[text_image] + 0.05 * rng.standard_normal((n_img * per, dim))
-    out = R.retrieval_report(image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=np.zeros(n_img * per))
+    out = R.retrieval_report(
+        image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion=np.zeros(n_img * per)
+    )
     model, chance = out["model"], out["chance"]
     assert model["image_to_explanation"]["R@1"] == 1.0 and model["image_to_explanation"]["median_rank"] == 1
     assert model["explanation_to_image"]["R@1"] == 1.0
@@ -189,8 +193,10 @@ def test_scores_equal_faiss_top_k_and_old_ranks():
     image_emb, text_image = _unit(rng, n_img, dim), np.repeat(np.arange(n_img), per)
     text_emb = R.normalize(image_emb[text_image] + 0.8 * rng.standard_normal((n_img * per, dim)))
     m = R.retrieval_metrics(image_emb, text_emb, text_image, _unit(rng, 9, dim), np.zeros(n_img))
-    for q, ql, g, gl, d in ((image_emb, np.arange(n_img), text_emb, text_image, "image_to_explanation"),
-                            (text_emb, text_image, image_emb, np.arange(n_img), "explanation_to_image")):
+    for q, ql, g, gl, d in (
+        (image_emb, np.arange(n_img), text_emb, text_image, "image_to_explanation"),
+        (text_emb, text_image, image_emb, np.arange(n_img), "explanation_to_image"),
+    ):
         _, ids = R.Index(g).search(q, 10)
         assert {k: m[d][k] for k in ("R@1", "R@5", "R@10")} == R.hits_at_k(ids, ql, gl, (1, 5, 10))
         full = q @ g.T
@@ -202,8 +208,9 @@ def test_scores_equal_faiss_top_k_and_old_ranks():
 
 def test_exact_ranks_with_tied_and_duplicate_items():
     gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
-    ranks = R.exact_ranks(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), np.array([7, 8]), gallery,
-                          np.array([8, 7, 8, 9]), block=1)
+    ranks = R.exact_ranks(
+        np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), np.array([7, 8]), gallery, np.array([8, 7, 8, 9]), block=1
+    )
     # query 0: its positive (row 1) ties with a wrong item (row 0), which counts against it; query 1:
     # its best positive (row 2) is alone on top, its other positive (row 0) does not matter
     assert ranks.tolist() == [2, 1]
@@ -239,10 +246,11 @@ def test_embedding_stats_tell_a_collapsed_side_from_a_spread_one():
     x = np.zeros((10, 4))
     x[:5, 0], x[5:, 1] = 1.0, 1.0
     two = embedding_stats(x)
-    assert two["effective_rank"] == pytest.approx(1.0) and two["mean_cosine"] == pytest.approx(20 / 45)  # 20 of the 45 pairs share a direction
+    assert two["effective_rank"] == pytest.approx(1.0) and two["mean_cosine"] == pytest.approx(
+        20 / 45
+    )  # 20 of the 45 pairs share a direction
     assert two["variance"] == pytest.approx(0.5)
     assert embedding_stats(np.zeros((0, 4)))["effective_rank"] is None
-
 
 
 def test_image_emotion_hits_resum_to_the_reported_accuracy():
@@ -283,7 +291,9 @@ def test_per_emotion_figures_add_up_to_the_aggregate(seed):
         assert g["accuracy"] is None if g["n"] == 0 else g["accuracy"] == pytest.approx(g["correct"] / g["n"])
     counts = np.array(i2e["confusion"]["counts"])
     assert counts.sum() == i2e["n"] and np.trace(counts) == sum(g["correct"] for g in known)
-    assert [g["n"] for g in known] == counts.sum(axis=1).tolist() and [g["predicted"] for g in known] == counts.sum(axis=0).tolist()
+    assert [g["n"] for g in known] == counts.sum(axis=1).tolist() and [g["predicted"] for g in known] == counts.sum(
+        axis=0
+    ).tolist()
     for k in (1, 5, 10):  # n-weighted per-emotion recall is the aggregate (flat index: exact ranks)
         weighted = sum(g["n"] * g[f"R@{k}"] for g in per.values() if g["n"]) / len(img)
         assert weighted == pytest.approx(r["image_to_explanation"][f"R@{k}"])
@@ -296,8 +306,11 @@ def test_confusion_counts_the_nearest_emotion():
     counts = np.array(b["confusion"]["counts"])
     assert counts[0, 0] == 1 and counts[1, 0] == 1 and counts[3, 3] == 1 and counts.sum() == 3
     p = b["per_emotion"]
-    assert p["amusement"]["precision"] == 0.5 and p["awe"]["accuracy"] == 0.0 and p["none"] == {
-        "n": 1, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 4.0}
+    assert (
+        p["amusement"]["precision"] == 0.5
+        and p["awe"]["accuracy"] == 0.0
+        and p["none"] == {"n": 1, "R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 4.0}
+    )
     nearest, rank = R.emotion_ranks(img, emo, np.array([0, 1, 3, -1]))
     assert nearest.tolist() == [0, 0, 3, 5] and rank[0] == 1 and rank[1] > 1 and rank[3] == 0
 
@@ -316,7 +329,9 @@ def test_exhaustive_ivf_scores_as_flat_on_duplicated_explanations():
     rng = np.random.default_rng(0)
     img = rng.standard_normal((40, 8)).astype(np.float32)
     txt = np.repeat(img, 3, axis=0) + 0.8 * rng.standard_normal((120, 8)).astype(np.float32)
-    txt[1::3] = txt[[(3 * (i + 1)) % 120 for i in range(40)]]  # each image's 2nd explanation copies the next image's 1st
+    txt[1::3] = txt[
+        [(3 * (i + 1)) % 120 for i in range(40)]
+    ]  # each image's 2nd explanation copies the next image's 1st
     text_image = np.repeat(np.arange(40), 3)
     args = (img, txt, text_image, rng.standard_normal((9, 8)), np.zeros(40, dtype=int))
     flat = R.retrieval_metrics(*args)
@@ -369,8 +384,12 @@ def test_tune_picks_the_fastest_setting_reaching_the_target(kind):
 
 
 def test_index_options_name_the_bad_flag():
-    for opts, flag in ((dict(nprobe=0), "--nprobe"), (dict(kind="flat", tune_recall=0.9), "--tune"),
-                       (dict(kind="ivf", tune_recall=1.5), "--tune"), (dict(pq_bits=20), "--pq-bits")):
+    for opts, flag in (
+        (dict(nprobe=0), "--nprobe"),
+        (dict(kind="flat", tune_recall=0.9), "--tune"),
+        (dict(kind="ivf", tune_recall=1.5), "--tune"),
+        (dict(pq_bits=20), "--pq-bits"),
+    ):
         with pytest.raises(ConfigError, match=flag):
             R.IndexOptions(**opts).check()
     with pytest.raises(ConfigError, match="--pq-m: 5 does not divide the embedding dimension 16"):

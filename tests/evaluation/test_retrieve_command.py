@@ -40,9 +40,12 @@ def tiny_run(tmp_path_factory):
             (images / "Style").mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / name)
             emos = [EMOTIONS[i % 9], EMOTIONS[i % 9], EMOTIONS[(i + 1) % 9]]
-            data[f"Style/{split}-{i}"] = {"image_name": name, "emotions": emos,
-                                          "explanations": [f"the {w} sky looks calm" for w in ("blue", "grey", "red")],
-                                          "dominant_emotion": dominant_emotion(emos)}
+            data[f"Style/{split}-{i}"] = {
+                "image_name": name,
+                "emotions": emos,
+                "explanations": [f"the {w} sky looks calm" for w in ("blue", "grey", "red")],
+                "dominant_emotion": dominant_emotion(emos),
+            }
         ds.mkdir(exist_ok=True)
         (ds / f"{split}.json").write_text(json.dumps(data))
     features = root / "f.h5"
@@ -52,12 +55,20 @@ def tiny_run(tmp_path_factory):
     torch.manual_seed(0)
     cfg = dict(n_layer=1, n_embd=32, n_head=2, visual_dim=32, contrastive_dim=16, max_len=20, n_positions=32)
     model = SEVLM(SEVLMConfig(**cfg).with_token_ids(builder.ids))
-    save_export(root / "run" / "export", model, tok, {"data": {"dataset_dir": str(ds), "features": str(features),
-                                                                "encoder": "tiny-random", "lexicon": "demo"}})
+    save_export(
+        root / "run" / "export",
+        model,
+        tok,
+        {"data": {"dataset_dir": str(ds), "features": str(features), "encoder": "tiny-random", "lexicon": "demo"}},
+    )
     # the no-image control: no loss reads the image, so its image side stays untrained
     none = SEVLM(SEVLMConfig(**cfg, mode="none").with_token_ids(builder.ids))
-    save_export(root / "run_none" / "export", none, tok, {"data": {"dataset_dir": str(ds), "features": str(features),
-                                                                    "encoder": "tiny-random", "lexicon": "demo"}})
+    save_export(
+        root / "run_none" / "export",
+        none,
+        tok,
+        {"data": {"dataset_dir": str(ds), "features": str(features), "encoder": "tiny-random", "lexicon": "demo"}},
+    )
     return root
 
 
@@ -67,7 +78,9 @@ def test_retrieve_scores_model_and_chance(tiny_run):
     r = json.loads(out.read_text())
     for system in ("model", "chance"):
         i2t, t2i = r[system]["image_to_explanation"], r[system]["explanation_to_image"]
-        assert i2t["n_queries"] == 6 and i2t["gallery_size"] == 18 and t2i["n_queries"] == 18 and t2i["gallery_size"] == 6
+        assert (
+            i2t["n_queries"] == 6 and i2t["gallery_size"] == 18 and t2i["n_queries"] == 18 and t2i["gallery_size"] == 6
+        )
         assert all(0 <= i2t[f"R@{k}"] <= 1 for k in (1, 5, 10)) and t2i["R@10"] == 1.0  # only 6 images
         assert r[system]["image_to_emotion"]["n"] == 6
     assert r["model"]["index"] == {"kind": "flat", "device": "cpu", "size": 18, "dim": 16}
@@ -81,14 +94,20 @@ def test_retrieve_scores_model_and_chance(tiny_run):
 @pytest.mark.slow
 def test_retrieve_queries(tiny_run):
     out = tiny_run / "q.json"
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query", "a calm blue sky", "--top", "3"]) == 0
+    assert (
+        retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query", "a calm blue sky", "--top", "3"])
+        == 0
+    )
     r = json.loads(out.read_text())["queries"][0]
     assert [x["rank"] for x in r["results"]] == [1, 2, 3] and r["results"][0]["image_id"].startswith("Style/test-")
     assert sorted(e["emotion"] for e in r["emotions"]) == sorted(EMOTIONS)
     scores = [x["score"] for x in r["results"]]
     assert scores == sorted(scores, reverse=True)
     img = tiny_run / "images" / "Style" / "test-2.jpg"
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img), "--index", "hnsw"]) == 0
+    assert (
+        retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img), "--index", "hnsw"])
+        == 0
+    )
     r = json.loads(out.read_text())
     assert r["index"]["explanations"]["kind"] == "hnsw"
     r = r["queries"][0]
@@ -99,7 +118,16 @@ def test_retrieve_bad_image(tiny_run):
     from sevlm.errors import DataError
 
     with pytest.raises(DataError, match=r"nope\.jpg: file not found"):
-        retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(tiny_run / "x.json"), "--query-image", str(tiny_run / "nope.jpg")])
+        retrieve_cli(
+            [
+                "--run",
+                str(tiny_run / "run"),
+                "--out",
+                str(tiny_run / "x.json"),
+                "--query-image",
+                str(tiny_run / "nope.jpg"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -107,7 +135,9 @@ def test_evaluate_run_generates_then_scores(tiny_run):
     from sevlm.cli import main
 
     out = tiny_run / "eval" / "REPORT.json"
-    assert main(["evaluate", "--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0  # dataset from the run
+    assert (
+        main(["evaluate", "--run", str(tiny_run / "run"), "--split", "test", "--out", str(out)]) == 0
+    )  # dataset from the run
     preds = (tiny_run / "eval" / "predictions_test.jsonl").read_text().splitlines()
     assert len(preds) == 6
     rep = json.loads(out.read_text())
@@ -122,8 +152,11 @@ def test_emotion_embedding_ignores_the_filler_and_queries_are_normalised(tiny_ru
     emo = EM.embed_emotions(run)
     # the tiny run has an alignment head: its emotion vectors, whatever the sequences' text
     np.testing.assert_allclose(emo, run.model.contrastive.align.embed_emotions().detach().numpy(), atol=1e-6)
-    a = run.model.embed_texts(**run.builder._stack([run.builder.encode("awe", EM.FILLER),
-                                                    run.builder.encode("awe", "a long and different explanation")]))[0]
+    a = run.model.embed_texts(
+        **run.builder._stack(
+            [run.builder.encode("awe", EM.FILLER), run.builder.encode("awe", "a long and different explanation")]
+        )
+    )[0]
     np.testing.assert_allclose(a[0], a[1], atol=1e-5)  # the emotion segment precedes " because"
     assert emo.shape == (9, 16) and np.allclose(np.linalg.norm(emo, axis=1), 1, atol=1e-5)
     q = EM.embed_query_text(run, "a calm sky")
@@ -153,7 +186,11 @@ def test_query_reuses_the_cached_gallery_until_model_split_or_features_change(ti
         return json.loads(out.read_text())
 
     first, second = query(), query()
-    assert len(calls) == 1 and not first["gallery_cache"]["images"]["reused"] and second["gallery_cache"]["images"]["reused"]
+    assert (
+        len(calls) == 1
+        and not first["gallery_cache"]["images"]["reused"]
+        and second["gallery_cache"]["images"]["reused"]
+    )
     assert second["queries"] == first["queries"]
     assert second["gallery_cache"]["images"]["path"] == str(run_dir / "retrieval_cache" / "test-images")
     query("--no-cache")
@@ -186,27 +223,48 @@ def test_query_image_caches_the_explanation_gallery(tiny_run, tmp_path):
     out = tmp_path / "qi.json"
     cache = tmp_path / "cache"
     for reused in (False, True):
-        assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--query-image", str(img),
-                             "--cache-dir", str(cache)]) == 0
+        assert (
+            retrieve_cli(
+                [
+                    "--run",
+                    str(tiny_run / "run"),
+                    "--out",
+                    str(out),
+                    "--query-image",
+                    str(img),
+                    "--cache-dir",
+                    str(cache),
+                ]
+            )
+            == 0
+        )
         r = json.loads(out.read_text())
         assert r["gallery_cache"] == {"explanations": {"path": str(cache / "test-explanations"), "reused": reused}}
     names = json.loads((cache / "test-explanations" / "names.json").read_text())
-    assert len(names) == 18 and names[0] == {"image_id": "Style/test-0", "explanation": "the blue sky looks calm",
-                                             "explanation_emotion": EMOTIONS[0]}
+    assert len(names) == 18 and names[0] == {
+        "image_id": "Style/test-0",
+        "explanation": "the blue sky looks calm",
+        "explanation_emotion": EMOTIONS[0],
+    }
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--top", "0", "--query", "calm sky"], "--top: must be >= 1, got 0"),
-    (["--query", ""], "--query: empty text"),
-    (["--query", "   "], "--query: empty text"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top", "0", "--query", "calm sky"], "--top: must be >= 1, got 0"),
+        (["--query", ""], "--query: empty text"),
+        (["--query", "   "], "--query: empty text"),
+    ],
+)
 def test_retrieve_bad_arguments_are_one_line_errors(tiny_run, tmp_path, capsys, argv, message):
     from sevlm.cli import main
 
     out = tmp_path / "q.json"
     assert main(["retrieve", "--run", str(tiny_run / "run"), "--split", "test", "--out", str(out), *argv]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"sevlm retrieve: error: {message}" or (err.startswith(f"sevlm retrieve: error: {message}") and "\n" not in err)
+    assert err == f"sevlm retrieve: error: {message}" or (
+        err.startswith(f"sevlm retrieve: error: {message}") and "\n" not in err
+    )
     assert not out.exists()  # "" no longer falls through to scoring the whole split
 
 
@@ -226,8 +284,18 @@ def test_nan_features_name_the_image(tiny_run, tmp_path):
         tok[0, 0] = np.nan
         f["tokens"][row] = tok
     with pytest.raises(DataError, match=r"f\.h5: image 'Style/test-2.jpg' has NaN or inf features"):
-        retrieve_cli(["--run", str(tiny_run / "run"), "--split", "test", "--features", str(features),
-                      "--out", str(tmp_path / "R.json")])
+        retrieve_cli(
+            [
+                "--run",
+                str(tiny_run / "run"),
+                "--split",
+                "test",
+                "--features",
+                str(features),
+                "--out",
+                str(tmp_path / "R.json"),
+            ]
+        )
 
 
 def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_picture(tiny_run, tmp_path, monkeypatch):
@@ -242,29 +310,62 @@ def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_pict
     (tmp_path / "img").mkdir()
     Image.open(tiny_run / "images" / "Style" / "test-4.jpg").save(tmp_path / "img" / "copy.png")
     qfile = tmp_path / "q.txt"
-    qfile.write_text("# probes\n\na calm blue sky\nimg/copy.png\ntext: a.jpg\n\n" + f"{tiny_run}/images/Style/test-2.jpg\n")
+    qfile.write_text(
+        "# probes\n\na calm blue sky\nimg/copy.png\ntext: a.jpg\n\n" + f"{tiny_run}/images/Style/test-2.jpg\n"
+    )
     out, png = tmp_path / "q.json", tmp_path / "g.png"
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--top", "4",
-                         "--query", "the red sky", "--queries", str(qfile), "--gallery-image", str(png),
-                         "--images", str(tiny_run / "images")]) == 0
+    assert (
+        retrieve_cli(
+            [
+                "--run",
+                str(tiny_run / "run"),
+                "--out",
+                str(out),
+                "--no-cache",
+                "--top",
+                "4",
+                "--query",
+                "the red sky",
+                "--queries",
+                str(qfile),
+                "--gallery-image",
+                str(png),
+                "--images",
+                str(tiny_run / "images"),
+            ]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     assert [(q["source"], q["kind"], q["target"]) for q in r["queries"]] == [
-        ("--query 1", "text", "images"), (f"{qfile} line 3", "text", "images"), (f"{qfile} line 4", "image", "explanations"),
-        (f"{qfile} line 5", "text", "images"), (f"{qfile} line 7", "image", "explanations")]
-    assert r["queries"][3]["query"] == "a.jpg" and r["queries"][2]["query"] == {"image": str(tmp_path / "img" / "copy.png")}
+        ("--query 1", "text", "images"),
+        (f"{qfile} line 3", "text", "images"),
+        (f"{qfile} line 4", "image", "explanations"),
+        (f"{qfile} line 5", "text", "images"),
+        (f"{qfile} line 7", "image", "explanations"),
+    ]
+    assert r["queries"][3]["query"] == "a.jpg" and r["queries"][2]["query"] == {
+        "image": str(tmp_path / "img" / "copy.png")
+    }
     assert len(calls) == 2  # one gallery per side, whatever the number of queries
     test = json.loads((tiny_run / "ds" / "test.json").read_text())
     for q in r["queries"]:
         assert len(q["results"]) == 4
         for res in q["results"]:
             rec = test[res["image_id"]]
-            assert res["ground_truth"] == {"emotions": rec["emotions"], "dominant_emotion": rec["dominant_emotion"],
-                                           "explanation": rec["explanations"][0]}
+            assert res["ground_truth"] == {
+                "emotions": rec["emotions"],
+                "dominant_emotion": rec["dominant_emotion"],
+                "explanation": rec["explanations"][0],
+            }
             if q["target"] == "explanations":
                 k = rec["explanations"].index(res["explanation"])
                 assert res["explanation_emotion"] == rec["emotions"][k]
     # a query image from the split is recognised, with its own ground truth; a copy elsewhere is not
-    assert r["queries"][4]["image_id"] == "Style/test-2" and r["queries"][4]["ground_truth"]["dominant_emotion"] == EMOTIONS[2]
+    assert (
+        r["queries"][4]["image_id"] == "Style/test-2"
+        and r["queries"][4]["ground_truth"]["dominant_emotion"] == EMOTIONS[2]
+    )
     assert "image_id" not in r["queries"][2]
     with PILImage.open(png) as im:  # one row per query, a column for the query and each of the 4 results
         assert im.size == (5 * GALLERY_PANEL_PX[0], 5 * GALLERY_PANEL_PX[1])
@@ -274,8 +375,24 @@ def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_pict
 def test_image_to_image_search_finds_the_painting_itself(tiny_run, tmp_path):
     out = tmp_path / "q.json"
     img = tiny_run / "images" / "Style" / "test-3.jpg"
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--query-image", str(img),
-                         "--target", "images", "--top", "6"]) == 0
+    assert (
+        retrieve_cli(
+            [
+                "--run",
+                str(tiny_run / "run"),
+                "--out",
+                str(out),
+                "--no-cache",
+                "--query-image",
+                str(img),
+                "--target",
+                "images",
+                "--top",
+                "6",
+            ]
+        )
+        == 0
+    )
     q = json.loads(out.read_text())["queries"][0]
     assert q["target"] == "images" and len(q["results"]) == 6 and "explanation" not in q["results"][0]
     # the file is encoded as `extract` encoded it, so its gallery twin scores a cosine of 1
@@ -288,7 +405,9 @@ def test_queries_warn_when_the_image_side_is_untrained(tiny_run, tmp_path, capsy
     base = ["--run", str(tiny_run / "run_none"), "--out", str(out), "--no-cache"]
     assert retrieve_cli([*base, "--query", "a calm sky"]) == 0  # text -> images: image side involved
     err = capsys.readouterr().err
-    assert "warning:" in err and "no-image control" in err and json.loads(out.read_text())["image_side_untrained_warning"]
+    assert (
+        "warning:" in err and "no-image control" in err and json.loads(out.read_text())["image_side_untrained_warning"]
+    )
     assert retrieve_cli([*base, "--query", "a calm sky", "--target", "explanations"]) == 0  # text -> text only
     assert "no-image control" not in capsys.readouterr().err
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--query", "a calm sky"]) == 0
@@ -302,8 +421,12 @@ def test_read_queries_kinds_and_errors(tmp_path):
     (tmp_path / "p.jpg").write_bytes(b"x")
     f = tmp_path / "q.txt"
     f.write_text("a sky\np.jpg\nimage: p.jpg\ntext: p.jpg\n# note\n")
-    assert read_queries(f) == [Query("text", "a sky", f"{f} line 1"), Query("image", str(tmp_path / "p.jpg"), f"{f} line 2"),
-                               Query("image", str(tmp_path / "p.jpg"), f"{f} line 3"), Query("text", "p.jpg", f"{f} line 4")]
+    assert read_queries(f) == [
+        Query("text", "a sky", f"{f} line 1"),
+        Query("image", str(tmp_path / "p.jpg"), f"{f} line 2"),
+        Query("image", str(tmp_path / "p.jpg"), f"{f} line 3"),
+        Query("text", "p.jpg", f"{f} line 4"),
+    ]
     f.write_text("a sky\nnope.png\n")
     with pytest.raises(DataError, match=rf"^{f} line 2: image file not found: nope.png$"):
         read_queries(f)
@@ -314,14 +437,17 @@ def test_read_queries_kinds_and_errors(tmp_path):
         read_queries(tmp_path / "missing.txt")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--target", "images"], "--target/--gallery-image: give queries"),
-    (["--query", "sky", "--query", " "], "--query 2: empty text"),
-    (["--index", "ivf", "--nprobe", "0"], "--nprobe: must be >= 1, got 0"),
-    (["--tune", "0.9"], "--tune: the flat index is exact"),
-    (["--index", "hnsw", "--tune", "0.9", "--query", "sky"], "--tune: only when scoring a split"),
-    (["--reference", "probe"], "--reference: only with --compare"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--target", "images"], "--target/--gallery-image: give queries"),
+        (["--query", "sky", "--query", " "], "--query 2: empty text"),
+        (["--index", "ivf", "--nprobe", "0"], "--nprobe: must be >= 1, got 0"),
+        (["--tune", "0.9"], "--tune: the flat index is exact"),
+        (["--index", "hnsw", "--tune", "0.9", "--query", "sky"], "--tune: only when scoring a split"),
+        (["--reference", "probe"], "--reference: only with --compare"),
+    ],
+)
 def test_query_argument_errors_are_one_line(tiny_run, tmp_path, capsys, argv, message):
     from sevlm.cli import main
 
@@ -338,20 +464,32 @@ def test_scoring_writes_per_query_ranks_and_exported_embeddings_reproduce_them(t
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--export-embeddings", str(export)]) == 0
     r = json.loads(out.read_text())
     lines = [json.loads(x) for x in (tmp_path / r["ranks_file"]).read_text().splitlines()]
-    by = {d: [x for x in lines if x["direction"] == d] for d in ("image_to_emotion", "image_to_explanation", "explanation_to_image")}
+    by = {
+        d: [x for x in lines if x["direction"] == d]
+        for d in ("image_to_emotion", "image_to_explanation", "explanation_to_image")
+    }
     assert [len(v) for v in by.values()] == [6, 6, 18]
     m = r["model"]
-    assert np.mean([x["rank"] <= 1 for x in by["image_to_explanation"]]) == pytest.approx(m["image_to_explanation"]["R@1"])
-    assert np.mean([x["rank"] <= 5 for x in by["explanation_to_image"]]) == pytest.approx(m["explanation_to_image"]["R@5"])
+    assert np.mean([x["rank"] <= 1 for x in by["image_to_explanation"]]) == pytest.approx(
+        m["image_to_explanation"]["R@1"]
+    )
+    assert np.mean([x["rank"] <= 5 for x in by["explanation_to_image"]]) == pytest.approx(
+        m["explanation_to_image"]["R@5"]
+    )
     assert np.mean([x["rank"] == 1 for x in by["image_to_emotion"]]) == pytest.approx(m["image_to_emotion"]["accuracy"])
 
     ids = json.loads((export / "ids.json").read_text())
     images, texts, emotions = (np.load(export / f"{n}.npy") for n in ("images", "explanations", "emotions"))
     text_image = np.load(export / "explanation_image.npy")
-    assert images.shape == (6, 16) and texts.shape == (18, 16) and emotions.shape == (9, 16) and images.dtype == np.float32
+    assert (
+        images.shape == (6, 16) and texts.shape == (18, 16) and emotions.shape == (9, 16) and images.dtype == np.float32
+    )
     assert ids["images"] == [x["image_id"] for x in by["image_to_explanation"]] and ids["emotions"] == list(EMOTIONS)
     assert ids["explanations"] == [x["explanation"] for x in by["explanation_to_image"]]
-    assert np.load(export / "image_dominant.npy").tolist() == [EMOTIONS.index(x["dominant_emotion"]) for x in by["image_to_emotion"]]
+    assert np.load(export / "image_dominant.npy").tolist() == [
+        EMOTIONS.index(x["dominant_emotion"]) for x in by["image_to_emotion"]
+    ]
+
     # a FAISS flat index over the exported arrays ranks as `sevlm retrieve` did: 1 + the number of
     # wrong items scoring at least as high as the best correct one (the tiny run's explanations
     # repeat, so ties, which count against the query)
@@ -365,14 +503,19 @@ def test_scoring_writes_per_query_ranks_and_exported_embeddings_reproduce_them(t
             ranks.append(1 + int((scores[q][~ok] >= scores[q][ok].max()).sum()))
         return ranks
 
-    assert faiss_ranks(images, texts, lambda q, ids: text_image[ids] == q) == [x["rank"] for x in by["image_to_explanation"]]
-    assert faiss_ranks(texts, images, lambda q, ids: ids == text_image[q]) == [x["rank"] for x in by["explanation_to_image"]]
+    assert faiss_ranks(images, texts, lambda q, ids: text_image[ids] == q) == [
+        x["rank"] for x in by["image_to_explanation"]
+    ]
+    assert faiss_ranks(texts, images, lambda q, ids: ids == text_image[q]) == [
+        x["rank"] for x in by["explanation_to_image"]
+    ]
     nearest = (images @ emotions.T).argmax(axis=1)
     assert [EMOTIONS[k] for k in nearest] == [x["nearest_emotion"] for x in by["image_to_emotion"]]
     # the report breaks the figures down and draws them
     per = m["image_to_emotion"]["per_emotion"]
     assert sum(g["n"] for g in per.values()) == 6 and sum(g.get("correct", 0) for g in per.values()) == round(
-        m["image_to_emotion"]["accuracy"] * 6)
+        m["image_to_emotion"]["accuracy"] * 6
+    )
     assert set(r["figures"]) == {"recall_curves", "image_to_emotion_confusion", "embedding_map"}
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in r["figures"].values())
     assert "| dominant emotion | n | correct |" in (tmp_path / "R.md").read_text()
@@ -384,8 +527,10 @@ def test_recall_plot_draws_each_direction_and_system_apart(tiny_run, tmp_path, m
     figs = []
     real = RP._save
     monkeypatch.setattr(RP, "_save", lambda fig, path: figs.append(fig) or real(fig, path))
-    result = {s: {d: {"recall_curve": {"1": 0.1, "10": 0.5}} for d in ("image_to_explanation", "explanation_to_image")}
-              for s in ("model", "chance")}
+    result = {
+        s: {d: {"recall_curve": {"1": 0.1, "10": 0.5}} for d in ("image_to_explanation", "explanation_to_image")}
+        for s in ("model", "chance")
+    }
     RP.plot_recall_curves(result, tmp_path / "r.png")
     lines = figs[0].axes[0].get_lines()
     styles = {(line.get_label(), line.get_color(), line.get_linestyle()) for line in lines}
@@ -398,8 +543,8 @@ def trained_and_untrained(tmp_path_factory):
     """Two tiny runs on one dataset whose paintings are coloured by their dominant emotion: one
     whose image side (alignment head: image projection and emotion vectors) is trained on the
     train split's features, and the no-image control, whose image side is untrained."""
-    from sevlm.emotions import dominant_emotion
     from sevlm.data.vad import VADLexicon
+    from sevlm.emotions import dominant_emotion
     from sevlm.export import save_export
     from sevlm.features.hdf5 import FeatureStore
     from sevlm.features.hdf5_writer import extract_features
@@ -418,8 +563,12 @@ def trained_and_untrained(tmp_path_factory):
             (images / "Art").mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(images / name)
             emos = [EMOTIONS[k], EMOTIONS[k], EMOTIONS[(k + 1) % 9]]
-            data[f"Art/{split}-{i}"] = {"image_name": name, "emotions": emos, "dominant_emotion": dominant_emotion(emos),
-                                        "explanations": [f"the colour number {i} makes me feel {e}" for e in emos]}
+            data[f"Art/{split}-{i}"] = {
+                "image_name": name,
+                "emotions": emos,
+                "dominant_emotion": dominant_emotion(emos),
+                "explanations": [f"the colour number {i} makes me feel {e}" for e in emos],
+            }
         ds.mkdir(exist_ok=True)
         (ds / f"{split}.json").write_text(json.dumps(data))
     features = root / "f.h5"
@@ -432,7 +581,9 @@ def trained_and_untrained(tmp_path_factory):
     model = SEVLM(SEVLMConfig(**cfg).with_token_ids(builder.ids))
     train = json.loads((ds / "train.json").read_text())
     store = FeatureStore(features)
-    visual = torch.from_numpy(np.stack([store.tokens(store.index_of(r["image_name"])) for r in train.values()]).astype(np.float32))
+    visual = torch.from_numpy(
+        np.stack([store.tokens(store.index_of(r["image_name"])) for r in train.values()]).astype(np.float32)
+    )
     store.close()
     target = torch.tensor([EMOTIONS.index(r["dominant_emotion"]) for r in train.values()])
     head = model.contrastive.align
@@ -444,14 +595,21 @@ def trained_and_untrained(tmp_path_factory):
         opt.step()
     save_export(root / "trained" / "export", model, tok, meta)
     torch.manual_seed(0)
-    save_export(root / "control" / "export", SEVLM(SEVLMConfig(**cfg, mode="none").with_token_ids(builder.ids)), tok, meta)
+    save_export(
+        root / "control" / "export", SEVLM(SEVLMConfig(**cfg, mode="none").with_token_ids(builder.ids)), tok, meta
+    )
     return root
 
 
 def test_compare_finds_a_trained_image_side_significantly_better(trained_and_untrained, tmp_path, capsys):
     root = trained_and_untrained
     out = tmp_path / "C.json"
-    assert retrieve_cli(["--compare", str(root / "trained"), str(root / "control"), "--out", str(out), "--resamples", "500"]) == 0
+    assert (
+        retrieve_cli(
+            ["--compare", str(root / "trained"), str(root / "control"), "--out", str(out), "--resamples", "500"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["split_images"] == 45 and [x["name"] for x in r["rows"]] == [str(root / "trained"), str(root / "control")]
@@ -459,10 +617,14 @@ def test_compare_finds_a_trained_image_side_significantly_better(trained_and_unt
     assert trained["figures"]["image_to_emotion"] > 0.8 and "against_first" not in trained
     assert control["image_side_trained"] is False
     test = control["against_first"]["image_to_emotion"]
-    assert test["delta"] == pytest.approx(control["figures"]["image_to_emotion"] - trained["figures"]["image_to_emotion"])
+    assert test["delta"] == pytest.approx(
+        control["figures"]["image_to_emotion"] - trained["figures"]["image_to_emotion"]
+    )
     assert test["delta"] < -0.5 and test["p_bootstrap"] < 0.01 and test["p_permutation"] < 0.01
-    assert set(control["against_first"]) == {"image_to_emotion", *(f"{d} R@{k}" for d in ("image_to_explanation",
-                                             "explanation_to_image") for k in (1, 5, 10))}
+    assert set(control["against_first"]) == {
+        "image_to_emotion",
+        *(f"{d} R@{k}" for d in ("image_to_explanation", "explanation_to_image") for k in (1, 5, 10)),
+    }
     # the figures are the scoring report's, and chance is the exact level
     single = tmp_path / "R.json"
     assert retrieve_cli(["--run", str(root / "trained"), "--out", str(single)]) == 0
@@ -487,11 +649,27 @@ def test_compare_refuses_runs_whose_split_holds_other_images(trained_and_untrain
 def test_compare_adds_the_reference_probes_as_rows(trained_and_untrained, tmp_path):
     root = trained_and_untrained
     out = tmp_path / "C.json"
-    assert retrieve_cli(["--compare", str(root / "trained"), str(root / "control"), "--reference", "probe",
-                         "--out", str(out), "--resamples", "200"]) == 0
+    assert (
+        retrieve_cli(
+            [
+                "--compare",
+                str(root / "trained"),
+                str(root / "control"),
+                "--reference",
+                "probe",
+                "--out",
+                str(out),
+                "--resamples",
+                "200",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rows"]
-    assert [r["name"].split(" (")[0] for r in rows[2:]] == ["reference: logistic-regression probe",
-                                                             "reference: linear CLIP-style"]
+    assert [r["name"].split(" (")[0] for r in rows[2:]] == [
+        "reference: logistic-regression probe",
+        "reference: linear CLIP-style",
+    ]
     probe, clip = rows[2], rows[3]
     assert set(probe["figures"]) == set(probe["against_first"]) == {"image_to_emotion"}
     assert probe["figures"]["image_to_emotion"] > 0.8  # colours name the emotion: a linear probe reads them
@@ -504,21 +682,52 @@ def test_scoring_with_an_approximate_index_reports_recall_against_exact(tiny_run
     assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivfpq", "--pq-m", "4"]) == 0
     r = json.loads(out.read_text())
     m = r["model"]
-    assert m["index"]["kind"] == "ivfpq" and m["index"]["pq_m"] == 4 and m["index"]["pq_bits"] < 8  # 18 texts: few codes
+    assert (
+        m["index"]["kind"] == "ivfpq" and m["index"]["pq_m"] == 4 and m["index"]["pq_bits"] < 8
+    )  # 18 texts: few codes
     for d in ("image_to_explanation", "explanation_to_image"):
         assert set(m[d]["recall_vs_exact"]) == {"R@1", "R@5", "R@10"}
         assert all(0 <= v <= 1 for v in m[d]["recall_vs_exact"].values())
     assert "search, recall against the exact search: R@1" in capsys.readouterr().out
-    assert "image to explanation: ivfpq search's recall against the exact search: R@1" in (tmp_path / "R.md").read_text()
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivf", "--nprobe", "1", "--tune", "0.95"]) == 0
+    assert (
+        "image to explanation: ivfpq search's recall against the exact search: R@1" in (tmp_path / "R.md").read_text()
+    )
+    assert (
+        retrieve_cli(
+            ["--run", str(tiny_run / "run"), "--out", str(out), "--index", "ivf", "--nprobe", "1", "--tune", "0.95"]
+        )
+        == 0
+    )
     m = json.loads(out.read_text())["model"]
     tuned = m["image_to_explanation"]["tuned"]  # 18 explanations: one cell, so nprobe=1 is all of it
-    assert tuned["chosen"] == "nprobe=1" and tuned["reached"] and m["image_to_explanation"]["recall_vs_exact"]["R@10"] == 1.0
+    assert (
+        tuned["chosen"] == "nprobe=1"
+        and tuned["reached"]
+        and m["image_to_explanation"]["recall_vs_exact"]["R@10"] == 1.0
+    )
 
 
 def test_queries_on_an_approximate_index_report_recall_against_exact(tiny_run, tmp_path):
     out = tmp_path / "q.json"
-    assert retrieve_cli(["--run", str(tiny_run / "run"), "--out", str(out), "--no-cache", "--index", "hnsw",
-                         "--query", "a calm sky", "--query", "a red sky", "--top", "3"]) == 0
+    assert (
+        retrieve_cli(
+            [
+                "--run",
+                str(tiny_run / "run"),
+                "--out",
+                str(out),
+                "--no-cache",
+                "--index",
+                "hnsw",
+                "--query",
+                "a calm sky",
+                "--query",
+                "a red sky",
+                "--top",
+                "3",
+            ]
+        )
+        == 0
+    )
     ix = json.loads(out.read_text())["index"]["images"]
     assert ix["kind"] == "hnsw" and ix["recall_vs_exact"] == {"R@1": 1.0, "R@3": 1.0}  # 6 images: HNSW is exact here

@@ -12,7 +12,12 @@ from sevlm.evaluation import significance as S
 
 def _mean_stat(a, b):
     ones = np.ones((len(a), 1))
-    return S.Statistic("m", np.hstack([np.asarray(a, float)[:, None], ones]), np.hstack([np.asarray(b, float)[:, None], ones]), S._ratio)
+    return S.Statistic(
+        "m",
+        np.hstack([np.asarray(a, float)[:, None], ones]),
+        np.hstack([np.asarray(b, float)[:, None], ones]),
+        S._ratio,
+    )
 
 
 def test_identical_systems_are_not_different():
@@ -46,7 +51,10 @@ def test_bleu_statistic_resums_to_coco_corpus_bleu():
 
 def test_compare_two_prediction_files(tmp_path, dataset_dir, test_refs, good_predictions, jsonl):
     # B copies the human annotation for every image: better than A (good_predictions) on everything
-    rows = [{"image_id": i, "emotion": e["dominant_emotion"], "explanation": e["explanations"][0]} for i, e in test_refs.items()]
+    rows = [
+        {"image_id": i, "emotion": e["dominant_emotion"], "explanation": e["explanations"][0]}
+        for i, e in test_refs.items()
+    ]
     b = jsonl(tmp_path / "b.jsonl", rows)
     out = S.compare(good_predictions, b, dataset_dir / "test.json", n_resamples=400)
     assert out["n_images"] == 12
@@ -68,11 +76,28 @@ def test_eval_recipe_script(tmp_path, dataset_dir, test_refs, good_predictions, 
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "sig.json"
-    assert mod.main(["--a", str(good_predictions), "--b", str(good_predictions), "--references",
-                     str(dataset_dir / "test.json"), "--resamples", "100", "--out", str(out)]) == 0
+    assert (
+        mod.main(
+            [
+                "--a",
+                str(good_predictions),
+                "--b",
+                str(good_predictions),
+                "--references",
+                str(dataset_dir / "test.json"),
+                "--resamples",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert all(m["delta"] == 0 and m["p_permutation"] == 1.0 for m in res["metrics"].values())
     assert "BLEU-4" in capsys.readouterr().out
     bad = jsonl(tmp_path / "bad.jsonl", ["nope"])
-    assert mod.main(["--a", str(bad), "--b", str(good_predictions), "--references", str(dataset_dir / "test.json")]) == 1
+    assert (
+        mod.main(["--a", str(bad), "--b", str(good_predictions), "--references", str(dataset_dir / "test.json")]) == 1
+    )
     assert f"{bad}:1: not valid JSON" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from featurekit import random_image, write_dataset
 
 

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EMOTION_NAMES = ("amusement", "awe", "contentment", "excitement", "anger", "disgust", "fear", "sadness", "something else")
+EMOTION_NAMES = (
+    "amusement",
+    "awe",
+    "contentment",
+    "excitement",
+    "anger",
+    "disgust",
+    "fear",
+    "sadness",
+    "something else",
+)
 
 
 def random_image(rng: random.Random, size=(40, 30), mode="RGB") -> Image.Image:
@@ -25,7 +35,9 @@ def random_image(rng: random.Random, size=(40, 30), mode="RGB") -> Image.Image:
     return Image.fromarray(arr, "RGB").convert(mode)
 
 
-def write_dataset(dataset_dir: Path, image_names: list[str], images_dir: Path | None, splits=("train", "val", "test"), seed=0):
+def write_dataset(
+    dataset_dir: Path, image_names: list[str], images_dir: Path | None, splits=("train", "val", "test"), seed=0
+):
     """A minimal `sevlm prepare` folder: images dealt round-robin to the splits, 2 annotations each."""
     rng = random.Random(seed)
     dataset_dir.mkdir(parents=True, exist_ok=True)
@@ -47,13 +59,17 @@ def write_dataset(dataset_dir: Path, image_names: list[str], images_dir: Path | 
         }
     for split, records in per_split.items():
         (dataset_dir / f"{split}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    manifest = {"images_dir": str(images_dir) if images_dir else None, "counts": {s: len(r) for s, r in per_split.items()}}
+    manifest = {
+        "images_dir": str(images_dir) if images_dir else None,
+        "counts": {s: len(r) for s, r in per_split.items()},
+    }
     (dataset_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return per_split
 
 
-def make_image_dataset(root: Path, n: int, seed: int = 2, styles: int = 3, empty: tuple[int, ...] = (),
-                       splits=("train", "val", "test")) -> tuple[Path, Path, list[str]]:
+def make_image_dataset(
+    root: Path, n: int, seed: int = 2, styles: int = 3, empty: tuple[int, ...] = (), splits=("train", "val", "test")
+) -> tuple[Path, Path, list[str]]:
     """n small images in `styles` folders (the indices in `empty` as 0-byte files) and a dataset folder."""
     rng = random.Random(seed)
     images_dir, dataset_dir = root / "images", root / "ds"
@@ -94,11 +110,15 @@ extract_features(images, dataset, "tiny-random", out, batch_size=2, num_workers=
 """
 
 
-def start_extract(images_dir, dataset_dir, out, workers: int = 0, delay: float = 0.3, rank: int = 0, world_size: int = 1) -> subprocess.Popen:
+def start_extract(
+    images_dir, dataset_dir, out, workers: int = 0, delay: float = 0.3, rank: int = 0, world_size: int = 1
+) -> subprocess.Popen:
     """`extract` (tiny-random, batches of 2) in a child process, sleeping `delay` s after each batch."""
     env = dict(os.environ, SEVLM_EXTRACT_TEST_DELAY=str(delay), PYTHONPATH=str(ROOT))
     args = [str(images_dir), str(dataset_dir), str(out), str(workers), str(rank), str(world_size)]
-    return subprocess.Popen([sys.executable, "-c", _EXTRACT_CHILD, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", _EXTRACT_CHILD, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def wait_for_progress(child: subprocess.Popen, partial: Path, images: int, timeout: float = 90) -> None:
@@ -115,7 +135,9 @@ def wait_for_progress(child: subprocess.Popen, partial: Path, images: int, timeo
             pass
         time.sleep(0.05)
     child.kill()
-    raise AssertionError(f"the child never reached {images} images (rc {child.wait()}): {child.stderr.read().decode()[-2000:]}")
+    raise AssertionError(
+        f"the child never reached {images} images (rc {child.wait()}): {child.stderr.read().decode()[-2000:]}"
+    )
 
 
 def kill_9_after(child: subprocess.Popen, partial: Path, images: int) -> list:

@@ -9,13 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from featurekit import assert_same_feature_files, kill_9_after, make_image_dataset, start_extract, wait_for_progress
-from tests.train.runkit import alive, wait_for
+
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import FeatureStore, partial_path
 from sevlm.features.hdf5_writer import extract_features
+from tests.train.runkit import alive, wait_for
+
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -45,8 +46,23 @@ def test_a_second_extract_on_the_same_output_is_refused_and_the_first_finishes_i
     child = start_extract(images_dir, dataset_dir, out)
     try:
         wait_for_progress(child, partial_path(out), 2)
-        rc = cli.main(["extract", "--images", str(images_dir), "--dataset", str(dataset_dir), "--encoder", "tiny-random",
-                       "--out", str(out), "--batch-size", "2", "--workers", "0"])
+        rc = cli.main(
+            [
+                "extract",
+                "--images",
+                str(images_dir),
+                "--dataset",
+                str(dataset_dir),
+                "--encoder",
+                "tiny-random",
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--workers",
+                "0",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert child.poll() is None, "the first extract finished before the second could be tried"
         assert rc == 1 and "\n" not in err
@@ -104,14 +120,34 @@ def test_overwrite_replaces_the_finished_file_only_with_a_complete_new_one(tmp_p
     out = tmp_path / "f.h5"
     extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, progress=False)
     before = _sha(out)
-    args = ["extract", "--images", str(images_dir), "--dataset", str(dataset_dir), "--out", str(out), "--overwrite", "--workers", "0"]
+    args = [
+        "extract",
+        "--images",
+        str(images_dir),
+        "--dataset",
+        str(dataset_dir),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--workers",
+        "0",
+    ]
     assert cli.main(args + ["--encoder", "tiny-randm"]) == 1  # typo
     assert "unknown image encoder 'tiny-randm'" in capsys.readouterr().err
     assert _sha(out) == before and not partial_path(out).exists()
     assert cli.main(args + ["--encoder", "tiny-random", "--batch-size", "0"]) == 1
     assert _sha(out) == before and not partial_path(out).exists()
 
-    extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=4, encoder_kwargs={"seed": 1}, overwrite=True, progress=False)
+    extract_features(
+        images_dir,
+        dataset_dir,
+        "tiny-random",
+        out,
+        batch_size=4,
+        encoder_kwargs={"seed": 1},
+        overwrite=True,
+        progress=False,
+    )
     assert FeatureStore(out).encoder["seed"] == 1 and not partial_path(out).exists()
 
 
@@ -119,12 +155,31 @@ def test_overwrite_replaces_the_finished_file_only_with_a_complete_new_one(tmp_p
 def test_bad_extract_flags_are_refused_up_front_naming_the_flag(tmp_path, capsys, flags, named):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 4)
     out = tmp_path / "f.h5"
-    rc = cli.main(["extract", "--images", str(images_dir), "--dataset", str(dataset_dir), "--encoder", "tiny-random", "--out", str(out), *flags])
+    rc = cli.main(
+        [
+            "extract",
+            "--images",
+            str(images_dir),
+            "--dataset",
+            str(dataset_dir),
+            "--encoder",
+            "tiny-random",
+            "--out",
+            str(out),
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 1 and named in err and "\n" not in err
     assert not out.exists() and not partial_path(out).exists()  # nothing left to block the next run
     with pytest.raises(ConfigError, match=named):
-        extract_features(images_dir, dataset_dir, "tiny-random", out, **{"batch_size" if "batch" in named else "num_workers": int(flags[1])})
+        extract_features(
+            images_dir,
+            dataset_dir,
+            "tiny-random",
+            out,
+            **{"batch_size" if "batch" in named else "num_workers": int(flags[1])},
+        )
 
 
 def test_an_unreadable_partial_is_kept_aside_never_truncated(tmp_path):
@@ -141,7 +196,9 @@ def test_extract_output_follows_the_umask(tmp_path):
     images_dir, dataset_dir, _ = make_image_dataset(tmp_path, 2)
     old = os.umask(0o027)
     try:
-        extract_features(images_dir, dataset_dir, "tiny-random", tmp_path / "new" / "f.h5", batch_size=2, progress=False)
+        extract_features(
+            images_dir, dataset_dir, "tiny-random", tmp_path / "new" / "f.h5", batch_size=2, progress=False
+        )
     finally:
         os.umask(old)
     assert (tmp_path / "new" / "f.h5").stat().st_mode & 0o777 == 0o640

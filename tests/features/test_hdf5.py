@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from featurekit import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
 from PIL import Image
 
-from featurekit import kill_9_after, make_image_dataset, random_image, start_extract, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import FeatureStore, H5FeatureDataset, partial_path
@@ -43,7 +43,9 @@ def test_extract_stores_each_image_once_with_exact_values_and_self_describing_at
     assert spec == {"name": "tiny-random", "settings": {"seed": 0, "image_size": 32, "patch_size": 8, "dim": 32}}
     assert build_encoder(spec["name"], **spec["settings"]).describe() == store.encoder
     assert store.attrs["num_images_listed"] == 12 and len(store.attrs["image_list_sha256"]) == 64
-    assert {"torch", "h5py", "sevlm"} <= set(store.attrs["versions"]) and store.attrs["preprocessing"]["center_crop"] == 32
+    assert {"torch", "h5py", "sevlm"} <= set(store.attrs["versions"]) and store.attrs["preprocessing"][
+        "center_crop"
+    ] == 32
     enc = build_encoder("tiny-random")
     pixels = torch.stack([enc.preprocess(Image.open(images_dir / n)) for n in names])
     tokens, pooled = enc(pixels)
@@ -55,7 +57,16 @@ def test_extract_stores_each_image_once_with_exact_values_and_self_describing_at
     ds = H5FeatureDataset(out, dataset_dir, "val")
     assert len(ds) == 4
     s = ds[0]
-    assert set(s) >= {"__key__", "image_id", "image_name", "tokens", "pooled", "emotions", "explanations", "emotion_distribution"}
+    assert set(s) >= {
+        "__key__",
+        "image_id",
+        "image_name",
+        "tokens",
+        "pooled",
+        "emotions",
+        "explanations",
+        "emotion_distribution",
+    }
     assert s["tokens"].dtype == torch.float32 and s["tokens"].shape == (16, 32) and len(s["emotion_distribution"]) == 9
     assert s["__key__"] == s["image_id"] and s["image_name"] == s["image_id"] + ".jpg"
     assert torch.equal(s["tokens"], tokens[names.index(s["image_name"])].half().float())
@@ -90,8 +101,20 @@ def _write_bad_images(images_dir: Path) -> tuple[list[str], dict[str, str]]:
     (d / "bomb.png").write_bytes(_png_header(30000, 30000))  # 900 Mpx: over PIL's decompression-bomb limit
     nfc = unicodedata.normalize("NFC", "Odd/Zoë Café-Ωmega.jpg")
     random_image(rng).save(images_dir / unicodedata.normalize("NFD", nfc))  # on disk in NFD, NFC in the JSON
-    names = ["Odd/good.jpg", "Odd/zero.jpg", "Odd/truncated.jpg", "Odd/text.jpg", "Odd/cmyk.jpg", "Odd/gray.jpg",
-             "Odd/alpha.png", "Odd/palette.png", "Odd/huge.jpg", "Odd/bomb.png", nfc, "Odd/missing.jpg"]
+    names = [
+        "Odd/good.jpg",
+        "Odd/zero.jpg",
+        "Odd/truncated.jpg",
+        "Odd/text.jpg",
+        "Odd/cmyk.jpg",
+        "Odd/gray.jpg",
+        "Odd/alpha.png",
+        "Odd/palette.png",
+        "Odd/huge.jpg",
+        "Odd/bomb.png",
+        nfc,
+        "Odd/missing.jpg",
+    ]
     expected_failures = {
         "Odd/zero.jpg": "empty file",
         "Odd/truncated.jpg": "truncated",
@@ -157,7 +180,9 @@ def test_existing_output_and_mismatched_partial_are_refused(small_dataset, tmp_p
     with pytest.raises(DataError, match="incomplete feature file"):
         FeatureStore(partial_path(out))
     with pytest.raises(DataError, match="different encoder_config"):
-        extract_features(images_dir, dataset_dir, "tiny-random", out, batch_size=8, encoder_kwargs={"seed": 1}, progress=False)
+        extract_features(
+            images_dir, dataset_dir, "tiny-random", out, batch_size=8, encoder_kwargs={"seed": 1}, progress=False
+        )
 
 
 @pytest.mark.slow
@@ -214,8 +239,11 @@ def test_flipped_bytes_in_a_tokens_chunk_are_reported_naming_the_image(small_dat
     name = flip_token_bytes(out, 7)
     assert name == names[7]
     store = FeatureStore(out)
-    with pytest.raises(DataError, match=rf"f\.h5: image '{names[7]}' \(row 7\): its tokens fail their fletcher32 "
-                                        r"checksum \(HDF5: .*\); the file is damaged: extract it again"):
+    with pytest.raises(
+        DataError,
+        match=rf"f\.h5: image '{names[7]}' \(row 7\): its tokens fail their fletcher32 "
+        r"checksum \(HDF5: .*\); the file is damaged: extract it again",
+    ):
         store.tokens(7)
     for i in (6, 8):  # the other images read as before
         assert np.array_equal(store.tokens(i), before[i])

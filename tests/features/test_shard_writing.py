@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from featurekit import make_image_dataset
+
 from sevlm import cli
 from sevlm.errors import ConfigError
 from sevlm.features.hdf5_writer import extract_features
@@ -36,8 +36,21 @@ def _listing(folder: Path) -> list[str]:
 
 def test_samples_per_shard_zero_is_refused_naming_the_flag_before_anything_is_written(features, tmp_path, capsys):
     h5, dataset_dir = features
-    rc = cli.main(["shard", "--features", str(h5), "--dataset", str(dataset_dir), "--split", "train",
-                   "--out", str(tmp_path / "shards"), "--samples-per-shard", "0"])
+    rc = cli.main(
+        [
+            "shard",
+            "--features",
+            str(h5),
+            "--dataset",
+            str(dataset_dir),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "shards"),
+            "--samples-per-shard",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "--samples-per-shard must be at least 1 (got 0)" in err and "\n" not in err
     assert not (tmp_path / "shards").exists() or _listing(tmp_path / "shards") == []
@@ -63,8 +76,21 @@ def test_two_ranks_write_the_same_shards_and_one_manifest_as_a_single_process(fe
     h5, dataset_dir = features
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     ref = write_shards(h5, dataset_dir, "train", single, max_samples_per_shard=4, progress=False)  # 4+4+4+4+1
-    args = ["shard", "--features", str(h5), "--dataset", str(dataset_dir), "--split", "train", "--out", str(parallel),
-            "--samples-per-shard", "4", "--world-size", "2"]
+    args = [
+        "shard",
+        "--features",
+        str(h5),
+        "--dataset",
+        str(dataset_dir),
+        "--split",
+        "train",
+        "--out",
+        str(parallel),
+        "--samples-per-shard",
+        "4",
+        "--world-size",
+        "2",
+    ]
     assert cli.main(args + ["--rank", "1"]) == 0
     assert "waiting for rank(s) 0" in capsys.readouterr().out
     assert not (parallel / "manifest.json").exists() and pending_shard_parts(parallel, "train", 2) == [0]
@@ -74,13 +100,17 @@ def test_two_ranks_write_the_same_shards_and_one_manifest_as_a_single_process(fe
     assert _listing(parallel) == _listing(single) == ["manifest.json"] + [f"train-{i:06d}.tar" for i in range(5)]
     got = json.loads((parallel / "manifest.json").read_text())
     want = json.loads((single / "manifest.json").read_text())
-    assert got["splits"]["train"]["shards"] == want["splits"]["train"]["shards"] == ref["shards"]  # names, counts, sha256
+    assert (
+        got["splits"]["train"]["shards"] == want["splits"]["train"]["shards"] == ref["shards"]
+    )  # names, counts, sha256
     assert got == want
     ids = [s["image_id"] for s in shard_pipeline(parallel, "train", shuffle=False)]
     assert sorted(ids) == sorted(json.loads((dataset_dir / "train.json").read_text())) and len(ids) == 17
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed"
+)
 @pytest.mark.slow
 def test_torchrun_two_ranks_shard_in_parallel(features, tmp_path):
     h5, dataset_dir = features
@@ -88,15 +118,36 @@ def test_torchrun_two_ranks_shard_in_parallel(features, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [shutil.which("torchrun", path=os.path.dirname(sys.executable)), "--standalone", "--nproc_per_node", "2",
-         "-m", "sevlm.cli", "shard", "--features", str(h5), "--dataset", str(dataset_dir), "--split", "train",
-         "--out", str(tmp_path / "parallel"), "--samples-per-shard", "3"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            shutil.which("torchrun", path=os.path.dirname(sys.executable)),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "sevlm.cli",
+            "shard",
+            "--features",
+            str(h5),
+            "--dataset",
+            str(dataset_dir),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "parallel"),
+            "--samples-per-shard",
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one rank wrote its part and left, the other put all 6 shards in place
     assert proc.stdout.count("17 samples in 6 shard(s)") == 1 and proc.stdout.count("wrote part") == 1
-    assert json.loads((tmp_path / "parallel" / "manifest.json").read_text()) == json.loads((tmp_path / "single" / "manifest.json").read_text())
+    assert json.loads((tmp_path / "parallel" / "manifest.json").read_text()) == json.loads(
+        (tmp_path / "single" / "manifest.json").read_text()
+    )
     assert _listing(tmp_path / "parallel") == _listing(tmp_path / "single")
 
 

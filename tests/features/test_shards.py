@@ -7,13 +7,12 @@ import json
 import random
 import warnings
 
-import numpy as np
 import pytest
 import torch
+from featurekit import random_image, write_dataset
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from featurekit import random_image, write_dataset
 from sevlm.encoders import build_encoder
 from sevlm.errors import DataError
 from sevlm.features.hdf5 import H5FeatureDataset
@@ -44,7 +43,9 @@ def test_round_trip_image_to_hdf5_to_shards_to_batch_keeps_values(features, tmp_
     h5, dataset_dir, images_dir = features
     entry = write_shards(h5, dataset_dir, "train", tmp_path / "shards", max_samples_per_shard=5, progress=False)
     assert [s["num_samples"] for s in entry["shards"]] == [5, 5, 5, 5, 3]
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["manifest.json"] + [f"train-{i:06d}.tar" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["manifest.json"] + [
+        f"train-{i:06d}.tar" for i in range(5)
+    ]
 
     samples = list(shard_pipeline(tmp_path / "shards", "train", shuffle=False))
     by_id = {}
@@ -77,7 +78,10 @@ def test_manifest_records_counts_checksums_encoder_and_keeps_other_splits(featur
     assert set(m["splits"]) == {"train", "val"}
     train = m["splits"]["train"]
     assert [s["num_samples"] for s in train["shards"]] == [12, 11] and train["num_samples"] == 23
-    assert sorted(p.name for p in out.glob("train-*.tar")) == ["train-000000.tar", "train-000001.tar"]  # stale ones gone
+    assert sorted(p.name for p in out.glob("train-*.tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]  # stale ones gone
     for s in train["shards"] + m["splits"]["val"]["shards"]:
         assert sha256_file(out / s["name"]) == s["sha256"]
     assert len(train["dataset"]["manifest_sha256"]) == 64
@@ -91,7 +95,9 @@ def _ids_seen(shard_dir, world_size, rank, num_workers, **kw):
 
 def test_two_ranks_by_two_workers_see_disjoint_complete_equal_data(features, tmp_path):
     h5, dataset_dir, _ = features
-    write_shards(h5, dataset_dir, "train", tmp_path / "shards", max_samples_per_shard=3, progress=False)  # 8 shards: 7x3 + 2
+    write_shards(
+        h5, dataset_dir, "train", tmp_path / "shards", max_samples_per_shard=3, progress=False
+    )  # 8 shards: 7x3 + 2
     seen = {r: _ids_seen(tmp_path / "shards", 2, r, 2, shuffle=True, seed=1, epoch=0) for r in (0, 1)}
     (ids0, n0), (ids1, n1) = seen[0], seen[1]
     assert len(ids0) == len(ids1) == n0 == n1 == 12  # equal per rank: the 11-sample rank repeats one
@@ -125,12 +131,14 @@ def test_corrupt_shard_error_names_it_or_is_skipped_with_a_warning(features, tmp
     assert len(samples) == 17 and len({s["image_id"] for s in samples}) == 17  # the 3 other shards
 
     # same size, damaged inside (a tar header overwritten): its checksum fails before any sample is read
-    bad.write_bytes(data[:512 * 3] + b"\xff" * 512 + data[512 * 4:])
+    bad.write_bytes(data[: 512 * 3] + b"\xff" * 512 + data[512 * 4 :])
     with pytest.raises(DataError, match=r"train-000001\.tar: shard content differs from the manifest \(sha256"):
         list(shard_pipeline(out, "train", shuffle=True, seed=3))
     with pytest.warns(UserWarning, match=r"train-000001\.tar: shard content differs.*skipping the rest of this shard"):
         samples = list(shard_pipeline(out, "train", shuffle=False, handle_errors="warn"))
-    assert len(samples) == 23 and len({s["image_id"] for s in samples}) == 17  # quota kept by repeats, none from the bad one
+    assert (
+        len(samples) == 23 and len({s["image_id"] for s in samples}) == 17
+    )  # quota kept by repeats, none from the bad one
     (out / "train-000002.tar").unlink()
     with pytest.raises(DataError, match=r"train-000002\.tar: shard missing; rewrite"):
         shard_pipeline(out, "train")
@@ -146,7 +154,9 @@ def test_a_same_size_shard_with_other_content_is_refused_naming_it(features, tmp
     clean = {s["image_id"]: s["tokens"] for s in shard_pipeline(out, "train", shuffle=False)}
     shard = out / "train-000002.tar"
     data = bytearray(shard.read_bytes())
-    at = data.index(b"\x93NUMPY", data.index(b".tokens.npy")) + 200  # in the first tokens.npy payload: still a valid tar and array
+    at = (
+        data.index(b"\x93NUMPY", data.index(b".tokens.npy")) + 200
+    )  # in the first tokens.npy payload: still a valid tar and array
     data[at : at + 64] = bytes(b ^ 0x11 for b in data[at : at + 64])
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"train-000002\.tar: shard content differs from the manifest"):
@@ -198,14 +208,19 @@ def test_partial_shard_sets_warn_with_the_counts(features, tmp_path):
     # a shard file the manifest does not list (another run's), and a killed distributed run's part folder
     (out / "train-000007.tar").write_bytes((out / "train-000000.tar").read_bytes())
     (out / ".train.part-1-of-2").mkdir()
-    with pytest.warns(UserWarning, match=r"split 'train' is partial: 1 shard file\(s\) in .* not in the manifest, "
-                                         r"ignored \(train-000007\.tar\); an unfinished `sevlm shard` run left 1 part"):
+    with pytest.warns(
+        UserWarning,
+        match=r"split 'train' is partial: 1 shard file\(s\) in .* not in the manifest, "
+        r"ignored \(train-000007\.tar\); an unfinished `sevlm shard` run left 1 part",
+    ):
         assert shard_pipeline(out, "train").samples_per_rank == 23
     # a manifest listing more shards than exist
     (out / "train-000003.tar").unlink()
     with pytest.raises(DataError, match=r"train-000003\.tar: shard missing"):
         shard_pipeline(out, "train")
-    with pytest.warns(UserWarning, match=r"1 of 4 shards missing or resized, skipped .*reading 3 of its 4 shards \(18 of 23 samples\)"):
+    with pytest.warns(
+        UserWarning, match=r"1 of 4 shards missing or resized, skipped .*reading 3 of its 4 shards \(18 of 23 samples\)"
+    ):
         assert shard_pipeline(out, "train", handle_errors="warn").samples_per_rank == 18
     # a pattern naming fewer shards than the manifest
     with pytest.warns(UserWarning, match=r"reading 2 of its 4 shards \(12 of 23 samples\)"):
@@ -231,10 +246,31 @@ def test_extract_and_shard_commands_print_summaries_with_failed_images(tmp_path,
     (images_dir / "A/img3.jpg").write_text("not a jpeg")
     write_dataset(dataset_dir, names, images_dir, splits=("train",))
     h5 = tmp_path / "f.h5"
-    assert _run_command(extract, ["--dataset", str(dataset_dir), "--encoder", "tiny-random", "--out", str(h5), "--workers", "0"]) == 0
+    assert (
+        _run_command(
+            extract, ["--dataset", str(dataset_dir), "--encoder", "tiny-random", "--out", str(h5), "--workers", "0"]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "4 of 5 images" in text and "A/img3.jpg: not an image" in text
-    assert _run_command(shard, ["--features", str(h5), "--dataset", str(dataset_dir), "--split", "train",
-                                "--out", str(tmp_path / "sh"), "--samples-per-shard", "2"]) == 0
+    assert (
+        _run_command(
+            shard,
+            [
+                "--features",
+                str(h5),
+                "--dataset",
+                str(dataset_dir),
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "sh"),
+                "--samples-per-shard",
+                "2",
+            ],
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "4 samples in 2 shard(s)" in text and "A/img3: not an image" in text

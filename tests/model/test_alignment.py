@@ -8,15 +8,21 @@ import torch
 import torch.nn.functional as F
 
 from sevlm.emotions import EMOTIONS
+from sevlm.evaluation.embedding import FILLER
 from sevlm.evaluation.retrieval import retrieval_metrics
 from sevlm.model.contrastive import AlignmentHead
-from sevlm.evaluation.embedding import FILLER
 from sevlm.text import model_inputs
 
 # words that give each emotion's explanations away, so text features can carry the emotion
 CUES = {
-    "amusement": "funny clown", "awe": "vast sky", "contentment": "calm field", "excitement": "bright party",
-    "anger": "red rage", "disgust": "rotten meat", "fear": "dark storm", "sadness": "lonely grey",
+    "amusement": "funny clown",
+    "awe": "vast sky",
+    "contentment": "calm field",
+    "excitement": "bright party",
+    "anger": "red rage",
+    "disgust": "rotten meat",
+    "fear": "dark storm",
+    "sadness": "lonely grey",
     "something else": "odd lines",
 }
 
@@ -122,12 +128,14 @@ def _emotion_data(n_per_emotion: int, seed: int, prototypes: torch.Tensor) -> li
     for k, emotion in enumerate(EMOTIONS):
         for i in range(n_per_emotion):
             other = EMOTIONS[(k + 1 + i) % 9]
-            out.append({
-                "image_id": f"s/{emotion}-{seed}-{i}",
-                "tokens": prototypes[k] + 0.5 * torch.randn(prototypes.shape[1:], generator=g),
-                "emotions": [emotion, emotion, other],
-                "explanations": [f"the {CUES[emotion]} here", f"so {CUES[emotion]}", f"the {CUES[other]} here"],
-            })
+            out.append(
+                {
+                    "image_id": f"s/{emotion}-{seed}-{i}",
+                    "tokens": prototypes[k] + 0.5 * torch.randn(prototypes.shape[1:], generator=g),
+                    "emotions": [emotion, emotion, other],
+                    "explanations": [f"the {CUES[emotion]} here", f"so {CUES[emotion]}", f"the {CUES[other]} here"],
+                }
+            )
     return out
 
 
@@ -146,10 +154,17 @@ def _train_and_retrieve(make_model, builder, seed: int, steps: int = 60, **kw) -
     m.eval()
     batch = builder.collate_eval(test)
     nine = builder._stack(builder.encode_many([(e, FILLER) for e in EMOTIONS]))
-    texts = builder._stack(builder.encode_many([(e, x) for s in test for e, x in zip(s["emotions"], s["explanations"])]))
+    texts = builder._stack(
+        builder.encode_many([(e, x) for s in test for e, x in zip(s["emotions"], s["explanations"])])
+    )
     images = m.embed_images(batch["visual"])
-    figures = retrieval_metrics(images.numpy(), m.embed_explanations(**texts).numpy(), np.repeat(np.arange(len(test)), 3),
-                                m.embed_emotions(**nine).numpy(), np.repeat(np.arange(9), 4))
+    figures = retrieval_metrics(
+        images.numpy(),
+        m.embed_explanations(**texts).numpy(),
+        np.repeat(np.arange(len(test)), 3),
+        m.embed_emotions(**nine).numpy(),
+        np.repeat(np.arange(9), 4),
+    )
     return figures, images
 
 

@@ -29,8 +29,9 @@ def test_bidirectional_encoder_sees_later_tokens_and_the_causal_one_does_not():
         enc(vad[:, :1], cache=(0, []))
 
 
-def test_bidirectional_model_leaks_the_next_token_vad_and_generates_without_cache(make_model, builder, tok, lexicon,
-                                                                                 monkeypatch):
+def test_bidirectional_model_leaks_the_next_token_vad_and_generates_without_cache(
+    make_model, builder, tok, lexicon, monkeypatch
+):
     batch = builder._stack([builder.encode("fear", "the dark storm is coming")])
     later = {**batch, "vad": batch["vad"].clone()}
     later["vad"][0, 9] = torch.tensor([1.0, -1.0, 1.0])  # one explanation token's VAD input
@@ -49,8 +50,13 @@ def test_bidirectional_model_leaks_the_next_token_vad_and_generates_without_cach
 
 
 # ---- row 6: per-piece lemmatised VAD ----------------------------------------------------------------
-PIECE_TABLE = {"heart": [0.9, 0.5, 0.5], "broken": [0.1, 0.6, 0.3], "heartbroken": [0.05, 0.7, 0.2],
-               "sad": [0.2, 0.3, 0.1], "dark": [0.2, 0.4, 0.4]}
+PIECE_TABLE = {
+    "heart": [0.9, 0.5, 0.5],
+    "broken": [0.1, 0.6, 0.3],
+    "heartbroken": [0.05, 0.7, 0.2],
+    "sad": [0.2, 0.3, 0.1],
+    "dark": [0.2, 0.4, 0.4],
+}
 
 
 def _piece_lexicon():
@@ -92,10 +98,13 @@ def test_generation_feeds_the_piece_vad_training_feeds(tok):
     n = int(seq["attention_mask"].sum()) - 1  # without EOS
     ids = [int(i) for i in seq["input_ids"][:n]]
     ids_ = authors.ids
-    for pieces, want in ((True, seq["vad"][:n]), (False, SequenceBuilder(tok, lex, max_len=24).encode(
-            "sadness", "a heartbroken man in the dark")["vad"][:n])):
-        vad, _ = _full_features(_Pieces(tok), lex, ids, len(ids_.prompt), ids_.because, ids_.explanation, ids_.emotion,
-                                vad_pieces=pieces)
+    for pieces, want in (
+        (True, seq["vad"][:n]),
+        (False, SequenceBuilder(tok, lex, max_len=24).encode("sadness", "a heartbroken man in the dark")["vad"][:n]),
+    ):
+        vad, _ = _full_features(
+            _Pieces(tok), lex, ids, len(ids_.prompt), ids_.because, ids_.explanation, ids_.emotion, vad_pieces=pieces
+        )
         np.testing.assert_allclose(vad, want)
 
 
@@ -116,8 +125,14 @@ def test_visual_negative_explanation_swaps_the_text_not_the_image():
         rows = []
         for s in range(2 * I):
             i, j = s // 2, int(neg[s // 2])
-            third = head.score(img[j], emo[s], exp[s]) if kind == "image" else head.score(img[i], emo[s], exp[2 * j + s % 2])
-            rows.append(torch.stack([head.score(img[i], emo[s], exp[s]), head.score(img[i], emo[s], exp[s ^ 1]), third]))
+            third = (
+                head.score(img[j], emo[s], exp[s])
+                if kind == "image"
+                else head.score(img[i], emo[s], exp[2 * j + s % 2])
+            )
+            rows.append(
+                torch.stack([head.score(img[i], emo[s], exp[s]), head.score(img[i], emo[s], exp[s ^ 1]), third])
+            )
         want = torch.nn.functional.cross_entropy(torch.stack(rows), torch.zeros(2 * I, dtype=torch.long))
         torch.testing.assert_close(losses[kind], want)
     assert not torch.allclose(losses["image"], losses["explanation"])
@@ -139,8 +154,11 @@ def test_no_visual_projection_feeds_the_tokens_as_they_are(make_model):
     torch.testing.assert_close(ctx["encoder_hidden_states"], visual[[1, 0, 1]])
     ours = make_model(visual_dim=32, n_embd=32).eval().visual_context(visual)["encoder_hidden_states"]
     assert not torch.allclose(ours, visual)  # ours projects (linear + layer norm)
-    with pytest.raises(ValueError, match=r"visual tokens \(16 wide\) go to cross-attention as they are, which "
-                                         r"needs the decoder's width 32"):
+    with pytest.raises(
+        ValueError,
+        match=r"visual tokens \(16 wide\) go to cross-attention as they are, which "
+        r"needs the decoder's width 32",
+    ):
         make_model(visual_projection=False, visual_dim=16, n_embd=32)
     with pytest.raises(ValueError, match="visual_projection=False is for mode='cross'"):
         SEVLMConfig(visual_projection=False, mode="prefix", visual_dim=256)
@@ -151,15 +169,29 @@ def test_model_configs_without_the_new_keys_load_as_ours():
 
     cfg = from_dict(SEVLMConfig, {"n_layer": 1})
     assert (cfg.vad_bidirectional, cfg.vad_input, cfg.visual_negative, cfg.visual_projection) == (
-        False, "word", "image", True)
+        False,
+        "word",
+        "image",
+        True,
+    )
 
 
 def test_a_training_step_runs_with_every_authors_model_switch(make_model, tok, lexicon, make_samples):
     import numpy as np
 
-    m = make_model(vad_bidirectional=True, vad_input="piece", visual_negative="explanation", visual_projection=False,
-                   visual_dim=32, n_embd=32, contrastive_scorer="mlp", mlp_scorer_inputs="raw", vad_residual=True,
-                   vad_fuse="explanation+position", bos_prompt=True)
+    m = make_model(
+        vad_bidirectional=True,
+        vad_input="piece",
+        visual_negative="explanation",
+        visual_projection=False,
+        visual_dim=32,
+        n_embd=32,
+        contrastive_scorer="mlp",
+        mlp_scorer_inputs="raw",
+        vad_residual=True,
+        vad_fuse="explanation+position",
+        bos_prompt=True,
+    )
     builder = SequenceBuilder(tok, lexicon, max_len=20, bos_prompt=True, anchor="last", vad_input="piece")
     batch = builder.collate(make_samples(4, dim=32), np.random.default_rng(0))
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}

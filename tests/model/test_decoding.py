@@ -15,8 +15,8 @@ from sevlm.config import from_dict
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import ConfigError
 from sevlm.export import load_run, save_export
-from sevlm.predictions import predictions_meta_path, run_decoding
 from sevlm.io import write_json
+from sevlm.predictions import predictions_meta_path, run_decoding
 
 
 @pytest.mark.parametrize(
@@ -66,8 +66,18 @@ def test_help_lists_decoding_flags_with_examples():
     sub = parser._subparsers._group_actions[0].choices
     for name in ("generate", "predict"):
         text = sub[name].format_help()
-        for flag in ("--strategy", "--beams", "--no-repeat-ngram", "--repetition-penalty", "--length-penalty",
-                     "--top-k", "--top-p", "--temperature", "--seed", "--max-new-tokens"):
+        for flag in (
+            "--strategy",
+            "--beams",
+            "--no-repeat-ngram",
+            "--repetition-penalty",
+            "--length-penalty",
+            "--top-k",
+            "--top-p",
+            "--temperature",
+            "--seed",
+            "--max-new-tokens",
+        ):
             assert flag in text, (name, flag)
     assert "--strategy sample --top-p 0.9" in sub["generate"].format_help()
 
@@ -79,8 +89,10 @@ def run_with_split(tmp_path, make_model, tok, lexicon):
 
     m = make_model(visual_dim=32, seed=5).eval()
     run_dir = tmp_path / "run"
-    cfg = {"data": {"lexicon": str(lexicon.source), "encoder": "tiny-random", "dataset_dir": None, "features": None},
-           "decoding": {"strategy": "beam", "num_beams": 2, "no_repeat_ngram": 3, "max_new_tokens": 6}}
+    cfg = {
+        "data": {"lexicon": str(lexicon.source), "encoder": "tiny-random", "dataset_dir": None, "features": None},
+        "decoding": {"strategy": "beam", "num_beams": 2, "no_repeat_ngram": 3, "max_new_tokens": 6},
+    }
     save_export(run_dir / "export", m, tok, cfg)
     images = tmp_path / "images" / "Style"
     images.mkdir(parents=True)
@@ -99,8 +111,9 @@ def test_run_decoding_is_recorded_then_changed(run_with_split):
     run = load_run(run_with_split[0])
     recorded = DecodingConfig(strategy="beam", num_beams=2, no_repeat_ngram=3, max_new_tokens=6)
     assert run_decoding(run) == recorded
-    assert run_decoding(run, {"no_repeat_ngram": 0}) == DecodingConfig(strategy="beam", num_beams=2, max_new_tokens=6,
-                                                                       no_repeat_ngram=0)
+    assert run_decoding(run, {"no_repeat_ngram": 0}) == DecodingConfig(
+        strategy="beam", num_beams=2, max_new_tokens=6, no_repeat_ngram=0
+    )
     assert run_decoding(run, DecodingConfig()) == DecodingConfig()
 
 
@@ -108,8 +121,19 @@ def test_run_decoding_is_recorded_then_changed(run_with_split):
 def test_generate_writes_sidecar_and_evaluate_reads_predictions(run_with_split, tmp_path):
     run_dir, dataset, feats, _ = run_with_split
     out = tmp_path / "preds.jsonl"
-    args = ["generate", "--run", str(run_dir), "--split", "test", "--out", str(out), "--features", str(feats),
-            "--dataset", str(dataset)]
+    args = [
+        "generate",
+        "--run",
+        str(run_dir),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+        "--features",
+        str(feats),
+        "--dataset",
+        str(dataset),
+    ]
     assert main(args + ["--strategy", "greedy", "--repetition-penalty", "1.3"]) == 0
     preds = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(preds) == 3
@@ -122,8 +146,10 @@ def test_generate_writes_sidecar_and_evaluate_reads_predictions(run_with_split, 
     # a bad combination is one line naming the setting
     assert main(args + ["--top-p", "0.5"]) == 1
     report = tmp_path / "report.json"
-    assert main(["evaluate", "--predictions", str(out), "--references", str(dataset / "test.json"),
-                 "--out", str(report)]) == 0
+    assert (
+        main(["evaluate", "--predictions", str(out), "--references", str(dataset / "test.json"), "--out", str(report)])
+        == 0
+    )
     assert json.loads(report.read_text())["n_predictions"] == 3
 
 

@@ -49,10 +49,20 @@ def _features(tmp_path, name: str, **encoder_kwargs):
 def test_export_records_the_features_encoder_settings(tmp_path, make_model, tok):
     # features of a non-default encoder (what `extract --weights X` gives): predict must rebuild it
     feats = _features(tmp_path, "f24.h5", seed=3, dim=24)
-    cfg = {"data": {"lexicon": "demo", "encoder": "tiny-random", "features": str(feats), "dataset_dir": str(tmp_path / "dataset")}}
+    cfg = {
+        "data": {
+            "lexicon": "demo",
+            "encoder": "tiny-random",
+            "features": str(feats),
+            "dataset_dir": str(tmp_path / "dataset"),
+        }
+    }
     out = save_export(tmp_path / "export", make_model(visual_dim=24).eval(), tok, cfg)
     run = load_run(out)
-    assert run.config["encoder"] == {"name": "tiny-random", "settings": {"seed": 3, "image_size": 32, "patch_size": 8, "dim": 24}}
+    assert run.config["encoder"] == {
+        "name": "tiny-random",
+        "settings": {"seed": 3, "image_size": 32, "patch_size": 8, "dim": 24},
+    }
     enc = run.image_encoder()
     assert (enc.seed, enc.dim) == (3, 24)
     assert run.data_paths == RunDataPaths(str(tmp_path / "dataset"), str(feats), None, "demo")
@@ -64,13 +74,49 @@ def test_export_records_the_features_encoder_settings(tmp_path, make_model, tok)
 @pytest.mark.slow
 def test_features_of_another_width_are_one_line(tmp_path, make_model, tok, capsys):
     feats32 = _features(tmp_path, "f32.h5")  # 32-d tokens
-    cfg = {"data": {"lexicon": "demo", "encoder": {"name": "tiny-random", "settings": {"dim": 24}}, "dataset_dir": str(tmp_path / "dataset")}}
+    cfg = {
+        "data": {
+            "lexicon": "demo",
+            "encoder": {"name": "tiny-random", "settings": {"dim": 24}},
+            "dataset_dir": str(tmp_path / "dataset"),
+        }
+    }
     out = save_export(tmp_path / "export", make_model(visual_dim=24).eval(), tok, cfg)
     capsys.readouterr()
-    assert main(["generate", "--run", str(out), "--split", "test", "--features", str(feats32), "--out", str(tmp_path / "p.jsonl")]) == 1
+    assert (
+        main(
+            [
+                "generate",
+                "--run",
+                str(out),
+                "--split",
+                "test",
+                "--features",
+                str(feats32),
+                "--out",
+                str(tmp_path / "p.jsonl"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{feats32}: 32-d visual tokens" in err and "expects 24-d" in err, err
-    assert main(["retrieve", "--run", str(out), "--split", "test", "--features", str(feats32), "--out", str(tmp_path / "r.json")]) == 1
+    assert (
+        main(
+            [
+                "retrieve",
+                "--run",
+                str(out),
+                "--split",
+                "test",
+                "--features",
+                str(feats32),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "32-d visual tokens" in err and "expects 24-d" in err, err
     # a recorded encoder of the wrong width: refused before any image is encoded
@@ -86,7 +132,10 @@ def test_features_of_another_width_are_one_line(tmp_path, make_model, tok, capsy
 @pytest.mark.parametrize("name", ["model.safetensors", "decoder/model.safetensors"])
 def test_damaged_weights_name_the_file(tmp_path, make_model, tok, damage, name):
     out = save_export(tmp_path / "export", make_model().eval(), tok, {"data": {"lexicon": "demo"}})
-    assert sorted(json.loads((out / "config.json").read_text())["weights_sha256"]) == ["decoder/model.safetensors", "model.safetensors"]
+    assert sorted(json.loads((out / "config.json").read_text())["weights_sha256"]) == [
+        "decoder/model.safetensors",
+        "model.safetensors",
+    ]
     weights = out / name
     data = bytearray(weights.read_bytes())
     if damage == "truncate":
@@ -148,7 +197,9 @@ def test_format_1_export_still_loads(tmp_path, make_model, tok, builder, make_sa
     assert run.model.decoder.lm_head.weight.data_ptr() == run.model.decoder.transformer.wte.weight.data_ptr()
     batch = builder.collate_eval(make_samples(2))
     with torch.no_grad():
-        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0
+        )
     data = bytearray((out / "model.safetensors").read_bytes())
     data[-10] ^= 0x01  # its one string checksum still guards the one file
     (out / "model.safetensors").write_bytes(bytes(data))
@@ -159,18 +210,41 @@ def test_format_1_export_still_loads(tmp_path, make_model, tok, builder, make_sa
 @pytest.mark.slow
 def test_image_faults_are_one_line(tmp_path, make_model, tok, capsys):
     feats = _features(tmp_path, "f32.h5")
-    out = save_export(tmp_path / "export", make_model(visual_dim=32).eval(), tok,
-                      {"data": {"lexicon": "demo", "features": str(feats), "dataset_dir": str(tmp_path / "dataset")}})
+    out = save_export(
+        tmp_path / "export",
+        make_model(visual_dim=32).eval(),
+        tok,
+        {"data": {"lexicon": "demo", "features": str(feats), "dataset_dir": str(tmp_path / "dataset")}},
+    )
     bomb = tmp_path / "bomb.png"
     Image.new("1", (14000, 14000)).save(bomb)  # 196 Mpx in 24 kB: PIL refuses to decode it
     truncated = tmp_path / "cut.png"
     truncated.write_bytes((tmp_path / "images" / "Style" / "p0.png").read_bytes()[:60])
     capsys.readouterr()
-    for image, why in ((bomb, "too large to decode safely"), (truncated, "corrupt or truncated"), (tmp_path / "no.png", "file not found")):
+    for image, why in (
+        (bomb, "too large to decode safely"),
+        (truncated, "corrupt or truncated"),
+        (tmp_path / "no.png", "file not found"),
+    ):
         assert main(["predict", "--run", str(out), str(image)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"{image}: {why}" in err, err
-        assert main(["retrieve", "--run", str(out), "--split", "test", "--query-image", str(image), "--out", str(tmp_path / "q.json")]) == 1
+        assert (
+            main(
+                [
+                    "retrieve",
+                    "--run",
+                    str(out),
+                    "--split",
+                    "test",
+                    "--query-image",
+                    str(image),
+                    "--out",
+                    str(tmp_path / "q.json"),
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"{image}: {why}" in err, err
 
@@ -196,6 +270,9 @@ def test_weights_files_outside_the_export_are_refused(tmp_path, make_model, tok,
     cfg["weights"] = {"model.safetensors": "", name: "decoder."}
     cfg["weights_sha256"].pop("decoder/model.safetensors")
     write_json(out / "config.json", cfg)
-    with pytest.raises(DataError, match=rf"config\.json: weights file '{name}' (lies outside the export folder|is not a file name inside)"):
+    with pytest.raises(
+        DataError,
+        match=rf"config\.json: weights file '{name}' (lies outside the export folder|is not a file name inside)",
+    ):
         load_run(out)
     assert main(["generate", "--run", str(out), "--out", str(tmp_path / "p.jsonl")]) == 1

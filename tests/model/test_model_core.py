@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from sevlm.model import SEVLMConfig
@@ -19,10 +18,16 @@ def test_plain_gpt2_equivalence(make_model, builder):
     m = make_model(use_vad_input=False, use_vad_head=False, use_contrastive=False, use_segments=False).eval()
     dc = m.decoder.config
     plain = GPT2LMHeadModel(
-        GPT2Config(vocab_size=dc.vocab_size, n_positions=dc.n_positions, n_embd=dc.n_embd, n_layer=dc.n_layer, n_head=dc.n_head)
+        GPT2Config(
+            vocab_size=dc.vocab_size, n_positions=dc.n_positions, n_embd=dc.n_embd, n_layer=dc.n_layer, n_head=dc.n_head
+        )
     ).eval()
     missing, unexpected = plain.load_state_dict(
-        {k[len("decoder."):]: v for k, v in m.state_dict().items() if k.startswith("decoder.") and "crossattention" not in k and "ln_cross_attn" not in k},
+        {
+            k[len("decoder.") :]: v
+            for k, v in m.state_dict().items()
+            if k.startswith("decoder.") and "crossattention" not in k and "ln_cross_attn" not in k
+        },
         strict=False,
     )
     assert not missing and not unexpected
@@ -82,7 +87,10 @@ def test_lm_and_vad_loss_by_hand(make_model, builder, make_samples):
     assert math.isclose(float(out.lm_loss), nll / count, rel_tol=1e-5)
     # VAD: prediction (0.1,-0.2,0.3) everywhere; MSE over in-lexicon next tokens
     tgt, msk = batch["vad_target"][:, 1:], batch["vad_target_mask"][:, 1:]
-    errs = [float(((torch.tensor([0.1, -0.2, 0.3]) - tgt[i, t]) ** 2).mean()) for i, t in zip(*torch.nonzero(msk, as_tuple=True))]
+    errs = [
+        float(((torch.tensor([0.1, -0.2, 0.3]) - tgt[i, t]) ** 2).mean())
+        for i, t in zip(*torch.nonzero(msk, as_tuple=True))
+    ]
     assert len(errs) > 3
     assert math.isclose(float(out.vad_loss), sum(errs) / len(errs), rel_tol=1e-5)
     assert math.isclose(float(out.loss), float(out.lm_loss) + float(out.vad_loss), rel_tol=1e-6)
@@ -100,7 +108,9 @@ def test_ternary_contrastive_loss_by_hand():
     loss = head.loss(img, emo, exp, seq_image, pair_valid, torch.tensor([1, 0]))
 
     def cos3(i, e, x):
-        return (sum(a * b for a, b in zip(i, x)) + sum(a * b for a, b in zip(i, e)) + sum(a * b for a, b in zip(e, x))) / 0.5
+        return (
+            sum(a * b for a, b in zip(i, x)) + sum(a * b for a, b in zip(i, e)) + sum(a * b for a, b in zip(e, x))
+        ) / 0.5
 
     I, E, X = img.tolist(), emo.tolist(), exp.tolist()
     terms = []
@@ -179,8 +189,16 @@ def test_explanation_features_ignore_the_label(make_model, builder):
     written under two labels must give identical features (and the emotional negative's score
     then equals the positive's: the loss cannot fall by reading the label)."""
     m = make_model().eval()
-    batch = builder._stack(builder.encode_many([("awe", "the dark storm"), ("fear", "the dark storm"),
-                                                ("something else", "the dark storm"), ("fear", "a calm sky")]))
+    batch = builder._stack(
+        builder.encode_many(
+            [
+                ("awe", "the dark storm"),
+                ("fear", "the dark storm"),
+                ("something else", "the dark storm"),
+                ("fear", "a calm sky"),
+            ]
+        )
+    )
     _, exp = m.embed_texts(**batch)
     torch.testing.assert_close(exp[1], exp[0], atol=1e-6, rtol=0)
     with torch.no_grad():
@@ -288,8 +306,9 @@ def test_authors_switches_decode(make_model, tok, lexicon, make_samples, mode):
     from sevlm.generate import generate
     from sevlm.text import prompt_ids
 
-    m = make_model(mode=mode, vad_fuse="explanation+position", fusion_init="normal", vad_residual=True,
-                   bos_prompt=True).eval()
+    m = make_model(
+        mode=mode, vad_fuse="explanation+position", fusion_init="normal", vad_residual=True, bos_prompt=True
+    ).eval()
     visual = torch.stack([s["tokens"] for s in make_samples(2)])
     a = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=8))
     b = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=8), use_cache=False)
@@ -299,7 +318,8 @@ def test_authors_switches_decode(make_model, tok, lexicon, make_samples, mode):
         prompt = torch.tensor([prompt_ids(tok, bos_prompt=bos)] * 2)
         seg = torch.full_like(prompt, m.config.emotion_id)
         with torch.no_grad():
-            logp = torch.log_softmax(m(input_ids=prompt, segment_ids=seg, vad=torch.zeros(*prompt.shape, 3),
-                                       visual=visual).logits[:, -1], -1)
+            logp = torch.log_softmax(
+                m(input_ids=prompt, segment_ids=seg, vad=torch.zeros(*prompt.shape, 3), visual=visual).logits[:, -1], -1
+            )
         scores = [float(logp[i, h.tokens[0]]) for i, h in enumerate(first)]
         assert all(math.isclose(s, h.score, abs_tol=1e-5) for s, h in zip(scores, first)) == expect

@@ -31,10 +31,18 @@ def tiny_run(tmp_path, make_model, tok, lexicon):
 def test_round_trip(tiny_run, builder, make_samples):
     run_dir, m = tiny_run
     export = run_dir / "export"
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "decoder", "decoder_config.json", "model.safetensors",
-                                                        "tokenizer"]
-    assert sorted(p.name for p in (export / "decoder").iterdir()) == ["config.json", "generation_config.json",
-                                                                      "model.safetensors"]
+    assert sorted(p.name for p in export.iterdir()) == [
+        "config.json",
+        "decoder",
+        "decoder_config.json",
+        "model.safetensors",
+        "tokenizer",
+    ]
+    assert sorted(p.name for p in (export / "decoder").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     cfg = json.loads((export / "config.json").read_text())
     # the decoder's weights are stored once, in decoder/; model.safetensors holds the rest
     assert cfg["format"] == "sevlm-export-2"
@@ -51,14 +59,17 @@ def test_round_trip(tiny_run, builder, make_samples):
     assert run.builder.ids == builder.ids and run.lexicon.describe() == builder.lexicon.describe()
     batch = builder.collate_eval(make_samples(2, dim=32))
     with torch.no_grad():
-        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0
+        )
     # save again over the existing export: replaced atomically, still loadable
     save_export(export, run.model, run.tokenizer, cfg["train"])
     assert load_run(run_dir).config["encoder"]["name"] == "tiny-random"
 
 
-def test_an_export_from_before_the_alignment_head_loads_without_one(tmp_path, make_model, tok, lexicon, builder,
-                                                                    make_samples):
+def test_an_export_from_before_the_alignment_head_loads_without_one(
+    tmp_path, make_model, tok, lexicon, builder, make_samples
+):
     """config.json of an older sevlm has no `w_align`: such a model had no alignment head, and
     loads as it was trained (today's default would build one, and find no weights for it)."""
     m = make_model(visual_dim=32, seed=5, w_align=0.0).eval()
@@ -78,7 +89,9 @@ def test_sharded_decoder_round_trip(tmp_path, make_model, tok, builder, make_sam
 
     import sevlm.export
 
-    monkeypatch.setattr(sevlm.export, "_save_hf_decoder", lambda dec, out: dec.save_pretrained(str(out), max_shard_size="100KB"))
+    monkeypatch.setattr(
+        sevlm.export, "_save_hf_decoder", lambda dec, out: dec.save_pretrained(str(out), max_shard_size="100KB")
+    )
     m = make_model(seed=2).eval()
     export = save_export(tmp_path / "export", m, tok, {"data": {"lexicon": "demo"}})
     weights = json.loads((export / "config.json").read_text())["weights"]
@@ -86,8 +99,9 @@ def test_sharded_decoder_round_trip(tmp_path, make_model, tok, builder, make_sam
     assert len(shards) > 1 and all(weights[f] == "decoder." for f in shards)
     batch = builder.collate_eval(make_samples(2))
     with torch.no_grad():
-        torch.testing.assert_close(load_run(export).model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits,
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(
+            load_run(export).model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0
+        )
     stock = GPT2LMHeadModel.from_pretrained(str(export / "decoder"))
     assert all(torch.equal(v, m.decoder.state_dict()[k]) for k, v in stock.state_dict().items())
 
@@ -146,4 +160,6 @@ def test_generate_command(tiny_run, tmp_path):
     assert sorted(p["image_id"] for p in preds) == sorted(records)
     assert all(set(p) == {"image_id", "emotion", "explanation", "emotion_prob", "raw"} for p in preds)
     # without --features and nothing recorded in the run: a one-line error
-    assert main(["generate", "--run", str(run_dir), "--split", "test", "--out", str(out), "--dataset", str(dataset)]) == 1
+    assert (
+        main(["generate", "--run", str(run_dir), "--split", "test", "--out", str(out), "--dataset", str(dataset)]) == 1
+    )

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from sevlm.data.vad import VADLexicon
-from sevlm.generate import (DecodingConfig, _explanation_history, _full_features, _Pieces, _TextState, generate,
-                            parse_output)
+from sevlm.generate import (
+    DecodingConfig,
+    _explanation_history,
+    _full_features,
+    _Pieces,
+    _TextState,
+    generate,
+    parse_output,
+)
 from sevlm.text import SequenceBuilder, model_inputs, sequence_text
 
 
@@ -98,8 +105,13 @@ def test_cached_equals_uncached_random_model(make_model, tok, lexicon, mode, bea
 def test_no_repeat_ngram_blocks_every_repeat(make_model, tok, lexicon, strategy, n):
     m = chatty(make_model(seed=3).eval(), tok, strength=9.0)
     visual = torch.randn(4, 5, 16)
-    base = DecodingConfig(strategy=strategy, num_beams=3 if strategy == "beam" else 1, no_repeat_ngram=0,
-                          repetition_penalty=1.0, top_k=8 if strategy == "sample" else 0)
+    base = DecodingConfig(
+        strategy=strategy,
+        num_beams=3 if strategy == "beam" else 1,
+        no_repeat_ngram=0,
+        repetition_penalty=1.0,
+        top_k=8 if strategy == "sample" else 0,
+    )
     because = m.config.because_id
     loose = [explanation_tokens(h, because) for h in generate(m, tok, lexicon, visual, base)]
     assert any(has_repeat(e, n) for e in loose)  # without blocking this model repeats itself
@@ -169,11 +181,14 @@ def test_sampling_keeps_the_greedy_label(make_model, tok, lexicon):
     def labels(hyps):
         return [h.tokens[: h.tokens.index(because)] if because in h.tokens else None for h in hyps]
 
-    greedy = generate(m, tok, lexicon, visual, DecodingConfig(max_new_tokens=12, no_repeat_ngram=0, repetition_penalty=1.0))
+    greedy = generate(
+        m, tok, lexicon, visual, DecodingConfig(max_new_tokens=12, no_repeat_ngram=0, repetition_penalty=1.0)
+    )
     assert all(lab is not None for lab in labels(greedy))
     for seed in range(3):
-        d = DecodingConfig(strategy="sample", temperature=2.0, seed=seed, max_new_tokens=12, no_repeat_ngram=0,
-                           repetition_penalty=1.0)
+        d = DecodingConfig(
+            strategy="sample", temperature=2.0, seed=seed, max_new_tokens=12, no_repeat_ngram=0, repetition_penalty=1.0
+        )
         sampled = generate(m, tok, lexicon, visual, d)
         assert labels(sampled) == labels(greedy)
         assert [explanation_tokens(h, because) for h in sampled] != [explanation_tokens(h, because) for h in greedy]
@@ -274,8 +289,9 @@ def test_sampling_is_per_image(make_model, tok, lexicon):
 
     def texts(batch_size, order=range(32)):
         order = list(order)
-        out = generate_for_features(run, visual[order], [ids[i] for i in order], batch_size=batch_size, decoding=d,
-                                    progress=False)
+        out = generate_for_features(
+            run, visual[order], [ids[i] for i in order], batch_size=batch_size, decoding=d, progress=False
+        )
         return {p["image_id"]: p["raw"] for p in out}
 
     by32 = texts(32)
@@ -283,8 +299,10 @@ def test_sampling_is_per_image(make_model, tok, lexicon):
     assert texts(1) == by32
     assert texts(3) == by32
     assert texts(3, order=reversed(range(32))) == by32  # other batch-mates
-    other_seed = {p["image_id"]: p["raw"] for p in generate_for_features(
-        run, visual, ids, batch_size=32, decoding=d.updated(seed=8), progress=False)}
+    other_seed = {
+        p["image_id"]: p["raw"]
+        for p in generate_for_features(run, visual, ids, batch_size=32, decoding=d.updated(seed=8), progress=False)
+    }
     assert sum(other_seed[k] != by32[k] for k in ids) > 4
     # the stream follows the id, not the position: image 0 under image 1's id draws image 1's stream
     same_visual = torch.stack([visual[0], visual[0]])

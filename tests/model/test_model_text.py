@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sevlm.errors import DataError
 from sevlm.data.vad import VADLexicon, vad_for_tokens
+from sevlm.errors import DataError
 from sevlm.text import IGNORE_INDEX, SequenceBuilder, derangement, prompt_ids, sequence_text
 
 

@@ -106,8 +106,9 @@ def test_builder_compact_space(tok, builder, cbuilder, vocab, make_samples):
 
 def _corpus_model(cbuilder, seed=0):
     torch.manual_seed(seed)
-    cfg = SEVLMConfig(n_layer=2, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20, n_positions=32,
-                      dropout=0.0)
+    cfg = SEVLMConfig(
+        n_layer=2, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20, n_positions=32, dropout=0.0
+    )
     return SEVLM(cfg.with_token_ids(cbuilder.ids))
 
 
@@ -164,11 +165,14 @@ def test_export_round_trip(tmp_path, tok, lexicon, trained, cbuilder, vocab):
     assert run.vocab == vocab and run.builder.vocab == vocab and run.builder.ids == cbuilder.ids
     batch = cbuilder.collate_eval(samples)
     with torch.no_grad():
-        torch.testing.assert_close(run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            run.model(**model_inputs(batch)).logits, m(**model_inputs(batch)).logits, atol=0, rtol=0
+        )
     visual = batch["visual"]
     d = DecodingConfig(max_new_tokens=12)
-    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d, vocab=run.vocab)] == \
-        [h.text for h in generate(m, tok, lexicon, visual, d, vocab=vocab)]
+    assert [h.text for h in generate(run.model, run.tokenizer, run.lexicon, visual, d, vocab=run.vocab)] == [
+        h.text for h in generate(m, tok, lexicon, visual, d, vocab=vocab)
+    ]
     # a corpus model cannot be exported without its map
     with pytest.raises(DataError, match="no VocabMap"):
         save_export(tmp_path / "bare", m, tok, {})
@@ -208,19 +212,25 @@ def test_words_are_recorded_piece_by_piece_and_round_trip(tok, vocab):
         WordTrie(VocabMap(vocab.gpt2_ids.tolist()), tok, eos=1)
 
 
-@pytest.mark.parametrize("decoding", [
-    DecodingConfig(max_new_tokens=14, corpus_words=True),
-    DecodingConfig(strategy="beam", num_beams=2, max_new_tokens=14, corpus_words=True),
-    DecodingConfig(strategy="sample", temperature=3.0, max_new_tokens=14, corpus_words=True, seed=3),
-])
+@pytest.mark.parametrize(
+    "decoding",
+    [
+        DecodingConfig(max_new_tokens=14, corpus_words=True),
+        DecodingConfig(strategy="beam", num_beams=2, max_new_tokens=14, corpus_words=True),
+        DecodingConfig(strategy="sample", temperature=3.0, max_new_tokens=14, corpus_words=True, seed=3),
+    ],
+)
 def test_corpus_words_spell_only_training_words(tok, lexicon, cbuilder, vocab, make_model, decoding):
     """An untrained corpus model glues pieces at random; with decoding.corpus_words every
     explanation word is one the training explanations have (cached and uncached alike)."""
     from sevlm.generate import parse_output
 
     torch.manual_seed(0)
-    m = SEVLM(SEVLMConfig(n_layer=1, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20,
-                          n_positions=32).with_token_ids(cbuilder.ids)).eval()
+    m = SEVLM(
+        SEVLMConfig(
+            n_layer=1, n_embd=32, n_head=2, visual_dim=16, contrastive_dim=16, max_len=20, n_positions=32
+        ).with_token_ids(cbuilder.ids)
+    ).eval()
     bias = torch.zeros(len(vocab))
     bias[cbuilder.ids.because] = 4.0  # reach the explanation within a few tokens
     m.decoder.lm_head.bias = torch.nn.Parameter(bias)
@@ -228,8 +238,9 @@ def test_corpus_words_spell_only_training_words(tok, lexicon, cbuilder, vocab, m
     corpus = {w for _, x in PAIRS for w in x.split()} | {"again"}
     free = generate(m, tok, lexicon, visual, dataclasses_replace(decoding, corpus_words=False), vocab=vocab)
     hyps = generate(m, tok, lexicon, visual, decoding, vocab=vocab)
-    assert [h.tokens for h in hyps] == [h.tokens for h in generate(m, tok, lexicon, visual, decoding, use_cache=False,
-                                                                    vocab=vocab)]
+    assert [h.tokens for h in hyps] == [
+        h.tokens for h in generate(m, tok, lexicon, visual, decoding, use_cache=False, vocab=vocab)
+    ]
     said = [w for h in hyps for w in parse_output(h.text)[1].split()]
     assert len(said) >= 6 and set(said) <= corpus
     assert not {w for h in free for w in parse_output(h.text)[1].split()} <= corpus  # it had work to do

@@ -15,8 +15,12 @@ def tiny_data(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("train_data")
     make_demo_data(root / "raw", n_images=48, seed=0, image_size=32, progress=False)
-    prepare_dataset(root / "raw" / "artemis_dataset_release_v0.csv", root / "dataset", images_dir=root / "raw" / "images",
-                    protocol="sevlm")
+    prepare_dataset(
+        root / "raw" / "artemis_dataset_release_v0.csv",
+        root / "dataset",
+        images_dir=root / "raw" / "images",
+        protocol="sevlm",
+    )
     extract_features(None, root / "dataset", "tiny-random", root / "features.h5", progress=False)
     return {"root": root, "dataset": root / "dataset", "features": root / "features.h5"}
 

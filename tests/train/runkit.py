@@ -22,16 +22,30 @@ ROOT = Path(__file__).resolve().parents[2]
 # `time`, the step timings and rates (the machine's speed), the peak memory (this process's,
 # not the run's), and `tokens`, counted over the window since the last row (a resume starts a
 # new window).
-WALL_CLOCK = ("time", "step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac", "samples_per_s",
-              "tokens_per_s", "tokens", "mfu", "mem_peak_rss_gib", "mem_peak_alloc_gib", "mem_peak_reserved_gib")
+WALL_CLOCK = (
+    "time",
+    "step_time_s",
+    "data_wait_s",
+    "fwd_bwd_s",
+    "optim_s",
+    "data_wait_frac",
+    "samples_per_s",
+    "tokens_per_s",
+    "tokens",
+    "mfu",
+    "mem_peak_rss_gib",
+    "mem_peak_alloc_gib",
+    "mem_peak_reserved_gib",
+)
 
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child that trains: this checkout first on the path, CPU DeepSpeed,
     one OpenMP thread (the machine's cores are shared by the children and the test)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-                TOKENIZERS_PARALLELISM="false", **extra)
+    return dict(
+        os.environ, PYTHONPATH=path, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **extra
+    )
 
 
 def sevlm_argv(*args: str) -> list[str]:
@@ -42,8 +56,15 @@ def start(argv: list[str], log: Path, env: dict | None = None, **kwargs) -> subp
     """`argv` in its own session (so that the test can stop the whole group), stdout and stderr
     into `log`."""
     with open(log, "ab") as out:
-        return subprocess.Popen(argv, cwd=ROOT, env=env or child_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **kwargs)
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env or child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -97,7 +118,7 @@ def first_difference(rows: list[dict], expected: list[dict]) -> str:
             mine, theirs = [a.get(k) for k in keys], [b.get(k) for k in keys]
             return f"row {i} (step {a.get('step')}) differs in {keys}: {mine} != {theirs}"
     longer = rows if len(rows) > len(expected) else expected
-    extra = longer[min(len(rows), len(expected)):][:1]
+    extra = longer[min(len(rows), len(expected)) :][:1]
     return f"{len(rows)} rows != {len(expected)} rows; the first extra one: {extra}"
 
 
@@ -121,8 +142,11 @@ def differing_tensors(a: dict, b: dict) -> list[str]:
     import torch
 
     def same(x, y):
-        return (x.dtype == y.dtype and x.shape == y.shape
-                and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)))
+        return (
+            x.dtype == y.dtype
+            and x.shape == y.shape
+            and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
+        )
 
     return [n for n in sorted(set(a) | set(b)) if n not in a or n not in b or not same(a[n], b[n])]
 
@@ -134,8 +158,9 @@ def tb_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    files = sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*"),
-                   key=lambda p: (int(p.name.split(".")[3]), p.name))  # by the writer's start time
+    files = sorted(
+        (Path(run_dir) / "tb").glob("events.out.tfevents.*"), key=lambda p: (int(p.name.split(".")[3]), p.name)
+    )  # by the writer's start time
     out: dict[str, list[tuple[int, float]]] = {}
     for f in files:
         for event in EventFileLoader(str(f)).Load():

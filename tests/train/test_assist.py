@@ -16,9 +16,12 @@ def _collate(samples, rng):
     which process collated it."""
     import os
 
-    return {"ids": [s["image_id"] for s in samples], "draw": int(rng.integers(1 << 30)),
-            "visual": torch.from_numpy(np.stack([np.asarray(s["tokens"]) for s in samples])),
-            "pid": os.getpid()}
+    return {
+        "ids": [s["image_id"] for s in samples],
+        "draw": int(rng.integers(1 << 30)),
+        "visual": torch.from_numpy(np.stack([np.asarray(s["tokens"]) for s in samples])),
+        "pid": os.getpid(),
+    }
 
 
 def _source(kind, tiny_data, shard_dir, workers, assist):
@@ -122,8 +125,9 @@ def test_training_losses_do_not_depend_on_who_collates(tiny_config, tmp_path):
 
     def losses(name, *extra):
         run = train(tiny_config(*steps, *extra), out_dir=tmp_path / name)
-        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
-                if "loss" in r]
+        return [
+            (r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r
+        ]
 
     in_process = losses("w0", "data.num_workers=0")
     assert len(in_process) == 3

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 
 import pytest
 
@@ -12,10 +11,10 @@ from sevlm.config import named_configs
 from sevlm.errors import ConfigError
 from sevlm.train.checks import check_memory, estimate_memory_bytes
 from sevlm.train.config import (
-    config_to_dict,
     DS_CONFIG_DIR,
     ScheduleConfig,
     TrainConfig,
+    config_to_dict,
     load_train_config,
     resolve_batch,
     resolve_ds_config,
@@ -103,12 +102,15 @@ def test_overrides_and_bad_values():
         load_train_config("tiny", ["precision=fp8"])
 
 
-@pytest.mark.parametrize("override, meant", [
-    ("micro_batch=8", "micro_batch (did you mean schedule.micro_batch?)"),  # unqualified
-    ("lexicon=x", "lexicon (did you mean data.lexicon?)"),
-    ("data.featurs=x", "featurs (did you mean data.features?)"),  # misspelt
-    ("schedule.epoch=3", "epoch (did you mean schedule.epochs?)"),
-])
+@pytest.mark.parametrize(
+    "override, meant",
+    [
+        ("micro_batch=8", "micro_batch (did you mean schedule.micro_batch?)"),  # unqualified
+        ("lexicon=x", "lexicon (did you mean data.lexicon?)"),
+        ("data.featurs=x", "featurs (did you mean data.features?)"),  # misspelt
+        ("schedule.epoch=3", "epoch (did you mean schedule.epochs?)"),
+    ],
+)
 def test_unknown_keys_name_the_key_they_may_mean(override, meant):
     with pytest.raises(ConfigError, match=re.escape(meant)):
         load_train_config("tiny", [override])
@@ -131,15 +133,26 @@ def test_bad_model_keys_are_refused_with_the_config(override, message):
 
 
 def test_memory_estimate_grows_with_batch_and_refuses_what_cannot_fit():
-    args = dict(n_params=82_000_000, seq_len=30, n_layer=6, n_embd=768, n_head=12, vocab_size=50260,
-                n_visual=196, visual_dim=768, precision="fp16")
+    args = dict(
+        n_params=82_000_000,
+        seq_len=30,
+        n_layer=6,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50260,
+        n_visual=196,
+        visual_dim=768,
+        precision="fp16",
+    )
     small, big = estimate_memory_bytes(micro_batch=8, **args), estimate_memory_bytes(micro_batch=64, **args)
     assert small < big
     # ZeRO-2 over 4 ranks shards Adam state and gradients
     assert estimate_memory_bytes(micro_batch=8, world_size=4, **args) < small
     # the paper setting (batch 32, fp16) fits an 11 GB card; batch 1024 does not
     check_memory(estimate_memory_bytes(micro_batch=32, **args), "cpu", 11, 32)
-    with pytest.raises(ConfigError, match="schedule.micro_batch=1024 needs about .* GiB per process but max_memory_gb is 11.0 GiB"):
+    with pytest.raises(
+        ConfigError, match="schedule.micro_batch=1024 needs about .* GiB per process but max_memory_gb is 11.0 GiB"
+    ):
         check_memory(estimate_memory_bytes(micro_batch=1024, **args), "cpu", 11, 1024)
 
 

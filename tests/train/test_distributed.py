@@ -20,8 +20,14 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
     from tests.train.conftest import tiny_overrides
 
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=2",
-                               "device=cpu", "data.corpus_vocab=false")  # the full GPT-2 id space here
+    overrides = tiny_overrides(
+        tiny_data,
+        "schedule.max_steps=1",
+        "schedule.val_every=0",
+        "schedule.val_gen_images=2",
+        "device=cpu",
+        "data.corpus_vocab=false",
+    )  # the full GPT-2 id space here
     # exactly what a launcher (torchrun / deepspeed) does: one process per rank, rendezvous by env
     script = (
         "import sys; from sevlm.cli import main; "
@@ -30,10 +36,26 @@ def test_two_gloo_ranks_partition_optimizer_state(tiny_data, tmp_path):
     port = str(free_port())
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            DS_ACCELERATOR="cpu",
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     # several CPU ranks keep DeepSpeed's shared-memory op (a single process skips it: test_telemetry)

@@ -23,11 +23,29 @@ from pathlib import Path
 import pytest
 
 from sevlm.train.distributed import free_port
-from tests.train.runkit import (alive, child_env, descendants, differing_tensors, export_tensors, first_difference,
-                                log_rows, losses_by_step, start, stopped_afterwards, wait_for)
+from tests.train.runkit import (
+    alive,
+    child_env,
+    descendants,
+    differing_tensors,
+    export_tensors,
+    first_difference,
+    log_rows,
+    losses_by_step,
+    start,
+    stopped_afterwards,
+    wait_for,
+)
 
-SETTINGS = ("device=cpu", "data.features=null", "data.num_workers=1", "schedule.epochs=4",
-            "schedule.checkpoint_every=2", "schedule.val_every=0", "schedule.val_gen_images=0")
+SETTINGS = (
+    "device=cpu",
+    "data.features=null",
+    "data.num_workers=1",
+    "schedule.epochs=4",
+    "schedule.checkpoint_every=2",
+    "schedule.val_every=0",
+    "schedule.val_gen_images=0",
+)
 EXIT_TIMEOUT_S = 120  # a rank notices a lost peer at its next collective: well within this
 RUN_TIMEOUT_S = 300
 
@@ -58,9 +76,26 @@ def torchrun(*args: str) -> list[str]:
 
 def node(k: int, port: int, train_args: list[str], log: Path):
     env = child_env(no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
-    return start(torchrun("--nnodes", "2", "--node_rank", str(k), "--nproc_per_node", "1", "--master_addr",
-                          "127.0.0.1", "--master_port", str(port), "-m", "sevlm.cli", "train", *train_args),
-                 log, env=env)
+    return start(
+        torchrun(
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(k),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "sevlm.cli",
+            "train",
+            *train_args,
+        ),
+        log,
+        env=env,
+    )
 
 
 def _tail(path: Path) -> str:
@@ -72,8 +107,13 @@ def interrupt(run_dir: Path, nodes: list, logs: list[Path], at_step: int, how: s
     which passes it on to its rank; "lost", a SIGKILL to its torchrun, its rank and the rank's
     workers: torchrun starts a rank in a session of its own, so a kill of torchrun alone leaves
     the rank training). Node 0 must then exit by itself, with an error, within EXIT_TIMEOUT_S."""
-    wait_for(lambda: any(r.get("step", 0) >= at_step for r in log_rows(run_dir)), RUN_TIMEOUT_S, procs=nodes, logs=logs,
-             what=f"step {at_step} on two nodes")
+    wait_for(
+        lambda: any(r.get("step", 0) >= at_step for r in log_rows(run_dir)),
+        RUN_TIMEOUT_S,
+        procs=nodes,
+        logs=logs,
+        what=f"step {at_step} on two nodes",
+    )
     watched = [descendants(p.pid) for p in nodes]
     if how == "sigterm":
         nodes[1].send_signal(signal.SIGTERM)
@@ -91,29 +131,59 @@ def interrupt(run_dir: Path, nodes: list, logs: list[Path], at_step: int, how: s
     for k in (0, 1):
         wait_for(lambda: not alive(watched[k]), 10, what=f"node {k}'s rank and DataLoader worker ending")
         assert len(watched[k]) >= 2, watched  # a rank and its DataLoader worker were watched
-    return dict(how=how, node0_exit_s=round(time.monotonic() - stopped_at, 1), rc0=rc0, rc1=rc1,
-                rank1_said=[line for line in logs[1].read_text(errors="replace").splitlines() if "terminated (SIGTERM)" in line])
+    return dict(
+        how=how,
+        node0_exit_s=round(time.monotonic() - stopped_at, 1),
+        rc0=rc0,
+        rc1=rc1,
+        rank1_said=[
+            line for line in logs[1].read_text(errors="replace").splitlines() if "terminated (SIGTERM)" in line
+        ],
+    )
 
 
 @pytest.mark.slow
-def test_two_nodes_from_http_shards_resume_after_a_node_stops_and_match_one_node(tiny_data, shard_dir, shard_server,
-                                                                                    tmp_path):
-    from tests.train.conftest import tiny_overrides
-
+def test_two_nodes_from_http_shards_resume_after_a_node_stops_and_match_one_node(
+    tiny_data, shard_dir, shard_server, tmp_path
+):
     from sevlm.train.checkpoint import CKPT_DIR, LAST, pointers
+    from tests.train.conftest import tiny_overrides
 
     # the reference: one node, two ranks, shards read from the folder
     ref_dir, ref_log = tmp_path / "ref", tmp_path / "ref.txt"
-    ref = start(torchrun("--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                         str(free_port()), "-m", "sevlm.cli", "train", "--config", "tiny", "--out", str(ref_dir),
-                         *tiny_overrides(tiny_data, *SETTINGS, f"data.shards={shard_dir}")), ref_log)
+    ref = start(
+        torchrun(
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "sevlm.cli",
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(ref_dir),
+            *tiny_overrides(tiny_data, *SETTINGS, f"data.shards={shard_dir}"),
+        ),
+        ref_log,
+    )
     with stopped_afterwards([ref]):
         assert ref.wait(timeout=RUN_TIMEOUT_S) == 0, _tail(ref_log)
 
     # two nodes, the shards over HTTP: node 1 stopped by SIGTERM, both resumed, node 1 lost, both resumed
     run_dir = tmp_path / "run"
-    args = ["--config", "tiny", "--out", str(run_dir),
-            *tiny_overrides(tiny_data, *SETTINGS, f"data.shards={shard_server}")]
+    args = [
+        "--config",
+        "tiny",
+        "--out",
+        str(run_dir),
+        *tiny_overrides(tiny_data, *SETTINGS, f"data.shards={shard_server}"),
+    ]
     stops, resumed_from = [], []
     for n, (at_step, how) in enumerate([(5, "sigterm"), (11, "lost"), (None, None)]):
         port, logs = free_port(), [tmp_path / f"launch{n}-node{k}.txt" for k in (0, 1)]
@@ -124,7 +194,7 @@ def test_two_nodes_from_http_shards_resume_after_a_node_stops_and_match_one_node
                     assert p.wait(timeout=RUN_TIMEOUT_S) == 0, _tail(logs[k])
                 break
             stops.append(interrupt(run_dir, nodes, logs, at_step, how))
-        resumed_from.append(int(pointers(run_dir / CKPT_DIR)[LAST][len("step"):]))
+        resumed_from.append(int(pointers(run_dir / CKPT_DIR)[LAST][len("step") :]))
         assert at_step - 2 <= resumed_from[-1] <= at_step + 2 and not (run_dir / "done.json").exists(), resumed_from
         args = ["--resume", str(run_dir)]
     print(stops, "resumed from", resumed_from)

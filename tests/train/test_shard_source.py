@@ -12,13 +12,17 @@ from sevlm.train.data import ShardSource
 
 def _collate(samples, rng):
     """Everything a batch is made of: which images, in what order, and its pair-sampling draw."""
-    return {"ids": [s["image_id"] for s in samples], "draw": int(rng.integers(1 << 30)),
-            "visual": torch.from_numpy(np.stack([np.asarray(s["tokens"]) for s in samples]))}
+    return {
+        "ids": [s["image_id"] for s in samples],
+        "draw": int(rng.integers(1 << 30)),
+        "visual": torch.from_numpy(np.stack([np.asarray(s["tokens"]) for s in samples])),
+    }
 
 
 def _batches(shard_dir, workers, start=0, epoch=1, rank=0, world=1, micro=3):
-    source = ShardSource(shard_dir, "train", "val", _collate, micro=micro, rank=rank, world_size=world, seed=7,
-                         num_workers=workers)
+    source = ShardSource(
+        shard_dir, "train", "val", _collate, micro=micro, rank=rank, world_size=world, seed=7, num_workers=workers
+    )
     got = [(b["ids"], b["draw"]) for b in source.epoch(epoch, start)]
     return got, source.batches_per_epoch
 
@@ -48,8 +52,9 @@ def test_batches_keep_float16_until_the_device(shard_dir, tiny_data):
     from sevlm.train.data import split_inputs
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.demo(), max_len=24)
-    source = ShardSource(shard_dir, "train", "val", builder.collate, micro=4, rank=0, world_size=1, seed=0,
-                         num_workers=1)
+    source = ShardSource(
+        shard_dir, "train", "val", builder.collate, micro=4, rank=0, world_size=1, seed=0, num_workers=1
+    )
     batch = next(source.epoch(0))
     assert batch["visual"].dtype == torch.float16 and batch["visual"].shape[0] == 4
     inputs, meta = split_inputs(batch, "cpu", torch.float32)
@@ -60,10 +65,13 @@ def test_batches_keep_float16_until_the_device(shard_dir, tiny_data):
 def test_workers_reuse_their_buffers_without_touching_batches_already_taken(shard_dir):
     from sevlm.features.shards import shard_pipeline
 
-    visual_of = {s["image_id"]: torch.as_tensor(np.asarray(s["tokens"])).half()  # fp16 as stored: exact
-                 for s in shard_pipeline(shard_dir, "train", shuffle=False)}
-    kept = list(ShardSource(shard_dir, "train", "val", _collate, micro=3, rank=0, world_size=1, seed=7,
-                            num_workers=2).epoch(1))  # every batch held while the workers go on
+    visual_of = {
+        s["image_id"]: torch.as_tensor(np.asarray(s["tokens"])).half()  # fp16 as stored: exact
+        for s in shard_pipeline(shard_dir, "train", shuffle=False)
+    }
+    kept = list(
+        ShardSource(shard_dir, "train", "val", _collate, micro=3, rank=0, world_size=1, seed=7, num_workers=2).epoch(1)
+    )  # every batch held while the workers go on
     assert len(kept) >= 8
     for b in kept:
         assert b["visual"].dtype == torch.float16
@@ -104,8 +112,9 @@ def served(shard_dir):
         def log_message(self, *args):
             asked.append(self.path)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()),
-                                             functools.partial(Handler, directory=str(shard_dir)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", free_port()), functools.partial(Handler, directory=str(shard_dir))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", asked
     server.shutdown()
@@ -124,8 +133,9 @@ def test_training_streams_shards_from_a_web_server(served, shard_dir, tiny_confi
     local = train(tiny_config(*steps, f"data.shards={shard_dir}"), out_dir=tmp_path / "local")
 
     def losses(run):
-        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
-                if "loss" in r]
+        return [
+            (r["step"], r["loss"]) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r
+        ]
 
     assert len(losses(remote)) == 3 and losses(remote) == losses(local)  # the same batches, byte for byte
     assert json.loads((remote / "config.json").read_text())["data"]["shards"] == f"{url}/"  # not made a path

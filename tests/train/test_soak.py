@@ -20,14 +20,31 @@ from pathlib import Path
 import pytest
 
 from tests.train.conftest import tiny_overrides
-from tests.train.runkit import (alive, descendants, differing_tensors, export_tensors, first_difference, log_rows,
-                                sevlm_argv, shm_of, start, stopped_afterwards, tb_scalars, wait_for)
+from tests.train.runkit import (
+    alive,
+    descendants,
+    differing_tensors,
+    export_tensors,
+    first_difference,
+    log_rows,
+    sevlm_argv,
+    shm_of,
+    start,
+    stopped_afterwards,
+    tb_scalars,
+    wait_for,
+)
 
 SEED = 20  # the kill moments; any seed must pass
 KILLS = 10
 TOTAL_STEPS, CHECKPOINT_EVERY = 60, 4  # 6 epochs of 10 steps; validation (and a save) at each epoch's end
-SETTINGS = ("data.num_workers=2", "schedule.epochs=6", f"schedule.checkpoint_every={CHECKPOINT_EVERY}",
-            "schedule.val_every=0", "schedule.val_gen_images=0")  # no generation: the export is the last weights
+SETTINGS = (
+    "data.num_workers=2",
+    "schedule.epochs=6",
+    f"schedule.checkpoint_every={CHECKPOINT_EVERY}",
+    "schedule.val_every=0",
+    "schedule.val_gen_images=0",
+)  # no generation: the export is the last weights
 STARTED = "sevlm train: world_size="  # printed once the model, engine and checkpoint are loaded
 # the moments of a save, in the order DeepSpeed and sevlm write them (each is there once being written)
 SAVE_FILES = (None, "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "fingerprint.json")
@@ -55,7 +72,7 @@ def _last_step(run_dir: Path) -> int:
     from sevlm.train.checkpoint import CKPT_DIR, LAST, pointers
 
     tag = pointers(run_dir / CKPT_DIR).get(LAST)
-    return int(tag[len("step"):]) if tag else 0
+    return int(tag[len("step") :]) if tag else 0
 
 
 def _tags(run_dir: Path) -> set[str]:
@@ -118,8 +135,13 @@ def test_ten_kills_then_resume_equal_an_uninterrupted_run_bit_for_bit(tiny_data,
     (tmp_path / "ref").mkdir()
     reference = launch(tmp_path / "ref" / "run", tiny_data, 0)
     with stopped_afterwards([reference.proc]):
-        wait_for(lambda: STARTED in reference.output.read_text(errors="replace"), LAUNCH_TIMEOUT_S, logs=[reference.output],
-                 procs=[reference.proc], what="reference start-up")
+        wait_for(
+            lambda: STARTED in reference.output.read_text(errors="replace"),
+            LAUNCH_TIMEOUT_S,
+            logs=[reference.output],
+            procs=[reference.proc],
+            what="reference start-up",
+        )
         startup_s = time.monotonic() - reference.t0
         assert reference.proc.wait(timeout=LAUNCH_TIMEOUT_S) == 0, reference.tail()
     ref_dir = tmp_path / "ref" / "run"
@@ -134,35 +156,59 @@ def test_ten_kills_then_resume_equal_an_uninterrupted_run_bit_for_bit(tiny_data,
             if phase == "start-up":  # a random moment of start-up, at the latest just before the first step
                 delay = rng.random() * startup_s
                 aim = f"{delay:.1f} s in"
-                reached = lambda: (time.monotonic() - run.t0 >= delay
-                                   or STARTED in run.output.read_text(errors="replace"))
+                reached = lambda: (
+                    time.monotonic() - run.t0 >= delay or STARTED in run.output.read_text(errors="replace")
+                )
             elif phase == "training":  # past the next checkpoint, so the run moves on
-                target = min(run.resumes_from + rng.randint(CHECKPOINT_EVERY + 1, 2 * CHECKPOINT_EVERY + 1),
-                             TOTAL_STEPS - 2)  # (not the last steps: the kill must come before the end)
+                target = min(
+                    run.resumes_from + rng.randint(CHECKPOINT_EVERY + 1, 2 * CHECKPOINT_EVERY + 1), TOTAL_STEPS - 2
+                )  # (not the last steps: the kill must come before the end)
                 aim = f"step {target}"
                 reached = lambda: any(s >= target for s in new_steps(run_dir, run))
             else:  # inside the first or second save of this launch, as one of its files is being written
                 skip, name = rng.randint(0, 1), rng.choice(SAVE_FILES)
                 aim = f"save {skip + 1}, {name or 'its folder'}"
-                reached = lambda: len(tags := new_tags(run_dir, run)) > skip and (
-                    name is None or (run_dir / "checkpoints" / tags[skip] / name).exists())
-            wait_for(reached, LAUNCH_TIMEOUT_S, interval=0.002, procs=[run.proc], what=f"kill {n} ({phase}, {aim})",
-                     logs=[run.output])
+                reached = lambda: (
+                    len(tags := new_tags(run_dir, run)) > skip
+                    and (name is None or (run_dir / "checkpoints" / tags[skip] / name).exists())
+                )
+            wait_for(
+                reached,
+                LAUNCH_TIMEOUT_S,
+                interval=0.002,
+                procs=[run.proc],
+                what=f"kill {n} ({phase}, {aim})",
+                logs=[run.output],
+            )
             workers = descendants(run.proc.pid)
             pids += [w.pid for w in workers]
             run.proc.send_signal(sig)
             rc = run.proc.wait(timeout=60)
             where = landed(run_dir, run)
             wait_for(lambda: not alive(workers), ORPHAN_GRACE_S, what=f"kill {n}: its DataLoader workers ending")
-        kills.append(dict(n=n, phase=phase, aim=aim, signal=sig.name, rc=rc, landed=where, workers=len(workers),
-                          resumed_from=run.resumes_from, tail=run.tail()))
+        kills.append(
+            dict(
+                n=n,
+                phase=phase,
+                aim=aim,
+                signal=sig.name,
+                rc=rc,
+                landed=where,
+                workers=len(workers),
+                resumed_from=run.resumes_from,
+                tail=run.tail(),
+            )
+        )
         assert where != "after the end", f"kill {n} came after the run had finished: {kills[-1]}"
 
     final = launch(run_dir, tiny_data, KILLS + 1)
     with stopped_afterwards([final.proc]):
         assert final.proc.wait(timeout=LAUNCH_TIMEOUT_S) == 0, final.tail()
-    summary = "\n".join(f"{k['n']:2d} {k['signal']:7s} {k['phase']:15s} aimed {k['aim']:32s} landed {k['landed']:15s} "
-                        f"rc {k['rc']:4d}, {k['workers']} workers, resumed from {k['resumed_from']}" for k in kills)
+    summary = "\n".join(
+        f"{k['n']:2d} {k['signal']:7s} {k['phase']:15s} aimed {k['aim']:32s} landed {k['landed']:15s} "
+        f"rc {k['rc']:4d}, {k['workers']} workers, resumed from {k['resumed_from']}"
+        for k in kills
+    )
 
     # the kills landed where they were aimed, and the run moved on across them
     assert [k["landed"] for k in kills if k["phase"] == "start-up"] == ["start-up"] * phases.count("start-up"), summary
@@ -191,16 +237,18 @@ def test_ten_kills_then_resume_equal_an_uninterrupted_run_bit_for_bit(tiny_data,
     assert (run_dir / "done.json").exists()
     print(summary)
     assert log_rows(run_dir) == log_rows(ref_dir), first_difference(log_rows(run_dir), log_rows(ref_dir))
-    assert [r["step"] for r in log_rows(run_dir) if "loss" in r and "event" not in r and "val_loss" not in r] == \
-        list(range(1, TOTAL_STEPS + 1))
+    assert [r["step"] for r in log_rows(run_dir) if "loss" in r and "event" not in r and "val_loss" not in r] == list(
+        range(1, TOTAL_STEPS + 1)
+    )
     assert differing_tensors(export_tensors(run_dir), export_tensors(ref_dir)) == []
     assert tb_scalars(run_dir) == tb_scalars(ref_dir)
 
     # nothing left behind: shared memory, the lock, half-written checkpoints or temporary files
     assert shm_of(pids) == []
     assert not list(run_dir.parent.glob(".*.lock")), list(run_dir.parent.iterdir())
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == \
-        sorted(p.name for p in (ref_dir / "checkpoints").iterdir())
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (ref_dir / "checkpoints").iterdir()
+    )
 
     def files(d: Path) -> list[str]:
         return sorted(str(p.relative_to(d)) for p in d.rglob("*") if "tb" not in p.relative_to(d).parts[:1])

@@ -102,7 +102,7 @@ def test_a_pipe_command_that_stalls_is_killed_within_the_timeout(tmp_path):
 
     pid_file = tmp_path / "pid"
     where = f"pipe:sh -c 'echo $$ > {pid_file}; sleep 30' {tmp_path}/"  # its last word: the folder
-    with pytest.raises(StalledRead, match=rf"^pipe:sh .*/manifest.json: no data for 2 s \(data.read_timeout\)"):
+    with pytest.raises(StalledRead, match=r"^pipe:sh .*/manifest.json: no data for 2 s \(data.read_timeout\)"):
         timed(lambda: read_manifest(where, read_timeout=TIMEOUT))
     assert TIMEOUT <= timed.elapsed < TIMEOUT + 10
     pid = int(pid_file.read_text())
@@ -118,22 +118,31 @@ def test_a_pipe_command_that_stalls_is_killed_within_the_timeout(tmp_path):
 
 def test_a_failing_server_reply_is_one_error_naming_the_url(stalling):
     url, _, _, _ = stalling
-    with pytest.raises(DataError, match=rf"^{url}/nothing/manifest.json: cannot read the shard manifest \(`curl` exited with status 22"):
+    with pytest.raises(
+        DataError, match=rf"^{url}/nothing/manifest.json: cannot read the shard manifest \(`curl` exited with status 22"
+    ):
         read_manifest(f"{url}/nothing/", read_timeout=TIMEOUT)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
-def test_training_on_a_stalled_shard_server_fails_within_the_timeout_naming_the_url(stalling, tiny_config, tmp_path,
-                                                                                    workers, capsys):
+def test_training_on_a_stalled_shard_server_fails_within_the_timeout_naming_the_url(
+    stalling, tiny_config, tmp_path, workers, capsys
+):
     from sevlm.cli import main
     from sevlm.io import write_json
 
     url, stall, asked, stalled_at = stalling
     stall["train-000003.tar"] = "partial"
-    cfg = tiny_config("schedule.max_steps=6", "schedule.val_every=0", "schedule.val_gen_images=0",
-                      "data.features=null", f"data.shards={url}/", f"data.read_timeout={TIMEOUT}",
-                      f"data.num_workers={workers}")
+    cfg = tiny_config(
+        "schedule.max_steps=6",
+        "schedule.val_every=0",
+        "schedule.val_gen_images=0",
+        "data.features=null",
+        f"data.shards={url}/",
+        f"data.read_timeout={TIMEOUT}",
+        f"data.num_workers={workers}",
+    )
     from dataclasses import asdict
 
     write_json(tmp_path / "cfg.json", asdict(cfg))

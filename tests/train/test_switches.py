@@ -21,7 +21,11 @@ def test_paper_config_takes_the_authors_choices():
     assert cfg.data.image_preprocess == "imagenet-squash"  # 224 x 224 squash, ImageNet mean/std
     m = cfg.model
     assert (m.vad_input, m.vad_bidirectional, m.visual_negative, m.visual_projection) == (
-        "piece", True, "explanation", False)
+        "piece",
+        True,
+        "explanation",
+        False,
+    )
 
 
 def test_configs_without_the_authors_data_keys_keep_ours():
@@ -30,7 +34,11 @@ def test_configs_without_the_authors_data_keys_keep_ours():
         assert (cfg.data.min_train_emotions, cfg.data.anchor, cfg.data.image_preprocess) == (1, "uniform", None)
         m = cfg.model
         assert (m.vad_input, m.vad_bidirectional, m.visual_negative, m.visual_projection) == (
-            "word", False, "image", True)
+            "word",
+            False,
+            "image",
+            True,
+        )
 
 
 def test_clip_grad_is_the_engine_clipping(tmp_path):
@@ -49,8 +57,9 @@ def _tiny_model():
     from sevlm.text import TokenIds, load_tokenizer
 
     torch.manual_seed(0)
-    cfg = SEVLMConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32, max_len=24, visual_dim=32, vad_ffn=8,
-                      contrastive_dim=8)
+    cfg = SEVLMConfig(
+        n_layer=1, n_embd=16, n_head=2, n_positions=32, max_len=24, visual_dim=32, vad_ffn=8, contrastive_dim=8
+    )
     return SEVLM(cfg.with_token_ids(TokenIds.from_tokenizer(load_tokenizer())))
 
 
@@ -62,8 +71,13 @@ def test_heads_lr_sets_fusion_and_heads_only(heads_lr, expected):
     optimizer, _ = build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, heads_lr=heads_lr), 10)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     for name, p in model.named_parameters():
-        want = 2e-3 if name.startswith("emotion_encoder.") else expected if name.startswith(
-            ("fusion.", "vad_head.", "contrastive.")) else 1e-3
+        want = (
+            2e-3
+            if name.startswith("emotion_encoder.")
+            else expected
+            if name.startswith(("fusion.", "vad_head.", "contrastive."))
+            else 1e-3
+        )
         assert lr_of[id(p)] == want, name
     assert any(n.startswith("fusion.") for n, _ in model.named_parameters())
 
@@ -84,8 +98,19 @@ def _validate(model, builder, samples, **kw):
 
     from sevlm.train.validate import validate
 
-    return validate(model, builder, samples, micro=2, rank=0, world=1, seed=0, max_batches=None, device="cpu",
-                    dtype=torch.float32, **kw)
+    return validate(
+        model,
+        builder,
+        samples,
+        micro=2,
+        rank=0,
+        world=1,
+        seed=0,
+        max_batches=None,
+        device="cpu",
+        dtype=torch.float32,
+        **kw,
+    )
 
 
 def test_val_gen_images_none_decodes_the_whole_split(val_setup):
@@ -101,8 +126,10 @@ def test_val_dominance_rule_decides_which_images_count(val_setup):
     # `sevlm evaluate`, so it is read from emotion_distribution, not from the kept annotations
     shares = [0.0] * 9
     shares[6], shares[1], shares[7] = 0.5, 0.25, 0.25
-    half = [dict(s, emotions=["awe"], explanations=list(s["explanations"])[:1], emotion_distribution=shares)
-            for s in samples]
+    half = [
+        dict(s, emotions=["awe"], explanations=list(s["explanations"])[:1], emotion_distribution=shares)
+        for s in samples
+    ]
     assert _validate(model, builder, half, gen_images=None, dominance="artemis")["accuracy"] is not None
     # more than half is required: no image has a dominant emotion, so there is no accuracy to report
     assert _validate(model, builder, half, gen_images=None, dominance="strict-majority")["accuracy"] is None
@@ -179,8 +206,10 @@ def test_anchor_last_is_always_the_last_annotation_and_uniform_varies():
         batch = last.collate([sample], np.random.default_rng(seed))
         assert bool(batch["pair_valid"][0])
         partners.add(tuple(batch["input_ids"][1].tolist()))
-    assert partners == {tuple(last.encode(e, x)["input_ids"].tolist())
-                        for e, x in (("awe", "the sky is vast"), ("fear", "a dark shape"), ("awe", "gold light"))}
+    assert partners == {
+        tuple(last.encode(e, x)["input_ids"].tolist())
+        for e, x in (("awe", "the sky is vast"), ("fear", "a dark shape"), ("awe", "gold light"))
+    }
 
 
 def test_anchor_is_checked():
@@ -236,7 +265,9 @@ def test_imagenet_squash_squashes_the_whole_image_with_imagenet_statistics():
     ours = build_encoder("tiny-random")
     authors = build_encoder("tiny-random", image_preprocess="imagenet-squash")
     want = np.asarray(img.resize((32, 32), resample=Image.BILINEAR), dtype=np.float32) / 255.0
-    want = (want - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    want = (want - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array(
+        [0.229, 0.224, 0.225], dtype=np.float32
+    )
     got = authors.preprocess(img)
     assert got.shape == (3, 32, 32)
     torch.testing.assert_close(got, torch.from_numpy(want).permute(2, 0, 1))
@@ -256,15 +287,35 @@ def test_data_image_preprocess_is_checked_against_the_cache(tiny_data, tmp_path)
     data = DataConfig(dataset_dir=str(tiny_data["dataset"]), features=str(tiny_data["features"]))
     assert check_features(data).image_preprocess == "encoder"
     data.image_preprocess = "imagenet-squash"
-    with pytest.raises(DataError, match="extracted with image preprocessing 'encoder' but the config names "
-                                        "'imagenet-squash'.*--image-preprocess imagenet-squash"):
+    with pytest.raises(
+        DataError,
+        match="extracted with image preprocessing 'encoder' but the config names "
+        "'imagenet-squash'.*--image-preprocess imagenet-squash",
+    ):
         check_features(data)
     squashed = tmp_path / "squashed.h5"
     from sevlm.cli import main
 
-    assert main(["extract", "--images", str(tiny_data["root"] / "raw" / "images"), "--dataset",
-                 str(tiny_data["dataset"]), "--encoder", "tiny-random", "--out", str(squashed), "--workers", "0",
-                 "--image-preprocess", "imagenet-squash"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--images",
+                str(tiny_data["root"] / "raw" / "images"),
+                "--dataset",
+                str(tiny_data["dataset"]),
+                "--encoder",
+                "tiny-random",
+                "--out",
+                str(squashed),
+                "--workers",
+                "0",
+                "--image-preprocess",
+                "imagenet-squash",
+            ]
+        )
+        == 0
+    )
     data.features = str(squashed)
     assert check_features(data).image_preprocess == "imagenet-squash"
     from sevlm.features.hdf5 import FeatureStore
@@ -280,11 +331,19 @@ def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data,
     from sevlm.predictions import generate_split
     from sevlm.train import train
 
-    switches = ("data.min_train_emotions=2", "data.anchor=last", "data.image_preprocess=encoder",
-                "model.vad_input=piece", "model.vad_bidirectional=true", "model.visual_negative=explanation",
-                "model.visual_projection=false")
-    run_dir = train(tiny_config("schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2",
-                                *switches), out_dir=tmp_path / "run")
+    switches = (
+        "data.min_train_emotions=2",
+        "data.anchor=last",
+        "data.image_preprocess=encoder",
+        "model.vad_input=piece",
+        "model.vad_bidirectional=true",
+        "model.visual_negative=explanation",
+        "model.visual_projection=false",
+    )
+    run_dir = train(
+        tiny_config("schedule.max_steps=2", "schedule.val_every=0", "schedule.val_gen_images=2", *switches),
+        out_dir=tmp_path / "run",
+    )
     records = load_split_records(tiny_data["dataset"], "train")
     multi = sum(len(set(r["emotions"])) >= 2 for r in records.values())
     info = json.loads((run_dir / "run.json").read_text())
@@ -293,7 +352,11 @@ def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data,
     run = load_run(run_dir)
     c = run.model.config
     assert (c.vad_input, c.vad_bidirectional, c.visual_negative, c.visual_projection) == (
-        "piece", True, "explanation", False)
+        "piece",
+        True,
+        "explanation",
+        False,
+    )
     assert run.builder.vad_input == "piece"
     preds = generate_split(run_dir, "val", tmp_path / "pred.jsonl")
     assert len(preds) == len(load_split_records(tiny_data["dataset"], "val")) and all("explanation" in p for p in preds)

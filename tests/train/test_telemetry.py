@@ -14,8 +14,19 @@ import pytest
 
 from sevlm.train import train
 
-TIMINGS = ("step_time_s", "data_wait_s", "fwd_bwd_s", "optim_s", "data_wait_frac", "samples_per_s", "tokens_per_s",
-           "tokens", "mfu", "grad_norm", "mem_peak_rss_gib")
+TIMINGS = (
+    "step_time_s",
+    "data_wait_s",
+    "fwd_bwd_s",
+    "optim_s",
+    "data_wait_frac",
+    "samples_per_s",
+    "tokens_per_s",
+    "tokens",
+    "mfu",
+    "grad_norm",
+    "mem_peak_rss_gib",
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +36,9 @@ def recipe(tiny_data, tmp_path_factory):
     from sevlm.train.recipe import TrainRecipe, prepare_run
     from tests.train.conftest import tiny_overrides
 
-    cfg, run_dir, _ = prepare_run(load_train_config("tiny", tiny_overrides(tiny_data)), None,
-                                  tmp_path_factory.mktemp("flops") / "run")
+    cfg, run_dir, _ = prepare_run(
+        load_train_config("tiny", tiny_overrides(tiny_data)), None, tmp_path_factory.mktemp("flops") / "run"
+    )
     r = TrainRecipe(cfg, run_dir)
     r.setup()
     return r
@@ -42,8 +54,17 @@ def _counted(model, inputs) -> int:
     return counter.get_total_flops()
 
 
-@pytest.mark.parametrize("change", [{}, {"w_align": 0.0}, {"mode": "prefix"}, {"mode": "none"},
-                                    {"contrastive_features": "image"}, {"use_vad_input": False}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"w_align": 0.0},
+        {"mode": "prefix"},
+        {"mode": "none"},
+        {"contrastive_features": "image"},
+        {"use_vad_input": False},
+    ],
+)
 def test_the_flop_count_matches_flopcountermode_on_forward_and_backward(recipe, change):
     import torch
 
@@ -64,10 +85,15 @@ def test_the_flop_count_follows_the_batch_shapes(recipe):
     from sevlm.model.flops import batch_flops
 
     batch = next(iter(recipe.source.epoch(0, 0)))
-    half = {k: (v[: len(v) // 2] if k in ("input_ids", "attention_mask", "labels", "segment_ids") else v)
-            for k, v in batch.items()}
-    assert 0.3 * batch_flops(recipe.model_config, batch) < batch_flops(recipe.model_config, half) \
+    half = {
+        k: (v[: len(v) // 2] if k in ("input_ids", "attention_mask", "labels", "segment_ids") else v)
+        for k, v in batch.items()
+    }
+    assert (
+        0.3 * batch_flops(recipe.model_config, batch)
+        < batch_flops(recipe.model_config, half)
         < 0.7 * batch_flops(recipe.model_config, batch)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +114,17 @@ def telemetry_run(tiny_data, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(StepTelemetry, "forward_start", spy)
     try:
-        cfg = load_train_config("tiny", tiny_overrides(tiny_data, "schedule.max_steps=6", "schedule.grad_accum=2",
-                                                       "schedule.log_every=2", "schedule.val_every=4",
-                                                       "schedule.checkpoint_every=100"))
+        cfg = load_train_config(
+            "tiny",
+            tiny_overrides(
+                tiny_data,
+                "schedule.max_steps=6",
+                "schedule.grad_accum=2",
+                "schedule.log_every=2",
+                "schedule.val_every=4",
+                "schedule.checkpoint_every=100",
+            ),
+        )
         run_dir = train(cfg, out_dir=tmp_path_factory.mktemp("telemetry") / "run")
     finally:
         mp.undo()
@@ -127,7 +161,7 @@ def test_logged_steps_carry_every_figure_finite_and_consistent(telemetry_run):
         assert r["samples_per_s"] == pytest.approx(2 * run["global_batch"] / window, rel=1e-3)
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / window, rel=1e-3)
         assert r["data_wait_frac"] == pytest.approx(r["data_wait_s"] / r["step_time_s"], rel=1e-3)
-        batches = seen[4 * i: 4 * i + 4]  # the window's micro-batches
+        batches = seen[4 * i : 4 * i + 4]  # the window's micro-batches
         assert r["tokens"] == sum(int(b["attention_mask"].sum()) for b in batches)
         flops = sum(batch_flops(model_config, b) for b in batches)
         assert r["mfu"] == pytest.approx(flops / window / peak["flops_per_s"], rel=1e-3)
@@ -173,8 +207,16 @@ def test_a_slow_reader_reads_as_data_bound(tiny_config, tmp_path, monkeypatch):
         return read(self, i)
 
     monkeypatch.setattr(H5FeatureDataset, "__getitem__", slow)
-    run_dir = train(tiny_config("schedule.max_steps=4", "schedule.log_every=2", "schedule.val_every=0",
-                                "schedule.val_gen_images=0", "schedule.checkpoint_every=100"), out_dir=tmp_path / "run")
+    run_dir = train(
+        tiny_config(
+            "schedule.max_steps=4",
+            "schedule.log_every=2",
+            "schedule.val_every=0",
+            "schedule.val_gen_images=0",
+            "schedule.checkpoint_every=100",
+        ),
+        out_dir=tmp_path / "run",
+    )
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "step_time_s" in r]
     assert [r["step"] for r in logged] == [2, 4]
@@ -193,8 +235,18 @@ def test_gpu_peaks_come_from_the_table():
 
 
 # ---- start-up ----------------------------------------------------------------------------------------
-STARTUP_PHASES = ("before_setup_s", "checks_s", "process_group_s", "data_setup_s", "model_build_s", "engine_build_s",
-                  "peak_flops_s", "run_folder_s", "first_batch_s", "first_step_s")
+STARTUP_PHASES = (
+    "before_setup_s",
+    "checks_s",
+    "process_group_s",
+    "data_setup_s",
+    "model_build_s",
+    "engine_build_s",
+    "peak_flops_s",
+    "run_folder_s",
+    "first_batch_s",
+    "first_step_s",
+)
 
 
 def test_run_json_and_the_start_up_line_give_the_time_to_the_first_step(tiny_config, tmp_path, capsys):
@@ -220,10 +272,17 @@ def test_a_single_cpu_process_neither_builds_nor_loads_the_shared_memory_op(tiny
 
     cache = tmp_path / "torch_extensions"
     cache.mkdir()
-    argv = sevlm_argv("train", "--config", "tiny", "--out", str(tmp_path / "run"),
-                      *tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_gen_images=0"))
-    out = subprocess.run(argv, cwd=ROOT, env=child_env(TORCH_EXTENSIONS_DIR=str(cache)), capture_output=True,
-                         text=True, timeout=300)
+    argv = sevlm_argv(
+        "train",
+        "--config",
+        "tiny",
+        "--out",
+        str(tmp_path / "run"),
+        *tiny_overrides(tiny_data, "schedule.max_steps=1", "schedule.val_gen_images=0"),
+    )
+    out = subprocess.run(
+        argv, cwd=ROOT, env=child_env(TORCH_EXTENSIONS_DIR=str(cache)), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "shm_comm" not in out.stdout + out.stderr
     assert not [p for p in cache.rglob("*") if "shm" in p.name], list(cache.rglob("*"))

@@ -40,8 +40,8 @@ def losses(run_dir) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module")
 def full_run(tiny_data, tmp_path_factory):
     """Five uninterrupted steps (checkpoint every 2, validation at the end)."""
-    from tests.train.conftest import tiny_overrides
     from sevlm.train import load_train_config
+    from tests.train.conftest import tiny_overrides
 
     cfg = load_train_config("tiny", tiny_overrides(tiny_data, f"schedule.max_steps={STEPS}", "schedule.val_every=0"))
     return train(cfg, out_dir=tmp_path_factory.mktemp("full") / "run")
@@ -54,11 +54,12 @@ def test_losses_match_the_pinned_values(full_run):
 
 
 def test_without_the_alignment_head_the_losses_are_those_from_before_it(tiny_data, tmp_path):
-    from tests.train.conftest import tiny_overrides
     from sevlm.train import load_train_config
+    from tests.train.conftest import tiny_overrides
 
-    cfg = load_train_config("tiny", tiny_overrides(tiny_data, f"schedule.max_steps={STEPS}", "schedule.val_every=0",
-                                                   "model.w_align=0"))
+    cfg = load_train_config(
+        "tiny", tiny_overrides(tiny_data, f"schedule.max_steps={STEPS}", "schedule.val_every=0", "model.w_align=0")
+    )
     run = train(cfg, out_dir=tmp_path / "run")
     assert losses(run) == [(i + 1, pytest.approx(v, rel=1e-5)) for i, v in enumerate(PINNED_LOSSES_NO_ALIGN)]
     val = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "val_loss" in line]
@@ -126,8 +127,8 @@ def test_hdf5_and_shards_train_alike_through_one_recipe(tiny_data, tiny_config, 
     their own way, so the test turns shuffling off in both."""
     import numpy as np
 
-    from sevlm.train import order as shards_module
     from sevlm.features.shard_writer import write_shards
+    from sevlm.train import order as shards_module
 
     shards = tmp_path / "shards"
     for split in ("train", "val"):
@@ -135,8 +136,13 @@ def test_hdf5_and_shards_train_alike_through_one_recipe(tiny_data, tiny_config, 
     monkeypatch.setattr("sevlm.train.data.epoch_order", lambda n, seed, epoch: np.arange(n))
     real_pipeline = shards_module.shard_pipeline
     monkeypatch.setattr(shards_module, "shard_pipeline", lambda *a, **k: real_pipeline(*a, **{**k, "shuffle": False}))
-    one_epoch = ("schedule.epochs=1", "schedule.micro_batch=8", "schedule.val_every=0", "schedule.val_gen_images=0",
-                 "schedule.checkpoint_every=100")
+    one_epoch = (
+        "schedule.epochs=1",
+        "schedule.micro_batch=8",
+        "schedule.val_every=0",
+        "schedule.val_gen_images=0",
+        "schedule.checkpoint_every=100",
+    )
     h5_run = train(tiny_config(*one_epoch), out_dir=tmp_path / "h5")
     shard_run = train(tiny_config(*one_epoch, "data.features=null", f"data.shards={shards}"), out_dir=tmp_path / "sh")
 
@@ -165,9 +171,12 @@ def test_nonfinite_losses_are_skipped_and_reported(tiny_config, tmp_path, monkey
         return inputs, meta
 
     monkeypatch.setattr("sevlm.train.data.split_inputs", poison)
-    run_dir = train(tiny_config("schedule.max_steps=3", "schedule.val_every=0", "schedule.val_gen_images=0",
-                                "schedule.checkpoint_every=100"),
-                    out_dir=tmp_path / "run")
+    run_dir = train(
+        tiny_config(
+            "schedule.max_steps=3", "schedule.val_every=0", "schedule.val_gen_images=0", "schedule.checkpoint_every=100"
+        ),
+        out_dir=tmp_path / "run",
+    )
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     bad = [r for r in rows if r.get("event") == "nonfinite_loss"]
     assert len(bad) == 1 and bad[0]["step"] == 2 and len(bad[0]["batch_keys"]) == 4
@@ -231,8 +240,11 @@ def test_one_data_source_per_run(tiny_data, tiny_config, shard_dir, tmp_path):
         train(tiny_config("data.source=shards"), out_dir=tmp_path / "none")
     only_train = tmp_path / "only_train"
     write_shards(tiny_data["features"], tiny_data["dataset"], "train", only_train, progress=False)
-    with pytest.raises(DataError, match=r"no shards for split 'val' \(have: train\); a run from shards reads its "
-                                        r"validation split from them too: write it with `sevlm shard .*--split val"):
+    with pytest.raises(
+        DataError,
+        match=r"no shards for split 'val' \(have: train\); a run from shards reads its "
+        r"validation split from them too: write it with `sevlm shard .*--split val",
+    ):
         train(tiny_config("data.features=null", f"data.shards={only_train}"), out_dir=tmp_path / "train_only")
     assert not any((tmp_path / n).exists() for n in ("both", "none", "train_only"))
 
@@ -277,14 +289,30 @@ def generic_data(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("generic")
     raw = tiny_data["root"] / "raw"
     with open(raw / "artemis_dataset_release_v0.csv", encoding="utf-8") as f:
-        rows = [{"image": f"{r['art_style']}/{r['painting']}.jpg", "emotion": r["emotion"], "utterance": r["utterance"]}
-                for r in csv.DictReader(f)]
+        rows = [
+            {"image": f"{r['art_style']}/{r['painting']}.jpg", "emotion": r["emotion"], "utterance": r["utterance"]}
+            for r in csv.DictReader(f)
+        ]
     with open(root / "mine.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["image", "emotion", "utterance"])
         w.writeheader()
         w.writerows(rows)
-    assert main(["prepare", "--format", "generic", "--input", str(root / "mine.csv"), "--images", str(raw / "images"),
-                 "--out", str(root / "dataset")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--format",
+                "generic",
+                "--input",
+                str(root / "mine.csv"),
+                "--images",
+                str(raw / "images"),
+                "--out",
+                str(root / "dataset"),
+            ]
+        )
+        == 0
+    )
     extract_features(None, root / "dataset", "tiny-random", root / "features.h5", progress=False)
     return {"dataset": root / "dataset", "features": root / "features.h5"}
 
@@ -293,14 +321,20 @@ def test_the_demo_table_on_other_data_only_when_asked_for(generic_data, tiny_con
     """The demo config's lexicon on a generic dataset is refused, naming the fix; data.lexicon=demo
     trains with it; the start-up line and run.json name the lexicon and its coverage."""
     data = (f"data.dataset_dir={generic_data['dataset']}", f"data.features={generic_data['features']}")
-    with pytest.raises(ConfigError, match=r"is not the synthetic demo data, and this config's lexicon is the \d+-word "
-                                          r"demo table .*knows \d+ of the \d+ distinct words.*: give the NRC-VAD "
-                                          r"lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is not the synthetic demo data, and this config's lexicon is the \d+-word "
+        r"demo table .*knows \d+ of the \d+ distinct words.*: give the NRC-VAD "
+        r"lexicon, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo",
+    ):
         train(tiny_config(*data), out_dir=tmp_path / "refused")
     from sevlm.train import load_train_config
 
-    with pytest.raises(ConfigError, match=r"is not the synthetic demo data.*give the NRC-VAD lexicon, "
-                                          r"data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is not the synthetic demo data.*give the NRC-VAD lexicon, "
+        r"data.lexicon=/path/to/NRC-VAD-Lexicon.txt, or data.lexicon=demo",
+    ):
         train(load_train_config("demo", list(data)), out_dir=tmp_path / "refused")  # the demo config alike
     assert not (tmp_path / "refused").exists()
     short = ("schedule.max_steps=1", "schedule.val_every=0", "schedule.val_gen_images=0")
@@ -308,8 +342,10 @@ def test_the_demo_table_on_other_data_only_when_asked_for(generic_data, tiny_con
     run = json.loads((run_dir / "run.json").read_text())
     cov = run["lexicon_coverage"]
     assert cov["lexicon"] == "demo" and 0 < cov["train_words_known"] <= cov["train_words"]
-    assert run["lexicon"].startswith(f"demo ({cov['entries']} words; knows {cov['train_words_known']} of the "
-                                     f"{cov['train_words']} distinct words of the training text")
+    assert run["lexicon"].startswith(
+        f"demo ({cov['entries']} words; knows {cov['train_words_known']} of the "
+        f"{cov['train_words']} distinct words of the training text"
+    )
     assert f"lexicon={run['lexicon']}" in capsys.readouterr().err
     assert json.loads((run_dir / "config.json").read_text())["data"]["lexicon"] == "demo"
 
@@ -354,6 +390,7 @@ def test_kill_during_a_checkpoint_save_then_resume_matches(point, full_run, tiny
         monkeypatch.setattr(TorchCheckpointEngine, "save", half_written)
         resumed_at = 0
     elif point == "before_pointers":  # every engine file and the RNG state written, nothing names them
+
         def die(tag_dir):
             if tag_dir.name == "step00000004":
                 raise Killed
@@ -399,8 +436,11 @@ def test_kill_after_the_done_row_then_resume_logs_done_once(full_run, tiny_confi
         train(tiny_config(f"schedule.max_steps={STEPS}", "schedule.val_every=0"), out_dir=run_dir)
     monkeypatch.undo()
     assert log_rows(run_dir)[-1]["event"] == "done" and not (run_dir / "done.json").exists()
-    leftovers = [run_dir / ".run.json.x1y2.tmp", run_dir / CKPT_DIR / ".pointers.json.x1y2.tmp",
-                 run_dir / ".export.x1y2.tmp"]  # what a kill inside atomic_path / atomic_dir leaves
+    leftovers = [
+        run_dir / ".run.json.x1y2.tmp",
+        run_dir / CKPT_DIR / ".pointers.json.x1y2.tmp",
+        run_dir / ".export.x1y2.tmp",
+    ]  # what a kill inside atomic_path / atomic_dir leaves
     for path in leftovers[:2]:
         path.write_text("{")
     leftovers[2].mkdir()
@@ -415,8 +455,9 @@ def test_kill_after_the_done_row_then_resume_logs_done_once(full_run, tiny_confi
     assert "finished already" in capsys.readouterr().err and (run_dir / "log.jsonl").read_text() == log
 
 
-def test_sigterm_mid_training_exits_143_and_the_resumed_run_matches(full_run, tiny_config, tmp_path, monkeypatch,
-                                                                    capsys):
+def test_sigterm_mid_training_exits_143_and_the_resumed_run_matches(
+    full_run, tiny_config, tmp_path, monkeypatch, capsys
+):
     import os
     import signal
 
@@ -482,10 +523,18 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path
 
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
-         "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
-         "    time.sleep(120)\n", str(run_dir)],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+            "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(InUseError, match=rf"{run_dir} \(a training run\): in use by another process \(pid"):
@@ -551,10 +600,18 @@ def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
-         "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
-         "    time.sleep(60)\n", str(tmp_path / "link" / "run")],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+            "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(tmp_path / "link" / "run"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(InUseError, match=r"in use by another process \(pid"):
@@ -564,8 +621,9 @@ def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
         holder.wait()
 
 
-def test_resume_after_lost_pointers_continues_from_the_newest_finished_tag(full_run, tiny_config, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_resume_after_lost_pointers_continues_from_the_newest_finished_tag(
+    full_run, tiny_config, tmp_path, monkeypatch, capsys
+):
     from sevlm.train.checkpoint import FINISHED
 
     run_dir = tmp_path / "run"
@@ -616,7 +674,9 @@ def test_flipped_bytes_in_the_features_are_named_at_resume(tiny_data, tiny_confi
     run_dir = tmp_path / "run"
     _killed_run(tiny_config, run_dir, monkeypatch, 3, f"data.features={features}")
     name = flip_token_bytes(features, 5)  # same size, same attributes: only the content differs
-    with pytest.raises(DataError, match=rf"features\.h5: image '{name}' \(row 5\): its tokens fail their fletcher32 checksum"):
+    with pytest.raises(
+        DataError, match=rf"features\.h5: image '{name}' \(row 5\): its tokens fail their fletcher32 checksum"
+    ):
         train(resume=run_dir)
     # a new run on the damaged cache is refused up front, naming the image too
     with pytest.raises(DataError, match=rf"image '{name}' \(row 5\)"):
@@ -628,8 +688,9 @@ class _Planted:
         return (print, ("payload ran",))
 
 
-def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_run_it(tiny_config, tmp_path,
-                                                                                    monkeypatch, capsys):
+def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_run_it(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
     import torch
 
     run_dir = tmp_path / "run"
@@ -639,7 +700,9 @@ def test_a_planted_pickle_in_the_optimizer_state_is_refused_without_advice_to_ru
     assert optim
     torch.save({"optimizer_state_dict": _Planted()}, optim[0])
     capsys.readouterr()
-    with pytest.raises(TrainingError, match=r"step00000002: a checkpoint file holds pickled objects besides tensors") as e:
+    with pytest.raises(
+        TrainingError, match=r"step00000002: a checkpoint file holds pickled objects besides tensors"
+    ) as e:
         train(resume=run_dir)
     assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
     assert "payload ran" not in capsys.readouterr().out
@@ -652,7 +715,10 @@ def test_a_checkpoint_fingerprinted_by_an_older_sevlm_still_resumes(tiny_data):
 
     feats = str(tiny_data["features"])
     current = {checks.RUN_CONFIG_KEY: "abc", f"{feats} (data.features)": checks.CONTENT + "0" * 64}
-    legacy = {"runs/old/spelling/config.json": "abc", f"{feats} (data.features)": checks.legacy_features_fingerprint(feats)}
+    legacy = {
+        "runs/old/spelling/config.json": "abc",
+        f"{feats} (data.features)": checks.legacy_features_fingerprint(feats),
+    }
     checks.check_unchanged(legacy, current, "run")
     with pytest.raises(ConfigError, match=r"changed since the run started: config.json \(the run folder's\)"):
         checks.check_unchanged({**legacy, "runs/old/spelling/config.json": "edited"}, current, "run")
@@ -669,9 +735,22 @@ def test_memory_estimate_is_within_2x_of_the_measured_peak(tiny_data, tmp_path):
     from tests.train.conftest import tiny_overrides
 
     run_dir = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "sevlm.cli", "train", "--config", "tiny", "--out", str(run_dir),
-                    *tiny_overrides(tiny_data, "schedule.max_steps=3", "schedule.val_every=0", "device=cpu")],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sevlm.cli",
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(run_dir),
+            *tiny_overrides(tiny_data, "schedule.max_steps=3", "schedule.val_every=0", "device=cpu"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     done = json.loads((run_dir / "done.json").read_text())
     estimate, peak = done["memory_estimate_gib"], done["memory_peak_gib"]
     assert json.loads((run_dir / "run.json").read_text())["memory_estimate_gib"] == estimate
@@ -721,7 +800,10 @@ def test_export_any_finished_checkpoint(full_run, tmp_path, capsys):
     got = json.loads((tmp_path / "last" / "config.json").read_text())["train"]
     assert got["step"] == int(last.removeprefix("step")) and got["exported_from"] == f"checkpoints/{last}"
     if last != tag:  # other weights
-        a, b = load_file(str(full_run / "export" / "model.safetensors")), load_file(str(tmp_path / "last" / "model.safetensors"))
+        a, b = (
+            load_file(str(full_run / "export" / "model.safetensors")),
+            load_file(str(tmp_path / "last" / "model.safetensors")),
+        )
         assert any(not torch.equal(a[k], b[k]) for k in a)
     from sevlm.export import load_run
 
