@@ -365,7 +365,7 @@ def run_one(study: Path, variant: str, seed: int) -> None:
     """Train, generate, evaluate, retrieve and score one (variant, seed), each stage skipped when its
     output exists; raises SevlmError naming the run and the stage that failed."""
     from sevlm.cli import main
-    from sevlm.train.recipe import CONFIG_FILE, DONE_FILE
+    from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE
 
     study = Path(study)
     spec = json.loads((study / STUDY_FILE).read_text(encoding="utf-8"))

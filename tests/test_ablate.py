@@ -123,7 +123,7 @@ def test_stars_follow_figure_5():
 
 def _fake_run(folder: Path, hits: list[int], meteor: list[float], failed: str | None = None):
     """A finished run folder as the study's stages leave it: REPORT.json and its per-image statistics."""
-    from sevlm.train.recipe import DONE_FILE
+    from sevlm.train.run_folder import DONE_FILE
 
     report = folder / "report"
     report.mkdir(parents=True)

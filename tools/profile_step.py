@@ -105,7 +105,7 @@ def load_module(rev: str, rel: str):
 def make_optimizer(model):
     """The trainer's AdamW over the model's param groups (sevlm.train.recipe), demo-style rates."""
     from sevlm.train.config import OptimConfig
-    from sevlm.train.recipe import build_optimizer
+    from sevlm.train.engine import build_optimizer
 
     return build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, weight_decay=0.01), total_steps=10**6)[
         0

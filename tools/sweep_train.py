@@ -81,7 +81,8 @@ def run_case(case: dict) -> dict:
     import torch
 
     from sevlm.train.config import load_train_config
-    from sevlm.train.recipe import TrainRecipe, prepare_run
+    from sevlm.train.recipe import TrainRecipe
+    from sevlm.train.run_folder import prepare_run
     from sevlm.train.telemetry import peak_memory
 
     overrides = [f"{OVERRIDE_KEYS[k]}={case[k]}" for k in OVERRIDE_KEYS] + [
@@ -164,7 +165,7 @@ def error_line(stderr: str, returncode: int) -> str:
 def own_setting(config: str, device: str) -> dict:
     """The config's own setting in the sweep's keys, as the trainer resolves it."""
     from sevlm.train.config import ds_config_path, load_train_config
-    from sevlm.train.recipe import auto_precision
+    from sevlm.train.engine import auto_precision
 
     cfg = load_train_config(config)
     precision = cfg.precision if cfg.precision != "auto" else auto_precision(device)

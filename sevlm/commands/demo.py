@@ -115,7 +115,7 @@ def build_demo_data(
 
 
 def run(args) -> int:
-    from sevlm.train.recipe import CONFIG_FILE, DONE_FILE
+    from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -449,7 +449,7 @@ def estimate_memory_bytes(
 
 
 def estimate_model_memory(model, runtime, info: FeatureInfo) -> int:
-    """`estimate_memory_bytes` for an SEVLM model trained under `runtime` (recipe.Runtime)."""
+    """`estimate_memory_bytes` for an SEVLM model trained under `runtime` (engine.Runtime)."""
     dec, cfg = model.decoder.config, model.config
     n_params = sum(p.numel() for p in model.parameters())
     stage = runtime.ds_config.get("zero_optimization", {}).get("stage", 0)

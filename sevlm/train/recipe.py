@@ -25,18 +25,13 @@ Run folder:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.export import RUN_EXPORT
 from sevlm.io import read_json, write_json
@@ -44,106 +39,27 @@ from sevlm.text import VOCAB_FILE
 from sevlm.train import checkpoint, checks
 from sevlm.train.checkpoint import BEST_ACC, BEST_BLEU, CKPT_DIR, LAST, TrainingError, TrainState
 from sevlm.train.config import (
-    OptimConfig,
     TrainConfig,
-    as_train_config,
     config_to_dict,
-    resolve_batch,
-    resolve_ds_config,
 )
-from sevlm.train.distributed import barrier, init_distributed, pick_device, set_env_defaults
+from sevlm.train.distributed import barrier
+from sevlm.train.engine import build_engine, start_runtime
+from sevlm.train.run_folder import (
+    CONFIG_FILE,
+    DONE_FILE,
+    claim_run_folder,
+    prepare_run,
+    run_folder,
+    sigterm_exits,
+    sweep_temporaries,
+)
 from sevlm.train.runlog import RunLog
 
-CONFIG_FILE, DONE_FILE = "config.json", "done.json"
 EXPORT, EXPORT_BEST_BLEU = RUN_EXPORT, "export_best_bleu"
 
 
 def _after_step(state: TrainState) -> None:
     """Called after every optimizer step (tests monkeypatch it to kill a run mid-way)."""
-
-
-@dataclass
-class Runtime:
-    """Where and how this process trains: device, precision, its rank, the batch sizes."""
-
-    device: str
-    precision: str
-    rank: int
-    world: int
-    micro: int
-    accum: int
-    global_batch: int
-    ds_config: dict
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def dtype(self):
-        import torch
-
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
-
-
-# ---- pieces the benchmarks reuse ------------------------------------------------------------------
-def linear_schedule(total_steps: int, warmup_steps: int):
-    """LR multiplier: linear warm-up, then linear decay to 0 at `total_steps` (the paper: no warm-up)."""
-
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
-def build_optimizer(model, optim: OptimConfig, total_steps: int):
-    """(AdamW over the model's param groups, LambdaLR) as the recipe trains with."""
-    import torch
-
-    heads_lr = optim.decoder_lr if optim.heads_lr is None else optim.heads_lr
-    groups = model.param_groups(optim.decoder_lr, optim.emotion_lr, optim.weight_decay, heads_lr=heads_lr)
-    optimizer = torch.optim.AdamW(groups, betas=tuple(optim.betas), eps=optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, optim.warmup_steps))
-    return optimizer, scheduler
-
-
-def build_engine(model, optim: OptimConfig, total_steps: int, ds_config: dict):
-    """The DeepSpeed engine (plus its optimizer and scheduler) over `model`."""
-    import deepspeed
-
-    optimizer, scheduler = build_optimizer(model, optim, total_steps)
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
-    return engine, optimizer, scheduler
-
-
-def auto_precision(device: str) -> str:
-    """fp16 on GPUs (the paper's 2080 Ti has no bf16); on CPUs bf16 only where the CPU has native
-    bf16 (AVX512-BF16 / AMX): emulated bf16 is several times slower than fp32."""
-    if device == "cuda":
-        return "fp16"
-    try:
-        import torch
-
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
-def start_runtime(cfg: TrainConfig) -> Runtime:
-    """Pick device and precision, join the process group, resolve batch sizes and the ds_config."""
-    device = pick_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else auto_precision(device)
-    if precision == "fp16" and device == "cpu":
-        raise ConfigError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
-    set_env_defaults(device)  # before deepspeed is imported: DS_ACCELERATOR, single-process env
-    rank, world = init_distributed(device)
-    micro, accum, global_batch = resolve_batch(cfg.schedule, world)
-    ds_config = resolve_ds_config(cfg.ds_config, precision, micro, accum, world, cfg.optim.clip_grad)
-    return Runtime(device, precision, rank, world, micro, accum, global_batch, ds_config)
 
 
 # ---- the recipe ------------------------------------------------------------------------------------
@@ -667,64 +583,6 @@ class TrainRecipe:
 
 
 # ---- entry point -----------------------------------------------------------------------------------
-def run_folder(
-    config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
-) -> Path:
-    if resume:
-        return Path(resume)
-    if config is None:
-        raise ConfigError("a training config is required (or --resume RUN_DIR)")
-    return Path(out_dir or as_train_config(config).out_dir)
-
-
-def claim_run_folder(run_dir: Path):
-    """Rank 0 holds the run folder for the whole run: a second training into it is refused."""
-    from sevlm.locks import claim
-
-    if os.environ.get("RANK", "0") != "0":
-        return contextlib.nullcontext()
-    # beside the folder, so a run refused before it starts leaves nothing behind; beside its real
-    # path, so two spellings of one folder (a symlink, ../, relative vs absolute) take one lock
-    real = Path(os.path.realpath(run_dir))
-    return claim(real.parent / f".{real.name}.train.lock", f"{run_dir} (a training run)")
-
-
-def prepare_run(
-    config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
-) -> tuple[TrainConfig, Path, bool]:
-    """(config, run folder, resuming): a new run's config with absolute data paths, or a saved one."""
-    run_dir = run_folder(config, resume, out_dir)
-    if resume:
-        if config is not None:
-            raise ConfigError(f"--resume {run_dir} continues with the run's saved {CONFIG_FILE}; pass no config")
-        cfg_path = run_dir / CONFIG_FILE
-        if not cfg_path.exists():
-            raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
-        saved = read_json(cfg_path)
-        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-            from sevlm.model.config import saved_model_config
-
-            saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
-        data = saved.get("data") if isinstance(saved, dict) else None
-        if isinstance(data, dict) and data.get("features") and data.get("shards") and not data.get("source"):
-            data["source"] = "features"  # an older sevlm read the feature cache when both were set
-        return as_train_config(saved), run_dir, True
-    cfg = as_train_config(config)
-    if (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
-        )
-    cfg.out_dir = str(run_dir.resolve())
-    from sevlm.features.shards import is_path
-
-    d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
-    for name in ("dataset_dir", "features", "shards", "tokenizer"):
-        if getattr(d, name) and (name != "shards" or is_path(d.shards)):  # shards may be a URL
-            setattr(d, name, str(Path(getattr(d, name)).resolve()))
-    d.lexicon = lexicon_spec(d.lexicon)
-    return cfg, run_dir, False
-
-
 def train(
     config: TrainConfig | dict | None = None,
     resume: str | os.PathLike | None = None,
@@ -743,56 +601,6 @@ def train(
         recipe = TrainRecipe(cfg, run_dir, resuming)
         recipe.setup()
         return recipe.train()
-
-
-@contextlib.contextmanager
-def sigterm_exits(run_dir: Path):
-    """SIGTERM (a scheduler's stop, torchrun stopping its ranks, `kill`) ends training as
-    SystemExit(143) raised in the main thread, so that the way out stops the DataLoader workers and
-    releases the run folder (log.jsonl is written row by row). It leaves what a kill leaves (the last
-    finished checkpoint; a save cut short is never named), so `--resume` continues as after a kill.
-    A second SIGTERM ends the process at once. Python runs the handler between bytecodes: a
-    process blocked in C code (a collective whose peer hangs) takes it when the call returns."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    pid = os.getpid()
-
-    def stop(signum, frame):
-        signal.signal(signum, signal.SIG_DFL)
-        if os.getpid() != pid:  # a process forked before it could reset the handler: the default action
-            os.kill(os.getpid(), signum)
-            return
-        print(
-            f"sevlm train: terminated (SIGTERM); continue with: sevlm train --resume {run_dir}",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def sweep_temporaries(run_dir: Path) -> None:
-    """Remove what atomic writes that a kill cut short left in the run folder (`.NAME.XXXX.tmp`
-    files and folders beside log.jsonl, run.json, the pointers, the exports...). Rank 0 calls it
-    while it holds the run folder, before it writes anything, and while no other rank writes.
-    `.NAME.old.XXXX.tmp` holds the last complete copy of a folder killed mid-swap: `atomic_dir`
-    puts it back on its next write, so it stays."""
-    import shutil
-
-    for folder in (run_dir, run_dir / CKPT_DIR, run_dir / "ranks"):
-        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
-            if ".old." in path.name:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
 
 
 # ---- small helpers ---------------------------------------------------------------------------------

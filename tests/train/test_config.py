@@ -160,7 +160,7 @@ def test_a_run_from_before_the_alignment_head_resumes_without_one(tmp_path):
     """--resume reads the run's saved config.json; one written before `w_align` existed trained
     no alignment head, so it resumes with none (not with today's default of 1)."""
     from sevlm.train import load_train_config
-    from sevlm.train.recipe import prepare_run
+    from sevlm.train.run_folder import prepare_run
 
     saved = config_to_dict(load_train_config("tiny", ["data.dataset_dir=/d", "data.features=/f.h5"]))
     del saved["model"]["w_align"]

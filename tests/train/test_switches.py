@@ -65,7 +65,7 @@ def _tiny_model():
 
 @pytest.mark.parametrize("heads_lr, expected", [(None, 1e-3), (3e-3, 3e-3)])
 def test_heads_lr_sets_fusion_and_heads_only(heads_lr, expected):
-    from sevlm.train.recipe import build_optimizer
+    from sevlm.train.engine import build_optimizer
 
     model = _tiny_model()
     optimizer, _ = build_optimizer(model, OptimConfig(decoder_lr=1e-3, emotion_lr=2e-3, heads_lr=heads_lr), 10)

@@ -33,7 +33,8 @@ TIMINGS = (
 def recipe(tiny_data, tmp_path_factory):
     """The tiny config's recipe, set up (model, engine and data source), not trained."""
     from sevlm.train import load_train_config
-    from sevlm.train.recipe import TrainRecipe, prepare_run
+    from sevlm.train.recipe import TrainRecipe
+    from sevlm.train.run_folder import prepare_run
     from tests.train.conftest import tiny_overrides
 
     cfg, run_dir, _ = prepare_run(

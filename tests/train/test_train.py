@@ -526,7 +526,7 @@ def test_a_second_training_into_the_same_folder_is_refused(tiny_config, tmp_path
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.run_folder import "
             "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
             "    time.sleep(120)\n",
             str(run_dir),
@@ -585,7 +585,7 @@ def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
     import os
 
     from sevlm.locks import InUseError
-    from sevlm.train.recipe import claim_run_folder
+    from sevlm.train.run_folder import claim_run_folder
 
     (tmp_path / "runs" / "run").mkdir(parents=True)
     os.symlink(tmp_path / "runs", tmp_path / "link")
@@ -603,7 +603,7 @@ def test_two_spellings_of_one_run_folder_take_one_lock(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.recipe import "
+            "import sys, time\nfrom pathlib import Path\nfrom sevlm.train.run_folder import "
             "claim_run_folder\nwith claim_run_folder(Path(sys.argv[1])):\n    print('held', flush=True)\n"
             "    time.sleep(60)\n",
             str(tmp_path / "link" / "run"),
