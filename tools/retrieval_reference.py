@@ -47,7 +47,7 @@ def run_figures(run_dir, dataset_dir, features, split: str = "test") -> dict:
     saved = Path(run_dir) / f"retrieval_{split}.json"
     if saved.exists():
         return json.loads(saved.read_text(encoding="utf-8"))
-    from sevlm.evaluation.retrieval import score_split
+    from sevlm.evaluation.gallery import score_split
     from sevlm.export import load_run
 
     return score_split(load_run(run_dir), dataset_dir, split, features)

@@ -127,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sevlm.errors import ConfigError, DataError
-    from sevlm.evaluation.retrieval import score_split
+    from sevlm.evaluation.gallery import score_split
     from sevlm.export import load_run
 
     if args.top < 1:
@@ -168,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pathlib import Path
 
+    from sevlm.evaluation.gallery import export_embeddings, write_query_ranks
     from sevlm.evaluation.report import statistics_path, write_retrieval_report
-    from sevlm.evaluation.retrieval import export_embeddings, write_query_ranks
 
     # per-image image -> emotion hits beside the result (RESULT_stats.npz), for paired tests (sevlm ablate)
     artifacts: dict = {}

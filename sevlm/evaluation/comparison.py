@@ -1,6 +1,6 @@
 """`sevlm retrieve --compare`: several runs scored on the same split, side by side, with paired tests.
 
-Each run is scored as `sevlm retrieve` scores it (`retrieval.score_split`), on its own dataset
+Each run is scored as `sevlm retrieve` scores it (`gallery.score_split`), on its own dataset
 folder and feature cache, so runs with different encoders or feature files compare as long as
 their split holds the same images (by image id). Every figure is a ratio of per-image sums:
 
@@ -66,7 +66,7 @@ def score_run(
 ) -> dict:
     """One run scored on `split` with its recorded dataset and features (or the given ones):
     {"name", "run", "dataset", "features", "encoder", "image_ids", "stats", "report"}."""
-    from sevlm.evaluation.retrieval import score_split
+    from sevlm.evaluation.gallery import score_split
     from sevlm.export import load_run
 
     run = load_run(run_dir, device=device)

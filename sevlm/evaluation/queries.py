@@ -3,7 +3,7 @@
 A query is a text (embedded as an explanation) or an image file (encoded with the run's image
 encoder). Each searches one gallery side of a split: its `images` or its human `explanations`.
 The galleries are embedded once per process (and cached in `cache_dir`, see
-`sevlm.evaluation.retrieval.load_gallery`), so 20 queries cost about what one does. Every
+`sevlm.evaluation.gallery.load_gallery`), so 20 queries cost about what one does. Every
 neighbour carries the ground truth of its painting (the annotators' emotions, the dominant
 emotion, the first human explanation), so a user can judge it without opening `test.json`.
 """
@@ -145,7 +145,8 @@ def search_queries(
     "emotions": the 9 by score[, "image_id", "ground_truth" of a query image from the split]}]}.
     """
     from sevlm.data.folder import load_split_records
-    from sevlm.evaluation.retrieval import IndexOptions, load_gallery, recall_vs_exact, retrieval_space
+    from sevlm.evaluation.gallery import load_gallery, retrieval_space
+    from sevlm.evaluation.retrieval import IndexOptions, recall_vs_exact
 
     options = options or IndexOptions()
     if not queries:

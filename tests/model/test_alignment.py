@@ -112,7 +112,7 @@ def test_the_no_image_control_trains_no_image_signal(make_model, builder, make_s
 
 
 def test_each_model_says_which_space_it_retrieves_in(make_model):
-    from sevlm.evaluation.retrieval import retrieval_space
+    from sevlm.evaluation.gallery import retrieval_space
 
     assert retrieval_space(make_model()) == {"head": "alignment", "image_side_trained": True}
     assert retrieval_space(make_model(w_align=0.0)) == {"head": "ternary", "image_side_trained": True}
