@@ -40,7 +40,7 @@ def shard_dir(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture()
 def fresh_pool(monkeypatch):
     """This process's pool of pack buffers, empty (tests that pack in the main process share it)."""
-    from sevlm.train import data
+    from sevlm.train import handoff as data
 
     monkeypatch.setattr(data, "_pool", (-1, [], []))
 

@@ -79,7 +79,7 @@ def test_workers_reuse_their_buffers_without_touching_batches_already_taken(shar
 
 
 def test_a_packed_buffer_is_reused_only_once_unpacked(fresh_pool):
-    from sevlm.train.data import pack, unpack
+    from sevlm.train.handoff import pack, unpack
 
     def batch(k):
         return {"visual": torch.full((2, 3), k, dtype=torch.float16), "n": torch.arange(3) * k, "ids": [k]}
