@@ -192,7 +192,8 @@ def run_case(case: dict) -> dict:
     from sevlm.model import SEVLM
     from sevlm.text import TokenIds, model_inputs
     from sevlm.train.config import TrainConfig
-    from sevlm.train.engine import build_engine, build_optimizer, start_runtime
+    from sevlm.train.engine import build_engine, build_optimizer
+    from sevlm.train.resolve import start_runtime
 
     torch.manual_seed(0)
     model_name, micro, steps = case["model"], case["micro"], case["steps"]

@@ -165,7 +165,7 @@ def error_line(stderr: str, returncode: int) -> str:
 def own_setting(config: str, device: str) -> dict:
     """The config's own setting in the sweep's keys, as the trainer resolves it."""
     from sevlm.train.config import ds_config_path, load_train_config
-    from sevlm.train.engine import auto_precision
+    from sevlm.train.resolve import auto_precision
 
     cfg = load_train_config(config)
     precision = cfg.precision if cfg.precision != "auto" else auto_precision(device)

@@ -25,16 +25,12 @@ def run(args) -> int:
     from sevlm.errors import ConfigError
     from sevlm.train import load_train_config, train
 
-    config = None
-    if args.resume:
-        if args.overrides or args.out or args.config:
-            raise ConfigError(
-                "--resume continues a run with its saved config.json; drop --config, --out and key=value overrides"
-            )
-    else:
-        if not args.config:
-            raise ConfigError("--config is required (or --resume RUN_DIR)")
-        config = load_train_config(args.config, args.overrides)
+    # --resume's rules (no config, no --out) are checked by the library (sevlm.train.run_folder)
+    config = load_train_config(args.config, args.overrides) if args.config else None
+    if args.overrides and config is None:
+        raise ConfigError(
+            "key=value overrides change the config named by --config; a resumed run keeps its saved config.json"
+        )
     run_dir = train(config, resume=args.resume, out_dir=args.out)
     print(run_dir)
     return 0

@@ -45,7 +45,7 @@ class SEVLMConfig:
     # Visual tokens pass a linear + layer norm projection before cross-attention (ours); False
     # feeds them as they are (the authors': CLIP's 768-wide tokens into distilgpt2's 768-wide
     # cross-attention), which needs visual_dim == the decoder's width (checked where the width
-    # is known: train.checks.model_config and the SEVLM constructor).
+    # is known: train.resolve.build_model_config and the SEVLM constructor).
     visual_projection: bool = True
     n_prefix: int = 4
     # Paper ablation switches (baseline = all False but use_segments).

@@ -210,6 +210,18 @@ def check_image_preprocess(info: FeatureInfo, expected: str | None) -> None:
         )
 
 
+def check_run(cfg) -> tuple[FeatureInfo, str | None]:
+    """What can be checked of `cfg` (a TrainConfig) before any process group, model or data loading
+    work -> (the facts of its features, the lexicon setting to record: `resolve_lexicon`)."""
+    data = cfg.data
+    check_lexicon(data.lexicon)
+    check_splits(data.dataset_dir, [data.train_split, data.val_split])
+    lexicon = resolve_lexicon(data.lexicon, data.dataset_dir, data.train_split)
+    info = check_features(data)
+    check_decoder(cfg.model.decoder)
+    return info, lexicon
+
+
 def check_features(data) -> FeatureInfo:
     """The feature cache or shards that `data` (a DataConfig) names, checked against the config."""
     info = feature_info(data.features, data.shards, data.source, data.read_timeout)
@@ -218,26 +230,6 @@ def check_features(data) -> FeatureInfo:
     if info.source == "shards":
         check_shards(data.shards, data.dataset_dir, [data.train_split, data.val_split], data.read_timeout)
     return info
-
-
-def model_config(model, info: FeatureInfo):
-    """`model` (an SEVLMConfig) with the visual width of the features, the one source of truth for it."""
-    from dataclasses import fields, replace
-
-    if info.dim is None:
-        return model
-    default = next(f.default for f in fields(model) if f.name == "visual_dim")
-    if model.visual_dim not in (default, info.dim):
-        raise ConfigError(
-            f"model.visual_dim={model.visual_dim} but {info.path} holds {info.dim}-d visual tokens "
-            f"(encoder {info.encoder}); drop model.visual_dim to take it from the features"
-        )
-    if not model.visual_projection and model.decoder is None and info.dim != model.n_embd:
-        raise ConfigError(
-            f"model.visual_projection=false feeds the visual tokens to cross-attention as they are, but {info.path} "
-            f"holds {info.dim}-d tokens and the decoder is {model.n_embd} wide (model.n_embd)"
-        )
-    return replace(model, visual_dim=info.dim)
 
 
 def check_shards(shards: str, dataset_dir: str, splits: list[str], read_timeout: float = 60.0) -> None:
@@ -448,25 +440,34 @@ def estimate_memory_bytes(
     return int(states + acts + logits)
 
 
-def estimate_model_memory(model, runtime, info: FeatureInfo) -> int:
-    """`estimate_memory_bytes` for an SEVLM model trained under `runtime` (engine.Runtime)."""
+def estimate_model_memory(model, resolved, visual_tokens: int) -> int:
+    """`estimate_memory_bytes` for an SEVLM model trained under `resolved` (sevlm.train.resolve)."""
     dec, cfg = model.decoder.config, model.config
     n_params = sum(p.numel() for p in model.parameters())
-    stage = runtime.ds_config.get("zero_optimization", {}).get("stage", 0)
+    stage = resolved.ds_config.get("zero_optimization", {}).get("stage", 0)
     return estimate_memory_bytes(
         n_params,
-        runtime.micro,
+        resolved.micro,
         cfg.max_len,
         dec.n_layer,
         model.n_embd,
         dec.n_head,
         cfg.vocab_size,
-        info.num_tokens,
+        visual_tokens,
         cfg.visual_dim,
-        runtime.precision,
-        runtime.world,
+        resolved.precision,
+        resolved.world,
         stage,
     )
+
+
+def check_model_memory(model, resolved, visual_tokens: int, budget_gb: float | None) -> int:
+    """What training `model` adds to this process, checked against the budget -> the process's
+    expected peak: on a CPU what it holds already (torch, the data, the model) plus what training
+    adds; on a GPU the device memory training takes."""
+    added = estimate_model_memory(model, resolved, visual_tokens)
+    check_memory(added, resolved.device, budget_gb, resolved.micro)
+    return added + (resident_bytes() if resolved.device == "cpu" else 0)
 
 
 def check_memory(estimate: int, device: str, budget_gb: float | None, micro_batch: int) -> None:

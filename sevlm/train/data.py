@@ -6,20 +6,25 @@ samples make each batch, and where a resumed epoch starts, is `sevlm.train.order
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import multiprocessing as mp
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sevlm.data.folder import load_split_records
+from sevlm.data.vad import VADLexicon
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import H5FeatureDataset
 from sevlm.features.shards import deal_shards, open_shards, shard_pipeline
+from sevlm.text import SequenceBuilder, VocabMap
 from sevlm.train import order
-from sevlm.train.checks import check_split_features
+from sevlm.train.checks import FeatureInfo, check_split_features, train_texts
 from sevlm.train.config import ASSIST_MODES
 from sevlm.train.handoff import collate_packed, pack, pack_samples, page_locked, unpack
 from sevlm.train.order import EpochBatches, batches_per_epoch, epoch_order
@@ -30,6 +35,63 @@ def loader_generator(seed: int, epoch: int) -> torch.Generator:
     """A DataLoader draws a base seed when iterated; from the global RNG that draw would shift
     dropout after a resume (the loader is created at a different point), so give it its own."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains and validates on (`open_training_data`)."""
+
+    builder: SequenceBuilder
+    source: H5Source | ShardSource
+    info: FeatureInfo  # with the token count filled in where the artifact does not record it
+    lexicon_info: dict  # how much of the training text the lexicon knows (run.json)
+    steps_per_epoch: int
+    total_steps: int
+
+
+def open_training_data(resolved, info: FeatureInfo, tokenizer, vocab) -> TrainingData:
+    """The sequence builder, the data source and the step counts of a run (`resolved`: a
+    `sevlm.train.resolve.Resolved`) whose features `info` describes."""
+    cfg = resolved.config
+    data, model, schedule = cfg.data, cfg.model, cfg.schedule
+    lexicon = VADLexicon.load(data.lexicon)
+    known, total = lexicon.coverage(train_texts(data.dataset_dir, data.train_split))
+    lexicon_info = {
+        "lexicon": data.lexicon,
+        "entries": len(lexicon),
+        "train_words": total,
+        "train_words_known": known,
+        "coverage": round(known / max(total, 1), 4),
+    }
+    builder = SequenceBuilder(
+        tokenizer,
+        lexicon,
+        max_len=model.max_len,
+        vocab=vocab,
+        bos_prompt=model.bos_prompt,
+        anchor=data.anchor,
+        vad_input=model.vad_input,
+    )
+    source = open_source(info, data, builder.collate, resolved.micro, resolved.rank, resolved.world, cfg.seed)
+    if info.num_tokens is None:  # an artifact that does not record its token shape
+        info = dataclasses.replace(info, num_tokens=int(torch.as_tensor(source.val_samples()[0]["tokens"]).shape[0]))
+    steps_per_epoch = source.batches_per_epoch // resolved.accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{data.train_split} split has {source.num_images} images, fewer than one optimizer step "
+            f"(global batch {resolved.global_batch}); lower schedule.micro_batch / grad_accum"
+        )
+    total_steps = steps_per_epoch * schedule.epochs
+    if schedule.max_steps is not None:
+        total_steps = min(total_steps, schedule.max_steps)
+    return TrainingData(builder, source, info, lexicon_info, steps_per_epoch, total_steps)
+
+
+def corpus_vocab(tokenizer, data) -> VocabMap:
+    """The corpus vocabulary of `data`'s training split (a DataConfig): its (emotion, explanation) pairs."""
+    records = load_split_records(data.dataset_dir, data.train_split)
+    pairs = [(e, x) for r in records.values() for e, x in zip(r.get("emotions", []), r.get("explanations", []))]
+    return VocabMap.from_annotations(tokenizer, pairs, min_count=data.vocab_min_count)
 
 
 def split_inputs(batch: dict, device, float_dtype: torch.dtype) -> tuple[dict, dict]:
@@ -265,7 +327,7 @@ class ShardSource:
 
 
 def open_source(info, data, collate, micro: int, rank: int, world_size: int, seed: int) -> H5Source | ShardSource:
-    """The data source that `info` (checks.feature_info) names, for `data` (a DataConfig)."""
+    """The data source of `data` (a resolved DataConfig) that `info` (checks.feature_info) names."""
     common = dict(
         collate=collate,
         micro=micro,
@@ -277,7 +339,7 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
     )
     if info.source == "features":
         return H5Source(
-            info.path,
+            data.features,
             data.dataset_dir,
             data.train_split,
             data.val_split,
@@ -288,6 +350,6 @@ def open_source(info, data, collate, micro: int, rank: int, world_size: int, see
         # a shard set's per-rank sample counts (equal batches, exact resume) come from its manifest
         raise ConfigError(
             f"data.min_train_emotions={data.min_train_emotions} needs an HDF5 feature cache "
-            f"(data.features); {info.path} is a shard set, which trains on every image it holds"
+            f"(data.features); {data.shards} is a shard set, which trains on every image it holds"
         )
-    return ShardSource(info.path, data.train_split, data.val_split, read_timeout=data.read_timeout, **common)
+    return ShardSource(data.shards, data.train_split, data.val_split, read_timeout=data.read_timeout, **common)

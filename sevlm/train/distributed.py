@@ -95,6 +95,14 @@ def init_distributed(device: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def join_process_group(requested_device: str) -> tuple[str, int, int]:
+    """(device, rank, world_size): the device `requested_device` names ("auto": a GPU if there is
+    one), with this process in the process group."""
+    device = pick_device(requested_device)
+    rank, world = init_distributed(device)
+    return device, rank, world
+
+
 def _comm_device():
     import torch
     import torch.distributed as dist

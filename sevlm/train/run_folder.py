@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.io import read_json
+from sevlm.locks import claim
+from sevlm.model.config import saved_model_config
 from sevlm.train.checkpoint import CKPT_DIR
 from sevlm.train.config import TrainConfig, as_train_config
 
@@ -23,17 +25,23 @@ CONFIG_FILE, DONE_FILE = "config.json", "done.json"
 def run_folder(
     config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
 ) -> Path:
+    """The folder a training call trains in, with `--resume`'s rules checked (here only): a resumed
+    run continues with its saved config.json in its own folder, so it takes no config and no --out;
+    a new run needs a config."""
     if resume:
+        if config is not None or out_dir is not None:
+            raise ConfigError(
+                f"--resume {resume} continues the run with its saved {CONFIG_FILE}; drop --config, --out and "
+                "key=value overrides"
+            )
         return Path(resume)
     if config is None:
-        raise ConfigError("a training config is required (or --resume RUN_DIR)")
+        raise ConfigError("a training config is required (--config), or --resume RUN_DIR")
     return Path(out_dir or as_train_config(config).out_dir)
 
 
 def claim_run_folder(run_dir: Path):
     """Rank 0 holds the run folder for the whole run: a second training into it is refused."""
-    from sevlm.locks import claim
-
     if os.environ.get("RANK", "0") != "0":
         return contextlib.nullcontext()
     # beside the folder, so a run refused before it starts leaves nothing behind; beside its real
@@ -42,40 +50,33 @@ def claim_run_folder(run_dir: Path):
     return claim(real.parent / f".{real.name}.train.lock", f"{run_dir} (a training run)")
 
 
+def run_config(config: TrainConfig | dict | None, run_dir: Path, resuming: bool) -> TrainConfig:
+    """The config a run trains with: a resumed run's saved one (as an older sevlm meant it), or a
+    new run's, refused where the folder already holds a run. `sevlm.train.resolve` resolves it."""
+    cfg_path = run_dir / CONFIG_FILE
+    if not resuming:
+        if cfg_path.exists():
+            raise ConfigError(
+                f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
+            )
+        return as_train_config(config)
+    if not cfg_path.exists():
+        raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
+    saved = read_json(cfg_path)
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
+    data = saved.get("data") if isinstance(saved, dict) else None
+    if isinstance(data, dict) and data.get("features") and data.get("shards") and not data.get("source"):
+        data["source"] = "features"  # an older sevlm read the feature cache when both were set
+    return as_train_config(saved)
+
+
 def prepare_run(
     config: TrainConfig | dict | None, resume: str | os.PathLike | None, out_dir: str | os.PathLike | None
 ) -> tuple[TrainConfig, Path, bool]:
-    """(config, run folder, resuming): a new run's config with absolute data paths, or a saved one."""
+    """(config, run folder, resuming): `run_folder` and `run_config` in one call."""
     run_dir = run_folder(config, resume, out_dir)
-    if resume:
-        if config is not None:
-            raise ConfigError(f"--resume {run_dir} continues with the run's saved {CONFIG_FILE}; pass no config")
-        cfg_path = run_dir / CONFIG_FILE
-        if not cfg_path.exists():
-            raise ConfigError(f"{cfg_path}: not found; --resume needs a run folder written by `sevlm train`")
-        saved = read_json(cfg_path)
-        if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-            from sevlm.model.config import saved_model_config
-
-            saved["model"] = saved_model_config(saved["model"])  # a run from an older sevlm resumes as it was
-        data = saved.get("data") if isinstance(saved, dict) else None
-        if isinstance(data, dict) and data.get("features") and data.get("shards") and not data.get("source"):
-            data["source"] = "features"  # an older sevlm read the feature cache when both were set
-        return as_train_config(saved), run_dir, True
-    cfg = as_train_config(config)
-    if (run_dir / CONFIG_FILE).exists():
-        raise ConfigError(
-            f"{run_dir}: already holds a training run; continue it with --resume {run_dir} or pick another --out"
-        )
-    cfg.out_dir = str(run_dir.resolve())
-    from sevlm.features.shards import is_path
-
-    d = cfg.data  # absolute paths: the run folder (and its export) must work from anywhere
-    for name in ("dataset_dir", "features", "shards", "tokenizer"):
-        if getattr(d, name) and (name != "shards" or is_path(d.shards)):  # shards may be a URL
-            setattr(d, name, str(Path(getattr(d, name)).resolve()))
-    d.lexicon = lexicon_spec(d.lexicon)
-    return cfg, run_dir, False
+    return run_config(config, run_dir, bool(resume)), run_dir, bool(resume)
 
 
 @contextlib.contextmanager
@@ -116,8 +117,6 @@ def sweep_temporaries(run_dir: Path) -> None:
     while it holds the run folder, before it writes anything, and while no other rank writes.
     `.NAME.old.XXXX.tmp` holds the last complete copy of a folder killed mid-swap: `atomic_dir`
     puts it back on its next write, so it stays."""
-    import shutil
-
     for folder in (run_dir, run_dir / CKPT_DIR, run_dir / "ranks"):
         for path in folder.glob(".*.tmp") if folder.is_dir() else ():
             if ".old." in path.name:

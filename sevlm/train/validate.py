@@ -12,6 +12,16 @@ from sevlm.train.metrics import bleu4, emotion_accuracy
 from sevlm.train.order import val_batches
 
 
+def validate_run(model, builder, val_set, resolved, device) -> dict:
+    """`validate` with a run's settings (a `sevlm.train.resolve.Resolved`)."""
+    cfg, schedule = resolved.config, resolved.config.schedule
+    return validate(
+        model, builder, val_set, micro=resolved.micro, rank=resolved.rank, world=resolved.world, seed=cfg.seed,
+        max_batches=schedule.val_batches, gen_images=schedule.val_gen_images, dominance=schedule.val_dominance,
+        decoding=cfg.decoding, device=device, dtype=resolved.dtype,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def validate(
     model,

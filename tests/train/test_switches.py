@@ -363,7 +363,8 @@ def test_a_run_with_the_authors_switches_trains_exports_and_generates(tiny_data,
 
 
 def test_no_visual_projection_needs_features_as_wide_as_the_decoder(tiny_data):
-    from sevlm.train.checks import feature_info, model_config
+    from sevlm.train.checks import feature_info
+    from sevlm.train.resolve import build_model_config as model_config
 
     cfg = load_train_config("tiny", ["model.visual_projection=false", "model.n_embd=64"])
     with pytest.raises(ConfigError, match="holds 32-d tokens and the decoder is 64 wide"):
