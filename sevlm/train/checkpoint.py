@@ -29,6 +29,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from sevlm.errors import ConfigError, SevlmError
 from sevlm.io import read_json, write_json, write_text
 from sevlm.train.distributed import all_gather, barrier
@@ -183,9 +186,6 @@ def load(engine, root: Path, rank: int, main: bool, say=print) -> dict | None:
 
 
 def rng_state() -> dict:
-    import numpy as np
-    import torch
-
     py = random.getstate()
     np_state = np.random.get_state()
     state = {
@@ -199,9 +199,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -219,7 +216,7 @@ def weights_only_loads():
     on every call, and the only non-tensor objects in its ZeRO checkpoints are these few plain
     classes, so they are allowlisted instead of unpickling arbitrary code.
     """
-    import torch
+    # deepspeed is imported inside functions here: only once the accelerator env is set (train.distributed)
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address

@@ -10,11 +10,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import GPT2Config
+
+from sevlm.data.folder import load_split_records
+from sevlm.data.vad import DEMO, DEMO_DATA, VADLexicon
 from sevlm.errors import ConfigError, DataError
+from sevlm.features.hdf5 import FeatureStore
+from sevlm.features.shards import manifest_bytes, read_manifest
 from sevlm.io import read_json, sha256_file
 
 
@@ -30,8 +40,6 @@ class FeatureInfo:
 
 def _image_preprocess(encoder_config) -> str:
     """The image preprocessing an artifact's recorded encoder config names (older ones: the encoder's own)."""
-    import json
-
     if isinstance(encoder_config, str):
         try:
             encoder_config = json.loads(encoder_config)
@@ -43,8 +51,6 @@ def _image_preprocess(encoder_config) -> str:
 
 def check_lexicon(lexicon: str | None) -> None:
     """A VAD lexicon is named: the demo table only where a config or the user says so."""
-    from sevlm.data.vad import DEMO, DEMO_DATA
-
     if not lexicon:
         raise ConfigError(
             "data.lexicon is not set: give the NRC-VAD lexicon file, data.lexicon=/path/to/NRC-VAD-Lexicon.txt, "
@@ -57,8 +63,6 @@ def check_lexicon(lexicon: str | None) -> None:
 def is_demo_dataset(dataset_dir: str) -> bool:
     """Whether a dataset folder was prepared from `sevlm demo-data` output (its CSV sits beside a
     demo_info.json that says it is synthetic)."""
-    import json
-
     try:
         manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text(encoding="utf-8"))
         csv = Path(manifest["sources"]["artemis_csv"]["path"])
@@ -69,8 +73,6 @@ def is_demo_dataset(dataset_dir: str) -> bool:
 
 def train_texts(dataset_dir: str, split: str) -> list[str]:
     """The explanations of a split: the text the lexicon's coverage is measured on."""
-    from sevlm.data.folder import load_split_records
-
     return [x for r in load_split_records(dataset_dir, split).values() for x in r.get("explanations", [])]
 
 
@@ -78,8 +80,6 @@ def resolve_lexicon(lexicon: str | None, dataset_dir: str, split: str) -> str | 
     """The lexicon a new run records. DEMO_DATA (the demo and tiny configs) becomes the demo table
     on the synthetic demo data; on another dataset it is refused, naming the fix and how little
     of the data's words the demo table knows."""
-    from sevlm.data.vad import DEMO, DEMO_DATA, VADLexicon
-
     if lexicon != DEMO_DATA:
         return lexicon
     if is_demo_dataset(dataset_dir):
@@ -97,8 +97,6 @@ def check_decoder(decoder: str | None) -> None:
     """A pretrained decoder's config can be loaded (hub cache, network or a local folder)."""
     if decoder is None:
         return
-    from transformers import GPT2Config
-
     try:
         GPT2Config.from_pretrained(decoder, local_files_only=True)  # cached or a folder: no network wait
         return
@@ -178,16 +176,12 @@ def feature_info(
         path = Path(features)
         if not path.exists():
             raise DataError(f"{path}: feature cache not found (data.features); build it with `sevlm extract`")
-        from sevlm.features.hdf5 import FeatureStore
-
         store = FeatureStore(path)  # refuses incomplete or foreign files with its own message
         attrs = dict(store.attrs)
         store.close()
         T, D = _token_shape(attrs.get("token_shape"))
         return FeatureInfo("features", path, attrs.get("encoder"), T, D, _image_preprocess(attrs.get("encoder_config")))
     # a folder, a URL or a WebDataset URL pattern (sevlm.features.shards.locate)
-    from sevlm.features.shards import read_manifest
-
     feats = read_manifest(shards, read_timeout)[1].get("features") or {}
     T, D = _token_shape(feats.get("token_shape"))
     return FeatureInfo("shards", shards, feats.get("encoder"), T, D, _image_preprocess(feats.get("encoder_config")))
@@ -234,8 +228,6 @@ def check_features(data) -> FeatureInfo:
 
 def check_shards(shards: str, dataset_dir: str, splits: list[str], read_timeout: float = 60.0) -> None:
     """Every split is in the shards, cut from this dataset (the sha256 of its manifest.json)."""
-    from sevlm.features.shards import read_manifest
-
     manifest_path, m = read_manifest(shards, read_timeout)
     have = m.get("splits") or {}
     ours_path = Path(dataset_dir) / "manifest.json"
@@ -261,11 +253,6 @@ CONTENT = "content-sha256:"  # a feature cache's fingerprint covers its content 
 
 def legacy_features_fingerprint(path) -> str:
     """The fingerprint sevlm recorded for a feature cache before it covered the content."""
-    import hashlib
-    import json
-
-    from sevlm.features.hdf5 import FeatureStore
-
     store = FeatureStore(path)
     attrs = {k: str(v) for k, v in store.attrs.items()}
     store.close()
@@ -277,24 +264,18 @@ def data_fingerprint(data) -> dict[str, str]:
     split files, and the feature cache's content (`FeatureStore.content_sha256`: every row read
     through its checksums, so a damaged image is named here), or the shard manifest (which holds
     every shard's sha256)."""
-    import hashlib
-
     root = Path(data.dataset_dir)
     out = {
         f"{root / f'{s}.json'} (data.dataset_dir)": sha256_file(root / f"{s}.json")
         for s in (data.train_split, data.val_split)
     }
     if data_source(data.features, data.shards, data.source) == "features":
-        from sevlm.features.hdf5 import FeatureStore
-
         store = FeatureStore(data.features)
         try:
             out[f"{data.features} (data.features)"] = CONTENT + store.content_sha256()
         finally:
             store.close()
     else:
-        from sevlm.features.shards import manifest_bytes
-
         where, raw = manifest_bytes(data.shards, data.read_timeout)
         out[f"{where} (data.shards)"] = hashlib.sha256(raw).hexdigest()
     return out
@@ -342,8 +323,6 @@ def check_split_features(dataset, split: str, features: str) -> None:
 # ---- memory ----------------------------------------------------------------------------------
 def available_memory_bytes(device: str) -> int | None:
     if device == "cuda":
-        import torch
-
         free, total = torch.cuda.mem_get_info()
         return int(total)
     try:
@@ -384,8 +363,7 @@ def peak_resident_bytes() -> int | None:
     if peak is not None:
         return peak
     try:
-        import resource
-        import sys
+        import resource  # Unix only
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return peak * (1 if sys.platform == "darwin" else 1024)
@@ -396,8 +374,6 @@ def peak_resident_bytes() -> int | None:
 def peak_memory_gib(device: str) -> float | None:
     """The measured peak of this process: the GPU's peak allocation, else the largest resident set."""
     if device == "cuda":
-        import torch
-
         return round(torch.cuda.max_memory_allocated() / 2**30, 2)
     peak = peak_resident_bytes()
     return None if peak is None else round(peak / 2**30, 2)

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sevlm.config import from_dict, load_config
 from sevlm.decoding import DecodingConfig
+from sevlm.emotions import DOMINANCE_RULES
+from sevlm.encoders.base import IMAGE_PREPROCESSING
 from sevlm.errors import ConfigError
 from sevlm.model.config import SEVLMConfig
+from sevlm.text import ANCHORS
 
 
 def _ds_config_dir() -> Path:
     """ds_configs/ of a source checkout (editable install), else the copy setup.py installs."""
-    import sys
-
     checkout = Path(__file__).resolve().parents[2] / "ds_configs"
     installed = Path(sys.prefix) / "share" / "sevlm" / "ds_configs"
     return checkout if checkout.is_dir() or not installed.is_dir() else installed
@@ -150,8 +152,6 @@ class TrainConfig:
             raise ConfigError(
                 f"schedule.val_gen_images: must be >= 0 or null (the whole split), got {s.val_gen_images}"
             )
-        from sevlm.emotions import DOMINANCE_RULES
-
         if s.val_dominance not in DOMINANCE_RULES:
             raise ConfigError(
                 f"schedule.val_dominance: expected one of {', '.join(DOMINANCE_RULES)}, got {s.val_dominance!r}"
@@ -164,12 +164,8 @@ class TrainConfig:
             )
         if self.data.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
-        from sevlm.text import ANCHORS
-
         if self.data.anchor not in ANCHORS:
             raise ConfigError(f"data.anchor: expected one of {', '.join(ANCHORS)}, got {self.data.anchor!r}")
-        from sevlm.encoders.base import IMAGE_PREPROCESSING
-
         if self.data.image_preprocess is not None and self.data.image_preprocess not in IMAGE_PREPROCESSING:
             raise ConfigError(
                 f"data.image_preprocess: expected one of {', '.join(IMAGE_PREPROCESSING)} or null, "

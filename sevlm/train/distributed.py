@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import socket
 
+import torch
+import torch.distributed as dist
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,7 +65,7 @@ def skip_shm_comm_op() -> None:
     building it asks `deepspeed.ops.__compatible_ops__`, its per-launch table of the ops that can be
     built (kept in the module so that edits to it persist), so the op is marked not buildable
     here. Multi-rank CPU runs keep it."""
-    import deepspeed.ops
+    import deepspeed.ops  # deepspeed here and below: only after set_env_defaults has set the accelerator env
 
     try:
         from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
@@ -72,8 +75,6 @@ def skip_shm_comm_op() -> None:
 
 
 def pick_device(requested: str) -> str:
-    import torch
-
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -83,8 +84,6 @@ def init_distributed(device: str) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed (once); returns (rank, world_size)."""
     set_env_defaults(device)
     import deepspeed
-    import torch
-    import torch.distributed as dist
 
     if not dist.is_initialized():
         if device == "cpu" and os.environ.get("WORLD_SIZE") == "1":
@@ -104,24 +103,16 @@ def join_process_group(requested_device: str) -> tuple[str, int, int]:
 
 
 def _comm_device():
-    import torch
-    import torch.distributed as dist
-
     # NCCL only moves GPU tensors
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
 def mean_across(values: list[float]) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
@@ -131,8 +122,6 @@ def mean_across(values: list[float]) -> list[float]:
 
 def all_gather(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
-    import torch.distributed as dist
-
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size()

@@ -19,7 +19,7 @@ def simple_tokens(text: str) -> str:
 
 def bleu4(references: dict[str, list[str]], hypotheses: dict[str, str]) -> float:
     """Corpus BLEU-4 of `hypotheses` against all `references` of the same key."""
-    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.bleu.bleu import Bleu  # loaded only where BLEU is scored (the Java-backed coco-caption kit)
 
     keys = [k for k in hypotheses if references.get(k)]
     if not keys:

@@ -67,7 +67,7 @@ class TrainRecipe:
         self.resolved = value
 
     @property
-    def model_config(self):
+    def model_config(self):  # tests and tools read it
         return self.resolved.model
 
     # -- setup -------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ class TrainRecipe:
         val_row = {f"val_{k}": v for k, v in metrics.items()}
         self.log.write({"step": state.step, **val_row, "bad_validations": state.bad_validations}, prefix="val")
         figures = ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        say(f"sevlm train: step {state.step}: {figures}", self.rt.main)
+        say(f"sevlm train: step {state.step}: {figures}", self.resolved.main)
         return early_stop(state, self.cfg.schedule.patience), names
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -237,14 +237,8 @@ class TrainRecipe:
         """Train to the end (epochs, max_steps or early stop) and return the run folder."""
         state, schedule = self.state, self.cfg.schedule
         micro_batches_per_epoch = self.steps_per_epoch * self.resolved.accum  # the rest would straddle epochs
-        self.progress = tqdm(
-            total=self.total_steps,
-            initial=state.step,
-            desc="train",
-            disable=not self.resolved.main,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
+        bar = dict(desc="train", disable=not self.resolved.main, file=sys.stderr, dynamic_ncols=True)
+        self.progress = tqdm(total=self.total_steps, initial=state.step, **bar)
         self.engine.train()
         stop = None
         while stop is None and state.step < self.total_steps and state.epoch < schedule.epochs:
@@ -326,7 +320,6 @@ class TrainRecipe:
         return self.run_dir
 
 
-# ---- entry point -----------------------------------------------------------------------------------
 def train(
     config: TrainConfig | dict | None = None,
     resume: str | os.PathLike | None = None,

@@ -27,6 +27,12 @@ import math
 import os
 import time
 
+import torch
+
+from sevlm.model.flops import batch_flops
+from sevlm.train.checks import peak_resident_bytes
+from sevlm.train.distributed import mean_across
+
 # Dense peak FLOP/s per GPU (vendor datasheets; tensor cores, without sparsity), by precision.
 # Matched against `torch.cuda.get_device_name()`, first hit wins (so "H100 NVL" before "H100").
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -56,8 +62,6 @@ def gpu_peak_flops(name: str, precision: str) -> float | None:
 def measure_matmul_flops(dtype, size: int = 512, seconds: float = 0.3) -> float:
     """Dense-matmul FLOP/s of this CPU process at `dtype` (torch's threads as they are set):
     square `size` matmuls for about `seconds`, the best of the timed batches."""
-    import torch
-
     gen = torch.Generator().manual_seed(0)  # its own: the run's random streams stay untouched
     a = torch.randn(size, size, generator=gen).to(dtype)
     b = torch.randn(size, size, generator=gen).to(dtype)
@@ -75,12 +79,8 @@ def peak_flops(device: str, precision: str, dtype) -> dict:
     """{"flops_per_s", "source"}: the peak one rank's MFU is taken against. GPUs from the table
     (None when the GPU is not in it: no MFU then), CPUs measured once here."""
     if device == "cuda":
-        import torch
-
         name = torch.cuda.get_device_name()
         return {"flops_per_s": gpu_peak_flops(name, precision), "source": f"table: {name} {precision}"}
-    import torch
-
     return {
         "flops_per_s": round(measure_matmul_flops(dtype)),
         "source": f"measured: 512x512 matmuls, {precision}, {torch.get_num_threads()} threads",
@@ -90,14 +90,10 @@ def peak_flops(device: str, precision: str, dtype) -> dict:
 def peak_memory(device: str) -> dict[str, float]:
     """This process's peak memory so far, GiB."""
     if device == "cuda":
-        import torch
-
         return {
             "mem_peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 4),
             "mem_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 4),
         }
-    from sevlm.train.checks import peak_resident_bytes  # VmHWM: ru_maxrss can hold a parent's peak
-
     return {"mem_peak_rss_gib": round((peak_resident_bytes() or 0) / 2**30, 4)}
 
 
@@ -109,7 +105,7 @@ def process_age() -> float:
         with open("/proc/uptime") as f:
             return float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        import psutil
+        import psutil  # not a dependency of sevlm: needed only without /proc
 
         return time.time() - psutil.Process().create_time()
 
@@ -144,8 +140,6 @@ class _Clock:
 
     def mark(self):
         if self.cuda:
-            import torch
-
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
@@ -184,8 +178,6 @@ class StepTelemetry:
 
     def forward_start(self, batch: dict) -> None:
         """The batch is on the device; its text tokens and FLOPs are counted from host tensors."""
-        from sevlm.model.flops import batch_flops
-
         mark = self.clock.mark()
         if self._window_start is None:  # a caller that does not time its data (a benchmark)
             self._window_start = time.perf_counter()
@@ -214,8 +206,6 @@ class StepTelemetry:
 
     def report(self) -> dict:
         """The window's figures (per optimizer step; rates over the window), then a new window."""
-        from sevlm.train.distributed import mean_across
-
         if not self._marks or not self._steps:
             return {}
         self.clock.wait(self._marks[-1][-1])

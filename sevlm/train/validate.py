@@ -5,7 +5,10 @@ first `gen_images` images (all of them when None), decoded with the run's Decodi
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from sevlm import generate as generation  # `generation.generate`: looked up per call (tests wrap it)
+from sevlm.evaluation.metrics import entry_dominant
 from sevlm.train.data import split_inputs
 from sevlm.train.distributed import mean_across
 from sevlm.train.metrics import bleu4, emotion_accuracy
@@ -62,8 +65,6 @@ def validate(
     if rank == 0 and n_gen > 0:
         gen[0] = _generation_metrics(model, builder, val_set, micro, n_gen, dominance, decoding, device, dtype)
     if world > 1:
-        import torch.distributed as dist
-
         dist.broadcast_object_list(gen, src=0)
     if gen[0]:
         metrics.update(gen[0])
@@ -72,16 +73,13 @@ def validate(
 
 
 def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device, dtype) -> dict:
-    from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.generate import generate
-
     references, hypotheses, dominant, predicted = {}, {}, {}, {}
     for start in range(0, n, max(micro, 1)):
         samples = [val_set[i] for i in range(start, min(n, start + micro))]
         visual = torch.stack([torch.as_tensor(s["tokens"]) for s in samples]).to(device, dtype)  # (I, N, D)
         if model.config.mode == "none":  # the text-only control model never sees the image
             visual = None
-        hyps = generate(
+        hyps = generation.generate(
             model,
             builder.tok,
             builder.lexicon,
