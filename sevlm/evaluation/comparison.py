@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.evaluation.retrieval import IndexOptions, image_emotion_hits
+from sevlm.evaluation.retrieval import IndexOptions
+from sevlm.evaluation.scoring import image_emotion_hits
 from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests
 
 KS = (1, 5, 10)
@@ -140,7 +141,7 @@ def _aligned(rows: list[dict]) -> list[dict]:
 
 def compare(rows: list[dict], chance: dict, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Every row's figures, its difference from the first row and the paired tests of that
-    difference (significance.paired_tests), with `chance` (retrieval.chance_levels) beside."""
+    difference (significance.paired_tests), with `chance` (chance.chance_levels) beside."""
     if len(rows) < 2:
         raise ConfigError("--compare: give at least two runs (the first is the baseline)")
     rows = _aligned(rows)

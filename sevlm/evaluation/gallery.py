@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.emotions import EMOTIONS
-from sevlm.evaluation.retrieval import (
-    Index,
-    IndexOptions,
-    emotion_ranks,
-    image_emotion_hits,
-    normalize,
-    retrieval_report,
-)
+from sevlm.evaluation.retrieval import Index, IndexOptions, retrieval_report
+from sevlm.evaluation.scoring import emotion_ranks, image_emotion_hits, normalize
 
 CACHE_FORMAT = "sevlm-retrieval-gallery-2"  # 2: explanations carry their annotator's emotion
 

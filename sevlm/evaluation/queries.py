@@ -104,7 +104,7 @@ def embed_queries(run, queries: list[Query], batch_size: int = 64) -> np.ndarray
     import torch
 
     from sevlm.evaluation import embedding
-    from sevlm.evaluation.retrieval import normalize
+    from sevlm.evaluation.scoring import normalize
 
     out: list[np.ndarray | None] = [None] * len(queries)
     for i, q in enumerate(queries):
@@ -146,7 +146,8 @@ def search_queries(
     """
     from sevlm.data.folder import load_split_records
     from sevlm.evaluation.gallery import load_gallery, retrieval_space
-    from sevlm.evaluation.retrieval import IndexOptions, recall_vs_exact
+    from sevlm.evaluation.retrieval import IndexOptions
+    from sevlm.evaluation.scoring import recall_vs_exact
 
     options = options or IndexOptions()
     if not queries:

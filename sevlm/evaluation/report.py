@@ -152,7 +152,7 @@ def plot_recall_curves(retrieval: dict, path: Path) -> Path:
 def plot_embedding_map(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant, path: Path) -> Path:
     """The image embeddings' first two principal components, each painting coloured by its dominant
     emotion, with the 9 emotion embeddings projected on the same axes (stars, labelled)."""
-    from sevlm.evaluation.retrieval import normalize
+    from sevlm.evaluation.scoring import normalize
 
     plt = _plt()
     img, emo = normalize(image_emb).astype(np.float64), normalize(emotion_emb).astype(np.float64)

@@ -99,7 +99,7 @@ STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "CIDEr": _ratio,
     "emotion_accuracy": _ratio,
     "emo_align": _ratio,
-    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (retrieval.image_emotion_hits)
+    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (scoring.image_emotion_hits)
 }
 NOTES = {
     **{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
