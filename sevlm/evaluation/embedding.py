@@ -106,7 +106,7 @@ def embed_split(
     from tqdm import tqdm
 
     from sevlm.data.folder import load_split_records
-    from sevlm.evaluation.metrics import entry_dominant
+    from sevlm.evaluation.inputs import entry_dominant
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)

@@ -79,7 +79,7 @@ def read_queries(path: str | Path) -> list[Query]:
 
 def ground_truth(record: dict, where: str) -> dict:
     """{"emotions", "dominant_emotion", "explanation"} of one split record (the first human explanation)."""
-    from sevlm.evaluation.metrics import entry_dominant
+    from sevlm.evaluation.inputs import entry_dominant
 
     exps = record.get("explanations") or []
     return {

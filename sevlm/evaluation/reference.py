@@ -39,7 +39,7 @@ def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
     from sevlm.data.folder import load_split_records
     from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
-    from sevlm.evaluation.metrics import entry_dominant
+    from sevlm.evaluation.inputs import entry_dominant
     from sevlm.features.hdf5 import FeatureStore
 
     records = load_split_records(dataset_dir, split)

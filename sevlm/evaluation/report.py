@@ -425,7 +425,7 @@ def write_evaluation_report(
     """Write REPORT.json, REPORT.md and the plots; returns {what: path}. `report` is not modified.
     `examples` (from `pick_examples`) become a picture of paintings with their explanations;
     `examples_note` says why there is none."""
-    from sevlm.evaluation.metrics import LANGUAGE_METRICS
+    from sevlm.evaluation.coco_caption import LANGUAGE_METRICS
 
     out = Path(out)
     figs = _figures_dir(out)

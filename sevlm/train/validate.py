@@ -62,7 +62,7 @@ def validate(
 
 
 def _generation_metrics(model, builder, val_set, micro: int, n: int, dominance: str, decoding, device, dtype) -> dict:
-    from sevlm.evaluation.metrics import entry_dominant
+    from sevlm.evaluation.inputs import entry_dominant
     from sevlm.generate import generate
 
     references, hypotheses, dominant, predicted = {}, {}, {}, {}
