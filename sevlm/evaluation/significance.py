@@ -20,6 +20,7 @@ Two tests, both two-sided on delta = B - A:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import numpy as np
 from sevlm.errors import DataError
 from sevlm.evaluation.coco_caption import CaptionScores, bleu_from_stats, caption_metrics, ptb_tokenize
 from sevlm.evaluation.inputs import Prediction, Reference, align, load_predictions, load_references
+from sevlm.io import atomic_path
 
 
 @dataclass
@@ -134,10 +136,6 @@ STATS_FORMAT = "sevlm-image-stats-1"
 def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np.ndarray], meta: dict) -> None:
     """Per-image statistics as one .npz (`image_ids`, `stat:<metric>` arrays, `meta` JSON), written
     atomically: what `sevlm evaluate` keeps beside REPORT.json for later paired tests."""
-    import json
-
-    from sevlm.io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
@@ -150,8 +148,6 @@ def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np
 
 def read_statistics(path: str | Path) -> tuple[list[str], dict[str, np.ndarray], dict]:
     """(image ids, {metric: [N, m]}, meta) of a write_statistics file."""
-    import json
-
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
