@@ -435,7 +435,8 @@ def test_faiss_index_read_by_faiss_gives_sevlms_neighbours(built, sevlm_run):
     import faiss
 
     from sevlm.evaluation.embedding import embed_query_text
-    from sevlm.evaluation.retrieval import Index, IndexOptions, normalize
+    from sevlm.evaluation.retrieval import Index, IndexOptions
+    from sevlm.evaluation.scoring import normalize
 
     folder = built["run"] / "retrieval_cache" / "test-images"
     (index_file,) = folder.glob("index-*.faiss")

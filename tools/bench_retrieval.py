@@ -78,7 +78,7 @@ def mixture(n: int, dim: int, clusters: int, rng, spread: float = 1.0, centres=N
     """n unit vectors from a mixture of Gaussian clusters: a random unit centre plus isotropic noise
     of norm ~`spread` (1.0: cosine ~0.7 to the centre, ~0.5 between two members), then normalised.
     Returns (vectors, centres)."""
-    from sevlm.evaluation.retrieval import normalize
+    from sevlm.evaluation.scoring import normalize
 
     if centres is None:
         centres = normalize(rng.standard_normal((clusters, dim), dtype=np.float32))
@@ -107,7 +107,8 @@ def bench_search(
 ) -> dict:
     import faiss
 
-    from sevlm.evaluation.retrieval import Index, IndexOptions, gpu_available, normalize, tune_index
+    from sevlm.evaluation.retrieval import Index, IndexOptions, gpu_available, tune_index
+    from sevlm.evaluation.scoring import normalize
 
     if threads:
         faiss.omp_set_num_threads(threads)

@@ -81,7 +81,7 @@ def measure(out: Path, run: str = "run", predictions: Path | None = None) -> dic
 
 
 def _accuracy(preds: list[dict], test_json: Path) -> float | None:
-    from sevlm.evaluation.metrics import entry_dominant  # only when no report was written
+    from sevlm.evaluation.inputs import entry_dominant  # only when no report was written
 
     test = json.loads(test_json.read_text(encoding="utf-8"))
     hits = total = 0

@@ -336,7 +336,7 @@ def _answer_queries(args, run_, queries, dataset_dir, features, options, source)
         print(f"warning: {run_.path}: {result['embedding_space']['note']}", file=sys.stderr)
     if args.gallery_image:
         from sevlm.data.folder import dataset_images_dir
-        from sevlm.evaluation.report import plot_query_gallery
+        from sevlm.evaluation.query_picture import plot_query_gallery
 
         images_dir = args.images or dataset_images_dir(dataset_dir)
         result["gallery_image"] = str(plot_query_gallery(result, images_dir, args.gallery_image))

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sevlm.evaluation.figures import pyplot
+from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests, read_statistics
+from sevlm.io import atomic_path, write_json, write_text
 from sevlm.study_folder import REPORT, RETRIEVAL, RETRIEVAL_STATS, STATS, log_path, run_dir, run_finished
 
 # (key, label, source): REPORT.json keys, and the image -> emotion accuracy of retrieve
@@ -101,8 +104,6 @@ def collect(study: Path, spec: dict, names: list[str], seeds: list[int]) -> list
 
 
 def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    from sevlm.evaluation.significance import read_statistics
-
     ids, stats, _ = read_statistics(folder / STATS)
     if (folder / RETRIEVAL_STATS).exists():  # image -> emotion hits, aligned to the report's images by id
         r_ids, r_stats, _ = read_statistics(folder / RETRIEVAL_STATS)
@@ -114,8 +115,6 @@ def _load_stats(folder: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 def paired(study: Path, row_a: dict, row_b: dict, n_resamples: int, seed: int = 0) -> dict:
     """Variant B against A, seeds paired and pooled (module docstring)."""
-    from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests
-
     done_a = {r["seed"]: r for r in row_a["runs"] if r["status"] == "done"}
     done_b = {r["seed"]: r for r in row_b["runs"] if r["status"] == "done"}
     common = sorted(set(done_a) & set(done_b))
@@ -252,13 +251,7 @@ def markdown(table: dict) -> str:
 
 def plot(table: dict, out: Path) -> None:
     """The ladder of the main metrics: each seed's figure and the mean ± spread, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sevlm.io import atomic_path
-
+    plt = pyplot()
     labels = dict((k, lab) for k, lab, _ in METRICS)
     names = [r["name"] for r in table["variants"]]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
@@ -296,8 +289,6 @@ def plot(table: dict, out: Path) -> None:
 
 
 def write_tables(study: Path, spec: dict, names: list[str], seeds: list[int], n_resamples: int = 2000) -> dict:
-    from sevlm.io import write_json, write_text
-
     table = build_table(Path(study), spec, names, seeds, n_resamples)
     write_json(Path(study) / "ABLATION.json", table)
     write_text(Path(study) / "ABLATION.md", markdown(table))

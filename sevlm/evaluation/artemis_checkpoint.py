@@ -35,6 +35,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
@@ -114,8 +117,6 @@ class _TensorRef:
         self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
 
     def tensor(self):
-        import torch
-
         data = self.storage.array()
         need = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1 if all(self.size) else 0
         if need > data.numel():
@@ -196,8 +197,6 @@ class _Restricted(pickle.Unpickler):
 
 
 def _frombuffer(raw: bytes, dtype: str, numel: int, where: str):
-    import torch
-
     tdtype = getattr(torch, dtype)
     size = torch.empty((), dtype=tdtype).element_size()
     if len(raw) < numel * size:
@@ -301,9 +300,6 @@ def _param(obj, name: str, where: str, required: bool = True):
 
 def _layer(obj, where: str):
     """A torch module equal (in eval mode) to the stand-in `obj`: one of the allowlisted layers."""
-    import torch
-    from torch import nn
-
     kind = _kind(obj)
     if kind in ("Sequential", "MLP"):
         mods = _children(obj)
@@ -338,9 +334,6 @@ def _layer(obj, where: str):
 
 
 def _lstm(obj, where: str):
-    import torch
-    from torch import nn
-
     if _kind(obj) != "LSTM":
         raise DataError(f"{where}: the text encoder's rnn is {getattr(obj, 'name', type(obj).__name__)}, not an LSTM")
     s = obj.state
@@ -390,8 +383,6 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
         if self.feature_type not in ("max", "last", "mean"):
             raise DataError(f"{where}: LSTM feature type {self.feature_type!r} is not one a classifier pools with")
         embed = emods.get("word_embedding")
-        from torch import nn
-
         self.embed = _layer(embed, where).eval()
         if emods.get("word_transformation") is not None:
             self.embed = nn.Sequential(self.embed, _layer(emods["word_transformation"], where)).eval()
@@ -399,7 +390,6 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
         self.head = _layer(head, where).eval()
         if not isinstance(self.head, nn.Sequential):
             self.head = nn.Sequential(self.head)
-        from torch import nn
 
         first = self.embed
         while isinstance(first, nn.Sequential) and len(first):
@@ -420,8 +410,6 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
 
     def encode(self, texts: list[str]):
         """(tokens [N, T] as ArtEmis's Vocabulary.encode pads them, word counts [N])."""
-        import torch
-
         w = self.word2idx
         rows = [[w.get(t, w["<unk>"]) for t in text.lower().split()] or [w["<unk>"]] for text in texts]
         longest = max(len(r) for r in rows)
@@ -431,9 +419,6 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
         return out, torch.tensor([len(r) for r in rows])
 
     def logits(self, texts: list[str]):
-        import torch
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
         tokens, lengths = self.encode(texts)
         with torch.no_grad():
             x = self.embed(tokens[:, 1:])  # (N, T+1, E): <sos> skipped, as ArtEmis
@@ -448,8 +433,6 @@ class ArtEmisTextClassifier(TextEmotionClassifier):
             return self.head(feat)
 
     def predict_proba(self, texts: list[str], batch_size: int = BATCH) -> np.ndarray:
-        import torch
-
         probs = [
             torch.softmax(self.logits(texts[i : i + batch_size]).float(), -1).numpy()
             for i in range(0, len(texts), batch_size)

@@ -24,8 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.evaluation.retrieval import IndexOptions, image_emotion_hits
+from sevlm.evaluation.gallery import score_split
+from sevlm.evaluation.reference import load_split_data, reference_points
+from sevlm.evaluation.retrieval import IndexOptions
+from sevlm.evaluation.scoring import image_emotion_hits
 from sevlm.evaluation.significance import STATISTIC_FNS, Statistic, paired_tests
+from sevlm.export import load_run
+from sevlm.io import write_json, write_text
 
 KS = (1, 5, 10)
 METRICS = (
@@ -66,9 +71,6 @@ def score_run(
 ) -> dict:
     """One run scored on `split` with its recorded dataset and features (or the given ones):
     {"name", "run", "dataset", "features", "encoder", "image_ids", "stats", "report"}."""
-    from sevlm.evaluation.gallery import score_split
-    from sevlm.export import load_run
-
     run = load_run(run_dir, device=device)
     if not run.model.config.use_contrastive:
         raise ConfigError(f"{run.path}: the model has no contrastive head (use_contrastive=false): nothing to compare")
@@ -94,8 +96,6 @@ def score_run(
 
 def reference_rows(dataset_dir, features, split: str, seed: int = 0) -> list[dict]:
     """The logistic probe (image -> emotion only) and the linear CLIP-style model as rows like `score_run`'s."""
-    from sevlm.evaluation.reference import load_split_data, reference_points
-
     emb: dict = {}
     ref = reference_points(dataset_dir, features, split, seed=seed, embeddings=emb)
     test = load_split_data(dataset_dir, features, split)
@@ -140,7 +140,7 @@ def _aligned(rows: list[dict]) -> list[dict]:
 
 def compare(rows: list[dict], chance: dict, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Every row's figures, its difference from the first row and the paired tests of that
-    difference (significance.paired_tests), with `chance` (retrieval.chance_levels) beside."""
+    difference (significance.paired_tests), with `chance` (chance.chance_levels) beside."""
     if len(rows) < 2:
         raise ConfigError("--compare: give at least two runs (the first is the baseline)")
     rows = _aligned(rows)
@@ -201,8 +201,6 @@ def table_lines(result: dict) -> list[str]:
 
 def write_comparison(result: dict, out: str | Path) -> dict[str, Path]:
     """The comparison's JSON (`out`) and Markdown (`out` with .md)."""
-    from sevlm.io import write_json, write_text
-
     out = Path(out)
     md = out.with_suffix(".md")
     lines = [

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from sevlm.data.folder import load_split_records
 from sevlm.emotions import EMOTION_TO_INDEX, EMOTIONS
 from sevlm.errors import DataError
+from sevlm.evaluation.inputs import entry_dominant
+from sevlm.features.hdf5 import FeatureStore
+from sevlm.generate import parse_output
+from sevlm.text import to_device
 
 FILLER = "it"  # explanation text for the emotion-only sequences; the emotion embedding ignores it
 
@@ -40,11 +47,6 @@ def _embed_sequences(
     """Retrieval embeddings [N, E] of (emotion, explanation) sequences: of their explanations
     (`side="explanations"`), or of the 9 emotions (`side="emotions"`, the 9 sequences in EMOTIONS
     order), through the model's `embed_explanations` / `embed_emotions`."""
-    import torch
-    from tqdm import tqdm
-
-    from sevlm.text import to_device
-
     embed = {"explanations": run.model.embed_explanations, "emotions": run.model.embed_emotions}[side]
     out = []
     with torch.no_grad():
@@ -65,8 +67,6 @@ def embed_query_text(run, text: str) -> np.ndarray:
     "the emotion is awe because ..." is embedded as written; any other text is embedded under
     each of the 9 labels and the (normalised) mean is returned, since its emotion is unknown.
     """
-    from sevlm.generate import parse_output
-
     if not text.strip():
         raise DataError("--query: empty text")
     emotion, explanation, _ = parse_output(text)
@@ -81,8 +81,6 @@ def embed_query_text(run, text: str) -> np.ndarray:
 
 def embed_image_file(run, path: str | Path) -> np.ndarray:
     """[1, E] embedding of an image file, encoded with the run's recorded image encoder."""
-    import torch
-
     tokens = run.encode_images([path])  # (1, T, D)
     with torch.no_grad():
         return run.model.embed_images(tokens).cpu().numpy()
@@ -102,13 +100,6 @@ def embed_split(
 
     `images=False` / `texts=False` skip that side (its embeddings are then empty [0, E] arrays).
     """
-    import torch
-    from tqdm import tqdm
-
-    from sevlm.data.folder import load_split_records
-    from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.features.hdf5 import FeatureStore
-
     records = load_split_records(dataset_dir, split)
     image_ids = list(records)
     if not image_ids:

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
 
 from sevlm.errors import ConfigError, DataError
 from sevlm.evaluation.emo_base import SPEC_NAME, TextEmotionClassifier, load_spec, save_spec
@@ -63,9 +66,6 @@ class EmotionClassifier(TextEmotionClassifier):
 
     def features(self, texts: list[str]):
         """TF-IDF rows [N, V] (sparse), l2-normalised, exactly as TfidfVectorizer computes them."""
-        from sklearn.feature_extraction.text import CountVectorizer
-        from sklearn.preprocessing import normalize
-
         vec = CountVectorizer(
             vocabulary={t: i for i, t in enumerate(self.vocabulary)},
             lowercase=self.params["lowercase"],
@@ -135,9 +135,6 @@ def train_classifier(
     texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0
 ) -> EmotionClassifier:
     """Fit TF-IDF + multinomial logistic regression on human explanations and their emotions."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
     params = {**DEFAULT_PARAMS, **(params or {})}
     if len(set(labels)) < 2:
         raise DataError("emotion classifier: training data holds fewer than 2 emotions")

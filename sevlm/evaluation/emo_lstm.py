@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
 
+from sevlm.data.table import tokenize
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.evaluation.emo_base import TextEmotionClassifier, load_spec, save_spec
@@ -45,8 +51,6 @@ DEFAULT_PARAMS = {
 def _one_thread():
     """A model this small gains nothing from intra-op threads, and on a busy machine their
     spin-waiting makes training many times slower: run it on one thread."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -56,9 +60,6 @@ def _one_thread():
 
 
 def _net(vocab_size: int, n_classes: int, params: dict):
-    import torch
-    from torch import nn
-
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -100,10 +101,6 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
 
     def encode(self, texts: list[str]):
         """Token ids [N, T] (0-padded); a text without words becomes one <unk>."""
-        import torch
-
-        from sevlm.data.table import tokenize
-
         rows = [[self._index.get(w, 1) for w in tokenize(t)][: self.params["max_tokens"]] or [1] for t in texts]
         out = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -111,8 +108,6 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
         return out
 
     def predict_proba(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
-        import torch
-
         probs = []
         with torch.no_grad(), _one_thread():
             for start in range(0, len(texts), batch_size):
@@ -134,8 +129,6 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
 
     # -- storage (no pickle) ----------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
         state = {k: v.contiguous() for k, v in self.state.items()}
         save_spec(
             directory,
@@ -152,9 +145,6 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
 
     @classmethod
     def load(cls, directory: str | Path) -> "LSTMEmotionClassifier":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         spec, weights, where = load_spec(directory, FORMAT, WEIGHTS)
         try:
             state = load_file(str(weights))
@@ -179,11 +169,6 @@ class LSTMEmotionClassifier(TextEmotionClassifier):
         cls, texts: list[str], labels: list[str], params: dict | None = None, seed: int = 0
     ) -> "LSTMEmotionClassifier":
         """Fit on texts and their emotions with Adam and cross-entropy; deterministic for `seed`."""
-        import torch
-        from tqdm import tqdm
-
-        from sevlm.data.table import tokenize
-
         params = {**DEFAULT_PARAMS, **(params or {})}
         if len(set(labels)) < 2:
             raise DataError("emotion classifier: training data holds fewer than 2 emotions")

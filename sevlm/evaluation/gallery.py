@@ -4,20 +4,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from sevlm.emotions import EMOTIONS
-from sevlm.evaluation.retrieval import (
-    Index,
-    IndexOptions,
-    emotion_ranks,
-    image_emotion_hits,
-    normalize,
-    retrieval_report,
-)
+from sevlm.evaluation import embedding
+from sevlm.evaluation.retrieval import Index, IndexOptions, retrieval_report
+from sevlm.evaluation.scoring import emotion_ranks, image_emotion_hits, normalize
+from sevlm.evaluation.significance import write_statistics
+from sevlm.export import WEIGHTS
+from sevlm.io import atomic_dir, atomic_path, sha256_file, write_json
 
 CACHE_FORMAT = "sevlm-retrieval-gallery-2"  # 2: explanations carry their annotator's emotion
 
@@ -30,9 +32,6 @@ def _file_stamp(path) -> dict:
 def gallery_key(run, dataset_dir, split: str, features, side: str) -> dict:
     """What a cached gallery depends on: the model (config and weights hashes), the split file
     and, for images, the feature cache (size and modification time)."""
-    from sevlm.export import WEIGHTS
-    from sevlm.io import sha256_file
-
     export = Path(run.path)
     key = {
         "format": CACHE_FORMAT,
@@ -51,9 +50,6 @@ def gallery_key(run, dataset_dir, split: str, features, side: str) -> dict:
 
 def _read_gallery(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
     """(gallery, emotions, names) cached in `folder` under `key`, or None (absent, stale or unreadable)."""
-    import json
-    import zipfile
-
     try:
         if json.loads((folder / "key.json").read_text(encoding="utf-8")) != key:
             return None
@@ -66,8 +62,6 @@ def _read_gallery(folder: Path, key: dict) -> tuple[np.ndarray, np.ndarray, list
 
 
 def _write_gallery(folder: Path, key: dict, gallery: np.ndarray, emotions: np.ndarray, names: list[dict]) -> None:
-    from sevlm.io import atomic_dir, write_json
-
     with atomic_dir(folder) as tmp:  # a reader sees the old entry or the whole new one
         np.savez(tmp / "gallery.npz", gallery=gallery, emotions=emotions)
         write_json(tmp / "names.json", names, indent=None)
@@ -92,11 +86,6 @@ def load_gallery(
     features are unchanged. Returns (gallery [N, E], emotions [9, E], names [N] ({"image_id"[,
     "explanation", "explanation_emotion"]}), cache {"path", "reused"} or None, Index).
     """
-    import hashlib
-    import sys
-
-    from sevlm.evaluation import embedding
-
     folder = Path(cache_dir) / f"{split}-{side}" if cache_dir is not None else None
     key = gallery_key(run, dataset_dir, split, features, side) if folder else None
     cached = _read_gallery(folder, key) if folder else None
@@ -161,12 +150,8 @@ def score_split(
     (significance.write_statistics). An `artifacts` dict receives "embeddings" (SplitEmbeddings)
     and "ranks" (each query's exact rank per direction), for `write_query_ranks` and
     `export_embeddings`."""
-    from sevlm.evaluation.embedding import embed_split
-
-    emb = embed_split(run, dataset_dir, split, features, batch_size=batch_size)
+    emb = embedding.embed_split(run, dataset_dir, split, features, batch_size=batch_size)
     if image_stats_out is not None:
-        from sevlm.evaluation.significance import write_statistics
-
         write_statistics(
             image_stats_out,
             list(emb.image_ids),
@@ -198,10 +183,6 @@ def write_query_ranks(path: str | Path, emb, ranks: dict) -> Path:
     without one)}, {"direction": "image_to_explanation", "image_id", "rank" (of the best
     ranked of its own explanations)}, then {"direction": "explanation_to_image", "image_id", "explanation_index"
     (in the split's order), "explanation", "rank" (of its painting)}."""
-    import json
-
-    from sevlm.io import atomic_path
-
     dominant = np.asarray(emb.image_dominant)
     nearest, emo_rank = emotion_ranks(emb.image_emb, emb.emotion_emb, dominant)
     name = lambda k: EMOTIONS[k] if k >= 0 else None  # noqa: E731
@@ -258,8 +239,6 @@ def export_embeddings(folder: str | Path, emb, meta: dict) -> Path:
     id i of ids.json), explanation_image.npy [N] (int64 row of images.npy), image_dominant.npy
     [I] (int64 index into EMOTIONS, -1 for none), and ids.json. Inner product = cosine, so a
     faiss.IndexFlatIP over them reproduces `sevlm retrieve`'s ranks."""
-    from sevlm.io import atomic_dir, write_json
-
     folder = Path(folder)
     with atomic_dir(folder) as tmp:  # a reader sees the old export or the whole new one
         np.save(tmp / "images.npy", normalize(emb.image_emb))

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from sevlm.data.folder import load_split_records
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
+from sevlm.evaluation import embedding
+from sevlm.evaluation.gallery import load_gallery, retrieval_space
+from sevlm.evaluation.inputs import entry_dominant
+from sevlm.evaluation.retrieval import IndexOptions
+from sevlm.evaluation.scoring import normalize, recall_vs_exact
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TARGETS = ("images", "explanations")
@@ -79,8 +86,6 @@ def read_queries(path: str | Path) -> list[Query]:
 
 def ground_truth(record: dict, where: str) -> dict:
     """{"emotions", "dominant_emotion", "explanation"} of one split record (the first human explanation)."""
-    from sevlm.evaluation.metrics import entry_dominant
-
     exps = record.get("explanations") or []
     return {
         "emotions": list(record.get("emotions") or []),
@@ -101,11 +106,6 @@ def _match_split_image(path: str, by_name: dict[str, str]) -> str | None:
 
 def embed_queries(run, queries: list[Query], batch_size: int = 64) -> np.ndarray:
     """[Q, E] L2-normalised embeddings, in order; a bad query fails here, before any gallery is embedded."""
-    import torch
-
-    from sevlm.evaluation import embedding
-    from sevlm.evaluation.retrieval import normalize
-
     out: list[np.ndarray | None] = [None] * len(queries)
     for i, q in enumerate(queries):
         if q.kind == "text":
@@ -144,10 +144,6 @@ def search_queries(
     [{"rank", "score", "image_id"[, "explanation", "explanation_emotion"], "image_name", "ground_truth"}],
     "emotions": the 9 by score[, "image_id", "ground_truth" of a query image from the split]}]}.
     """
-    from sevlm.data.folder import load_split_records
-    from sevlm.evaluation.gallery import load_gallery, retrieval_space
-    from sevlm.evaluation.retrieval import IndexOptions, recall_vs_exact
-
     options = options or IndexOptions()
     if not queries:
         raise ConfigError("no queries: give --query, --query-image or --queries FILE")

@@ -23,6 +23,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sevlm.data.folder import load_split_records
+from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
+from sevlm.evaluation.inputs import entry_dominant
+from sevlm.evaluation.retrieval import retrieval_report
+from sevlm.features.hdf5 import FeatureStore
 
 
 @dataclass
@@ -37,11 +49,6 @@ class SplitData:
 
 def load_split_data(dataset_dir, features, split: str) -> SplitData:
     """A split's pooled features (from the HDF5 cache), votes and explanations."""
-    from sevlm.data.folder import load_split_records
-    from sevlm.emotions import EMOTION_TO_INDEX, emotion_distribution
-    from sevlm.evaluation.metrics import entry_dominant
-    from sevlm.features.hdf5 import FeatureStore
-
     records = load_split_records(dataset_dir, split)
     store = FeatureStore(features)
     try:
@@ -70,9 +77,6 @@ def logistic_probe(train: SplitData, val: SplitData, test: SplitData, cs=(1e-3, 
     """Standardised pooled features -> dominant emotion; C by validation accuracy (ties: the smaller C).
     "predicted" holds the emotion index it gives every test image (images without a dominant
     emotion included), for paired tests."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     def known(s: SplitData):
         m = s.dominant >= 0
@@ -108,13 +112,6 @@ def linear_clip(
     """The linear CLIP-style model (module docstring), scored like a run; `retrieval_report` of the
     test split. An `embeddings` dict receives its test embeddings ("image", "text", "emotion") and
     exact ranks ("ranks"), for paired tests (`sevlm.evaluation.comparison`)."""
-    import torch
-    import torch.nn.functional as F
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.preprocessing import StandardScaler
-
-    from sevlm.evaluation.retrieval import retrieval_report
-
     torch.manual_seed(seed)
     scaler = StandardScaler().fit(train.pooled)
     tfidf = TfidfVectorizer(min_df=2, sublinear_tf=True).fit(train.texts)
@@ -170,8 +167,6 @@ def majority_share(dominant: np.ndarray) -> float:
 def reference_points(dataset_dir, features, split: str = "test", seed: int = 0, embeddings: dict | None = None) -> dict:
     """Both reference models on `split`, with the split's majority-class share; an `embeddings`
     dict receives the linear model's (`linear_clip`) and "image_ids", the split's images in order."""
-    from sevlm.data.folder import load_split_records
-
     train, val = load_split_data(dataset_dir, features, "train"), load_split_data(dataset_dir, features, "val")
     test = load_split_data(dataset_dir, features, split)
     if embeddings is not None:

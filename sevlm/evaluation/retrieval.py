@@ -1,28 +1,20 @@
-"""Cross-modal retrieval on embeddings with FAISS: images, the 9 emotions, explanations.
+"""Cross-modal retrieval through a FAISS index: images, the 9 emotions, explanations.
 
-This module is the scoring: it works on numpy arrays, so it is testable without a model.
-`sevlm.evaluation.gallery` embeds a run's split with its contrastive head and scores it here;
-`sevlm.evaluation.queries` answers queries against its galleries. Embeddings are L2-normalised,
-so inner product = cosine similarity.
+The index is built, tuned and searched here, and `retrieval_report` puts its figures beside the
+exact ranks (`scoring`) and the chance levels (`chance`) of the same embeddings. It works on numpy
+arrays, so it is testable without a model; `sevlm.evaluation.gallery` embeds a run's split and
+scores it here.
 
-- Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat) or `hnsw`
-  (IndexHNSWFlat) for large galleries. On a GPU build of faiss with a visible device, flat and
-  IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
+- Search: exact inner product (`IndexFlatIP`) by default; `ivf` (IndexIVFFlat), `hnsw`
+  (IndexHNSWFlat) or `ivfpq` for large galleries. On a GPU build of faiss with a visible device,
+  flat and IVF indices move to the GPU (HNSW has no GPU version and stays on the CPU); the result
   says which device searched.
-- Scoring computes each query's rank once, exactly: 1 + the number of wrong gallery items
-  scoring at least as high as the best correct one (ties count against it: `exact_ranks`),
-  from all scores in blocks. Median rank, the
-  recall@K curve and, for the flat (exact) index, Recall@K come from these ranks (numpy, on
-  the CPU: a flat FAISS search would compute the same scores a second time); with an
-  approximate index (ivf/hnsw/ivfpq) a query is a hit at K only when its top-K list holds a
-  positive as well, so the figure shows the index's loss, and an index that visits everything
-  (IVF with nprobe = nlist) scores exactly as flat. Each approximate search also reports its
-  recall@K against the exact search of the same queries (`recall_vs_exact`).
-- Chance levels are exact, not a random draw: a random ordering of a gallery of N items with
-  m correct ones puts one in the top K with probability 1 - C(N-m, K)/C(N, K); the rank of the
-  first correct one has mean (N+1)/(m+1). Emotion accuracy by chance is 1/9, shown beside the
-  class prior (the majority-class share). A random-embedding run (`random_runs` >= 20 seeds,
-  mean and spread) can be added as a check of these figures.
+- With the flat (exact) index, Recall@K comes from the exact ranks (numpy, on the CPU: a flat
+  FAISS search would compute the same scores a second time); with an approximate index a query
+  is a hit at K only when its top-K list holds a positive as well, so the figure shows the
+  index's loss, and an index that visits everything (IVF with nprobe = nlist) scores exactly as
+  flat. Each approximate search also reports its recall@K against the exact search of the same
+  queries (`recall_vs_exact`).
 """
 
 from __future__ import annotations
@@ -34,10 +26,30 @@ import numpy as np
 
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import ConfigError, DataError
+from sevlm.evaluation.chance import chance_accuracy as chance_accuracy
+from sevlm.evaluation.chance import chance_direction as chance_direction
+from sevlm.evaluation.chance import chance_levels
+from sevlm.evaluation.chance import chance_median_rank as chance_median_rank
+from sevlm.evaluation.chance import chance_recall as chance_recall
+from sevlm.evaluation.scoring import (
+    CURVE_KS,
+    embedding_stats,
+    exact_ranks,
+    normalize,
+    per_emotion_breakdown,
+    recall_vs_exact,
+)
+from sevlm.evaluation.scoring import emotion_ranks as emotion_ranks
+from sevlm.evaluation.scoring import hits_at_k as hits_at_k
+from sevlm.evaluation.scoring import image_emotion_hits as image_emotion_hits
+from sevlm.io import atomic_path
+
+# `name as name`: names importers reach as `retrieval.<name>` (tests and tools take the module whole).
+# faiss is imported where it is used: it is an optional extra (the CPU or the GPU wheel), and the
+# exact scoring of the flat index runs without it.
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 TRAIN_POINTS_PER_CELL = 64  # IVF k-means sample per cell (faiss: 256); 1M items, 4000 cells: 256k, ~4x faster to train
-CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
@@ -76,16 +88,6 @@ class IndexOptions:
             if not 0 < self.tune_recall <= 1:
                 raise ConfigError(f"--tune: a recall in (0, 1], got {self.tune_recall}")
         return self
-
-
-def normalize(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise DataError(f"embeddings must be 2-D [N, E], got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError("embeddings contain NaN or inf")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def gpu_available() -> bool:
@@ -139,8 +141,6 @@ class Index:
 
     def save(self, path: str | Path) -> None:
         import faiss
-
-        from sevlm.io import atomic_path
 
         with atomic_path(path) as tmp:
             faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.device == "gpu" else self.index, str(tmp))
@@ -259,76 +259,6 @@ def tune_index(index: Index, queries: np.ndarray, gallery: np.ndarray, target: f
     }
 
 
-def _positive_pairs(query_label: np.ndarray, gallery_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query index, gallery index) of every same-label pair, ordered by query."""
-    order = np.argsort(gallery_label, kind="stable")
-    sorted_labels = gallery_label[order]
-    lo = np.searchsorted(sorted_labels, query_label, side="left")
-    counts = np.searchsorted(sorted_labels, query_label, side="right") - lo
-    pair_q = np.repeat(np.arange(len(query_label)), counts)
-    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)  # each pair's offset into sorted order
-    return pair_q, order[starts + np.arange(len(pair_q))]
-
-
-def exact_ranks(
-    queries: np.ndarray,
-    query_label: np.ndarray,
-    gallery: np.ndarray,
-    gallery_label: np.ndarray,
-    block: int | None = None,
-) -> np.ndarray:
-    """Rank of the best positive (same label) for each query: 1 + #other-label items scoring at
-    least as high. Ties count against the query: identical gallery items (the same explanation
-    written for two paintings) score alike, and a top-K list orders them arbitrarily, so a
-    positive tied with a negative is not credited with the better place (nor does a collapsed
-    space, where everything ties, score R@1 = 1).
-
-    A query with no positive gets rank N + 1. The scores of one block are computed once; the
-    best positive is read from the same block, so a positive never outranks itself by rounding.
-    """
-    query_label, gallery_label = np.asarray(query_label), np.asarray(gallery_label)
-    pair_q, pair_g = _positive_pairs(query_label, gallery_label)
-    ranks = np.empty(len(queries), dtype=np.int64)
-    block = block or max(1, min(1024, (1 << 23) // max(1, len(gallery))))  # ~8M scores (32 MB) per block
-    for s in range(0, len(queries), block):
-        scores = queries[s : s + block] @ gallery.T  # [b, N]
-        a, b = np.searchsorted(pair_q, [s, s + block])
-        best = np.full(len(scores), -np.inf, dtype=scores.dtype)
-        pos_scores = scores[pair_q[a:b] - s, pair_g[a:b]]
-        np.maximum.at(best, pair_q[a:b] - s, pos_scores)
-        tied_positives = np.bincount(
-            pair_q[a:b] - s, weights=pos_scores >= best[pair_q[a:b] - s], minlength=len(scores)
-        )
-        ranks[s : s + block] = 1 + np.count_nonzero(scores >= best[:, None], axis=1) - tied_positives.astype(np.int64)
-    return ranks
-
-
-def hits_at_k(ids: np.ndarray, query_label: np.ndarray, gallery_label: np.ndarray, ks) -> dict[str, float]:
-    """Recall@K from top-k id lists [Q, k]: a hit is any positive (same label) among the first K."""
-    positive = (ids >= 0) & (gallery_label[np.maximum(ids, 0)] == query_label[:, None])  # [Q, k]
-    return {f"R@{k}": float(positive[:, :k].any(axis=1).mean()) for k in ks}
-
-
-def recall_vs_exact(queries: np.ndarray, gallery: np.ndarray, ids: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
-    """Recall@K of approximate top-k lists `ids` [Q, k] against the exact (flat) search of the same
-    queries: the share of the K returned items that belong in the exact top K, i.e. score at least
-    the exact K-th score (ties with it count as right: any of them is an exact answer)."""
-    queries, gallery = np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(gallery, dtype=np.float32)
-    kmax = min(max(ks), len(gallery))
-    exact = np.empty((len(queries), kmax), dtype=np.float32)
-    block = max(1, min(1024, (1 << 23) // max(1, len(gallery))))
-    for s in range(0, len(queries), block):
-        scores = queries[s : s + block] @ gallery.T  # [b, N]
-        exact[s : s + block] = -np.sort(-np.partition(scores, len(gallery) - kmax, axis=1)[:, -kmax:], axis=1)
-    got = np.einsum("qe,qke->qk", queries, gallery[np.maximum(ids[:, :kmax], 0)])  # [Q, k] exact scores of the returned
-    out = {}
-    for k in ks:
-        kk = min(k, kmax)
-        right = (ids[:, :kk] >= 0) & (got[:, :kk] >= exact[:, kk - 1 : kk] - 1e-5)
-        out[f"R@{k}"] = float(right.sum(axis=1).mean() / kk)
-    return out
-
-
 def _rank_summary(ranks: np.ndarray, gallery_size: int) -> dict:
     return {
         "median_rank": float(np.median(ranks)),
@@ -419,80 +349,6 @@ def retrieval_metrics(
     return out
 
 
-def chance_recall(gallery_size: int, relevant, k: int) -> np.ndarray:
-    """Per query, the probability that a random ordering of `gallery_size` (N) items puts one of
-    its `relevant` (m) items among the first k: 1 - C(N-m, k)/C(N, k).
-
-    C(N-m, k)/C(N, k) = prod_{j<m} (1 - k/(N-j)), summed in log space with log1p: exact to a few
-    ulp for any N (a log-gamma difference loses ~1e-11 at N = 45,000).
-    """
-    n, m = gallery_size, np.asarray(relevant, dtype=np.int64)
-    k = min(k, n)
-    j = np.arange(min(int(m.max(initial=0)), n - k))  # terms with N - j > k; beyond them the ratio is 0
-    log_none = np.concatenate([[0.0], np.cumsum(np.log1p(-k / (n - j)))])
-    return np.where(n - m < k, 1.0, -np.expm1(log_none[np.minimum(m, len(j))]))
-
-
-def chance_median_rank(gallery_size: int, relevant) -> float:
-    """Median of the chance rank of the first relevant item, pooled over queries: the smallest
-    rank r with mean chance R@r >= 1/2 (midway to r + 1 when it is exactly 1/2, as np.median does)."""
-    lo, hi = 1, gallery_size  # every query has >= 1 relevant item, so chance R@N = 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if chance_recall(gallery_size, relevant, mid).mean() >= 0.5 - 1e-12:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo + 0.5 if abs(chance_recall(gallery_size, relevant, lo).mean() - 0.5) <= 1e-12 else float(lo)
-
-
-def chance_direction(gallery_size: int, relevant, ks) -> dict:
-    """Chance Recall@K, median and mean rank and recall curve of one retrieval direction."""
-    relevant = np.asarray(relevant, dtype=np.int64)
-    if len(relevant) == 0 or relevant.min() < 1 or relevant.max() > gallery_size:
-        raise DataError(f"chance levels need 1..{gallery_size} relevant items per query")
-    recall = lambda k: float(chance_recall(gallery_size, relevant, k).mean())  # noqa: E731
-    return {
-        **{f"R@{k}": recall(k) for k in ks},
-        "median_rank": chance_median_rank(gallery_size, relevant),
-        "mean_rank": float(((gallery_size + 1) / (relevant + 1)).mean()),
-        "recall_curve": {str(k): recall(k) for k in CURVE_KS if k <= gallery_size},
-        "n_queries": len(relevant),
-        "gallery_size": gallery_size,
-    }
-
-
-def chance_accuracy(targets) -> dict:
-    """Uniform guessing over the 9 emotions (1/9), with the class prior of the known targets."""
-    targets = np.asarray(targets, dtype=np.int64)
-    known = targets[targets >= 0]
-    if len(known) == 0:
-        return {"accuracy": None, "majority_class": None, "prior": None, "n": 0}
-    prior = np.bincount(known, minlength=len(EMOTIONS)) / len(known)
-    return {
-        "accuracy": 1 / len(EMOTIONS),
-        "majority_class": float(prior.max()),
-        "prior": {e: float(p) for e, p in zip(EMOTIONS, prior)},
-        "n": int(len(known)),
-    }
-
-
-def chance_levels(text_image, image_dominant, text_emotion=None, ks=(1, 5, 10)) -> dict:
-    """The exact chance level of every figure of `retrieval_metrics`, from the labels alone."""
-    text_image = np.asarray(text_image, dtype=np.int64)
-    image_dominant = np.asarray(image_dominant, dtype=np.int64)
-    n_img = len(image_dominant)
-    out = {
-        "image_to_explanation": chance_direction(len(text_image), np.bincount(text_image, minlength=n_img), ks),
-        "explanation_to_image": chance_direction(n_img, np.ones(len(text_image), dtype=np.int64), ks),
-        "image_to_emotion": chance_accuracy(image_dominant),
-        "explanation_to_emotion": chance_accuracy(image_dominant[text_image]),
-    }
-    if text_emotion is not None:
-        out["explanation_to_own_emotion"] = chance_accuracy(text_emotion)
-    return out
-
-
 MIN_RANDOM_RUNS = 20
 
 
@@ -536,83 +392,6 @@ def random_embedding_check(
     return out
 
 
-def embedding_stats(x: np.ndarray) -> dict:
-    """How spread out a set of embeddings [N, E] is, after L2 normalisation: a collapsed side
-    shows a mean pairwise cosine near 1, a small total variance and an effective rank near 1.
-
-    - effective_rank: exp of the entropy of the centred spectrum's energy shares (Roy and
-      Vetterli, 2007): 1 for points on a line, E for variance spread evenly over E axes;
-    - variance: the total variance (trace of the covariance), in [0, 1] for unit vectors;
-    - mean_cosine: the mean cosine over distinct pairs.
-    """
-    x = normalize(x).astype(np.float64)
-    n = len(x)
-    if n == 0:
-        return {"n": 0, "effective_rank": None, "variance": None, "mean_cosine": None}
-    centred = x - x.mean(axis=0)
-    energy = np.linalg.svd(centred, compute_uv=False) ** 2
-    share = energy / energy.sum() if energy.sum() > 0 else np.ones(1)
-    share = share[share > 0]
-    total = x.sum(axis=0)
-    pairs = (total @ total - n) / (n * (n - 1)) if n > 1 else 1.0  # sum of all cosines minus the diagonal
-    return {
-        "n": n,
-        "effective_rank": float(np.exp(-(share * np.log(share)).sum())),
-        "variance": float((centred**2).sum(axis=1).mean()),
-        "mean_cosine": float(pairs),
-    }
-
-
-def emotion_ranks(
-    image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest emotion [I], rank 1..9 of the dominant emotion [I], 0 where there is none)."""
-    scores = normalize(image_emb) @ normalize(emotion_emb).T  # [I, 9]
-    dominant = np.asarray(image_dominant, dtype=np.int64)
-    own = scores[np.arange(len(scores)), np.maximum(dominant, 0)]
-    rank = np.where(dominant >= 0, 1 + (scores > own[:, None]).sum(axis=1), 0)
-    return scores.argmax(axis=1), rank
-
-
-def per_emotion_breakdown(image_emb, emotion_emb, image_dominant, i2t_ranks, ks=(1, 5, 10)) -> dict:
-    """Image-side figures split by each image's dominant emotion, and the image -> emotion confusion.
-
-    Per emotion e (images whose dominant emotion is e): n, correct and accuracy of image ->
-    emotion (the recall of class e), its precision (of the images whose nearest emotion is e),
-    and image -> explanation R@K and median rank from the exact ranks. Images without a dominant
-    emotion form "none" (no emotion figures). Sum of n over groups = all images; correct sums to
-    the aggregate's; n-weighted R@K averages to the aggregate (flat index) R@K.
-    """
-    dominant = np.asarray(image_dominant, dtype=np.int64)
-    i2t_ranks = np.asarray(i2t_ranks)
-    pred, _ = emotion_ranks(image_emb, emotion_emb, dominant)
-    known = dominant >= 0
-    counts = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=np.int64)  # [true, predicted]
-    np.add.at(counts, (dominant[known], pred[known]), 1)
-    groups = {}
-    for k, name in [*enumerate(EMOTIONS), (-1, "none")]:
-        sel = dominant == k
-        n = int(sel.sum())
-        g = {
-            "n": n,
-            **{f"R@{kk}": float((i2t_ranks[sel] <= kk).mean()) if n else None for kk in ks},
-            "median_rank": float(np.median(i2t_ranks[sel])) if n else None,
-        }
-        if k >= 0:
-            correct, predicted = int(counts[k, k]), int(counts[:, k].sum())
-            g.update(
-                correct=correct,
-                accuracy=correct / n if n else None,
-                precision=correct / predicted if predicted else None,
-                predicted=predicted,
-            )
-        groups[name] = g
-    return {
-        "per_emotion": groups,
-        "confusion": {"counts": counts.tolist(), "rows_true": list(EMOTIONS), "columns_predicted": list(EMOTIONS)},
-    }
-
-
 def retrieval_report(
     image_emb,
     text_emb,
@@ -651,11 +430,3 @@ def retrieval_report(
             image_emb, text_emb, text_image, emotion_emb, image_dominant, text_emotion, options, ks, random_runs, seed
         )
     return out
-
-
-def image_emotion_hits(image_emb: np.ndarray, emotion_emb: np.ndarray, image_dominant: np.ndarray) -> np.ndarray:
-    """Per-image statistics [I, 2] of image -> emotion accuracy (hit, has a dominant emotion): the
-    accuracy of `_accuracy` is column 0's sum over column 1's (sevlm.evaluation.significance)."""
-    known = np.asarray(image_dominant) >= 0
-    pred = (normalize(image_emb) @ normalize(emotion_emb).T).argmax(axis=1)  # [I]
-    return np.stack([(known & (pred == image_dominant)).astype(np.float64), known.astype(np.float64)], axis=1)

@@ -20,6 +20,7 @@ Two tests, both two-sided on delta = B - A:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,9 @@ from typing import Callable
 import numpy as np
 
 from sevlm.errors import DataError
-from sevlm.evaluation import metrics as M
+from sevlm.evaluation.coco_caption import CaptionScores, bleu_from_stats, caption_metrics, ptb_tokenize
+from sevlm.evaluation.inputs import Prediction, Reference, align, load_predictions, load_references
+from sevlm.io import atomic_path
 
 
 @dataclass
@@ -44,7 +47,7 @@ def _ratio(s: np.ndarray) -> np.ndarray:
 
 
 def _bleu4(s: np.ndarray) -> np.ndarray:
-    return M.bleu_from_stats(s)[..., 3]
+    return bleu_from_stats(s)[..., 3]
 
 
 def paired_tests(stat: Statistic, n_resamples: int = 1000, seed: int = 0, chunk: int = 100) -> dict:
@@ -76,7 +79,7 @@ def paired_tests(stat: Statistic, n_resamples: int = 1000, seed: int = 0, chunk:
     }
 
 
-def _emotion_stats(preds: list[M.Prediction], refs: dict[str, M.Reference], labels=None) -> np.ndarray:
+def _emotion_stats(preds: list[Prediction], refs: dict[str, Reference], labels=None) -> np.ndarray:
     dom = np.array([refs[p.image_id].dominant is not None for p in preds], dtype=np.float64)
     got = labels if labels is not None else [p.emotion for p in preds]
     hit = np.array([g == refs[p.image_id].dominant for g, p in zip(got, preds)], dtype=np.float64)
@@ -85,7 +88,7 @@ def _emotion_stats(preds: list[M.Prediction], refs: dict[str, M.Reference], labe
 
 def _bleu(n: int) -> Callable[[np.ndarray], np.ndarray]:
     def fn(s: np.ndarray) -> np.ndarray:
-        return M.bleu_from_stats(s)[..., n - 1]
+        return bleu_from_stats(s)[..., n - 1]
 
     fn.__name__ = f"_bleu{n}"
     return fn
@@ -99,7 +102,7 @@ STATISTIC_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "CIDEr": _ratio,
     "emotion_accuracy": _ratio,
     "emo_align": _ratio,
-    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (retrieval.image_emotion_hits)
+    "image_to_emotion": _ratio,  # retrieval: hits / images with a dominant emotion (scoring.image_emotion_hits)
 }
 NOTES = {
     **{f"BLEU-{n}": f"statistic: coco corpus BLEU-{n} on each resample" for n in range(1, 5)},
@@ -108,13 +111,13 @@ NOTES = {
 
 
 def image_statistics(
-    preds: list[M.Prediction],
-    refs: dict[str, M.Reference],
-    captions: M.CaptionScores,
+    preds: list[Prediction],
+    refs: dict[str, Reference],
+    captions: CaptionScores,
     emo_labels: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """One system's per-image statistics {metric: [N, m]}, rows in `preds` order, from its scores
-    (metrics.caption_metrics) and, for emo_align, the Emo-Align classifier's labels of its
+    (coco_caption.caption_metrics) and, for emo_align, the Emo-Align classifier's labels of its
     explanations: each metric is STATISTIC_FNS[metric](stats.sum(0)) (module docstring)."""
     pos = {i: k for k, i in enumerate(captions.image_ids)}
     rows = [pos[p.image_id] for p in preds]
@@ -133,10 +136,6 @@ STATS_FORMAT = "sevlm-image-stats-1"
 def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np.ndarray], meta: dict) -> None:
     """Per-image statistics as one .npz (`image_ids`, `stat:<metric>` arrays, `meta` JSON), written
     atomically: what `sevlm evaluate` keeps beside REPORT.json for later paired tests."""
-    import json
-
-    from sevlm.io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(
@@ -149,8 +148,6 @@ def write_statistics(path: str | Path, image_ids: list[str], stats: dict[str, np
 
 def read_statistics(path: str | Path) -> tuple[list[str], dict[str, np.ndarray], dict]:
     """(image ids, {metric: [N, m]}, meta) of a write_statistics file."""
-    import json
-
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -175,16 +172,16 @@ def compare(
 ) -> dict:
     """Paired tests of B against A on BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy (+ emo_align);
     `dominance` is the dominant-emotion rule (sevlm.emotions.DOMINANCE_RULES)."""
-    refs = M.load_references(references_path, dominance)
-    pa, wa = M.align(M.load_predictions(predictions_a), refs, predictions_a, strict)
-    pb, wb = M.align(M.load_predictions(predictions_b), refs, predictions_b, strict)
+    refs = load_references(references_path, dominance)
+    pa, wa = align(load_predictions(predictions_a), refs, predictions_a, strict)
+    pb, wb = align(load_predictions(predictions_b), refs, predictions_b, strict)
     common = sorted({p.image_id for p in pa} & {p.image_id for p in pb})
     if not common:
         raise DataError(f"{predictions_a} and {predictions_b} share no image")
     by_a, by_b = {p.image_id: p for p in pa}, {p.image_id: p for p in pb}
     pa, pb = [by_a[i] for i in common], [by_b[i] for i in common]
     # one PTB tokenizer run (a JVM start) for both systems and the shared references
-    toks = M.ptb_tokenize(
+    toks = ptb_tokenize(
         {
             **{("r", i): list(refs[i].explanations) for i in common},
             **{("a", p.image_id): [p.explanation] for p in pa},
@@ -192,8 +189,8 @@ def compare(
         }
     )
     gts = {i: toks[("r", i)] for i in common}
-    ca = M.caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
-    cb = M.caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
+    ca = caption_metrics({i: toks[("a", i)][0] for i in common}, gts, tokenize=False)
+    cb = caption_metrics({i: toks[("b", i)][0] for i in common}, gts, tokenize=False)
     labels = (
         (lambda ps: classifier.predict([p.explanation for p in ps])) if classifier is not None else (lambda ps: None)
     )

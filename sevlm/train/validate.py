@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from sevlm import generate as generation  # `generation.generate`: looked up per call (tests wrap it)
-from sevlm.evaluation.metrics import entry_dominant
+from sevlm.evaluation.inputs import entry_dominant
 from sevlm.train.data import split_inputs
 from sevlm.train.distributed import mean_across
 from sevlm.train.metrics import bleu4, emotion_accuracy

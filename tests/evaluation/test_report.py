@@ -10,7 +10,7 @@ import pytest
 from sevlm.data.vad import VADLexicon
 from sevlm.errors import ConfigError, DataError
 from sevlm.evaluation import report as RP
-from sevlm.evaluation.metrics import LANGUAGE_METRICS
+from sevlm.evaluation.coco_caption import LANGUAGE_METRICS
 
 
 def evaluate_cli(argv: list[str]) -> int:

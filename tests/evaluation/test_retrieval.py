@@ -233,7 +233,7 @@ def test_importing_sevlm_sets_passive_openmp_wait_unless_the_user_did(preset, ex
 
 
 def test_embedding_stats_tell_a_collapsed_side_from_a_spread_one():
-    from sevlm.evaluation.retrieval import embedding_stats
+    from sevlm.evaluation.scoring import embedding_stats
 
     rng = np.random.default_rng(0)
     spread = embedding_stats(rng.standard_normal((400, 16)))

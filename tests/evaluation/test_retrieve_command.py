@@ -302,7 +302,7 @@ def test_many_queries_answer_in_one_process_with_ground_truth_and_a_gallery_pict
     from PIL import Image as PILImage
 
     from sevlm.evaluation import embedding as EM
-    from sevlm.evaluation.report import GALLERY_PANEL_PX
+    from sevlm.evaluation.query_picture import GALLERY_PANEL_PX
 
     calls = []
     real = EM.embed_split
@@ -522,7 +522,7 @@ def test_scoring_writes_per_query_ranks_and_exported_embeddings_reproduce_them(t
 
 
 def test_recall_plot_draws_each_direction_and_system_apart(tiny_run, tmp_path, monkeypatch):
-    from sevlm.evaluation import report as RP
+    from sevlm.evaluation import figures as RP
 
     figs = []
     real = RP._save
