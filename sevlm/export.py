@@ -186,7 +186,7 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
 
     import sevlm
     from sevlm.io import atomic_dir, sha256_file, write_json
-    from sevlm.text import VOCAB_FILE, check_id_space
+    from sevlm.vocab import VOCAB_FILE, check_id_space
 
     config_dict = dict(config_dict or {})
     check_id_space(vocab, model.config.vocab_size, tokenizer, str(out_dir))
@@ -325,7 +325,8 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     from sevlm.io import read_json
     from sevlm.model import SEVLM, SEVLMConfig
     from sevlm.model.config import saved_model_config
-    from sevlm.text import SequenceBuilder, VocabMap, check_id_space, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import VocabMap, check_id_space, load_tokenizer
 
     export = find_export(path)
     config = read_json(export / "config.json")

@@ -1,6 +1,6 @@
 """Decoding: batched greedy, beam and sampling with the KV cache, and output parsing.
 
-Every sequence starts from the prompt (`sevlm.text.prompt_ids`); the model continues with
+Every sequence starts from the prompt (`sevlm.vocab.prompt_ids`); the model continues with
 "<label> because <explanation>" and stops at EOS or at the model's max_len tokens. How tokens
 are picked is a `DecodingConfig` (sevlm/decoding.py): strategy, beams and length
 normalisation, sampling filters with a seed, and the explanation's repetition controls
@@ -16,7 +16,7 @@ With `use_cache=False` the whole sequence is re-embedded and re-encoded from scr
 step (VAD recomputed from the full text): the reference the cached path must equal token for
 token, with every decoding option.
 
-Corpus vocabulary. A model trained on a `VocabMap` (sevlm/text.py) works in compact ids: the
+Corpus vocabulary. A model trained on a `VocabMap` (sevlm/vocab.py) works in compact ids: the
 prompt is mapped into that space, and generated ids are mapped back to GPT-2 ids before
 `tokenizer.decode` (`<unk>` decodes to nothing). The map belongs to the run: the trainer's
 builder and `LoadedRun.vocab` hold it, and callers pass it as `vocab`.
@@ -39,7 +39,7 @@ from sevlm.decoding import DecodingConfig
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
-from sevlm.text import PROMPT, check_id_space, prompt_ids
+from sevlm.vocab import PROMPT, check_id_space, prompt_ids
 
 _LABEL_RE = re.compile(r"\s+")
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from sevlm.errors import ConfigError
 from sevlm.export import RUN_EXPORT
 from sevlm.io import read_json, write_json
-from sevlm.text import VOCAB_FILE
 from sevlm.train import checkpoint, checks
 from sevlm.train.checkpoint import BEST_ACC, BEST_BLEU, CKPT_DIR, LAST, TrainingError, TrainState
 from sevlm.train.config import (
@@ -54,6 +53,7 @@ from sevlm.train.run_folder import (
     sweep_temporaries,
 )
 from sevlm.train.runlog import RunLog
+from sevlm.vocab import VOCAB_FILE
 
 EXPORT, EXPORT_BEST_BLEU = RUN_EXPORT, "export_best_bleu"
 
@@ -109,8 +109,9 @@ class TrainRecipe:
     def setup_data(self) -> None:
         """Tokenizer, lexicon, corpus vocabulary, sequence builder and the data source."""
         from sevlm.data.vad import VADLexicon
-        from sevlm.text import SequenceBuilder, load_tokenizer
+        from sevlm.text import SequenceBuilder
         from sevlm.train.data import open_source
+        from sevlm.vocab import load_tokenizer
 
         cfg, rt = self.cfg, self.rt
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -147,7 +148,7 @@ class TrainRecipe:
     def _corpus_vocab(self):
         """The training split's corpus vocabulary; saved in the run folder so a resume reuses it."""
         from sevlm.data.folder import load_split_records
-        from sevlm.text import VocabMap
+        from sevlm.vocab import VocabMap
 
         path = self.run_dir / VOCAB_FILE
         if self.resuming and path.exists():
@@ -161,7 +162,7 @@ class TrainRecipe:
         import torch
 
         from sevlm.model import SEVLM
-        from sevlm.text import TokenIds
+        from sevlm.vocab import TokenIds
 
         cfg, rt, info = self.cfg, self.rt, self.info
         self.model_config = checks.model_config(cfg.model, info).with_token_ids(
