@@ -21,7 +21,7 @@ An export folder holds
                        "weights_sha256": {file: sha256}, checked on load,
                        "train": the trainer's resolved config}
   tokenizer/          the tokenizer files, special tokens included (AutoTokenizer loads them)
-  vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
+  vocab.json          only for a model trained on a corpus vocabulary (vocab.VocabMap): the
                       GPT-2 ids of its compact id space; config.json's "vocab" names it
 An older export (FORMAT_1) holds every weight, the decoder's as `decoder.*`, in
 model.safetensors, and records that file's sha256 as a string; it still loads.
