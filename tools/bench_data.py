@@ -266,7 +266,7 @@ def checksum_benchmark(args, work: Path) -> dict:
     import numpy as np
 
     from sevlm.features.hdf5 import FeatureStore
-    from sevlm.features.hdf5_writer import _CHECKSUM_ENV
+    from sevlm.features.hdf5_partial import _CHECKSUM_ENV
 
     paths = {}
     for shape in SHAPES:
