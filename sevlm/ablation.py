@@ -19,15 +19,27 @@ parent-death signal), so a killed study leaves no training behind to collide wit
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from sevlm import cli
+from sevlm.commands import demo as demo_command
+from sevlm.data.vad import DEMO, DEMO_DATA
 from sevlm.errors import ConfigError, SevlmError
+from sevlm.evaluation.ablation import write_tables
+from sevlm.evaluation.emo_classifier import load_or_train
+from sevlm.export import RunDataPaths
+from sevlm.io import write_json
+from sevlm.locks import claim
 from sevlm.study_folder import (
     PREDICTIONS,
     REPORT,
@@ -41,6 +53,8 @@ from sevlm.study_folder import (
     run_finished,
     run_outputs,
 )
+from sevlm.train import load_train_config
+from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE
 
 
 @dataclass(frozen=True)
@@ -119,8 +133,6 @@ def plan_study(
     study: Path, config: str, overrides: list[str], variants: list[Variant], seeds: list[int], data: dict
 ) -> dict:
     """study.json's content, every variant's config checked (a bad override names its variant)."""
-    from sevlm.train import load_train_config
-
     data_overrides = [f"data.{k}={v}" for k, v in data.items() if v]
     spec = {
         "version": 1,
@@ -177,9 +189,6 @@ def reconcile(study: Path, spec: dict) -> dict:
 def resolve_data(study: Path, config: str, overrides: list[str], demo_images: int) -> dict:
     """The dataset and data source the runs train on: the config's, or for a config on the demo
     lexicon that names no dataset, the synthetic demo set built in DIR/data as `sevlm demo` does."""
-    from sevlm.data.vad import DEMO, DEMO_DATA
-    from sevlm.train import load_train_config
-
     cfg = load_train_config(config, overrides)
     if cfg.data.dataset_dir:
         return {}  # the config (or its overrides) says where the data is: the runs read it from there
@@ -188,14 +197,12 @@ def resolve_data(study: Path, config: str, overrides: list[str], demo_images: in
             f"config {config!r} names no data.dataset_dir: pass data.dataset_dir=... data.features=... "
             f"(only a config on the demo lexicon gets the synthetic demo set built for it)"
         )
-    from sevlm.commands.demo import build_demo_data
-
     print(
         f"[ablate] {config} names no dataset: building the synthetic demo set ({demo_images} images, "
         f"encoder {cfg.data.encoder}) in {Path(study) / 'data'}",
         flush=True,
     )
-    dataset, features, shards = build_demo_data(
+    dataset, features, shards = demo_command.build_demo_data(
         Path(study).resolve() / "data", demo_images, 0, None, cfg.data.encoder, {}
     )
     # the runs read the shards, as the demo's do (one source; they name their feature cache)
@@ -213,10 +220,6 @@ def run_study(
     n_resamples: int = 2000,
 ) -> dict:
     """Run (or finish) every variant x seed and write the table; -> the table (ABLATION.json)."""
-    from sevlm.evaluation.ablation import write_tables
-    from sevlm.io import write_json
-    from sevlm.locks import claim
-
     if n_seeds < 1 or parallel < 1:
         raise ConfigError("--seeds and --parallel must be >= 1")
     for o in overrides:
@@ -226,8 +229,6 @@ def run_study(
     study.mkdir(parents=True, exist_ok=True)
     with claim(study / ".ablate.lock", f"{study} (an ablation study)"):
         data = resolve_data(study, config, overrides, demo_images)
-        from sevlm.train import load_train_config
-
         base_seed = load_train_config(config, overrides).seed
         spec = plan_study(study, config, overrides, variants, [base_seed + k for k in range(n_seeds)], data)
         spec["demo_images"] = demo_images if data else None  # the size of the demo set built in DIR/data
@@ -250,9 +251,6 @@ def run_study(
 
 def _prepare_classifier(spec: dict, config: str, overrides: list[str]) -> None:
     """Train the Emo-Align classifier once before the children start (they would race to)."""
-    from sevlm.evaluation.emo_classifier import load_or_train
-    from sevlm.train import load_train_config
-
     dataset = spec["data"].get("dataset_dir") or load_train_config(config, overrides).data.dataset_dir
     load_or_train(dataset)
 
@@ -268,15 +266,10 @@ def _child_env(parallel: int) -> dict:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    import ctypes
-    import signal
-
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
@@ -335,15 +328,11 @@ def _run_children(study: Path, spec: dict, names: list[str], seeds: list[int], p
 
 
 def _gpu_count() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _record_crash(study: Path, variant: str, seed: int, rc: int) -> str:
     """The error of a failed child: what it recorded itself, or its exit code and last log line."""
-    from sevlm.io import write_json
-
     err_file = log_path(study, variant, seed, ".error.json")
     if err_file.exists():
         return json.loads(err_file.read_text(encoding="utf-8"))["error"]
@@ -364,9 +353,6 @@ def _record_crash(study: Path, variant: str, seed: int, rc: int) -> str:
 def run_one(study: Path, variant: str, seed: int) -> None:
     """Train, generate, evaluate, retrieve and score one (variant, seed), each stage skipped when its
     output exists; raises SevlmError naming the run and the stage that failed."""
-    from sevlm.cli import main
-    from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE
-
     study = Path(study)
     spec = json.loads((study / STUDY_FILE).read_text(encoding="utf-8"))
     v = spec["variants"][variant]
@@ -380,7 +366,7 @@ def run_one(study: Path, variant: str, seed: int) -> None:
             return False
         print(f"[ablate {variant} seed {seed}] {name}: sevlm {' '.join(argv)}", flush=True)
         t0 = time.perf_counter()
-        rc = main(argv)
+        rc = cli.main(argv)
         if rc != 0:
             raise SevlmError(f"{who}: {name} failed (exit code {rc})")
         print(f"[ablate {variant} seed {seed}] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -436,14 +422,10 @@ def run_one(study: Path, variant: str, seed: int) -> None:
 
 
 def _recorded_dataset(folder: Path) -> str:
-    from sevlm.export import RunDataPaths
-
     return RunDataPaths.of(folder).dataset_dir
 
 
 def _recorded_lexicon(folder: Path) -> str | None:
-    from sevlm.export import RunDataPaths
-
     return RunDataPaths.of(folder).lexicon
 
 
@@ -463,8 +445,6 @@ def _child_main(argv: list[str]) -> int:
     try:
         run_one(study, variant, seed)
     except (SevlmError, OSError) as e:
-        from sevlm.io import write_json
-
         error = " ".join(str(e).split())
         cause = _last_error_line(log_path(study, variant, seed))
         if cause and cause not in error:

@@ -12,8 +12,11 @@ import errno
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from sevlm.errors import SevlmError  # importing sevlm sets the passive OpenMP wait (sevlm/__init__.py)
+from sevlm.io import ensure_parent
+from sevlm.outputs import check_outputs
 
 COMMANDS = (
     "demo-data",
@@ -78,10 +81,6 @@ INPUT_FLAGS = (
 
 def _check_outputs(args) -> None:
     """Refuse an --out that is an input of the command or lies in an owned folder (sevlm.outputs)."""
-    from pathlib import Path
-
-    from sevlm.outputs import check_outputs
-
     outputs = {"--out": args.out}
     if args.command in ("evaluate", "retrieve"):  # REPORT.md is written beside REPORT.json
         outputs["--out (its .md beside it)"] = str(Path(args.out).with_suffix(".md"))
@@ -138,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if getattr(args, "out", None):
-            from sevlm.io import ensure_parent
-
             if args.command in GUARDED:
                 _check_outputs(args)
             ensure_parent(args.out)

@@ -8,6 +8,7 @@ keys (`model.n_layer=2`, `train.lr=1e-4`); values are parsed as JSON where they 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -105,8 +106,6 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
 def suggest_keys(key: str, known: list[str]) -> list[str]:
     """Dotted keys a mistyped or unqualified `key` may mean: those that end in it (`micro_batch`
     -> `schedule.micro_batch`), else the closest spellings."""
-    import difflib
-
     tail = key.rsplit(".", 1)[-1]
     same_tail = [k for k in known if k.rsplit(".", 1)[-1] == tail]
     if same_tail:

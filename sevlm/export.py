@@ -21,7 +21,7 @@ An export folder holds
                        "weights_sha256": {file: sha256}, checked on load,
                        "train": the trainer's resolved config}
   tokenizer/          the tokenizer files, special tokens included (AutoTokenizer loads them)
-  vocab.json          only for a model trained on a corpus vocabulary (text.VocabMap): the
+  vocab.json          only for a model trained on a corpus vocabulary (vocab.VocabMap): the
                       GPT-2 ids of its compact id space; config.json's "vocab" names it
 An older export (FORMAT_1) holds every weight, the decoder's as `decoder.*`, in
 model.safetensors, and records that file's sha256 as a string; it still loads.
@@ -37,8 +37,27 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
-from sevlm.errors import DataError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import GPT2Config
+from transformers.utils import logging as hf_logging
+
+import sevlm
+from sevlm.config import from_dict
+from sevlm.data.vad import DEMO, VADLexicon, lexicon_spec
+from sevlm.encoders import build_encoder
+from sevlm.encoders.base import load_pixels
+from sevlm.errors import DataError, SevlmError
+from sevlm.features.hdf5 import FeatureStore
+from sevlm.features.shards import read_manifest
+from sevlm.io import atomic_dir, read_json, sha256_file, write_json
+from sevlm.model import SEVLM, SEVLMConfig
+from sevlm.model.config import saved_model_config
+from sevlm.text import SequenceBuilder
+from sevlm.vocab import VOCAB_FILE, VocabMap, check_id_space, load_tokenizer
 
 FORMAT = "sevlm-export-2"  # the decoder's weights only in decoder/
 FORMAT_1 = "sevlm-export-1"  # every weight in model.safetensors
@@ -66,8 +85,6 @@ class RunDataPaths:
     @classmethod
     def of(cls, path: str | Path) -> "RunDataPaths":
         """The recorded paths of a run folder or export, without loading its weights."""
-        from sevlm.io import read_json
-
         return cls.from_config(read_json(find_export(path) / "config.json"))
 
 
@@ -76,8 +93,6 @@ def _shard_features(shards: str | None) -> str | None:
     that file is still there: a run trained from shards alone generates and retrieves from it."""
     if not shards:
         return None
-    from urllib.parse import urlparse
-
     manifest = Path(shards) / "manifest.json" if urlparse(str(shards)).scheme == "" else None  # a local folder
     if manifest is None or not manifest.is_file():
         return None
@@ -114,8 +129,6 @@ class LoadedRun:
 
     def image_encoder(self, device: str | None = None):
         """The run's image encoder, rebuilt from the spec recorded at export (weights included)."""
-        from sevlm.encoders import build_encoder
-
         spec = self.config.get("encoder")
         if not spec or not spec.get("name"):
             raise DataError(f"{self.path / 'config.json'}: no image encoder recorded; cannot encode raw images")
@@ -126,10 +139,6 @@ class LoadedRun:
     def encode_images(self, paths, device: str | None = None):
         """(N, T, D) float32 visual tokens of image files, decoded and preprocessed as `extract`
         does; an unusable file (missing, corrupt, a decompression bomb) is an ImageError naming it."""
-        import torch
-
-        from sevlm.encoders.base import load_pixels
-
         encoder = self.image_encoder(device)
         pixels = torch.stack([load_pixels(p, encoder.preprocess) for p in paths])  # (N, 3, H, W)
         with torch.no_grad():
@@ -138,8 +147,6 @@ class LoadedRun:
 
 
 def _lexicon_spec(config_dict: dict) -> str:
-    from sevlm.data.vad import DEMO, lexicon_spec
-
     # runs from before data.lexicon was required recorded none for the demo table
     return lexicon_spec(config_dict.get("lexicon") or (config_dict.get("data") or {}).get("lexicon"), default=DEMO)
 
@@ -151,17 +158,11 @@ def _encoder_spec(config_dict: dict) -> dict | None:
     it holds the settings, such as `extract --weights`, that rebuild the very same encoder.
     Else the config's `encoder` (a name or {"name","settings"}) or its data.encoder.
     """
-    from sevlm.errors import SevlmError
-
     data = config_dict.get("data") or {}
     try:
         if data.get("features") and Path(data["features"]).exists():
-            from sevlm.features.hdf5 import FeatureStore
-
             return FeatureStore(data["features"]).encoder_spec
         if data.get("shards"):  # a folder or a URL (sevlm.features.shards.locate)
-            from sevlm.features.shards import read_manifest
-
             enc = (read_manifest(data["shards"])[1].get("features") or {}).get("encoder_config")
             if enc and enc.get("name"):
                 return {"name": enc["name"], "settings": dict(enc.get("settings") or {})}
@@ -182,12 +183,6 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
     (a name or {"name", "settings"}) are read from its top level or its `data` section.
     `vocab`: the model's corpus VocabMap (None = GPT-2 ids).
     """
-    from safetensors.torch import save_file
-
-    import sevlm
-    from sevlm.io import atomic_dir, sha256_file, write_json
-    from sevlm.text import VOCAB_FILE, check_id_space
-
     config_dict = dict(config_dict or {})
     check_id_space(vocab, model.config.vocab_size, tokenizer, str(out_dir))
     out_dir = Path(out_dir)
@@ -228,8 +223,6 @@ def save_export(out_dir: str | Path, model, tokenizer, config_dict: dict | None 
 def _save_hf_decoder(decoder, out_dir: Path) -> None:
     """The GPT2LMHeadModel as `save_pretrained` writes it, so transformers' own loader reads it
     (its key names, the tied lm_head stored once, safetensors metadata "pt")."""
-    from transformers.utils import logging as hf_logging
-
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one file: no "Writing model shards" bar at every export
     try:
@@ -252,11 +245,6 @@ def find_export(path: str | Path) -> Path:
 def _load_weights(path: Path, sha256: str | None) -> dict:
     """The state dict in `path`, refused when its sha256 differs from the recorded one (a
     truncated copy or a flipped bit) or safetensors cannot parse it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from sevlm.io import sha256_file
-
     if not path.is_file():
         raise DataError(f"{path}: missing weights (the export lists it); copy or export it again")
     if sha256 is not None and sha256_file(path) != sha256:
@@ -318,15 +306,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     `lexicon` overrides the recorded lexicon (path or "demo"), e.g. when the run was
     trained on another machine.
     """
-    import torch
-
-    from sevlm.config import from_dict
-    from sevlm.data.vad import VADLexicon
-    from sevlm.io import read_json
-    from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.model.config import saved_model_config
-    from sevlm.text import SequenceBuilder, VocabMap, check_id_space, load_tokenizer
-
     export = find_export(path)
     config = read_json(export / "config.json")
     if config.get("format") not in (FORMAT, FORMAT_1):
@@ -334,8 +313,6 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
             f"{export / 'config.json'}: unknown export format {config.get('format')!r} (expected {FORMAT} or "
             f"{FORMAT_1})"
         )
-    from transformers import GPT2Config
-
     if not isinstance(config.get("model"), dict):
         raise DataError(f'{export / "config.json"}: no "model" section; the export is damaged, export the run again')
     mcfg = from_dict(SEVLMConfig, saved_model_config(config["model"]), where=str(export / "config.json") + ":model")
@@ -373,38 +350,3 @@ def load_run(path: str | Path, device: str = "cpu", lexicon: str | None = None) 
     return LoadedRun(
         model=model, tokenizer=tokenizer, lexicon=lex, builder=builder, config=config, path=export, vocab=vocab
     )
-
-
-def export_checkpoint(run_dir: str | Path, tag: str, out_dir: str | Path) -> tuple[Path, str]:
-    """Write an export folder from any finished checkpoint of a run: `tag` is a checkpoint tag
-    (`step00000200`) or a pointer (`last`, `best_accuracy`, `best_bleu`). The run's own `export/`
-    gives the architecture, tokenizer and vocabulary; the weights are the tag's, consolidated
-    from its ZeRO partitions by DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint`.
-    Returns (the folder, the tag written)."""
-    from sevlm.train.checkpoint import finished_tags, pointers
-
-    run_dir = Path(run_dir)
-    root = run_dir / "checkpoints"
-    finished = finished_tags(root)
-    if not finished:
-        raise DataError(f"{root}: no finished checkpoint (is {run_dir} a training run folder?)")
-    named = pointers(root)
-    resolved = named.get(tag, tag)
-    if resolved not in finished:
-        raise DataError(
-            f"{run_dir}: no finished checkpoint {tag!r}; have the tags {', '.join(finished[-5:])}"
-            f"{' (and older)' if len(finished) > 5 else ''} and the pointers {', '.join(sorted(named)) or 'none'}"
-        )
-    loaded = load_run(run_dir)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=resolved)
-    missing, unexpected = loaded.model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(
-            f"{root / resolved}: its weights do not fit the run's model (missing {list(missing)[:3]}, "
-            f"unexpected {list(unexpected)[:3]})"
-        )
-    train = dict(loaded.config.get("train") or {})
-    train.update(step=int(resolved.removeprefix("step")), metrics={}, exported_from=f"checkpoints/{resolved}")
-    return save_export(out_dir, loaded.model, loaded.tokenizer, train, vocab=loaded.vocab), resolved

@@ -1,6 +1,6 @@
 """Decoding: batched greedy, beam and sampling with the KV cache, and output parsing.
 
-Every sequence starts from the prompt (`sevlm.text.prompt_ids`); the model continues with
+Every sequence starts from the prompt (`sevlm.vocab.prompt_ids`); the model continues with
 "<label> because <explanation>" and stops at EOS or at the model's max_len tokens. How tokens
 are picked is a `DecodingConfig` (sevlm/decoding.py): strategy, beams and length
 normalisation, sampling filters with a seed, and the explanation's repetition controls
@@ -16,7 +16,7 @@ With `use_cache=False` the whole sequence is re-embedded and re-encoded from scr
 step (VAD recomputed from the full text): the reference the cached path must equal token for
 token, with every decoding option.
 
-Corpus vocabulary. A model trained on a `VocabMap` (sevlm/text.py) works in compact ids: the
+Corpus vocabulary. A model trained on a `VocabMap` (sevlm/vocab.py) works in compact ids: the
 prompt is mapped into that space, and generated ids are mapped back to GPT-2 ids before
 `tokenizer.decode` (`<unk>` decodes to nothing). The map belongs to the run: the trainer's
 builder and `LoadedRun.vocab` hold it, and callers pass it as `vocab`.
@@ -33,13 +33,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.generation.logits_process import (
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from sevlm.data.vad import VADLexicon, vad_for_pieces, vad_for_tokens
 from sevlm.decoding import DecodingConfig
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 from sevlm.export import LoadedRun, load_run  # noqa: F401  (the one load function; DESIGN.md lists it here too)
-from sevlm.text import PROMPT, check_id_space, prompt_ids
+from sevlm.vocab import PROMPT, check_id_space, prompt_ids
+from sevlm.words import WordTrie
 
 _LABEL_RE = re.compile(r"\s+")
 
@@ -85,8 +95,6 @@ class _Pieces:
     """
 
     def __init__(self, tokenizer, vocab=None):
-        from transformers.convert_slow_tokenizer import bytes_to_unicode
-
         self.tok, self.vocab = tokenizer, vocab
         self.byte_of = {c: b for b, c in bytes_to_unicode().items()}  # BPE symbol -> byte
         self.special = set(tokenizer.all_special_ids)
@@ -183,8 +191,6 @@ def _full_features(
 
 def _repetition_controls(decoding: DecodingConfig) -> list:
     """transformers' processors for the explanation's repetition controls (see sevlm/decoding.py)."""
-    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
-
     out = []
     if decoding.repetition_penalty != 1.0:
         out.append(RepetitionPenaltyLogitsProcessor(float(decoding.repetition_penalty)))
@@ -194,8 +200,6 @@ def _repetition_controls(decoding: DecodingConfig) -> list:
 
 
 def _sampling_warpers(decoding: DecodingConfig) -> list:
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
     out = []
     if decoding.temperature != 1.0:
         out.append(TemperatureLogitsWarper(float(decoding.temperature)))
@@ -301,8 +305,6 @@ def generate(
             raise DataError(
                 "decoding.corpus_words needs a model trained on a corpus vocabulary (data.corpus_vocab=true)"
             )
-        from sevlm.words import WordTrie
-
         trie = WordTrie(vocab, tokenizer, eos)
     warpers = _sampling_warpers(decoding) if decoding.strategy == "sample" else []
     if image_keys is not None and len(image_keys) != I:
@@ -447,8 +449,6 @@ def generate_for_features(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Decode every image of visual_tokens (N, T, D) with a LoadedRun; one JSON-able dict each."""
-    from tqdm import tqdm
-
     model = run.model
     model.eval()
     n = len(visual_tokens)

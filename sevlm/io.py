@@ -15,16 +15,20 @@ plain `open()`/`mkdir()` would have given it (`follow_umask`) before it becomes 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from sevlm.errors import DataError
 
 
 def current_umask() -> int:
@@ -115,8 +119,6 @@ def _alive(pid: int) -> bool:
 def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that `atomic_path(path)` writers killed mid-write left beside `path`
     (`.NAME.p<pid>.XXXX.tmp`, pid no longer running); returns what was removed."""
-    import re
-
     path = Path(path)
     gone = []
     pattern = re.compile(re.escape(f".{path.name}.p") + r"(\d+)\..*\.tmp")
@@ -130,8 +132,6 @@ def sweep_temporaries(path: str | os.PathLike) -> list[Path]:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    import ctypes
-
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
@@ -196,8 +196,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    from sevlm.errors import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")

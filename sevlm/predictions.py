@@ -11,18 +11,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sevlm.config import from_dict
 from sevlm.decoding import DecodingConfig
 from sevlm.errors import DataError
 from sevlm.export import load_run
+from sevlm.features.hdf5 import H5FeatureDataset
 from sevlm.generate import generate, generate_for_features, prediction_record
+from sevlm.io import write_json, write_text
 
 
 def run_decoding(run, decoding: DecodingConfig | dict | None = None) -> DecodingConfig:
     """The decoding to use with a LoadedRun: `decoding` itself when it is a DecodingConfig, else
     the run's recorded one (its train config's `decoding` section, else the defaults) with the
     changes in the dict `decoding` applied (see `DecodingConfig.updated`)."""
-    from sevlm.config import from_dict
-
     if isinstance(decoding, DecodingConfig):
         return decoding
     section = (run.config.get("train") or {}).get("decoding")
@@ -44,8 +45,6 @@ def split_visual_tokens(features_path: str | Path, dataset_dir: str | Path, spli
 
     Images without features (failed extraction) are left out with a warning by the reader.
     """
-    from sevlm.features.hdf5 import H5FeatureDataset
-
     ds = H5FeatureDataset(features_path, dataset_dir, split)
     if len(ds) == 0:
         raise DataError(f"{dataset_dir}: split {split!r} has no images with features in {features_path}")
@@ -70,8 +69,6 @@ def generate_split(
     Dataset folder and feature cache default to those recorded in the run's config; `decoding`
     is a DecodingConfig, or changes to the run's own (see `run_decoding`).
     """
-    from sevlm.io import write_json, write_text
-
     run = load_run(run_dir, device=device)
     decoding = run_decoding(run, decoding)
     recorded = run.data_paths

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sevlm.train.run_folder import DONE_FILE
+
 STUDY_FILE = "study.json"
 SPLIT = "test"
 PREDICTIONS = f"predictions_{SPLIT}.jsonl"
@@ -25,8 +27,6 @@ def log_path(study: Path, variant: str, seed: int, suffix: str = ".log") -> Path
 
 def run_outputs(folder: Path, retrieve: bool) -> list[Path]:
     """What a finished run folder holds, in the order the stages write it."""
-    from sevlm.train.run_folder import DONE_FILE
-
     outs = [folder / DONE_FILE, folder / PREDICTIONS, folder / STATS, folder / REPORT]
     return outs + ([folder / RETRIEVAL_STATS, folder / RETRIEVAL] if retrieve else [])
 

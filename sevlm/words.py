@@ -1,6 +1,6 @@
 """The words of the training explanations, each as its GPT-2 pieces, and the prefix tree over them
 that `decoding.corpus_words` walks, so a small corpus-vocabulary model spells only words it was
-trained on. Recorded with the corpus vocabulary (`sevlm.text.VocabMap.words`).
+trained on. Recorded with the corpus vocabulary (`sevlm.vocab.VocabMap.words`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class WordTrie:
     """The explanation words a corpus vocabulary knows, as a prefix tree over compact ids: which
     pieces may follow a word begun so far (`decoding.corpus_words`)."""
 
-    def __init__(self, vocab, tokenizer, eos: int):  # vocab: a sevlm.text.VocabMap
+    def __init__(self, vocab, tokenizer, eos: int):  # vocab: a sevlm.vocab.VocabMap
         if vocab.words is None:
             raise DataError(
                 "the corpus vocabulary records no words (trained before decoding.corpus_words existed); "

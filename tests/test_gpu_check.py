@@ -55,7 +55,8 @@ def test_train_flops_match_torch_counter():
         sys.path.remove(str(ROOT / "tools"))
     from sevlm.data.vad import VADLexicon
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
+    from sevlm.text import SequenceBuilder, model_inputs
+    from sevlm.vocab import load_tokenizer
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=30)
     cfg = SEVLMConfig(n_layer=2, n_embd=128, n_head=4, n_positions=32, visual_dim=64, max_len=30).with_token_ids(

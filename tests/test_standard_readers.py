@@ -178,7 +178,7 @@ def test_broken_hf_decoder_fails_the_check(built, sevlm_run, tmp_path):
 def test_tokenizer_loads_with_autotokenizer_and_tokenizes_like_sevlm(built, sevlm_run):
     from transformers import AutoTokenizer
 
-    from sevlm.text import EMOTION_TOKEN, EXPLANATION_TOKEN, PAD_TOKEN, load_tokenizer, sequence_text
+    from sevlm.vocab import EMOTION_TOKEN, EXPLANATION_TOKEN, PAD_TOKEN, load_tokenizer, sequence_text
 
     export = built["run"] / "export"
     tok = AutoTokenizer.from_pretrained(str(export / "tokenizer"))

@@ -179,10 +179,11 @@ def build_features(work: Path, n_images: int, shape: str) -> dict[str, Path]:
 def training_source(paths: dict[str, Path], reader: str, workers: int, micro: int, assist: str = "auto"):
     """The train data source as `TrainRecipe.setup_data` builds it."""
     from sevlm.data.vad import VADLexicon
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
     from sevlm.train.checks import feature_info
     from sevlm.train.config import DataConfig
     from sevlm.train.data import open_source
+    from sevlm.vocab import load_tokenizer
 
     data = DataConfig(
         dataset_dir=str(paths["dataset"]),
@@ -265,7 +266,7 @@ def checksum_benchmark(args, work: Path) -> dict:
     import numpy as np
 
     from sevlm.features.hdf5 import FeatureStore
-    from sevlm.features.hdf5_writer import _CHECKSUM_ENV
+    from sevlm.features.hdf5_partial import _CHECKSUM_ENV
 
     paths = {}
     for shape in SHAPES:

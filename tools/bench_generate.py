@@ -27,8 +27,9 @@ import torch
 from sevlm.data.vad import VADLexicon
 from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
-from sevlm.text import SequenceBuilder, load_tokenizer, model_inputs
+from sevlm.text import SequenceBuilder, model_inputs
 from sevlm.train.checks import peak_resident_bytes
+from sevlm.vocab import load_tokenizer
 
 
 def rss_mb() -> float:

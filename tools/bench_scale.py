@@ -194,7 +194,8 @@ def tiny_run(dataset: Path, work: Path, log: Path) -> tuple[Path, Path, dict]:
     from sevlm.data.vad import VADLexicon
     from sevlm.export import save_export
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import load_tokenizer
 
     t0 = time.perf_counter()
     test_only, images = work / "test_only", work / "test_images"

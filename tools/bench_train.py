@@ -165,7 +165,8 @@ def _batch_builder(spec: dict, micro: int):
 
     from sevlm.data.vad import VADLexicon
     from sevlm.emotions import EMOTIONS
-    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import VocabMap, load_tokenizer
 
     tok = load_tokenizer()
     rng = np.random.default_rng(0)
@@ -190,10 +191,11 @@ def run_case(case: dict) -> dict:
 
     from sevlm.config import from_dict
     from sevlm.model import SEVLM
-    from sevlm.text import TokenIds, model_inputs
+    from sevlm.text import model_inputs
     from sevlm.train.config import TrainConfig
     from sevlm.train.engine import build_engine, build_optimizer
     from sevlm.train.resolve import start_runtime
+    from sevlm.vocab import TokenIds
 
     torch.manual_seed(0)
     model_name, micro, steps = case["model"], case["micro"], case["steps"]

@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sevlm.data.vad import VADLexicon
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, VocabMap, load_tokenizer, model_inputs
+    from sevlm.text import SequenceBuilder, model_inputs
+    from sevlm.vocab import VocabMap, load_tokenizer
 
     sizes = dict(DEMO)
     if args.config:

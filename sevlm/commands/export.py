@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from sevlm.export import export_checkpoint
+    from sevlm.checkpoint_export import export_checkpoint
     from sevlm.outputs import check_outputs
 
     check_outputs({"--out": args.out}, {"--run": args.run})

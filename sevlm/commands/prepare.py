@@ -134,7 +134,7 @@ def run(args) -> int:
             raise ConfigError(f"{', '.join(given)}: ArtEmis options, not for --format generic")
         if not args.input or not args.images:
             raise ConfigError("--format generic needs --input FILE (one or more) and --images DIR")
-        from sevlm.data.folder import parse_split_fractions
+        from sevlm.data.split import parse_split_fractions
 
         fractions = parse_split_fractions(args.split_fractions) if args.split_fractions else None
         m = prepare_generic(args.input, args.images, split_fractions=fractions, **common)

@@ -1,8 +1,4 @@
-"""Data layer: annotation tables in (table), the dataset folder (folder), ArtEmis and generic
-ingestion (artemis, generic) and the VAD lexicon (vad). The emotion rules live in
-`sevlm.emotions`, the synthetic demo set in `sevlm.demo`."""
-
-from sevlm.data.artemis import prepare_dataset
-from sevlm.data.folder import load_split
-
-__all__ = ["load_split", "prepare_dataset"]
+"""Data layer: annotation tables in (table), the dataset folder (folder), the prepare-time split
+(split), ArtEmis and generic ingestion (artemis, generic) and the VAD lexicon (vad). The emotion
+rules live in `sevlm.emotions`, the synthetic demo set in `sevlm.demo`. Nothing is imported here,
+so reading a dataset or the lexicon does not load the ArtEmis preparation path."""

@@ -28,6 +28,7 @@ import numpy as np
 from sevlm.data import artemis_protocol as ap
 from sevlm.data import folder, table
 from sevlm.data.artemis_protocol import parse_painting
+from sevlm.data.split import drop_short, split_paintings
 from sevlm.data.table import Annotation, ReadResult, RowError
 from sevlm.errors import ConfigError
 
@@ -212,12 +213,12 @@ def _assign_sevlm(every: list[Annotation], seed: int, max_repetition: int, min_t
     every = [a for a in every if a.image_id not in heavy]
     # The split is v1's, so v1-only and v1+v2 datasets test on the same paintings; v2 rows
     # follow their painting, and paintings new in v2 train.
-    splits = folder.split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
+    splits = split_paintings({a.image_id for a in every if a.source == "v1"}, seed)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
     per_split: dict[str, list[Annotation]] = {s: [] for s in folder.SPLITS}
     for a in every:
         per_split[split_of.get(a.image_id, "train")].append(a)
-    short = folder.drop_short(per_split, min_tokens)
+    short = drop_short(per_split, min_tokens)
     report = {
         "set_aside": {
             "rule": f"repetition >= {max_repetition}",

@@ -15,6 +15,8 @@ Two ways in:
 
 from __future__ import annotations
 
+import csv
+import multiprocessing as mp
 import os
 import sys
 from collections import Counter
@@ -22,7 +24,10 @@ from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
+from sevlm.data.artemis_text import ArtemisText
 from sevlm.data.table import (
     Annotation,
     ReadResult,
@@ -63,8 +68,6 @@ def artemis_split(keys: Iterable[str], seed: int = 2021, loads=ARTEMIS_LOADS) ->
     the float sum of the two loads), then the rest into val and test (test: round(test load x
     all keys) paintings), each with scikit-learn's `train_test_split` and the same seed.
     """
-    from sklearn.model_selection import train_test_split
-
     train_load, val_load, test_load = loads
     ids = sorted(set(keys))
     n_test = round(test_load * len(ids))
@@ -94,10 +97,6 @@ def spell(
     Steps 1-7 (`ArtemisText.pretokens`) run in `workers` processes for large inputs; SymSpell
     (step 8) runs here, once per distinct unknown token, so only this process loads its tables.
     """
-    from tqdm import tqdm
-
-    from sevlm.data.artemis_text import ArtemisText
-
     texts = [a.utterance for a in annotations]
     workers = _spell_workers(len(texts)) if workers is None else workers
     speller = ArtemisText()
@@ -124,8 +123,6 @@ _WORKER_SPELLER = None
 
 def _pretokens_chunk(texts: list[str]) -> tuple[list[list[str]], dict]:
     global _WORKER_SPELLER
-    from sevlm.data.artemis_text import ArtemisText
-
     if _WORKER_SPELLER is None:
         _WORKER_SPELLER = ArtemisText()
     before = dict(_WORKER_SPELLER.stats)
@@ -134,11 +131,6 @@ def _pretokens_chunk(texts: list[str]) -> tuple[list[list[str]], dict]:
 
 
 def _pretokens_parallel(texts: list[str], workers: int, progress: bool) -> tuple[list[list[str]], Counter]:
-    import multiprocessing as mp
-
-    import nltk.tokenize  # noqa: F401  imported once here, inherited by the forked workers
-    from tqdm import tqdm
-
     chunk = 5000
     chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
     tokens: list[list[str]] = []
@@ -230,8 +222,6 @@ def assign_artemis(
 
 def is_preprocessed(path: str | os.PathLike) -> bool:
     """Whether a CSV's header has ArtEmis's `split` and `utterance_spelled` columns."""
-    import csv
-
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             header = next(csv.reader(f), [])

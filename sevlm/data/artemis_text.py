@@ -30,6 +30,9 @@ import json
 import re
 from pathlib import Path
 
+from nltk.tokenize import word_tokenize as nltk_tokenize
+from symspellpy import SymSpell, Verbosity
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "artemis-text"
 GLOVE_WORDS = "glove.6B.100d.vocabulary.txt"
 SYMSPELL_DICTIONARY = "symspell_frequency_dictionary_en_82_765.txt"
@@ -67,8 +70,6 @@ def word_tokenize(text: str) -> list[str]:
         words = text.split()
         if not _NLTK_SPLITS.intersection(words):
             return words
-    from nltk.tokenize import word_tokenize as nltk_tokenize
-
     return nltk_tokenize(text, preserve_line=True)
 
 
@@ -85,8 +86,6 @@ def _glove_words(path: Path) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=2)
 def _symspell(path: Path):
-    from symspellpy import SymSpell
-
     speller = SymSpell(max_dictionary_edit_distance=_SPELL_DISTANCE)  # SymSpell()'s default, as ArtEmis
     if not speller.load_dictionary(str(path), term_index=0, count_index=1):
         raise FileNotFoundError(path)
@@ -189,8 +188,6 @@ class ArtemisText:
         if token in self._spelled:
             fix = self._spelled[token]
         else:
-            from symspellpy import Verbosity
-
             found = self.speller.lookup(token, Verbosity.CLOSEST, max_edit_distance=_SPELL_DISTANCE)
             fix = self._spelled[token] = found[0].term if found else None
         self.stats["tokens_spell_checked"] += 1

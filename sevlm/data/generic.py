@@ -21,12 +21,11 @@ from sevlm.data.folder import (
     SPLIT_FRACTIONS,
     SPLITS,
     check_out_dir,
-    drop_short,
     manifest_base,
     no_training_data,
-    split_paintings,
     write_dataset,
 )
+from sevlm.data.split import drop_short, split_paintings
 from sevlm.data.table import (
     Annotation,
     ImageIndex,

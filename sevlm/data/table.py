@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from tqdm import tqdm
+
 from sevlm.emotions import EMOTION_TO_INDEX, EMOTIONS
 from sevlm.errors import DataError
 from sevlm.io import sha256_file
@@ -300,8 +302,6 @@ def read_table(
     counted by reason. File-level problems (missing file, not text, missing column, no rows)
     always raise.
     """
-    from tqdm import tqdm
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")

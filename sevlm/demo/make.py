@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from sevlm.demo.crowd import crowd_emotions, write_utterance
 from sevlm.demo.draw import draw_painting
@@ -35,8 +36,6 @@ def make_demo_data(
     Files: `artemis_dataset_release_v0.csv`, `images/<Style>/<painting>.jpg`, `README.txt`,
     `demo_info.json` (per painting: drawn emotion, mixed-in emotion and weight, crowd).
     """
-    from tqdm import tqdm
-
     if n_images < 1:
         raise DataError(f"n_images must be at least 1, got {n_images}")
     if image_size < 16:

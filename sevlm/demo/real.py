@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from sevlm.demo.tables import HUE_NAMES, PROTOTYPES
 from sevlm.emotions import EMOTIONS
@@ -72,8 +73,6 @@ def real_paintings(
 ) -> tuple[list, list[str]]:
     """Up to `n_images` paintings picked from `images_dir/<Style>/*`, squared to `image_size`:
     [(style, painting, picture, features, colour names)] and the emotion given to each."""
-    from tqdm import tqdm
-
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: images folder not found")
     pool = _list_images(images_dir)

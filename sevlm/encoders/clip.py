@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import transformers
+from transformers import CLIPVisionModel
+
 from sevlm.encoders.base import ImageEncoder, register_encoder
 from sevlm.errors import ConfigError
 
@@ -18,9 +21,6 @@ class CLIPViTEncoder(ImageEncoder):
 
     def __init__(self, weights: str = "openai/clip-vit-base-patch16", local_files_only: bool | None = None):
         super().__init__()
-        import transformers
-        from transformers import CLIPVisionModel
-
         self.weights = str(weights)
         if local_files_only is None:
             # a directory never needs the network; a hub name uses the local cache if offline

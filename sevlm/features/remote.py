@@ -5,8 +5,13 @@ and `pipe:` commands through the shell, each under `TimedPipe`, which fails with
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import select
+import signal
+import subprocess
+import tempfile
 from urllib.parse import urlparse
 
 import webdataset as wds
@@ -30,9 +35,6 @@ class TimedPipe(io.RawIOBase):
     stalled transfer, so a server that accepts and never answers blocked training forever."""
 
     def __init__(self, url: str, args: list[str] | str, timeout: float, shell: bool = False):
-        import subprocess
-        import tempfile
-
         super().__init__()
         self.url, self.timeout = url, float(timeout)
         self._err = tempfile.TemporaryFile()
@@ -51,8 +53,6 @@ class TimedPipe(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        import select
-
         ready, _, _ = select.select([self._fd], [], [], self.timeout)
         if not ready:
             self._kill()
@@ -68,8 +68,6 @@ class TimedPipe(io.RawIOBase):
         return len(data)
 
     def _finish(self) -> None:
-        import subprocess
-
         try:
             status = self.proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:  # output closed but the process lingers
@@ -88,8 +86,6 @@ class TimedPipe(io.RawIOBase):
             raise DataError(f"{self.url}: {what}" + (f" ({lines[-1].strip()})" if lines else ""))
 
     def _kill(self) -> None:
-        import signal
-
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -109,9 +105,6 @@ def _die_with_parent() -> None:
     """In the child before exec (Linux): SIGKILL when the reading process dies, so a killed
     DataLoader worker leaves no curl behind waiting on a stalled server."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import webdataset as wds
+from tqdm import tqdm
 
 from sevlm.data.folder import dataset_manifest_sha256, load_split_records
 from sevlm.errors import ConfigError, DataError
 from sevlm.features.common import launcher_rank
+from sevlm.features.hdf5 import FeatureStore
 from sevlm.features.shards import FORMAT, FORMAT_VERSION, MANIFEST
 from sevlm.io import read_json, sha256_file, write_json
 from sevlm.locks import claim
@@ -57,10 +59,6 @@ def write_shards(
     None). The shards are the same files as a single process writes. A killed run's temporary
     folders are removed by the next run.
     """
-    from tqdm import tqdm
-
-    from sevlm.features.hdf5 import FeatureStore
-
     if max_samples_per_shard < 1:
         raise ConfigError(f"--samples-per-shard must be at least 1 (got {max_samples_per_shard})")
     rank, world_size = launcher_rank(rank, world_size)

@@ -3,7 +3,8 @@
 from sevlm.model.config import SEVLMConfig
 from sevlm.model.contrastive import ContrastiveHead, cosine_score
 from sevlm.model.emotion_encoder import EmotionEncoder
-from sevlm.model.model import SEVLM, DecodeState, SEVLMOutput, masked_mean
+from sevlm.model.losses import masked_mean
+from sevlm.model.model import SEVLM, DecodeState, SEVLMOutput
 
 __all__ = [
     "SEVLM",

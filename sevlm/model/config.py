@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 CHOICES = {
@@ -120,8 +120,6 @@ class SEVLMConfig:
 
     def with_token_ids(self, ids: Any) -> "SEVLMConfig":
         """A copy with the ids of a tokenizer (any object with the attributes of text.TokenIds)."""
-        from dataclasses import replace
-
         return replace(
             self,
             vocab_size=ids.vocab_size,

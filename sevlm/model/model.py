@@ -28,7 +28,9 @@ from torch import nn
 
 from sevlm.model.config import SEVLMConfig
 from sevlm.model.contrastive import ContrastiveHead
+from sevlm.model.decoder import build_decoder
 from sevlm.model.emotion_encoder import EmotionEncoder, VADCache, reorder_vad_cache
+from sevlm.model.losses import masked_mean, target_cross_entropy
 
 
 @dataclass
@@ -68,79 +70,6 @@ class DecodeState:
         if self.vad_cache is not None:
             self.vad_cache = reorder_vad_cache(self.vad_cache, index)
         return self
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of h (B, T, C) over positions where mask (B, T) is true; zeros where none is."""
-    m = mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class _TargetCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of logit rows z (n, V) at targets y (n,): F.cross_entropy's value,
-    with a backward that writes (softmax - one-hot) / n in one pass over z. F.cross_entropy
-    keeps a log-softmax copy of z and zero-fills another (n, V) tensor for the NLL gradient:
-    at V ~ 50k that is ~20% of a demo step on CPU."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(z, dim=-1)  # (n,)
-        ctx.save_for_backward(z, y, lse)
-        return (lse - z.gather(1, y[:, None])[:, 0]).mean()
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        z, y, lse = ctx.saved_tensors
-        scale = grad_out / max(len(y), 1)
-        grad = torch.sub(z, lse[:, None]).exp_().mul_(scale)  # (n, V): softmax * scale
-        grad[torch.arange(len(y), device=y.device), y] -= scale
-        return grad, None
-
-
-def target_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of rows z (n, V) at targets y (n,), every row a target (no ignore_index)."""
-    return _TargetCrossEntropy.apply(z, y)
-
-
-# GPT-2's "gelu_new" is the tanh approximation as five unfused element-wise ops over the
-# (B, T, 4E) MLP activations (~8% of a CPU demo step); "gelu_pytorch_tanh" is the same
-# function in one fused kernel (equal up to float rounding).
-GELU = "gelu_pytorch_tanh"
-
-
-def build_decoder(cfg: SEVLMConfig, decoder_config: Any = None):
-    """GPT2LMHeadModel: from `decoder_config` (random weights, to be loaded), a hub name or
-    local dir (`cfg.decoder`), or a random GPT-2 of the configured size."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cross = cfg.mode == "cross"
-    if decoder_config is not None:
-        return GPT2LMHeadModel(decoder_config)
-    if cfg.decoder:
-        # Hub name or local dir; cross-attention weights are new (randomly initialised).
-        dcfg = GPT2Config.from_pretrained(cfg.decoder, add_cross_attention=cross)
-        if dcfg.activation_function == "gelu_new":
-            dcfg.activation_function = GELU
-        dec = GPT2LMHeadModel.from_pretrained(cfg.decoder, config=dcfg)
-        if cfg.vocab_size and dec.config.vocab_size != cfg.vocab_size:
-            dec.resize_token_embeddings(cfg.vocab_size)
-        return dec
-    gcfg = GPT2Config(
-        vocab_size=cfg.vocab_size or 50260,
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        add_cross_attention=cross,
-        activation_function=GELU,
-        bos_token_id=cfg.eos_id,
-        eos_token_id=cfg.eos_id,
-        pad_token_id=cfg.pad_id,
-    )
-    return GPT2LMHeadModel(gcfg)
 
 
 class SEVLM(nn.Module):

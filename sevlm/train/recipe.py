@@ -26,7 +26,6 @@ from tqdm import tqdm
 from sevlm.export import RUN_EXPORT
 from sevlm.io import sha256_file
 from sevlm.model import SEVLM
-from sevlm.text import VOCAB_FILE, TokenIds, VocabMap, load_tokenizer
 from sevlm.train import checkpoint, checks, records, steps
 from sevlm.train import data as train_data  # `train_data.split_inputs`: looked up per step (tests wrap it)
 from sevlm.train import validate as validation
@@ -40,6 +39,7 @@ from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE, claim_run_folder, run
 from sevlm.train.runlog import RunLog
 from sevlm.train.steps import StepLosses, say
 from sevlm.train.telemetry import StartupClock, StepTelemetry, peak_flops
+from sevlm.vocab import VOCAB_FILE, TokenIds, VocabMap, load_tokenizer
 
 EXPORT, EXPORT_BEST_BLEU = RUN_EXPORT, "export_best_bleu"
 

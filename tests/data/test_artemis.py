@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from sevlm.data.artemis import prepare_dataset
-from sevlm.data.folder import SPLITS, load_split, split_paintings
+from sevlm.data.folder import SPLITS, load_split
+from sevlm.data.split import split_paintings
 from sevlm.data.table import clean_utterance, tokenize
 from sevlm.emotions import EMOTIONS, dominant_emotion, emotion_distribution
 from sevlm.errors import ConfigError, DataError

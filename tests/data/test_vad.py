@@ -7,7 +7,7 @@ import pytest
 
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
-from sevlm.text import load_tokenizer
+from sevlm.vocab import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def tiny_run(tmp_path_factory):
     from sevlm.export import save_export
     from sevlm.features.hdf5_writer import extract_features
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import load_tokenizer
 
     root = tmp_path_factory.mktemp("retrieve")
     images, ds = root / "images", root / "ds"
@@ -549,7 +550,8 @@ def trained_and_untrained(tmp_path_factory):
     from sevlm.features.hdf5 import FeatureStore
     from sevlm.features.hdf5_writer import extract_features
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import load_tokenizer
 
     root = tmp_path_factory.mktemp("compare")
     images, ds = root / "images", root / "ds"

@@ -13,7 +13,8 @@ from featurekit import ROOT, assert_same_feature_files, kill_9_after, make_image
 from sevlm import cli
 from sevlm.errors import ConfigError, DataError
 from sevlm.features.hdf5 import FeatureStore, partial_path
-from sevlm.features.hdf5_writer import extract_features, part_path, rank_share
+from sevlm.features.hdf5_parts import part_path, rank_share
+from sevlm.features.hdf5_writer import extract_features
 
 
 def test_rank_shares_are_contiguous_batch_aligned_and_cover_the_list():

@@ -7,7 +7,8 @@ import torch
 
 from sevlm.data.vad import VADLexicon
 from sevlm.model import SEVLM, SEVLMConfig
-from sevlm.text import SequenceBuilder, load_tokenizer
+from sevlm.text import SequenceBuilder
+from sevlm.vocab import load_tokenizer
 
 VAD_TABLE = """Word\tValence\tArousal\tDominance
 sad\t0.2\t0.3\t0.1

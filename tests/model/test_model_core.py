@@ -304,7 +304,7 @@ def test_authors_switches_decode(make_model, tok, lexicon, make_samples, mode):
     primed with the BOS prompt that training sequences start with."""
     from sevlm.decoding import DecodingConfig
     from sevlm.generate import generate
-    from sevlm.text import prompt_ids
+    from sevlm.vocab import prompt_ids
 
     m = make_model(
         mode=mode, vad_fuse="explanation+position", fusion_init="normal", vad_residual=True, bos_prompt=True

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sevlm.model.model import target_cross_entropy
+from sevlm.model.losses import target_cross_entropy
 from sevlm.text import model_inputs
 
 

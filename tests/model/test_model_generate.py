@@ -17,7 +17,8 @@ from sevlm.generate import (
     generate,
     parse_output,
 )
-from sevlm.text import SequenceBuilder, model_inputs, sequence_text
+from sevlm.text import SequenceBuilder, model_inputs
+from sevlm.vocab import sequence_text
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import pytest
 
 from sevlm.data.vad import VADLexicon, vad_for_tokens
 from sevlm.errors import DataError
-from sevlm.text import IGNORE_INDEX, SequenceBuilder, derangement, prompt_ids, sequence_text
+from sevlm.text import IGNORE_INDEX, SequenceBuilder, derangement
+from sevlm.vocab import prompt_ids, sequence_text
 
 
 def test_special_tokens(tok, builder):

@@ -13,7 +13,8 @@ from sevlm.errors import DataError
 from sevlm.export import load_run, save_export
 from sevlm.generate import DecodingConfig, generate
 from sevlm.model import SEVLM, SEVLMConfig
-from sevlm.text import IGNORE_INDEX, SequenceBuilder, TokenIds, VocabMap, model_inputs, sequence_text
+from sevlm.text import IGNORE_INDEX, SequenceBuilder, model_inputs
+from sevlm.vocab import TokenIds, VocabMap, sequence_text
 
 PAIRS = [
     ("awe", "the bright sky is vast"),

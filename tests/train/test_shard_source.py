@@ -48,8 +48,9 @@ def test_ranks_run_equal_batch_counts_over_disjoint_images(shard_dir):
 
 def test_batches_keep_float16_until_the_device(shard_dir, tiny_data):
     from sevlm.data.vad import VADLexicon
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
     from sevlm.train.data import split_inputs
+    from sevlm.vocab import load_tokenizer
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.demo(), max_len=24)
     source = ShardSource(

@@ -54,7 +54,7 @@ def _tiny_model():
     import torch
 
     from sevlm.model import SEVLM, SEVLMConfig
-    from sevlm.text import TokenIds, load_tokenizer
+    from sevlm.vocab import TokenIds, load_tokenizer
 
     torch.manual_seed(0)
     cfg = SEVLMConfig(
@@ -86,7 +86,8 @@ def test_heads_lr_sets_fusion_and_heads_only(heads_lr, expected):
 def val_setup(tiny_data):
     from sevlm.data.vad import VADLexicon
     from sevlm.features.hdf5 import H5FeatureDataset
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import load_tokenizer
 
     builder = SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=24)
     samples = list(H5FeatureDataset(tiny_data["features"], tiny_data["dataset"], "val"))
@@ -170,7 +171,8 @@ def test_bad_values_are_refused_naming_the_key(override, message):
 # ---- the authors' training data: anchor annotation and images with >= 2 emotions -------------------
 def _pair_builder(anchor):
     from sevlm.data.vad import VADLexicon
-    from sevlm.text import SequenceBuilder, load_tokenizer
+    from sevlm.text import SequenceBuilder
+    from sevlm.vocab import load_tokenizer
 
     return SequenceBuilder(load_tokenizer(), VADLexicon.load("demo"), max_len=24, anchor=anchor)
 
