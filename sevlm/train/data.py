@@ -22,12 +22,13 @@ from sevlm.data.vad import VADLexicon
 from sevlm.errors import ConfigError, DataError, SevlmError
 from sevlm.features.hdf5 import H5FeatureDataset
 from sevlm.features.shards import deal_shards, open_shards, shard_pipeline
-from sevlm.text import SequenceBuilder, VocabMap
+from sevlm.text import SequenceBuilder
 from sevlm.train import order
 from sevlm.train.checks import FeatureInfo, check_split_features, train_texts
 from sevlm.train.config import ASSIST_MODES
 from sevlm.train.handoff import collate_packed, pack, pack_samples, page_locked, unpack
 from sevlm.train.order import EpochBatches, batches_per_epoch, epoch_order
+from sevlm.vocab import VocabMap
 from sevlm.workers import end_with_parent
 
 

@@ -28,7 +28,6 @@ import torch
 
 from sevlm.export import save_export
 from sevlm.io import read_json, write_json
-from sevlm.text import VOCAB_FILE
 from sevlm.train.checkpoint import TrainState
 from sevlm.train.checks import peak_memory_gib
 from sevlm.train.config import config_to_dict
@@ -36,6 +35,7 @@ from sevlm.train.resolve import Resolved
 from sevlm.train.run_folder import CONFIG_FILE, DONE_FILE, sweep_temporaries
 from sevlm.train.runlog import RunLog
 from sevlm.train.steps import say
+from sevlm.vocab import VOCAB_FILE
 
 RUN_FILE = "run.json"
 

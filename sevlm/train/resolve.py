@@ -21,10 +21,10 @@ from sevlm.data.vad import lexicon_spec
 from sevlm.errors import ConfigError
 from sevlm.features.shards import is_path
 from sevlm.model.config import SEVLMConfig
-from sevlm.text import TokenIds
 from sevlm.train.checks import FeatureInfo
 from sevlm.train.config import TrainConfig, resolve_batch, resolve_ds_config
 from sevlm.train.distributed import join_process_group
+from sevlm.vocab import TokenIds
 
 DATA_PATHS = ("dataset_dir", "features", "shards", "tokenizer")  # made absolute for a new run
 
