@@ -137,7 +137,7 @@ def language_stats(generated: list[str], human: list[str], training: list[str] |
     return out
 
 
-# ----------------------------------------------------------------------------- everything
+# ----------------------------------------------------------------------------- evaluate
 @dataclass
 class Evaluation:
     """Everything `evaluate` computes; `report` is the JSON-ready summary."""

@@ -15,7 +15,7 @@ import numpy as np
 from sevlm.emotions import EMOTIONS
 from sevlm.errors import DataError
 
-CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # the Ks of the recall@K curve
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
