@@ -16,7 +16,7 @@ code, so before/after figures come from one run on a shared, loaded machine.
     python tools/profile_step.py --config demo --vocab full corpus --threads 1   # sizes of a train config
 
 With --vocab full corpus the same step runs on a model over the full GPT-2 vocabulary
-(50,260 rows) and on one over a corpus vocabulary (text.VocabMap built from the batch's
+(50,260 rows) and on one over a corpus vocabulary (vocab.VocabMap built from the batch's
 annotations plus 3,000 demo-style utterances from sevlm/demo/, a few hundred ids),
 same architecture and seed, same texts, interleaved.
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         nargs="+",
         default=["full"],
         choices=["full", "corpus"],
-        help="vocabularies to time side by side (full: 50,260 GPT-2 ids; corpus: text.VocabMap)",
+        help="vocabularies to time side by side (full: 50,260 GPT-2 ids; corpus: vocab.VocabMap)",
     )
     p.add_argument("--lexicon", default=str(ROOT.parent / "shared" / "assets" / "nrc-vad" / "NRC-VAD-Lexicon.txt"))
     p.add_argument("--no-profile", action="store_true")

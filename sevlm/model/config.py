@@ -119,7 +119,7 @@ class SEVLMConfig:
             raise ValueError(f"max_len + prefix ({self.max_len + extra}) exceeds n_positions={self.n_positions}")
 
     def with_token_ids(self, ids: Any) -> "SEVLMConfig":
-        """A copy with the ids of a tokenizer (any object with the attributes of text.TokenIds)."""
+        """A copy with the ids of a tokenizer (any object with the attributes of vocab.TokenIds)."""
         return replace(
             self,
             vocab_size=ids.vocab_size,

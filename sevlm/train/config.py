@@ -65,7 +65,7 @@ class DataConfig:
     lexicon: str | None = None
     tokenizer: str | None = None  # tokenizer folder; None = the shipped GPT-2 BPE files
     # Decoders trained from scratch: keep only the GPT-2 ids of the training annotations
-    # (text.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.
+    # (vocab.VocabMap), so the embedding and LM head shrink from 50,260 rows to the corpus size.
     corpus_vocab: bool = False
     vocab_min_count: int = 1
     num_workers: int = 0
