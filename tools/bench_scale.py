@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 
 import sevlm  # noqa: F401  first: it sets the passive OpenMP wait before torch loads OpenMP
+from sevlm.emotions import EMOTIONS  # the 9 classes, as ArtEmis's CSV writes them
 
 ARTEMIS_PAINTINGS, ARTEMIS_ROWS = 80_031, 454_684
 STYLES = (
@@ -49,17 +50,6 @@ WORDS = (
     "lonely strange beautiful peaceful violent soft warm cold shadow flowers house field water night feels looks "
     "like makes me think of and it her his with in on"
 ).split()
-EMOTIONS_CSV = (
-    "amusement",
-    "awe",
-    "contentment",
-    "excitement",
-    "anger",
-    "disgust",
-    "fear",
-    "sadness",
-    "something else",
-)
 EMOTION_PRIOR = np.array([0.07, 0.14, 0.26, 0.12, 0.02, 0.04, 0.13, 0.10, 0.12])  # roughly ArtEmis's
 
 
@@ -119,7 +109,7 @@ def write_csv(path: Path, paintings: int, rows: int, seed: int) -> dict:
     per = np.full(paintings, 5) + np.bincount(rng.integers(0, paintings, rows - 5 * paintings), minlength=paintings)
     painting = np.repeat(np.arange(paintings), per)
     style = rng.integers(0, len(STYLES), paintings)
-    emotion = rng.choice(len(EMOTIONS_CSV), size=rows, p=EMOTION_PRIOR / EMOTION_PRIOR.sum())
+    emotion = rng.choice(len(EMOTIONS), size=rows, p=EMOTION_PRIOR / EMOTION_PRIOR.sum())
     text = utterances(rng, rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -129,7 +119,7 @@ def write_csv(path: Path, paintings: int, rows: int, seed: int) -> dict:
             zip(
                 (STYLES[style[p]] for p in painting.tolist()),
                 (f"painting-{p:06d}" for p in painting.tolist()),
-                (EMOTIONS_CSV[e] for e in emotion.tolist()),
+                (EMOTIONS[e] for e in emotion.tolist()),
                 text,
                 per[painting].tolist(),
             )
@@ -179,10 +169,10 @@ def write_predictions(dataset: Path, path: Path, seed: int) -> int:
     refs = json.loads((dataset / "test.json").read_text(encoding="utf-8"))
     rng = np.random.default_rng(seed)
     texts = utterances(rng, len(refs))
-    emotions = rng.integers(0, len(EMOTIONS_CSV), len(refs))
+    emotions = rng.integers(0, len(EMOTIONS), len(refs))
     with open(path, "w", encoding="utf-8") as f:
         for image_id, text, e in zip(refs, texts, emotions.tolist()):
-            f.write(json.dumps({"image_id": image_id, "emotion": EMOTIONS_CSV[e], "explanation": text}) + "\n")
+            f.write(json.dumps({"image_id": image_id, "emotion": EMOTIONS[e], "explanation": text}) + "\n")
     return len(refs)
 
 

@@ -1,18 +1,7 @@
-"""Reference points for image-side retrieval: what the data allows, beside what a model retrieves.
-
-On a dataset folder and its feature cache (the demo's, or any), two simple models of the
-pooled image features, trained on the train split, scored on a test split exactly as
-`sevlm retrieve` scores a run (`sevlm.evaluation.retrieval.retrieval_report`):
-
-1. **Logistic-regression probe**: standardised pooled features -> dominant emotion
-   (scikit-learn, C chosen on the validation split). Its accuracy on the test images with a
-   dominant emotion is the ceiling a linear image embedding can reach for image->emotion.
-2. **Linear CLIP-style model**: a linear map of the standardised pooled features, a linear map
-   of the explanations' TF-IDF vectors, and a table of 9 emotion vectors, all into one
-   normalised space, trained with a symmetric InfoNCE between each image and its explanations
-   (in-batch negatives) plus image -> emotion cross-entropy against the image's vote shares.
-   It gives image->explanation R@K and image->emotion accuracy from a model that sees only
-   the pooled features and bag-of-words text.
+"""Reference points for image-side retrieval, printed beside runs: the two simple models of
+`sevlm.evaluation.reference` (a logistic-regression probe and a linear CLIP-style model of the
+pooled image features; what they are and why: that module's docstring), trained on the train
+split and scored on a test split exactly as `sevlm retrieve` scores a run.
 
 With `--run RUN ...` each run's own figures (its `retrieval_<split>.json`, written by `sevlm
 retrieve`, or computed when absent) are printed in the same table. The last line printed is one
