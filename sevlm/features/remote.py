@@ -1,6 +1,7 @@
-"""Reading a shard location's files over the network without hanging: http(s)/ftp(s) through curl
-and `pipe:` commands through the shell, each under `TimedPipe`, which fails with StalledRead after
-`read_timeout` seconds without a byte (data.read_timeout). See docs/RELIABILITY.md.
+"""Reading a shard location's files over the network without hanging: http(s)/ftp(s) through curl,
+gs:// through gsutil, ais:// through ais and `pipe:` commands through the shell, each under
+`TimedPipe`, which fails with StalledRead after `read_timeout` seconds without a byte
+(data.read_timeout). See docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class StalledRead(DataError):
 
 
 class TimedPipe(io.RawIOBase):
-    """The standard output of a process that must keep sending: `curl` for http(s)/ftp(s) URLs, the
-    user's shell command for `pipe:CMD`. A read that waits `timeout` seconds without a byte kills
+    """The standard output of a process that must keep sending: `curl` for http(s)/ftp(s) URLs,
+    `gsutil cat` / `ais get` for gs:// / ais:// (the commands webdataset runs), the user's shell
+    command for `pipe:CMD`. A read that waits `timeout` seconds without a byte kills
     the process (its whole process group: a pipeline's members too) and raises StalledRead naming
     the URL; a process that ends with a failing status raises DataError with its last error line.
 
@@ -38,15 +40,20 @@ class TimedPipe(io.RawIOBase):
         super().__init__()
         self.url, self.timeout = url, float(timeout)
         self._err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            args,
-            shell=shell,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                args,
+                shell=shell,
+                stdout=subprocess.PIPE,
+                stderr=self._err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except FileNotFoundError:  # a list's program (a shell command's is the shell's own error)
+            self._err.close()
+            scheme = urlparse(url).scheme
+            raise DataError(f"{url}: reading {scheme}:// URLs needs `{args[0]}`, which is not on PATH") from None
         self._fd = self.proc.stdout.fileno()
 
     def readable(self) -> bool:
@@ -111,13 +118,17 @@ def _die_with_parent() -> None:
 
 
 _CURL_SCHEMES = ("http", "https", "ftp", "ftps", "sftp", "scp")
+_COMMANDS = {  # scheme -> the command that writes the object to stdout (as webdataset.gopen runs it)
+    "gs": lambda url: ["gsutil", "cat", url],
+    "ais": lambda url: ["ais", "get", url, "-"],
+}
 
 
 def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
     """A byte stream of a shard location's file (what webdataset.gopen opens): local paths and
-    file:// directly; http(s)/ftp(s) through curl and `pipe:CMD` through the shell, each bounded
-    by `read_timeout` seconds without data (TimedPipe); other schemes through webdataset.gopen,
-    unbounded."""
+    file:// directly; http(s)/ftp(s) through curl, gs:// and ais:// through their own command line
+    tools and `pipe:CMD` through the shell, each bounded by `read_timeout` seconds without data
+    (TimedPipe); other schemes (hf://) through webdataset.gopen, unbounded."""
     if read_timeout is None or read_timeout <= 0:
         raise ConfigError(f"data.read_timeout: must be > 0 seconds, got {read_timeout}")
     scheme = urlparse(url).scheme
@@ -140,6 +151,8 @@ def open_url(url: str, read_timeout: float = DEFAULT_READ_TIMEOUT):
             url,
         ]
         return io.BufferedReader(TimedPipe(url, args, read_timeout), buffer_size=1 << 16)
+    if scheme in _COMMANDS:
+        return io.BufferedReader(TimedPipe(url, _COMMANDS[scheme](url), read_timeout), buffer_size=1 << 16)
     if scheme == "pipe":
         return io.BufferedReader(TimedPipe(url, url[len("pipe:") :], read_timeout, shell=True), buffer_size=1 << 16)
     return wds.gopen(url)

@@ -6,6 +6,7 @@ fixture sets, at most 60 s), and the fixture stops the server."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -154,3 +155,50 @@ def test_training_on_a_stalled_shard_server_fails_within_the_timeout_naming_the_
     assert len(errors) == 1 and errors[0].startswith(f"{url}/train-000003.tar: no data for 2 s (data.read_timeout)")
     assert "/train-000003.tar" in asked and len(stalled_at) == 1
     assert ended - stalled_at[0] < TIMEOUT + 30  # from the stall to the end of the process's work
+
+
+def _fake_tool(bin_dir, name: str, body: str) -> None:
+    """An executable `name` on a PATH of its own (gsutil, ais: the tools webdataset runs)."""
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / name
+    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.chmod(0o755)
+
+
+def test_gs_urls_read_through_gsutil_give_the_local_folders_samples(shard_dir, tmp_path, monkeypatch):
+    """gs:// goes through `gsutil cat URL`, as webdataset runs it, but bounded: the same samples as
+    the folder itself."""
+    _fake_tool(
+        tmp_path / "bin", "gsutil", f'[ "$1" = cat ] || exit 2\nexec cat "{shard_dir}/${{2#gs://bucket/shards/}}"'
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    remote = open_shards("gs://bucket/shards/", "train", read_timeout=TIMEOUT)
+    local = open_shards(str(shard_dir), "train")
+    keys = [s["__key__"] for s in shard_pipeline(remote, shuffle=False)]
+    assert keys == [s["__key__"] for s in shard_pipeline(local, shuffle=False)] and len(keys) > 5
+
+
+@pytest.mark.parametrize(("scheme", "tool"), [("gs", "gsutil"), ("ais", "ais")], ids=["gs-gsutil", "ais-ais"])
+def test_a_stalling_object_store_tool_is_killed_within_the_timeout(scheme, tool, tmp_path, monkeypatch):
+    pid_file = tmp_path / "pid"
+    _fake_tool(tmp_path / "bin", tool, f"echo $$ > {pid_file}\nexec sleep 30")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    url = f"{scheme}://bucket/shards/"
+    with pytest.raises(StalledRead, match=rf"^{url}manifest.json: no data for 2 s \(data.read_timeout\)"):
+        timed(lambda: read_manifest(url, read_timeout=TIMEOUT))
+    assert TIMEOUT <= timed.elapsed < TIMEOUT + 10
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the stalled {tool} (pid {pid}) is still running")
+
+
+def test_a_missing_object_store_tool_is_one_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"^gs://bucket/manifest.json: .*needs `gsutil`, which is not on PATH"):
+        read_manifest("gs://bucket/", read_timeout=TIMEOUT)
