@@ -1,8 +1,9 @@
 """The `sevlm` command line: one entry point, one module per subcommand in sevlm/commands.
 
 Each command module defines HELP (one line), EXAMPLES (text), add_arguments(parser) and
-run(args) -> int | None. Modules import their heavy dependencies inside run(), so
-`sevlm --help` stays fast.
+run(args) -> int | None. Modules import their heavy dependencies inside run(), and `main` builds
+the arguments of the invoked command only (an `add_arguments` may read its choices from a library
+module), so `sevlm --help` and each command's start pay only for that command.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def _module(name: str):
     return importlib.import_module(f"sevlm.commands.{name.replace('-', '_')}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, all_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; with `all_commands=False`, every command listed but the arguments of
+    `only` alone (None: none), as `main` parses."""
     parser = argparse.ArgumentParser(
         prog="sevlm",
         description="Train and serve a small emotional vision-language model for visual art.",
@@ -56,9 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"examples:\n{mod.EXAMPLES}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        mod.add_arguments(p)
+        if all_commands or name == only:
+            mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def invoked_command(argv: list[str]) -> str | None:
+    """The subcommand named in `argv`: the first word that is one (only --debug and --local_rank N
+    come before it)."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 # subcommands whose --out must not land on an input or in a folder another command owns
@@ -128,7 +138,8 @@ def _os_error_line(e: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(invoked_command(argv), all_commands=False)
     args = parser.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

@@ -208,3 +208,48 @@ def test_predict_takes_folders_and_globs_and_names_a_file_that_exists(tmp_path, 
     assert main(["predict", "--run", f"{t}/no-run", f"{t}/a/x"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "did you mean" in err[0]
+
+
+def test_the_top_level_help_lists_every_command_without_loading_torch():
+    """`sevlm --help` builds no command's arguments, so no command's choices pull torch in."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from sevlm.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+    for name in cli.COMMANDS:
+        assert f"    {name}" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["prepare", "--out", "demo"], "prepare"),
+        (["--debug", "--local_rank", "2", "train", "--config", "demo"], "train"),
+        (["--local_rank=0", "evaluate"], "evaluate"),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_the_invoked_command_is_the_first_command_word(argv, command):
+    assert cli.invoked_command(argv) == command
+
+
+def test_a_commands_help_still_shows_its_own_arguments(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["prepare", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "--artemis-csv" in out and "examples:" in out
+    with pytest.raises(SystemExit):  # another command's flag is not this one's
+        cli.main(["prepare", "--encoder", "tiny-random"])
