@@ -17,7 +17,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from sevlm.emotions import DOMINANCE_RULES
     from sevlm.errors import SevlmError
-    from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
+    from sevlm.evaluation.emo_base import CLASSIFIER_KINDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--a", required=True, help="predictions of the baseline system (JSON lines)")

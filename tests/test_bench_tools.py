@@ -154,3 +154,17 @@ def test_index_benchmark_on_a_cluster_mixture_tunes_and_reports_recall_against_e
         assert s[kind]["recall@10_vs_exact"] >= 0.8  # tuned on other queries of the same mixture
     assert s["ivf"]["nprobe"] == int(s["ivf"]["tuned"]["chosen"].split("=")[1])
     assert "| index | device | settings | build s | queries/s | x flat |" in out and "verdict" in s
+
+
+def test_bench_cli_times_every_command_of_a_checkout():
+    _, result = _run_tool([str(ROOT / "tools" / "bench_cli.py"), str(ROOT), "--repeat", "1"])
+    seconds = result["seconds"][str(ROOT)]
+    assert set(seconds) == {
+        "--help",
+        "prepare --help",
+        "extract --help",
+        "train --help",
+        "evaluate --help",
+        "retrieve --help",
+    }
+    assert all(len(v) == 1 and 0 < v[0] < 120 for v in seconds.values())

@@ -25,6 +25,7 @@ LAZY_ROOTS = {
     "psutil",
     "pycocoevalcap",
     "torch.utils.tensorboard",
+    "transformers",  # encoders/clip.py: when a CLIP encoder is built, not when the registry lists it
 }
 
 

@@ -21,8 +21,8 @@ EXAMPLES = """\
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from sevlm.emotions import DOMINANCE_RULES
-    from sevlm.evaluation.emo_classifier import CLASSIFIER_KINDS
-    from sevlm.evaluation.metrics import BECAUSE_RULES
+    from sevlm.evaluation.emo_base import CLASSIFIER_KINDS  # light modules: the parser is built at every start
+    from sevlm.evaluation.inputs import BECAUSE_RULES
 
     src = p.add_argument_group("what to score (predictions + references, or a run to generate from)")
     src.add_argument("--predictions", help="JSON lines {image_id, emotion, explanation}")

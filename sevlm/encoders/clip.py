@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 
-import transformers
-from transformers import CLIPVisionModel
-
 from sevlm.encoders.base import ImageEncoder, register_encoder
 from sevlm.errors import ConfigError
 
@@ -20,6 +17,10 @@ class CLIPViTEncoder(ImageEncoder):
     projection, as METHOD.md); pooled = post_layernorm of the CLS token (CLIP's pooler_output)."""
 
     def __init__(self, weights: str = "openai/clip-vit-base-patch16", local_files_only: bool | None = None):
+        # transformers (seconds to import) when a CLIP encoder is built, not when the registry lists it
+        import transformers
+        from transformers import CLIPVisionModel
+
         super().__init__()
         self.weights = str(weights)
         if local_files_only is None:

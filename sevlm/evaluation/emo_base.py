@@ -11,6 +11,7 @@ from sevlm.errors import DataError
 from sevlm.io import atomic_path, read_json, sha256_file, write_json
 
 SPEC_NAME = "classifier.json"
+CLASSIFIER_KINDS = ("tfidf", "lstm")  # the kinds trained here (`sevlm evaluate --emo-classifier`)
 
 
 class TextEmotionClassifier:

@@ -29,12 +29,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
 from sevlm.errors import ConfigError, DataError
-from sevlm.evaluation.emo_base import SPEC_NAME, TextEmotionClassifier, load_spec, save_spec
+from sevlm.evaluation.emo_base import CLASSIFIER_KINDS, SPEC_NAME, TextEmotionClassifier, load_spec, save_spec
 from sevlm.evaluation.emo_lstm import LSTMEmotionClassifier
 from sevlm.io import read_json, sha256_file
 
 CLASSIFIER_DIRNAME = "emo_classifier"
-CLASSIFIER_KINDS = ("tfidf", "lstm")
 FORMAT = "sevlm-emo-classifier/1"
 DEFAULT_PARAMS = {
     "lowercase": True,

@@ -8,6 +8,7 @@ and (in strict mode) missing or unknown image ids raise a DataError naming the f
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +183,18 @@ def align(
     if n_bad:
         warnings["emotion_not_one_of_9"] = n_bad
     return kept, warnings
+
+
+# Where the scored explanation starts (`sevlm evaluate --because`): after the first "because" (ours,
+# as sevlm.generate.parse_output) or after the last one (the SEVLM authors' scoring: `split("because")[-1]`).
+BECAUSE_RULES = ("first", "last")
+
+
+def explanation_after(explanation: str, rule: str) -> str:
+    """The explanation sevlm.generate.parse_output gave (text after the first "because"), cut after its last
+    "because" with rule "last": "it is dark because she lost him" -> "she lost him"."""
+    if rule not in BECAUSE_RULES:
+        raise ValueError(f"because rule must be one of {', '.join(BECAUSE_RULES)}, got {rule!r}")
+    if rule == "last":
+        explanation = re.split(r"\bbecause\b", explanation, flags=re.IGNORECASE)[-1]
+    return explanation.strip()

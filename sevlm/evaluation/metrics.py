@@ -22,7 +22,7 @@ from sevlm.evaluation.coco_caption import LANGUAGE_METRICS as LANGUAGE_METRICS
 from sevlm.evaluation.coco_caption import MAX_EXPLANATION_CHARS, UNAVAILABLE_METRICS, CaptionScores, caption_metrics
 from sevlm.evaluation.coco_caption import bleu_from_stats as bleu_from_stats
 from sevlm.evaluation.coco_caption import get_meteor as get_meteor
-from sevlm.evaluation.inputs import Prediction, Reference, align, load_predictions, load_references
+from sevlm.evaluation.inputs import Prediction, Reference, align, explanation_after, load_predictions, load_references
 from sevlm.evaluation.inputs import normalise_emotion as normalise_emotion
 
 # `name as name`: names importers reach as `metrics.<name>` (tests take the module whole).
@@ -147,21 +147,6 @@ class Evaluation:
     references: dict[str, Reference]
     captions: CaptionScores
     emo_labels: list[str] | None = None  # classifier label per kept prediction
-
-
-# Where the scored explanation starts (`sevlm evaluate --because`): after the first "because" (ours,
-# as sevlm.generate.parse_output) or after the last one (the SEVLM authors' scoring: `split("because")[-1]`).
-BECAUSE_RULES = ("first", "last")
-
-
-def explanation_after(explanation: str, rule: str) -> str:
-    """The explanation sevlm.generate.parse_output gave (text after the first "because"), cut after its last
-    "because" with rule "last": "it is dark because she lost him" -> "she lost him"."""
-    if rule not in BECAUSE_RULES:
-        raise ValueError(f"because rule must be one of {', '.join(BECAUSE_RULES)}, got {rule!r}")
-    if rule == "last":
-        explanation = re.split(r"\bbecause\b", explanation, flags=re.IGNORECASE)[-1]
-    return explanation.strip()
 
 
 def evaluate(
