@@ -71,6 +71,17 @@ def stalling(shard_dir):
     assert not thread.is_alive()
 
 
+def assert_killed(pid: int, what: str) -> None:
+    """`pid` is gone within 5 s."""
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} (pid {pid}) is still running")
+
+
 def timed(fn):
     t0 = time.monotonic()
     try:
@@ -99,22 +110,13 @@ def test_a_shard_that_stalls_after_512_bytes_fails_within_the_timeout(stalling):
 
 
 def test_a_pipe_command_that_stalls_is_killed_within_the_timeout(tmp_path):
-    import os
 
     pid_file = tmp_path / "pid"
     where = f"pipe:sh -c 'echo $$ > {pid_file}; sleep 30' {tmp_path}/"  # its last word: the folder
     with pytest.raises(StalledRead, match=r"^pipe:sh .*/manifest.json: no data for 2 s \(data.read_timeout\)"):
         timed(lambda: read_manifest(where, read_timeout=TIMEOUT))
     assert TIMEOUT <= timed.elapsed < TIMEOUT + 10
-    pid = int(pid_file.read_text())
-    for _ in range(50):  # the command was killed with its process group
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"the stalled command (pid {pid}) is still running")
+    assert_killed(int(pid_file.read_text()), "the stalled command")  # with its process group
 
 
 def test_a_failing_server_reply_is_one_error_naming_the_url(stalling):
@@ -187,15 +189,7 @@ def test_a_stalling_object_store_tool_is_killed_within_the_timeout(scheme, tool,
     with pytest.raises(StalledRead, match=rf"^{url}manifest.json: no data for 2 s \(data.read_timeout\)"):
         timed(lambda: read_manifest(url, read_timeout=TIMEOUT))
     assert TIMEOUT <= timed.elapsed < TIMEOUT + 10
-    pid = int(pid_file.read_text())
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"the stalled {tool} (pid {pid}) is still running")
+    assert_killed(int(pid_file.read_text()), f"the stalled {tool}")
 
 
 def test_a_missing_object_store_tool_is_one_error_naming_it(tmp_path, monkeypatch):
