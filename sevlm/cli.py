@@ -39,9 +39,9 @@ def _module(name: str):
     return importlib.import_module(f"sevlm.commands.{name.replace('-', '_')}")
 
 
-def build_parser(only: str | None = None, all_commands: bool = True) -> argparse.ArgumentParser:
-    """The whole command line; with `all_commands=False`, every command listed but the arguments of
-    `only` alone (None: none), as `main` parses."""
+def build_parser(with_arguments=COMMANDS) -> argparse.ArgumentParser:
+    """The command line: every command listed, the arguments of those in `with_arguments` built
+    (`main` builds the invoked command's only)."""
     parser = argparse.ArgumentParser(
         prog="sevlm",
         description="Train and serve a small emotional vision-language model for visual art.",
@@ -59,7 +59,7 @@ def build_parser(only: str | None = None, all_commands: bool = True) -> argparse
             epilog=f"examples:\n{mod.EXAMPLES}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        if all_commands or name == only:
+        if name in with_arguments:
             mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -139,7 +139,8 @@ def _os_error_line(e: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(invoked_command(argv), all_commands=False)
+    command = invoked_command(argv)
+    parser = build_parser([command] if command else [])
     args = parser.parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
