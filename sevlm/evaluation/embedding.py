@@ -79,9 +79,10 @@ def embed_query_text(run, text: str) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def embed_image_file(run, path: str | Path) -> np.ndarray:
-    """[1, E] embedding of an image file, encoded with the run's recorded image encoder."""
-    tokens = run.encode_images([path])  # (1, T, D)
+def embed_image_files(run, paths: list[str | Path]) -> np.ndarray:
+    """[N, E] embeddings of image files, encoded with the run's recorded image encoder (ImageError
+    names a file it cannot use)."""
+    tokens = run.encode_images(list(paths))  # (N, T, D)
     with torch.no_grad():
         return run.model.embed_images(tokens).cpu().numpy()
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sevlm.data.folder import load_split_records
 from sevlm.emotions import EMOTIONS
@@ -115,9 +114,7 @@ def embed_queries(run, queries: list[Query], batch_size: int = 64) -> np.ndarray
     images = [i for i, q in enumerate(queries) if q.kind == "image"]
     for s in range(0, len(images), batch_size):  # one encoder, batched
         chunk = images[s : s + batch_size]
-        tokens = run.encode_images([queries[i].value for i in chunk])  # (b, T, D); ImageError names the file
-        with torch.no_grad():
-            emb = run.model.embed_images(tokens).cpu().numpy()  # (b, E)
+        emb = embedding.embed_image_files(run, [queries[i].value for i in chunk])  # (b, E)
         for i, e in zip(chunk, emb):
             out[i] = e[None]
     return normalize(np.concatenate(out))
